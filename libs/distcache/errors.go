@@ -1,0 +1,37 @@
+package distcache
+
+import "errors"
+
+// Sentinel errors. Errors returned by this package wrap them; test with
+// errors.Is.
+var (
+	// ErrNotFound: the key is absent from the projection's live generation
+	// (or deleted there).
+	ErrNotFound = errors.New("distcache: not found")
+	// ErrUnavailable: Redis could not be reached in time to answer a miss.
+	// The wrapped chain also holds the underlying network or context error.
+	ErrUnavailable = errors.New("distcache: redis unavailable")
+	// ErrNoGeneration: the projection has no live generation (its pointer is
+	// not set).
+	ErrNoGeneration = errors.New("distcache: projection has no live generation")
+	// ErrValueTooLarge: a value is over the configured maximum size.
+	ErrValueTooLarge = errors.New("distcache: value too large")
+	// ErrInvalidProjection: a projection name that ValidateProjection rejects.
+	ErrInvalidProjection = errors.New("distcache: invalid projection name")
+	// ErrInvalidGeneration: a generation number that is not positive.
+	ErrInvalidGeneration = errors.New("distcache: invalid generation")
+	// ErrInvalidKey: an empty key, or one longer than MaxKeyLen.
+	ErrInvalidKey = errors.New("distcache: invalid key")
+	// ErrInvalidVersion: a version that is not positive.
+	ErrInvalidVersion = errors.New("distcache: invalid version")
+	// ErrGenerationLive: RetireGeneration was asked to retire the generation
+	// the pointer names.
+	ErrGenerationLive = errors.New("distcache: generation is live")
+	// ErrClosed: the Client was closed.
+	ErrClosed = errors.New("distcache: client closed")
+	// ErrInvalidOption: an option with a value New or NewPublisher refuses.
+	ErrInvalidOption = errors.New("distcache: invalid option")
+)
+
+// MaxKeyLen is the longest key distcache accepts, in bytes.
+const MaxKeyLen = 4096

@@ -1,0 +1,275 @@
+package distcache
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Option configures a Client (see New).
+type Option func(*config)
+
+// Limits bound the local memory of a projection, or of the whole Client.
+// Zero fields are unlimited. They are enforced by a periodic scan (see
+// WithEvictionInterval) that evicts the oldest entries first; the age of an
+// entry is the time since it was filled into the local cache (an update in
+// place keeps its age).
+type Limits struct {
+	MaxTTL   time.Duration // evict entries older than this
+	MaxBytes int64         // keep the local bytes (keys, values, headers) at or under this
+	MaxItems int64         // keep at most this many entries
+}
+
+// WarmStart preloads a projection's local cache.
+type WarmStart struct {
+	// Keys are fetched (pipelined) into the local cache.
+	Keys []string
+	// Scan, if set, SCANs the live generation and loads every key it finds,
+	// up to Limit keys (0: up to the projection's MaxItems, else all).
+	Scan  bool
+	Limit int
+	// Background runs the preload after New returns instead of before.
+	Background bool
+}
+
+// Defaults of the Client's options.
+const (
+	DefaultNegativeTTL      = 5 * time.Second
+	DefaultStalenessBound   = 5 * time.Minute
+	DefaultEvictionInterval = time.Second
+	DefaultFetchTimeout     = 2 * time.Second
+	DefaultTailBlock        = time.Second
+	DefaultTailBatch        = 1000
+)
+
+type projectionConfig struct {
+	limits    Limits
+	hasLimits bool
+	warm      *WarmStart
+}
+
+type config struct {
+	primary      redis.UniversalClient
+	replicas     []redis.UniversalClient
+	clusterRead  redis.UniversalClient // cluster client with replica reads
+	ownClients   []redis.UniversalClient
+	addrPrimary  string
+	addrReplicas []string
+	clusterAddrs []string
+	username     string
+	password     string
+	tlsConfig    *tls.Config
+	projections  map[string]*projectionConfig
+	order        []string // projection names in the order given
+	global       Limits
+	evictEvery   time.Duration
+	negativeTTL  time.Duration
+	staleBound   time.Duration
+	maxValue     int
+	fetchTimeout time.Duration
+	tailBlock    time.Duration
+	tailBatch    int64
+	logger       *slog.Logger
+	shards       int
+	errs         []error
+}
+
+func (c *config) projection(name string) *projectionConfig {
+	if c.projections == nil {
+		c.projections = map[string]*projectionConfig{}
+	}
+	p, ok := c.projections[name]
+	if !ok {
+		p = &projectionConfig{}
+		c.projections[name] = p
+		c.order = append(c.order, name)
+	}
+	return p
+}
+
+// WithRedis reads through rdb: a *redis.Client (standalone, or the primary of
+// a replicated setup), a failover client, or a *redis.ClusterClient. Misses
+// that the replicas (WithReplicas) cannot answer go to it, and the change
+// streams are tailed through it. The caller keeps ownership: Close does not
+// close it.
+func WithRedis(rdb redis.UniversalClient) Option {
+	return func(c *config) { c.primary = rdb }
+}
+
+// WithReplicas adds read replicas: misses are read from them first, in
+// rotation, and from the primary when they fail. The caller keeps ownership.
+func WithReplicas(rdbs ...redis.UniversalClient) Option {
+	return func(c *config) { c.replicas = append(c.replicas, rdbs...) }
+}
+
+// WithClusterReadClient sets the cluster client misses are read through
+// first, typically one with ReadOnly and RouteRandomly or RouteByLatency so
+// reads go to replicas; WithRedis's cluster client is the fallback. The
+// caller keeps ownership. WithClusterAddrs builds both itself.
+func WithClusterReadClient(rdb redis.UniversalClient) Option {
+	return func(c *config) { c.clusterRead = rdb }
+}
+
+// WithAddrs makes the Client build its own clients: a primary at primary and
+// replicas at replicaAddrs. WithAuth and WithTLS apply to them. Close closes
+// them.
+func WithAddrs(primary string, replicaAddrs ...string) Option {
+	return func(c *config) {
+		c.addrPrimary = primary
+		c.addrReplicas = append(c.addrReplicas, replicaAddrs...)
+	}
+}
+
+// WithClusterAddrs makes the Client build its own Redis Cluster clients from
+// seed addresses: one for the primaries and one with ReadOnly and
+// RouteRandomly for replica reads. WithAuth and WithTLS apply. Close closes
+// them.
+func WithClusterAddrs(addrs ...string) Option {
+	return func(c *config) { c.clusterAddrs = append(c.clusterAddrs, addrs...) }
+}
+
+// WithAuth sets the ACL user (empty for the default user) and password of the
+// clients built by WithAddrs or WithClusterAddrs.
+func WithAuth(username, password string) Option {
+	return func(c *config) { c.username, c.password = username, password }
+}
+
+// WithTLS enables TLS, with cfg, on the clients built by WithAddrs or
+// WithClusterAddrs.
+func WithTLS(cfg *tls.Config) Option {
+	return func(c *config) { c.tlsConfig = cfg }
+}
+
+// WithProjections follows these projections from New on: their pointers are
+// resolved and their change streams tailed before New returns. A Get on a
+// projection not named here starts following it on first use.
+func WithProjections(names ...string) Option {
+	return func(c *config) {
+		for _, n := range names {
+			c.projection(n)
+		}
+	}
+}
+
+// WithProjectionLimits follows proj (as WithProjections) with limits of its
+// own. Its MaxTTL replaces the global MaxTTL (zero: the global one applies);
+// its MaxBytes and MaxItems bound this projection alone (zero: unbounded),
+// while the global ones still bound the total of all projections.
+func WithProjectionLimits(proj string, l Limits) Option {
+	return func(c *config) {
+		p := c.projection(proj)
+		p.limits, p.hasLimits = l, true
+	}
+}
+
+// WithMaxTTL evicts local entries older than d, in every projection without
+// a MaxTTL of its own. Default 0: no age limit. At most 24 days.
+func WithMaxTTL(d time.Duration) Option { return func(c *config) { c.global.MaxTTL = d } }
+
+// WithMaxBytes bounds the local bytes of all projections together; the
+// oldest entries across projections go first. Default 0: unbounded.
+func WithMaxBytes(n int64) Option { return func(c *config) { c.global.MaxBytes = n } }
+
+// WithMaxItems bounds the local entries of all projections together; the
+// oldest entries across projections go first. Default 0: unbounded.
+func WithMaxItems(n int64) Option { return func(c *config) { c.global.MaxItems = n } }
+
+// WithEvictionInterval sets how often the eviction scan runs. Default
+// DefaultEvictionInterval.
+func WithEvictionInterval(d time.Duration) Option { return func(c *config) { c.evictEvery = d } }
+
+// WithNegativeTTL sets how long a key found absent is remembered as absent.
+// Default DefaultNegativeTTL. A pushed Set of the key replaces the absent
+// entry at once. 0 disables negative caching.
+func WithNegativeTTL(d time.Duration) Option { return func(c *config) { c.negativeTTL = d } }
+
+// WithStalenessBound sets how long, after the Client lost contact with Redis,
+// it keeps answering from memory (marking those reads Stale). Past it, local
+// entries of that projection are not served and reads go to Redis (and fail
+// if it is still down). Default DefaultStalenessBound.
+func WithStalenessBound(d time.Duration) Option { return func(c *config) { c.staleBound = d } }
+
+// WithMaxValueBytes refuses values larger than n bytes (ErrValueTooLarge)
+// instead of caching them. Default DefaultMaxValueBytes.
+func WithMaxValueBytes(n int) Option { return func(c *config) { c.maxValue = n } }
+
+// WithFetchTimeout bounds a miss's Redis round trips when the caller's
+// context has no earlier deadline. Default DefaultFetchTimeout.
+func WithFetchTimeout(d time.Duration) Option { return func(c *config) { c.fetchTimeout = d } }
+
+// WithTailBlock sets how long one blocking XREAD of the change-stream tail
+// waits. It also bounds how long a silent loss of contact with Redis goes
+// unnoticed. Default DefaultTailBlock.
+func WithTailBlock(d time.Duration) Option { return func(c *config) { c.tailBlock = d } }
+
+// WithTailBatch sets how many stream entries the tail reads per call.
+// Default DefaultTailBatch.
+func WithTailBatch(n int) Option { return func(c *config) { c.tailBatch = int64(n) } }
+
+// WithLogger sets the logger. Default: discard.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithWarmStart preloads proj (which it also follows) by hot keys or SCAN,
+// before New returns or in the background.
+func WithWarmStart(proj string, w WarmStart) Option {
+	return func(c *config) {
+		c.projection(proj).warm = &w
+	}
+}
+
+// WithLocalShards sets the number of bigcache shards of each projection's
+// local store (a power of two). Default 256.
+func WithLocalShards(n int) Option { return func(c *config) { c.shards = n } }
+
+func (c *config) validate() error {
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			c.errs = append(c.errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...))
+		}
+	}
+	sources := 0
+	if c.primary != nil {
+		sources++
+	}
+	if c.addrPrimary != "" {
+		sources++
+	}
+	if len(c.clusterAddrs) > 0 {
+		sources++
+	}
+	check(sources == 1, "exactly one of WithRedis, WithAddrs, WithClusterAddrs is required (got %d)", sources)
+	check(c.evictEvery > 0, "WithEvictionInterval(%v) must be > 0", c.evictEvery)
+	check(c.negativeTTL >= 0, "WithNegativeTTL(%v) is negative", c.negativeTTL)
+	check(c.staleBound >= 0, "WithStalenessBound(%v) is negative", c.staleBound)
+	check(c.maxValue > 0, "WithMaxValueBytes(%d) must be > 0", c.maxValue)
+	check(c.fetchTimeout > 0, "WithFetchTimeout(%v) must be > 0", c.fetchTimeout)
+	check(c.tailBlock >= 10*time.Millisecond, "WithTailBlock(%v) must be >= 10ms", c.tailBlock)
+	check(c.tailBatch > 0, "WithTailBatch(%d) must be > 0", c.tailBatch)
+	check(c.shards > 0 && c.shards&(c.shards-1) == 0, "WithLocalShards(%d) must be a power of two", c.shards)
+	checkLimits := func(what string, l Limits) {
+		check(l.MaxTTL >= 0 && l.MaxTTL <= maxTTLLimit, "%s MaxTTL %v must be within 0..%v", what, l.MaxTTL, maxTTLLimit)
+		check(l.MaxBytes >= 0, "%s MaxBytes %d is negative", what, l.MaxBytes)
+		check(l.MaxItems >= 0, "%s MaxItems %d is negative", what, l.MaxItems)
+	}
+	checkLimits("global", c.global)
+	for _, name := range c.order {
+		if err := ValidateProjection(name); err != nil {
+			c.errs = append(c.errs, err)
+			continue
+		}
+		p := c.projections[name]
+		if p.hasLimits {
+			checkLimits("projection "+name, p.limits)
+		}
+	}
+	if len(c.errs) > 0 {
+		return joinErrs(c.errs)
+	}
+	return nil
+}
+
+// maxTTLLimit: entry ages are kept as 32-bit milliseconds.
+const maxTTLLimit = 24 * 24 * time.Hour

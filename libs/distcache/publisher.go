@@ -1,0 +1,527 @@
+package distcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Op is the kind of a Change.
+type Op uint8
+
+const (
+	// OpSet stores a value.
+	OpSet Op = iota
+	// OpDelete deletes a key, leaving a versioned tombstone.
+	OpDelete
+)
+
+// String returns "set" or "delete".
+func (o Op) String() string {
+	switch o {
+	case OpSet:
+		return "set"
+	case OpDelete:
+		return "delete"
+	}
+	return "op(" + strconv.Itoa(int(o)) + ")"
+}
+
+// Change is one write of a batch given to Publisher.Apply.
+type Change struct {
+	Key     string
+	Value   []byte // ignored for OpDelete
+	Version int64  // > 0; monotonic per key
+	Op      Op
+}
+
+// Result is the outcome of one Change of a batch, in the batch's order.
+type Result struct {
+	// Applied reports that this write changed the stored value. It is false
+	// when the store already held this version or a newer one (a replay, a
+	// redelivery, or an out-of-order write), which is not an error.
+	Applied bool
+	// Err is set when this change was refused (ErrValueTooLarge,
+	// ErrInvalidKey, ErrInvalidVersion) or could not be written.
+	Err error
+}
+
+// Publisher writes projections into Redis: version-guarded values, their
+// change streams, the generation pointer and cutovers. It is safe for
+// concurrent use. Cache-producers use it, and so may a core service that
+// writes its projection directly.
+type Publisher struct {
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // non-nil on Redis Cluster
+	cfg     publisherConfig
+}
+
+type publisherConfig struct {
+	streamMaxLen  int64
+	maxValueBytes int
+	tombstoneTTL  time.Duration
+}
+
+// PublisherOption configures a Publisher.
+type PublisherOption func(*publisherConfig)
+
+// DefaultStreamMaxLen is the default cap of a change stream.
+const DefaultStreamMaxLen = 100_000
+
+// DefaultMaxValueBytes is the default largest value, 1 MiB.
+const DefaultMaxValueBytes = 1 << 20
+
+// DefaultTombstoneTTL is how long a delete's tombstone is kept by default.
+const DefaultTombstoneTTL = 24 * time.Hour
+
+// WithStreamMaxLen caps each change stream at about n entries (XADD MAXLEN ~,
+// approximate trimming). 0 means uncapped. Default DefaultStreamMaxLen.
+// Clients further behind than the cap have a gap and revalidate.
+func WithStreamMaxLen(n int64) PublisherOption {
+	return func(c *publisherConfig) { c.streamMaxLen = n }
+}
+
+// WithPublisherMaxValueBytes refuses values larger than n bytes with
+// ErrValueTooLarge. Default DefaultMaxValueBytes.
+func WithPublisherMaxValueBytes(n int) PublisherOption {
+	return func(c *publisherConfig) { c.maxValueBytes = n }
+}
+
+// WithTombstoneTTL sets how long a deleted key keeps its versioned tombstone,
+// during which a write with an older version cannot resurrect it. Default
+// DefaultTombstoneTTL. It must be longer than any redelivery window of the
+// writer.
+func WithTombstoneTTL(d time.Duration) PublisherOption {
+	return func(c *publisherConfig) { c.tombstoneTTL = d }
+}
+
+// NewPublisher returns a Publisher writing through rdb: a *redis.Client (a
+// standalone or replicated primary), a *redis.ClusterClient, or a
+// *redis.Client made by redis.NewFailoverClient. Passwords, ACL users and TLS
+// are whatever rdb was built with.
+func NewPublisher(rdb redis.UniversalClient, opts ...PublisherOption) (*Publisher, error) {
+	if rdb == nil {
+		return nil, fmt.Errorf("%w: nil redis client", ErrInvalidOption)
+	}
+	cfg := publisherConfig{
+		streamMaxLen:  DefaultStreamMaxLen,
+		maxValueBytes: DefaultMaxValueBytes,
+		tombstoneTTL:  DefaultTombstoneTTL,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	switch {
+	case cfg.streamMaxLen < 0:
+		return nil, fmt.Errorf("%w: WithStreamMaxLen(%d) is negative", ErrInvalidOption, cfg.streamMaxLen)
+	case cfg.maxValueBytes <= 0:
+		return nil, fmt.Errorf("%w: WithPublisherMaxValueBytes(%d) must be > 0", ErrInvalidOption, cfg.maxValueBytes)
+	case cfg.tombstoneTTL < time.Millisecond:
+		return nil, fmt.Errorf("%w: WithTombstoneTTL(%v) must be >= 1ms", ErrInvalidOption, cfg.tombstoneTTL)
+	}
+	if _, ok := rdb.(*redis.Ring); ok {
+		return nil, fmt.Errorf("%w: redis.Ring is not supported (use a Client or a ClusterClient)", ErrInvalidOption)
+	}
+	p := &Publisher{rdb: rdb, cfg: cfg}
+	p.cluster, _ = rdb.(*redis.ClusterClient)
+	return p, nil
+}
+
+// writeScript writes one value, guarded by version. KEYS[1] is the value
+// key, KEYS[2] the stream key. ARGV: version (16 hex), op, payload, user key,
+// stream maxlen (0: none), tombstone ttl ms, "1" to also append the stream
+// entry. Returns 1 when applied, 2 when the same version is already stored, 0
+// when a newer one is.
+var writeScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and string.len(cur) >= 16 then
+  local ch = tonumber(string.sub(cur, 1, 8), 16)
+  local cl = tonumber(string.sub(cur, 9, 16), 16)
+  local nh = tonumber(string.sub(ARGV[1], 1, 8), 16)
+  local nl = tonumber(string.sub(ARGV[1], 9, 16), 16)
+  if ch and cl then
+    if ch > nh or (ch == nh and cl > nl) then return 0 end
+    if ch == nh and cl == nl then return 2 end
+  end
+end
+if ARGV[2] == 'd' then
+  redis.call('SET', KEYS[1], ARGV[1] .. 'd', 'PX', ARGV[6])
+else
+  redis.call('SET', KEYS[1], ARGV[1] .. 's' .. ARGV[3])
+end
+if ARGV[7] == '1' then
+  if ARGV[5] ~= '0' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'k', ARGV[4], 'v', ARGV[1], 'o', ARGV[2], 'd', ARGV[3])
+  else
+    redis.call('XADD', KEYS[2], '*', 'k', ARGV[4], 'v', ARGV[1], 'o', ARGV[2], 'd', ARGV[3])
+  end
+end
+return 1
+`)
+
+// cutoverScript sets the pointer and appends the control event atomically.
+// KEYS[1] pointer, KEYS[2] control stream; ARGV[1] generation. Returns the
+// previous generation ("0" for none).
+var cutoverScript = redis.NewScript(`
+local prev = redis.call('GET', KEYS[1]) or '0'
+if prev == ARGV[1] then return prev end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '1000', '*', 't', 'cutover', 'gen', ARGV[1], 'prev', prev)
+return prev
+`)
+
+const controlMaxLen = 1000
+
+// Set stores value under key in the projection's live generation (the one
+// its pointer names, read with one GET per call), if version is newer than the
+// stored one. It reports whether the value was applied. Writers that know
+// their generation (cache-producers) use SetGen or Apply instead.
+func (p *Publisher) Set(ctx context.Context, proj, key string, value []byte, version int64) (bool, error) {
+	gen, err := p.liveGeneration(ctx, proj)
+	if err != nil {
+		return false, err
+	}
+	return p.SetGen(ctx, proj, gen, key, value, version)
+}
+
+// Delete deletes key from the projection's live generation, leaving a
+// tombstone with version, if version is newer than the stored one.
+func (p *Publisher) Delete(ctx context.Context, proj, key string, version int64) (bool, error) {
+	gen, err := p.liveGeneration(ctx, proj)
+	if err != nil {
+		return false, err
+	}
+	return p.DeleteGen(ctx, proj, gen, key, version)
+}
+
+// SetGen is Set on an explicit generation.
+func (p *Publisher) SetGen(ctx context.Context, proj string, gen int64, key string, value []byte, version int64) (bool, error) {
+	return p.applyOne(ctx, proj, gen, Change{Key: key, Value: value, Version: version, Op: OpSet})
+}
+
+// DeleteGen is Delete on an explicit generation.
+func (p *Publisher) DeleteGen(ctx context.Context, proj string, gen int64, key string, version int64) (bool, error) {
+	return p.applyOne(ctx, proj, gen, Change{Key: key, Version: version, Op: OpDelete})
+}
+
+func (p *Publisher) applyOne(ctx context.Context, proj string, gen int64, c Change) (bool, error) {
+	var res [1]Result
+	if err := p.apply(ctx, proj, gen, []Change{c}, res[:]); err != nil {
+		return false, err
+	}
+	return res[0].Applied, res[0].Err
+}
+
+func (p *Publisher) liveGeneration(ctx context.Context, proj string) (int64, error) {
+	gen, err := p.CurrentGeneration(ctx, proj)
+	if err != nil {
+		return 0, err
+	}
+	if gen == 0 {
+		return 0, fmt.Errorf("publish to %s: %w", proj, ErrNoGeneration)
+	}
+	return gen, nil
+}
+
+// Apply writes a batch of changes to generation gen of projection proj in
+// one pipeline (two on Redis Cluster: values, then stream entries), each
+// version-guarded on its own. Changes of one key apply in batch order.
+// Invalid changes get their Result.Err and the others are still written. The
+// returned error is for the batch as a whole (Redis unreachable, context
+// done); then no Result is meaningful, and the batch may be retried as is:
+// versions make the repeat harmless.
+func (p *Publisher) Apply(ctx context.Context, proj string, gen int64, changes []Change) ([]Result, error) {
+	res := make([]Result, len(changes))
+	if err := p.apply(ctx, proj, gen, changes, res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func (p *Publisher) validateChange(c *Change) error {
+	if c.Key == "" || len(c.Key) > MaxKeyLen {
+		return fmt.Errorf("%w: %d bytes (want 1..%d)", ErrInvalidKey, len(c.Key), MaxKeyLen)
+	}
+	if c.Version <= 0 {
+		return fmt.Errorf("key %q: %w: %d", c.Key, ErrInvalidVersion, c.Version)
+	}
+	switch c.Op {
+	case OpSet:
+		if len(c.Value) > p.cfg.maxValueBytes {
+			return fmt.Errorf("key %q: %w: %d bytes > %d", c.Key, ErrValueTooLarge, len(c.Value), p.cfg.maxValueBytes)
+		}
+	case OpDelete:
+	default:
+		return fmt.Errorf("key %q: unknown op %v", c.Key, c.Op)
+	}
+	return nil
+}
+
+func (p *Publisher) apply(ctx context.Context, proj string, gen int64, changes []Change, res []Result) error {
+	if err := ValidateProjection(proj); err != nil {
+		return err
+	}
+	if err := validateGeneration(gen); err != nil {
+		return err
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	stream := StreamKey(proj, gen)
+	maxLen := strconv.FormatInt(p.cfg.streamMaxLen, 10)
+	ttl := strconv.FormatInt(p.cfg.tombstoneTTL.Milliseconds(), 10)
+	inScript := "1"
+	if p.cluster != nil {
+		inScript = "0"
+	}
+	prefix := appendGenPrefix(make([]byte, 0, 64), proj, gen)
+	type prepared struct {
+		idx     int
+		version string
+		op      string
+	}
+	preps := make([]prepared, 0, len(changes))
+	for i := range changes {
+		c := &changes[i]
+		if err := p.validateChange(c); err != nil {
+			res[i].Err = err
+			continue
+		}
+		op := "s"
+		if c.Op == OpDelete {
+			op = "d"
+		}
+		preps = append(preps, prepared{idx: i, version: versionHex(c.Version), op: op})
+	}
+	if len(preps) == 0 {
+		return nil
+	}
+
+	run := func() ([]*redis.Cmd, error) {
+		pipe := p.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(preps))
+		keys := make([]string, 0, 2)
+		for j, pr := range preps {
+			c := &changes[pr.idx]
+			vk := string(append(prefix, c.Key...))
+			keys = append(keys[:0], vk, stream)
+			if p.cluster != nil {
+				keys = keys[:1] // the stream is in another slot
+			}
+			var payload any = c.Value
+			if c.Op == OpDelete {
+				payload = ""
+			}
+			cmds[j] = writeScript.EvalSha(ctx, pipe, keys, pr.version, pr.op, payload, c.Key, maxLen, ttl, inScript)
+		}
+		_, err := pipe.Exec(ctx)
+		return cmds, err
+	}
+	cmds, err := run()
+	if err != nil && isNoScript(cmds) {
+		if lerr := p.loadScript(ctx, writeScript); lerr != nil {
+			return fmt.Errorf("publish %s/g%d: load script: %w", proj, gen, lerr)
+		}
+		cmds, err = run()
+	}
+	if err != nil {
+		if first := firstTransportError(cmds); first != nil || ctx.Err() != nil {
+			return fmt.Errorf("publish %s/g%d: %w", proj, gen, errors.Join(err, ctx.Err()))
+		}
+	}
+	var appendIdx []int // cluster: changes whose stream entry is still to write
+	for j, pr := range preps {
+		n, cerr := cmds[j].Int64()
+		if cerr != nil {
+			res[pr.idx].Err = fmt.Errorf("publish %s/g%d key %q: %w", proj, gen, changes[pr.idx].Key, cerr)
+			continue
+		}
+		res[pr.idx].Applied = n == 1
+		if p.cluster != nil && n >= 1 {
+			appendIdx = append(appendIdx, j)
+		}
+	}
+	if len(appendIdx) == 0 {
+		return nil
+	}
+	pipe := p.rdb.Pipeline()
+	xcmds := make([]*redis.StringCmd, len(appendIdx))
+	for n, j := range appendIdx {
+		pr := preps[j]
+		c := &changes[pr.idx]
+		var payload any = c.Value
+		if c.Op == OpDelete {
+			payload = ""
+		}
+		args := &redis.XAddArgs{
+			Stream: stream,
+			Approx: true,
+			MaxLen: p.cfg.streamMaxLen,
+			Values: []any{"k", c.Key, "v", pr.version, "o", pr.op, "d", payload},
+		}
+		xcmds[n] = pipe.XAdd(ctx, args)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		// The values are written; a retry of the batch re-appends the
+		// stream entries (same version → result 2 → append again).
+		return fmt.Errorf("publish %s/g%d: append change stream: %w", proj, gen, err)
+	}
+	return nil
+}
+
+func isNoScript(cmds []*redis.Cmd) bool {
+	for _, c := range cmds {
+		if c != nil && c.Err() != nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			return true
+		}
+	}
+	return false
+}
+
+// firstTransportError returns the first error of cmds that is not a Redis
+// error reply (a network or context error that failed the batch).
+func firstTransportError(cmds []*redis.Cmd) error {
+	for _, c := range cmds {
+		if c == nil || c.Err() == nil {
+			continue
+		}
+		var rerr redis.Error
+		if !errors.As(c.Err(), &rerr) {
+			return c.Err()
+		}
+	}
+	return nil
+}
+
+func (p *Publisher) loadScript(ctx context.Context, s *redis.Script) error {
+	if p.cluster != nil {
+		return p.cluster.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			return s.Load(ctx, m).Err()
+		})
+	}
+	return s.Load(ctx, p.rdb).Err()
+}
+
+// Cutover makes gen the live generation of proj: it sets the pointer and
+// appends a cutover event to the control stream in one atomic script, and
+// clients follow it. Moving to an older generation (a rollback) is allowed:
+// it is an explicit operator action, and that generation must still hold
+// data. Cutting over to the generation already live is a no-op.
+func (p *Publisher) Cutover(ctx context.Context, proj string, gen int64) error {
+	if err := ValidateProjection(proj); err != nil {
+		return err
+	}
+	if err := validateGeneration(gen); err != nil {
+		return err
+	}
+	err := cutoverScript.Run(ctx, p.rdb, []string{PointerKey(proj), ControlKey(proj)}, strconv.FormatInt(gen, 10)).Err()
+	if err != nil {
+		return fmt.Errorf("cutover %s to g%d: %w", proj, gen, err)
+	}
+	return nil
+}
+
+// CurrentGeneration returns the generation proj's pointer names, or 0 when
+// none is live yet.
+func (p *Publisher) CurrentGeneration(ctx context.Context, proj string) (int64, error) {
+	return readPointer(ctx, p.rdb, proj)
+}
+
+func readPointer(ctx context.Context, rdb redis.Cmdable, proj string) (int64, error) {
+	if err := ValidateProjection(proj); err != nil {
+		return 0, err
+	}
+	s, err := rdb.Get(ctx, PointerKey(proj)).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read generation pointer of %s: %w", proj, err)
+	}
+	return parsePointer(proj, s)
+}
+
+func parsePointer(proj, s string) (int64, error) {
+	gen, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || gen < 0 {
+		return 0, fmt.Errorf("generation pointer of %s holds %q: %w", proj, s, ErrInvalidGeneration)
+	}
+	return gen, nil
+}
+
+// RetireGeneration deletes every key of generation gen of proj: it SCANs
+// GenerationPattern (on every master of a cluster) batch keys at a time and
+// UNLINKs them, then unlinks the change stream. It never uses KEYS. It
+// refuses the live generation with ErrGenerationLive. It returns how many
+// keys it deleted; it can be called again after an error and resumes
+// naturally (what is gone stays gone).
+func (p *Publisher) RetireGeneration(ctx context.Context, proj string, gen int64, batch int) (int64, error) {
+	if err := validateGeneration(gen); err != nil {
+		return 0, err
+	}
+	live, err := p.CurrentGeneration(ctx, proj)
+	if err != nil {
+		return 0, err
+	}
+	if live == gen {
+		return 0, fmt.Errorf("retire %s/g%d: %w", proj, gen, ErrGenerationLive)
+	}
+	if batch <= 0 {
+		batch = 1000
+	}
+	pattern := GenerationPattern(proj, gen)
+	var deleted atomic.Int64
+	scanNode := func(ctx context.Context, node redis.Cmdable, perKey bool) error {
+		var cursor uint64
+		for {
+			keys, next, err := node.Scan(ctx, cursor, pattern, int64(batch)).Result()
+			if err != nil {
+				return err
+			}
+			if len(keys) > 0 {
+				if perKey { // cluster: keys of one node span many slots
+					pipe := node.Pipeline()
+					cmds := make([]*redis.IntCmd, len(keys))
+					for i, k := range keys {
+						cmds[i] = pipe.Unlink(ctx, k)
+					}
+					if _, err := pipe.Exec(ctx); err != nil {
+						return err
+					}
+					for _, c := range cmds {
+						deleted.Add(c.Val())
+					}
+				} else {
+					n, err := node.Unlink(ctx, keys...).Result()
+					if err != nil {
+						return err
+					}
+					deleted.Add(n)
+				}
+			}
+			cursor = next
+			if cursor == 0 {
+				return nil
+			}
+		}
+	}
+	if p.cluster != nil {
+		err = p.cluster.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			return scanNode(ctx, m, true)
+		})
+	} else {
+		err = scanNode(ctx, p.rdb, false)
+	}
+	if err != nil {
+		return deleted.Load(), fmt.Errorf("retire %s/g%d: %w", proj, gen, err)
+	}
+	if err := p.rdb.Unlink(ctx, StreamKey(proj, gen)).Err(); err != nil {
+		return deleted.Load(), fmt.Errorf("retire %s/g%d: unlink change stream: %w", proj, gen, err)
+	}
+	return deleted.Load(), nil
+}

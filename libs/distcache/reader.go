@@ -1,0 +1,101 @@
+package distcache
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// reader reads values for misses: from the replicas first (in rotation), then
+// from the primary. On Redis Cluster it reads through the replica-routing
+// client first, then the primary one.
+type reader struct {
+	primary redis.UniversalClient
+	readers []redis.UniversalClient // tried in order (rotated), then primary
+	cluster bool
+	next    atomic.Uint32
+}
+
+func newReader(cfg *config) *reader {
+	r := &reader{primary: cfg.primary}
+	_, r.cluster = cfg.primary.(*redis.ClusterClient)
+	if cfg.clusterRead != nil {
+		r.readers = append(r.readers, cfg.clusterRead)
+	}
+	r.readers = append(r.readers, cfg.replicas...)
+	return r
+}
+
+// fetch reads full Redis keys. vals[i] is only meaningful when found[i].
+// It returns the last error when no node could answer.
+func (r *reader) fetch(ctx context.Context, keys []string) (vals []string, found []bool, err error) {
+	n := len(r.readers)
+	start := 0
+	if n > 1 {
+		start = int(r.next.Add(1)) % n
+	}
+	for i := 0; i < n; i++ {
+		vals, found, err = fetchFrom(ctx, r.readers[(start+i)%n], keys, r.cluster)
+		if err == nil {
+			return vals, found, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil, err
+		}
+	}
+	return fetchFrom(ctx, r.primary, keys, r.cluster)
+}
+
+// fetchPrimary reads from the primary only (used where reads must not lag
+// the change stream read from it).
+func (r *reader) fetchPrimary(ctx context.Context, keys []string) ([]string, []bool, error) {
+	return fetchFrom(ctx, r.primary, keys, r.cluster)
+}
+
+func fetchFrom(ctx context.Context, rdb redis.UniversalClient, keys []string, cluster bool) ([]string, []bool, error) {
+	vals := make([]string, len(keys))
+	found := make([]bool, len(keys))
+	switch {
+	case len(keys) == 1:
+		s, err := rdb.Get(ctx, keys[0]).Result()
+		if errors.Is(err, redis.Nil) {
+			return vals, found, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		vals[0], found[0] = s, true
+	case !cluster:
+		res, err := rdb.MGet(ctx, keys...).Result()
+		if err != nil {
+			return nil, nil, err
+		}
+		for i, v := range res {
+			if s, ok := v.(string); ok {
+				vals[i], found[i] = s, true
+			}
+		}
+	default: // one pipeline, which go-redis splits per node
+		pipe := rdb.Pipeline()
+		cmds := make([]*redis.StringCmd, len(keys))
+		for i, k := range keys {
+			cmds[i] = pipe.Get(ctx, k)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, nil, err
+		}
+		for i, c := range cmds {
+			s, err := c.Result()
+			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			vals[i], found[i] = s, true
+		}
+	}
+	return vals, found, nil
+}

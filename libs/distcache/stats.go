@@ -1,0 +1,91 @@
+package distcache
+
+import (
+	"errors"
+	"time"
+)
+
+// Stats is a snapshot of a Client's counters, per projection.
+type Stats struct {
+	Projections []ProjectionStats
+}
+
+// ProjectionStats are one projection's counters (monotonic unless noted).
+type ProjectionStats struct {
+	Name       string
+	Generation int64 // gauge: the generation read locally (0: none)
+
+	Hits         uint64 // local hits, including stale serves
+	Misses       uint64 // reads that went to Redis
+	NegativeHits uint64 // local hits on a key remembered as absent
+	StaleServes  uint64 // local hits served while out of contact with Redis
+	FetchErrors  uint64 // misses that Redis could not answer
+
+	EvictedMaxTTL   uint64
+	EvictedMaxBytes uint64
+	EvictedMaxItems uint64
+
+	Bytes int64 // gauge: local bytes (keys, values, headers)
+	Items int64 // gauge: local entries
+
+	Updates     uint64        // changes applied in place from the change stream
+	Fills       uint64        // entries stored after a miss or warm start
+	StreamLag   time.Duration // gauge: age of the last change applied when it was applied (0 when idle)
+	Gaps        uint64        // times the stream position was trimmed away (each costs a revalidation)
+	Replays     uint64        // changes applied while catching up after a lost connection
+	Cutovers    uint64        // generation switches followed
+	Rebuilds    uint64        // revalidations and cutovers (refetching the held keys)
+	Compactions uint64        // local stores rebuilt to reclaim dead space
+
+	Connected bool // gauge: the tail is in contact with Redis
+	Stale     bool // gauge: reads are being served stale (or not at all, past the bound)
+}
+
+// Evictions returns the eviction count for reason r.
+func (s ProjectionStats) Evictions(r EvictReason) uint64 {
+	switch r {
+	case EvictMaxTTL:
+		return s.EvictedMaxTTL
+	case EvictMaxBytes:
+		return s.EvictedMaxBytes
+	case EvictMaxItems:
+		return s.EvictedMaxItems
+	}
+	return 0
+}
+
+// Stats returns a snapshot of the counters of every followed projection.
+func (c *Client) Stats() Stats {
+	projs := *c.projs.Load()
+	out := Stats{Projections: make([]ProjectionStats, 0, len(projs))}
+	for name, p := range projs {
+		ps := ProjectionStats{
+			Name:            name,
+			Hits:            p.hits.load(),
+			Misses:          p.misses.Load(),
+			NegativeHits:    p.negHits.Load(),
+			StaleServes:     p.staleServes.load(),
+			FetchErrors:     p.fetchErrors.Load(),
+			EvictedMaxTTL:   p.evictTTL.Load(),
+			EvictedMaxBytes: p.evictBytes.Load(),
+			EvictedMaxItems: p.evictItems.Load(),
+			Updates:         p.updates.Load(),
+			Fills:           p.fills.Load(),
+			StreamLag:       time.Duration(p.lagNanos.Load()),
+			Gaps:            p.gaps.Load(),
+			Replays:         p.replays.Load(),
+			Cutovers:        p.cutovers.Load(),
+			Rebuilds:        p.rebuilds.Load(),
+			Compactions:     p.compactions.Load(),
+			Connected:       p.connected.Load(),
+			Stale:           p.health.Load() != healthFresh,
+		}
+		if st := p.store.Load(); st != nil {
+			ps.Generation, ps.Bytes, ps.Items = st.gen, st.bytes.Load(), st.items.Load()
+		}
+		out.Projections = append(out.Projections, ps)
+	}
+	return out
+}
+
+func joinErrs(errs []error) error { return errors.Join(errs...) }

@@ -1,0 +1,455 @@
+package distcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	zeroID        = "0-0"
+	prerollWindow = 2 * time.Second // replica lag the recent-version table covers
+	prerollMax    = 10_000
+	rebuildBatch  = 500
+)
+
+// start resolves the projection's live generation and stream positions.
+// Order matters: the control stream's position is read before the pointer,
+// and the change stream's position before any fill, so that nothing after
+// them is missed.
+func (p *projection) start(ctx context.Context) error {
+	rdb := p.c.cfg.primary
+	pipe := rdb.Pipeline()
+	ctrl := pipe.XRevRangeN(ctx, ControlKey(p.name), "+", "-", 1)
+	ptr := pipe.Get(ctx, PointerKey(p.name))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	p.ctrlPos = zeroID
+	if msgs := ctrl.Val(); len(msgs) > 0 {
+		p.ctrlPos = msgs[0].ID
+	}
+	var gen int64
+	if s, err := ptr.Result(); err == nil {
+		if gen, err = parsePointer(p.name, s); err != nil {
+			return err
+		}
+	}
+	if gen > 0 {
+		pos, err := p.lastStreamID(ctx, gen)
+		if err != nil {
+			return err
+		}
+		st, err := newStore(gen, p.c.cfg.shards, p.c.base)
+		if err != nil {
+			return err
+		}
+		p.streamPos = pos
+		p.store.Store(st)
+		p.preroll(ctx, st, pos)
+	}
+	p.connected.Store(true)
+	p.lastContact.Store(time.Now().UnixNano())
+	return nil
+}
+
+func (p *projection) lastStreamID(ctx context.Context, gen int64) (string, error) {
+	msgs, err := p.c.cfg.primary.XRevRangeN(ctx, StreamKey(p.name, gen), "+", "-", 1).Result()
+	if err != nil {
+		return "", fmt.Errorf("read change stream position: %w", err)
+	}
+	if len(msgs) == 0 {
+		return zeroID, nil
+	}
+	return msgs[0].ID, nil
+}
+
+// preroll feeds the last prerollWindow of the change stream before pos into
+// the recent-version table, so that fills from a lagging replica right after
+// a start or a rebuild do not store values older than what the stream
+// already holds.
+func (p *projection) preroll(ctx context.Context, st *store, pos string) {
+	if pos == zeroID {
+		return
+	}
+	ms, _, _ := strings.Cut(pos, "-")
+	t, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return
+	}
+	from := strconv.FormatInt(max(t-prerollWindow.Milliseconds(), 0), 10)
+	msgs, err := p.c.cfg.primary.XRangeN(ctx, StreamKey(p.name, st.gen), from, pos, prerollMax).Result()
+	if err != nil {
+		return
+	}
+	for _, m := range msgs {
+		if key, version, _, _, ok := parseChange(m); ok {
+			h := hashKey(key)
+			s := p.stripe(h)
+			s.Lock()
+			p.recordRecent(h, version)
+			s.Unlock()
+		}
+	}
+}
+
+func parseChange(m redis.XMessage) (key string, version int64, op byte, payload string, ok bool) {
+	k, _ := m.Values["k"].(string)
+	v, _ := m.Values["v"].(string)
+	o, _ := m.Values["o"].(string)
+	d, _ := m.Values["d"].(string)
+	if k == "" || len(o) != 1 || (o[0] != opSet && o[0] != opDelete) {
+		return "", 0, 0, "", false
+	}
+	version, err := parseVersionHex(v)
+	if err != nil {
+		return "", 0, 0, "", false
+	}
+	return k, version, o[0], d, true
+}
+
+// tail follows the projection until ctx is done: the control stream (for
+// cutovers) and the live generation's change stream, resuming from its last
+// position after any error.
+func (p *projection) tail(ctx context.Context) {
+	const minBackoff, maxBackoff = 20 * time.Millisecond, 2 * time.Second
+	backoff := minBackoff
+	catchup, replaying := true, false
+	for ctx.Err() == nil {
+		var err error
+		if catchup {
+			catchup, err = p.catchup(ctx, replaying)
+			if err == nil && !catchup {
+				replaying = false
+			}
+		} else if p.wantCompact.Load() {
+			p.wantCompact.Store(false)
+			err = p.rebuild(ctx, p.curGen(), rebuildCompact)
+		} else {
+			catchup, err = p.waitAndApply(ctx)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if p.connected.Swap(false) {
+				p.c.log.Warn("distcache: lost contact with redis; serving from memory",
+					slog.String(logKeyProjection, p.name), slog.Any(logKeyError, err))
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, maxBackoff)
+			catchup, replaying = true, true
+			continue
+		}
+		backoff = minBackoff
+		p.lastContact.Store(time.Now().UnixNano())
+		if !p.connected.Swap(true) {
+			p.c.log.Info("distcache: redis contact restored", slog.String(logKeyProjection, p.name))
+		}
+	}
+}
+
+func (p *projection) curGen() int64 {
+	if st := p.store.Load(); st != nil {
+		return st.gen
+	}
+	return 0
+}
+
+func rangeStart(pos string) string {
+	if pos == zeroID {
+		return "-"
+	}
+	return pos
+}
+
+// catchup reads what follows the last positions without blocking, checks
+// the pointer and detects gaps. It reports whether more remains to read.
+func (p *projection) catchup(ctx context.Context, replaying bool) (bool, error) {
+	rdb := p.c.cfg.primary
+	gen := p.curGen()
+	batch := p.c.cfg.tailBatch
+	pipe := rdb.Pipeline()
+	ctrl := pipe.XRangeN(ctx, ControlKey(p.name), rangeStart(p.ctrlPos), "+", 100)
+	ptr := pipe.Get(ctx, PointerKey(p.name))
+	var changes *redis.XMessageSliceCmd
+	if gen > 0 {
+		changes = pipe.XRangeN(ctx, StreamKey(p.name, gen), rangeStart(p.streamPos), "+", batch+1)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return true, err
+	}
+	if msgs := ctrl.Val(); len(msgs) > 0 {
+		p.ctrlPos = msgs[len(msgs)-1].ID
+	}
+	var live int64
+	if s, err := ptr.Result(); err == nil {
+		live, _ = parsePointer(p.name, s)
+	}
+	if live > 0 && live != gen {
+		return true, p.switchGeneration(ctx, gen, live)
+	}
+	if gen == 0 {
+		return false, nil
+	}
+	msgs := changes.Val()
+	gap := false
+	if p.streamPos != zeroID {
+		gap = len(msgs) == 0 || msgs[0].ID != p.streamPos
+		if !gap {
+			msgs = msgs[1:]
+		}
+	} else if len(msgs) > 0 {
+		info, err := rdb.XInfoStream(ctx, StreamKey(p.name, gen)).Result()
+		if err != nil {
+			return true, err
+		}
+		gap = info.EntriesAdded > info.Length
+	}
+	if gap {
+		p.gaps.Add(1)
+		p.c.log.Warn("distcache: change stream gap; revalidating projection",
+			slog.String(logKeyProjection, p.name), slog.Int64(logKeyGeneration, gen), slog.String("position", p.streamPos))
+		return true, p.rebuild(ctx, gen, rebuildRefetch)
+	}
+	p.applyMessages(msgs, replaying)
+	return int64(len(msgs)) >= batch, nil
+}
+
+func (p *projection) applyMessages(msgs []redis.XMessage, replaying bool) {
+	if len(msgs) == 0 {
+		return
+	}
+	st := p.store.Load()
+	for _, m := range msgs {
+		if key, version, op, payload, ok := parseChange(m); ok {
+			p.applyChange(st, key, version, op, payload)
+		}
+	}
+	last := msgs[len(msgs)-1].ID
+	p.streamPos = last
+	if replaying {
+		p.replays.Add(uint64(len(msgs)))
+	}
+	if ms, _, ok := strings.Cut(last, "-"); ok {
+		if t, err := strconv.ParseInt(ms, 10, 64); err == nil {
+			p.lagNanos.Store(max(time.Now().UnixNano()-t*int64(time.Millisecond), 0))
+		}
+	}
+}
+
+// waitAndApply blocks on the control and change streams together (they
+// share a slot) and applies what arrives. It reports whether to catch up
+// next (a cutover, or a full batch that may hide a gap).
+func (p *projection) waitAndApply(ctx context.Context) (bool, error) {
+	gen := p.curGen()
+	streams := []string{ControlKey(p.name)}
+	ids := []string{p.ctrlPos}
+	if gen > 0 {
+		streams = append(streams, StreamKey(p.name, gen))
+		ids = append(ids, p.streamPos)
+	}
+	res, err := p.c.cfg.primary.XRead(ctx, &redis.XReadArgs{
+		Streams: append(streams, ids...),
+		Count:   p.c.cfg.tailBatch,
+		Block:   p.c.cfg.tailBlock,
+	}).Result()
+	if errors.Is(err, redis.Nil) {
+		p.lagNanos.Store(0)
+		return false, nil
+	}
+	if err != nil {
+		return true, err
+	}
+	more := false
+	for _, s := range res {
+		if s.Stream == ControlKey(p.name) {
+			for _, m := range s.Messages {
+				p.ctrlPos = m.ID
+				if t, _ := m.Values["t"].(string); t == "cutover" {
+					g, _ := m.Values["gen"].(string)
+					if live, err := strconv.ParseInt(g, 10, 64); err == nil && live > 0 && live != gen {
+						return true, p.switchGeneration(ctx, gen, live)
+					}
+				}
+			}
+			continue
+		}
+		p.applyMessages(s.Messages, false)
+		if int64(len(s.Messages)) >= p.c.cfg.tailBatch {
+			more = true
+		}
+	}
+	return more, nil
+}
+
+func (p *projection) switchGeneration(ctx context.Context, from, to int64) error {
+	p.c.log.Info("distcache: cutover", slog.String(logKeyProjection, p.name),
+		slog.Int64("from", from), slog.Int64("to", to))
+	if err := p.rebuild(ctx, to, rebuildRefetch); err != nil {
+		return err
+	}
+	p.cutovers.Add(1)
+	return nil
+}
+
+type rebuildMode int
+
+const (
+	rebuildRefetch rebuildMode = iota // re-read every held key from Redis (cutover, gap)
+	rebuildCompact                    // copy local entries (reclaim bigcache's dead space)
+)
+
+// rebuild builds a new local store for generation gen from the keys the
+// current one holds, oldest first and keeping their ages, then swaps it in.
+// Reads keep using the old store meanwhile, so a cutover or a revalidation
+// costs no cold misses. Refetches read the primary, after taking the new
+// stream position, so that replaying from that position makes the result
+// current.
+func (p *projection) rebuild(ctx context.Context, gen int64, mode rebuildMode) error {
+	old := p.store.Load()
+	pos := p.streamPos
+	if mode == rebuildRefetch {
+		var err error
+		if pos, err = p.lastStreamID(ctx, gen); err != nil {
+			return err
+		}
+	}
+	ns, err := newStore(gen, p.c.cfg.shards, p.c.base)
+	if err != nil {
+		return err
+	}
+	if old != nil {
+		if err := p.copyInto(ctx, old, ns, mode); err != nil {
+			ns.close()
+			return err
+		}
+	}
+	p.store.Store(ns)
+	p.streamPos = pos
+	if old != nil {
+		old.close()
+	}
+	if mode == rebuildRefetch {
+		p.rebuilds.Add(1)
+		p.preroll(ctx, ns, pos)
+	} else {
+		p.compactions.Add(1)
+	}
+	return nil
+}
+
+type heldEntry struct {
+	key   string
+	value []byte // the local entry (compaction only)
+}
+
+// copyInto moves old's entries (refetched or copied) into ns, in old's ring
+// order with their original fill times.
+func (p *projection) copyInto(ctx context.Context, old, ns *store, mode rebuildMode) error {
+	held := make(map[uint64]heldEntry, old.items.Load())
+	it := old.cache.Iterator()
+	for it.SetNext() {
+		e, err := it.Value()
+		if err != nil {
+			continue
+		}
+		he := heldEntry{key: e.Key()}
+		if mode == rebuildCompact {
+			he.value = e.Value()
+		}
+		held[e.Hash()] = he
+	}
+	old.ringMu.Lock()
+	hashes := make([]uint64, 0, old.ring.n)
+	times := make([]uint32, 0, old.ring.n)
+	for i := 0; i < old.ring.n; i++ {
+		j := (old.ring.head + i) & (len(old.ring.hashes) - 1)
+		hashes = append(hashes, old.ring.hashes[j])
+		times = append(times, old.ring.times[j])
+	}
+	old.ringMu.Unlock()
+
+	type item struct {
+		h uint64
+		t uint32
+		heldEntry
+	}
+	batch := make([]item, 0, rebuildBatch)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		defer func() { batch = batch[:0] }()
+		if mode == rebuildCompact {
+			for _, it := range batch {
+				p.putAt(ns, it.key, it.h, it.value, it.t)
+			}
+			return nil
+		}
+		rkeys := make([]string, len(batch))
+		for i, it := range batch {
+			rkeys[i] = ValueKey(p.name, ns.gen, it.key)
+		}
+		vals, found, err := p.c.reader.fetchPrimary(ctx, rkeys)
+		if err != nil {
+			return fmt.Errorf("refetch %d keys: %w", len(rkeys), err)
+		}
+		for i, it := range batch {
+			if !found[i] {
+				continue
+			}
+			version, op, payload, err := decodeValue(vals[i])
+			if err != nil {
+				continue
+			}
+			var e []byte
+			if op == opDelete {
+				e = makeNegative(version, time.Now().Add(p.c.cfg.negativeTTL).UnixNano())
+			} else if len(payload) <= p.c.cfg.maxValue {
+				e = makePositiveString(version, payload)
+			} else {
+				continue
+			}
+			p.putAt(ns, it.key, it.h, e, it.t)
+		}
+		return nil
+	}
+	for i, h := range hashes {
+		he, ok := held[h]
+		if !ok {
+			continue
+		}
+		delete(held, h)
+		batch = append(batch, item{h: h, t: times[i], heldEntry: he})
+		if len(batch) == rebuildBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// putAt inserts a new entry with a given fill time (rebuilds only; ns is not
+// yet visible, so no other writer touches it).
+func (p *projection) putAt(ns *store, key string, h uint64, entry []byte, t uint32) {
+	if err := ns.cache.Set(key, entry); err != nil {
+		return
+	}
+	ns.bytes.Add(int64(len(key) + len(entry)))
+	ns.items.Add(1)
+	ns.ringMu.Lock()
+	ns.ring.push(h, t)
+	ns.ringMu.Unlock()
+}

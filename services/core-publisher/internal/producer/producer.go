@@ -1,0 +1,272 @@
+// Package producer writes event records to Kafka with franz-go: an
+// idempotent, acks=all, batching producer that creates missing topics as
+// compacted single-partition topics and refuses to write into an existing
+// topic that is not compacted or has more than one partition.
+package producer
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl"
+)
+
+// ErrTopicUnsuitable is matched (errors.Is) by a *TopicError: the topic exists
+// but cannot carry full-state records (not compacted, or more than one
+// partition, so per-key order or the latest state per key is not kept).
+var ErrTopicUnsuitable = errors.New("topic unsuitable for distcache")
+
+// TopicError says why a topic was refused.
+type TopicError struct {
+	Topic  string
+	Reason string
+}
+
+func (e *TopicError) Error() string {
+	return fmt.Sprintf("topic %s refused: %s", e.Topic, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrTopicUnsuitable) true.
+func (e *TopicError) Is(target error) bool { return target == ErrTopicUnsuitable }
+
+// Producer produces records and waits for their acknowledgement. It is safe
+// for concurrent use.
+type Producer struct {
+	cl  *kgo.Client
+	adm *kadm.Client
+	cfg config
+
+	mu      sync.Mutex
+	checked map[string]topicCheck
+}
+
+type topicCheck struct {
+	err error
+	at  time.Time
+}
+
+type config struct {
+	replicationFactor int16
+	linger            time.Duration
+	tls               *tls.Config
+	sasl              sasl.Mechanism
+	log               *slog.Logger
+	recheckRefused    time.Duration
+	extra             []kgo.Opt
+}
+
+// Option configures a Producer.
+type Option func(*config)
+
+// WithReplicationFactor sets the replication factor of topics the producer
+// creates. Default -1: the broker's default.replication.factor.
+func WithReplicationFactor(n int) Option {
+	return func(c *config) { c.replicationFactor = int16(n) }
+}
+
+// WithLinger sets how long a partition's batch waits for more records before
+// it is sent. Default 2ms. Produce flushes explicitly at the end of a batch,
+// so linger only shapes requests built while a batch is being handed over.
+func WithLinger(d time.Duration) Option { return func(c *config) { c.linger = d } }
+
+// WithTLS enables TLS to the brokers. Default: plaintext.
+func WithTLS(t *tls.Config) Option { return func(c *config) { c.tls = t } }
+
+// WithSASL enables SASL authentication. Default: none.
+func WithSASL(m sasl.Mechanism) Option { return func(c *config) { c.sasl = m } }
+
+// WithLogger sets the logger. Default: discard.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
+
+// WithRecheckRefused sets how long a refused topic stays refused before it
+// is checked again (someone may fix its configuration). Default 30s.
+func WithRecheckRefused(d time.Duration) Option { return func(c *config) { c.recheckRefused = d } }
+
+// WithClientOptions appends raw franz-go options (tests, tuning).
+func WithClientOptions(opts ...kgo.Opt) Option {
+	return func(c *config) { c.extra = append(c.extra, opts...) }
+}
+
+// New connects a producer to brokers. It does not contact them yet.
+func New(brokers []string, opts ...Option) (*Producer, error) {
+	cfg := config{replicationFactor: -1, linger: 2 * time.Millisecond, recheckRefused: 30 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if len(brokers) == 0 {
+		return nil, errors.New("producer: no brokers")
+	}
+	if cfg.log == nil {
+		cfg.log = slog.New(slog.DiscardHandler)
+	}
+	kopts := []kgo.Opt{
+		kgo.SeedBrokers(brokers...),
+		kgo.RequiredAcks(kgo.AllISRAcks()), // idempotency (the default) requires acks=all
+		kgo.ProducerLinger(cfg.linger),
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		kgo.MaxBufferedRecords(200_000),
+		kgo.RetryBackoffFn(func(tries int) time.Duration {
+			return min(time.Duration(tries)*50*time.Millisecond, time.Second)
+		}),
+	}
+	if cfg.tls != nil {
+		kopts = append(kopts, kgo.DialTLSConfig(cfg.tls))
+	}
+	if cfg.sasl != nil {
+		kopts = append(kopts, kgo.SASL(cfg.sasl))
+	}
+	kopts = append(kopts, cfg.extra...)
+	cl, err := kgo.NewClient(kopts...)
+	if err != nil {
+		return nil, fmt.Errorf("producer: new client: %w", err)
+	}
+	return &Producer{cl: cl, adm: kadm.NewClient(cl), cfg: cfg, checked: map[string]topicCheck{}}, nil
+}
+
+// Close flushes nothing and closes the client; call Produce to completion
+// first.
+func (p *Producer) Close() { p.cl.Close() }
+
+// Ping checks that a broker answers.
+func (p *Producer) Ping(ctx context.Context) error {
+	if err := p.cl.Ping(ctx); err != nil {
+		return fmt.Errorf("ping brokers: %w", err)
+	}
+	return nil
+}
+
+// EnsureTopic makes sure topic exists as a compacted single-partition topic,
+// creating it when missing. A successful check is cached for the life of the
+// producer; a refusal (a *TopicError) is cached for the recheck interval.
+func (p *Producer) EnsureTopic(ctx context.Context, topic string) error {
+	p.mu.Lock()
+	c, ok := p.checked[topic]
+	p.mu.Unlock()
+	if ok && (c.err == nil || time.Since(c.at) < p.cfg.recheckRefused) {
+		return c.err
+	}
+	err := p.checkTopic(ctx, topic)
+	var te *TopicError
+	if err == nil || errors.As(err, &te) {
+		p.mu.Lock()
+		p.checked[topic] = topicCheck{err: err, at: time.Now()}
+		p.mu.Unlock()
+	}
+	if te != nil {
+		p.cfg.log.Error("refusing to publish into topic", "topic", topic, "reason", te.Reason)
+	}
+	return err
+}
+
+func (p *Producer) checkTopic(ctx context.Context, topic string) error {
+	md, err := p.adm.Metadata(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("topic %s: metadata: %w", topic, err)
+	}
+	td, ok := md.Topics[topic]
+	if !ok || errors.Is(td.Err, kerr.UnknownTopicOrPartition) {
+		return p.createTopic(ctx, topic)
+	}
+	if td.Err != nil {
+		return fmt.Errorf("topic %s: metadata: %w", topic, td.Err)
+	}
+	if n := len(td.Partitions); n != 1 {
+		return &TopicError{Topic: topic, Reason: fmt.Sprintf("has %d partitions, distcache needs exactly 1 (per-key order across the whole model)", n)}
+	}
+	rcs, err := p.adm.DescribeTopicConfigs(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("topic %s: describe configs: %w", topic, err)
+	}
+	rc, err := rcs.On(topic, nil)
+	if err != nil {
+		return fmt.Errorf("topic %s: describe configs: %w", topic, err)
+	}
+	if rc.Err != nil {
+		return fmt.Errorf("topic %s: describe configs: %w", topic, rc.Err)
+	}
+	policy := "delete" // Kafka's default when the config is absent
+	for _, c := range rc.Configs {
+		if c.Key == "cleanup.policy" && c.Value != nil {
+			policy = *c.Value
+		}
+	}
+	if !compactOnly(policy) {
+		return &TopicError{Topic: topic, Reason: fmt.Sprintf("cleanup.policy=%q, distcache needs \"compact\" (without delete) so the latest state of every key is kept", policy)}
+	}
+	return nil
+}
+
+func compactOnly(policy string) bool {
+	compact := false
+	for _, p := range strings.Split(policy, ",") {
+		switch strings.TrimSpace(p) {
+		case "compact":
+			compact = true
+		case "delete":
+			return false
+		}
+	}
+	return compact
+}
+
+func (p *Producer) createTopic(ctx context.Context, topic string) error {
+	compact := "compact"
+	resp, err := p.adm.CreateTopic(ctx, 1, p.cfg.replicationFactor, map[string]*string{"cleanup.policy": &compact}, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	switch {
+	case err == nil:
+		p.cfg.log.Info("created topic", "topic", topic, "replication_factor", p.cfg.replicationFactor)
+		return nil
+	case errors.Is(err, kerr.TopicAlreadyExists):
+		// A concurrent creator won; check what it created.
+		return p.checkTopic(ctx, topic)
+	default:
+		return fmt.Errorf("topic %s: create: %w", topic, err)
+	}
+}
+
+// Produce sends every record and waits until all are acknowledged (acks=all)
+// or one fails. Records of one topic keep their order. On error some records
+// may have been written: the caller retries the whole batch (at least once).
+func (p *Producer) Produce(ctx context.Context, recs []*kgo.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	wg.Add(len(recs))
+	promise := func(r *kgo.Record, err error) {
+		if err != nil {
+			mu.Lock()
+			if firstErr == nil {
+				firstErr = fmt.Errorf("produce to %s: %w", r.Topic, err)
+			}
+			mu.Unlock()
+		}
+		wg.Done()
+	}
+	for _, r := range recs {
+		p.cl.Produce(ctx, r, promise)
+	}
+	if err := p.cl.Flush(ctx); err != nil {
+		// Promises of unsent records still fire; do not wait for records the
+		// client cannot cancel (idempotent, already in flight).
+		return fmt.Errorf("produce: flush: %w", err)
+	}
+	wg.Wait()
+	return firstErr
+}

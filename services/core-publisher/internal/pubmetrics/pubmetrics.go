@@ -1,0 +1,94 @@
+// Package pubmetrics declares the core-publisher's Prometheus metrics, once,
+// on a registry of their own.
+package pubmetrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics holds every metric of the service.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	// EventsPublished counts records acknowledged by the broker, by aggregate.
+	EventsPublished *prometheus.CounterVec
+	// DeadLetters counts outbox rows moved to distcache_outbox_dead, by aggregate.
+	DeadLetters *prometheus.CounterVec
+	// Lag is the age of the oldest unpublished outbox row (0 when empty).
+	Lag prometheus.Gauge
+	// Active is 1 while this instance holds the relay lease, 0 in standby.
+	Active prometheus.Gauge
+	// BatchSeconds observes the time of one relay batch (read, produce, delete).
+	BatchSeconds prometheus.Histogram
+	// CommitToAck observes the time from an outbox row's created_at to its
+	// acknowledgement by the broker.
+	CommitToAck prometheus.Histogram
+	// Errors counts failed relay passes, by stage.
+	Errors *prometheus.CounterVec
+	// BackloadRows counts rows written by backloads, by model.
+	BackloadRows *prometheus.CounterVec
+	// BackloadProgress is the fraction (0..1) of a model's running or last
+	// backload done.
+	BackloadProgress *prometheus.GaugeVec
+	// BackloadRunning is 1 while a model's backload runs in this process.
+	BackloadRunning *prometheus.GaugeVec
+}
+
+// New creates the metrics on a fresh registry, with the Go and process
+// collectors.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		EventsPublished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "distcache_publisher_events_total",
+			Help: "Outbox events acknowledged by the broker.",
+		}, []string{"aggregate"}),
+		DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "distcache_publisher_dead_letters_total",
+			Help: "Outbox rows moved to distcache_outbox_dead because they were invalid.",
+		}, []string{"aggregate"}),
+		Lag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "distcache_publisher_lag_seconds",
+			Help: "Age of the oldest unpublished outbox row, 0 when the outbox is empty.",
+		}),
+		Active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "distcache_publisher_active",
+			Help: "1 while this instance holds the relay lease (active), 0 in standby.",
+		}),
+		BatchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "distcache_publisher_batch_seconds",
+			Help:    "Duration of one relay batch: read, produce and acknowledge, delete.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		CommitToAck: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "distcache_publisher_commit_to_ack_seconds",
+			Help:    "Time from an outbox row's created_at to the broker's acknowledgement.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "distcache_publisher_errors_total",
+			Help: "Failed relay passes, by stage (read, produce, commit, lease, topic).",
+		}, []string{"stage"}),
+		BackloadRows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "distcache_publisher_backload_rows_total",
+			Help: "Rows written to the outbox by backloads.",
+		}, []string{"model"}),
+		BackloadProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "distcache_publisher_backload_progress_ratio",
+			Help: "Fraction of the model's table done by its running or last backload.",
+		}, []string{"model"}),
+		BackloadRunning: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "distcache_publisher_backload_running",
+			Help: "1 while a backload of the model runs in this process.",
+		}, []string{"model"}),
+	}
+	r.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.EventsPublished, m.DeadLetters, m.Lag, m.Active, m.BatchSeconds, m.CommitToAck,
+		m.Errors, m.BackloadRows, m.BackloadProgress, m.BackloadRunning,
+	)
+	return m
+}

@@ -1,0 +1,300 @@
+// Package relay moves outbox rows to Kafka in commit-safe order.
+//
+// One relay is active per outbox (per database): it holds a session-level
+// advisory lock on a dedicated connection, and every query of the relay runs
+// on that same connection, so losing the connection loses the lock and stops
+// the relay at once. Other instances stand by and retry the lock every
+// LeaseRetryInterval.
+//
+// Order. A row is read only when it is committed and final: its txid is older
+// than every transaction still in progress (txid < pg_snapshot_xmin of the
+// reading statement's snapshot). Each batch is the longest prefix, in id
+// order, of such rows; the first visible row that is not yet final ends the
+// batch. Writers allocate a key's version under the row lock of
+// distcache_outbox_versions and insert the outbox row after that, in the same
+// transaction, so for one key id order, version order and commit order agree,
+// and a prefix in id order never holds version n+1 of a key without version n.
+// Published rows are deleted (in the transaction that also moves invalid rows
+// to distcache_outbox_dead) only after the broker acknowledged them: delivery
+// is at least once, and a redelivery replays a suffix of a key's history in
+// order, which consumers that keep the highest version absorb.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/services/core-publisher/internal/producer"
+	"github.com/distcache/distcache/services/core-publisher/internal/pubmetrics"
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// LeaseLockName names the advisory lock of the relay lease; the lock key is
+// hashtextextended(LeaseLockName, 0).
+const LeaseLockName = "distcache_outbox_relay"
+
+// Producer is what the relay needs from a Kafka producer.
+type Producer interface {
+	// EnsureTopic checks (creating if missing) that topic can carry events;
+	// a refusal matches producer.ErrTopicUnsuitable.
+	EnsureTopic(ctx context.Context, topic string) error
+	// Produce returns once every record is acknowledged, or with an error.
+	Produce(ctx context.Context, recs []*kgo.Record) error
+}
+
+var _ Producer = (*producer.Producer)(nil)
+
+// Relay is the outbox relay. Create it with New and run it with Run.
+type Relay struct {
+	connCfg *pgx.ConnConfig
+	prod    Producer
+	o       options
+
+	mu      sync.Mutex
+	status  Status
+	blocked map[string]time.Time // aggregates whose topic was refused, until
+}
+
+// Status is a snapshot of the relay's state, for readiness checks.
+type Status struct {
+	// Active is true while this instance holds the lease.
+	Active bool
+	// LastOK is when the relay last talked to PostgreSQL successfully (a
+	// completed pass when active, a lease attempt in standby).
+	LastOK time.Time
+	// Err is the last error, nil after a success.
+	Err error
+}
+
+type options struct {
+	batchSize          int
+	pollInterval       time.Duration
+	leaseRetryInterval time.Duration
+	shutdownTimeout    time.Duration
+	topicPrefix        string
+	maxEventBytes      int
+	log                *slog.Logger
+	metrics            *pubmetrics.Metrics
+	onActive           func(ctx context.Context)
+}
+
+// Option configures a Relay.
+type Option func(*options)
+
+// WithBatchSize sets the most rows read and produced per batch. Default 2000.
+func WithBatchSize(n int) Option { return func(o *options) { o.batchSize = n } }
+
+// WithPollInterval sets how long an idle relay waits for a notification on
+// channel distcache_outbox before it looks anyway. Default 1s.
+func WithPollInterval(d time.Duration) Option { return func(o *options) { o.pollInterval = d } }
+
+// WithLeaseRetryInterval sets how often a standby tries to take the lease,
+// and the pause after a failed session. Default 1s.
+func WithLeaseRetryInterval(d time.Duration) Option {
+	return func(o *options) { o.leaseRetryInterval = d }
+}
+
+// WithShutdownTimeout bounds how long a batch in flight may take to finish
+// after Run's context is cancelled. Default 15s.
+func WithShutdownTimeout(d time.Duration) Option { return func(o *options) { o.shutdownTimeout = d } }
+
+// WithTopicPrefix sets the topic prefix (events.Topic). Default "distcache".
+func WithTopicPrefix(p string) Option { return func(o *options) { o.topicPrefix = p } }
+
+// WithMaxEventBytes sets the size limit of one event (events.Envelope.Size);
+// larger rows become dead letters. Default events.DefaultMaxEventBytes.
+func WithMaxEventBytes(n int) Option { return func(o *options) { o.maxEventBytes = n } }
+
+// WithLogger sets the logger. Default: discard.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithMetrics sets the metrics. Default: a private, unexported set.
+func WithMetrics(m *pubmetrics.Metrics) Option { return func(o *options) { o.metrics = m } }
+
+// WithOnActive sets a function started (in its own goroutine) each time the
+// relay takes the lease; its context ends when the lease is given up. The
+// service starts pending initial backloads there. Default: none.
+func WithOnActive(f func(ctx context.Context)) Option { return func(o *options) { o.onActive = f } }
+
+// New returns a relay reading the outbox through connections made from
+// connCfg and producing with prod.
+func New(connCfg *pgx.ConnConfig, prod Producer, opts ...Option) (*Relay, error) {
+	o := options{
+		batchSize:          2000,
+		pollInterval:       time.Second,
+		leaseRetryInterval: time.Second,
+		shutdownTimeout:    15 * time.Second,
+		topicPrefix:        events.DefaultTopicPrefix,
+		maxEventBytes:      events.DefaultMaxEventBytes,
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	switch {
+	case connCfg == nil:
+		return nil, errors.New("relay: nil connection config")
+	case prod == nil:
+		return nil, errors.New("relay: nil producer")
+	case o.batchSize < 1:
+		return nil, fmt.Errorf("relay: batch size %d, want >= 1", o.batchSize)
+	case o.pollInterval <= 0 || o.leaseRetryInterval <= 0 || o.shutdownTimeout <= 0:
+		return nil, errors.New("relay: intervals must be positive")
+	}
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
+	if o.metrics == nil {
+		o.metrics = pubmetrics.New()
+	}
+	return &Relay{connCfg: connCfg, prod: prod, o: o, blocked: map[string]time.Time{}}, nil
+}
+
+// Status returns the relay's current state.
+func (r *Relay) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status
+}
+
+func (r *Relay) setStatus(active bool, err error) {
+	r.mu.Lock()
+	r.status.Active = active
+	r.status.Err = err
+	if err == nil {
+		r.status.LastOK = time.Now()
+	}
+	r.mu.Unlock()
+	if active {
+		r.o.metrics.Active.Set(1)
+	} else {
+		r.o.metrics.Active.Set(0)
+	}
+}
+
+// Run relays until ctx is cancelled, then finishes the batch in flight
+// (bounded by the shutdown timeout), gives up the lease and returns nil.
+// Database and broker failures are retried; Run only returns early for a
+// configuration error.
+func (r *Relay) Run(ctx context.Context) error {
+	for {
+		err := r.session(ctx)
+		if ctx.Err() != nil {
+			r.setStatus(false, nil)
+			return nil
+		}
+		if err != nil {
+			r.o.log.Warn("relay session ended", "err", err)
+			r.setStatus(false, err)
+		}
+		select {
+		case <-ctx.Done():
+			r.setStatus(false, nil)
+			return nil
+		case <-time.After(r.o.leaseRetryInterval):
+		}
+	}
+}
+
+// session connects, waits for the lease and relays while holding it.
+func (r *Relay) session(ctx context.Context) error {
+	conn, err := pgx.ConnectConfig(ctx, r.connCfg)
+	if err != nil {
+		r.o.metrics.Errors.WithLabelValues("lease").Inc()
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn.Close(cctx) // closing the session releases the lock too
+	}()
+
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, LeaseLockName).Scan(&got); err != nil {
+			r.o.metrics.Errors.WithLabelValues("lease").Inc()
+			return fmt.Errorf("try lease: %w", err)
+		}
+		if got {
+			break
+		}
+		r.setStatus(false, nil)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(r.o.leaseRetryInterval):
+		}
+	}
+	r.o.log.Info("relay lease acquired: active")
+	r.setStatus(true, nil)
+	defer r.o.log.Info("relay lease released: standby")
+
+	if _, err := conn.Exec(ctx, `LISTEN `+events.OutboxChannel); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	activeCtx, stopActive := context.WithCancel(ctx)
+	defer stopActive()
+	if r.o.onActive != nil {
+		go r.o.onActive(activeCtx)
+	}
+
+	// hard ends work in flight: shutdownTimeout after ctx is cancelled.
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+	stopHard := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(r.o.shutdownTimeout, cancelHard)
+		context.AfterFunc(hard, func() { t.Stop() })
+	})
+	defer stopHard()
+
+	fenceWait := time.Duration(0)
+	for {
+		res, err := r.pass(hard, conn)
+		if err != nil {
+			return err
+		}
+		r.setStatus(true, nil)
+		if ctx.Err() != nil {
+			uctx, cancel := context.WithTimeout(hard, 5*time.Second)
+			_, _ = conn.Exec(uctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, LeaseLockName)
+			cancel()
+			return nil
+		}
+		switch {
+		case res.full:
+			fenceWait = 0
+			continue
+		case res.heldBack:
+			// A committed row waits for an older transaction to end; that end
+			// sends no notification, so look again soon.
+			fenceWait = min(max(2*fenceWait, time.Millisecond), r.o.pollInterval)
+			if err := sleepCtx(ctx, fenceWait); err != nil {
+				continue // cancelled: the next pass is the last
+			}
+			continue
+		}
+		fenceWait = 0
+		wctx, cancel := context.WithTimeout(ctx, r.o.pollInterval)
+		_, err = conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("wait for notification: %w", err)
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

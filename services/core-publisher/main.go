@@ -1,0 +1,234 @@
+// Command core-publisher relays a core service's outbox
+// (distcache_outbox) to compacted, single-partition Kafka topics, one per
+// model, in commit order per key, and backloads models' tables.
+//
+// Usage:
+//
+//	core-publisher                  run the relay and the HTTP endpoints (config from PUBLISHER_* env)
+//	core-publisher backload MODEL   backload one model now (fresh run) and exit; the relay publishes it
+//	core-publisher models           list the backloadable models and exit
+//
+// See internal/config for the environment variables.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/distcache/distcache/migrations"
+	"github.com/distcache/distcache/services/core-publisher/internal/backload"
+	"github.com/distcache/distcache/services/core-publisher/internal/config"
+	"github.com/distcache/distcache/services/core-publisher/internal/httpapi"
+	"github.com/distcache/distcache/services/core-publisher/internal/producer"
+	"github.com/distcache/distcache/services/core-publisher/internal/pubmetrics"
+	"github.com/distcache/distcache/services/core-publisher/internal/relay"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/sasl"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "core-publisher:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage:
+  core-publisher                  run the relay and the HTTP endpoints
+  core-publisher backload MODEL   backload one model now and exit
+  core-publisher models           list the backloadable models and exit
+configuration: PUBLISHER_* environment variables (see internal/config)`
+
+// run is the whole program; main only translates its error into an exit code.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cmd := ""
+	if len(args) > 0 {
+		cmd = args[0]
+	}
+	switch cmd {
+	case "", "serve":
+	case "backload":
+		if len(args) != 2 {
+			return fmt.Errorf("backload: want exactly one model\n%s", usage)
+		}
+	case "models":
+	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, usage)
+		return nil
+	default:
+		return fmt.Errorf("unknown command %q\n%s", cmd, usage)
+	}
+
+	cfg, err := config.FromEnv(getenv)
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	var h slog.Handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
+	if !cfg.LogJSON {
+		h = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
+	}
+	log := slog.New(h).With("service", "core-publisher")
+
+	if err := migrations.Up(ctx, cfg.DatabaseURL); err != nil {
+		return fmt.Errorf("apply migrations: %w", err)
+	}
+	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("database pool: %w", err)
+	}
+	defer pool.Close()
+	metrics := pubmetrics.New()
+	models := make([]backload.Model, len(cfg.Models))
+	for i, m := range cfg.Models {
+		models[i] = backload.Model{Aggregate: m.Aggregate, Table: m.Table, KeyColumn: m.KeyColumn}
+	}
+	bl, err := backload.New(pool, backload.WithModels(models...), backload.WithChunkSize(cfg.BackloadChunkSize),
+		backload.WithLogger(log), backload.WithMetrics(metrics))
+	if err != nil {
+		return err
+	}
+
+	switch cmd {
+	case "backload":
+		st, err := bl.Run(ctx, args[1], backload.Fresh)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(stdout).Encode(st)
+	case "models":
+		ms, err := bl.Models(ctx)
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			fmt.Fprintf(stdout, "%s\t%s\t%s\n", m.Aggregate, m.Table, m.KeyColumn)
+		}
+		return nil
+	}
+	return serve(ctx, cfg, log, pool, bl, metrics)
+}
+
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpool.Pool, bl *backload.Backloader, metrics *pubmetrics.Metrics) error {
+	log.Info("starting", "config", cfg)
+	popts := []producer.Option{
+		producer.WithReplicationFactor(cfg.ReplicationFactor),
+		producer.WithLinger(cfg.Linger),
+		producer.WithLogger(log),
+	}
+	if cfg.Kafka.TLS {
+		t, err := kafkaTLS(cfg.Kafka)
+		if err != nil {
+			return err
+		}
+		popts = append(popts, producer.WithTLS(t))
+	}
+	if m := kafkaSASL(cfg.Kafka); m != nil {
+		popts = append(popts, producer.WithSASL(m))
+	}
+	prod, err := producer.New(cfg.Kafka.Brokers, popts...)
+	if err != nil {
+		return err
+	}
+	defer prod.Close()
+
+	connCfg, err := pgx.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("%s: %w", config.EnvDatabaseURL, err)
+	}
+	ropts := []relay.Option{
+		relay.WithBatchSize(cfg.BatchSize),
+		relay.WithPollInterval(cfg.PollInterval),
+		relay.WithLeaseRetryInterval(cfg.LeaseRetryInterval),
+		relay.WithShutdownTimeout(cfg.ShutdownTimeout),
+		relay.WithTopicPrefix(cfg.TopicPrefix),
+		relay.WithLogger(log),
+		relay.WithMetrics(metrics),
+	}
+	if cfg.AutoBackload {
+		ropts = append(ropts, relay.WithOnActive(bl.RunPendingLoop))
+	}
+	rl, err := relay.New(connCfg, prod, ropts...)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("%s: listen: %w", config.EnvHTTPAddr, err)
+	}
+	srv := &http.Server{
+		Handler: httpapi.Handler(httpapi.Deps{
+			Relay: rl, Backloads: bl, DB: pool, Broker: prod, Gatherer: metrics.Registry,
+			Log: log, Background: ctx,
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- srv.Serve(ln) }()
+	log.Info("http listening", "addr", ln.Addr().String())
+
+	relayErr := rl.Run(ctx) // returns after ctx ends and the batch in flight is flushed
+	log.Info("shutting down")
+	bl.Wait()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	if err := <-httpDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("http: %w", err)
+	}
+	log.Info("stopped")
+	return relayErr
+}
+
+func kafkaTLS(k config.Kafka) (*tls.Config, error) {
+	t := &tls.Config{MinVersion: tls.VersionTLS12}
+	if k.TLSCAFile != "" {
+		pem, err := os.ReadFile(k.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", config.EnvKafkaTLSCAFile, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no PEM certificate in %s", config.EnvKafkaTLSCAFile, k.TLSCAFile)
+		}
+		t.RootCAs = pool
+	}
+	if k.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(k.TLSCertFile, k.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s/%s: %w", config.EnvKafkaTLSCertFile, config.EnvKafkaTLSKeyFile, err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, nil
+}
+
+func kafkaSASL(k config.Kafka) sasl.Mechanism {
+	switch k.SASLMechanism {
+	case config.SASLPlain:
+		return plain.Auth{User: k.SASLUser, Pass: k.SASLPassword}.AsMechanism()
+	case config.SASLScramSHA256:
+		return scram.Auth{User: k.SASLUser, Pass: k.SASLPassword}.AsSha256Mechanism()
+	case config.SASLScramSHA512:
+		return scram.Auth{User: k.SASLUser, Pass: k.SASLPassword}.AsSha512Mechanism()
+	}
+	return nil
+}

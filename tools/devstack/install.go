@@ -1,0 +1,113 @@
+package devstack
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"sync"
+)
+
+// ErrMissing is returned when a program the stack needs is not installed and cannot be.
+var ErrMissing = errors.New("missing program")
+
+// debianPackages maps each program the stack runs to the Debian package that ships it.
+var debianPackages = map[string]string{
+	"redis-server": "redis-server",
+	"redis-cli":    "redis-server",
+	"initdb":       "postgresql",
+	"postgres":     "postgresql",
+}
+
+var installMu sync.Mutex
+
+// EnsureInstalled makes sure PostgreSQL and Redis are installed. When a program is missing and
+// this runs as root on a Debian-like system it installs the package with apt-get; otherwise it
+// returns an error that names the package to install.
+func EnsureInstalled(ctx context.Context) error {
+	installMu.Lock()
+	defer installMu.Unlock()
+	var missing []string
+	seen := map[string]bool{}
+	for prog, pkg := range debianPackages {
+		if _, err := findProgram(prog); err != nil && !seen[pkg] {
+			seen[pkg] = true
+			missing = append(missing, pkg)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	sort.Strings(missing)
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%w: install the Debian packages %v (apt-get install -y %s)", ErrMissing, missing, joinWords(missing))
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		return fmt.Errorf("%w: no apt-get on this system; install %v with the system's package manager", ErrMissing, missing)
+	}
+	env := append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	for _, args := range [][]string{{"update", "-qq"}, append([]string{"install", "-y", "-qq"}, missing...)} {
+		cmd := exec.CommandContext(ctx, "apt-get", args...)
+		cmd.Env = env
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("apt-get %s: %w\n%s", args[0], err, out.String())
+		}
+	}
+	for prog := range debianPackages {
+		if _, err := findProgram(prog); err != nil {
+			return fmt.Errorf("%w: %s still not found after installing %v", ErrMissing, prog, missing)
+		}
+	}
+	return nil
+}
+
+func joinWords(ws []string) string {
+	var b bytes.Buffer
+	for i, w := range ws {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(w)
+	}
+	return b.String()
+}
+
+// findProgram finds a program on PATH or in PostgreSQL's versioned bin directories.
+func findProgram(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/" + name)
+	if len(matches) > 0 {
+		sort.Strings(matches)
+		return matches[len(matches)-1], nil // the newest major version
+	}
+	return "", fmt.Errorf("%w: %s (Debian package %s)", ErrMissing, name, debianPackages[name])
+}
+
+// postgresUser returns the uid and gid to run PostgreSQL as: the postgres user when running as
+// root (PostgreSQL refuses root), otherwise the current user (-1, -1).
+func postgresUser() (uid, gid int, err error) {
+	if os.Geteuid() != 0 {
+		return -1, -1, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return 0, 0, fmt.Errorf("running as root needs the postgres user (Debian package postgresql): %w", err)
+	}
+	var id, g int
+	if _, err := fmt.Sscan(u.Uid, &id); err != nil {
+		return 0, 0, fmt.Errorf("postgres uid %q: %w", u.Uid, err)
+	}
+	if _, err := fmt.Sscan(u.Gid, &g); err != nil {
+		return 0, 0, fmt.Errorf("postgres gid %q: %w", u.Gid, err)
+	}
+	return id, g, nil
+}

@@ -1,0 +1,262 @@
+package devstack
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// DefaultPostgresPassword is the local stack's password for the postgres role. The stack listens
+// on loopback only; production connections take their credentials from config.
+const DefaultPostgresPassword = "distcache"
+
+// PostgresConfig says where and how to run one PostgreSQL cluster.
+type PostgresConfig struct {
+	Name     string // process name; default "postgres"
+	Dir      string // base directory: the cluster lives in Dir/data; created if missing
+	Port     int    // 0 picks a free port
+	Password string // password of the postgres role; default DefaultPostgresPassword
+	Mode     Mode
+}
+
+// Postgres is one running PostgreSQL cluster, run as the postgres user when started by root.
+type Postgres struct {
+	cfg  PostgresConfig
+	proc *process
+	data string
+	// Addr is "127.0.0.1:port".
+	Addr string
+}
+
+// StartPostgres initialises the cluster on first use and starts it, waiting until it accepts
+// connections.
+func StartPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
+	if cfg.Port == 0 {
+		var out *Postgres
+		err := retryPorts(true, func() error {
+			c := cfg
+			p, err := FreePort()
+			if err != nil {
+				return err
+			}
+			c.Port = p
+			out, err = StartPostgres(ctx, c)
+			return err
+		})
+		return out, err
+	}
+	if cfg.Name == "" {
+		cfg.Name = "postgres"
+	}
+	if cfg.Password == "" {
+		cfg.Password = DefaultPostgresPassword
+	}
+	uid, gid, err := postgresUser()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("postgres dir: %w", err)
+	}
+	// The postgres user must be able to reach and own its directory.
+	if err := os.Chmod(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("postgres dir: %w", err)
+	}
+	if err := allowTraverse(cfg.Dir); err != nil {
+		return nil, err
+	}
+	if uid >= 0 {
+		if err := os.Chown(cfg.Dir, uid, gid); err != nil {
+			return nil, fmt.Errorf("postgres dir: %w", err)
+		}
+	}
+	pg := &Postgres{cfg: cfg, data: filepath.Join(cfg.Dir, "data"), Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port))}
+	if _, err := os.Stat(filepath.Join(pg.data, "PG_VERSION")); err != nil {
+		if err := pg.initdb(ctx, uid, gid); err != nil {
+			return nil, err
+		}
+	}
+	bin, err := findProgram("postgres")
+	if err != nil {
+		return nil, err
+	}
+	pg.proc = newProcess(cfg.Name, cfg.Dir, cfg.Mode, bin,
+		"-D", pg.data,
+		"-p", strconv.Itoa(cfg.Port),
+		"-c", "listen_addresses=127.0.0.1",
+		"-c", "unix_socket_directories="+cfg.Dir,
+		"-c", "max_connections=400",
+		// fsync=off keeps tests fast; committed data still reaches the OS before COMMIT returns,
+		// so killing the server (not the machine) loses nothing.
+		"-c", "fsync=off",
+		"-c", "full_page_writes=off",
+		"-c", "shared_buffers=128MB",
+		"-c", "log_min_messages=warning",
+	)
+	pg.proc.uid, pg.proc.gid = uid, gid
+	pg.proc.stopSig = syscall.SIGINT // fast shutdown: do not wait for clients to disconnect
+	if err := pg.Start(ctx); err != nil {
+		return nil, err
+	}
+	return pg, nil
+}
+
+// allowTraverse gives others execute permission on dir's ancestors up to the first one that
+// already has it, so the postgres user can reach a directory made by root (test temp dirs are 0700).
+func allowTraverse(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for d := filepath.Dir(abs); d != "/" && d != "."; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm()&0o001 != 0 {
+			break
+		}
+		if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
+			return fmt.Errorf("make %s reachable for postgres: %w", d, err)
+		}
+	}
+	return nil
+}
+
+func (pg *Postgres) initdb(ctx context.Context, uid, gid int) error {
+	bin, err := findProgram("initdb")
+	if err != nil {
+		return err
+	}
+	pwfile := filepath.Join(pg.cfg.Dir, "pwfile")
+	if err := os.WriteFile(pwfile, []byte(pg.cfg.Password+"\n"), 0o600); err != nil {
+		return fmt.Errorf("initdb pwfile: %w", err)
+	}
+	defer os.Remove(pwfile)
+	if uid >= 0 {
+		if err := os.Chown(pwfile, uid, gid); err != nil {
+			return fmt.Errorf("initdb pwfile: %w", err)
+		}
+	}
+	p := newProcess(pg.cfg.Name+"-initdb", pg.cfg.Dir, Attached, bin,
+		"-D", pg.data, "-U", "postgres", "-E", "UTF8", "--no-sync",
+		"--auth-local=trust", "--auth-host=scram-sha-256", "--pwfile="+pwfile)
+	p.uid, p.gid = uid, gid
+	if err := p.start(); err != nil {
+		return err
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		_ = p.kill()
+		return fmt.Errorf("initdb: %w", ctx.Err())
+	}
+	if _, err := os.Stat(filepath.Join(pg.data, "PG_VERSION")); err != nil {
+		return fmt.Errorf("initdb failed:\n%s", p.logTail())
+	}
+	_ = os.Remove(p.pidPath)
+	return nil
+}
+
+// Start starts the server (again) and waits until it accepts connections. In Detached mode it
+// adopts a healthy server already running from the same directory.
+func (pg *Postgres) Start(ctx context.Context) error {
+	if pg.cfg.Mode == Detached && pg.proc.adopt() {
+		if err := pg.Health(ctx); err == nil {
+			return nil
+		}
+	}
+	if !portFree(pg.cfg.Port) {
+		return fmt.Errorf("%s: port %d is already in use by another program", pg.cfg.Name, pg.cfg.Port)
+	}
+	// A killed server leaves its pid file behind; the process is gone, so the file is stale.
+	_ = os.Remove(filepath.Join(pg.data, "postmaster.pid"))
+	if err := pg.proc.start(); err != nil {
+		return err
+	}
+	return pg.proc.waitUntil(ctx, "accepting connections", pg.Health)
+}
+
+// URL returns a connection URL for database db.
+func (pg *Postgres) URL(db string) string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.UserPassword("postgres", pg.cfg.Password),
+		Host:     pg.Addr,
+		Path:     "/" + db,
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// Health connects and runs a trivial query.
+func (pg *Postgres) Health(ctx context.Context) error { return ProbePostgres(ctx, pg.URL("postgres")) }
+
+// ProbePostgres connects to url and runs a trivial query.
+func ProbePostgres(ctx context.Context, url string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var one int
+	return conn.QueryRow(ctx, "SELECT 1").Scan(&one)
+}
+
+// CreateDatabase creates an empty database.
+func (pg *Postgres) CreateDatabase(ctx context.Context, name string) error {
+	return pg.exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+}
+
+// DropDatabase drops a database, disconnecting its sessions.
+func (pg *Postgres) DropDatabase(ctx context.Context, name string) error {
+	return pg.exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+}
+
+func (pg *Postgres) exec(ctx context.Context, sql string) error {
+	conn, err := pgx.Connect(ctx, pg.URL("postgres"))
+	if err != nil {
+		return fmt.Errorf("postgres connect: %w", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("postgres %q: %w", sql, err)
+	}
+	return nil
+}
+
+// Port returns the server's TCP port.
+func (pg *Postgres) Port() int { return pg.cfg.Port }
+
+// PID returns the postmaster's process id.
+func (pg *Postgres) PID() int { return pg.proc.PID() }
+
+// Stop shuts the server down with a fast shutdown (SIGINT), then SIGKILL after 30 s.
+func (pg *Postgres) Stop() error { return pg.proc.stop(30 * time.Second) }
+
+// Kill kills the postmaster with SIGKILL, as a crash would.
+func (pg *Postgres) Kill() error { return pg.proc.kill() }
+
+// Restart kills the server if it runs and starts it again on the same port.
+func (pg *Postgres) Restart(ctx context.Context) error {
+	if err := pg.Kill(); err != nil {
+		return err
+	}
+	// Backends of the killed postmaster exit on their own once they notice; wait for the port.
+	deadline := time.Now().Add(20 * time.Second)
+	for !portFree(pg.cfg.Port) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return pg.Start(ctx)
+}
+
+// LogPath returns the path of the server's log file.
+func (pg *Postgres) LogPath() string { return pg.proc.logPath }

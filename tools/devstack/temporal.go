@@ -1,0 +1,152 @@
+package devstack
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"go.temporal.io/sdk/client"
+)
+
+// TemporalConfig says where and how to run Temporal's dev server (`temporal server start-dev`).
+type TemporalConfig struct {
+	Name     string // process name; default "temporal"
+	Bin      string // path of the temporal CLI (see BuildTemporal)
+	Dir      string // base directory (SQLite file, logs); created if missing
+	Port     int    // frontend gRPC port; 0 picks a free port
+	UIPort   int    // Web UI port; 0 picks a free port
+	Headless bool   // no Web UI (tests)
+	Mode     Mode
+}
+
+// Temporal is one running Temporal dev server.
+type Temporal struct {
+	cfg  TemporalConfig
+	proc *process
+	// HostPort is the frontend address, "127.0.0.1:port".
+	HostPort string
+	// Namespace is the namespace the dev server creates ("default").
+	Namespace string
+	// UIURL is the Web UI's base URL; empty when headless.
+	UIURL string
+}
+
+// StartTemporal starts the dev server and waits until its frontend reports healthy.
+func StartTemporal(ctx context.Context, cfg TemporalConfig) (*Temporal, error) {
+	if cfg.Name == "" {
+		cfg.Name = "temporal"
+	}
+	for _, p := range []*int{&cfg.Port, &cfg.UIPort} {
+		if *p == 0 {
+			fp, err := FreePort()
+			if err != nil {
+				return nil, err
+			}
+			*p = fp
+		}
+	}
+	if cfg.Bin == "" {
+		return nil, fmt.Errorf("%w: temporal CLI path not set (build it with `make tools`)", ErrMissing)
+	}
+	if _, err := os.Stat(cfg.Bin); err != nil {
+		return nil, fmt.Errorf("%w: temporal CLI %s: build it with `make tools`", ErrMissing, cfg.Bin)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("temporal dir: %w", err)
+	}
+	httpPort, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	metricsPort, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	t := &Temporal{cfg: cfg, HostPort: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port)), Namespace: "default"}
+	args := []string{cfg.Bin, "server", "start-dev",
+		"--ip", "127.0.0.1",
+		"--port", strconv.Itoa(cfg.Port),
+		"--http-port", strconv.Itoa(httpPort),
+		"--metrics-port", strconv.Itoa(metricsPort),
+		"--db-filename", filepath.Join(cfg.Dir, "temporal.db"),
+		"--log-level", "warn",
+	}
+	if cfg.Headless {
+		args = append(args, "--headless")
+	} else {
+		args = append(args, "--ui-ip", "127.0.0.1", "--ui-port", strconv.Itoa(cfg.UIPort))
+		t.UIURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.UIPort))
+	}
+	t.proc = newProcess(cfg.Name, cfg.Dir, cfg.Mode, args...)
+	if err := t.Start(ctx); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Start starts the server (again) and waits until it is healthy.
+func (t *Temporal) Start(ctx context.Context) error {
+	if t.cfg.Mode == Detached && t.proc.adopt() {
+		if err := t.Health(ctx); err == nil {
+			return nil
+		}
+	}
+	if !portFree(t.cfg.Port) {
+		return fmt.Errorf("%s: port %d is already in use by another program", t.cfg.Name, t.cfg.Port)
+	}
+	if err := t.proc.start(); err != nil {
+		return err
+	}
+	return t.proc.waitUntil(ctx, "healthy", t.Health)
+}
+
+// Health asks the frontend for its health and checks the default namespace exists.
+func (t *Temporal) Health(ctx context.Context) error {
+	return ProbeTemporal(ctx, t.HostPort, t.Namespace)
+}
+
+// ProbeTemporal checks the frontend at hostPort is healthy and namespace exists.
+func ProbeTemporal(ctx context.Context, hostPort, namespace string) error {
+	c, err := client.DialContext(ctx, client.Options{HostPort: hostPort, Namespace: namespace, Logger: quietLogger{}})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.CheckHealth(ctx, &client.CheckHealthRequest{}); err != nil {
+		return err
+	}
+	nc, err := client.NewNamespaceClient(client.Options{HostPort: hostPort, Logger: quietLogger{}})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	_, err = nc.Describe(ctx, namespace)
+	return err
+}
+
+// Port returns the frontend port.
+func (t *Temporal) Port() int { return t.cfg.Port }
+
+// PID returns the server's process id.
+func (t *Temporal) PID() int { return t.proc.PID() }
+
+// Stop shuts the server down.
+func (t *Temporal) Stop() error { return t.proc.stop(15 * time.Second) }
+
+// Kill kills the server with SIGKILL.
+func (t *Temporal) Kill() error { return t.proc.kill() }
+
+// LogPath returns the path of the server's log file.
+func (t *Temporal) LogPath() string { return t.proc.logPath }
+
+// quietLogger drops the SDK's own log lines during health checks.
+type quietLogger struct{}
+
+func (quietLogger) Debug(string, ...interface{}) {}
+func (quietLogger) Info(string, ...interface{})  {}
+func (quietLogger) Warn(string, ...interface{})  {}
+func (quietLogger) Error(string, ...interface{}) {}

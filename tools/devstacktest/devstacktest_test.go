@@ -1,0 +1,229 @@
+package devstacktest_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/distcache/distcache/tools/devstacktest"
+)
+
+func TestMain(m *testing.M) { devstacktest.Main(m) }
+
+func TestDatabaseIsFreshAndUsable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url1 := devstacktest.Database(t)
+	url2 := devstacktest.Database(t)
+	if url1 == url2 {
+		t.Fatalf("two databases share a URL: %s", url1)
+	}
+	conn, err := pgx.Connect(ctx, url1)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1), (2)"); err != nil {
+		t.Fatalf("exec: %v", err)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil || n != 2 {
+		t.Fatalf("count = %d, %v; want 2", n, err)
+	}
+	var user string
+	if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&user); err != nil || user != "postgres" {
+		t.Fatalf("current_user = %q, %v", user, err)
+	}
+}
+
+func TestPostgresRestartKeepsData(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pg := devstacktest.OwnPostgres(t)
+	url := devstacktest.DatabaseOn(t, pg)
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')"); err != nil {
+		t.Fatalf("exec: %v", err)
+	}
+	conn.Close(ctx)
+	if err := pg.Restart(ctx); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	conn, err = pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("reconnect: %v", err)
+	}
+	defer conn.Close(ctx)
+	var v string
+	if err := conn.QueryRow(ctx, "SELECT v FROM t").Scan(&v); err != nil || v != "kept" {
+		t.Fatalf("after restart got %q, %v; want kept", v, err)
+	}
+}
+
+func TestRedisReplicaServesPrimaryWrites(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary, replica := devstacktest.RedisReplicated(t)
+	p, r := primary.Client(), replica.Client()
+	defer p.Close()
+	defer r.Close()
+	if err := p.Set(ctx, "k", "v1", 0).Err(); err != nil {
+		t.Fatalf("set on primary: %v", err)
+	}
+	var got string
+	devstacktest.Eventually(t, 5*time.Second, func() bool {
+		got, _ = r.Get(ctx, "k").Result()
+		return got == "v1"
+	}, "replica never returned the primary's write (last %q)", got)
+	if err := r.Set(ctx, "k", "x", 0).Err(); err == nil {
+		t.Fatalf("write on the replica succeeded; want READONLY error")
+	}
+}
+
+func TestRedisClusterRoutesAcrossSlots(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := devstacktest.RedisCluster(t)
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	defer cc.Close()
+	for i := 0; i < 100; i++ {
+		if err := cc.Set(ctx, fmt.Sprintf("key-%d", i), i, 0).Err(); err != nil {
+			t.Fatalf("set key-%d: %v", i, err)
+		}
+	}
+	masters := 0
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		n, err := m.DBSize(ctx).Result()
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			masters++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("for each master: %v", err)
+	}
+	if masters != 3 {
+		t.Fatalf("keys spread over %d masters; want 3", masters)
+	}
+}
+
+func TestRedisKillAndRestart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := devstacktest.Redis(t)
+	c := r.Client()
+	defer c.Close()
+	if err := r.Kill(); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	if err := c.Ping(ctx).Err(); err == nil {
+		t.Fatalf("ping after kill succeeded")
+	}
+	if err := r.Restart(ctx); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatalf("ping after restart: %v", err)
+	}
+}
+
+func TestKafkaPersistsAcrossRestart(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	k := devstacktest.Kafka(t)
+	topic := devstacktest.UniqueName(t, "topic")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(k.Addr), kgo.DefaultProduceTopic(topic))
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	if err := kadmCreate(ctx, k.Addr, topic); err != nil {
+		t.Fatalf("create topic: %v", err)
+	}
+	if err := cl.ProduceSync(ctx, &kgo.Record{Key: []byte("k"), Value: []byte("v")}).FirstErr(); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	cl.Close()
+	if err := k.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if err := k.Start(ctx); err != nil {
+		t.Fatalf("start again: %v", err)
+	}
+	cl, err = kgo.NewClient(kgo.SeedBrokers(k.Addr), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	defer cl.Close()
+	fetches := cl.PollRecords(ctx, 1)
+	if errs := fetches.Errors(); len(errs) > 0 {
+		t.Fatalf("poll: %v", errs)
+	}
+	recs := fetches.Records()
+	if len(recs) != 1 || string(recs[0].Value) != "v" {
+		t.Fatalf("after restart got %d records; want the one produced before", len(recs))
+	}
+}
+
+func greet(ctx workflow.Context, name string) (string, error) {
+	return "hello " + name, nil
+}
+
+func TestTemporalRunsAWorkflow(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := devstacktest.Temporal(t)
+	c, err := client.Dial(client.Options{HostPort: srv.HostPort, Namespace: srv.Namespace})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	queue := devstacktest.UniqueName(t, "q")
+	w := worker.New(c, queue, worker.Options{})
+	w.RegisterWorkflow(greet)
+	if err := w.Start(); err != nil {
+		t.Fatalf("worker: %v", err)
+	}
+	defer w.Stop()
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: queue}, greet, "distcache")
+	if err != nil {
+		t.Fatalf("execute: %v", err)
+	}
+	var got string
+	if err := run.Get(ctx, &got); err != nil {
+		t.Fatalf("result: %v", err)
+	}
+	if got != "hello distcache" {
+		t.Fatalf("got %q; want %q", got, "hello distcache")
+	}
+}
+
+func kadmCreate(ctx context.Context, addr, topic string) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	resp, err := adm.CreateTopic(ctx, 1, 1, map[string]*string{"cleanup.policy": kadm.StringPtr("compact")}, topic)
+	if err != nil {
+		return err
+	}
+	return resp.Err
+}

@@ -1,0 +1,136 @@
+package projection
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// FuzzParseKeyTemplate: parsing never panics; an accepted template names at least one valid field,
+// and rendering it with every field set renders each literal and value (no brace is lost).
+func FuzzParseKeyTemplate(f *testing.F) {
+	for _, s := range []string{"{email}", "{org_id}:{slug}", "{{{a}}}", "{a", "}", "{}", "{a}{b}", "x{a}y{b}z", "{{", "{é}"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		tp, err := ParseKeyTemplate(s)
+		if err != nil {
+			return
+		}
+		if len(tp.Fields()) == 0 {
+			t.Fatalf("accepted %q with no field", s)
+		}
+		payload := map[string]any{}
+		for _, name := range tp.Fields() {
+			if !validField(name) {
+				t.Fatalf("accepted %q with invalid field %q", s, name)
+			}
+			payload[name] = "v"
+		}
+		key, err := tp.Render(payload)
+		if err != nil {
+			if strings.Contains(err.Error(), "longer than") {
+				return
+			}
+			t.Fatalf("Render(%q) with every field: %v", s, err)
+		}
+		if !strings.Contains(key, "v") {
+			t.Fatalf("Render(%q) = %q lost the field values", s, key)
+		}
+		delete(payload, tp.Fields()[0])
+		if _, err := tp.Render(payload); !errors.Is(err, ErrMissingField) {
+			t.Fatalf("Render(%q) without %q: error %v, want ErrMissingField", s, tp.Fields()[0], err)
+		}
+	})
+}
+
+// FuzzDefinition: decoding and validating any JSON never panics; a definition that validates
+// compiles, and a valid definition keeps validating after a JSON round trip.
+func FuzzDefinition(f *testing.F) {
+	f.Add([]byte(`{"name":"users_by_email","model":"users","key_template":"{email}","lowercase_key":true,"fields":["id","email"],"filter":{"field":"status","op":"in","values":["a","b"]}}`))
+	f.Add([]byte(`{"name":"x","model":"m","key_template":"{a}:{b}","fields":["a"]}`))
+	f.Add([]byte(`{"name":"","fields":[""],"filter":{}}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var d Definition
+		if json.Unmarshal(raw, &d) != nil {
+			return
+		}
+		err := d.Validate()
+		if err != nil {
+			var ve *ValidationError
+			if !errors.As(err, &ve) || len(ve.Violations) == 0 {
+				t.Fatalf("Validate error %v is not a non-empty *ValidationError", err)
+			}
+			for _, v := range ve.Violations {
+				if v.Field == "" || v.Description == "" {
+					t.Fatalf("violation without field or description: %+v", v)
+				}
+			}
+			return
+		}
+		if _, err := Compile(d); err != nil {
+			t.Fatalf("valid definition does not compile: %v", err)
+		}
+		b, err := json.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Definition
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatal(err)
+		}
+		if err := back.Validate(); err != nil || !back.Equal(d) {
+			t.Fatalf("round trip changed a valid definition: %v", err)
+		}
+	})
+}
+
+// FuzzFilterApply: applying a valid filter and projection to any payload never panics; a kept
+// record's value is a JSON object holding only the definition's fields; eq and not_eq disagree
+// on every record that has the field as a scalar.
+func FuzzFilterApply(f *testing.F) {
+	f.Add("active", []byte(`{"id":1,"email":"a@b","status":"active"}`))
+	f.Add("3", []byte(`{"id":1,"email":"a@b","status":3}`))
+	f.Add("x", []byte(`{"id":1,"email":{"a":1},"status":[1]}`))
+	f.Add("", []byte(`not json`))
+	f.Fuzz(func(t *testing.T, value string, raw []byte) {
+		base := Definition{Name: "p", Model: "m", KeyTemplate: "{email}", Fields: []string{"id", "email"}}
+		eq, ne := base, base
+		eq.Filter = &Filter{Field: "status", Op: OpEq, Values: []string{value}}
+		ne.Filter = &Filter{Field: "status", Op: OpNotEq, Values: []string{value}}
+		peq, err := Compile(eq)
+		if err != nil {
+			if len(value) > MaxFilterValue {
+				return
+			}
+			t.Fatal(err)
+		}
+		pne, err := Compile(ne)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, v, keep, err := peq.Apply(raw)
+		if err != nil {
+			return
+		}
+		if keep {
+			var m map[string]json.RawMessage
+			if err := json.Unmarshal(v, &m); err != nil {
+				t.Fatalf("projected value %q is not a JSON object: %v", v, err)
+			}
+			for k := range m {
+				if k != "id" && k != "email" {
+					t.Fatalf("projected value keeps field %q", k)
+				}
+			}
+		}
+		payload, _ := DecodePayload(raw)
+		if sv, present := payload["status"]; present {
+			if _, ok := scalarText(sv); ok && peq.Match(payload) == pne.Match(payload) {
+				t.Fatalf("eq and not_eq agree (%v) on %s", peq.Match(payload), raw)
+			}
+		}
+	})
+}
