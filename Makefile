@@ -6,7 +6,7 @@ GO ?= go
 RUN := $(CURDIR)/.run
 BIN := $(RUN)/bin
 PREFIX := github.com/distcache/distcache
-MODULES := libs/events libs/distcache migrations services/core-publisher services/cache-producer services/control-plane workflows tools
+MODULES := libs/events libs/distcache migrations services/core-publisher services/cache-producer services/control-plane workflows tools examples
 PKGS := $(foreach m,$(MODULES),$(PREFIX)/$(m)/...)
 TEST_TIMEOUT ?= 20m
 

@@ -88,12 +88,12 @@ type projection struct {
 	ctrlPos   string
 
 	// Stats.
-	hits, staleServes                stripedCounter
-	misses, negHits, fetchErrors     atomic.Uint64
-	updates, gaps, replays, fills    atomic.Uint64
-	evictTTL, evictBytes, evictItems atomic.Uint64
-	lagNanos                         atomic.Int64
-	cutovers, rebuilds, compactions  atomic.Uint64
+	hits, staleServes                   stripedCounter
+	misses, negHits, fetchErrors        atomic.Uint64
+	updates, gaps, replays, fills, seen atomic.Uint64
+	evictTTL, evictBytes, evictItems    atomic.Uint64
+	lagNanos                            atomic.Int64
+	cutovers, rebuilds, compactions     atomic.Uint64
 }
 
 func newProjection(c *Client, name string) *projection {

@@ -28,6 +28,7 @@ type ProjectionStats struct {
 	Bytes int64 // gauge: local bytes (keys, values, headers)
 	Items int64 // gauge: local entries
 
+	ChangesSeen uint64        // change-stream entries read (applied or not)
 	Updates     uint64        // changes applied in place from the change stream
 	Fills       uint64        // entries stored after a miss or warm start
 	StreamLag   time.Duration // gauge: age of the last change applied when it was applied (0 when idle)
@@ -69,6 +70,7 @@ func (c *Client) Stats() Stats {
 			EvictedMaxTTL:   p.evictTTL.Load(),
 			EvictedMaxBytes: p.evictBytes.Load(),
 			EvictedMaxItems: p.evictItems.Load(),
+			ChangesSeen:     p.seen.Load(),
 			Updates:         p.updates.Load(),
 			Fills:           p.fills.Load(),
 			StreamLag:       time.Duration(p.lagNanos.Load()),

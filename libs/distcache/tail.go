@@ -238,6 +238,7 @@ func (p *projection) applyMessages(msgs []redis.XMessage, replaying bool) {
 	}
 	last := msgs[len(msgs)-1].ID
 	p.streamPos = last
+	p.seen.Add(uint64(len(msgs)))
 	if replaying {
 		p.replays.Add(uint64(len(msgs)))
 	}

@@ -121,7 +121,10 @@ func NewConsumer(brokers []string, aggregates []string, h Handler, opts ...Consu
 }
 
 // Run consumes until ctx is done (returning nil), Close is called
-// (ErrConsumerClosed) or the handler fails (its error, wrapped).
+// (ErrConsumerClosed) or the handler fails (its error, wrapped). Call it
+// once: after a handler error the rest of that fetch is not delivered, so
+// make a new Consumer (its start offset decides where it resumes) rather than
+// calling Run again.
 func (c *Consumer) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -68,7 +68,9 @@ func NewEventID() string { return uuid.NewString() }
 
 // Size is the number of bytes the envelope accounts for against a size
 // limit: aggregate, key, payload and every header name and value.
-func (e *Envelope) Size() int {
+func (e Envelope) Size() int { return e.size() }
+
+func (e *Envelope) size() int {
 	n := len(e.Aggregate) + len(e.Key) + len(e.Payload)
 	for k, v := range e.Headers {
 		n += len(k) + len(v)
@@ -120,11 +122,11 @@ func invalid(field, reason string) *ValidationError {
 // Validate checks the envelope against the contract with the default size
 // limit (DefaultMaxEventBytes). The error is a *ValidationError naming the
 // first invalid field.
-func (e *Envelope) Validate() error { return e.ValidateWithLimit(DefaultMaxEventBytes) }
+func (e Envelope) Validate() error { return e.ValidateWithLimit(DefaultMaxEventBytes) }
 
 // ValidateWithLimit is Validate with a size limit of maxBytes (see Size);
 // maxBytes <= 0 disables the size check.
-func (e *Envelope) ValidateWithLimit(maxBytes int) error {
+func (e Envelope) ValidateWithLimit(maxBytes int) error {
 	return e.validate(maxBytes, false)
 }
 
@@ -181,7 +183,7 @@ func (e *Envelope) validate(maxBytes int, forOutbox bool) error {
 		return invalid(FieldSourceTime, "zero")
 	}
 	if maxBytes > 0 {
-		if n := e.Size(); n > maxBytes {
+		if n := e.size(); n > maxBytes {
 			return invalid(FieldSize, fmt.Sprintf("%d bytes, limit %d", n, maxBytes))
 		}
 	}

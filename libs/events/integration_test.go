@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -483,4 +482,96 @@ func TestNewConsumerRejectsBadConfig(t *testing.T) {
 	}
 }
 
-var _ = pgconn.CommandTag{}
+func TestOutboxWriterConcurrentWritersOfOneKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, conn := outboxDB(t)
+	w, _ := events.NewOutboxWriter()
+	const writers, each = 4, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			c, err := pgx.Connect(ctx, url)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close(ctx)
+			for j := range each {
+				err := pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+					return w.Write(ctx, tx, events.Envelope{Aggregate: "users", Key: "hot", Op: events.OpUpsert,
+						Payload: json.RawMessage(fmt.Sprintf(`{"writer":%d,"n":%d}`, i, j))})
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	// In id order (the relay's order) the key's versions are exactly 1..40.
+	got := readOutbox(t, conn, "users")
+	if len(got) != writers*each {
+		t.Fatalf("%d rows, want %d", len(got), writers*each)
+	}
+	for i, e := range got {
+		if e.Version != int64(i+1) {
+			t.Fatalf("row %d (id order) has version %d, want %d", i, e.Version, i+1)
+		}
+	}
+}
+
+func TestConsumerStartAtEndSkipsHistory(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	k := devstacktest.Kafka(t)
+	cl, adm := kafkaClients(t, k.Addr)
+	prefix := devstacktest.UniqueName(t, "p")
+	compactedTopic(t, adm, prefix, "users")
+	produce := func(key string) {
+		t.Helper()
+		r, err := events.ToRecord(events.Envelope{Aggregate: "users", Key: key, Version: 1, Op: events.OpDelete,
+			EventID: events.NewEventID(), SourceTime: time.Now()}, prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	produce("old")
+
+	var mu sync.Mutex
+	var keys []string
+	c, err := events.NewConsumer([]string{k.Addr}, []string{"users"}, func(_ context.Context, e events.Envelope) error {
+		mu.Lock()
+		defer mu.Unlock()
+		keys = append(keys, e.Key)
+		return nil
+	}, events.WithTopicPrefix(prefix), events.WithStartOffset(kgo.NewOffset().AtEnd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go func() { _ = c.Run(ctx) }()
+	// The consumer resolves "end" at some point after it starts: keep
+	// producing new changes until one arrives.
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
+		produce("new")
+		mu.Lock()
+		defer mu.Unlock()
+		return len(keys) > 0
+	}, "a new change delivered")
+	mu.Lock()
+	defer mu.Unlock()
+	if slices.Contains(keys, "old") {
+		t.Fatalf("delivered keys %q include the change produced before the consumer started", keys)
+	}
+}

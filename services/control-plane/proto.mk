@@ -33,4 +33,5 @@ controlplane-proto: controlplane-protoc-plugins
 		--openapiv2_out=$(CP_GEN_DIR) \
 		--openapiv2_opt=grpc_api_configuration=$(CP_HTTP_RULES) \
 		--openapiv2_opt=json_names_for_fields=false \
+		--openapiv2_opt=openapi_configuration=$(CP_PROTO_DIR)/distcache/v1/controlplane_openapi.yaml \
 		$(CP_PROTO_DIR)/distcache/v1/controlplane.proto

@@ -384,7 +384,7 @@ func TestGracefulShutdownFlushes(t *testing.T) {
 	pubtest.Exec(t, pool, pubtest.CapturedTableSQL("items"))
 	const n = 20000
 	pubtest.Exec(t, pool, `INSERT INTO items (id, body) SELECT g, repeat('x', 200) FROM generate_series(1, $1) g`, n)
-	env := serviceEnv(t, dbURL, k.Addr, "PUBLISHER_BATCH_SIZE", "500")
+	env := serviceEnv(t, dbURL, k.Addr, "PUBLISHER_BATCH_SIZE", "500", "PUBLISHER_AUTO_BACKLOAD", "false")
 	_, stop := startService(t, env)
 	reader := pubtest.NewReader(t, k.Addr, "distcache.items")
 	reader.ReadUntil(t, 30*time.Second, func(evs []pubtest.Event) bool { return len(evs) > 0 }, "publishing started")
@@ -453,9 +453,9 @@ func TestKillActivePublisher(t *testing.T) {
 	pubtest.Exec(t, pool, pubtest.CapturedTableSQL("items"))
 	pubtest.Exec(t, pool, `INSERT INTO items (id, body) SELECT g, repeat('x', 1000) FROM generate_series(1000, 20999) g`)
 
-	a := startProc(t, bin, serviceEnv(t, dbURL, k.Addr, "PUBLISHER_BATCH_SIZE", "500"))
+	a := startProc(t, bin, serviceEnv(t, dbURL, k.Addr, "PUBLISHER_BATCH_SIZE", "500", "PUBLISHER_AUTO_BACKLOAD", "false"))
 	devstacktest.Eventually(t, 30*time.Second, func() bool { return role(t, a.base) == "active" }, "first process active")
-	b := startProc(t, bin, serviceEnv(t, dbURL, k.Addr, "PUBLISHER_BATCH_SIZE", "500"))
+	b := startProc(t, bin, serviceEnv(t, dbURL, k.Addr, "PUBLISHER_BATCH_SIZE", "500", "PUBLISHER_AUTO_BACKLOAD", "false"))
 	devstacktest.Eventually(t, 30*time.Second, func() bool { return role(t, b.base) == "standby" }, "second process standing by")
 
 	var stopWriters atomic.Bool

@@ -15,7 +15,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -300,30 +299,13 @@ func TemporalBin(t testing.TB) string {
 	return temporalBin
 }
 
-// buildBinary runs go build in modDir and moves the result into root/.run/bin atomically, so
-// test binaries of several packages can build at once.
+// buildBinary builds pkg of modDir into root/.run/bin/name.
 func buildBinary(root, modDir, name, pkg string) (string, error) {
-	binDir := filepath.Join(root, ".run", "bin")
-	if err := os.MkdirAll(binDir, 0o755); err != nil {
-		return "", err
-	}
-	tmp, err := os.CreateTemp(binDir, name+".tmp-")
-	if err != nil {
-		return "", err
-	}
-	tmp.Close()
-	defer os.Remove(tmp.Name())
-	cmd := exec.Command("go", "build", "-o", tmp.Name(), pkg)
-	cmd.Dir = modDir
-	if _, err := os.Stat(filepath.Join(modDir, "go.mod")); err == nil && modDir != filepath.Join(root, "tools") {
-		cmd.Env = append(os.Environ(), "GOWORK=off") // a module kept outside the workspace
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
-	}
-	dst := filepath.Join(binDir, name)
-	if err := os.Rename(tmp.Name(), dst); err != nil {
+	dst := filepath.Join(root, ".run", "bin", name)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	outside := modDir != filepath.Join(root, "tools") // tools/temporal is kept outside go.work
+	if err := devstack.GoBuild(ctx, modDir, pkg, dst, outside); err != nil {
 		return "", err
 	}
 	return dst, nil

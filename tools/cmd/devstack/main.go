@@ -86,7 +86,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 }
 
-func (s *stack) path(parts ...string) string { return filepath.Join(append([]string{s.dir}, parts...)...) }
+func (s *stack) path(parts ...string) string {
+	return filepath.Join(append([]string{s.dir}, parts...)...)
+}
 
 func (s *stack) addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
 
@@ -194,13 +196,19 @@ func (s *stack) components() []component {
 		{"postgres", s.path("postgres", "postgres.pid"), s.addr(s.ports.postgres), syscall.SIGINT,
 			func(ctx context.Context) error { return devstack.ProbePostgres(ctx, s.pgURL("postgres")) }},
 		{"redis-primary", s.path("redis-primary", "redis-primary.pid"), s.addr(s.ports.redisPrimary), syscall.SIGTERM,
-			func(ctx context.Context) error { return devstack.ProbeRedis(ctx, s.addr(s.ports.redisPrimary), "", false) }},
+			func(ctx context.Context) error {
+				return devstack.ProbeRedis(ctx, s.addr(s.ports.redisPrimary), "", false)
+			}},
 		{"redis-replica", s.path("redis-replica", "redis-replica.pid"), s.addr(s.ports.redisReplica), syscall.SIGTERM,
-			func(ctx context.Context) error { return devstack.ProbeRedis(ctx, s.addr(s.ports.redisReplica), "", true) }},
+			func(ctx context.Context) error {
+				return devstack.ProbeRedis(ctx, s.addr(s.ports.redisReplica), "", true)
+			}},
 		{"kafka", s.path("kafka", "kafka.pid"), s.addr(s.ports.kafka), syscall.SIGTERM,
 			func(ctx context.Context) error { return devstack.ProbeKafka(ctx, s.addr(s.ports.kafka)) }},
 		{"temporal", s.path("temporal", "temporal.pid"), s.addr(s.ports.temporal), syscall.SIGTERM,
-			func(ctx context.Context) error { return devstack.ProbeTemporal(ctx, s.addr(s.ports.temporal), "default") }},
+			func(ctx context.Context) error {
+				return devstack.ProbeTemporal(ctx, s.addr(s.ports.temporal), "default")
+			}},
 	}
 }
 

@@ -1,0 +1,203 @@
+{{/* Names, labels and the pieces every component's pod shares. */}}
+
+{{- define "distcache.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* distcache.componentName: <fullname>-<component>; call with (dict "root" $ "component" "core-publisher"). */}}
+{{- define "distcache.componentName" -}}
+{{- printf "%s-%s" (include "distcache.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "distcache.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "distcache.labels" -}}
+{{ include "distcache.selectorLabels" . }}
+app.kubernetes.io/part-of: distcache
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "distcache.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "distcache.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* distcache.image: the image of one service; call with (dict "root" $ "service" "core-publisher"). */}}
+{{- define "distcache.image" -}}
+{{- $img := .root.Values.image -}}
+{{- $repo := printf "%s/%s/%s" $img.registry $img.repositoryPrefix .service -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $repo $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .root.Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* distcache.secretEnv: an env entry read from a Secret; (dict "name" "VAR" "ref" .Values.x.urlSecret "what" "postgres.core.urlSecret"). */}}
+{{- define "distcache.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ required (printf "%s.name is required" .what) .ref.name | quote }}
+      key: {{ required (printf "%s.key is required" .what) .ref.key | quote }}
+{{- end -}}
+
+{{/* distcache.kafkaEnv: broker connection for a service whose variables start with .prefix. */}}
+{{- define "distcache.kafkaEnv" -}}
+{{- $k := .root.Values.kafka -}}
+- name: {{ .prefix }}KAFKA_BROKERS
+  value: {{ required "kafka.brokers is required" (join "," $k.brokers) | quote }}
+- name: {{ .prefix }}TOPIC_PREFIX
+  value: {{ $k.topicPrefix | quote }}
+{{- if $k.tls.enabled }}
+- name: {{ .prefix }}KAFKA_TLS
+  value: "true"
+{{- if $k.tls.secretName }}
+{{- if $k.tls.caKey }}
+- name: {{ .prefix }}KAFKA_TLS_CA_FILE
+  value: {{ printf "/etc/distcache/kafka-tls/%s" $k.tls.caKey | quote }}
+{{- end }}
+{{- if $k.tls.certKey }}
+- name: {{ .prefix }}KAFKA_TLS_CERT_FILE
+  value: {{ printf "/etc/distcache/kafka-tls/%s" $k.tls.certKey | quote }}
+- name: {{ .prefix }}KAFKA_TLS_KEY_FILE
+  value: {{ printf "/etc/distcache/kafka-tls/%s" (required "kafka.tls.keyKey is required with kafka.tls.certKey" $k.tls.keyKey) | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $k.sasl.mechanism }}
+- name: {{ .prefix }}KAFKA_SASL_MECHANISM
+  value: {{ $k.sasl.mechanism | quote }}
+- name: {{ .prefix }}KAFKA_SASL_USER
+  value: {{ required "kafka.sasl.username is required with kafka.sasl.mechanism" $k.sasl.username | quote }}
+{{ include "distcache.secretEnv" (dict "name" (printf "%sKAFKA_SASL_PASSWORD" .prefix) "ref" $k.sasl.passwordSecret "what" "kafka.sasl.passwordSecret") }}
+{{- end }}
+{{- end -}}
+
+{{/* distcache.redisEnv: Redis connection for a service whose variables start with .prefix. */}}
+{{- define "distcache.redisEnv" -}}
+{{- $r := .root.Values.redis -}}
+- name: {{ .prefix }}REDIS_ADDR
+{{- if eq $r.mode "cluster" }}
+  value: {{ required "redis.clusterNodes is required with redis.mode=cluster" (join "," $r.clusterNodes) | quote }}
+{{- else }}
+  value: {{ required "redis.primary is required with redis.mode=replicas" $r.primary | quote }}
+{{- end }}
+{{- if $r.tls }}
+- name: {{ .prefix }}REDIS_TLS
+  value: "true"
+{{- end }}
+{{- if $r.passwordSecret.name }}
+{{ include "distcache.secretEnv" (dict "name" (printf "%sREDIS_PASSWORD" .prefix) "ref" $r.passwordSecret "what" "redis.passwordSecret") }}
+{{- end }}
+{{- end -}}
+
+{{/* distcache.kafkaTLSVolume / Mount: the Kafka TLS Secret, when there is one. */}}
+{{- define "distcache.kafkaTLSVolume" -}}
+{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.secretName }}
+- name: kafka-tls
+  secret:
+    secretName: {{ .Values.kafka.tls.secretName | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+{{- define "distcache.kafkaTLSMount" -}}
+{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.secretName }}
+- name: kafka-tls
+  mountPath: /etc/distcache/kafka-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* distcache.httpProbes: liveness on /healthz, readiness on /readyz, a startup probe that gives
+migrations time; (dict "port" "http"). */}}
+{{- define "distcache.httpProbes" -}}
+startupProbe:
+  httpGet: {path: /healthz, port: {{ .port }}}
+  periodSeconds: 2
+  failureThreshold: 60
+livenessProbe:
+  httpGet: {path: /healthz, port: {{ .port }}}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 3
+readinessProbe:
+  httpGet: {path: /readyz, port: {{ .port }}}
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 3
+{{- end -}}
+
+{{/* distcache.podSpecCommon: what every pod shares; call with (dict "root" $ "c" .Values.<component>). */}}
+{{- define "distcache.podSpecCommon" -}}
+serviceAccountName: {{ include "distcache.serviceAccountName" .root }}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+terminationGracePeriodSeconds: {{ .c.terminationGracePeriodSeconds }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .c.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .c.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* distcache.affinity: the component's affinity, or by default a preference to spread its
+pods over nodes; (dict "root" $ "c" .Values.<component> "component" "core-publisher"). */}}
+{{- define "distcache.affinity" -}}
+affinity:
+{{- if .c.affinity }}
+  {{- toYaml .c.affinity | nindent 2 }}
+{{- else }}
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "distcache.selectorLabels" (dict "root" .root "component" .component) | nindent 14 }}
+{{- end }}
+{{- end -}}
+
+{{/* distcache.pdb: a PodDisruptionBudget; (dict "root" $ "c" .Values.<component> "component" "core-publisher"). */}}
+{{- define "distcache.pdb" -}}
+{{- if .c.pdb.enabled }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "distcache.componentName" . }}
+  labels:
+    {{- include "distcache.labels" . | nindent 4 }}
+spec:
+  {{- if hasKey .c.pdb "minAvailable" }}
+  minAvailable: {{ .c.pdb.minAvailable }}
+  {{- else }}
+  maxUnavailable: {{ .c.pdb.maxUnavailable }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "distcache.selectorLabels" . | nindent 6 }}
+{{- end }}
+{{- end -}}

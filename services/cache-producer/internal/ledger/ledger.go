@@ -1,0 +1,442 @@
+// Package ledger holds the cache-producer's own bookkeeping in Redis, next to
+// the values libs/distcache's Publisher writes: for each generation, the
+// consumed offset, the source-key index used for re-keying, and the
+// dead-letter stream. distcache.Publisher stays the only writer of values and
+// change streams; this package never touches them.
+//
+// Layout, for projection P and generation N:
+//
+//	dc:P:producer:gN:offset      string, decimal: the next offset to consume
+//	                             (every record before it is written)
+//	dc:P:producer:gN:ix:<skey>   string: 16 hex digits of the version the
+//	                             source key <skey> last wrote, then the
+//	                             projected key it wrote
+//	dc:P:producer:gN:dead        stream: dead letters, entry id <offset+1>-0,
+//	                             fields topic, partition, offset, key, reason
+//
+// These keys deliberately do not match distcache.GenerationPattern
+// (dc:P:gN:*): that pattern is SCANned by edge clients' warm start, which
+// reads every matching key as a value; a million index keys there would crowd
+// out the real values and could not be decoded. They live under dc: so an
+// ACL that grants ~dc:* covers them, carry no hash tag so the index spreads
+// over a Redis Cluster like the values do, and are removed with Forget when a
+// generation is retired (Pattern is their SCAN pattern).
+package ledger
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrCorrupt is wrapped when a bookkeeping key holds something this package
+// did not write.
+var ErrCorrupt = errors.New("ledger: malformed bookkeeping value")
+
+// VersionHexLen is the length of the version prefix of an index entry.
+const VersionHexLen = 16
+
+func genPrefix(proj string, gen int64) string {
+	return "dc:" + proj + ":producer:g" + strconv.FormatInt(gen, 10) + ":"
+}
+
+// OffsetKey is the key holding generation gen's next offset.
+func OffsetKey(proj string, gen int64) string { return genPrefix(proj, gen) + "offset" }
+
+// IndexKey is the key of source key skey's index entry in generation gen.
+func IndexKey(proj string, gen int64, skey string) string {
+	return genPrefix(proj, gen) + "ix:" + skey
+}
+
+// DeadLetterKey is generation gen's dead-letter stream.
+func DeadLetterKey(proj string, gen int64) string { return genPrefix(proj, gen) + "dead" }
+
+// Pattern is the SCAN MATCH pattern of every bookkeeping key of generation
+// gen. proj must be a valid projection name (no glob characters).
+func Pattern(proj string, gen int64) string { return genPrefix(proj, gen) + "*" }
+
+// Entry is one source key's index entry: the projected key it last wrote and
+// the version of that write. The zero Entry means "owns nothing".
+type Entry struct {
+	Key     string
+	Version int64
+}
+
+// Encode returns the stored form of e.
+func (e Entry) Encode() string {
+	var raw [8]byte
+	v := uint64(e.Version)
+	for i := 7; i >= 0; i-- {
+		raw[i] = byte(v)
+		v >>= 8
+	}
+	return hex.EncodeToString(raw[:]) + e.Key
+}
+
+// DecodeEntry parses a stored index entry.
+func DecodeEntry(s string) (Entry, error) {
+	v, err := ParseVersionHex(s)
+	if err != nil || len(s) == VersionHexLen {
+		return Entry{}, fmt.Errorf("%w: index entry %q", ErrCorrupt, s)
+	}
+	return Entry{Key: s[VersionHexLen:], Version: v}, nil
+}
+
+// ParseVersionHex parses the 16 lower-case hex digits at the start of s (the
+// version prefix of a distcache value and of an index entry).
+func ParseVersionHex(s string) (int64, error) {
+	if len(s) < VersionHexLen {
+		return 0, ErrCorrupt
+	}
+	var v uint64
+	for i := 0; i < VersionHexLen; i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9':
+			v = v<<4 | uint64(c-'0')
+		case c >= 'a' && c <= 'f':
+			v = v<<4 | uint64(c-'a'+10)
+		default:
+			return 0, ErrCorrupt
+		}
+	}
+	if int64(v) < 0 {
+		return 0, ErrCorrupt
+	}
+	return int64(v), nil
+}
+
+// Ledger reads and writes the bookkeeping keys.
+type Ledger struct {
+	rdb     redis.UniversalClient
+	cluster bool
+	deadMax int64
+}
+
+// DefaultDeadLetterMaxLen caps each dead-letter stream (approximately).
+const DefaultDeadLetterMaxLen = 10_000
+
+// New returns a Ledger over rdb. deadMax caps dead-letter streams (0:
+// DefaultDeadLetterMaxLen).
+func New(rdb redis.UniversalClient, deadMax int64) *Ledger {
+	if deadMax <= 0 {
+		deadMax = DefaultDeadLetterMaxLen
+	}
+	_, cluster := rdb.(*redis.ClusterClient)
+	return &Ledger{rdb: rdb, cluster: cluster, deadMax: deadMax}
+}
+
+// Client returns the Redis client.
+func (l *Ledger) Client() redis.UniversalClient { return l.rdb }
+
+// Cluster reports whether the client is a Redis Cluster client.
+func (l *Ledger) Cluster() bool { return l.cluster }
+
+// Offset returns generation gen's stored next offset; ok is false when none
+// is stored.
+func (l *Ledger) Offset(ctx context.Context, proj string, gen int64) (offset int64, ok bool, err error) {
+	s, err := l.rdb.Get(ctx, OffsetKey(proj, gen)).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read offset of %s/g%d: %w", proj, gen, err)
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, false, fmt.Errorf("%w: offset of %s/g%d is %q", ErrCorrupt, proj, gen, s)
+	}
+	return n, true, nil
+}
+
+// InitOffset stores offset as generation gen's next offset unless one is
+// stored already, and returns the stored one.
+func (l *Ledger) InitOffset(ctx context.Context, proj string, gen, offset int64) (int64, error) {
+	key := OffsetKey(proj, gen)
+	if _, err := l.rdb.SetNX(ctx, key, strconv.FormatInt(offset, 10), 0).Result(); err != nil {
+		return 0, fmt.Errorf("init offset of %s/g%d: %w", proj, gen, err)
+	}
+	got, _, err := l.Offset(ctx, proj, gen)
+	return got, err
+}
+
+// Index reads the index entries of skeys (in order; the zero Entry where
+// none is stored).
+func (l *Ledger) Index(ctx context.Context, proj string, gen int64, skeys []string) ([]Entry, error) {
+	out := make([]Entry, len(skeys))
+	if len(skeys) == 0 {
+		return out, nil
+	}
+	keys := make([]string, len(skeys))
+	for i, s := range skeys {
+		keys[i] = IndexKey(proj, gen, s)
+	}
+	vals, err := l.mget(ctx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("read index of %s/g%d: %w", proj, gen, err)
+	}
+	for i, v := range vals {
+		if v == nil {
+			continue
+		}
+		e, err := DecodeEntry(*v)
+		if err != nil {
+			return nil, fmt.Errorf("index of %s/g%d key %q: %w", proj, gen, skeys[i], err)
+		}
+		out[i] = e
+	}
+	return out, nil
+}
+
+// Versions reads the version of each value key (the first 16 bytes of a
+// distcache value, read with GETRANGE so large values are not transferred);
+// 0 where the key is absent or does not hold a distcache value.
+func (l *Ledger) Versions(ctx context.Context, valueKeys []string) ([]int64, error) {
+	out := make([]int64, len(valueKeys))
+	if len(valueKeys) == 0 {
+		return out, nil
+	}
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(valueKeys))
+	for i, k := range valueKeys {
+		cmds[i] = pipe.GetRange(ctx, k, 0, VersionHexLen-1)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read versions: %w", err)
+	}
+	for i, c := range cmds {
+		s, err := c.Result()
+		if err != nil {
+			continue // absent or another type: owned by nobody we know
+		}
+		if v, err := ParseVersionHex(s); err == nil {
+			out[i] = v
+		}
+	}
+	return out, nil
+}
+
+func (l *Ledger) mget(ctx context.Context, keys []string) ([]*string, error) {
+	out := make([]*string, len(keys))
+	if !l.cluster {
+		res, err := l.rdb.MGet(ctx, keys...).Result()
+		if err != nil {
+			return nil, err
+		}
+		for i, v := range res {
+			if s, ok := v.(string); ok {
+				out[i] = &s
+			}
+		}
+		return out, nil
+	}
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.Get(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	for i, c := range cmds {
+		s, err := c.Result()
+		if err == nil {
+			out[i] = &s
+		}
+	}
+	return out, nil
+}
+
+// DeadLetter is one record that could not be projected.
+type DeadLetter struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	Key       string
+	Reason    string
+}
+
+// Commit is what a batch leaves behind once its values are written: index
+// changes, dead letters and the new next offset.
+type Commit struct {
+	Set    map[string]Entry // source key → new entry
+	Delete []string         // source keys that own nothing any more
+	Dead   []DeadLetter
+	Next   int64 // new next offset; < 0 leaves the offset alone
+}
+
+// errStreamIDTooSmall is Redis's reply to an XADD whose explicit id is not
+// above the stream's last id: the dead letter was recorded by an earlier run.
+const errStreamIDTooSmall = "ERR The ID specified in XADD is equal or smaller"
+
+// Write stores c for generation gen in one pipeline: index entries, dead
+// letters (each with the id <offset+1>-0, so a replayed batch does not record
+// them twice) and, last, the offset.
+func (l *Ledger) Write(ctx context.Context, proj string, gen int64, c Commit) error {
+	pipe := l.rdb.Pipeline()
+	n := 0
+	if len(c.Set) > 0 {
+		if l.cluster {
+			for sk, e := range c.Set {
+				pipe.Set(ctx, IndexKey(proj, gen, sk), e.Encode(), 0)
+				n++
+			}
+		} else {
+			pairs := make([]any, 0, 2*len(c.Set))
+			for sk, e := range c.Set {
+				pairs = append(pairs, IndexKey(proj, gen, sk), e.Encode())
+			}
+			pipe.MSet(ctx, pairs...)
+			n++
+		}
+	}
+	if len(c.Delete) > 0 {
+		keys := make([]string, len(c.Delete))
+		for i, sk := range c.Delete {
+			keys[i] = IndexKey(proj, gen, sk)
+		}
+		if l.cluster {
+			for _, k := range keys {
+				pipe.Unlink(ctx, k)
+				n++
+			}
+		} else {
+			pipe.Unlink(ctx, keys...)
+			n++
+		}
+	}
+	dead := DeadLetterKey(proj, gen)
+	deadCmds := make([]*redis.StringCmd, 0, len(c.Dead))
+	for _, d := range c.Dead {
+		deadCmds = append(deadCmds, pipe.XAdd(ctx, &redis.XAddArgs{
+			Stream: dead,
+			MaxLen: l.deadMax,
+			Approx: true,
+			ID:     strconv.FormatInt(d.Offset+1, 10) + "-0",
+			Values: []any{"topic", d.Topic, "partition", strconv.FormatInt(int64(d.Partition), 10),
+				"offset", strconv.FormatInt(d.Offset, 10), "key", d.Key, "reason", d.Reason},
+		}))
+		n++
+	}
+	if c.Next >= 0 {
+		pipe.Set(ctx, OffsetKey(proj, gen), strconv.FormatInt(c.Next, 10), 0)
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	cmds, err := pipe.Exec(ctx)
+	if err == nil {
+		return nil
+	}
+	isDead := make(map[redis.Cmder]bool, len(deadCmds))
+	for _, c := range deadCmds {
+		isDead[c] = true
+	}
+	for _, cmd := range cmds {
+		cerr := cmd.Err()
+		if cerr == nil {
+			continue
+		}
+		if isDead[cmd] && strings.HasPrefix(cerr.Error(), errStreamIDTooSmall) {
+			continue // recorded by an earlier run of this batch
+		}
+		return fmt.Errorf("commit %s/g%d: %w", proj, gen, cerr)
+	}
+	if len(cmds) == 0 {
+		return fmt.Errorf("commit %s/g%d: %w", proj, gen, err)
+	}
+	return nil
+}
+
+// Forget removes every bookkeeping key of generation gen (SCAN + UNLINK, on
+// every master of a cluster); the offset key goes last, so a Forget that is
+// interrupted is found again by HasBookkeeping and finished. It returns how
+// many keys it removed.
+func (l *Ledger) Forget(ctx context.Context, proj string, gen int64) (int64, error) {
+	pattern := Pattern(proj, gen)
+	offsetKey := OffsetKey(proj, gen)
+	var total int64
+	scan := func(ctx context.Context, node redis.Cmdable) error {
+		var cursor uint64
+		for {
+			keys, next, err := node.Scan(ctx, cursor, pattern, 1000).Result()
+			if err != nil {
+				return err
+			}
+			batch := keys[:0]
+			for _, k := range keys {
+				if k != offsetKey {
+					batch = append(batch, k)
+				}
+			}
+			if len(batch) > 0 {
+				pipe := node.Pipeline()
+				for _, k := range batch {
+					pipe.Unlink(ctx, k)
+				}
+				if _, err := pipe.Exec(ctx); err != nil {
+					return err
+				}
+				total += int64(len(batch))
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	var err error
+	if cc, ok := l.rdb.(*redis.ClusterClient); ok {
+		err = forEachMasterSerial(ctx, cc, func(m *redis.Client) error { return scan(ctx, m) })
+	} else {
+		err = scan(ctx, l.rdb)
+	}
+	if err != nil {
+		return total, fmt.Errorf("forget %s/g%d: %w", proj, gen, err)
+	}
+	n, err := l.rdb.Unlink(ctx, offsetKey).Result()
+	if err != nil {
+		return total, fmt.Errorf("forget %s/g%d: %w", proj, gen, err)
+	}
+	return total + n, nil
+}
+
+func forEachMasterSerial(ctx context.Context, cc *redis.ClusterClient, f func(*redis.Client) error) error {
+	ch := make(chan *redis.Client, 64)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- cc.ForEachMaster(ctx, func(_ context.Context, m *redis.Client) error {
+			ch <- m
+			return nil
+		})
+		close(ch)
+	}()
+	var masters []*redis.Client
+	for m := range ch {
+		masters = append(masters, m)
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	for _, m := range masters {
+		if err := f(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// HasBookkeeping reports whether generation gen still has its offset key
+// (the marker Forget removes last).
+func (l *Ledger) HasBookkeeping(ctx context.Context, proj string, gen int64) (bool, error) {
+	n, err := l.rdb.Exists(ctx, OffsetKey(proj, gen)).Result()
+	if err != nil {
+		return false, fmt.Errorf("check bookkeeping of %s/g%d: %w", proj, gen, err)
+	}
+	return n == 1, nil
+}

@@ -1,0 +1,615 @@
+// Package api implements the control-plane's gRPC service distcache.v1.ControlPlane: it validates
+// requests, keeps the registry and starts the Temporal workflows of package workflows. gRPC codes
+// are chosen here, at the edge; the HTTP mapping is grpc-gateway's (see server.go).
+package api
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/distcache/distcache/libs/events"
+	pb "github.com/distcache/distcache/services/control-plane/gen/distcache/v1"
+	"github.com/distcache/distcache/services/control-plane/internal/models"
+	"github.com/distcache/distcache/workflows"
+	"github.com/distcache/distcache/workflows/projection"
+	"github.com/distcache/distcache/workflows/registry"
+)
+
+// Registry is the part of the projection registry the API uses; *registry.Store implements it.
+type Registry interface {
+	CreateProjection(ctx context.Context, d projection.Definition) error
+	AbandonProjection(ctx context.Context, name string) error
+	GetProjection(ctx context.Context, name string) (registry.Projection, error)
+	ListProjections(ctx context.Context, after string, limit int) ([]registry.Projection, error)
+	Generations(ctx context.Context, name string) ([]registry.Generation, error)
+}
+
+var _ Registry = (*registry.Store)(nil)
+
+// Temporal is the part of the Temporal client the API uses; client.Client implements it.
+type Temporal interface {
+	ExecuteWorkflow(ctx context.Context, options client.StartWorkflowOptions, workflow interface{}, args ...interface{}) (client.WorkflowRun, error)
+	DescribeWorkflowExecution(ctx context.Context, workflowID, runID string) (*workflowservice.DescribeWorkflowExecutionResponse, error)
+	QueryWorkflow(ctx context.Context, workflowID, runID, queryType string, args ...interface{}) (converter.EncodedValue, error)
+}
+
+// Settings are the service's knobs (see package config for their variables and defaults).
+type Settings struct {
+	Namespace      string
+	UIURL          string // Temporal UI base URL; empty: no links
+	TopicPrefix    string
+	RetireGrace    time.Duration
+	RetireDrain    time.Duration
+	MaxLag         int64
+	CatchUpTimeout time.Duration
+	// ProgressInterval is BuildParams.ProgressInterval (0: the workflow's default).
+	ProgressInterval time.Duration
+	// PointerWait bounds how long Cutover and Rollback wait for their workflow (default 30s).
+	PointerWait time.Duration
+}
+
+// Service implements pb.ControlPlaneServer.
+type Service struct {
+	pb.UnimplementedControlPlaneServer
+	reg    Registry
+	tc     Temporal
+	models models.Catalog
+	set    Settings
+	log    *slog.Logger
+}
+
+var _ pb.ControlPlaneServer = (*Service)(nil)
+
+// New returns the service.
+func New(reg Registry, tc Temporal, cat models.Catalog, set Settings, log *slog.Logger) *Service {
+	if set.PointerWait <= 0 {
+		set.PointerWait = 30 * time.Second
+	}
+	if set.TopicPrefix == "" {
+		set.TopicPrefix = events.DefaultTopicPrefix
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{reg: reg, tc: tc, models: cat, set: set, log: log}
+}
+
+// Paging of ListProjections.
+const (
+	DefaultPageSize = 50
+	MaxPageSize     = 500
+)
+
+// ---- validation ----
+
+type violations struct {
+	list []*errdetails.BadRequest_FieldViolation
+}
+
+func (v *violations) add(field, desc string) {
+	v.list = append(v.list, &errdetails.BadRequest_FieldViolation{Field: field, Description: desc})
+}
+
+func (v *violations) addDefinition(prefix string, err error) {
+	var ve *projection.ValidationError
+	if errors.As(err, &ve) {
+		for _, x := range ve.Violations {
+			v.add(prefix+x.Field, x.Description)
+		}
+		return
+	}
+	v.add(strings.TrimSuffix(prefix, "."), err.Error())
+}
+
+func (v *violations) err() error {
+	if len(v.list) == 0 {
+		return nil
+	}
+	parts := make([]string, len(v.list))
+	for i, f := range v.list {
+		parts[i] = f.Field + ": " + f.Description
+	}
+	st := status.New(codes.InvalidArgument, "invalid request: "+strings.Join(parts, "; "))
+	if withDetails, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: v.list}); err == nil {
+		st = withDetails
+	}
+	return st.Err()
+}
+
+func (v *violations) name(field, name string) {
+	if err := projection.CheckName(field, name); err != nil {
+		v.addDefinition("", err)
+	}
+}
+
+// checkDefinition validates a definition on its own and against its model's fields. It returns
+// a gRPC error (InvalidArgument naming the fields, or Unavailable when the model catalog fails).
+func (s *Service) checkDefinition(ctx context.Context, prefix string, d projection.Definition, v *violations) error {
+	if err := d.Validate(); err != nil {
+		v.addDefinition(prefix, err)
+	}
+	if d.Model != "" && len(v.list) == 0 {
+		fields, err := s.models.Fields(ctx, d.Model)
+		switch {
+		case errors.Is(err, models.ErrUnknownModel):
+			v.add(prefix+"model", fmt.Sprintf("unknown model %q", d.Model))
+		case err != nil:
+			s.log.Error("model catalog", "model", d.Model, "error", err)
+			return status.Errorf(codes.Unavailable, "cannot read the fields of model %q", d.Model)
+		default:
+			if err := d.ValidateAgainst(fields); err != nil {
+				v.addDefinition(prefix, err)
+			}
+		}
+	}
+	return v.err()
+}
+
+func fromPB(d *pb.ProjectionDefinition) projection.Definition {
+	if d == nil {
+		return projection.Definition{}
+	}
+	out := projection.Definition{
+		Name: d.GetName(), Model: d.GetModel(), KeyTemplate: d.GetKeyTemplate(),
+		LowercaseKey: d.GetLowercaseKey(), Fields: d.GetFields(),
+	}
+	if f := d.GetFilter(); f != nil {
+		out.Filter = &projection.Filter{Field: f.GetField(), Op: f.GetOp(), Values: f.GetValues()}
+	}
+	return out
+}
+
+func toPB(d projection.Definition) *pb.ProjectionDefinition {
+	out := &pb.ProjectionDefinition{
+		Name: d.Name, Model: d.Model, KeyTemplate: d.KeyTemplate, LowercaseKey: d.LowercaseKey, Fields: d.Fields,
+	}
+	if d.Filter != nil {
+		out.Filter = &pb.Filter{Field: d.Filter.Field, Op: d.Filter.Op, Values: d.Filter.Values}
+	}
+	return out
+}
+
+func projectionPB(p registry.Projection) *pb.Projection {
+	return &pb.Projection{
+		Definition:         toPB(p.Definition),
+		CurrentGeneration:  p.Current,
+		PreviousGeneration: p.Previous,
+		CreatedAt:          timestamppb.New(p.CreatedAt),
+		UpdatedAt:          timestamppb.New(p.UpdatedAt),
+	}
+}
+
+// ---- error mapping ----
+
+// grpcError maps an error of the registry or Temporal to a status; unknown errors are logged and
+// reported as Internal without their text (which may hold connection details).
+func (s *Service) grpcError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	var appErr *temporal.ApplicationError
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, registry.ErrExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, registry.ErrPrecondition):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.As(err, &started):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Errorf(codes.DeadlineExceeded, "%s: %v", op, err)
+	case errors.Is(err, context.Canceled):
+		return status.Errorf(codes.Canceled, "%s: %v", op, err)
+	case errors.As(err, &appErr):
+		if c, ok := appErrorCode(err); ok {
+			return status.Error(c, rootMessage(err))
+		}
+	}
+	s.log.Error("request failed", "op", op, "error", err)
+	return status.Errorf(codes.Internal, "%s failed", op)
+}
+
+// appErrorCode finds a workflows.ErrType* application error anywhere in err's chain.
+func appErrorCode(err error) (codes.Code, bool) {
+	for ; err != nil; err = errors.Unwrap(err) {
+		var appErr *temporal.ApplicationError
+		if !errors.As(err, &appErr) {
+			return 0, false
+		}
+		switch appErr.Type() {
+		case workflows.ErrTypeNotFound:
+			return codes.NotFound, true
+		case workflows.ErrTypePrecondition:
+			return codes.FailedPrecondition, true
+		case workflows.ErrTypeInvalidDefinition:
+			return codes.InvalidArgument, true
+		}
+		err = appErr
+	}
+	return 0, false
+}
+
+// rootMessage is the message of the innermost application error (the activity's own words).
+func rootMessage(err error) string {
+	msg := err.Error()
+	for ; err != nil; err = errors.Unwrap(err) {
+		var appErr *temporal.ApplicationError
+		if errors.As(err, &appErr) {
+			msg = appErr.Message()
+			err = appErr
+		}
+	}
+	return msg
+}
+
+// alreadyRunning words the Aborted error of a second workflow for one projection.
+func alreadyRunning(name, id string) error {
+	return status.Errorf(codes.Aborted, "projection %q: workflow %s is already running; wait for it to finish (see GetStatus)", name, id)
+}
+
+// ---- workflows ----
+
+func (s *Service) workflowPB(id, runID string) *pb.Workflow {
+	return &pb.Workflow{WorkflowId: id, RunId: runID, UiUrl: s.uiURL(id, runID)}
+}
+
+// uiURL links a workflow in the Temporal UI: <ui>/namespaces/<ns>/workflows/<id>[/<run>].
+func (s *Service) uiURL(id, runID string) string {
+	if s.set.UIURL == "" || id == "" {
+		return ""
+	}
+	u := s.set.UIURL + "/namespaces/" + url.PathEscape(s.set.Namespace) + "/workflows/" + url.PathEscape(id)
+	if runID != "" {
+		u += "/" + url.PathEscape(runID)
+	}
+	return u
+}
+
+func (s *Service) startOptions(id, summary string) client.StartWorkflowOptions {
+	return client.StartWorkflowOptions{
+		ID:                                       id,
+		TaskQueue:                                workflows.ControlPlaneTaskQueue,
+		WorkflowIDReusePolicy:                    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
+		StaticSummary:                            summary,
+	}
+}
+
+// startBuild starts BuildWorkflow; Aborted when a build or delete of the projection runs.
+func (s *Service) startBuild(ctx context.Context, d projection.Definition, reason string) (*pb.Workflow, error) {
+	id := workflows.BuildWorkflowID(d.Name)
+	opts := s.startOptions(id, reason+" projection "+d.Name)
+	opts.Memo = map[string]interface{}{"projection": d.Name, "reason": reason}
+	run, err := s.tc.ExecuteWorkflow(ctx, opts, workflows.WorkflowBuild, workflows.BuildParams{
+		Definition:       d,
+		Topic:            events.Topic(s.set.TopicPrefix, d.Model),
+		Reason:           reason,
+		RetireGrace:      s.set.RetireGrace,
+		MaxLag:           s.set.MaxLag,
+		CatchUpTimeout:   s.set.CatchUpTimeout,
+		ProgressInterval: s.set.ProgressInterval,
+	})
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	if errors.As(err, &started) {
+		return nil, alreadyRunning(d.Name, id)
+	}
+	if err != nil {
+		return nil, s.grpcError("start workflow", err)
+	}
+	s.log.Info("workflow started", "workflow_id", id, "run_id", run.GetRunID(), "reason", reason)
+	return s.workflowPB(id, run.GetRunID()), nil
+}
+
+// ---- RPCs ----
+
+// CreateProjection implements pb.ControlPlaneServer.
+func (s *Service) CreateProjection(ctx context.Context, req *pb.CreateProjectionRequest) (*pb.ProjectionOperation, error) {
+	v := &violations{}
+	if req.GetProjection() == nil {
+		v.add("projection", "is required")
+		return nil, v.err()
+	}
+	d := fromPB(req.GetProjection())
+	if err := s.checkDefinition(ctx, "projection.", d, v); err != nil {
+		return nil, err
+	}
+	if err := s.reg.CreateProjection(ctx, d); err != nil {
+		return nil, s.grpcError("create projection", err)
+	}
+	wf, err := s.startBuild(ctx, d, workflows.ReasonCreate)
+	if err != nil {
+		// The registry row without a workflow would block the name: take it back.
+		if aerr := s.reg.AbandonProjection(context.WithoutCancel(ctx), d.Name); aerr != nil {
+			s.log.Error("abandon projection", "projection", d.Name, "error", aerr)
+		}
+		return nil, err
+	}
+	p, err := s.reg.GetProjection(ctx, d.Name)
+	if err != nil {
+		return nil, s.grpcError("get projection", err)
+	}
+	return &pb.ProjectionOperation{Projection: projectionPB(p), Workflow: wf}, nil
+}
+
+// GetProjection implements pb.ControlPlaneServer.
+func (s *Service) GetProjection(ctx context.Context, req *pb.GetProjectionRequest) (*pb.Projection, error) {
+	v := &violations{}
+	v.name("name", req.GetName())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	p, err := s.reg.GetProjection(ctx, req.GetName())
+	if err != nil {
+		return nil, s.grpcError("get projection", err)
+	}
+	return projectionPB(p), nil
+}
+
+// ListProjections implements pb.ControlPlaneServer.
+func (s *Service) ListProjections(ctx context.Context, req *pb.ListProjectionsRequest) (*pb.ListProjectionsResponse, error) {
+	v := &violations{}
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0:
+		v.add("page_size", "must not be negative")
+	case size == 0:
+		size = DefaultPageSize
+	case size > MaxPageSize:
+		size = MaxPageSize
+	}
+	after := ""
+	if tok := req.GetPageToken(); tok != "" {
+		b, err := base64.RawURLEncoding.DecodeString(tok)
+		if err != nil || projection.CheckName("", string(b)) != nil {
+			v.add("page_token", "is not a token from a previous response")
+		}
+		after = string(b)
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	ps, err := s.reg.ListProjections(ctx, after, size+1)
+	if err != nil {
+		return nil, s.grpcError("list projections", err)
+	}
+	resp := &pb.ListProjectionsResponse{}
+	if len(ps) > size {
+		ps = ps[:size]
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(ps[len(ps)-1].Name))
+	}
+	for _, p := range ps {
+		resp.Projections = append(resp.Projections, projectionPB(p))
+	}
+	return resp, nil
+}
+
+// DeleteProjection implements pb.ControlPlaneServer.
+func (s *Service) DeleteProjection(ctx context.Context, req *pb.DeleteProjectionRequest) (*pb.ProjectionOperation, error) {
+	v := &violations{}
+	v.name("name", req.GetName())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	p, err := s.reg.GetProjection(ctx, req.GetName())
+	if err != nil {
+		return nil, s.grpcError("get projection", err)
+	}
+	id := workflows.BuildWorkflowID(p.Name)
+	opts := s.startOptions(id, "delete projection "+p.Name)
+	opts.Memo = map[string]interface{}{"projection": p.Name, "reason": "delete"}
+	run, err := s.tc.ExecuteWorkflow(ctx, opts, workflows.WorkflowDelete, workflows.DeleteParams{
+		Projection: p.Name, Drain: s.set.RetireDrain,
+	})
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	if errors.As(err, &started) {
+		return nil, alreadyRunning(p.Name, id)
+	}
+	if err != nil {
+		return nil, s.grpcError("start workflow", err)
+	}
+	return &pb.ProjectionOperation{Projection: projectionPB(p), Workflow: s.workflowPB(id, run.GetRunID())}, nil
+}
+
+// UpdateProjection implements pb.ControlPlaneServer.
+func (s *Service) UpdateProjection(ctx context.Context, req *pb.UpdateProjectionRequest) (*pb.ProjectionOperation, error) {
+	v := &violations{}
+	v.name("name", req.GetName())
+	if req.GetProjection() == nil {
+		v.add("projection", "is required")
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	d := fromPB(req.GetProjection())
+	if d.Name == "" {
+		d.Name = req.GetName()
+	}
+	if d.Name != req.GetName() {
+		v.add("projection.name", fmt.Sprintf("%q differs from the projection being updated, %q (a projection cannot be renamed)", d.Name, req.GetName()))
+		return nil, v.err()
+	}
+	if err := s.checkDefinition(ctx, "projection.", d, v); err != nil {
+		return nil, err
+	}
+	p, err := s.reg.GetProjection(ctx, d.Name)
+	if err != nil {
+		return nil, s.grpcError("get projection", err)
+	}
+	wf, err := s.startBuild(ctx, d, workflows.ReasonUpdate)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ProjectionOperation{Projection: projectionPB(p), Workflow: wf}, nil
+}
+
+// ReplayProjection implements pb.ControlPlaneServer.
+func (s *Service) ReplayProjection(ctx context.Context, req *pb.ReplayProjectionRequest) (*pb.ProjectionOperation, error) {
+	v := &violations{}
+	v.name("name", req.GetName())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	p, err := s.reg.GetProjection(ctx, req.GetName())
+	if err != nil {
+		return nil, s.grpcError("get projection", err)
+	}
+	wf, err := s.startBuild(ctx, p.Definition, workflows.ReasonReplay)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ProjectionOperation{Projection: projectionPB(p), Workflow: wf}, nil
+}
+
+// Cutover implements pb.ControlPlaneServer.
+func (s *Service) Cutover(ctx context.Context, req *pb.CutoverRequest) (*pb.CutoverResponse, error) {
+	v := &violations{}
+	v.name("name", req.GetName())
+	if req.GetGeneration() <= 0 {
+		v.add("generation", "must be a positive generation number")
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	return s.movePointer(ctx, workflows.PointerParams{Projection: req.GetName(), Generation: req.GetGeneration()})
+}
+
+// Rollback implements pb.ControlPlaneServer.
+func (s *Service) Rollback(ctx context.Context, req *pb.RollbackRequest) (*pb.CutoverResponse, error) {
+	v := &violations{}
+	v.name("name", req.GetName())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	return s.movePointer(ctx, workflows.PointerParams{Projection: req.GetName(), Rollback: true})
+}
+
+// movePointer runs PointerWorkflow and waits for its result.
+func (s *Service) movePointer(ctx context.Context, p workflows.PointerParams) (*pb.CutoverResponse, error) {
+	if _, err := s.reg.GetProjection(ctx, p.Projection); err != nil {
+		return nil, s.grpcError("get projection", err)
+	}
+	p.RetireGrace = s.set.RetireGrace
+	id := workflows.PointerWorkflowID(p.Projection)
+	summary := fmt.Sprintf("cutover %s to generation %d", p.Projection, p.Generation)
+	if p.Rollback {
+		summary = "rollback " + p.Projection
+	}
+	run, err := s.tc.ExecuteWorkflow(ctx, s.startOptions(id, summary), workflows.WorkflowPointer, p)
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	if errors.As(err, &started) {
+		return nil, alreadyRunning(p.Projection, id)
+	}
+	if err != nil {
+		return nil, s.grpcError("start workflow", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.set.PointerWait)
+	defer cancel()
+	var res workflows.CutoverResult
+	if err := run.Get(wctx, &res); err != nil {
+		return nil, s.grpcError("cutover", err)
+	}
+	return &pb.CutoverResponse{
+		CurrentGeneration:  res.Current,
+		PreviousGeneration: res.Previous,
+		Workflow:           s.workflowPB(id, run.GetRunID()),
+	}, nil
+}
+
+// GetStatus implements pb.ControlPlaneServer.
+func (s *Service) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.ProjectionStatus, error) {
+	v := &violations{}
+	v.name("name", req.GetName())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	p, err := s.reg.GetProjection(ctx, req.GetName())
+	if err != nil {
+		return nil, s.grpcError("get projection", err)
+	}
+	gens, err := s.reg.Generations(ctx, p.Name)
+	if err != nil {
+		return nil, s.grpcError("generations", err)
+	}
+	out := &pb.ProjectionStatus{Projection: projectionPB(p)}
+	for _, g := range gens {
+		out.Generations = append(out.Generations, &pb.GenerationStatus{
+			Generation: g.Generation,
+			State:      g.State,
+			Definition: toPB(g.Definition),
+			Backfill: &pb.BackfillProgress{
+				RecordsDone: g.RecordsDone, Offset: g.Offset, EndOffset: g.EndOffset,
+				Lag: max(g.EndOffset-g.Offset, 0),
+			},
+			Workflow:  s.workflowPB(g.WorkflowID, ""),
+			CreatedAt: timestamppb.New(g.CreatedAt),
+			UpdatedAt: timestamppb.New(g.UpdatedAt),
+		})
+	}
+	out.Running = s.runningBuild(ctx, p.Name)
+	return out, nil
+}
+
+// runningBuild describes the projection's running build (or delete) workflow and asks it for its
+// progress. Any failure leaves the field unset: status is served from the registry regardless.
+func (s *Service) runningBuild(ctx context.Context, name string) *pb.BuildStatus {
+	id := workflows.BuildWorkflowID(name)
+	desc, err := s.tc.DescribeWorkflowExecution(ctx, id, "")
+	if err != nil {
+		var nf *serviceerror.NotFound
+		if !errors.As(err, &nf) {
+			s.log.Warn("describe workflow", "workflow_id", id, "error", err)
+		}
+		return nil
+	}
+	info := desc.GetWorkflowExecutionInfo()
+	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		return nil
+	}
+	runID := info.GetExecution().GetRunId()
+	bs := &pb.BuildStatus{Workflow: s.workflowPB(id, runID)}
+	if info.GetType().GetName() != workflows.WorkflowBuild {
+		bs.Phase = "deleting"
+		return bs
+	}
+	val, err := s.tc.QueryWorkflow(ctx, id, runID, workflows.QueryProgress)
+	if err != nil {
+		s.log.Warn("query workflow progress", "workflow_id", id, "error", err)
+		return bs
+	}
+	var pr workflows.Progress
+	if err := val.Get(&pr); err != nil {
+		s.log.Warn("decode workflow progress", "workflow_id", id, "error", err)
+		return bs
+	}
+	bs.Generation = pr.Generation
+	bs.Phase = pr.Phase
+	bs.Lag = pr.Lag
+	bs.Backfill = &pb.BackfillProgress{
+		RecordsDone: pr.Backfill.RecordsDone, Offset: pr.Backfill.Offset, EndOffset: pr.Backfill.EndOffset,
+		RatePerSec: pr.Backfill.RatePerSec, Lag: max(pr.Backfill.EndOffset-pr.Backfill.Offset, 0),
+	}
+	return bs
+}

@@ -1,0 +1,146 @@
+// Package models tells the control-plane which fields a source model's payloads carry, so that a
+// projection definition naming a field the model lacks is refused at the API instead of failing
+// every record in the cache-producer.
+//
+// Two sources, tried in order (Chain):
+//   - Static: fields listed in configuration (CONTROLPLANE_MODELS="users=id,email,status;orgs=id,slug").
+//   - Columns: the columns of the core database's table of the same name
+//     (information_schema.columns, in the schemas of the connection's search_path). A payload
+//     captured by distcache_capture() is the row's to_jsonb, so its fields are exactly those
+//     columns.
+package models
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// ErrUnknownModel is returned for a model no source knows.
+var ErrUnknownModel = errors.New("unknown model")
+
+// Catalog returns the fields of a model, or an error wrapping ErrUnknownModel.
+type Catalog interface {
+	Fields(ctx context.Context, model string) ([]string, error)
+}
+
+// Static is a fixed model → fields map.
+type Static map[string][]string
+
+var (
+	modelRe = regexp.MustCompile(`^[a-z][a-z0-9_.-]*$`)
+	fieldRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// ParseStatic parses "model=field,field;model=field" (whitespace around names is ignored).
+func ParseStatic(s string) (Static, error) {
+	out := Static{}
+	for _, entry := range strings.Split(s, ";") {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		model, list, ok := strings.Cut(entry, "=")
+		model = strings.TrimSpace(model)
+		if !ok || !modelRe.MatchString(model) {
+			return nil, fmt.Errorf("%q is not model=field,field,...", entry)
+		}
+		if _, dup := out[model]; dup {
+			return nil, fmt.Errorf("model %q listed twice", model)
+		}
+		var fields []string
+		for _, f := range strings.Split(list, ",") {
+			f = strings.TrimSpace(f)
+			if f == "" {
+				continue
+			}
+			if !fieldRe.MatchString(f) {
+				return nil, fmt.Errorf("model %q: %q is not a field name", model, f)
+			}
+			fields = append(fields, f)
+		}
+		if len(fields) == 0 {
+			return nil, fmt.Errorf("model %q has no fields", model)
+		}
+		out[model] = fields
+	}
+	return out, nil
+}
+
+// Names returns the models, sorted.
+func (s Static) Names() []string {
+	names := make([]string, 0, len(s))
+	for n := range s {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Fields implements Catalog.
+func (s Static) Fields(_ context.Context, model string) ([]string, error) {
+	f, ok := s[model]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownModel, model)
+	}
+	return slices.Clone(f), nil
+}
+
+// Columns reads a model's fields from the columns of the core database's table of that name.
+type Columns struct {
+	Pool *pgxpool.Pool
+}
+
+// Fields implements Catalog.
+func (c Columns) Fields(ctx context.Context, model string) ([]string, error) {
+	rows, err := c.Pool.Query(ctx, `SELECT column_name FROM information_schema.columns
+		WHERE table_name = $1 AND table_schema = ANY (current_schemas(false))
+		ORDER BY ordinal_position`, model)
+	if err != nil {
+		return nil, fmt.Errorf("columns of %q: %w", model, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, fmt.Errorf("columns of %q: %w", model, err)
+		}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("columns of %q: %w", model, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w %q (no such table in the core database)", ErrUnknownModel, model)
+	}
+	return out, nil
+}
+
+// Chain asks each catalog in turn; the first that knows the model answers.
+type Chain []Catalog
+
+// Fields implements Catalog.
+func (c Chain) Fields(ctx context.Context, model string) ([]string, error) {
+	for _, cat := range c {
+		f, err := cat.Fields(ctx, model)
+		if errors.Is(err, ErrUnknownModel) {
+			continue
+		}
+		return f, err
+	}
+	return nil, fmt.Errorf("%w %q", ErrUnknownModel, model)
+}
+
+var (
+	_ Catalog = Static(nil)
+	_ Catalog = Columns{}
+	_ Catalog = Chain(nil)
+)

@@ -1,0 +1,236 @@
+// Command control-plane serves distcache's projection API (gRPC on CONTROLPLANE_GRPC_ADDR, REST
+// through grpc-gateway on CONTROLPLANE_HTTP_ADDR, with /healthz, /readyz, /metrics and
+// /openapi.json), keeps the projection registry in PostgreSQL (migrated at start) and runs the
+// Temporal worker of the control-plane task queue: the projection workflows and their registry,
+// pointer and retirement activities.
+//
+// Configuration is read from the environment; see internal/config for every variable.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+	"go.temporal.io/sdk/client"
+	tlog "go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/worker"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/migrations"
+	pb "github.com/distcache/distcache/services/control-plane/gen/distcache/v1"
+	"github.com/distcache/distcache/services/control-plane/internal/api"
+	"github.com/distcache/distcache/services/control-plane/internal/auth"
+	"github.com/distcache/distcache/services/control-plane/internal/config"
+	"github.com/distcache/distcache/services/control-plane/internal/models"
+	"github.com/distcache/distcache/services/control-plane/internal/server"
+	"github.com/distcache/distcache/workflows"
+	"github.com/distcache/distcache/workflows/pointer"
+	"github.com/distcache/distcache/workflows/registry"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args, os.Getenv, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "control-plane:", err)
+		os.Exit(1)
+	}
+}
+
+// listeners lets tests learn the addresses actually bound (for ":0" ports).
+type listeners struct {
+	grpc, http net.Listener
+}
+
+// onListen, when set (tests), is called once both listeners are bound.
+var onListen func(listeners)
+
+// run starts the service and blocks until ctx ends (SIGINT/SIGTERM), then drains: the HTTP and
+// gRPC servers stop accepting and finish in-flight calls, the Temporal worker finishes its
+// running activities, within CONTROLPLANE_SHUTDOWN_TIMEOUT.
+func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := config.FromEnv(getenv, os.ReadFile)
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	log.Info("starting", "config", cfg)
+
+	if err := migrations.Up(ctx, cfg.DatabaseURL); err != nil {
+		return fmt.Errorf("migrate registry: %w", err)
+	}
+	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("registry database: %w", err)
+	}
+	defer pool.Close()
+	store := registry.New(pool)
+
+	catalog := models.Chain{}
+	if len(cfg.Models) > 0 {
+		catalog = append(catalog, cfg.Models)
+	}
+	if cfg.CoreDatabaseURL != "" {
+		core, err := pgxpool.New(ctx, cfg.CoreDatabaseURL)
+		if err != nil {
+			return fmt.Errorf("core database: %w", err)
+		}
+		defer core.Close()
+		catalog = append(catalog, models.Columns{Pool: core})
+	}
+
+	ropts := &redis.UniversalOptions{Addrs: cfg.RedisAddrs, Password: cfg.RedisPassword}
+	if cfg.RedisTLS {
+		ropts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	var rdb redis.UniversalClient
+	if len(cfg.RedisAddrs) > 1 {
+		rdb = redis.NewClusterClient(ropts.Cluster())
+	} else {
+		rdb = redis.NewClient(ropts.Simple())
+	}
+	defer rdb.Close()
+	pub, err := distcache.NewPublisher(rdb)
+	if err != nil {
+		return fmt.Errorf("redis publisher: %w", err)
+	}
+
+	tc, err := client.DialContext(ctx, client.Options{
+		HostPort:  cfg.TemporalHostPort,
+		Namespace: cfg.TemporalNamespace,
+		Logger:    tlog.NewStructuredLogger(log.With("component", "temporal")),
+	})
+	if err != nil {
+		return fmt.Errorf("temporal client: %w", err)
+	}
+	defer tc.Close()
+
+	w := worker.New(tc, workflows.ControlPlaneTaskQueue, worker.Options{WorkerStopTimeout: cfg.ShutdownTimeout})
+	workflows.Register(w)
+	workflows.RegisterActivities(w, &workflows.Activities{
+		Registry:    store,
+		Pointer:     pointer.Publisher{Publisher: pub, Redis: rdb},
+		Temporal:    tc,
+		RetireDrain: cfg.RetireDrain,
+		Logger:      log.With("component", "activities"),
+	})
+
+	promReg := prometheus.NewRegistry()
+	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := server.NewMetrics(promReg)
+	if err != nil {
+		return err
+	}
+	svc := api.New(store, tc, catalog, api.Settings{
+		Namespace:      cfg.TemporalNamespace,
+		UIURL:          cfg.TemporalUIURL,
+		TopicPrefix:    cfg.TopicPrefix,
+		RetireGrace:    cfg.RetireGrace,
+		RetireDrain:    cfg.RetireDrain,
+		MaxLag:         cfg.MaxLag,
+		CatchUpTimeout: cfg.CatchUpTimeout,
+	}, log.With("component", "api"))
+	opts := server.Options{
+		Service:  svc,
+		Tokens:   auth.NewTokens(cfg.Tokens),
+		Logger:   log,
+		Metrics:  metrics,
+		Gatherer: promReg,
+		OpenAPI:  pb.OpenAPI,
+		Ready: func(ctx context.Context) error {
+			if err := pool.Ping(ctx); err != nil {
+				return fmt.Errorf("registry database: %w", err)
+			}
+			if err := rdb.Ping(ctx).Err(); err != nil {
+				return fmt.Errorf("redis: %w", err)
+			}
+			if _, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{}); err != nil {
+				return fmt.Errorf("temporal: %w", err)
+			}
+			return nil
+		},
+	}
+
+	var lc net.ListenConfig
+	gl, err := lc.Listen(ctx, "tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s (%s): %w", cfg.GRPCAddr, config.EnvGRPCAddr, err)
+	}
+	hl, err := lc.Listen(ctx, "tcp", cfg.HTTPAddr)
+	if err != nil {
+		gl.Close()
+		return fmt.Errorf("listen %s (%s): %w", cfg.HTTPAddr, config.EnvHTTPAddr, err)
+	}
+	gs := server.NewGRPC(opts)
+	gwCtx, gwCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer gwCancel()
+	handler, err := server.NewHTTP(gwCtx, opts, gl.Addr().String())
+	if err != nil {
+		gl.Close()
+		hl.Close()
+		return err
+	}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+
+	if err := w.Start(); err != nil {
+		gl.Close()
+		hl.Close()
+		return fmt.Errorf("temporal worker: %w", err)
+	}
+	defer w.Stop()
+
+	log.Info("serving", "grpc", gl.Addr().String(), "http", hl.Addr().String(), "task_queue", workflows.ControlPlaneTaskQueue)
+	if onListen != nil {
+		onListen(listeners{grpc: gl, http: hl})
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := gs.Serve(gl); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("grpc server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := hs.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		herr := hs.Shutdown(sctx)
+		done := make(chan struct{})
+		go func() { gs.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-sctx.Done():
+			gs.Stop()
+		}
+		gwCancel()
+		return herr
+	})
+	err = g.Wait()
+	log.Info("stopped", "error", err)
+	return err
+}

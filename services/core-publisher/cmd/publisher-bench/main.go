@@ -1,0 +1,357 @@
+// Command publisher-bench measures the core-publisher relay on the local
+// stack it starts itself (PostgreSQL and the kafkad broker, on free ports,
+// under a temporary directory) and prints a table:
+//
+//   - throughput: a backlog of N outbox rows with 1 KB payloads drained to
+//     the broker, in events per second;
+//   - latency: writers commit one event per transaction at a steady rate
+//     (1,000 events/s by default); the time from each COMMIT's return to
+//     the broker's acknowledgement of that event, p50/p99/max.
+//
+// Each scenario runs -runs times on a fresh database; the table shows every
+// run and the median.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/migrations"
+	"github.com/distcache/distcache/services/core-publisher/internal/producer"
+	"github.com/distcache/distcache/services/core-publisher/internal/pubmetrics"
+	"github.com/distcache/distcache/services/core-publisher/internal/relay"
+	"github.com/distcache/distcache/tools/devstack"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "publisher-bench:", err)
+		os.Exit(1)
+	}
+}
+
+type params struct {
+	runs        int
+	backlog     int
+	batch       int
+	payload     int
+	rate        int
+	latencyTime time.Duration
+	writers     int
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("publisher-bench", flag.ContinueOnError)
+	var p params
+	fs.IntVar(&p.runs, "runs", 3, "runs per scenario (the table reports the median)")
+	fs.IntVar(&p.backlog, "backlog", 100000, "rows in the throughput backlog")
+	fs.IntVar(&p.batch, "batch", 2000, "relay batch size")
+	fs.IntVar(&p.payload, "payload", 1024, "payload size in bytes")
+	fs.IntVar(&p.rate, "rate", 1000, "latency scenario: events per second")
+	fs.DurationVar(&p.latencyTime, "latency-duration", 10*time.Second, "latency scenario: duration of one run")
+	fs.IntVar(&p.writers, "writers", 8, "latency scenario: concurrent writers")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	dir, err := os.MkdirTemp("", "publisher-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	if err := devstack.EnsureInstalled(ctx); err != nil {
+		return err
+	}
+	pg, err := devstack.StartPostgres(ctx, devstack.PostgresConfig{Dir: filepath.Join(dir, "pg"), Mode: devstack.Attached})
+	if err != nil {
+		return err
+	}
+	defer pg.Stop()
+	kbin, err := buildKafkad(dir)
+	if err != nil {
+		return err
+	}
+	k, err := devstack.StartKafka(ctx, devstack.KafkaConfig{Bin: kbin, Dir: filepath.Join(dir, "kafka"), Mode: devstack.Attached})
+	if err != nil {
+		return err
+	}
+	defer k.Stop()
+
+	var thr, p50s, p99s, maxs []float64
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "scenario\trun\tresult\t\n")
+	for i := range p.runs {
+		evs, err := throughput(ctx, pg, k.Addr, p, i)
+		if err != nil {
+			return fmt.Errorf("throughput run %d: %w", i+1, err)
+		}
+		thr = append(thr, evs)
+		fmt.Fprintf(tw, "throughput (%d x %d B, batch %d)\t%d\t%.0f ev/s\t\n", p.backlog, p.payload, p.batch, i+1, evs)
+	}
+	for i := range p.runs {
+		lat, err := latency(ctx, pg, k.Addr, p, i)
+		if err != nil {
+			return fmt.Errorf("latency run %d: %w", i+1, err)
+		}
+		p50s, p99s, maxs = append(p50s, lat.p50), append(p99s, lat.p99), append(maxs, lat.max)
+		fmt.Fprintf(tw, "commit->ack @ %d ev/s (%d events)\t%d\tp50 %.2f ms  p99 %.2f ms  max %.2f ms\t\n", p.rate, lat.n, i+1, lat.p50, lat.p99, lat.max)
+	}
+	fmt.Fprintf(tw, "\t\t\t\n")
+	fmt.Fprintf(tw, "MEDIAN throughput\t\t%.0f ev/s (goal >= 30000)\t\n", median(thr))
+	fmt.Fprintf(tw, "MEDIAN commit->ack @ %d ev/s\t\tp50 %.2f ms  p99 %.2f ms (goal p99 <= 20)  max %.2f ms\t\n", p.rate, median(p50s), median(p99s), median(maxs))
+	return tw.Flush()
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func buildKafkad(dir string) (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	root := wd
+	for {
+		if _, err := os.Stat(filepath.Join(root, "go.work")); err == nil {
+			break
+		}
+		parent := filepath.Dir(root)
+		if parent == root {
+			return "", fmt.Errorf("no go.work above %s: run from inside the repository", wd)
+		}
+		root = parent
+	}
+	bin := filepath.Join(dir, "kafkad")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/kafkad")
+	cmd.Dir = filepath.Join(root, "tools")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build kafkad: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
+func freshDB(ctx context.Context, pg *devstack.Postgres, name string) (string, *pgxpool.Pool, error) {
+	if err := pg.CreateDatabase(ctx, name); err != nil {
+		return "", nil, err
+	}
+	url := pg.URL(name)
+	if err := migrations.Up(ctx, url); err != nil {
+		return "", nil, err
+	}
+	pool, err := pgxpool.New(ctx, url)
+	return url, pool, err
+}
+
+func startRelay(ctx context.Context, url, broker string, batch int, prod relay.Producer, m *pubmetrics.Metrics) (func(), error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	r, err := relay.New(cfg, prod, relay.WithBatchSize(batch), relay.WithMetrics(m), relay.WithTopicPrefix("bench"),
+		relay.WithPollInterval(time.Second), relay.WithLeaseRetryInterval(100*time.Millisecond))
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = r.Run(rctx); close(done) }()
+	return func() { cancel(); <-done }, nil
+}
+
+// throughput drains a backlog of p.backlog rows and returns events/s.
+func throughput(ctx context.Context, pg *devstack.Postgres, broker string, p params, i int) (float64, error) {
+	url, pool, err := freshDB(ctx, pg, "thr"+strconv.Itoa(i))
+	if err != nil {
+		return 0, err
+	}
+	defer pool.Close()
+	agg := "thr" + strconv.Itoa(i)
+	body := strings.Repeat("x", max(0, p.payload-30))
+	if _, err := pool.Exec(ctx, `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload)
+		SELECT $1, g::text, 1, 'upsert', jsonb_build_object('id', g, 'body', $2::text) FROM generate_series(1, $3) g`, agg, body, p.backlog); err != nil {
+		return 0, err
+	}
+	if _, err := pool.Exec(ctx, `VACUUM ANALYZE distcache_outbox`); err != nil {
+		return 0, err
+	}
+	prod, err := producer.New([]string{broker}, producer.WithReplicationFactor(1))
+	if err != nil {
+		return 0, err
+	}
+	defer prod.Close()
+	// Create the topic first so the measurement is the relay's steady state.
+	if err := prod.EnsureTopic(ctx, events.Topic("bench", agg)); err != nil {
+		return 0, err
+	}
+	m := pubmetrics.New()
+	start := time.Now()
+	stop, err := startRelay(ctx, url, broker, p.batch, prod, m)
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
+	for testutil.ToFloat64(m.EventsPublished.WithLabelValues(agg)) < float64(p.backlog) {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		time.Sleep(time.Millisecond)
+	}
+	el := time.Since(start)
+	return float64(p.backlog) / el.Seconds(), nil
+}
+
+// ackTimes wraps the producer and records when each event was acknowledged.
+type ackTimes struct {
+	relay.Producer
+	mu   sync.Mutex
+	acks map[string]time.Time // key -> ack time
+}
+
+func (a *ackTimes) Produce(ctx context.Context, recs []*kgo.Record) error {
+	err := a.Producer.Produce(ctx, recs)
+	if err == nil {
+		now := time.Now()
+		a.mu.Lock()
+		for _, r := range recs {
+			a.acks[string(r.Key)] = now
+		}
+		a.mu.Unlock()
+	}
+	return err
+}
+
+type latencyResult struct {
+	n             int
+	p50, p99, max float64
+}
+
+// latency commits one event per transaction at p.rate events/s and measures
+// commit -> broker ack.
+func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params, i int) (latencyResult, error) {
+	var res latencyResult
+	url, pool, err := freshDB(ctx, pg, "lat"+strconv.Itoa(i))
+	if err != nil {
+		return res, err
+	}
+	defer pool.Close()
+	agg := "lat" + strconv.Itoa(i)
+	prod, err := producer.New([]string{broker}, producer.WithReplicationFactor(1))
+	if err != nil {
+		return res, err
+	}
+	defer prod.Close()
+	if err := prod.EnsureTopic(ctx, events.Topic("bench", agg)); err != nil {
+		return res, err
+	}
+	wrapped := &ackTimes{Producer: prod, acks: map[string]time.Time{}}
+	stop, err := startRelay(ctx, url, broker, p.batch, wrapped, pubmetrics.New())
+	if err != nil {
+		return res, err
+	}
+	defer stop()
+	w, _ := events.NewOutboxWriter()
+	payload := []byte(`{"body":"` + strings.Repeat("x", max(0, p.payload-12)) + `"}`)
+
+	total := int(p.latencyTime.Seconds() * float64(p.rate))
+	commits := make([]time.Time, total)
+	interval := time.Second / time.Duration(p.rate)
+	start := time.Now()
+	var wg sync.WaitGroup
+	errc := make(chan error, p.writers)
+	slots := make(chan int, total)
+	for n := range total {
+		slots <- n
+	}
+	close(slots)
+	for range p.writers {
+		wg.Go(func() {
+			for n := range slots {
+				// Open-loop schedule: event n is due at start + n*interval.
+				if d := time.Until(start.Add(time.Duration(n) * interval)); d > 0 {
+					time.Sleep(d)
+				}
+				tx, err := pool.Begin(ctx)
+				if err != nil {
+					errc <- err
+					return
+				}
+				if err := w.Write(ctx, tx, events.Envelope{Aggregate: agg, Key: strconv.Itoa(n), Op: events.OpUpsert, Payload: payload}); err != nil {
+					_ = tx.Rollback(ctx)
+					errc <- err
+					return
+				}
+				if err := tx.Commit(ctx); err != nil {
+					errc <- err
+					return
+				}
+				commits[n] = time.Now()
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		return res, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		wrapped.mu.Lock()
+		n := len(wrapped.acks)
+		wrapped.mu.Unlock()
+		if n >= total {
+			break
+		}
+		if time.Now().After(deadline) {
+			return res, fmt.Errorf("only %d of %d events acknowledged", n, total)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	lat := make([]float64, 0, total)
+	wrapped.mu.Lock()
+	for n, c := range commits {
+		d := wrapped.acks[strconv.Itoa(n)].Sub(c)
+		lat = append(lat, max(0, d.Seconds()*1000))
+	}
+	wrapped.mu.Unlock()
+	slices.Sort(lat)
+	res.n = total
+	res.p50 = lat[len(lat)/2]
+	res.p99 = lat[len(lat)*99/100]
+	res.max = lat[len(lat)-1]
+	slog.Debug("latency run done", "n", total)
+	return res, nil
+}
