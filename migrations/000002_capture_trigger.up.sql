@@ -19,6 +19,8 @@
 -- TRUNCATE is not captured.
 
 -- distcache_outbox_append writes one event; shared by the trigger branches.
+-- The outbox id is drawn after the version row lock is won, so for one key id
+-- order, version order and commit order agree (the relay publishes in id order).
 CREATE FUNCTION distcache_outbox_append(p_aggregate text, p_key text, p_op text, p_payload jsonb, p_headers jsonb)
 RETURNS bigint
 LANGUAGE plpgsql AS $$

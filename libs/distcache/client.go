@@ -123,6 +123,7 @@ func (c *Client) buildClients() {
 		mk := func(addr string) *redis.Client {
 			return redis.NewClient(&redis.Options{
 				Addr: addr, Username: cfg.username, Password: cfg.password, TLSConfig: cfg.tlsConfig,
+				DialerRetries: 1, // fail fast: the tail retries on its own
 			})
 		}
 		pc := mk(cfg.addrPrimary)
@@ -137,7 +138,7 @@ func (c *Client) buildClients() {
 		mk := func(readOnly bool) *redis.ClusterClient {
 			return redis.NewClusterClient(&redis.ClusterOptions{
 				Addrs: cfg.clusterAddrs, Username: cfg.username, Password: cfg.password, TLSConfig: cfg.tlsConfig,
-				ReadOnly: readOnly, RouteRandomly: readOnly,
+				ReadOnly: readOnly, RouteRandomly: readOnly, DialerRetries: 1,
 			})
 		}
 		pc, rc := mk(false), mk(true)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -14,9 +15,16 @@ import (
 type reader struct {
 	primary redis.UniversalClient
 	readers []redis.UniversalClient // tried in order (rotated), then primary
-	cluster bool
-	next    atomic.Uint32
+	// downUntil[i] (unix nanos): readers[i] failed recently and is skipped
+	// until then, so that a dead replica costs one failed call per
+	// readerCooldown rather than one per miss.
+	downUntil []atomic.Int64
+	cluster   bool
+	next      atomic.Uint32
 }
+
+// readerCooldown is how long a replica that failed is skipped.
+const readerCooldown = time.Second
 
 func newReader(cfg *config) *reader {
 	r := &reader{primary: cfg.primary}
@@ -25,6 +33,7 @@ func newReader(cfg *config) *reader {
 		r.readers = append(r.readers, cfg.clusterRead)
 	}
 	r.readers = append(r.readers, cfg.replicas...)
+	r.downUntil = make([]atomic.Int64, len(r.readers))
 	return r
 }
 
@@ -36,14 +45,20 @@ func (r *reader) fetch(ctx context.Context, keys []string) (vals []string, found
 	if n > 1 {
 		start = int(r.next.Add(1)) % n
 	}
+	now := time.Now().UnixNano()
 	for i := 0; i < n; i++ {
-		vals, found, err = fetchFrom(ctx, r.readers[(start+i)%n], keys, r.cluster)
+		j := (start + i) % n
+		if r.downUntil[j].Load() > now {
+			continue
+		}
+		vals, found, err = fetchFrom(ctx, r.readers[j], keys, r.cluster)
 		if err == nil {
 			return vals, found, nil
 		}
 		if ctx.Err() != nil {
 			return nil, nil, err
 		}
+		r.downUntil[j].Store(time.Now().Add(readerCooldown).UnixNano())
 	}
 	return fetchFrom(ctx, r.primary, keys, r.cluster)
 }

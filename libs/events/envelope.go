@@ -59,7 +59,8 @@ type Envelope struct {
 	// The outbox writer generates it when empty.
 	EventID string
 	// SourceTime is when the change happened at the source (the outbox row's
-	// created_at). The outbox writer uses the transaction time when zero.
+	// created_at, which keeps microseconds). The outbox writer uses the
+	// transaction's start time when zero.
 	SourceTime time.Time
 }
 

@@ -29,7 +29,6 @@ var ErrStaleVersion = errors.New("event version not newer than the key's current
 // SendBatch (pgx.Tx does), the events of one Write go in one round trip.
 type Querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // batchSender is the optional batching capability of a Querier.
@@ -47,7 +46,10 @@ var (
 // per-key version in distcache_outbox_versions (whose row lock serialises
 // writers of one key, so versions follow commit order per key), inserts the
 // outbox row and notifies channel distcache_outbox with the aggregate name
-// (delivered at commit). It is safe for concurrent use.
+// (delivered at commit). The row's id is drawn after the version row lock is
+// won, so for one key id order, version order and commit order agree (the
+// relay publishes in id order and relies on it). It is safe for concurrent
+// use.
 type OutboxWriter struct {
 	maxBytes int
 }

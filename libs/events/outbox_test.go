@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -25,10 +24,6 @@ func (q *recordingQuerier) Exec(_ context.Context, sql string, args ...any) (pgc
 		return pgconn.NewCommandTag("INSERT 0 1"), nil
 	}
 	return pgconn.NewCommandTag("SELECT 1"), nil
-}
-
-func (q *recordingQuerier) QueryRow(context.Context, string, ...any) pgx.Row {
-	panic("QueryRow not expected")
 }
 
 func TestOutboxWriteValidatesBeforeWriting(t *testing.T) {

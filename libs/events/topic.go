@@ -1,6 +1,7 @@
 package events
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -69,22 +70,30 @@ func isAggregateChar(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
 }
 
+// ErrInvalidTopicPrefix is matched (errors.Is) by ValidateTopicPrefix's
+// errors.
+var ErrInvalidTopicPrefix = errors.New("invalid topic prefix")
+
+// MaxTopicPrefixLen is the longest topic prefix: with a dot and the longest
+// aggregate name it still makes a legal (249-byte) Kafka topic name.
+const MaxTopicPrefixLen = maxTopicLen - MaxAggregateNameLen - 1
+
 // ValidateTopicPrefix checks that prefix can start topic names: 1 to
-// maxTopicLen-MaxAggregateNameLen-1 characters from [A-Za-z0-9._-], not
-// starting or ending with a dot.
+// MaxTopicPrefixLen characters from [A-Za-z0-9._-], not starting or ending
+// with a dot. Errors match ErrInvalidTopicPrefix.
 func ValidateTopicPrefix(prefix string) error {
 	if prefix == "" {
-		return fmt.Errorf("topic prefix: empty")
+		return fmt.Errorf("%w: empty", ErrInvalidTopicPrefix)
 	}
-	if limit := maxTopicLen - MaxAggregateNameLen - 1; len(prefix) > limit {
-		return fmt.Errorf("topic prefix: %d bytes long, limit %d", len(prefix), limit)
+	if len(prefix) > MaxTopicPrefixLen {
+		return fmt.Errorf("%w: %d bytes long, limit %d", ErrInvalidTopicPrefix, len(prefix), MaxTopicPrefixLen)
 	}
 	if prefix[0] == '.' || prefix[len(prefix)-1] == '.' {
-		return fmt.Errorf("topic prefix %q: must not start or end with '.'", prefix)
+		return fmt.Errorf("%w %q: must not start or end with '.'", ErrInvalidTopicPrefix, prefix)
 	}
 	for i := 0; i < len(prefix); i++ {
 		if c := prefix[i]; !isAggregateChar(c) && c != '.' {
-			return fmt.Errorf("topic prefix %q: contains %q; allowed are letters, digits, '.', '_' and '-'", prefix, rune(c))
+			return fmt.Errorf("%w %q: contains %q; allowed are letters, digits, '.', '_' and '-'", ErrInvalidTopicPrefix, prefix, rune(c))
 		}
 	}
 	return nil

@@ -61,8 +61,8 @@ func TestValidateTopicPrefix(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", ".x", "x.", "a b", "a/b", strings.Repeat("p", maxTopicLen-MaxAggregateNameLen)} {
-		if err := ValidateTopicPrefix(bad); err == nil {
-			t.Errorf("ValidateTopicPrefix(%q) = nil, want error", bad)
+		if err := ValidateTopicPrefix(bad); !errors.Is(err, ErrInvalidTopicPrefix) {
+			t.Errorf("ValidateTopicPrefix(%q) = %v, want ErrInvalidTopicPrefix", bad, err)
 		}
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -143,11 +144,23 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpo
 	if m := kafkaSASL(cfg.Kafka); m != nil {
 		popts = append(popts, producer.WithSASL(m))
 	}
+	// prod answers readiness pings; each lease term produces with its own
+	// (transactional) producer from newProducer.
 	prod, err := producer.New(cfg.Kafka.Brokers, popts...)
 	if err != nil {
 		return err
 	}
 	defer prod.Close()
+	newProducer := func(txnID string) (relay.Producer, error) {
+		opts := popts
+		if cfg.Kafka.Transactions {
+			if cfg.Kafka.TransactionalID != "" {
+				txnID = cfg.Kafka.TransactionalID
+			}
+			opts = append(slices.Clip(popts), producer.WithTransactionalID(txnID))
+		}
+		return producer.New(cfg.Kafka.Brokers, opts...)
+	}
 
 	connCfg, err := pgx.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
@@ -165,7 +178,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpo
 	if cfg.AutoBackload {
 		ropts = append(ropts, relay.WithOnActive(bl.RunPendingLoop))
 	}
-	rl, err := relay.New(connCfg, prod, ropts...)
+	rl, err := relay.New(connCfg, newProducer, ropts...)
 	if err != nil {
 		return err
 	}

@@ -55,7 +55,9 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
       key: {{ required (printf "%s.key is required" .what) .ref.key | quote }}
 {{- end -}}
 
-{{/* distcache.kafkaEnv: broker connection for a service whose variables start with .prefix. */}}
+{{/* distcache.kafkaEnv: broker connection for a service whose variables start with .prefix.
+The services spell one variable differently: .saslUserVar names the SASL user variable, and
+only a service with .clientCert true reads a client certificate (core-publisher). */}}
 {{- define "distcache.kafkaEnv" -}}
 {{- $k := .root.Values.kafka -}}
 - name: {{ .prefix }}KAFKA_BROKERS
@@ -65,34 +67,40 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- if $k.tls.enabled }}
 - name: {{ .prefix }}KAFKA_TLS
   value: "true"
-{{- if $k.tls.secretName }}
-{{- if $k.tls.caKey }}
+{{- if and $k.tls.secretName $k.tls.caKey }}
 - name: {{ .prefix }}KAFKA_TLS_CA_FILE
   value: {{ printf "/etc/distcache/kafka-tls/%s" $k.tls.caKey | quote }}
 {{- end }}
-{{- if $k.tls.certKey }}
+{{- if and .clientCert $k.tls.secretName $k.tls.certKey }}
 - name: {{ .prefix }}KAFKA_TLS_CERT_FILE
   value: {{ printf "/etc/distcache/kafka-tls/%s" $k.tls.certKey | quote }}
 - name: {{ .prefix }}KAFKA_TLS_KEY_FILE
   value: {{ printf "/etc/distcache/kafka-tls/%s" (required "kafka.tls.keyKey is required with kafka.tls.certKey" $k.tls.keyKey) | quote }}
 {{- end }}
 {{- end }}
-{{- end }}
 {{- if $k.sasl.mechanism }}
 - name: {{ .prefix }}KAFKA_SASL_MECHANISM
   value: {{ $k.sasl.mechanism | quote }}
-- name: {{ .prefix }}KAFKA_SASL_USER
+- name: {{ .saslUserVar }}
   value: {{ required "kafka.sasl.username is required with kafka.sasl.mechanism" $k.sasl.username | quote }}
 {{ include "distcache.secretEnv" (dict "name" (printf "%sKAFKA_SASL_PASSWORD" .prefix) "ref" $k.sasl.passwordSecret "what" "kafka.sasl.passwordSecret") }}
 {{- end }}
 {{- end -}}
 
-{{/* distcache.redisEnv: Redis connection for a service whose variables start with .prefix. */}}
+{{/* distcache.redisEnv: Redis connection for a service whose variables start with .prefix;
+.clusterVar, when set, names the service's explicit cluster switch (cache-producer). */}}
 {{- define "distcache.redisEnv" -}}
 {{- $r := .root.Values.redis -}}
 - name: {{ .prefix }}REDIS_ADDR
 {{- if eq $r.mode "cluster" }}
-  value: {{ required "redis.clusterNodes is required with redis.mode=cluster" (join "," $r.clusterNodes) | quote }}
+{{- if lt (len $r.clusterNodes) 2 }}
+{{- fail "redis.clusterNodes: list at least two seed nodes with redis.mode=cluster (the services take a single address for a plain Redis)" }}
+{{- end }}
+  value: {{ join "," $r.clusterNodes | quote }}
+{{- with .clusterVar }}
+- name: {{ . }}
+  value: "true"
+{{- end }}
 {{- else }}
   value: {{ required "redis.primary is required with redis.mode=replicas" $r.primary | quote }}
 {{- end }}
@@ -107,7 +115,7 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 
 {{/* distcache.kafkaTLSVolume / Mount: the Kafka TLS Secret, when there is one. */}}
 {{- define "distcache.kafkaTLSVolume" -}}
-{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.secretName }}
+{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.secretName -}}
 - name: kafka-tls
   secret:
     secretName: {{ .Values.kafka.tls.secretName | quote }}
@@ -115,7 +123,7 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- end }}
 {{- end -}}
 {{- define "distcache.kafkaTLSMount" -}}
-{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.secretName }}
+{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.secretName -}}
 - name: kafka-tls
   mountPath: /etc/distcache/kafka-tls
   readOnly: true

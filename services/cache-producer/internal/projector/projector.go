@@ -101,15 +101,17 @@ type Stats struct {
 	DeadReasons map[string]int
 }
 
-// Fault lets tests stop a batch between its steps, as a crash would.
-type Fault func(step Step) error
+// Fault lets tests stop a batch between its steps, as a crash would: a
+// non-nil error abandons the batch there.
+type Fault func(ctx context.Context, t Target, step Step) error
 
 // Step names the points between the writes of a batch.
 type Step int
 
 // Steps of WriteBatch, in order.
 const (
-	AfterValues Step = iota + 1 // values written, index/offset not yet
+	BeforeValues Step = iota + 1 // index read, nothing written yet
+	AfterValues                  // values written, index/offset not yet
 )
 
 // Writer writes batches of records into generations. It is safe for
@@ -298,6 +300,11 @@ func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next i
 		st.Sets++
 	}
 
+	if w.fault != nil {
+		if err := w.fault(ctx, t, BeforeValues); err != nil {
+			return st, err
+		}
+	}
 	if len(changes) > 0 {
 		res, err := w.pub.Apply(ctx, t.Projection, t.Generation, changes)
 		if err != nil {
@@ -319,7 +326,7 @@ func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next i
 		}
 	}
 	if w.fault != nil {
-		if err := w.fault(AfterValues); err != nil {
+		if err := w.fault(ctx, t, AfterValues); err != nil {
 			return st, err
 		}
 	}

@@ -60,6 +60,7 @@ type params struct {
 	rate        int
 	latencyTime time.Duration
 	writers     int
+	txn         bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -72,10 +73,15 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&p.rate, "rate", 1000, "latency scenario: events per second")
 	fs.DurationVar(&p.latencyTime, "latency-duration", 10*time.Second, "latency scenario: duration of one run")
 	fs.IntVar(&p.writers, "writers", 8, "latency scenario: concurrent writers")
+	fs.BoolVar(&p.txn, "txn", true, "produce in Kafka transactions (the service's default)")
+	verbose := fs.Bool("v", false, "log every relay batch (debug) to stderr")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 
+	if *verbose {
+		relayLog = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	dir, err := os.MkdirTemp("", "publisher-bench-")
 	if err != nil {
 		return err
@@ -176,12 +182,27 @@ func freshDB(ctx context.Context, pg *devstack.Postgres, name string) (string, *
 	return url, pool, err
 }
 
-func startRelay(ctx context.Context, url, broker string, batch int, prod relay.Producer, m *pubmetrics.Metrics) (func(), error) {
+var relayLog = slog.New(slog.DiscardHandler)
+
+// startRelay runs a relay whose producers (one per lease term) are
+// transactional when txn is set and pass through wrap.
+func startRelay(ctx context.Context, url, broker string, batch int, txn bool, wrap func(relay.Producer) relay.Producer, m *pubmetrics.Metrics) (func(), error) {
+	newProducer := func(id string) (relay.Producer, error) {
+		opts := []producer.Option{producer.WithReplicationFactor(1)}
+		if txn {
+			opts = append(opts, producer.WithTransactionalID(id))
+		}
+		p, err := producer.New([]string{broker}, opts...)
+		if err != nil {
+			return nil, err
+		}
+		return wrap(p), nil
+	}
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
 		return nil, err
 	}
-	r, err := relay.New(cfg, prod, relay.WithBatchSize(batch), relay.WithMetrics(m), relay.WithTopicPrefix("bench"),
+	r, err := relay.New(cfg, newProducer, relay.WithBatchSize(batch), relay.WithMetrics(m), relay.WithLogger(relayLog), relay.WithTopicPrefix("bench"),
 		relay.WithPollInterval(time.Second), relay.WithLeaseRetryInterval(100*time.Millisecond))
 	if err != nil {
 		return nil, err
@@ -191,6 +212,8 @@ func startRelay(ctx context.Context, url, broker string, batch int, prod relay.P
 	go func() { _ = r.Run(rctx); close(done) }()
 	return func() { cancel(); <-done }, nil
 }
+
+func identity(p relay.Producer) relay.Producer { return p }
 
 // throughput drains a backlog of p.backlog rows and returns events/s.
 func throughput(ctx context.Context, pg *devstack.Postgres, broker string, p params, i int) (float64, error) {
@@ -208,6 +231,9 @@ func throughput(ctx context.Context, pg *devstack.Postgres, broker string, p par
 	if _, err := pool.Exec(ctx, `VACUUM ANALYZE distcache_outbox`); err != nil {
 		return 0, err
 	}
+	if relayLog.Enabled(ctx, slog.LevelDebug) {
+		explain(ctx, pool, p.batch)
+	}
 	prod, err := producer.New([]string{broker}, producer.WithReplicationFactor(1))
 	if err != nil {
 		return 0, err
@@ -219,7 +245,7 @@ func throughput(ctx context.Context, pg *devstack.Postgres, broker string, p par
 	}
 	m := pubmetrics.New()
 	start := time.Now()
-	stop, err := startRelay(ctx, url, broker, p.batch, prod, m)
+	stop, err := startRelay(ctx, url, broker, p.batch, p.txn, identity, m)
 	if err != nil {
 		return 0, err
 	}
@@ -234,22 +260,27 @@ func throughput(ctx context.Context, pg *devstack.Postgres, broker string, p par
 	return float64(p.backlog) / el.Seconds(), nil
 }
 
-// ackTimes wraps the producer and records when each event was acknowledged.
+// ackTimes records when each event (by key) was acknowledged.
 type ackTimes struct {
-	relay.Producer
 	mu   sync.Mutex
-	acks map[string]time.Time // key -> ack time
+	acks map[string]time.Time
 }
 
-func (a *ackTimes) Produce(ctx context.Context, recs []*kgo.Record) error {
+// ackingProducer records acknowledgement times in t.
+type ackingProducer struct {
+	relay.Producer
+	t *ackTimes
+}
+
+func (a *ackingProducer) Produce(ctx context.Context, recs []*kgo.Record) error {
 	err := a.Producer.Produce(ctx, recs)
 	if err == nil {
 		now := time.Now()
-		a.mu.Lock()
+		a.t.mu.Lock()
 		for _, r := range recs {
-			a.acks[string(r.Key)] = now
+			a.t.acks[string(r.Key)] = now
 		}
-		a.mu.Unlock()
+		a.t.mu.Unlock()
 	}
 	return err
 }
@@ -277,8 +308,9 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 	if err := prod.EnsureTopic(ctx, events.Topic("bench", agg)); err != nil {
 		return res, err
 	}
-	wrapped := &ackTimes{Producer: prod, acks: map[string]time.Time{}}
-	stop, err := startRelay(ctx, url, broker, p.batch, wrapped, pubmetrics.New())
+	acks := &ackTimes{acks: map[string]time.Time{}}
+	wrap := func(p relay.Producer) relay.Producer { return &ackingProducer{Producer: p, t: acks} }
+	stop, err := startRelay(ctx, url, broker, p.batch, p.txn, wrap, pubmetrics.New())
 	if err != nil {
 		return res, err
 	}
@@ -329,9 +361,9 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		wrapped.mu.Lock()
-		n := len(wrapped.acks)
-		wrapped.mu.Unlock()
+		acks.mu.Lock()
+		n := len(acks.acks)
+		acks.mu.Unlock()
 		if n >= total {
 			break
 		}
@@ -341,12 +373,12 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 		time.Sleep(5 * time.Millisecond)
 	}
 	lat := make([]float64, 0, total)
-	wrapped.mu.Lock()
+	acks.mu.Lock()
 	for n, c := range commits {
-		d := wrapped.acks[strconv.Itoa(n)].Sub(c)
+		d := acks.acks[strconv.Itoa(n)].Sub(c)
 		lat = append(lat, max(0, d.Seconds()*1000))
 	}
-	wrapped.mu.Unlock()
+	acks.mu.Unlock()
 	slices.Sort(lat)
 	res.n = total
 	res.p50 = lat[len(lat)/2]
@@ -354,4 +386,32 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 	res.max = lat[len(lat)-1]
 	slog.Debug("latency run done", "n", total)
 	return res, nil
+}
+
+// explain prints the plan and timing of the relay's read (its SQL mirrors
+// relay.fetchSQL) for -v runs.
+func explain(ctx context.Context, pool *pgxpool.Pool, batch int) {
+	rows, err := pool.Query(ctx, `EXPLAIN (ANALYZE, BUFFERS) SELECT id, txid < (SELECT pg_snapshot_xmin(pg_current_snapshot())),
+	COALESCE(aggregate, ''), COALESCE(agg_key, ''), COALESCE(version, 0), COALESCE(op, ''),
+	payload, COALESCE(headers, '{}'::jsonb), COALESCE(event_id::text, ''), COALESCE(created_at, now())
+FROM distcache_outbox WHERE NOT (COALESCE(aggregate, '') = ANY($2::text[])) ORDER BY id LIMIT $1`, batch, []string{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "explain:", err)
+		return
+	}
+	for rows.Next() {
+		var line string
+		_ = rows.Scan(&line)
+		fmt.Fprintln(os.Stderr, line)
+	}
+	for _, q := range []string{`SELECT payload FROM distcache_outbox ORDER BY id LIMIT 2000`, `SELECT payload::text FROM distcache_outbox ORDER BY id LIMIT 2000`, `SELECT id FROM distcache_outbox ORDER BY id LIMIT 2000`} {
+		start := time.Now()
+		rs, _ := pool.Query(ctx, q)
+		n := 0
+		for rs.Next() {
+			n++
+		}
+		rs.Close()
+		fmt.Fprintf(os.Stderr, "%v for %d rows: %s\n", time.Since(start), n, q)
+	}
 }

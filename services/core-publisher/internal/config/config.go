@@ -33,6 +33,8 @@ const (
 	EnvModels             = "PUBLISHER_MODELS"
 	EnvAutoBackload       = "PUBLISHER_AUTO_BACKLOAD"
 	EnvBackloadChunkSize  = "PUBLISHER_BACKLOAD_CHUNK_SIZE"
+	EnvKafkaTransactions  = "PUBLISHER_KAFKA_TRANSACTIONS"
+	EnvKafkaTxnID         = "PUBLISHER_KAFKA_TRANSACTIONAL_ID"
 	EnvKafkaTLS           = "PUBLISHER_KAFKA_TLS"
 	EnvKafkaTLSCAFile     = "PUBLISHER_KAFKA_TLS_CA_FILE"
 	EnvKafkaTLSCertFile   = "PUBLISHER_KAFKA_TLS_CERT_FILE"
@@ -87,7 +89,12 @@ type Model struct {
 
 // Kafka holds the broker connection settings.
 type Kafka struct {
-	Brokers       []string
+	Brokers []string
+	// Transactions: produce each batch in a Kafka transaction so the broker
+	// fences a relay that lost its lease (default true).
+	Transactions bool
+	// TransactionalID overrides the derived "distcache-publisher-<db>-<relay id>".
+	TransactionalID string
 	TLS           bool
 	TLSCAFile     string
 	TLSCertFile   string
@@ -134,6 +141,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		BackloadChunkSize:  DefaultBackloadChunkSize,
 		LogLevel:           slog.LevelInfo,
 		LogJSON:            true,
+		Kafka:              Kafka{Transactions: true},
 	}
 	var errs []error
 	fail := func(name, format string, args ...any) {
@@ -196,6 +204,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		c.Models = ms
 	}
 
+	boolVar(getenv, EnvKafkaTransactions, &c.Kafka.Transactions, fail)
+	c.Kafka.TransactionalID = strings.TrimSpace(getenv(EnvKafkaTxnID))
 	boolVar(getenv, EnvKafkaTLS, &c.Kafka.TLS, fail)
 	c.Kafka.TLSCAFile = getenv(EnvKafkaTLSCAFile)
 	c.Kafka.TLSCertFile = getenv(EnvKafkaTLSCertFile)
@@ -296,6 +306,8 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("database_url", MaskURL(c.DatabaseURL)),
 		slog.Any("kafka_brokers", c.Kafka.Brokers),
+		slog.Bool("kafka_transactions", c.Kafka.Transactions),
+		slog.String("kafka_transactional_id", c.Kafka.TransactionalID),
 		slog.Bool("kafka_tls", c.Kafka.TLS),
 		slog.String("kafka_sasl_mechanism", c.Kafka.SASLMechanism),
 		slog.String("kafka_sasl_user", c.Kafka.SASLUser),

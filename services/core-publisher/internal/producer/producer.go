@@ -61,6 +61,7 @@ type config struct {
 	sasl              sasl.Mechanism
 	log               *slog.Logger
 	recheckRefused    time.Duration
+	transactionalID   string
 	extra             []kgo.Opt
 }
 
@@ -91,6 +92,14 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 // is checked again (someone may fix its configuration). Default 30s.
 func WithRecheckRefused(d time.Duration) Option { return func(c *config) { c.recheckRefused = d } }
 
+// WithTransactionalID makes Produce write each batch in a Kafka
+// transaction under id. Every relay of one outbox uses the same id, so the
+// broker fences a relay that lost its lease: once its successor's producer
+// starts, requests of the old one still in flight are rejected (its open
+// transaction is aborted), and its records can never land after the
+// successor's. Default: no transactions (idempotent producer only).
+func WithTransactionalID(id string) Option { return func(c *config) { c.transactionalID = id } }
+
 // WithClientOptions appends raw franz-go options (tests, tuning).
 func WithClientOptions(opts ...kgo.Opt) Option {
 	return func(c *config) { c.extra = append(c.extra, opts...) }
@@ -117,6 +126,9 @@ func New(brokers []string, opts ...Option) (*Producer, error) {
 		kgo.RetryBackoffFn(func(tries int) time.Duration {
 			return min(time.Duration(tries)*50*time.Millisecond, time.Second)
 		}),
+	}
+	if cfg.transactionalID != "" {
+		kopts = append(kopts, kgo.TransactionalID(cfg.transactionalID), kgo.TransactionTimeout(time.Minute))
 	}
 	if cfg.tls != nil {
 		kopts = append(kopts, kgo.DialTLSConfig(cfg.tls))
@@ -237,12 +249,44 @@ func (p *Producer) createTopic(ctx context.Context, topic string) error {
 }
 
 // Produce sends every record and waits until all are acknowledged (acks=all)
-// or one fails. Records of one topic keep their order. On error some records
-// may have been written: the caller retries the whole batch (at least once).
+// or one fails; with a transactional ID the batch is one transaction and
+// "acknowledged" means committed. Records of one topic keep their order. On
+// error some records may have been written (outside a transaction): the
+// caller retries the whole batch (at least once).
 func (p *Producer) Produce(ctx context.Context, recs []*kgo.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
+	txn := p.cfg.transactionalID != ""
+	if txn {
+		if err := p.cl.BeginTransaction(); err != nil {
+			return fmt.Errorf("produce: begin transaction: %w", err)
+		}
+	}
+	err := p.produce(ctx, recs)
+	if txn {
+		if err != nil {
+			p.abort(ctx)
+			return err
+		}
+		if err := p.cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+			p.abort(ctx)
+			return fmt.Errorf("produce: commit transaction: %w", err)
+		}
+	}
+	return err
+}
+
+// abort ends a failed transaction; errors are left for the next
+// BeginTransaction to report (a fenced client stays fenced).
+func (p *Producer) abort(ctx context.Context) {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_ = p.cl.AbortBufferedRecords(actx)
+	_ = p.cl.EndTransaction(actx, kgo.TryAbort)
+}
+
+func (p *Producer) produce(ctx context.Context, recs []*kgo.Record) error {
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex

@@ -32,11 +32,11 @@ type row struct {
 // fetchSQL reads the oldest rows by id with their finality. COALESCE keeps
 // rows that break the schema's checks (if those were dropped) readable so
 // they can become dead letters instead of stopping the relay.
-const fetchSQL = `SELECT id, txid < pg_snapshot_xmin(pg_current_snapshot()),
+const fetchSQL = `SELECT id, txid < (SELECT pg_snapshot_xmin(pg_current_snapshot())),
 	COALESCE(aggregate, ''), COALESCE(agg_key, ''), COALESCE(version, 0), COALESCE(op, ''),
 	payload, COALESCE(headers, '{}'::jsonb), COALESCE(event_id::text, ''), COALESCE(created_at, now())
 FROM distcache_outbox
-WHERE NOT (COALESCE(aggregate, '') = ANY($2::text[]))
+WHERE NOT (COALESCE(aggregate, '') = ANY($2::text[])) AND NOT (id = ANY($3::bigint[]))
 ORDER BY id
 LIMIT $1`
 
@@ -53,12 +53,20 @@ const commitSQL = `WITH dead AS (
 )
 DELETE FROM distcache_outbox WHERE id = ANY($1::bigint[])`
 
-// passResult describes one relay pass.
-type passResult struct {
-	published int
-	dead      int
-	full      bool // the read returned a full batch: more may be waiting
-	heldBack  bool // a committed row was not final yet
+// batch is one prepared batch: the final prefix of the rows read, turned
+// into records and dead letters.
+type batch struct {
+	start      time.Time
+	read       time.Duration
+	recs       []*kgo.Record
+	recAgg     []string
+	recCreated []time.Time
+	done       []int64 // ids to delete once recs are acknowledged: published and dead rows
+	deadIDs    []int64
+	deadWhy    []string
+	deadAgg    []string
+	full       bool // the read returned a full batch: more may be waiting
+	heldBack   bool // a committed row was not final yet
 }
 
 // finalPrefix returns the longest prefix of rows (in id order) that are all
@@ -75,6 +83,18 @@ func finalPrefix(rows []row) ([]row, bool) {
 // envelope converts a row to an event envelope and validates it; the error
 // is the dead-letter reason.
 func envelope(rw *row, maxBytes int) (events.Envelope, error) {
+	e, err := envelopeUnchecked(rw)
+	if err != nil {
+		return e, err
+	}
+	if err := e.ValidateWithLimit(maxBytes); err != nil {
+		return e, err
+	}
+	return e, nil
+}
+
+// envelopeUnchecked converts a row without validating the result.
+func envelopeUnchecked(rw *row) (events.Envelope, error) {
 	e := events.Envelope{
 		Aggregate:  rw.aggregate,
 		Key:        rw.key,
@@ -86,7 +106,7 @@ func envelope(rw *row, maxBytes int) (events.Envelope, error) {
 	if rw.payload != nil && !(e.Op == events.OpDelete && string(rw.payload) == "null") {
 		e.Payload = json.RawMessage(rw.payload)
 	}
-	if len(rw.headers) > 0 {
+	if len(rw.headers) > 0 && string(rw.headers) != "{}" {
 		var h map[string]string
 		if err := json.Unmarshal(rw.headers, &h); err != nil {
 			return e, fmt.Errorf("headers: not a JSON object of strings: %w", err)
@@ -95,101 +115,111 @@ func envelope(rw *row, maxBytes int) (events.Envelope, error) {
 			e.Headers = h
 		}
 	}
-	if err := e.ValidateWithLimit(maxBytes); err != nil {
-		return e, err
-	}
 	return e, nil
 }
 
-// pass reads one batch, produces it, waits for the acks and deletes it.
-func (r *Relay) pass(ctx context.Context, conn *pgx.Conn) (passResult, error) {
-	start := time.Now()
-	var res passResult
-	rows, err := r.fetch(ctx, conn)
+// record converts a row to a Kafka record; the error is the dead-letter
+// reason. It validates each payload once (ToRecord's validation) and checks
+// the size itself.
+func record(rw *row, maxBytes int, topicPrefix string) (*kgo.Record, error) {
+	e, err := envelopeUnchecked(rw)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := events.ToRecord(e, topicPrefix)
+	if err != nil {
+		return nil, err
+	}
+	if n := e.Size(); maxBytes > 0 && n > maxBytes {
+		return nil, &events.ValidationError{Field: events.FieldSize, Reason: fmt.Sprintf("%d bytes, limit %d", n, maxBytes)}
+	}
+	return rec, nil
+}
+
+// readBatch reads the next batch, skipping the rows of exclude (a batch
+// still in flight), and prepares it.
+func (r *Relay) readBatch(ctx context.Context, conn *pgx.Conn, exclude []int64) (*batch, error) {
+	b := &batch{start: time.Now()}
+	rows, err := r.fetch(ctx, conn, exclude)
 	if err != nil {
 		r.o.metrics.Errors.WithLabelValues("read").Inc()
-		return res, err
+		return nil, err
 	}
-	res.full = len(rows) == r.o.batchSize
+	b.read = time.Since(b.start)
+	b.full = len(rows) == r.o.batchSize
 	if len(rows) == 0 {
-		r.o.metrics.Lag.Set(0)
-		return res, nil
+		if exclude == nil {
+			r.o.metrics.Lag.Set(0)
+		}
+		return b, nil
 	}
-	r.o.metrics.Lag.Set(max(0, time.Since(rows[0].createdAt).Seconds()))
-	rows, res.heldBack = finalPrefix(rows)
-	if res.heldBack {
-		res.full = false
+	if exclude == nil {
+		r.o.metrics.Lag.Set(max(0, time.Since(rows[0].createdAt).Seconds()))
 	}
-	if len(rows) == 0 {
-		return res, nil
+	rows, b.heldBack = finalPrefix(rows)
+	if b.heldBack {
+		b.full = false
 	}
-
-	var (
-		recs       = make([]*kgo.Record, 0, len(rows))
-		recAgg     = make([]string, 0, len(rows))
-		recCreated = make([]time.Time, 0, len(rows))
-		done       = make([]int64, 0, len(rows))
-		deadIDs    []int64
-		deadWhy    []string
-		deadAgg    []string
-		topics     = map[string]error{}
-	)
+	b.recs = make([]*kgo.Record, 0, len(rows))
+	b.recAgg = make([]string, 0, len(rows))
+	b.recCreated = make([]time.Time, 0, len(rows))
+	b.done = make([]int64, 0, len(rows))
+	topics := map[string]error{}
 	for i := range rows {
 		rw := &rows[i]
-		e, err := envelope(rw, r.o.maxEventBytes)
-		var rec *kgo.Record
-		if err == nil {
-			rec, err = events.ToRecord(e, r.o.topicPrefix)
-		}
+		rec, err := record(rw, r.o.maxEventBytes, r.o.topicPrefix)
 		if err != nil {
-			deadIDs = append(deadIDs, rw.id)
-			deadWhy = append(deadWhy, err.Error())
-			deadAgg = append(deadAgg, rw.aggregate)
-			done = append(done, rw.id)
+			b.deadIDs = append(b.deadIDs, rw.id)
+			b.deadWhy = append(b.deadWhy, err.Error())
+			b.deadAgg = append(b.deadAgg, rw.aggregate)
+			b.done = append(b.done, rw.id)
 			continue
 		}
 		terr, checked := topics[rec.Topic]
 		if !checked {
 			terr = r.prod.EnsureTopic(ctx, rec.Topic)
 			topics[rec.Topic] = terr
-			if terr != nil && !errors.Is(terr, producer.ErrTopicUnsuitable) {
-				r.o.metrics.Errors.WithLabelValues("topic").Inc()
-				return res, fmt.Errorf("ensure topic: %w", terr)
-			}
 			if terr != nil {
 				r.o.metrics.Errors.WithLabelValues("topic").Inc()
+				if !errors.Is(terr, producer.ErrTopicUnsuitable) {
+					return nil, fmt.Errorf("ensure topic: %w", terr)
+				}
 				r.block(rw.aggregate, terr)
 			}
 		}
 		if terr != nil {
 			continue // left in the outbox until the topic is fixed
 		}
-		recs = append(recs, rec)
-		recAgg = append(recAgg, rw.aggregate)
-		recCreated = append(recCreated, rw.createdAt)
-		done = append(done, rw.id)
+		b.recs = append(b.recs, rec)
+		b.recAgg = append(b.recAgg, rw.aggregate)
+		b.recCreated = append(b.recCreated, rw.createdAt)
+		b.done = append(b.done, rw.id)
 	}
+	return b, nil
+}
 
-	if err := r.prod.Produce(ctx, recs); err != nil {
-		r.o.metrics.Errors.WithLabelValues("produce").Inc()
-		return res, err
+// commit deletes a batch's rows after its records were acknowledged at
+// acked, moving its dead rows to distcache_outbox_dead.
+func (r *Relay) commit(ctx context.Context, conn *pgx.Conn, b *batch, acked time.Time) error {
+	if len(b.done) == 0 {
+		return nil
 	}
-	acked := time.Now()
-	for i := range recs {
-		r.o.metrics.EventsPublished.WithLabelValues(recAgg[i]).Inc()
-		r.o.metrics.CommitToAck.Observe(acked.Sub(recCreated[i]).Seconds())
-	}
-	if _, err := conn.Exec(ctx, commitSQL, done, deadIDs, deadWhy); err != nil {
+	if _, err := conn.Exec(ctx, commitSQL, b.done, b.deadIDs, b.deadWhy); err != nil {
 		r.o.metrics.Errors.WithLabelValues("commit").Inc()
-		return res, fmt.Errorf("delete published rows: %w", err)
+		return fmt.Errorf("delete published rows: %w", err)
 	}
-	for i, id := range deadIDs {
-		r.o.metrics.DeadLetters.WithLabelValues(deadAgg[i]).Inc()
-		r.o.log.Warn("outbox row moved to dead letters", "id", id, "aggregate", deadAgg[i], "reason", deadWhy[i])
+	for i := range b.recs {
+		r.o.metrics.EventsPublished.WithLabelValues(b.recAgg[i]).Inc()
+		r.o.metrics.CommitToAck.Observe(acked.Sub(b.recCreated[i]).Seconds())
 	}
-	res.published, res.dead = len(recs), len(deadIDs)
-	r.o.metrics.BatchSeconds.Observe(time.Since(start).Seconds())
-	return res, nil
+	for i, id := range b.deadIDs {
+		r.o.metrics.DeadLetters.WithLabelValues(b.deadAgg[i]).Inc()
+		r.o.log.Warn("outbox row moved to dead letters", "id", id, "aggregate", b.deadAgg[i], "reason", b.deadWhy[i])
+	}
+	r.o.metrics.BatchSeconds.Observe(time.Since(b.start).Seconds())
+	r.o.log.Debug("relay batch", "published", len(b.recs), "dead", len(b.deadIDs),
+		"read", b.read, "acked_after", acked.Sub(b.start), "deleted_after", time.Since(b.start))
+	return nil
 }
 
 func (r *Relay) block(aggregate string, err error) {
@@ -211,12 +241,15 @@ func (r *Relay) blockedAggregates() []string {
 	return slices.Sorted(maps.Keys(r.blocked))
 }
 
-func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn) ([]row, error) {
+func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, exclude []int64) ([]row, error) {
 	blocked := r.blockedAggregates()
 	if blocked == nil {
 		blocked = []string{}
 	}
-	rs, err := conn.Query(ctx, fetchSQL, r.o.batchSize, blocked)
+	if exclude == nil {
+		exclude = []int64{}
+	}
+	rs, err := conn.Query(ctx, fetchSQL, r.o.batchSize, blocked, exclude)
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
 	}

@@ -46,15 +46,24 @@ type Producer interface {
 	EnsureTopic(ctx context.Context, topic string) error
 	// Produce returns once every record is acknowledged, or with an error.
 	Produce(ctx context.Context, recs []*kgo.Record) error
+	// Close releases the producer.
+	Close()
 }
+
+// ProducerFactory makes the producer of one lease term (a fresh one each
+// time the lease is taken). transactionalID is the same for every relay of
+// one outbox (see producer.WithTransactionalID): a factory that uses it lets
+// the broker fence a former holder's records still in flight.
+type ProducerFactory func(transactionalID string) (Producer, error)
 
 var _ Producer = (*producer.Producer)(nil)
 
 // Relay is the outbox relay. Create it with New and run it with Run.
 type Relay struct {
-	connCfg *pgx.ConnConfig
-	prod    Producer
-	o       options
+	connCfg     *pgx.ConnConfig
+	newProducer ProducerFactory
+	prod        Producer // of the current lease term
+	o           options
 
 	mu      sync.Mutex
 	status  Status
@@ -123,8 +132,8 @@ func WithMetrics(m *pubmetrics.Metrics) Option { return func(o *options) { o.met
 func WithOnActive(f func(ctx context.Context)) Option { return func(o *options) { o.onActive = f } }
 
 // New returns a relay reading the outbox through connections made from
-// connCfg and producing with prod.
-func New(connCfg *pgx.ConnConfig, prod Producer, opts ...Option) (*Relay, error) {
+// connCfg and producing with producers from newProducer.
+func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (*Relay, error) {
 	o := options{
 		batchSize:          2000,
 		pollInterval:       time.Second,
@@ -139,8 +148,8 @@ func New(connCfg *pgx.ConnConfig, prod Producer, opts ...Option) (*Relay, error)
 	switch {
 	case connCfg == nil:
 		return nil, errors.New("relay: nil connection config")
-	case prod == nil:
-		return nil, errors.New("relay: nil producer")
+	case newProducer == nil:
+		return nil, errors.New("relay: nil producer factory")
 	case o.batchSize < 1:
 		return nil, fmt.Errorf("relay: batch size %d, want >= 1", o.batchSize)
 	case o.pollInterval <= 0 || o.leaseRetryInterval <= 0 || o.shutdownTimeout <= 0:
@@ -152,7 +161,7 @@ func New(connCfg *pgx.ConnConfig, prod Producer, opts ...Option) (*Relay, error)
 	if o.metrics == nil {
 		o.metrics = pubmetrics.New()
 	}
-	return &Relay{connCfg: connCfg, prod: prod, o: o, blocked: map[string]time.Time{}}, nil
+	return &Relay{connCfg: connCfg, newProducer: newProducer, o: o, blocked: map[string]time.Time{}}, nil
 }
 
 // Status returns the relay's current state.
@@ -237,6 +246,16 @@ func (r *Relay) session(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, `LISTEN `+events.OutboxChannel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	txnID, err := transactionalID(ctx, conn)
+	if err != nil {
+		return err
+	}
+	prod, err := r.newProducer(txnID)
+	if err != nil {
+		return fmt.Errorf("new producer: %w", err)
+	}
+	r.prod = prod
+	defer prod.Close()
 	activeCtx, stopActive := context.WithCancel(ctx)
 	defer stopActive()
 	if r.o.onActive != nil {
@@ -252,40 +271,109 @@ func (r *Relay) session(ctx context.Context) error {
 	})
 	defer stopHard()
 
+	return r.relayLoop(ctx, hard, conn)
+}
+
+// relayLoop relays while the lease is held. Batches are pipelined: while
+// batch n is being produced, batch n+1 is read (skipping n's rows, which are
+// still in the table); n+1 is produced only after n is acknowledged and
+// deleted, so per-key order holds exactly as without the pipeline.
+func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
+	var heldSince time.Time
 	fenceWait := time.Duration(0)
+	var cur *batch
 	for {
-		res, err := r.pass(hard, conn)
-		if err != nil {
-			return err
+		if cur == nil {
+			var err error
+			if cur, err = r.readBatch(hard, conn, nil); err != nil {
+				return err
+			}
 		}
-		r.setStatus(true, nil)
+		if len(cur.done) > 0 {
+			produced := make(chan error, 1)
+			recs := cur.recs
+			go func() { produced <- r.prod.Produce(hard, recs) }()
+			var next *batch
+			var nextErr error
+			if cur.full && ctx.Err() == nil {
+				next, nextErr = r.readBatch(hard, conn, cur.done)
+			}
+			if err := <-produced; err != nil {
+				r.o.metrics.Errors.WithLabelValues("produce").Inc()
+				return err
+			}
+			if err := r.commit(hard, conn, cur, time.Now()); err != nil {
+				return err
+			}
+			r.setStatus(true, nil)
+			if nextErr != nil {
+				return nextErr
+			}
+			if ctx.Err() == nil && next != nil && len(next.done) > 0 {
+				cur = next
+				continue
+			}
+		} else {
+			r.setStatus(true, nil)
+		}
 		if ctx.Err() != nil {
 			uctx, cancel := context.WithTimeout(hard, 5*time.Second)
 			_, _ = conn.Exec(uctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, LeaseLockName)
 			cancel()
 			return nil
 		}
+		wait := r.o.pollInterval
 		switch {
-		case res.full:
-			fenceWait = 0
+		case cur.full:
+			heldSince, fenceWait = time.Time{}, 0
+			cur = nil
 			continue
-		case res.heldBack:
-			// A committed row waits for an older transaction to end; that end
-			// sends no notification, so look again soon.
-			fenceWait = min(max(2*fenceWait, time.Millisecond), r.o.pollInterval)
-			if err := sleepCtx(ctx, fenceWait); err != nil {
-				continue // cancelled: the next pass is the last
+		case cur.heldBack:
+			// A committed row waits for an older transaction to end, which
+			// sends no notification: look again soon. Retry fast while the
+			// fence moves as usual (transactions are short), back off to the
+			// poll interval behind a long-running transaction.
+			if heldSince.IsZero() {
+				heldSince = time.Now()
 			}
-			continue
+			limit := fenceFastLimit
+			if time.Since(heldSince) > time.Second {
+				limit = r.o.pollInterval
+			}
+			fenceWait = min(max(2*fenceWait, fenceFirstWait), limit, r.o.pollInterval)
+			wait = fenceWait
+		default:
+			heldSince, fenceWait = time.Time{}, 0
 		}
-		fenceWait = 0
-		wctx, cancel := context.WithTimeout(ctx, r.o.pollInterval)
-		_, err = conn.WaitForNotification(wctx)
+		cur = nil
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		_, err := conn.WaitForNotification(wctx)
 		cancel()
 		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("wait for notification: %w", err)
 		}
 	}
+}
+
+// Waits between passes while the fence holds committed rows back.
+const (
+	fenceFirstWait = 500 * time.Microsecond
+	fenceFastLimit = 4 * time.Millisecond
+)
+
+// transactionalID returns the Kafka transactional ID of this outbox:
+// "distcache-publisher-<database>-<relay id>", the relay id being a UUID
+// made once per outbox and kept in distcache_publisher_state.
+func transactionalID(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var db, id string
+	err := conn.QueryRow(ctx, `WITH ins AS (
+		INSERT INTO distcache_publisher_state (name, value) VALUES ('relay', jsonb_build_object('id', gen_random_uuid()::text))
+		ON CONFLICT (name) DO NOTHING RETURNING value->>'id')
+	SELECT current_database(), COALESCE((SELECT * FROM ins), (SELECT value->>'id' FROM distcache_publisher_state WHERE name = 'relay'))`).Scan(&db, &id)
+	if err != nil {
+		return "", fmt.Errorf("relay id: %w", err)
+	}
+	return "distcache-publisher-" + db + "-" + id, nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -1,0 +1,83 @@
+# deploy/check.mk: `make deploy-check` (the root Makefile runs `$(MAKE) -f deploy/check.mk`).
+#
+# Validates deploy/ with no Docker engine and no cluster:
+#   - unit tests of the checkers (deploy/check) and of the image health probe;
+#   - the compose file loads with compose-spec/compose-go and follows its rules
+#     (healthchecks, pinned images, depends_on conditions, named volumes, Dockerfiles);
+#   - helm lint --strict, and helm template with the default values and with
+#     values-production.yaml, the output decoded strictly into the Kubernetes API types and
+#     checked for the chart's rules; values.schema.json must reject a misspelt value;
+#   - every PUBLISHER_/PRODUCER_/CONTROLPLANE_ variable that compose or the chart sets is one
+#     the service's code actually reads.
+#
+# helm and deploycheck are built from deploy/check (its own module, GOWORK=off) into
+# .run/bin and rebuilt only when that module changes, so runs after the first take seconds.
+
+SHELL := /bin/bash
+GO ?= go
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)
+BIN := $(ROOT)/.run/bin
+OUT := $(ROOT)/.run/deploy-check
+CHECK_MOD := $(ROOT)/deploy/check
+HELM := $(BIN)/helm
+DEPLOYCHECK := $(BIN)/deploycheck
+CHART := $(ROOT)/deploy/helm/distcache
+PROD_VALUES := $(ROOT)/deploy/helm/values-production.yaml
+COMPOSE_FILE := $(ROOT)/deploy/compose/compose.yaml
+# The cluster version the chart is linted and rendered for (Capabilities.KubeVersion).
+KUBE_VERSION ?= 1.33.0
+
+# compose-go and Kubernetes dependencies must never touch the workspace's graph.
+export GOWORK := off
+# Keep helm's cache and config out of $HOME.
+export HELM_CACHE_HOME := $(OUT)/helm/cache
+export HELM_CONFIG_HOME := $(OUT)/helm/config
+export HELM_DATA_HOME := $(OUT)/helm/data
+
+.PHONY: deploy-check unit-check compose-check helm-check
+.DEFAULT_GOAL := deploy-check
+
+deploy-check: unit-check compose-check helm-check
+	@echo "deploy-check: ok"
+
+# The ldflags are the ones helm's own Makefile sets: its version, and the Kubernetes version
+# it assumes by default (the minor of the client-go it links).
+$(HELM): $(CHECK_MOD)/go.mod $(CHECK_MOD)/go.sum
+	@mkdir -p $(BIN)
+	@echo "building helm from the Go module proxy (a few minutes the first time)"
+	cd $(CHECK_MOD) && \
+	  hv=$$($(GO) list -m -f '{{.Version}}' helm.sh/helm/v3) && \
+	  kminor=$$($(GO) list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2) && \
+	  $(GO) build -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$$hv \
+	    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$$kminor \
+	    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$$kminor" \
+	    -o $@ helm.sh/helm/v3/cmd/helm
+
+$(DEPLOYCHECK): $(CHECK_MOD)/go.mod $(CHECK_MOD)/go.sum $(shell find $(CHECK_MOD) -name '*.go' ! -name '*_test.go')
+	@mkdir -p $(BIN)
+	cd $(CHECK_MOD) && $(GO) build -o $@ .
+
+unit-check:
+	cd $(CHECK_MOD) && $(GO) vet ./... && $(GO) test ./...
+	cd $(ROOT)/deploy/healthprobe && $(GO) vet ./... && $(GO) test ./...
+
+compose-check: $(DEPLOYCHECK)
+	$(DEPLOYCHECK) compose $(COMPOSE_FILE)
+
+helm-check: $(HELM) $(DEPLOYCHECK)
+	@mkdir -p $(OUT)
+	$(HELM) lint --strict --kube-version $(KUBE_VERSION) $(CHART)
+	$(HELM) lint --strict --kube-version $(KUBE_VERSION) $(CHART) -f $(PROD_VALUES)
+	$(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --namespace distcache > $(OUT)/default.yaml
+	$(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --namespace distcache -f $(PROD_VALUES) > $(OUT)/production.yaml
+	$(DEPLOYCHECK) manifests $(OUT)/default.yaml $(OUT)/production.yaml
+	@# The ServiceMonitor toggle: absent by default, present when enabled.
+	@if grep -q '^kind: ServiceMonitor' $(OUT)/default.yaml; then echo "FAIL: ServiceMonitor rendered although disabled"; exit 1; fi
+	@grep -q '^kind: ServiceMonitor' $(OUT)/production.yaml || { echo "FAIL: ServiceMonitor missing although enabled"; exit 1; }
+	@# The values schema must catch a typo and a missing secret reference.
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set corePublisher.replica=3 >/dev/null 2>&1; then \
+	  echo "FAIL: values.schema.json accepted the unknown value corePublisher.replica"; exit 1; fi
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set postgres.core.urlSecret.name= >/dev/null 2>&1; then \
+	  echo "FAIL: the chart rendered without the core database secret"; exit 1; fi
+	@echo "ok   helm: lint, template (default, production), schema rejects bad values"
+	$(DEPLOYCHECK) env $(ROOT)/services $(COMPOSE_FILE) $(OUT)/default.yaml $(OUT)/production.yaml

@@ -1,0 +1,73 @@
+package envcheck
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	services := filepath.Join(root, "services")
+	write(t, filepath.Join(services, "core-publisher", "internal", "config", "config.go"),
+		"package config\nconst EnvHTTPAddr = \"PUBLISHER_HTTP_ADDR\"\n")
+	// A name that only a test mentions is not read by the service.
+	write(t, filepath.Join(services, "core-publisher", "main_test.go"), "package main\nvar _ = \"PUBLISHER_TEST_ONLY\"\n")
+	write(t, filepath.Join(services, "cache-producer", "main.go"), "package main\nvar _ = \"PRODUCER_REDIS_ADDR\"\n")
+	write(t, filepath.Join(services, "control-plane", "main.go"), "package main\nvar _ = \"CONTROLPLANE_GRPC_ADDR\"\n")
+
+	tests := []struct {
+		name     string
+		manifest string
+		wantBad  []string // variables reported
+	}{
+		{name: "all known", manifest: "env:\n- name: PUBLISHER_HTTP_ADDR\n- name: PRODUCER_REDIS_ADDR\n- name: CONTROLPLANE_GRPC_ADDR\n"},
+		{name: "misspelt", manifest: "env:\n- name: PUBLISHER_HTTP_ADR\n", wantBad: []string{"PUBLISHER_HTTP_ADR"}},
+		{name: "test-only name", manifest: "PUBLISHER_TEST_ONLY: x\n", wantBad: []string{"PUBLISHER_TEST_ONLY"}},
+		{name: "wrong service", manifest: "PRODUCER_GRPC_ADDR: x\nCONTROLPLANE_REDIS_ADDR: y\n", wantBad: []string{"PRODUCER_GRPC_ADDR", "CONTROLPLANE_REDIS_ADDR"}},
+		{name: "prefix alone is not a variable", manifest: "prefix PUBLISHER_ and PRODUCER_\n"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := filepath.Join(root, "m", strings.Repeat("x", i+1)+".yaml")
+			write(t, f, tt.manifest)
+			err := Check(services, f)
+			if len(tt.wantBad) == 0 {
+				if err != nil {
+					t.Fatalf("Check() = %v, want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrUnknownVariable) {
+				t.Fatalf("Check() = %v, want ErrUnknownVariable", err)
+			}
+			for _, v := range tt.wantBad {
+				if !strings.Contains(err.Error(), v+" ") {
+					t.Errorf("Check() = %q, want it to name %s", err, v)
+				}
+			}
+		})
+	}
+}
+
+// TestRepository checks the real compose file against the real services.
+func TestRepository(t *testing.T) {
+	t.Parallel()
+	if err := Check(filepath.Join("..", "..", "..", "services"), filepath.Join("..", "..", "compose", "compose.yaml")); err != nil {
+		t.Fatal(err)
+	}
+}

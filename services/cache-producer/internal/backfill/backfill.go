@@ -1,0 +1,342 @@
+// Package backfill implements the cache-producer's Temporal activities on
+// workflows.CacheProducerTaskQueue:
+//
+//   - workflows.ActivityBackfill replays a topic from its start (or from the
+//     offset of the last heartbeat, after a worker crash) up to the end offset
+//     fixed when the backfill first started, into a new generation, through
+//     the same projector.Writer as the live consumers. It heartbeats a
+//     workflows.BackfillProgress. When it returns, the workflow moves the
+//     generation to state tailing and the live consumers (package fanout)
+//     continue from the offset the backfill stored in Redis.
+//   - workflows.ActivityCaughtUp tells whether a tailing generation has
+//     consumed everything that was in the topic when the check started: it
+//     captures the end offset E (ListEndOffsets) first, then waits a little
+//     for the generation's stored position to reach E − MaxLag. The position is
+//     the next offset to read, so a compacted log whose last offsets hold no
+//     records is never mistaken for lag (the HWM − 1 trap).
+package backfill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/distcache/distcache/services/cache-producer/internal/projector"
+	"github.com/distcache/distcache/workflows"
+	"github.com/distcache/distcache/workflows/projection"
+)
+
+// Observer receives backfill progress (metrics).
+type Observer interface {
+	BackfillBatch(t projector.Target, st projector.Stats, took time.Duration)
+}
+
+// Activities are the cache-producer's activities.
+type Activities struct {
+	// KafkaOpts are the base client options (seed brokers, TLS, SASL).
+	KafkaOpts []kgo.Opt
+	Writer    *projector.Writer
+	// BatchSize is the most records written per batch (default 5000).
+	BatchSize int
+	// HeartbeatEvery is the interval between heartbeats (default 1 s).
+	HeartbeatEvery time.Duration
+	// CaughtUpWait is how long one CaughtUp attempt waits for the position
+	// to reach the end offset before answering NotCaughtUp (default 10 s).
+	CaughtUpWait time.Duration
+	Observer     Observer
+	Logger       *slog.Logger
+}
+
+// Register registers the activities on w under their workflows.Activity*
+// names.
+func Register(w interface {
+	RegisterActivityWithOptions(a interface{}, options activity.RegisterOptions)
+}, a *Activities) {
+	w.RegisterActivityWithOptions(a.Backfill, activity.RegisterOptions{Name: workflows.ActivityBackfill})
+	w.RegisterActivityWithOptions(a.CaughtUp, activity.RegisterOptions{Name: workflows.ActivityCaughtUp})
+}
+
+func (a *Activities) log() *slog.Logger {
+	if a.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return a.Logger
+}
+
+// Backfill implements workflows.ActivityBackfill.
+func (a *Activities) Backfill(ctx context.Context, p workflows.BackfillParams) (workflows.BackfillProgress, error) {
+	def := p.Definition
+	if def.Name == "" {
+		def.Name = p.Projection
+	}
+	compiled, err := projection.Compile(def)
+	if err != nil {
+		return workflows.BackfillProgress{}, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeInvalidDefinition, err)
+	}
+	if p.Topic == "" || p.Generation <= 0 || p.Projection == "" {
+		err := fmt.Errorf("backfill: projection, generation and topic are required (got %q, %d, %q)", p.Projection, p.Generation, p.Topic)
+		return workflows.BackfillProgress{}, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeInvalidDefinition, err)
+	}
+	t := projector.Target{Projection: p.Projection, Generation: p.Generation, Compiled: compiled}
+
+	var pr workflows.BackfillProgress
+	resumed := false
+	if activity.HasHeartbeatDetails(ctx) {
+		if err := activity.GetHeartbeatDetails(ctx, &pr); err == nil {
+			resumed = true
+		}
+	}
+	if !resumed {
+		end, err := EndOffset(ctx, a.KafkaOpts, p.Topic)
+		if err != nil {
+			return pr, err
+		}
+		pr = workflows.BackfillProgress{Offset: max(p.StartOffset, 0), EndOffset: end}
+	}
+	log := a.log().With("projection", p.Projection, "generation", p.Generation, "topic", p.Topic)
+	log.Info("backfill starting", "offset", pr.Offset, "end_offset", pr.EndOffset, "resumed", resumed)
+	activity.RecordHeartbeat(ctx, pr)
+
+	every := a.HeartbeatEvery
+	if every <= 0 {
+		every = time.Second
+	}
+	last := time.Now()
+	out, err := Replay(ctx, ReplayConfig{
+		KafkaOpts: a.KafkaOpts, Writer: a.Writer, BatchSize: a.BatchSize, Observer: a.Observer,
+	}, t, p.Topic, pr, func(cur workflows.BackfillProgress) {
+		if time.Since(last) >= every {
+			last = time.Now()
+			activity.RecordHeartbeat(ctx, cur)
+		}
+	})
+	if err != nil {
+		return out, fmt.Errorf("backfill %s: %w", t, err)
+	}
+	activity.RecordHeartbeat(ctx, out)
+	log.Info("backfill done", "records", out.RecordsDone, "end_offset", out.EndOffset)
+	return out, nil
+}
+
+// EndOffset returns the topic's end offset (high watermark of partition 0),
+// 0 when the topic does not exist yet.
+func EndOffset(ctx context.Context, opts []kgo.Opt, topic string) (int64, error) {
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return 0, fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		return 0, fmt.Errorf("list end offsets of %s: %w", topic, err)
+	}
+	o, ok := ends.Lookup(topic, 0)
+	if !ok {
+		return 0, nil
+	}
+	if o.Err != nil {
+		if errors.Is(o.Err, kerr.UnknownTopicOrPartition) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("list end offsets of %s: %w", topic, o.Err)
+	}
+	return o.Offset, nil
+}
+
+// ReplayConfig configures Replay.
+type ReplayConfig struct {
+	KafkaOpts []kgo.Opt
+	Writer    *projector.Writer
+	BatchSize int
+	Observer  Observer
+}
+
+// Replay writes the records of topic from from.Offset up to (not including)
+// from.EndOffset into t and stores the generation's offset after each batch,
+// calling progress after each batch. Records at or past EndOffset are left
+// to the live consumer. It returns the final progress (Offset == EndOffset).
+func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic string, from workflows.BackfillProgress,
+	progress func(workflows.BackfillProgress)) (workflows.BackfillProgress, error) {
+	pr := from
+	if pr.Offset >= pr.EndOffset {
+		pr.Offset = max(pr.Offset, pr.EndOffset)
+		if err := storeOffset(ctx, cfg.Writer, t, pr.EndOffset); err != nil {
+			return pr, err
+		}
+		return pr, nil
+	}
+	size := cfg.BatchSize
+	if size <= 0 {
+		size = 5000
+	}
+	cl, err := kgo.NewClient(append(slices.Clone(cfg.KafkaOpts),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().At(pr.Offset)}}),
+		kgo.KeepControlRecords(),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.FetchMaxBytes(64<<20),
+		kgo.FetchMaxPartitionBytes(32<<20),
+	)...)
+	if err != nil {
+		return pr, fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+
+	type chunk struct {
+		recs []projector.Record
+		next int64
+	}
+	chunks := make(chan chunk, 2)
+	pollCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pollErr := make(chan error, 1)
+	go func() {
+		defer close(chunks)
+		next := pr.Offset
+		for next < pr.EndOffset {
+			fs := cl.PollRecords(pollCtx, size)
+			if pollCtx.Err() != nil {
+				pollErr <- pollCtx.Err()
+				return
+			}
+			var c chunk
+			c.next = -1
+			fs.EachRecord(func(r *kgo.Record) {
+				if r.Partition != 0 || r.Offset < next || r.Offset >= pr.EndOffset {
+					if r.Offset >= pr.EndOffset {
+						c.next = pr.EndOffset // everything before the end is read
+					}
+					return
+				}
+				c.next = r.Offset + 1
+				if !r.Attrs.IsControl() {
+					c.recs = append(c.recs, projector.Decode(r))
+				}
+			})
+			if c.next < 0 {
+				continue
+			}
+			if c.next >= pr.EndOffset {
+				c.next = pr.EndOffset
+			}
+			next = c.next
+			select {
+			case chunks <- c:
+			case <-pollCtx.Done():
+				pollErr <- pollCtx.Err()
+				return
+			}
+		}
+		pollErr <- nil
+	}()
+
+	rate := newRate()
+	for c := range chunks {
+		err := projector.Retry(ctx, func() error {
+			t0 := time.Now()
+			st, err := cfg.Writer.WriteBatch(ctx, t, c.recs, c.next)
+			if err != nil {
+				return err
+			}
+			if cfg.Observer != nil {
+				cfg.Observer.BackfillBatch(t, st, time.Since(t0))
+			}
+			return nil
+		}, nil)
+		if err != nil {
+			return pr, err
+		}
+		pr.Offset = c.next
+		pr.RecordsDone += int64(len(c.recs))
+		pr.RatePerSec = rate.add(len(c.recs))
+		if progress != nil {
+			progress(pr)
+		}
+	}
+	if err := <-pollErr; err != nil {
+		return pr, err
+	}
+	return pr, nil
+}
+
+func storeOffset(ctx context.Context, w *projector.Writer, t projector.Target, next int64) error {
+	return projector.Retry(ctx, func() error {
+		_, err := w.WriteBatch(ctx, t, nil, next)
+		return err
+	}, nil)
+}
+
+// rate is a rate over the last few seconds.
+type rate struct {
+	start time.Time
+	n     int
+	last  float64
+}
+
+func newRate() *rate { return &rate{start: time.Now()} }
+
+func (r *rate) add(n int) float64 {
+	r.n += n
+	if el := time.Since(r.start); el >= 2*time.Second {
+		r.last = float64(r.n) / el.Seconds()
+		r.start, r.n = time.Now(), 0
+	} else if r.last == 0 && el > 0 {
+		return float64(r.n) / el.Seconds()
+	}
+	return r.last
+}
+
+// CaughtUp implements workflows.ActivityCaughtUp.
+func (a *Activities) CaughtUp(ctx context.Context, p workflows.CaughtUpParams) (workflows.CaughtUpResult, error) {
+	if p.Projection == "" || p.Generation <= 0 || p.Topic == "" || p.MaxLag < 0 {
+		err := fmt.Errorf("caught up: projection, generation, topic and max_lag >= 0 are required")
+		return workflows.CaughtUpResult{}, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeInvalidDefinition, err)
+	}
+	end, err := EndOffset(ctx, a.KafkaOpts, p.Topic)
+	if err != nil {
+		return workflows.CaughtUpResult{}, err
+	}
+	wait := a.CaughtUpWait
+	if wait <= 0 {
+		wait = 10 * time.Second
+	}
+	deadline := time.Now().Add(wait)
+	if dl, ok := ctx.Deadline(); ok && dl.Add(-2*time.Second).Before(deadline) {
+		deadline = dl.Add(-2 * time.Second)
+	}
+	l := a.Writer.Ledger()
+	pos, known := int64(0), false
+	for {
+		pos, known, err = l.Offset(ctx, p.Projection, p.Generation)
+		if err != nil {
+			return workflows.CaughtUpResult{}, err
+		}
+		if known && end-pos <= p.MaxLag {
+			return workflows.CaughtUpResult{Offset: pos, HighWatermark: end, Lag: max(end-pos, 0)}, nil
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+		tm := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			return workflows.CaughtUpResult{}, ctx.Err()
+		case <-tm.C:
+		}
+	}
+	msg := fmt.Sprintf("%s/g%d not caught up: position %d, end offset %d, max lag %d", p.Projection, p.Generation, pos, end, p.MaxLag)
+	if !known {
+		msg = fmt.Sprintf("%s/g%d has no consumer position yet (end offset %d)", p.Projection, p.Generation, end)
+	}
+	return workflows.CaughtUpResult{}, temporal.NewApplicationError(msg, workflows.ErrTypeNotCaughtUp,
+		workflows.CaughtUpResult{Offset: pos, HighWatermark: end, Lag: end - pos})
+}

@@ -1,0 +1,435 @@
+package fanout_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
+	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
+	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+	"github.com/distcache/distcache/services/cache-producer/internal/projector"
+	"github.com/distcache/distcache/services/cache-producer/internal/testkit"
+	"github.com/distcache/distcache/tools/devstacktest"
+	"github.com/distcache/distcache/workflows"
+	"github.com/distcache/distcache/workflows/projection"
+)
+
+func TestMain(m *testing.M) { devstacktest.Main(m) }
+
+var (
+	byEmail = projection.Definition{
+		Name: "users_by_email", Model: "users", KeyTemplate: "{email}", LowercaseKey: true,
+		Fields: []string{"id", "name", "email"},
+		Filter: &projection.Filter{Field: "status", Op: projection.OpEq, Values: []string{"active"}},
+	}
+	byID = projection.Definition{
+		Name: "users_by_id", Model: "users", KeyTemplate: "user:{id}", Fields: []string{"id", "status"},
+	}
+)
+
+type stack struct {
+	rdb   *redis.Client
+	kafka string
+	pub   *distcache.Publisher
+	led   *ledger.Ledger
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	r := devstacktest.Redis(t)
+	k := devstacktest.Kafka(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	pub, err := distcache.NewPublisher(rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &stack{rdb: rdb, kafka: k.Addr, pub: pub, led: ledger.New(rdb, 0)}
+}
+
+func (s *stack) gen(t *testing.T, def projection.Definition, gen int64, topic string) fanout.Generation {
+	t.Helper()
+	tg, err := fanout.CompileTarget(def.Name, gen, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fanout.Generation{Target: tg, Topic: topic, State: workflows.StateLive}
+}
+
+func (s *stack) manager(t *testing.T, w *projector.Writer, batch int) *fanout.Manager {
+	t.Helper()
+	m, err := fanout.NewManager(fanout.Config{
+		KafkaOpts: []kgo.Opt{kgo.SeedBrokers(s.kafka)}, Writer: w, BatchSize: batch, DrainTimeout: time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func (s *stack) waitOffset(t *testing.T, def projection.Definition, gen, want int64) {
+	t.Helper()
+	ctx := context.Background()
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		off, ok, err := s.led.Offset(ctx, def.Name, gen)
+		return err == nil && ok && off >= want
+	}, "%s/g%d offset reaches %d", def.Name, gen, want)
+}
+
+func user(id, email, name, status string) map[string]any {
+	return map[string]any{"id": id, "email": email, "name": name, "status": status}
+}
+
+// TestFanOutSemantics checks, on a real broker and Redis, one record stream
+// fanned out to two projections: upserts, a re-key (the old key is deleted),
+// a tombstone, a record the filter rejects, a projected key taken over by
+// another source key (the first owner's move does not delete it), and dead
+// letters for a non-JSON payload and a missing key field, after which
+// consumption continues.
+func TestFanOutSemantics(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	ctx := context.Background()
+	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
+	w := projector.NewWriter(s.pub, s.led)
+	m := s.manager(t, w, 100)
+	defer m.Close()
+	m.Update(ctx, []fanout.Generation{s.gen(t, byEmail, 1, p.Topic), s.gen(t, byID, 1, p.Topic)})
+
+	offs := p.Produce(
+		p.Upsert("1", user("1", "Ann@X.io", "Ann", "active")),   // 0
+		p.Upsert("2", user("2", "bob@x.io", "Bob", "active")),   // 1
+		p.Upsert("1", user("1", "ann2@x.io", "Ann", "active")),  // 2 re-key ann@x.io → ann2@x.io
+		p.Tombstone("2"),                                         // 3 bob deleted
+		p.Upsert("3", user("3", "cy@x.io", "Cy", "blocked")),    // 4 filtered out
+		p.Upsert("4", user("4", "dee@x.io", "Dee", "active")),   // 5
+		p.Upsert("4", user("4", "dee@x.io", "Dee", "blocked")),  // 6 now filtered: deleted
+		p.Garbage("5"),                                           // 7 dead letter
+		p.Upsert("6", map[string]any{"id": "6", "name": "NoMail", "status": "active"}), // 8 dead letter (missing email)
+		p.Upsert("7", user("7", "ann2@x.io", "Imposter", "active")), // 9 takes ann2@x.io over
+		p.Upsert("1", user("1", "ann3@x.io", "Ann", "active")),  // 10 Ann leaves ann2: not hers any more
+		p.Upsert("8", user("8", "eve@x.io", "Eve", "active")),   // 11 consumption continued
+	)
+	end := offs[len(offs)-1] + 1
+	s.waitOffset(t, byEmail, 1, end)
+	s.waitOffset(t, byID, 1, end)
+
+	got, err := testkit.ReadGeneration(ctx, s.rdb, byEmail.Name, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]testkit.Value{
+		"ann2@x.io": {Data: `{"id":"7","name":"Imposter","email":"ann2@x.io"}`, Version: 10},
+		"ann3@x.io": {Data: `{"id":"1","name":"Ann","email":"ann3@x.io"}`, Version: 11},
+		"eve@x.io":  {Data: `{"id":"8","name":"Eve","email":"eve@x.io"}`, Version: 12},
+	}
+	if d := testkit.Diff(got, want); d != "" {
+		t.Errorf("users_by_email:\n%s", d)
+	}
+	got, err = testkit.ReadGeneration(ctx, s.rdb, byID.Name, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = map[string]testkit.Value{
+		"user:1": {Data: `{"id":"1","status":"active"}`, Version: 11},
+		"user:3": {Data: `{"id":"3","status":"blocked"}`, Version: 5},
+		"user:4": {Data: `{"id":"4","status":"blocked"}`, Version: 7},
+		"user:6": {Data: `{"id":"6","status":"active"}`, Version: 9},
+		"user:7": {Data: `{"id":"7","status":"active"}`, Version: 10},
+		"user:8": {Data: `{"id":"8","status":"active"}`, Version: 12},
+	}
+	if d := testkit.Diff(got, want); d != "" {
+		t.Errorf("users_by_id:\n%s", d)
+	}
+
+	// Dead letters: offset and reason, once each, in both generations that
+	// could not project them (by_id has no key field to miss for record 8).
+	dead, err := s.rdb.XRange(ctx, ledger.DeadLetterKey(byEmail.Name, 1), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dead) != 2 {
+		t.Fatalf("users_by_email dead letters = %d, want 2: %v", len(dead), dead)
+	}
+	for i, wantOff := range []int64{7, 8} {
+		if got := dead[i].Values["offset"]; got != strconv.FormatInt(wantOff, 10) {
+			t.Errorf("dead letter %d offset = %v, want %d", i, got, wantOff)
+		}
+		if r, _ := dead[i].Values["reason"].(string); r == "" {
+			t.Errorf("dead letter %d has no reason", i)
+		}
+	}
+	if r := dead[1].Values["reason"].(string); !contains(r, "email") {
+		t.Errorf("missing-field reason %q does not name the field", r)
+	}
+	deadID, _ := s.rdb.XLen(ctx, ledger.DeadLetterKey(byID.Name, 1)).Result()
+	if deadID != 1 {
+		t.Errorf("users_by_id dead letters = %d, want 1 (the non-JSON payload)", deadID)
+	}
+	if err := testkit.StreamVersionsIncrease(ctx, s.rdb, byEmail.Name, 1); err != nil {
+		t.Error(err)
+	}
+}
+
+func contains(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}
+
+// TestGenerationJoinsLater checks that a generation added to a running topic
+// consumer starts from its own stored offset (here: the registry's start
+// offset 0) while the other generation continues from where it was, and that
+// removing a generation stops its writes.
+func TestGenerationJoinsLater(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	ctx := context.Background()
+	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
+	m := s.manager(t, projector.NewWriter(s.pub, s.led), 10)
+	defer m.Close()
+	g1 := s.gen(t, byID, 1, p.Topic)
+	m.Update(ctx, []fanout.Generation{g1})
+	var recs []*kgo.Record
+	for i := range 50 {
+		recs = append(recs, p.Upsert(strconv.Itoa(i), user(strconv.Itoa(i), fmt.Sprintf("u%d@x.io", i), "U", "active")))
+	}
+	p.Produce(recs...)
+	s.waitOffset(t, byID, 1, 50)
+
+	g2 := s.gen(t, byEmail, 2, p.Topic)
+	m.Update(ctx, []fanout.Generation{g1, g2})
+	p.Produce(p.Upsert("99", user("99", "late@x.io", "Late", "active")))
+	s.waitOffset(t, byEmail, 2, 51)
+	s.waitOffset(t, byID, 1, 51)
+	got, err := testkit.ReadGeneration(ctx, s.rdb, byEmail.Name, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 51 {
+		t.Errorf("users_by_email/g2 holds %d keys, want 51 (all from offset 0)", len(got))
+	}
+	st := m.Statuses()
+	if len(st) != 2 || st[0].Lag != 0 || st[1].Lag != 0 {
+		t.Errorf("statuses = %+v, want two generations with lag 0", st)
+	}
+
+	m.Update(ctx, []fanout.Generation{g2}) // g1 dropped
+	p.Produce(p.Upsert("100", user("100", "after@x.io", "After", "active")))
+	s.waitOffset(t, byEmail, 2, 52)
+	if off, _, _ := s.led.Offset(ctx, byID.Name, 1); off != 51 {
+		t.Errorf("dropped generation's offset moved to %d, want 51", off)
+	}
+	if n, _ := s.rdb.Exists(ctx, distcache.ValueKey(byID.Name, 1, "user:100")).Result(); n != 0 {
+		t.Error("dropped generation was still written")
+	}
+}
+
+// gen is the random workload of the property test.
+type workload struct {
+	rnd     *rand.Rand
+	p       *testkit.Producer
+	sources []string
+	email   map[string]string // source → current email (live upserts only)
+	holder  map[string]string // email → source holding it
+}
+
+func (w *workload) freeEmail() string {
+	for {
+		e := fmt.Sprintf("E%d@X.io", w.rnd.IntN(200))
+		if _, held := w.holder[lower(e)]; !held {
+			return e
+		}
+	}
+}
+
+func lower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 32
+		}
+	}
+	return string(b)
+}
+
+func (w *workload) release(src string) {
+	if e, ok := w.email[src]; ok {
+		delete(w.holder, lower(e))
+		delete(w.email, src)
+	}
+}
+
+func (w *workload) next() *kgo.Record {
+	src := w.sources[w.rnd.IntN(len(w.sources))]
+	status := "active"
+	if w.rnd.IntN(5) == 0 {
+		status = "blocked"
+	}
+	name := fmt.Sprintf("n%d", w.rnd.IntN(1000))
+	switch x := w.rnd.IntN(100); {
+	case x < 8:
+		w.release(src)
+		return w.p.Tombstone(src)
+	case x < 12:
+		w.release(src)
+		return w.p.Garbage(src)
+	case x < 16:
+		w.release(src)
+		return w.p.Upsert(src, map[string]any{"id": src, "name": name, "status": status})
+	case x < 40: // re-key
+		w.release(src)
+		fallthrough
+	default:
+		e, ok := w.email[src]
+		if !ok {
+			e = w.freeEmail()
+			w.email[src] = e
+			w.holder[lower(e)] = src
+		}
+		return w.p.Upsert(src, user(src, e, name, status))
+	}
+}
+
+// TestPropertyCrashesMatchModel is the property test: random sequences of
+// upserts, re-keys, filter flips, tombstones and bad records, fanned out to
+// two projections, while the consumer is stopped abruptly at random points
+// (before or after the values of a batch are written, before its index and
+// offset are) and restarted from its stored offsets. At the end each
+// generation holds exactly what the model computes, every key's versions in
+// the change stream strictly increase, and a fresh replay of the topic into
+// a new generation holds the same values with the same versions.
+func TestPropertyCrashesMatchModel(t *testing.T) {
+	t.Parallel()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	s := newStack(t)
+	ctx := context.Background()
+	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
+	w := &workload{rnd: rand.New(rand.NewPCG(seed, 7)), p: p, email: map[string]string{}, holder: map[string]string{}}
+	for i := range 60 {
+		w.sources = append(w.sources, "s"+strconv.Itoa(i))
+	}
+
+	var crashes atomic.Int32
+	crashed := make(chan struct{}, 1)
+	var faultMu sync.Mutex
+	frnd := rand.New(rand.NewPCG(seed, 11))
+	fault := func(ctx context.Context, _ projector.Target, _ projector.Step) error {
+		faultMu.Lock()
+		hit := crashes.Load() < 12 && frnd.IntN(12) == 0
+		faultMu.Unlock()
+		if !hit {
+			return nil
+		}
+		select {
+		case crashed <- struct{}{}:
+		default:
+		}
+		<-ctx.Done() // the process dies here
+		return ctx.Err()
+	}
+	gens := []fanout.Generation{s.gen(t, byEmail, 1, p.Topic), s.gen(t, byID, 1, p.Topic)}
+	start := func() *fanout.Manager {
+		m := s.manager(t, projector.NewWriter(s.pub, s.led, projector.WithFault(fault)), 1+frnd.IntN(40))
+		m.Update(ctx, gens)
+		return m
+	}
+	m := start()
+	var all []*kgo.Record
+	const rounds, perRound = 20, 150
+	for range rounds {
+		recs := make([]*kgo.Record, perRound)
+		for i := range recs {
+			recs[i] = w.next()
+		}
+		p.Produce(recs...)
+		all = append(all, recs...)
+		select {
+		case <-crashed:
+			m.Close()
+			crashes.Add(1)
+			m = start()
+		default:
+		}
+	}
+	end := all[len(all)-1].Offset + 1
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		done := true
+		for _, d := range []projection.Definition{byEmail, byID} {
+			off, ok, err := s.led.Offset(ctx, d.Name, 1)
+			if err != nil || !ok || off < end {
+				done = false
+			}
+		}
+		if done {
+			break
+		}
+		select {
+		case <-crashed:
+			m.Close()
+			crashes.Add(1)
+			m = start()
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("generations did not reach the end of the topic")
+		}
+	}
+	m.Close()
+	t.Logf("%d records, %d crashes", len(all), crashes.Load())
+	if crashes.Load() == 0 {
+		t.Fatal("no crash happened: the test proved nothing")
+	}
+
+	for _, def := range []projection.Definition{byEmail, byID} {
+		model := testkit.NewModel(t, def)
+		for _, r := range all {
+			model.Apply(r.Offset, string(r.Key), r.Value)
+		}
+		got, err := testkit.ReadGeneration(ctx, s.rdb, def.Name, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := testkit.Diff(got, model.Live()); d != "" {
+			t.Errorf("%s differs from the model:\n%s", def.Name, d)
+		}
+		if err := testkit.StreamVersionsIncrease(ctx, s.rdb, def.Name, 1); err != nil {
+			t.Errorf("%s: %v", def.Name, err)
+		}
+		dead, _ := s.rdb.XLen(ctx, ledger.DeadLetterKey(def.Name, 1)).Result()
+		if int(dead) != model.Dead {
+			t.Errorf("%s: %d dead letters, model says %d", def.Name, dead, model.Dead)
+		}
+
+		// A fresh replay into generation 2.
+		tg, _ := fanout.CompileTarget(def.Name, 2, def)
+		_, err = backfill.Replay(ctx, backfill.ReplayConfig{
+			KafkaOpts: []kgo.Opt{kgo.SeedBrokers(s.kafka)}, Writer: projector.NewWriter(s.pub, s.led), BatchSize: 500,
+		}, tg, p.Topic, workflows.BackfillProgress{EndOffset: end}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fresh, err := testkit.ReadGeneration(ctx, s.rdb, def.Name, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := testkit.Diff(got, fresh); d != "" {
+			t.Errorf("%s: crashed generation differs from a fresh replay:\n%s", def.Name, d)
+		}
+	}
+}

@@ -1,0 +1,201 @@
+// Package instrument declares the cache-producer's Prometheus metrics (all
+// named distcache_producer_*) on a registry of its own, and implements the
+// observer interfaces of packages fanout and backfill.
+package instrument
+
+import (
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
+	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
+	"github.com/distcache/distcache/services/cache-producer/internal/projector"
+)
+
+const ns = "distcache_producer_"
+
+// Metrics holds every metric of the service.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	consumed    *prometheus.CounterVec
+	events      *prometheus.CounterVec
+	writes      *prometheus.CounterVec
+	applied     *prometheus.CounterVec
+	filtered    *prometheus.CounterVec
+	deadLetters *prometheus.CounterVec
+	failures    *prometheus.CounterVec
+	batchTime   *prometheus.HistogramVec
+	lag         *prometheus.GaugeVec
+	position    *prometheus.GaugeVec
+	rate        *prometheus.GaugeVec
+	backfilled  *prometheus.CounterVec
+	generations prometheus.Gauge
+	registryOK  prometheus.Gauge
+
+	mu    sync.Mutex
+	rates map[string]*ewma // topic → events/s
+	stop  chan struct{}
+	once  sync.Once
+}
+
+var _ fanout.Observer = (*Metrics)(nil)
+var _ backfill.Observer = (*Metrics)(nil)
+
+// New creates the metrics on a fresh registry (with the Go and process
+// collectors).
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gl := []string{"projection", "generation"}
+	m := &Metrics{
+		Registry: reg,
+		consumed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "records_consumed_total",
+			Help: "Records read from each topic by the live consumers."}, []string{"topic"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "events_total",
+			Help: "Records processed per generation (live consumers)."}, gl),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "writes_total",
+			Help: "Writes sent to Redis per generation, by op (set, delete)."}, []string{"projection", "generation", "op"}),
+		applied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "writes_applied_total",
+			Help: "Writes that changed Redis (not replays) per generation."}, gl),
+		filtered: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "filtered_total",
+			Help: "Records the projection's filter rejected (their key is deleted)."}, gl),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "dead_letters_total",
+			Help: "Records sent to a generation's dead-letter stream, by reason."}, []string{"projection", "generation", "reason"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "failures_total",
+			Help: "Errors by stage (fetch, write, offset, registry); writes are retried."}, []string{"stage"}),
+		batchTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: ns + "batch_seconds",
+			Help: "Time to write one batch into one generation.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"kind"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ns + "lag_records",
+			Help: "High watermark of the topic minus the generation's next offset."}, gl),
+		position: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ns + "next_offset",
+			Help: "The generation's next offset (everything before it is written)."}, gl),
+		rate: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ns + "events_per_second",
+			Help: "Records consumed per second per topic, smoothed over about 10 s."}, []string{"topic"}),
+		backfilled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "backfill_records_total",
+			Help: "Records written by backfills per generation."}, gl),
+		generations: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "generations",
+			Help: "Generations kept up to date by this producer."}),
+		registryOK: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "registry_up",
+			Help: "1 when the last registry load succeeded."}),
+		rates: map[string]*ewma{},
+		stop:  make(chan struct{}),
+	}
+	reg.MustRegister(m.consumed, m.events, m.writes, m.applied, m.filtered, m.deadLetters, m.failures,
+		m.batchTime, m.lag, m.position, m.rate, m.backfilled, m.generations, m.registryOK)
+	go m.tick()
+	return m
+}
+
+func genLabels(t projector.Target) []string {
+	return []string{t.Projection, strconv.FormatInt(t.Generation, 10)}
+}
+
+func (m *Metrics) record(t projector.Target, st projector.Stats) {
+	p, g := t.Projection, strconv.FormatInt(t.Generation, 10)
+	if st.Sets > 0 {
+		m.writes.WithLabelValues(p, g, "set").Add(float64(st.Sets))
+	}
+	if st.Deletes > 0 {
+		m.writes.WithLabelValues(p, g, "delete").Add(float64(st.Deletes))
+	}
+	if st.Applied > 0 {
+		m.applied.WithLabelValues(p, g).Add(float64(st.Applied))
+	}
+	if st.Filtered > 0 {
+		m.filtered.WithLabelValues(p, g).Add(float64(st.Filtered))
+	}
+	for reason, n := range st.DeadReasons {
+		m.deadLetters.WithLabelValues(p, g, reason).Add(float64(n))
+	}
+}
+
+// Batch implements fanout.Observer.
+func (m *Metrics) Batch(t projector.Target, st projector.Stats, took time.Duration) {
+	m.events.WithLabelValues(genLabels(t)...).Add(float64(st.Records))
+	m.record(t, st)
+	m.batchTime.WithLabelValues("live").Observe(took.Seconds())
+}
+
+// BackfillBatch implements backfill.Observer.
+func (m *Metrics) BackfillBatch(t projector.Target, st projector.Stats, took time.Duration) {
+	m.backfilled.WithLabelValues(genLabels(t)...).Add(float64(st.Records))
+	m.record(t, st)
+	m.batchTime.WithLabelValues("backfill").Observe(took.Seconds())
+}
+
+// Position implements fanout.Observer.
+func (m *Metrics) Position(t projector.Target, next, hwm int64) {
+	m.position.WithLabelValues(genLabels(t)...).Set(float64(next))
+	if hwm >= 0 && next >= 0 {
+		m.lag.WithLabelValues(genLabels(t)...).Set(float64(max(hwm-next, 0)))
+	}
+}
+
+// Forget implements fanout.Observer.
+func (m *Metrics) Forget(t projector.Target) {
+	l := genLabels(t)
+	m.position.DeleteLabelValues(l...)
+	m.lag.DeleteLabelValues(l...)
+}
+
+// Consumed implements fanout.Observer.
+func (m *Metrics) Consumed(topic string, n int) {
+	m.consumed.WithLabelValues(topic).Add(float64(n))
+	m.mu.Lock()
+	e, ok := m.rates[topic]
+	if !ok {
+		e = &ewma{}
+		m.rates[topic] = e
+	}
+	e.pending += float64(n)
+	m.mu.Unlock()
+}
+
+// Failure implements fanout.Observer.
+func (m *Metrics) Failure(stage string) { m.failures.WithLabelValues(stage).Inc() }
+
+// Generations sets the number of generations consumed.
+func (m *Metrics) Generations(n int) { m.generations.Set(float64(n)) }
+
+// RegistryUp records the outcome of a registry load.
+func (m *Metrics) RegistryUp(ok bool) {
+	if ok {
+		m.registryOK.Set(1)
+	} else {
+		m.registryOK.Set(0)
+		m.failures.WithLabelValues("registry").Inc()
+	}
+}
+
+// ewma is an events/s rate smoothed over about 10 s (1 s ticks).
+type ewma struct {
+	pending float64
+	rate    float64
+}
+
+func (m *Metrics) tick() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+		}
+		m.mu.Lock()
+		for topic, e := range m.rates {
+			e.rate += 0.1 * (e.pending - e.rate)
+			e.pending = 0
+			m.rate.WithLabelValues(topic).Set(e.rate)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// Close stops the rate ticker.
+func (m *Metrics) Close() { m.once.Do(func() { close(m.stop) }) }

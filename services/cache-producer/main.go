@@ -1,0 +1,290 @@
+// Command cache-producer keeps projections of compacted Kafka topics in Redis
+// generations: it follows the control-plane's registry, runs one consumer per
+// topic that feeds every live generation of every projection of that topic
+// (through libs/distcache's Publisher), and runs the Backfill and CaughtUp
+// Temporal activities that build new generations. See docs/architecture.md
+// and the internal packages' documentation; configuration is read from
+// PRODUCER_* environment variables (package internal/config).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.temporal.io/sdk/client"
+	tlog "go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/migrations"
+	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
+	"github.com/distcache/distcache/services/cache-producer/internal/config"
+	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
+	"github.com/distcache/distcache/services/cache-producer/internal/httpapi"
+	"github.com/distcache/distcache/services/cache-producer/internal/instrument"
+	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+	"github.com/distcache/distcache/services/cache-producer/internal/projector"
+	"github.com/distcache/distcache/services/cache-producer/internal/registrywatch"
+	"github.com/distcache/distcache/workflows"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "cache-producer:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// Log attribute keys.
+const (
+	attrErr        = "err"
+	attrProjection = "projection"
+	attrGeneration = "generation"
+)
+
+// run wires the service and blocks until ctx ends, then shuts down: the
+// registry watch stops, each consumer writes its batch in flight, the
+// activity worker stops, the HTTP server drains.
+func run(ctx context.Context, args []string, getenv func(string) string, logOut io.Writer) error {
+	fs := flag.NewFlagSet("cache-producer", flag.ContinueOnError)
+	fs.SetOutput(logOut)
+	checkOnly := fs.Bool("check-config", false, "validate the configuration and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (configuration is read from PRODUCER_* variables)", fs.Args())
+	}
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return err
+	}
+	var h slog.Handler
+	if cfg.LogFormat == "text" {
+		h = slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel})
+	} else {
+		h = slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel})
+	}
+	log := slog.New(h).With("service", "cache-producer")
+	log.Info("starting", "config", cfg)
+	if *checkOnly {
+		return nil
+	}
+
+	if cfg.Migrate {
+		if err := migrations.Up(ctx, cfg.DatabaseURL); err != nil {
+			return fmt.Errorf("migrate registry: %w", err)
+		}
+	}
+	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("registry pool: %w", err)
+	}
+	defer pool.Close()
+
+	rdb, err := cfg.RedisClient()
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	pub, err := distcache.NewPublisher(rdb, distcache.WithStreamMaxLen(cfg.StreamMaxLen), distcache.WithTombstoneTTL(cfg.TombstoneTTL))
+	if err != nil {
+		return fmt.Errorf("publisher: %w", err)
+	}
+	kopts, err := cfg.KafkaOpts()
+	if err != nil {
+		return err
+	}
+	admin, err := kgo.NewClient(kopts...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer admin.Close()
+
+	metrics := instrument.New()
+	defer metrics.Close()
+	led := ledger.New(rdb, cfg.DeadLetterMaxLen)
+	writer := projector.NewWriter(pub, led, projector.WithLogger(log))
+	mgr, err := fanout.NewManager(fanout.Config{
+		KafkaOpts: kopts, Writer: writer, BatchSize: cfg.BatchSize, Observer: metrics, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	var registryErr atomic.Pointer[error]
+	noLoadYet := errors.New("registry not loaded yet")
+	registryErr.Store(&noLoadYet)
+	watcher := &registrywatch.Watcher{
+		Pool:     pool,
+		Interval: cfg.ReloadInterval,
+		Logger:   log,
+		Apply: func(ctx context.Context, s registrywatch.Snapshot) {
+			applySnapshot(ctx, log, cfg.TopicPrefix, mgr, led, metrics, s)
+		},
+		OnLoad: func(err error) {
+			if err != nil {
+				registryErr.Store(&err)
+				metrics.RegistryUp(false)
+				return
+			}
+			registryErr.Store(nil)
+			metrics.RegistryUp(true)
+		},
+	}
+
+	var wg sync.WaitGroup
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = watcher.Run(watchCtx)
+	}()
+
+	// Temporal activity worker.
+	var tc client.Client
+	var w worker.Worker
+	if cfg.TemporalHostPort != "" {
+		tc, err = client.DialContext(ctx, client.Options{
+			HostPort: cfg.TemporalHostPort, Namespace: cfg.TemporalNamespace,
+			Logger: tlog.NewStructuredLogger(log.With("component", "temporal")),
+		})
+		if err != nil {
+			stopWatch()
+			wg.Wait()
+			mgr.Close()
+			return fmt.Errorf("temporal %s: %w", cfg.TemporalHostPort, err)
+		}
+		defer tc.Close()
+		w = worker.New(tc, workflows.CacheProducerTaskQueue, worker.Options{})
+		backfill.Register(w, &backfill.Activities{
+			KafkaOpts: kopts, Writer: writer, BatchSize: cfg.BackfillBatchSize, Observer: metrics, Logger: log,
+		})
+		if err := w.Start(); err != nil {
+			stopWatch()
+			wg.Wait()
+			mgr.Close()
+			return fmt.Errorf("start activity worker: %w", err)
+		}
+	} else {
+		log.Warn("PRODUCER_TEMPORAL_HOSTPORT is empty: the Backfill and CaughtUp activities are not served")
+	}
+
+	checks := map[string]httpapi.Check{
+		"registry": func(context.Context) error {
+			if p := registryErr.Load(); p != nil {
+				return *p
+			}
+			return nil
+		},
+		"redis": func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		"kafka": func(ctx context.Context) error { return admin.Ping(ctx) },
+		"consumers": func(context.Context) error {
+			if !mgr.Healthy() {
+				return errors.New("a consumer is retrying a failed write")
+			}
+			return nil
+		},
+	}
+	if tc != nil {
+		checks["temporal"] = func(ctx context.Context) error {
+			_, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{})
+			return err
+		}
+	}
+	srv := &http.Server{
+		Addr: cfg.HTTPAddr,
+		Handler: httpapi.Handler(httpapi.Config{
+			Registry: metrics.Registry, Checks: checks,
+			Status: func() any { return mgr.Statuses() },
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		stopWatch()
+		wg.Wait()
+		mgr.Close()
+		if w != nil {
+			w.Stop()
+		}
+		return fmt.Errorf("listen on PRODUCER_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+	}
+	httpErr := make(chan error, 1)
+	go func() { httpErr <- srv.Serve(ln) }()
+	log.Info("serving", "http_addr", ln.Addr().String())
+
+	select {
+	case <-ctx.Done():
+	case err = <-httpErr:
+		err = fmt.Errorf("http server: %w", err)
+	}
+	log.Info("shutting down")
+	stopWatch()
+	wg.Wait()
+	mgr.Close() // each consumer writes its batch in flight
+	if w != nil {
+		w.Stop()
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if serr := srv.Shutdown(sctx); serr != nil && err == nil {
+		err = fmt.Errorf("http shutdown: %w", serr)
+	}
+	log.Info("stopped")
+	return err
+}
+
+// applySnapshot makes the consumers follow the registry, then removes the
+// bookkeeping of generations that ended.
+func applySnapshot(ctx context.Context, log *slog.Logger, prefix string, mgr *fanout.Manager, led *ledger.Ledger,
+	metrics *instrument.Metrics, s registrywatch.Snapshot) {
+	gens := make([]fanout.Generation, 0, len(s.Active))
+	for _, g := range s.Active {
+		t, err := fanout.CompileTarget(g.Projection, g.Generation, g.Definition)
+		if err != nil {
+			log.Error("skipping generation with an invalid definition", attrProjection, g.Projection, attrGeneration, g.Generation, attrErr, err)
+			continue
+		}
+		gens = append(gens, fanout.Generation{
+			Target: t, Topic: events.Topic(prefix, g.Definition.Model), State: g.State, StartOffset: g.Offset,
+		})
+	}
+	mgr.Update(ctx, gens)
+	metrics.Generations(len(gens))
+	for _, g := range s.Ended {
+		has, err := led.HasBookkeeping(ctx, g.Projection, g.Generation)
+		if err != nil {
+			log.Warn("check bookkeeping", attrProjection, g.Projection, attrGeneration, g.Generation, attrErr, err)
+			continue
+		}
+		if !has {
+			continue
+		}
+		n, err := led.Forget(ctx, g.Projection, g.Generation)
+		if err != nil {
+			log.Warn("remove bookkeeping", attrProjection, g.Projection, attrGeneration, g.Generation, attrErr, err)
+			continue
+		}
+		log.Info("bookkeeping removed", attrProjection, g.Projection, attrGeneration, g.Generation, "state", g.State, "keys", n)
+	}
+}
