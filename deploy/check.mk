@@ -77,7 +77,7 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	@# The values schema must catch a typo and a missing secret reference.
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set corePublisher.replica=3 >/dev/null 2>&1; then \
 	  echo "FAIL: values.schema.json accepted the unknown value corePublisher.replica"; exit 1; fi
-	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set postgres.core.urlSecret.name= >/dev/null 2>&1; then \
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set postgres.core.existingSecret= >/dev/null 2>&1; then \
 	  echo "FAIL: the chart rendered without the core database secret"; exit 1; fi
 	@echo "ok   helm: lint, template (default, production), schema rejects bad values"
 	$(DEPLOYCHECK) env $(ROOT)/services $(COMPOSE_FILE) $(OUT)/default.yaml $(OUT)/production.yaml

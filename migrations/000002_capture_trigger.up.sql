@@ -7,7 +7,8 @@
 --
 -- Arguments: the aggregate name and the key column. The key is the column's
 -- value as JSON text (to_jsonb(row) ->> column: 42, the text itself, a uuid).
--- INSERT and UPDATE write op upsert with the full after-image to_jsonb(NEW);
+-- INSERT and UPDATE (every UPDATE, even one that changes nothing) write op
+-- upsert with the full after-image to_jsonb(NEW);
 -- DELETE writes op delete with a NULL payload; an UPDATE that changes the key
 -- writes a delete of the old key, then an upsert of the new one. Each event
 -- bumps its key's version in distcache_outbox_versions and notifies channel

@@ -227,9 +227,15 @@ func backfill(ctx workflow.Context, st *buildState, p BuildParams, gen int64) (B
 	fut := workflow.ExecuteActivity(backfillOptions(ctx), ActivityBackfill, BackfillParams{
 		Projection: name, Generation: gen, Topic: p.Topic, Definition: p.Definition,
 	})
-	for done := false; !done; {
+	interval := p.ProgressInterval
+	for polls, done := 0, false; !done; polls++ {
+		// Every poll adds a few history events; a long backfill polls less often (the interval
+		// doubles every 100 polls, up to a minute) so its history stays far below Temporal's limits.
+		if polls > 0 && polls%100 == 0 && interval < time.Minute {
+			interval = min(2*interval, time.Minute)
+		}
 		timerCtx, cancelTimer := workflow.WithCancel(ctx)
-		timer := workflow.NewTimer(timerCtx, p.ProgressInterval)
+		timer := workflow.NewTimer(timerCtx, interval)
 		sel := workflow.NewSelector(ctx)
 		sel.AddFuture(fut, func(workflow.Future) { done = true })
 		sel.AddFuture(timer, func(workflow.Future) {})
@@ -247,7 +253,7 @@ func backfill(ctx workflow.Context, st *buildState, p BuildParams, gen int64) (B
 			workflow.GetLogger(ctx).Warn("record backfill progress", "error", err)
 			continue
 		}
-		if pr != (BackfillProgress{}) {
+		if pr != (BackfillProgress{}) && pr != st.progress.Backfill {
 			st.progress.Backfill = pr
 			st.publish()
 		}

@@ -10,6 +10,14 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
+// Log attribute keys of the Consumer.
+const (
+	logKeyTopic     = "topic"
+	logKeyPartition = "partition"
+	logKeyOffset    = "offset"
+	logKeyError     = "err"
+)
+
 // Handler receives one change. Tombstones arrive as OpDelete envelopes. A
 // non-nil error stops Consumer.Run, which returns it.
 type Handler func(ctx context.Context, e Envelope) error
@@ -114,7 +122,7 @@ func NewConsumer(brokers []string, aggregates []string, h Handler, opts ...Consu
 	c := &Consumer{cl: cl, handler: h, log: cfg.log, onInvalid: cfg.onInvalid, closed: make(chan struct{})}
 	if c.onInvalid == nil {
 		c.onInvalid = func(r *kgo.Record, err error) {
-			c.log.Warn("skipping invalid event record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
+			c.log.Warn("skipping invalid event record", logKeyTopic, r.Topic, logKeyPartition, r.Partition, logKeyOffset, r.Offset, logKeyError, err)
 		}
 	}
 	return c, nil
@@ -150,7 +158,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				continue
 			}
 			// Fetch errors are retried by the client; report them.
-			c.log.Warn("events consumer fetch error", "topic", fe.Topic, "partition", fe.Partition, "err", fe.Err)
+			c.log.Warn("events consumer fetch error", logKeyTopic, fe.Topic, logKeyPartition, fe.Partition, logKeyError, fe.Err)
 		}
 		var herr error
 		fetches.EachRecord(func(r *kgo.Record) {

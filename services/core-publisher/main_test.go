@@ -24,8 +24,6 @@ import (
 	"github.com/distcache/distcache/tools/devstack"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 func TestMain(m *testing.M) { devstacktest.Main(m) }
@@ -109,33 +107,6 @@ func role(t *testing.T, base string) string {
 	return body.Role
 }
 
-func endOffset(t *testing.T, broker, topic string) int64 {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(broker))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ends, err := kadm.NewClient(cl).ListEndOffsets(context.Background(), topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o, ok := ends.Lookup(topic, 0)
-	if !ok || o.Err != nil {
-		t.Fatalf("end offset of %s: %v", topic, o.Err)
-	}
-	return o.Offset
-}
-
-// readToEnd reads the topic up to its current end.
-func readToEnd(t *testing.T, r *pubtest.Reader, broker, topic string) {
-	t.Helper()
-	end := endOffset(t, broker, topic)
-	r.ReadUntil(t, 30*time.Second, func(evs []pubtest.Event) bool {
-		return end == 0 || len(evs) > 0 && evs[len(evs)-1].Offset >= end-1
-	}, "read to the end of "+topic)
-}
-
 func waitOutboxEmpty(t *testing.T, pool *pgxpool.Pool, timeout time.Duration) {
 	t.Helper()
 	devstacktest.Eventually(t, timeout, func() bool {
@@ -211,7 +182,7 @@ func TestBackloadUnderConcurrentWrites(t *testing.T) {
 	waitOutboxEmpty(t, pool, 30*time.Second)
 
 	reader := pubtest.NewReader(t, k.Addr, "distcache.users")
-	readToEnd(t, reader, k.Addr, "distcache.users")
+	reader.ReadAll(t, k.Addr, "distcache.users")
 	latest := pubtest.Latest(reader.Events)
 	table := map[string][]byte{}
 	rs, err := pool.Query(context.Background(), `SELECT id::text, to_jsonb(u) FROM users u`)
@@ -395,7 +366,7 @@ func TestGracefulShutdownFlushes(t *testing.T) {
 	if left == 0 {
 		t.Fatal("the whole backlog was published before the stop: nothing in flight was tested")
 	}
-	readToEnd(t, reader, k.Addr, "distcache.items")
+	reader.ReadAll(t, k.Addr, "distcache.items")
 	if got := int64(len(reader.Events)) + left; got != n {
 		t.Errorf("published %d + left in outbox %d = %d, want %d (no loss, no duplicate)", len(reader.Events), left, got, n)
 	}
@@ -501,7 +472,7 @@ func TestKillActivePublisher(t *testing.T) {
 	}
 	reader.ReadUntil(t, 60*time.Second, func(evs []pubtest.Event) bool { return pubtest.HasAllVersions(evs, want) }, "every version of every key")
 	waitOutboxEmpty(t, pool, 30*time.Second)
-	readToEnd(t, reader, k.Addr, "distcache.items")
+	reader.ReadAll(t, k.Addr, "distcache.items")
 	dups := 0
 	for key, vs := range pubtest.Versions(reader.Events) {
 		if err := pubtest.CheckOrder(key, vs, 1); err != nil {

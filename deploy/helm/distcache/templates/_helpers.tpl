@@ -46,12 +46,12 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- end -}}
 {{- end -}}
 
-{{/* distcache.secretEnv: an env entry read from a Secret; (dict "name" "VAR" "ref" .Values.x.urlSecret "what" "postgres.core.urlSecret"). */}}
+{{/* distcache.secretEnv: an env entry read from a Secret; (dict "name" "VAR" "ref" .Values.postgres.core "what" "postgres.core"), ref holding existingSecret and key. */}}
 {{- define "distcache.secretEnv" -}}
 - name: {{ .name }}
   valueFrom:
     secretKeyRef:
-      name: {{ required (printf "%s.name is required" .what) .ref.name | quote }}
+      name: {{ required (printf "%s.existingSecret is required" .what) .ref.existingSecret | quote }}
       key: {{ required (printf "%s.key is required" .what) .ref.key | quote }}
 {{- end -}}
 
@@ -67,11 +67,11 @@ only a service with .clientCert true reads a client certificate (core-publisher)
 {{- if $k.tls.enabled }}
 - name: {{ .prefix }}KAFKA_TLS
   value: "true"
-{{- if and $k.tls.secretName $k.tls.caKey }}
+{{- if and $k.tls.existingSecret $k.tls.caKey }}
 - name: {{ .prefix }}KAFKA_TLS_CA_FILE
   value: {{ printf "/etc/distcache/kafka-tls/%s" $k.tls.caKey | quote }}
 {{- end }}
-{{- if and .clientCert $k.tls.secretName $k.tls.certKey }}
+{{- if and .clientCert $k.tls.existingSecret $k.tls.certKey }}
 - name: {{ .prefix }}KAFKA_TLS_CERT_FILE
   value: {{ printf "/etc/distcache/kafka-tls/%s" $k.tls.certKey | quote }}
 - name: {{ .prefix }}KAFKA_TLS_KEY_FILE
@@ -83,7 +83,7 @@ only a service with .clientCert true reads a client certificate (core-publisher)
   value: {{ $k.sasl.mechanism | quote }}
 - name: {{ .saslUserVar }}
   value: {{ required "kafka.sasl.username is required with kafka.sasl.mechanism" $k.sasl.username | quote }}
-{{ include "distcache.secretEnv" (dict "name" (printf "%sKAFKA_SASL_PASSWORD" .prefix) "ref" $k.sasl.passwordSecret "what" "kafka.sasl.passwordSecret") }}
+{{ include "distcache.secretEnv" (dict "name" (printf "%sKAFKA_SASL_PASSWORD" .prefix) "ref" $k.sasl.password "what" "kafka.sasl.password") }}
 {{- end }}
 {{- end -}}
 
@@ -108,22 +108,22 @@ only a service with .clientCert true reads a client certificate (core-publisher)
 - name: {{ .prefix }}REDIS_TLS
   value: "true"
 {{- end }}
-{{- if $r.passwordSecret.name }}
-{{ include "distcache.secretEnv" (dict "name" (printf "%sREDIS_PASSWORD" .prefix) "ref" $r.passwordSecret "what" "redis.passwordSecret") }}
+{{- if $r.password.existingSecret }}
+{{ include "distcache.secretEnv" (dict "name" (printf "%sREDIS_PASSWORD" .prefix) "ref" $r.password "what" "redis.password") }}
 {{- end }}
 {{- end -}}
 
 {{/* distcache.kafkaTLSVolume / Mount: the Kafka TLS Secret, when there is one. */}}
 {{- define "distcache.kafkaTLSVolume" -}}
-{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.secretName -}}
+{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.existingSecret -}}
 - name: kafka-tls
   secret:
-    secretName: {{ .Values.kafka.tls.secretName | quote }}
+    secretName: {{ .Values.kafka.tls.existingSecret | quote }}
     defaultMode: 0440
 {{- end }}
 {{- end -}}
 {{- define "distcache.kafkaTLSMount" -}}
-{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.secretName -}}
+{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.existingSecret -}}
 - name: kafka-tls
   mountPath: /etc/distcache/kafka-tls
   readOnly: true

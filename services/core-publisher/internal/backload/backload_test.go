@@ -61,10 +61,16 @@ func TestBackloadResumesAfterCrash(t *testing.T) {
 		t.Fatalf("outbox rows after the crash: got %d, want %d (the checkpoint commits with its chunk)", got, st.Rows)
 	}
 
-	if err := b.RunPending(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	st, _, _ = b.State(context.Background(), "users")
+	// The interrupted run's connection was closed; its session (and the
+	// model's lock) ends asynchronously on the server, until then
+	// RunPending leaves the model to the other holder.
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
+		if err := b.RunPending(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		st, _, _ = b.State(context.Background(), "users")
+		return st.Status == StatusDone
+	}, "resumed backload done")
 	if st.Status != StatusDone || st.Rows != rows || st.Total != rows || st.FinishedAt == nil {
 		t.Errorf("state after resuming: got %+v, want done with %d rows", st, rows)
 	}

@@ -114,6 +114,28 @@ func (r *Reader) ReadUntil(t testing.TB, timeout time.Duration, cond func([]Even
 	}
 }
 
+// ReadAll reads everything on the topic so far: it appends a marker record
+// (key "__marker__") with a client of its own and reads until the marker,
+// which it drops. Call it once every record of interest was acknowledged.
+func (r *Reader) ReadAll(t testing.TB, addr, topic string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr))
+	if err != nil {
+		t.Fatalf("marker client: %v", err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const marker = "__marker__"
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Key: []byte(marker), Value: []byte(`{}`)}).FirstErr(); err != nil {
+		t.Fatalf("produce marker: %v", err)
+	}
+	r.ReadUntil(t, 30*time.Second, func(evs []Event) bool {
+		return len(evs) > 0 && evs[len(evs)-1].Key == marker
+	}, "read to the marker")
+	r.Events = r.Events[:len(r.Events)-1]
+}
+
 // Versions returns each key's versions in topic order.
 func Versions(evs []Event) map[string][]int64 {
 	out := map[string][]int64{}

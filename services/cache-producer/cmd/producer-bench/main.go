@@ -1,0 +1,344 @@
+// Command producer-bench measures the cache-producer's write path on real
+// components and prints a table of medians:
+//
+//   - raw SET: pipelined go-redis SET of the same projected values (the peer);
+//   - Publisher.Apply: the same writes through distcache.Publisher alone
+//     (version guard + change stream, no Kafka, no bookkeeping);
+//   - fan-out: events/s from the broker into Redis for one topic feeding two
+//     projections (fanout.Manager, new generations each run);
+//   - replay: a topic replayed into a new generation (backfill.Replay), the
+//     Backfill activity's path.
+//
+// It starts its own redis-server and kafkad (tools/devstack) unless -redis
+// and -kafka name running ones. -n sets the topic size of the fan-out runs;
+// -replay-n the size of the replay topic (use -replay-n 1000000 for the 1M
+// goal).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
+	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
+	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+	"github.com/distcache/distcache/services/cache-producer/internal/projector"
+	"github.com/distcache/distcache/tools/devstack"
+	"github.com/distcache/distcache/workflows"
+	"github.com/distcache/distcache/workflows/projection"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "producer-bench:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+var (
+	byEmail = projection.Definition{
+		Name: "bench_by_email", Model: "bench_users", KeyTemplate: "{email}", LowercaseKey: true,
+		Fields: []string{"id", "name", "email"},
+		Filter: &projection.Filter{Field: "status", Op: projection.OpIn, Values: []string{"active", "trial"}},
+	}
+	byID = projection.Definition{
+		Name: "bench_by_id", Model: "bench_users", KeyTemplate: "user:{id}", Fields: []string{"id", "status", "org"},
+	}
+)
+
+type result struct {
+	name  string
+	n     int
+	times []time.Duration
+	note  string
+}
+
+func (r result) median() time.Duration {
+	s := slices.Clone(r.times)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func (r result) rate() float64 { return float64(r.n) / r.median().Seconds() }
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("producer-bench", flag.ContinueOnError)
+	n := fs.Int("n", 200_000, "records in the fan-out topic")
+	replayN := fs.Int("replay-n", 200_000, "records in the replay topic (1000000 for the 1M goal)")
+	runs := fs.Int("runs", 3, "runs per measurement (the median is reported)")
+	batch := fs.Int("batch", 1000, "live consumer batch size")
+	replayBatch := fs.Int("replay-batch", 5000, "replay batch size")
+	redisAddr := fs.String("redis", "", "use this Redis instead of starting one")
+	kafkaAddr := fs.String("kafka", "", "use this broker instead of starting one")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *runs < 1 || *n < 1 || *replayN < 1 {
+		return fmt.Errorf("-runs, -n and -replay-n must be positive")
+	}
+	dir, err := os.MkdirTemp("", "producer-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if *redisAddr == "" {
+		r, err := devstack.StartRedis(ctx, devstack.RedisConfig{Dir: filepath.Join(dir, "redis"), Mode: devstack.Attached})
+		if err != nil {
+			return fmt.Errorf("start redis: %w", err)
+		}
+		defer r.Stop()
+		*redisAddr = r.Addr
+	}
+	if *kafkaAddr == "" {
+		bin, err := kafkadBin()
+		if err != nil {
+			return err
+		}
+		k, err := devstack.StartKafka(ctx, devstack.KafkaConfig{Bin: bin, Dir: filepath.Join(dir, "kafka"), Mode: devstack.Attached})
+		if err != nil {
+			return fmt.Errorf("start kafka: %w", err)
+		}
+		defer k.Stop()
+		*kafkaAddr = k.Addr
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr, PoolSize: 16})
+	defer rdb.Close()
+	pub, err := distcache.NewPublisher(rdb)
+	if err != nil {
+		return err
+	}
+	led := ledger.New(rdb, 0)
+	kopts := []kgo.Opt{kgo.SeedBrokers(*kafkaAddr)}
+
+	fmt.Fprintf(out, "producing %d records (fan-out topic) and %d (replay topic)...\n", *n, *replayN)
+	topic, err := produce(ctx, *kafkaAddr, "bench", "bench_users", *n)
+	if err != nil {
+		return err
+	}
+	replayTopic := topic
+	if *replayN != *n {
+		if replayTopic, err = produce(ctx, *kafkaAddr, "benchreplay", "bench_users", *replayN); err != nil {
+			return err
+		}
+	}
+	values := projectedValues(*n)
+
+	var results []result
+	raw := result{name: "raw pipelined SET (go-redis)", n: *n}
+	for range *runs {
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		for i := 0; i < *n; i += *batch {
+			pipe := rdb.Pipeline()
+			for j := i; j < min(i+*batch, *n); j++ {
+				pipe.Set(ctx, "raw:user:"+strconv.Itoa(j), values[j], 0)
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				return err
+			}
+		}
+		raw.times = append(raw.times, time.Since(t0))
+	}
+	results = append(results, raw)
+
+	apply := result{name: "Publisher.Apply alone (1 projection)", n: *n}
+	for run := range *runs {
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		changes := make([]distcache.Change, 0, *batch)
+		for i := 0; i < *n; i += *batch {
+			changes = changes[:0]
+			for j := i; j < min(i+*batch, *n); j++ {
+				changes = append(changes, distcache.Change{Key: "user:" + strconv.Itoa(j), Value: values[j], Version: int64(j + 1), Op: distcache.OpSet})
+			}
+			if _, err := pub.Apply(ctx, "bench_apply", int64(run+1), changes); err != nil {
+				return err
+			}
+		}
+		apply.times = append(apply.times, time.Since(t0))
+	}
+	results = append(results, apply)
+
+	fan := result{name: "broker → Redis fan-out, 2 projections", n: *n, note: "records/s (each record: 2 generations)"}
+	for run := range *runs {
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			return err
+		}
+		gen := int64(run + 1)
+		var gens []fanout.Generation
+		for _, d := range []projection.Definition{byEmail, byID} {
+			t, err := fanout.CompileTarget(d.Name, gen, d)
+			if err != nil {
+				return err
+			}
+			gens = append(gens, fanout.Generation{Target: t, Topic: topic, State: workflows.StateLive})
+		}
+		m, err := fanout.NewManager(fanout.Config{KafkaOpts: kopts, Writer: projector.NewWriter(pub, led), BatchSize: *batch})
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		m.Update(ctx, gens)
+		for {
+			done := true
+			for _, g := range gens {
+				off, ok, err := led.Offset(ctx, g.Target.Projection, gen)
+				if err != nil {
+					m.Close()
+					return err
+				}
+				if !ok || off < int64(*n) {
+					done = false
+				}
+			}
+			if done {
+				break
+			}
+			if ctx.Err() != nil {
+				m.Close()
+				return ctx.Err()
+			}
+			time.Sleep(2 * time.Millisecond) // polling a benchmark's end, not a test
+		}
+		fan.times = append(fan.times, time.Since(t0))
+		m.Close()
+	}
+	results = append(results, fan)
+
+	rep := result{name: "replay into a new generation (backfill)", n: *replayN, note: "1 projection (by_email)"}
+	for run := range *runs {
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			return err
+		}
+		t, err := fanout.CompileTarget(byEmail.Name, int64(100+run), byEmail)
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		_, err = backfill.Replay(ctx, backfill.ReplayConfig{KafkaOpts: kopts, Writer: projector.NewWriter(pub, led), BatchSize: *replayBatch},
+			t, replayTopic, workflows.BackfillProgress{EndOffset: int64(*replayN)}, nil)
+		if err != nil {
+			return err
+		}
+		rep.times = append(rep.times, time.Since(t0))
+	}
+	results = append(results, rep)
+
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "measurement\trecords\truns\tmedian time\tmedian rate (/s)\tratio to raw SET\tnote\t")
+	for _, r := range results {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%v\t%.0f\t%.3f×\t%s\t\n", r.name, r.n, len(r.times), r.median().Round(time.Millisecond), r.rate(), r.rate()/raw.rate(), r.note)
+	}
+	tw.Flush()
+	fmt.Fprintf(out, "fan-out writes/s (2 per record): %.0f (%.3f× raw SET)\n", 2*fan.rate(), 2*fan.rate()/raw.rate())
+	fmt.Fprintf(out, "replay of %d records: median %v (goal for 1,000,000: <= 10s)\n", *replayN, rep.median().Round(time.Millisecond))
+	return nil
+}
+
+func kafkadBin() (string, error) {
+	d, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(d, "go.work")); err == nil {
+			p := filepath.Join(d, ".run", "bin", "kafkad")
+			if _, err := os.Stat(p); err != nil {
+				return "", fmt.Errorf("kafkad not built at %s (make tools, or pass -kafka)", p)
+			}
+			return p, nil
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return "", fmt.Errorf("no go.work above the working directory (pass -kafka)")
+		}
+		d = parent
+	}
+}
+
+func payload(i int) map[string]any {
+	return map[string]any{
+		"id": strconv.Itoa(i), "email": "User" + strconv.Itoa(i) + "@Example.com", "name": "User Number " + strconv.Itoa(i),
+		"status": []string{"active", "trial", "active", "gone"}[i%4], "org": "org-" + strconv.Itoa(i%97),
+		"created_at": "2026-01-02T03:04:05Z", "bio": "a short biography that the projections do not keep",
+	}
+}
+
+func projectedValues(n int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		b, _ := json.Marshal(map[string]any{"id": strconv.Itoa(i), "name": "User Number " + strconv.Itoa(i), "email": "user" + strconv.Itoa(i) + "@example.com"})
+		out[i] = b
+	}
+	return out
+}
+
+// produce writes n upserts (distinct keys) to <prefix>.<aggregate> and
+// returns the topic.
+func produce(ctx context.Context, addr, prefix, aggregate string, n int) (string, error) {
+	topic := events.Topic(prefix, aggregate)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ProducerLinger(5*time.Millisecond),
+		kgo.ProducerBatchMaxBytes(1<<20), kgo.MaxBufferedRecords(100_000), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		return "", err
+	}
+	defer cl.Close()
+	compact := "compact"
+	res, err := kadm.NewClient(cl).CreateTopics(ctx, 1, 1, map[string]*string{"cleanup.policy": &compact}, topic)
+	if err == nil {
+		err = res.Error()
+	}
+	if err != nil {
+		return "", fmt.Errorf("create topic %s: %w", topic, err)
+	}
+	errc := make(chan error, 1)
+	for i := range n {
+		b, _ := json.Marshal(payload(i))
+		r, err := events.ToRecord(events.Envelope{Aggregate: aggregate, Key: strconv.Itoa(i), Version: 1, Op: events.OpUpsert,
+			Payload: b, EventID: events.NewEventID(), SourceTime: time.Now()}, prefix)
+		if err != nil {
+			return "", err
+		}
+		cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
+			if err != nil {
+				select {
+				case errc <- err:
+				default:
+				}
+			}
+		})
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return "", err
+	}
+	select {
+	case err := <-errc:
+		return "", fmt.Errorf("produce: %w", err)
+	default:
+	}
+	return topic, nil
+}
