@@ -10,14 +10,14 @@ MODULES := libs/events libs/distcache migrations services/core-publisher service
 PKGS := $(foreach m,$(MODULES),$(PREFIX)/$(m)/...)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build tools setup up down status env migrate test test-unit test-race fuzz lint demo bench proto deploy-check clean help
+.PHONY: all build tools setup up down status env migrate test fuzz lint demo bench proto deploy-check clean help compose-up compose-down
 
 all: build
 
 help:
 	@echo "make demo    run the whole pipeline on the embedded local stack"
 	@echo "make test    run every test (installs and starts what it needs)"
-	@echo "make up | down | status | migrate | lint | bench | proto | deploy-check"
+	@echo "make up | down | status | migrate | lint | bench | proto | deploy-check | compose-up | compose-down"
 
 ## build: compile every module
 build:
@@ -106,6 +106,8 @@ proto:
 
 deploy-check:
 	@if [ -f deploy/check.mk ]; then $(MAKE) --no-print-directory -f deploy/check.mk; else echo "deploy-check: deploy/ has no manifests yet"; fi
+
+include deploy/compose.mk
 
 clean: down
 	rm -rf $(RUN)

@@ -485,3 +485,103 @@ func TestKillActivePublisher(t *testing.T) {
 	}
 	t.Logf("%d events, %d redelivered after the kill", len(reader.Events), dups)
 }
+
+func metricValue(t *testing.T, base, name string) string {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// TestTakeoverFencesStalledBatch: the active publisher is killed while its
+// batch is stuck in a stalled broker (SIGSTOP), and the standby takes over
+// and produces before the broker resumes. When the broker resumes, the dead
+// publisher's requests are still in its socket buffer; the Kafka
+// transaction fence (both publishers share the outbox's transactional ID)
+// rejects or aborts them so they can never land after the successor's
+// records: each key's last record on the topic is its newest version and
+// each key's history is replayed at most once, in order.
+func TestTakeoverFencesStalledBatch(t *testing.T) {
+	t.Parallel()
+	bin := buildBinary(t)
+	dbURL := devstacktest.Database(t)
+	k := devstacktest.Kafka(t)
+	pool := pubtest.Migrate(t, dbURL)
+	pubtest.Exec(t, pool, pubtest.CapturedTableSQL("items"))
+	const keys, versions = 300, 10
+	pubtest.Exec(t, pool, `INSERT INTO items (id) SELECT generate_series(1, $1)`, keys)
+	for range versions - 1 {
+		pubtest.Exec(t, pool, `UPDATE items SET n = n + 1`)
+	}
+	env := func() map[string]string {
+		return serviceEnv(t, dbURL, k.Addr, "PUBLISHER_BATCH_SIZE", "100", "PUBLISHER_AUTO_BACKLOAD", "false",
+			"PUBLISHER_POLL_INTERVAL", "100ms", "PUBLISHER_LEASE_RETRY_INTERVAL", "50ms")
+	}
+	a := startProc(t, bin, env())
+	devstacktest.Eventually(t, 30*time.Second, func() bool { return role(t, a.base) == "active" }, "first process active")
+	b := startProc(t, bin, env())
+	devstacktest.Eventually(t, 30*time.Second, func() bool { return role(t, b.base) == "standby" }, "second process standing by")
+
+	reader := pubtest.NewReader(t, k.Addr, "distcache.items")
+	reader.ReadUntil(t, 30*time.Second, func(evs []pubtest.Event) bool { return len(evs) >= 200 }, "publishing under way")
+	if err := syscall.Kill(k.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(k.PID(), syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	// A batch is stuck once the outbox stops shrinking.
+	last, lastChange := int64(-1), time.Now()
+	devstacktest.Eventually(t, 20*time.Second, func() bool {
+		n := pubtest.Count(t, pool, `SELECT count(*) FROM distcache_outbox`)
+		if n != last {
+			last, lastChange = n, time.Now()
+		}
+		return time.Since(lastChange) > 300*time.Millisecond
+	}, "relay stuck on the stalled broker")
+	if last == 0 {
+		t.Fatal("outbox drained before the broker stalled: nothing in flight")
+	}
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-a.done
+	devstacktest.Eventually(t, 5*time.Second, func() bool { return metricValue(t, b.base, "distcache_publisher_active") == "1" }, "standby takes the lease")
+	resume()
+
+	want := map[string]int64{}
+	for id := 1; id <= keys; id++ {
+		want[strconv.Itoa(id)] = versions
+	}
+	reader.ReadUntil(t, 60*time.Second, func(evs []pubtest.Event) bool { return pubtest.HasAllVersions(evs, want) }, "every version of every key")
+	waitOutboxEmpty(t, pool, 30*time.Second)
+	reader.ReadAll(t, k.Addr, "distcache.items")
+	for key, vs := range pubtest.Versions(reader.Events) {
+		if err := pubtest.CheckOrder(key, vs, 1); err != nil {
+			t.Error(err)
+		}
+	}
+	stale := 0
+	for key, e := range pubtest.Latest(reader.Events) {
+		if e.Version != versions {
+			stale++
+			if stale <= 5 {
+				t.Errorf("key %s: last record on the topic has version %d, want %d (an old record landed after newer ones)", key, e.Version, versions)
+			}
+		}
+	}
+	t.Logf("%d events for %d, %d stale keys", len(reader.Events), keys*versions, stale)
+}
