@@ -8,7 +8,6 @@ import (
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
-	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
@@ -40,7 +39,7 @@ type Pointer interface {
 
 // Temporal is the part of the Temporal client the activities use; client.Client implements it.
 type Temporal interface {
-	DescribeWorkflowExecution(ctx context.Context, workflowID, runID string) (*workflowservice.DescribeWorkflowExecutionResponse, error)
+	DescribeWorkflow(ctx context.Context, workflowID, runID string) (*client.WorkflowExecutionDescription, error)
 	ExecuteWorkflow(ctx context.Context, options client.StartWorkflowOptions, workflow interface{}, args ...interface{}) (client.WorkflowRun, error)
 }
 
@@ -129,11 +128,11 @@ func (a *Activities) lastHeartbeat(ctx context.Context, p RecordProgressParams) 
 	if a.Temporal == nil {
 		return BackfillProgress{}, false, errors.New("record progress: no Temporal client")
 	}
-	desc, err := a.Temporal.DescribeWorkflowExecution(ctx, p.WorkflowID, p.RunID)
+	desc, err := a.Temporal.DescribeWorkflow(ctx, p.WorkflowID, p.RunID)
 	if err != nil {
 		return BackfillProgress{}, false, fmt.Errorf("describe workflow %s: %w", p.WorkflowID, err)
 	}
-	for _, pa := range desc.GetPendingActivities() {
+	for _, pa := range desc.RawResponse.GetPendingActivities() {
 		if pa.GetActivityId() != p.ActivityID || pa.GetHeartbeatDetails() == nil {
 			continue
 		}

@@ -48,7 +48,7 @@ type fakeDescriber struct {
 	err        error
 }
 
-func (f fakeDescriber) DescribeWorkflowExecution(context.Context, string, string) (*workflowservice.DescribeWorkflowExecutionResponse, error) {
+func (f fakeDescriber) DescribeWorkflow(context.Context, string, string) (*client.WorkflowExecutionDescription, error) {
 	if f.err != nil {
 		return nil, f.err
 	}
@@ -60,7 +60,7 @@ func (f fakeDescriber) DescribeWorkflowExecution(context.Context, string, string
 		}
 		resp.PendingActivities = append(resp.PendingActivities, pendingActivity(f.activityID, details))
 	}
-	return resp, nil
+	return &client.WorkflowExecutionDescription{RawResponse: resp}, nil
 }
 
 func (fakeDescriber) ExecuteWorkflow(context.Context, client.StartWorkflowOptions, interface{}, ...interface{}) (client.WorkflowRun, error) {

@@ -258,12 +258,12 @@ func testCreateUpdateRetire(t *testing.T, e *env) {
 		g, err := e.store.GetGeneration(ctx, name, 1)
 		return err == nil && g.State == registry.StateBackfilling && g.RecordsDone == 20 && g.EndOffset == 20
 	}, "registry records the backfill's progress")
-	desc, err := e.tc.DescribeWorkflowExecution(ctx, run.GetID(), run.GetRunID())
+	desc, err := e.tc.DescribeWorkflow(ctx, run.GetID(), run.GetRunID())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := desc.GetWorkflowExecutionInfo().GetMemo().GetFields()[workflows.MemoProgress]; !ok {
-		t.Errorf("memo lacks %q: %v", workflows.MemoProgress, desc.GetWorkflowExecutionInfo().GetMemo())
+	if _, ok := desc.RawResponse.GetWorkflowExecutionInfo().GetMemo().GetFields()[workflows.MemoProgress]; !ok {
+		t.Errorf("memo lacks %q: %v", workflows.MemoProgress, desc.RawResponse.GetWorkflowExecutionInfo().GetMemo())
 	}
 	close(gate)
 

@@ -51,14 +51,21 @@ func TestCluster(t *testing.T) {
 	mustCutover(t, pub, proj, 1)
 	// CLUSTER SLOTS lists a replica only once it has synced; wait for that so
 	// that the client's slot map has replicas to read from.
+	// (A replica counts as available once its replication offset, gossiped
+	// over the cluster bus, is non-zero: after the first write.) Every node
+	// must list them, since the client asks any one of them.
 	eventually(t, func() bool {
-		slots, err := rdb.ClusterSlots(ctx).Result()
-		if err != nil || len(slots) == 0 {
-			return false
-		}
-		for _, s := range slots {
-			if len(s.Nodes) < 2 {
+		for _, addr := range cl.Addrs() {
+			node := redis.NewClient(&redis.Options{Addr: addr})
+			slots, err := node.ClusterSlots(ctx).Result()
+			_ = node.Close()
+			if err != nil || len(slots) == 0 {
 				return false
+			}
+			for _, s := range slots {
+				if len(s.Nodes) < 2 {
+					return false
+				}
 			}
 		}
 		return true

@@ -164,6 +164,52 @@ end
 return 1
 `)
 
+// batchScript is writeScript for many keys of one generation at once (not
+// on Redis Cluster, where the keys span slots): one script call per chunk
+// amortises the per-call cost. KEYS[1] is the stream, KEYS[1+i] the value
+// key of change i. ARGV[1] stream maxlen (0: none), ARGV[2] tombstone ttl ms,
+// then per change: version (16 hex), op, payload, user key. Returns one
+// result per change (1 applied, 2 same version present, 0 newer present).
+var batchScript = redis.NewScript(`
+local res = {}
+local n = #KEYS - 1
+for i = 1, n do
+  local vk = KEYS[i + 1]
+  local a = 2 + (i - 1) * 4
+  local ver, op, payload, key = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local r = 1
+  local cur = redis.call('GET', vk)
+  if cur and string.len(cur) >= 16 then
+    local ch = tonumber(string.sub(cur, 1, 8), 16)
+    local cl = tonumber(string.sub(cur, 9, 16), 16)
+    local nh = tonumber(string.sub(ver, 1, 8), 16)
+    local nl = tonumber(string.sub(ver, 9, 16), 16)
+    if ch and cl then
+      if ch > nh or (ch == nh and cl > nl) then r = 0
+      elseif ch == nh and cl == nl then r = 2 end
+    end
+  end
+  if r == 1 then
+    if op == 'd' then
+      redis.call('SET', vk, ver .. 'd', 'PX', ARGV[2])
+    else
+      redis.call('SET', vk, ver .. 's' .. payload)
+    end
+    if ARGV[1] ~= '0' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'k', key, 'v', ver, 'o', op, 'd', payload)
+    else
+      redis.call('XADD', KEYS[1], '*', 'k', key, 'v', ver, 'o', op, 'd', payload)
+    end
+  end
+  res[i] = r
+end
+return res
+`)
+
+// batchChunk bounds the changes one batch script call writes, so that one
+// call does not hold Redis for long.
+const batchChunk = 128
+
 // cutoverScript sets the pointer and appends the control event atomically.
 // KEYS[1] pointer, KEYS[2] control stream; ARGV[1] generation. Returns the
 // previous generation ("0" for none).
@@ -275,16 +321,7 @@ func (p *Publisher) apply(ctx context.Context, proj string, gen int64, changes [
 	stream := StreamKey(proj, gen)
 	maxLen := strconv.FormatInt(p.cfg.streamMaxLen, 10)
 	ttl := strconv.FormatInt(p.cfg.tombstoneTTL.Milliseconds(), 10)
-	inScript := "1"
-	if p.cluster != nil {
-		inScript = "0"
-	}
 	prefix := appendGenPrefix(make([]byte, 0, 64), proj, gen)
-	type prepared struct {
-		idx     int
-		version string
-		op      string
-	}
 	preps := make([]prepared, 0, len(changes))
 	for i := range changes {
 		c := &changes[i]
@@ -302,22 +339,22 @@ func (p *Publisher) apply(ctx context.Context, proj string, gen int64, changes [
 		return nil
 	}
 
+	var appendIdx []int // changes whose stream entry is still to write
+	if p.cluster == nil {
+		return p.applyBatched(ctx, proj, gen, stream, maxLen, ttl, prefix, changes, preps, res)
+	}
 	run := func() ([]*redis.Cmd, error) {
 		pipe := p.rdb.Pipeline()
 		cmds := make([]*redis.Cmd, len(preps))
-		keys := make([]string, 0, 2)
 		for j, pr := range preps {
 			c := &changes[pr.idx]
 			vk := string(append(prefix, c.Key...))
-			keys = append(keys[:0], vk, stream)
-			if p.cluster != nil {
-				keys = keys[:1] // the stream is in another slot
-			}
 			var payload any = c.Value
 			if c.Op == OpDelete {
 				payload = ""
 			}
-			cmds[j] = writeScript.EvalSha(ctx, pipe, keys, pr.version, pr.op, payload, c.Key, maxLen, ttl, inScript)
+			// The stream is in another slot: the value only, then XADD below.
+			cmds[j] = writeScript.EvalSha(ctx, pipe, []string{vk}, pr.version, pr.op, payload, c.Key, maxLen, ttl, "0")
 		}
 		_, err := pipe.Exec(ctx)
 		return cmds, err
@@ -334,7 +371,6 @@ func (p *Publisher) apply(ctx context.Context, proj string, gen int64, changes [
 			return fmt.Errorf("publish %s/g%d: %w", proj, gen, errors.Join(err, ctx.Err()))
 		}
 	}
-	var appendIdx []int // cluster: changes whose stream entry is still to write
 	for j, pr := range preps {
 		n, cerr := cmds[j].Int64()
 		if cerr != nil {
@@ -342,7 +378,7 @@ func (p *Publisher) apply(ctx context.Context, proj string, gen int64, changes [
 			continue
 		}
 		res[pr.idx].Applied = n == 1
-		if p.cluster != nil && n >= 1 {
+		if n >= 1 {
 			appendIdx = append(appendIdx, j)
 		}
 	}
@@ -524,4 +560,66 @@ func (p *Publisher) RetireGeneration(ctx context.Context, proj string, gen int64
 		return deleted.Load(), fmt.Errorf("retire %s/g%d: unlink change stream: %w", proj, gen, err)
 	}
 	return deleted.Load(), nil
+}
+
+type prepared struct {
+	idx     int
+	version string
+	op      string
+}
+
+// applyBatched writes preps with batchScript, chunk by chunk, in one
+// pipeline (standalone or replicated Redis: every key on one node).
+func (p *Publisher) applyBatched(ctx context.Context, proj string, gen int64, stream, maxLen, ttl string,
+	prefix []byte, changes []Change, preps []prepared, res []Result) error {
+	run := func() ([]*redis.Cmd, error) {
+		pipe := p.rdb.Pipeline()
+		var cmds []*redis.Cmd
+		for lo := 0; lo < len(preps); lo += batchChunk {
+			chunk := preps[lo:min(lo+batchChunk, len(preps))]
+			keys := make([]string, 0, 1+len(chunk))
+			args := make([]any, 0, 2+4*len(chunk))
+			keys = append(keys, stream)
+			args = append(args, maxLen, ttl)
+			for _, pr := range chunk {
+				c := &changes[pr.idx]
+				keys = append(keys, string(append(prefix, c.Key...)))
+				var payload any = c.Value
+				if c.Op == OpDelete {
+					payload = ""
+				}
+				args = append(args, pr.version, pr.op, payload, c.Key)
+			}
+			cmds = append(cmds, batchScript.EvalSha(ctx, pipe, keys, args...))
+		}
+		_, err := pipe.Exec(ctx)
+		return cmds, err
+	}
+	cmds, err := run()
+	if err != nil && isNoScript(cmds) {
+		if lerr := p.loadScript(ctx, batchScript); lerr != nil {
+			return fmt.Errorf("publish %s/g%d: load script: %w", proj, gen, lerr)
+		}
+		cmds, err = run()
+	}
+	if err != nil {
+		if firstTransportError(cmds) != nil || ctx.Err() != nil {
+			return fmt.Errorf("publish %s/g%d: %w", proj, gen, errors.Join(err, ctx.Err()))
+		}
+	}
+	for ci, cmd := range cmds {
+		chunk := preps[ci*batchChunk : min((ci+1)*batchChunk, len(preps))]
+		vals, cerr := cmd.Int64Slice()
+		if cerr == nil && len(vals) != len(chunk) {
+			cerr = fmt.Errorf("script returned %d results for %d changes", len(vals), len(chunk))
+		}
+		for j, pr := range chunk {
+			if cerr != nil {
+				res[pr.idx].Err = fmt.Errorf("publish %s/g%d key %q: %w", proj, gen, changes[pr.idx].Key, cerr)
+				continue
+			}
+			res[pr.idx].Applied = vals[j] == 1
+		}
+	}
+	return nil
 }

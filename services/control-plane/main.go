@@ -187,7 +187,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		hl.Close()
 		return err
 	}
-	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	// WriteTimeout leaves room for Cutover and Rollback, which wait up to 30 s for their workflow.
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
 
 	if err := w.Start(); err != nil {
 		gl.Close()

@@ -190,16 +190,12 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 	}
 	defer cl.Close()
 
-	type chunk struct {
-		recs []projector.Record
-		next int64
-	}
-	chunks := make(chan chunk, 2)
+	in := make(chan projector.Batch, 2)
 	pollCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pollErr := make(chan error, 1)
 	go func() {
-		defer close(chunks)
+		defer close(in)
 		next := pr.Offset
 		for next < pr.EndOffset {
 			fs := cl.PollRecords(pollCtx, size)
@@ -207,29 +203,29 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 				pollErr <- pollCtx.Err()
 				return
 			}
-			var c chunk
-			c.next = -1
+			var b projector.Batch
+			b.Next = -1
+			var raw []*kgo.Record
 			fs.EachRecord(func(r *kgo.Record) {
-				if r.Partition != 0 || r.Offset < next || r.Offset >= pr.EndOffset {
-					if r.Offset >= pr.EndOffset {
-						c.next = pr.EndOffset // everything before the end is read
-					}
+				if r.Partition != 0 || r.Offset < next {
 					return
 				}
-				c.next = r.Offset + 1
+				if r.Offset >= pr.EndOffset {
+					b.Next = pr.EndOffset // everything before the end is read
+					return
+				}
+				b.Next = r.Offset + 1
 				if !r.Attrs.IsControl() {
-					c.recs = append(c.recs, projector.Decode(r))
+					raw = append(raw, r)
 				}
 			})
-			if c.next < 0 {
+			b.Records = projector.DecodeAll(raw)
+			if b.Next < 0 {
 				continue
 			}
-			if c.next >= pr.EndOffset {
-				c.next = pr.EndOffset
-			}
-			next = c.next
+			next = b.Next
 			select {
-			case chunks <- c:
+			case in <- b:
 			case <-pollCtx.Done():
 				pollErr <- pollCtx.Err()
 				return
@@ -239,29 +235,22 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 	}()
 
 	rate := newRate()
-	for c := range chunks {
-		err := projector.Retry(ctx, func() error {
-			t0 := time.Now()
-			st, err := cfg.Writer.WriteBatch(ctx, t, c.recs, c.next)
-			if err != nil {
-				return err
-			}
-			if cfg.Observer != nil {
-				cfg.Observer.BackfillBatch(t, st, time.Since(t0))
-			}
-			return nil
-		}, nil)
-		if err != nil {
-			return pr, err
+	err = cfg.Writer.Run(ctx, t, in, nil, func(next int64, st projector.Stats, took time.Duration) {
+		if cfg.Observer != nil {
+			cfg.Observer.BackfillBatch(t, st, took)
 		}
-		pr.Offset = c.next
-		pr.RecordsDone += int64(len(c.recs))
-		pr.RatePerSec = rate.add(len(c.recs))
+		pr.Offset = next
+		pr.RecordsDone += int64(st.Records)
+		pr.RatePerSec = rate.add(st.Records)
 		if progress != nil {
 			progress(pr)
 		}
+	})
+	cancel()
+	if perr := <-pollErr; err == nil && perr != nil && ctx.Err() != nil {
+		err = perr
 	}
-	if err := <-pollErr; err != nil {
+	if err != nil {
 		return pr, err
 	}
 	return pr, nil

@@ -286,16 +286,10 @@ func (r *runner) statuses() []Status {
 	return out
 }
 
-// batch is a decoded slice of the topic.
-type batch struct {
-	recs []projector.Record
-	next int64 // offset after the last record (control records included)
-	hwm  int64
-}
-
 func (r *runner) run() {
 	defer close(r.done)
-	// ctx ends at stop for polling; writes get DrainTimeout more.
+	// Polling ends at stop; writes get DrainTimeout more to finish what was
+	// read.
 	pollCtx, cancelPoll := context.WithCancel(context.Background())
 	writeCtx, cancelWrite := context.WithCancel(context.Background())
 	defer cancelPoll()
@@ -353,23 +347,65 @@ func (r *runner) run() {
 	}
 	defer cl.Close()
 
-	batches := make(chan batch, 1)
-	go r.poll(pollCtx, cl, batches)
-	for b := range batches {
-		if !r.write(writeCtx, b) {
-			cancelPoll()
-			for range batches { // let the poller exit
-			}
-			return
+	// One writer pipeline per generation.
+	ins := make([]chan projector.Batch, len(r.gens))
+	var wg sync.WaitGroup
+	for i := range r.gens {
+		ins[i] = make(chan projector.Batch, 1)
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r.writeGeneration(writeCtx, i, ins[i])
+		}(i)
+	}
+	r.poll(pollCtx, cl, ins)
+	for _, in := range ins {
+		close(in)
+	}
+	wg.Wait()
+}
+
+// writeGeneration runs generation i's writer over the batches of in.
+func (r *runner) writeGeneration(ctx context.Context, i int, in chan projector.Batch) {
+	g := r.gens[i]
+	failing := false
+	onErr := func(err error) {
+		if !failing {
+			failing = true
+			r.m.failing.Add(1)
 		}
+		r.m.cfg.Observer.Failure("write")
+		r.log.Warn("write batch, retrying", "generation", g.id(), "err", err)
+	}
+	err := r.m.cfg.Writer.Run(ctx, g.Target, in, onErr, func(next int64, st projector.Stats, took time.Duration) {
+		if failing {
+			failing = false
+			r.m.failing.Add(-1)
+		}
+		r.mu.Lock()
+		r.next[i] = next
+		r.mu.Unlock()
+		r.m.cfg.Observer.Batch(g.Target, st, took)
+		r.m.cfg.Observer.Position(g.Target, next, r.hwm.Load())
+	})
+	if failing {
+		r.m.failing.Add(-1)
+	}
+	if err != nil && ctx.Err() == nil {
+		r.log.Error("generation writer stopped", "generation", g.id(), "err", err)
+	}
+	for range in { // let the poller finish
 	}
 }
 
-// poll reads the topic from the client's start, decodes and sends batches
-// until ctx ends.
-func (r *runner) poll(ctx context.Context, cl *kgo.Client, out chan<- batch) {
-	defer close(out)
+// poll reads the topic from the client's start, decodes each batch once and
+// hands every generation the records at or past its offset, until ctx ends.
+func (r *runner) poll(ctx context.Context, cl *kgo.Client, ins []chan projector.Batch) {
 	size := r.m.cfg.BatchSize
+	dispatched := make([]int64, len(r.gens))
+	r.mu.Lock()
+	copy(dispatched, r.next)
+	r.mu.Unlock()
 	for {
 		fs := cl.PollRecords(ctx, size)
 		if ctx.Err() != nil {
@@ -382,91 +418,45 @@ func (r *runner) poll(ctx context.Context, cl *kgo.Client, out chan<- batch) {
 			r.m.cfg.Observer.Failure("fetch")
 			r.log.Debug("fetch", "partition", p, "err", err)
 		})
-		var b batch
-		b.next = -1
-		b.hwm = -1
+		var raw []*kgo.Record
+		next, hwm := int64(-1), int64(-1)
 		fs.EachPartition(func(p kgo.FetchTopicPartition) {
 			if p.Partition != 0 {
 				return
 			}
-			b.hwm = max(b.hwm, p.HighWatermark)
+			hwm = max(hwm, p.HighWatermark)
 			for _, rec := range p.Records {
-				b.next = rec.Offset + 1
-				if rec.Attrs.IsControl() {
-					continue
+				next = rec.Offset + 1
+				if !rec.Attrs.IsControl() {
+					raw = append(raw, rec)
 				}
-				b.recs = append(b.recs, projector.Decode(rec))
 			}
 		})
-		if b.hwm >= 0 {
-			r.hwm.Store(b.hwm)
+		recs := projector.DecodeAll(raw)
+		if hwm >= 0 {
+			r.hwm.Store(hwm)
 		}
-		if b.next < 0 {
+		if next < 0 {
 			continue
 		}
-		r.m.cfg.Observer.Consumed(r.topic, len(b.recs))
-		select {
-		case out <- b:
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
-// write writes b into every generation (in parallel); false when the
-// runner must stop.
-func (r *runner) write(ctx context.Context, b batch) bool {
-	var wg sync.WaitGroup
-	ok := atomic.Bool{}
-	ok.Store(true)
-	for i := range r.gens {
-		r.mu.Lock()
-		next := r.next[i]
-		r.mu.Unlock()
-		if b.next <= next {
-			continue // this generation is past the batch
-		}
-		recs := b.recs
-		if len(recs) > 0 && recs[0].Offset < next {
-			j := sort.Search(len(recs), func(j int) bool { return recs[j].Offset >= next })
-			recs = recs[j:]
-		}
-		wg.Add(1)
-		go func(i int, recs []projector.Record) {
-			defer wg.Done()
-			g := r.gens[i]
-			failing := false
-			err := projector.Retry(ctx, func() error {
-				t0 := time.Now()
-				st, err := r.m.cfg.Writer.WriteBatch(ctx, g.Target, recs, b.next)
-				if err != nil {
-					return err
-				}
-				r.m.cfg.Observer.Batch(g.Target, st, time.Since(t0))
-				return nil
-			}, func(err error) {
-				if !failing {
-					failing = true
-					r.m.failing.Add(1)
-				}
-				r.m.cfg.Observer.Failure("write")
-				r.log.Warn("write batch, retrying", "generation", g.id(), "err", err)
-			})
-			if failing {
-				r.m.failing.Add(-1)
+		r.m.cfg.Observer.Consumed(r.topic, len(recs))
+		for i := range r.gens {
+			if next <= dispatched[i] {
+				continue // this generation is past the batch
 			}
-			if err != nil {
-				ok.Store(false)
+			sub := recs
+			if len(sub) > 0 && sub[0].Offset < dispatched[i] {
+				j := sort.Search(len(sub), func(j int) bool { return sub[j].Offset >= dispatched[i] })
+				sub = sub[j:]
+			}
+			select {
+			case ins[i] <- projector.Batch{Records: sub, Next: next}:
+				dispatched[i] = next
+			case <-ctx.Done():
 				return
 			}
-			r.mu.Lock()
-			r.next[i] = b.next
-			r.mu.Unlock()
-			r.m.cfg.Observer.Position(g.Target, b.next, r.hwm.Load())
-		}(i, recs)
+		}
 	}
-	wg.Wait()
-	return ok.Load()
 }
 
 // CompileTarget compiles a definition into a target.

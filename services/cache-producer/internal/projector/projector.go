@@ -31,9 +31,13 @@ package projector
 
 import (
 	"context"
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"log/slog"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -73,7 +77,7 @@ func Decode(r *kgo.Record) Record {
 		rec.Delete = true
 		return rec
 	}
-	rec.Payload, rec.Err = projection.DecodePayload(e.Payload)
+	rec.Payload, rec.Err = decodePayload(e.Payload)
 	return rec
 }
 
@@ -186,39 +190,87 @@ type outcome struct {
 	dead   error // dead-letter reason, with remove
 }
 
+// Plan is one batch of one generation, simulated and ready to write: the
+// value changes, and the index entries, dead letters and offset to commit
+// once the values are written.
+type Plan struct {
+	t       Target
+	changes []distcache.Change
+	origin  []*Record // the record of each change
+	dead    []ledger.DeadLetter
+	idx     map[string]ledger.Entry // index entries after the batch, for every source key it touched
+	before  map[string]ledger.Entry // index entries before it
+	written map[string]int64        // projected key → version of the batch's last write to it
+	next    int64
+	stats   Stats
+}
+
+// Next is the offset the plan commits.
+func (p *Plan) Next() int64 { return p.next }
+
+// Stats is what the plan does (Applied and refusals are known after Apply).
+func (p *Plan) Stats() Stats { return p.stats }
+
 // WriteBatch writes recs (in offset order, all at or after the generation's
-// stored offset) into t and then stores next as t's next offset. It returns
-// only once everything is written; on error nothing is known to be stored
-// and the caller retries the same batch.
+// stored offset) into t and then stores next as t's next offset (next < 0
+// leaves it alone). It returns only once everything is written; on error
+// nothing is known to be stored and the caller retries the same batch.
 func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next int64) (Stats, error) {
-	st := Stats{Records: len(recs)}
+	p, err := w.Plan(ctx, t, recs, next, nil)
+	if err != nil {
+		return Stats{}, err
+	}
+	if err := w.ApplyValues(ctx, p); err != nil {
+		return p.stats, err
+	}
+	if err := w.Commit(ctx, p); err != nil {
+		return p.stats, err
+	}
+	return p.stats, nil
+}
+
+// Plan simulates recs against the generation: the index as stored in Redis,
+// overlaid with pending (plans of the same generation, in order, whose
+// commit may not have landed yet), and the versions their deletes must
+// check. It writes nothing.
+func (w *Writer) Plan(ctx context.Context, t Target, recs []Record, next int64, pending []*Plan) (*Plan, error) {
+	p := &Plan{t: t, next: next, stats: Stats{Records: len(recs)}}
 	outs := make([]outcome, len(recs))
 	for i := range recs {
-		outs[i] = w.project(t, &recs[i], &st)
+		outs[i] = w.project(t, &recs[i], &p.stats)
 	}
 
 	// Index entries of the batch's source keys, before the batch.
 	skeys := make([]string, 0, len(recs))
-	pos := make(map[string]int, len(recs))
+	p.before = make(map[string]ledger.Entry, len(recs))
 	for i := range recs {
 		k := recs[i].Key
 		if k == "" {
 			continue
 		}
-		if _, ok := pos[k]; !ok {
-			pos[k] = len(skeys)
+		if _, ok := p.before[k]; !ok {
+			p.before[k] = ledger.Entry{}
 			skeys = append(skeys, k)
 		}
 	}
-	before, err := w.ledger.Index(ctx, t.Projection, t.Generation, skeys)
+	stored, err := w.ledger.Index(ctx, t.Projection, t.Generation, skeys)
 	if err != nil {
-		return st, err
+		return nil, err
+	}
+	for i, k := range skeys {
+		e := stored[i]
+		for _, pp := range pending {
+			if pe, ok := pp.idx[k]; ok {
+				e = pe
+			}
+		}
+		p.before[k] = e
 	}
 
 	// Versions of the projected keys the batch may delete that it has not
-	// written itself before: the pre-batch index entries a source key leaves.
+	// written itself before: the index entries a source key leaves.
 	var checkKeys []string
-	checkIdx := map[string]int{}
+	checkVer := map[string]int64{}
 	seen := make(map[string]bool, len(skeys))
 	for i := range outs {
 		o := &outs[i]
@@ -227,114 +279,144 @@ func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next i
 			continue
 		}
 		seen[k] = true
-		old := before[pos[k]]
+		old := p.before[k]
 		if old.Key == "" || (!o.remove && o.key == old.Key) {
 			continue
 		}
-		if _, ok := checkIdx[old.Key]; !ok {
-			checkIdx[old.Key] = len(checkKeys)
+		if _, ok := checkVer[old.Key]; ok {
+			continue
+		}
+		found := false
+		for j := len(pending) - 1; j >= 0; j-- {
+			if v, ok := pending[j].written[old.Key]; ok {
+				checkVer[old.Key], found = v, true
+				break
+			}
+		}
+		if !found {
+			checkVer[old.Key] = 0
 			checkKeys = append(checkKeys, old.Key)
 		}
 	}
-	var stored []int64
 	if len(checkKeys) > 0 {
 		vkeys := make([]string, len(checkKeys))
 		for i, k := range checkKeys {
 			vkeys[i] = distcache.ValueKey(t.Projection, t.Generation, k)
 		}
-		if stored, err = w.ledger.Versions(ctx, vkeys); err != nil {
-			return st, err
+		vers, err := w.ledger.Versions(ctx, vkeys)
+		if err != nil {
+			return nil, err
+		}
+		for i, k := range checkKeys {
+			checkVer[k] = vers[i]
 		}
 	}
 
 	// Replay the batch in order against the index and the written versions.
-	idx := make(map[string]ledger.Entry, len(skeys))
-	for i, k := range skeys {
-		idx[k] = before[i]
+	p.idx = make(map[string]ledger.Entry, len(skeys))
+	for k, e := range p.before {
+		p.idx[k] = e
 	}
-	written := make(map[string]int64, len(recs))
+	p.written = make(map[string]int64, len(recs))
 	currentVersion := func(pk string) int64 {
-		if v, ok := written[pk]; ok {
+		if v, ok := p.written[pk]; ok {
 			return v
 		}
-		if j, ok := checkIdx[pk]; ok {
-			return stored[j]
-		}
-		return -1 // unknown: not a key a source left in this batch
+		return checkVer[pk]
 	}
-	changes := make([]distcache.Change, 0, len(recs)+8)
-	origin := make([]int, 0, len(recs)+8) // record index of each change
-	var dead []ledger.DeadLetter
+	p.changes = make([]distcache.Change, 0, len(recs)+8)
+	p.origin = make([]*Record, 0, len(recs)+8)
 	for i := range outs {
 		o := &outs[i]
 		r := o.rec
 		v := Version(r.Offset)
 		if o.dead != nil {
-			dead = append(dead, ledger.DeadLetter{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Reason: o.dead.Error()})
-			st.DeadLetters++
-			if st.DeadReasons == nil {
-				st.DeadReasons = map[string]int{}
-			}
-			st.DeadReasons[ReasonClass(o.dead)]++
+			p.deadLetter(r, o.dead)
 		}
 		if r.Key == "" {
 			continue
 		}
-		old := idx[r.Key]
+		old := p.idx[r.Key]
 		if old.Key != "" && (o.remove || old.Key != o.key) {
 			if currentVersion(old.Key) == old.Version {
-				changes = append(changes, distcache.Change{Key: old.Key, Version: v, Op: distcache.OpDelete})
-				origin = append(origin, i)
-				written[old.Key] = v
-				st.Deletes++
+				p.changes = append(p.changes, distcache.Change{Key: old.Key, Version: v, Op: distcache.OpDelete})
+				p.origin = append(p.origin, r)
+				p.written[old.Key] = v
+				p.stats.Deletes++
 			}
 		}
 		if o.remove {
-			idx[r.Key] = ledger.Entry{}
+			p.idx[r.Key] = ledger.Entry{}
 			continue
 		}
-		changes = append(changes, distcache.Change{Key: o.key, Value: o.value, Version: v, Op: distcache.OpSet})
-		origin = append(origin, i)
-		written[o.key] = v
-		idx[r.Key] = ledger.Entry{Key: o.key, Version: v}
-		st.Sets++
+		p.changes = append(p.changes, distcache.Change{Key: o.key, Value: o.value, Version: v, Op: distcache.OpSet})
+		p.origin = append(p.origin, r)
+		p.written[o.key] = v
+		p.idx[r.Key] = ledger.Entry{Key: o.key, Version: v}
+		p.stats.Sets++
 	}
+	return p, nil
+}
 
+func (p *Plan) deadLetter(r *Record, err error) {
+	p.dead = append(p.dead, ledger.DeadLetter{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Reason: err.Error()})
+	p.stats.DeadLetters++
+	if p.stats.DeadReasons == nil {
+		p.stats.DeadReasons = map[string]int{}
+	}
+	p.stats.DeadReasons[ReasonClass(err)]++
+}
+
+// ApplyValues writes the plan's values through the Publisher. It may be
+// repeated after an error.
+func (w *Writer) ApplyValues(ctx context.Context, p *Plan) error {
 	if w.fault != nil {
-		if err := w.fault(ctx, t, BeforeValues); err != nil {
-			return st, err
+		if err := w.fault(ctx, p.t, BeforeValues); err != nil {
+			return err
 		}
 	}
-	if len(changes) > 0 {
-		res, err := w.pub.Apply(ctx, t.Projection, t.Generation, changes)
+	if len(p.changes) > 0 {
+		res, err := w.pub.Apply(ctx, p.t.Projection, p.t.Generation, p.changes)
 		if err != nil {
-			return st, fmt.Errorf("write %s: %w", t, err)
+			return fmt.Errorf("write %s: %w", p.t, err)
 		}
+		p.stats.Applied = 0
 		for j, r := range res {
 			if r.Applied {
-				st.Applied++
+				p.stats.Applied++
 			}
-			if r.Err != nil {
-				rec := outs[origin[j]].rec
-				st.DeadLetters++
-				if st.DeadReasons == nil {
-					st.DeadReasons = map[string]int{}
-				}
-				st.DeadReasons[ReasonClass(r.Err)]++
-				dead = append(dead, ledger.DeadLetter{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key, Reason: r.Err.Error()})
+			if r.Err != nil && !p.refused(p.origin[j]) {
+				p.deadLetter(p.origin[j], r.Err)
 			}
 		}
 	}
 	if w.fault != nil {
-		if err := w.fault(ctx, t, AfterValues); err != nil {
-			return st, err
+		if err := w.fault(ctx, p.t, AfterValues); err != nil {
+			return err
 		}
 	}
+	return nil
+}
 
-	c := ledger.Commit{Dead: dead, Next: next}
-	for k, e := range idx {
-		b := before[pos[k]]
-		switch {
+// refused reports whether r already has a dead letter (a repeated Apply).
+func (p *Plan) refused(r *Record) bool {
+	for _, d := range p.dead {
+		if d.Offset == r.Offset {
+			return true
+		}
+	}
+	return false
+}
+
+// Commit stores the plan's index entries, dead letters and offset. It must
+// follow ApplyValues, and the commits of one generation must follow each
+// other in plan order.
+func (w *Writer) Commit(ctx context.Context, p *Plan) error {
+	dead := slices.Clone(p.dead) // stream ids must grow: offset order
+	slices.SortFunc(dead, func(a, b ledger.DeadLetter) int { return cmp.Compare(a.Offset, b.Offset) })
+	c := ledger.Commit{Dead: dead, Next: p.next}
+	for k, e := range p.idx {
+		switch b := p.before[k]; {
 		case e == b:
 		case e.Key == "":
 			c.Delete = append(c.Delete, k)
@@ -345,10 +427,118 @@ func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next i
 			c.Set[k] = e
 		}
 	}
-	if err := w.ledger.Write(ctx, t.Projection, t.Generation, c); err != nil {
-		return st, err
+	return w.ledger.Write(ctx, p.t.Projection, p.t.Generation, c)
+}
+
+// Batch is one slice of a topic for Run: its records (at or after the
+// generation's offset) and the offset after it.
+type Batch struct {
+	Records []Record
+	Next    int64
+}
+
+// Run writes the batches of in into t in order, overlapping the work of
+// consecutive batches: while one batch's values are written, the next is
+// planned (its index read and overlaid with the batches not yet committed)
+// and the one before is committed. Failed steps are retried until ctx ends.
+// committed is called after each batch's commit, in order. Run returns when
+// in is closed and drained, or with ctx's error.
+func (w *Writer) Run(ctx context.Context, t Target, in <-chan Batch, onErr func(error), committed func(next int64, st Stats, took time.Duration)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu      sync.Mutex
+		pending []*Plan // planned, not yet committed, in order
+	)
+	type timed struct {
+		p  *Plan
+		t0 time.Time
 	}
-	return st, nil
+	toApply := make(chan timed, 1)
+	toCommit := make(chan timed, 1)
+	errc := make(chan error, 3)
+	go func() { // plan
+		defer close(toApply)
+		for {
+			var b Batch
+			var ok bool
+			select {
+			case b, ok = <-in:
+			case <-ctx.Done():
+				errc <- ctx.Err()
+				return
+			}
+			if !ok {
+				break
+			}
+			t0 := time.Now()
+			var p *Plan
+			err := Retry(ctx, func() error {
+				mu.Lock()
+				snap := append([]*Plan(nil), pending...)
+				mu.Unlock()
+				var err error
+				p, err = w.Plan(ctx, t, b.Records, b.Next, snap)
+				return err
+			}, onErr)
+			if err != nil {
+				errc <- err
+				return
+			}
+			mu.Lock()
+			pending = append(pending, p)
+			mu.Unlock()
+			select {
+			case toApply <- timed{p, t0}:
+			case <-ctx.Done():
+				errc <- ctx.Err()
+				return
+			}
+		}
+		errc <- nil
+	}()
+	go func() { // apply values
+		defer close(toCommit)
+		for x := range toApply {
+			if err := Retry(ctx, func() error { return w.ApplyValues(ctx, x.p) }, onErr); err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case toCommit <- x:
+			case <-ctx.Done():
+				errc <- ctx.Err()
+				return
+			}
+		}
+		errc <- nil
+	}()
+	var err error
+	for x := range toCommit { // commit
+		if err = Retry(ctx, func() error { return w.Commit(ctx, x.p) }, onErr); err != nil {
+			break
+		}
+		mu.Lock()
+		pending = pending[1:]
+		mu.Unlock()
+		if committed != nil {
+			committed(x.p.next, x.p.stats, time.Since(x.t0))
+		}
+	}
+	if err != nil {
+		cancel()
+		for range toCommit {
+		}
+		<-errc
+		<-errc
+		return err
+	}
+	for range 2 {
+		if e := <-errc; e != nil && err == nil {
+			err = e
+		}
+	}
+	return err
 }
 
 func (w *Writer) project(t Target, r *Record, st *Stats) outcome {
@@ -403,4 +593,29 @@ func Retry(ctx context.Context, f func() error, onErr func(error)) error {
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// DecodeAll decodes rs (Decode), spreading a large batch over the CPUs.
+func DecodeAll(rs []*kgo.Record) []Record {
+	out := make([]Record, len(rs))
+	const chunk = 512
+	if len(rs) <= chunk || runtime.GOMAXPROCS(0) == 1 {
+		for i, r := range rs {
+			out[i] = Decode(r)
+		}
+		return out
+	}
+	var wg sync.WaitGroup
+	for lo := 0; lo < len(rs); lo += chunk {
+		hi := min(lo+chunk, len(rs))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := lo; i < hi; i++ {
+				out[i] = Decode(rs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	return out
 }

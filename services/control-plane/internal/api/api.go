@@ -15,7 +15,6 @@ import (
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
-	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
@@ -46,7 +45,7 @@ var _ Registry = (*registry.Store)(nil)
 // Temporal is the part of the Temporal client the API uses; client.Client implements it.
 type Temporal interface {
 	ExecuteWorkflow(ctx context.Context, options client.StartWorkflowOptions, workflow interface{}, args ...interface{}) (client.WorkflowRun, error)
-	DescribeWorkflowExecution(ctx context.Context, workflowID, runID string) (*workflowservice.DescribeWorkflowExecutionResponse, error)
+	DescribeWorkflow(ctx context.Context, workflowID, runID string) (*client.WorkflowExecutionDescription, error)
 	QueryWorkflow(ctx context.Context, workflowID, runID, queryType string, args ...interface{}) (converter.EncodedValue, error)
 }
 
@@ -576,7 +575,7 @@ func (s *Service) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.
 // progress. Any failure leaves the field unset: status is served from the registry regardless.
 func (s *Service) runningBuild(ctx context.Context, name string) *pb.BuildStatus {
 	id := workflows.BuildWorkflowID(name)
-	desc, err := s.tc.DescribeWorkflowExecution(ctx, id, "")
+	desc, err := s.tc.DescribeWorkflow(ctx, id, "")
 	if err != nil {
 		var nf *serviceerror.NotFound
 		if !errors.As(err, &nf) {
@@ -584,7 +583,7 @@ func (s *Service) runningBuild(ctx context.Context, name string) *pb.BuildStatus
 		}
 		return nil
 	}
-	info := desc.GetWorkflowExecutionInfo()
+	info := desc.RawResponse.GetWorkflowExecutionInfo()
 	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		return nil
 	}

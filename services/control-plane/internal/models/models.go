@@ -48,7 +48,7 @@ func ParseStatic(s string) (Static, error) {
 		model, list, ok := strings.Cut(entry, "=")
 		model = strings.TrimSpace(model)
 		if !ok || !modelRe.MatchString(model) {
-			return nil, fmt.Errorf("%q is not model=field,field,...", entry)
+			return nil, fmt.Errorf("%q is not model=field[,field]", entry)
 		}
 		if _, dup := out[model]; dup {
 			return nil, fmt.Errorf("model %q listed twice", model)

@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	"go.temporal.io/api/serviceerror"
-	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 
@@ -116,7 +115,7 @@ func (f *fakeTemporal) startedIDs() []string {
 	return slices.Clone(ids)
 }
 
-func (f *fakeTemporal) DescribeWorkflowExecution(_ context.Context, id, _ string) (*workflowservice.DescribeWorkflowExecutionResponse, error) {
+func (f *fakeTemporal) DescribeWorkflow(_ context.Context, id, _ string) (*client.WorkflowExecutionDescription, error) {
 	return nil, serviceerror.NewNotFound("workflow " + id + " not found")
 }
 

@@ -535,3 +535,64 @@ func TestHealthReadyMetricsOpenAPI(t *testing.T) {
 		}
 	}
 }
+
+func TestGRPCListPagesAndNotFound(t *testing.T) {
+	t.Parallel()
+	st := startStack(t)
+	ctx := withToken("Bearer " + goodToken)
+	for _, n := range []string{"c", "a", "e", "b", "d"} {
+		d := validCreate().Projection
+		d.Name = n
+		if _, err := st.client.CreateProjection(ctx, &pb.CreateProjectionRequest{Projection: d}); err != nil {
+			t.Fatalf("create %s: %v", n, err)
+		}
+	}
+	var got []string
+	token := ""
+	for pages := 0; ; pages++ {
+		if pages > 5 {
+			t.Fatal("pagination does not end")
+		}
+		resp, err := st.client.ListProjections(ctx, &pb.ListProjectionsRequest{PageSize: 2, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetProjections()) > 2 {
+			t.Fatalf("page of %d, want at most 2", len(resp.GetProjections()))
+		}
+		for _, p := range resp.GetProjections() {
+			got = append(got, p.GetDefinition().GetName())
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if want := []string{"a", "b", "c", "d", "e"}; !slices.Equal(got, want) {
+		t.Errorf("listed %v, want %v", got, want)
+	}
+	for name, call := range map[string]func() error{
+		"get":    func() error { _, err := st.client.GetProjection(ctx, &pb.GetProjectionRequest{Name: "zz"}); return err },
+		"status": func() error { _, err := st.client.GetStatus(ctx, &pb.GetStatusRequest{Name: "zz"}); return err },
+		"replay": func() error {
+			_, err := st.client.ReplayProjection(ctx, &pb.ReplayProjectionRequest{Name: "zz"})
+			return err
+		},
+		"delete": func() error {
+			_, err := st.client.DeleteProjection(ctx, &pb.DeleteProjectionRequest{Name: "zz"})
+			return err
+		},
+		"rollback": func() error {
+			_, err := st.client.Rollback(ctx, &pb.RollbackRequest{Name: "zz"})
+			return err
+		},
+	} {
+		if err := call(); status.Code(err) != codes.NotFound {
+			t.Errorf("%s of an unknown projection: %v, want NotFound", name, err)
+		}
+	}
+	// Status of a known projection with nothing running: the projection, no running build.
+	s, err := st.client.GetStatus(ctx, &pb.GetStatusRequest{Name: "a"})
+	if err != nil || s.GetProjection().GetDefinition().GetName() != "a" || s.GetRunning() != nil {
+		t.Errorf("status of a = %v, %v", s, err)
+	}
+}

@@ -95,13 +95,13 @@ type Kafka struct {
 	Transactions bool
 	// TransactionalID overrides the derived "distcache-publisher-<db>-<relay id>".
 	TransactionalID string
-	TLS           bool
-	TLSCAFile     string
-	TLSCertFile   string
-	TLSKeyFile    string
-	SASLMechanism string // "" (none), SASLPlain, SASLScramSHA256 or SASLScramSHA512
-	SASLUser      string
-	SASLPassword  string // secret
+	TLS             bool
+	TLSCAFile       string
+	TLSCertFile     string
+	TLSKeyFile      string
+	SASLMechanism   string // "" (none), SASLPlain, SASLScramSHA256 or SASLScramSHA512
+	SASLUser        string
+	SASLPassword    string // secret
 }
 
 // Config is the whole service configuration.

@@ -147,14 +147,21 @@ func (r *Relay) readBatch(ctx context.Context, conn *pgx.Conn, exclude []int64) 
 	}
 	b.read = time.Since(b.start)
 	b.full = len(rows) == r.o.batchSize
-	if len(rows) == 0 {
-		if exclude == nil {
-			r.o.metrics.Lag.Set(0)
+	switch {
+	case exclude != nil:
+		// a pipelined read: its first row is not the oldest
+	case len(r.blockedAggregates()) > 0:
+		// refused models' rows are skipped by the read but still count
+		if err := r.updateLag(ctx, conn); err != nil {
+			return nil, err
 		}
-		return b, nil
-	}
-	if exclude == nil {
+	case len(rows) == 0:
+		r.o.metrics.Lag.Set(0)
+	default:
 		r.o.metrics.Lag.Set(max(0, time.Since(rows[0].createdAt).Seconds()))
+	}
+	if len(rows) == 0 {
+		return b, nil
 	}
 	rows, b.heldBack = finalPrefix(rows)
 	if b.heldBack {

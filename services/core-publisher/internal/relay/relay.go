@@ -128,7 +128,8 @@ func WithMetrics(m *pubmetrics.Metrics) Option { return func(o *options) { o.met
 
 // WithOnActive sets a function started (in its own goroutine) each time the
 // relay takes the lease; its context ends when the lease is given up. The
-// service starts pending initial backloads there. Default: none.
+// service starts pending initial backloads there. The relay waits for it to
+// return before it gives up the lease. Default: none.
 func WithOnActive(f func(ctx context.Context)) Option { return func(o *options) { o.onActive = f } }
 
 // New returns a relay reading the outbox through connections made from
@@ -188,8 +189,8 @@ func (r *Relay) setStatus(active bool, err error) {
 
 // Run relays until ctx is cancelled, then finishes the batch in flight
 // (bounded by the shutdown timeout), gives up the lease and returns nil.
-// Database and broker failures are retried; Run only returns early for a
-// configuration error.
+// Database and broker failures are retried (a failed session gives up the
+// lease and retries after LeaseRetryInterval), so Run returns nil.
 func (r *Relay) Run(ctx context.Context) error {
 	for {
 		err := r.session(ctx)
@@ -232,6 +233,11 @@ func (r *Relay) session(ctx context.Context) error {
 		if got {
 			break
 		}
+		// A standby reports the lag too: it shows when the active relay is
+		// stuck or gone.
+		if err := r.updateLag(ctx, conn); err != nil {
+			return err
+		}
 		r.setStatus(false, nil)
 		select {
 		case <-ctx.Done():
@@ -246,6 +252,13 @@ func (r *Relay) session(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, `LISTEN `+events.OutboxChannel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	// The relay's own writes (deleting published rows, moving dead ones)
+	// need no flush to disk before the next batch: a delete lost in a crash
+	// only brings rows back to be published again, which at-least-once
+	// delivery allows. This takes a WAL flush out of every batch.
+	if _, err := conn.Exec(ctx, `SET synchronous_commit = off`); err != nil {
+		return fmt.Errorf("set synchronous_commit: %w", err)
+	}
 	txnID, err := transactionalID(ctx, conn)
 	if err != nil {
 		return err
@@ -256,10 +269,14 @@ func (r *Relay) session(ctx context.Context) error {
 	}
 	r.prod = prod
 	defer prod.Close()
-	activeCtx, stopActive := context.WithCancel(ctx)
-	defer stopActive()
 	if r.o.onActive != nil {
-		go r.o.onActive(activeCtx)
+		activeCtx, stopActive := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			r.o.onActive(activeCtx)
+		}()
+		defer func() { stopActive(); <-done }()
 	}
 
 	// hard ends work in flight: shutdownTimeout after ctx is cancelled.
@@ -376,13 +393,16 @@ func transactionalID(ctx context.Context, conn *pgx.Conn) (string, error) {
 	return "distcache-publisher-" + db + "-" + id, nil
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
+// updateLag sets the lag gauge from the oldest outbox row.
+func (r *Relay) updateLag(ctx context.Context, conn *pgx.Conn) error {
+	var oldest *time.Time
+	if err := conn.QueryRow(ctx, `SELECT (SELECT created_at FROM distcache_outbox ORDER BY id LIMIT 1)`).Scan(&oldest); err != nil {
+		return fmt.Errorf("read lag: %w", err)
 	}
+	if oldest == nil {
+		r.o.metrics.Lag.Set(0)
+	} else {
+		r.o.metrics.Lag.Set(max(0, time.Since(*oldest).Seconds()))
+	}
+	return nil
 }

@@ -252,12 +252,11 @@ func TestRelayDeadLetters(t *testing.T) {
 			t.Errorf("dead letter %d: got key %q reason %q, want key %q reason containing %q", i, got[i][0], got[i][1], b.key, b.reason)
 		}
 	}
-	if got := testutil.ToFloat64(m.DeadLetters.WithLabelValues("things")); got != float64(len(bads)) {
-		t.Errorf("distcache_publisher_dead_letters_total: got %v, want %d", got, len(bads))
-	}
-	if got := testutil.ToFloat64(m.EventsPublished.WithLabelValues("things")); got != 2 {
-		t.Errorf("distcache_publisher_events_total: got %v, want 2", got)
-	}
+	// The counters move right after the delete commits.
+	devstacktest.Eventually(t, 5*time.Second, func() bool {
+		return testutil.ToFloat64(m.DeadLetters.WithLabelValues("things")) == float64(len(bads)) &&
+			testutil.ToFloat64(m.EventsPublished.WithLabelValues("things")) == 2
+	}, "distcache_publisher_dead_letters_total = %d and distcache_publisher_events_total = 2", len(bads))
 }
 
 // TestRelayTopics: a missing topic is created compacted with one partition;
@@ -291,7 +290,8 @@ func TestRelayTopics(t *testing.T) {
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	startRelay(t, dbURL, k.Addr)
+	m := pubmetrics.New()
+	startRelay(t, dbURL, k.Addr, WithMetrics(m))
 
 	pubtest.NewReader(t, k.Addr, "distcache.fresh").ReadUntil(t, 20*time.Second, func(evs []pubtest.Event) bool { return len(evs) == 1 }, "fresh model published")
 	rcs, err := adm.DescribeTopicConfigs(ctx, "distcache.fresh")
@@ -324,6 +324,10 @@ func TestRelayTopics(t *testing.T) {
 	if got := pubtest.Count(t, pool, `SELECT count(*) FROM distcache_outbox WHERE aggregate IN ('deleting', 'split')`); got != 2 {
 		t.Errorf("refused rows left in the outbox: got %d, want 2", got)
 	}
+	// The refused rows are unpublished: the lag is their age and grows.
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
+		return testutil.ToFloat64(m.Lag) > 0.3
+	}, "lag counts the refused rows (got %v)", testutil.ToFloat64(m.Lag))
 
 	p, err := producer.New([]string{k.Addr})
 	if err != nil {

@@ -1,0 +1,96 @@
+package distcache_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/redis/rueidis"
+
+	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/distcache/internal/benchkit"
+)
+
+// Benchmarks of issue 3's table, each next to its peer on the same 100,000
+// keys with 200-byte values. `go run ./cmd/distcache-bench` prints the same
+// figures as a table with ratios and propagation percentiles.
+
+var (
+	benchOnce sync.Once
+	benchEnv  *benchkit.Env
+	benchDC   *distcache.Client
+	benchRC   rueidis.Client
+	benchErr  error
+)
+
+func env(b *testing.B) *benchkit.Env {
+	b.Helper()
+	benchOnce.Do(func() {
+		ctx := context.Background()
+		if benchEnv, benchErr = benchkit.Start(ctx, 100_000, 200); benchErr != nil {
+			return
+		}
+		if benchDC, benchErr = benchEnv.Client(ctx); benchErr != nil {
+			return
+		}
+		benchRC, benchErr = benchEnv.Rueidis(ctx, nil)
+	})
+	if benchErr != nil {
+		b.Fatal(benchErr)
+	}
+	return benchEnv
+}
+
+func BenchmarkHit(b *testing.B) {
+	e := env(b)
+	bc, err := e.Bigcache(e.Keys)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bc.Close()
+	for _, par := range []bool{false, true} {
+		name := "serial"
+		if par {
+			name = "parallel"
+		}
+		b.Run(name+"/distcache", benchkit.HitDistcache(benchDC, e.Keys, par))
+		b.Run(name+"/rueidis-DoCache", benchkit.HitRueidis(benchRC, e.Keys, par))
+		b.Run(name+"/bigcache", benchkit.HitBigcache(bc, e.Keys, par))
+	}
+	b.Run("serial/distcache-GetAppend", benchkit.HitDistcacheAppend(benchDC, e.Keys))
+}
+
+func BenchmarkMiss(b *testing.B) {
+	e := env(b)
+	ctx := context.Background()
+	b.Run("distcache", e.MissDistcache(ctx))
+	b.Run("go-redis-GET", e.MissGoRedis(ctx))
+}
+
+func BenchmarkPublish(b *testing.B) {
+	e := env(b)
+	ctx := context.Background()
+	b.Run("distcache-Apply-100", e.PublishApply(ctx, 100))
+	b.Run("go-redis-pipelined-SET-100", e.RawPipelinedSet(ctx, 100))
+}
+
+func BenchmarkPropagation(b *testing.B) {
+	e := env(b)
+	ctx := context.Background()
+	b.Run("distcache", func(b *testing.B) {
+		p, err := e.Propagation(ctx, benchDC, max(b.N, 200))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(p.P50.Nanoseconds()), "p50-ns")
+		b.ReportMetric(float64(p.P99.Nanoseconds()), "p99-ns")
+	})
+	b.Run("rueidis-invalidation", func(b *testing.B) {
+		p, err := e.RueidisInvalidation(ctx, max(b.N, 200))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(p.P50.Nanoseconds()), "p50-ns")
+		b.ReportMetric(float64(p.P99.Nanoseconds()), "p99-ns")
+	})
+}

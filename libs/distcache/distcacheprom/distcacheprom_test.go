@@ -1,0 +1,59 @@
+package distcacheprom_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/distcache/distcacheprom"
+)
+
+type fakeSource struct{ s distcache.Stats }
+
+func (f fakeSource) Stats() distcache.Stats { return f.s }
+
+func TestCollector(t *testing.T) {
+	src := fakeSource{distcache.Stats{Projections: []distcache.ProjectionStats{{
+		Name: "users", Hits: 10, Misses: 2, EvictedMaxItems: 3, Items: 7, Generation: 4,
+		StreamLag: 1500 * time.Millisecond, Connected: true,
+	}}}}
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(distcacheprom.NewCollector(src)); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			name := mf.GetName()
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" {
+					name += "{" + l.GetValue() + "}"
+				}
+			}
+			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			got[name] = v
+		}
+	}
+	want := map[string]float64{
+		"distcache_client_hits_total":                 10,
+		"distcache_client_misses_total":               2,
+		"distcache_client_evictions_total{max_items}": 3,
+		"distcache_client_evictions_total{max_ttl}":   0,
+		"distcache_client_items":                      7,
+		"distcache_client_generation":                 4,
+		"distcache_client_stream_lag_seconds":         1.5,
+		"distcache_client_connected":                  1,
+		"distcache_client_stale":                      0,
+	}
+	for k, w := range want {
+		if g, ok := got[k]; !ok || g != w {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, w)
+		}
+	}
+}

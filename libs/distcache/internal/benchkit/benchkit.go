@@ -1,0 +1,452 @@
+// Package benchkit holds the benchmarks of issue 3's table, shared by the
+// package's Go benchmarks and the distcache-bench program: distcache next to
+// its peers (rueidis client-side caching, raw bigcache, bare go-redis), on the
+// same keys, in the same run.
+package benchkit
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/allegro/bigcache/v3"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
+
+	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/tools/devstack"
+)
+
+// Proj is the projection the benchmarks use.
+const Proj = "bench"
+
+// Env is a Redis loaded with N keys, as a distcache projection (generation
+// 1) and as plain keys "raw:<key>" for the peers.
+type Env struct {
+	Addr  string
+	RDB   *redis.Client
+	Pub   *distcache.Publisher
+	Keys  []string
+	Value []byte
+
+	redis *devstack.Redis
+	dir   string
+}
+
+// Start starts a redis-server of its own and loads n keys of valueSize bytes.
+func Start(ctx context.Context, n, valueSize int) (*Env, error) {
+	dir, err := os.MkdirTemp("", "distcache-bench-")
+	if err != nil {
+		return nil, err
+	}
+	r, err := devstack.StartRedis(ctx, devstack.RedisConfig{Dir: dir, Mode: devstack.Attached})
+	if err != nil {
+		return nil, fmt.Errorf("start redis: %w", err)
+	}
+	e := &Env{Addr: r.Addr, redis: r, dir: dir}
+	e.RDB = redis.NewClient(&redis.Options{Addr: r.Addr})
+	if e.Pub, err = distcache.NewPublisher(e.RDB); err != nil {
+		return nil, err
+	}
+	e.Value = make([]byte, valueSize)
+	for i := range e.Value {
+		e.Value[i] = byte('a' + i%26)
+	}
+	e.Keys = make([]string, n)
+	for i := range e.Keys {
+		e.Keys[i] = "user:" + strconv.Itoa(1_000_000+i) + "@example.com"
+	}
+	if err := e.Load(ctx, Proj, 1, e.Keys); err != nil {
+		return nil, err
+	}
+	if err := e.Pub.Cutover(ctx, Proj, 1); err != nil {
+		return nil, err
+	}
+	for i := 0; i < n; i += 1000 {
+		pipe := e.RDB.Pipeline()
+		for _, k := range e.Keys[i:min(i+1000, n)] {
+			pipe.Set(ctx, "raw:"+k, e.Value, 0)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// Load writes keys into generation gen of proj, 1000 per batch.
+func (e *Env) Load(ctx context.Context, proj string, gen int64, keys []string) error {
+	changes := make([]distcache.Change, 0, 1000)
+	for i := 0; i < len(keys); i += 1000 {
+		changes = changes[:0]
+		for _, k := range keys[i:min(i+1000, len(keys))] {
+			changes = append(changes, distcache.Change{Key: k, Value: e.Value, Version: 1})
+		}
+		if _, err := e.Pub.Apply(ctx, proj, gen, changes); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close stops the Redis.
+func (e *Env) Close() {
+	_ = e.RDB.Close()
+	_ = e.redis.Stop()
+	_ = os.RemoveAll(e.dir)
+}
+
+// Client returns a distcache Client with every key held locally.
+func (e *Env) Client(ctx context.Context, opts ...distcache.Option) (*distcache.Client, error) {
+	return distcache.New(ctx, append([]distcache.Option{
+		distcache.WithAddrs(e.Addr),
+		distcache.WithWarmStart(Proj, distcache.WarmStart{Keys: e.Keys}),
+	}, opts...)...)
+}
+
+// Rueidis returns a rueidis client with client-side caching, every raw key
+// cached.
+func (e *Env) Rueidis(ctx context.Context, onInvalidate func([]rueidis.RedisMessage)) (rueidis.Client, error) {
+	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{e.Addr}, OnInvalidations: onInvalidate})
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < len(e.Keys); i += 1000 {
+		cmds := make([]rueidis.CacheableTTL, 0, 1000)
+		for _, k := range e.Keys[i:min(i+1000, len(e.Keys))] {
+			cmds = append(cmds, rueidis.CT(rc.B().Get().Key("raw:"+k).Cache(), time.Hour))
+		}
+		for _, r := range rc.DoMultiCache(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				rc.Close()
+				return nil, err
+			}
+		}
+	}
+	return rc, nil
+}
+
+// Bigcache returns a bigcache configured like distcache's local store, with
+// every key set to the raw value.
+func (e *Env) Bigcache(keys []string) (*bigcache.BigCache, error) {
+	bc, err := bigcache.New(context.Background(), BigcacheConfig())
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keys {
+		if err := bc.Set(k, e.Value); err != nil {
+			return nil, err
+		}
+	}
+	return bc, nil
+}
+
+// BigcacheConfig mirrors distcache's local store configuration.
+func BigcacheConfig() bigcache.Config {
+	return bigcache.Config{
+		Shards:             256,
+		LifeWindow:         100 * 365 * 24 * time.Hour,
+		MaxEntriesInWindow: 256 * 16,
+		MaxEntrySize:       256,
+	}
+}
+
+// Hit benchmarks.
+
+// HitDistcache reads held keys with Client.Get.
+func HitDistcache(c *distcache.Client, keys []string, parallel bool) func(*testing.B) {
+	ctx := context.Background()
+	return func(b *testing.B) {
+		b.ReportAllocs()
+		if !parallel {
+			for i := 0; b.Loop(); i++ {
+				if _, err := c.Get(ctx, Proj, keys[i%len(keys)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			return
+		}
+		var seed atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			i := int(seed.Add(7919))
+			for pb.Next() {
+				if _, err := c.Get(ctx, Proj, keys[i%len(keys)]); err != nil {
+					b.Error(err)
+					return
+				}
+				i++
+			}
+		})
+	}
+}
+
+// HitDistcacheAppend reads held keys with Client.GetAppend into a reused
+// buffer.
+func HitDistcacheAppend(c *distcache.Client, keys []string) func(*testing.B) {
+	ctx := context.Background()
+	return func(b *testing.B) {
+		b.ReportAllocs()
+		buf := make([]byte, 0, 512)
+		var err error
+		for i := 0; b.Loop(); i++ {
+			if buf, err = c.GetAppend(ctx, Proj, keys[i%len(keys)], buf[:0]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// HitRueidis reads cached keys with rueidis DoCache.
+func HitRueidis(rc rueidis.Client, keys []string, parallel bool) func(*testing.B) {
+	ctx := context.Background()
+	cmds := make([]rueidis.Cacheable, len(keys))
+	for i, k := range keys {
+		cmds[i] = rc.B().Get().Key("raw:" + k).Cache().Pin()
+	}
+	get := func(i int) error {
+		_, err := rc.DoCache(ctx, cmds[i%len(cmds)], time.Hour).ToString()
+		return err
+	}
+	return func(b *testing.B) {
+		b.ReportAllocs()
+		if !parallel {
+			for i := 0; b.Loop(); i++ {
+				if err := get(i); err != nil {
+					b.Fatal(err)
+				}
+			}
+			return
+		}
+		var seed atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			i := int(seed.Add(7919))
+			for pb.Next() {
+				if err := get(i); err != nil {
+					b.Error(err)
+					return
+				}
+				i++
+			}
+		})
+	}
+}
+
+// HitBigcache reads keys from a raw bigcache.
+func HitBigcache(bc *bigcache.BigCache, keys []string, parallel bool) func(*testing.B) {
+	return func(b *testing.B) {
+		b.ReportAllocs()
+		if !parallel {
+			for i := 0; b.Loop(); i++ {
+				if _, err := bc.Get(keys[i%len(keys)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			return
+		}
+		var seed atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			i := int(seed.Add(7919))
+			for pb.Next() {
+				if _, err := bc.Get(keys[i%len(keys)]); err != nil {
+					b.Error(err)
+					return
+				}
+				i++
+			}
+		})
+	}
+}
+
+// Miss benchmarks.
+
+// MissDistcache reads keys the client does not hold (a fresh client every
+// len(keys) reads, off the clock).
+func (e *Env) MissDistcache(ctx context.Context) func(*testing.B) {
+	return func(b *testing.B) {
+		b.ReportAllocs()
+		var c *distcache.Client
+		newClient := func() {
+			if c != nil {
+				_ = c.Close(ctx)
+			}
+			var err error
+			c, err = distcache.New(ctx, distcache.WithAddrs(e.Addr), distcache.WithProjections(Proj))
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		newClient()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if i > 0 && i%len(e.Keys) == 0 {
+				b.StopTimer()
+				newClient()
+				b.StartTimer()
+			}
+			if _, err := c.Get(ctx, Proj, e.Keys[i%len(e.Keys)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		_ = c.Close(ctx)
+	}
+}
+
+// MissGoRedis reads keys with a bare go-redis GET.
+func (e *Env) MissGoRedis(ctx context.Context) func(*testing.B) {
+	return func(b *testing.B) {
+		b.ReportAllocs()
+		rdb := redis.NewClient(&redis.Options{Addr: e.Addr})
+		defer rdb.Close()
+		for i := 0; b.Loop(); i++ {
+			if _, err := rdb.Get(ctx, "raw:"+e.Keys[i%len(e.Keys)]).Bytes(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// Publisher throughput.
+
+// PublishApply writes batches of batch changes with Publisher.Apply
+// (pipelined, version-guarded, with change-stream entries).
+func (e *Env) PublishApply(ctx context.Context, batch int) func(*testing.B) {
+	var round atomic.Int64
+	return func(b *testing.B) {
+		b.ReportAllocs()
+		proj := "pubbench" + strconv.FormatInt(round.Add(1), 10)
+		changes := make([]distcache.Change, batch)
+		version := int64(0)
+		for i := 0; b.Loop(); i++ {
+			if i%batch == 0 && i > 0 {
+				if _, err := e.Pub.Apply(ctx, proj, 1, changes); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if i%len(e.Keys) == 0 {
+				version++
+			}
+			changes[i%batch] = distcache.Change{Key: e.Keys[i%len(e.Keys)], Value: e.Value, Version: version}
+		}
+		b.StopTimer()
+		_, _ = e.RDB.Del(ctx, distcache.StreamKey(proj, 1)).Result()
+	}
+}
+
+// RawPipelinedSet writes batches of batch plain SETs in one pipeline.
+func (e *Env) RawPipelinedSet(ctx context.Context, batch int) func(*testing.B) {
+	return func(b *testing.B) {
+		b.ReportAllocs()
+		pipe := e.RDB.Pipeline()
+		for i := 0; b.Loop(); i++ {
+			pipe.Set(ctx, "rawset:"+e.Keys[i%len(e.Keys)], e.Value, 0)
+			if pipe.Len() == batch {
+				if _, err := pipe.Exec(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		if _, err := pipe.Exec(ctx); err != nil && pipe.Len() > 0 {
+			b.Fatal(err)
+		}
+	}
+}
+
+// Propagation.
+
+// Percentiles are the p50 and p99 of a set of samples.
+type Percentiles struct{ P50, P99 time.Duration }
+
+func percentiles(d []time.Duration) Percentiles {
+	slices.Sort(d)
+	return Percentiles{P50: d[len(d)/2], P99: d[len(d)*99/100]}
+}
+
+// Propagation measures, samples times, the delay from Publisher.Set
+// returning to another Client's local value holding the new version.
+func (e *Env) Propagation(ctx context.Context, c *distcache.Client, samples int) (Percentiles, error) {
+	key := e.Keys[0]
+	base, err := c.GetEntry(ctx, Proj, key)
+	if err != nil {
+		return Percentiles{}, err
+	}
+	version := base.Version + 1000
+	d := make([]time.Duration, 0, samples)
+	for range samples {
+		version++
+		if _, err := e.Pub.SetGen(ctx, Proj, 1, key, e.Value, version); err != nil {
+			return Percentiles{}, err
+		}
+		start := time.Now()
+		for {
+			got, err := c.GetEntry(ctx, Proj, key)
+			if err != nil {
+				return Percentiles{}, err
+			}
+			if got.Version == version {
+				break
+			}
+			if time.Since(start) > 5*time.Second {
+				return Percentiles{}, fmt.Errorf("version %d never arrived", version)
+			}
+			runtime.Gosched()
+		}
+		d = append(d, time.Since(start))
+	}
+	return percentiles(d), nil
+}
+
+// RueidisInvalidation measures, samples times, the delay from a go-redis SET
+// returning to rueidis receiving the invalidation of the key it caches.
+func (e *Env) RueidisInvalidation(ctx context.Context, samples int) (Percentiles, error) {
+	key := "raw:" + e.Keys[1]
+	var got atomic.Int64
+	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{e.Addr},
+		OnInvalidations: func(msgs []rueidis.RedisMessage) {
+			for _, m := range msgs {
+				if s, _ := m.ToString(); s == key {
+					got.Store(time.Now().UnixNano())
+				}
+			}
+		}})
+	if err != nil {
+		return Percentiles{}, err
+	}
+	defer rc.Close()
+	d := make([]time.Duration, 0, samples)
+	for range samples {
+		if err := rc.DoCache(ctx, rc.B().Get().Key(key).Cache(), time.Hour).Error(); err != nil {
+			return Percentiles{}, err
+		}
+		got.Store(0)
+		if err := e.RDB.Set(ctx, key, e.Value, 0).Err(); err != nil {
+			return Percentiles{}, err
+		}
+		start := time.Now()
+		for got.Load() == 0 {
+			if time.Since(start) > 5*time.Second {
+				return Percentiles{}, fmt.Errorf("no invalidation")
+			}
+			runtime.Gosched()
+		}
+		d = append(d, time.Duration(max(got.Load()-start.UnixNano(), 0))) // it may beat SET's reply
+	}
+	return percentiles(d), nil
+}
+
+// Memory.
+
+// HeapInUse returns the live heap after two collections.
+func HeapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}

@@ -1,0 +1,138 @@
+package config
+
+import (
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func valid() map[string]string {
+	return map[string]string{
+		"PRODUCER_DATABASE_URL":  "postgres://u:secretpw@db:5432/cp",
+		"PRODUCER_REDIS_ADDR":    "redis:6379",
+		"PRODUCER_KAFKA_BROKERS": "k1:9092,k2:9092",
+	}
+}
+
+func TestLoadDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := Load(env(valid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"HTTPAddr", c.HTTPAddr, DefaultHTTPAddr},
+		{"TopicPrefix", c.TopicPrefix, "distcache"},
+		{"BatchSize", c.BatchSize, 1000},
+		{"BackfillBatchSize", c.BackfillBatchSize, 5000},
+		{"TemporalNamespace", c.TemporalNamespace, "default"},
+		{"RedisCluster", c.RedisCluster, false},
+		{"KafkaBrokers", strings.Join(c.KafkaBrokers, ","), "k1:9092,k2:9092"},
+		{"ReloadInterval", c.ReloadInterval, 30 * time.Second},
+		{"LogLevel", c.LogLevel, slog.LevelInfo},
+		{"Migrate", c.Migrate, false},
+	}
+	for _, ch := range checks {
+		if ch.got != ch.want {
+			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
+		}
+	}
+}
+
+func TestLoadInvalid(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		set     map[string]string
+		unset   []string
+		wantVar string
+	}{
+		{name: "no database", unset: []string{"PRODUCER_DATABASE_URL"}, wantVar: "PRODUCER_DATABASE_URL"},
+		{name: "database not postgres", set: map[string]string{"PRODUCER_DATABASE_URL": "mysql://x"}, wantVar: "PRODUCER_DATABASE_URL"},
+		{name: "no redis", unset: []string{"PRODUCER_REDIS_ADDR"}, wantVar: "PRODUCER_REDIS_ADDR"},
+		{name: "redis not host:port", set: map[string]string{"PRODUCER_REDIS_ADDR": "redis"}, wantVar: "PRODUCER_REDIS_ADDR"},
+		{name: "two redis without cluster", set: map[string]string{"PRODUCER_REDIS_ADDR": "a:1,b:2", "PRODUCER_REDIS_CLUSTER": "false"}, wantVar: "PRODUCER_REDIS_CLUSTER"},
+		{name: "no brokers", unset: []string{"PRODUCER_KAFKA_BROKERS"}, wantVar: "PRODUCER_KAFKA_BROKERS"},
+		{name: "batch zero", set: map[string]string{"PRODUCER_BATCH_SIZE": "0"}, wantVar: "PRODUCER_BATCH_SIZE"},
+		{name: "batch text", set: map[string]string{"PRODUCER_BATCH_SIZE": "many"}, wantVar: "PRODUCER_BATCH_SIZE"},
+		{name: "bad sasl", set: map[string]string{"PRODUCER_KAFKA_SASL_MECHANISM": "GSSAPI"}, wantVar: "PRODUCER_KAFKA_SASL_MECHANISM"},
+		{name: "sasl without user", set: map[string]string{"PRODUCER_KAFKA_SASL_MECHANISM": "PLAIN"}, wantVar: "PRODUCER_KAFKA_SASL_USERNAME"},
+		{name: "password without mechanism", set: map[string]string{"PRODUCER_KAFKA_SASL_PASSWORD": "x"}, wantVar: "PRODUCER_KAFKA_SASL_MECHANISM"},
+		{name: "bad bool", set: map[string]string{"PRODUCER_REDIS_TLS": "yes please"}, wantVar: "PRODUCER_REDIS_TLS"},
+		{name: "bad prefix", set: map[string]string{"PRODUCER_TOPIC_PREFIX": "a b"}, wantVar: "PRODUCER_TOPIC_PREFIX"},
+		{name: "bad temporal", set: map[string]string{"PRODUCER_TEMPORAL_HOSTPORT": "temporal"}, wantVar: "PRODUCER_TEMPORAL_HOSTPORT"},
+		{name: "bad http", set: map[string]string{"PRODUCER_HTTP_ADDR": "58082"}, wantVar: "PRODUCER_HTTP_ADDR"},
+		{name: "bad duration", set: map[string]string{"PRODUCER_RELOAD_INTERVAL": "1ms"}, wantVar: "PRODUCER_RELOAD_INTERVAL"},
+		{name: "bad level", set: map[string]string{"PRODUCER_LOG_LEVEL": "loud"}, wantVar: "PRODUCER_LOG_LEVEL"},
+		{name: "ca without tls", set: map[string]string{"PRODUCER_KAFKA_TLS_CA_FILE": "/ca.pem"}, wantVar: "PRODUCER_KAFKA_TLS_CA_FILE"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			m := valid()
+			for k, v := range tt.set {
+				m[k] = v
+			}
+			for _, k := range tt.unset {
+				delete(m, k)
+			}
+			_, err := Load(env(m))
+			if err == nil {
+				t.Fatalf("Load accepted %v", tt.set)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+			if !strings.Contains(err.Error(), tt.wantVar) {
+				t.Errorf("error %q does not name %s", err, tt.wantVar)
+			}
+		})
+	}
+}
+
+func TestClusterFromSeveralAddrs(t *testing.T) {
+	t.Parallel()
+	m := valid()
+	m["PRODUCER_REDIS_ADDR"] = "a:1, b:2 ,c:3"
+	c, err := Load(env(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.RedisCluster || len(c.RedisAddrs) != 3 {
+		t.Errorf("cluster = %v, addrs = %q; want a 3-node cluster", c.RedisCluster, c.RedisAddrs)
+	}
+}
+
+func TestLogValueMasksSecrets(t *testing.T) {
+	t.Parallel()
+	m := valid()
+	m["PRODUCER_REDIS_PASSWORD"] = "redispw"
+	m["PRODUCER_KAFKA_SASL_MECHANISM"] = "SCRAM-SHA-512"
+	m["PRODUCER_KAFKA_SASL_USERNAME"] = "svc"
+	m["PRODUCER_KAFKA_SASL_PASSWORD"] = "kafkapw"
+	c, err := Load(env(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	slog.New(slog.NewTextHandler(&b, nil)).Info("cfg", "config", c)
+	out := b.String()
+	for _, secret := range []string{"secretpw", "redispw", "kafkapw"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("log shows secret %q: %s", secret, out)
+		}
+	}
+	if !strings.Contains(out, "svc") || !strings.Contains(out, "db:5432") {
+		t.Errorf("log lacks non-secret values: %s", out)
+	}
+	if _, err := c.KafkaOpts(); err != nil {
+		t.Errorf("KafkaOpts: %v", err)
+	}
+}

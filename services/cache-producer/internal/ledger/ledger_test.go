@@ -1,0 +1,42 @@
+package ledger
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestEntryRoundTrip(t *testing.T) {
+	t.Parallel()
+	for _, e := range []Entry{{Key: "a@x.io", Version: 1}, {Key: "k:{tag}:ü", Version: 1<<62 + 5}, {Key: "0000000000000001s", Version: 42}} {
+		got, err := DecodeEntry(e.Encode())
+		if err != nil || got != e {
+			t.Errorf("DecodeEntry(Encode(%+v)) = %+v, %v", e, got, err)
+		}
+	}
+}
+
+func TestDecodeEntryRejects(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{"", "0000000000000001", "zz00000000000001key", "8000000000000000key"} {
+		if _, err := DecodeEntry(s); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("DecodeEntry(%q) err = %v, want ErrCorrupt", s, err)
+		}
+	}
+}
+
+func TestKeysOutsideGenerationPattern(t *testing.T) {
+	t.Parallel()
+	// dc:P:gN:* is scanned by edges as values; the ledger's keys must never match it.
+	for _, k := range []string{OffsetKey("p", 3), IndexKey("p", 3, "s"), DeadLetterKey("p", 3)} {
+		if strings.HasPrefix(k, "dc:p:g3:") {
+			t.Errorf("%q lies under the generation's value pattern", k)
+		}
+		if !strings.HasPrefix(k, strings.TrimSuffix(Pattern("p", 3), "*")) {
+			t.Errorf("%q is not matched by Pattern", k)
+		}
+	}
+	if strings.HasPrefix(OffsetKey("p", 3), strings.TrimSuffix(Pattern("p", 31), "*")) {
+		t.Error("generation 31's pattern matches generation 3's keys")
+	}
+}

@@ -1,0 +1,193 @@
+package projector
+
+import (
+	"bytes"
+	"encoding/json"
+	"unicode/utf8"
+
+	"github.com/distcache/distcache/workflows/projection"
+)
+
+// decodePayload is projection.DecodePayload for the hot path: a JSON object
+// that events.FromRecord has already validated is split into its members
+// without reflection (strings without escapes are sliced, numbers kept as
+// json.Number); nested objects and arrays, escaped or non-UTF-8 strings and
+// anything unexpected go through encoding/json, so the result is the same map
+// DecodePayload returns (TestDecodePayloadMatches checks it).
+func decodePayload(b []byte) (map[string]any, error) {
+	m, ok := fastObject(b)
+	if ok {
+		return m, nil
+	}
+	return projection.DecodePayload(b)
+}
+
+func skipWS(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+func fastObject(b []byte) (map[string]any, bool) {
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return nil, false
+	}
+	m := make(map[string]any, 8)
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return m, skipWS(b, i+1) == len(b)
+	}
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return nil, false
+		}
+		key, j, ok := fastString(b, i)
+		if !ok {
+			return nil, false
+		}
+		i = skipWS(b, j)
+		if i >= len(b) || b[i] != ':' {
+			return nil, false
+		}
+		i = skipWS(b, i+1)
+		v, j, ok := fastValue(b, i)
+		if !ok {
+			return nil, false
+		}
+		m[key] = v
+		i = skipWS(b, j)
+		if i >= len(b) {
+			return nil, false
+		}
+		switch b[i] {
+		case ',':
+			i = skipWS(b, i+1)
+		case '}':
+			return m, skipWS(b, i+1) == len(b)
+		default:
+			return nil, false
+		}
+	}
+}
+
+// fastString reads the string starting at b[i] == '"'.
+func fastString(b []byte, i int) (string, int, bool) {
+	j := i + 1
+	for j < len(b) {
+		switch c := b[j]; {
+		case c == '"':
+			s := b[i+1 : j]
+			if !utf8.Valid(s) {
+				return slowString(b, i)
+			}
+			return string(s), j + 1, true
+		case c == '\\':
+			return slowString(b, i)
+		case c < 0x20:
+			return "", 0, false
+		}
+		j++
+	}
+	return "", 0, false
+}
+
+func slowString(b []byte, i int) (string, int, bool) {
+	j := i + 1
+	for j < len(b) {
+		switch b[j] {
+		case '\\':
+			j += 2
+			continue
+		case '"':
+			var s string
+			if err := json.Unmarshal(b[i:j+1], &s); err != nil {
+				return "", 0, false
+			}
+			return s, j + 1, true
+		}
+		j++
+	}
+	return "", 0, false
+}
+
+func fastValue(b []byte, i int) (any, int, bool) {
+	if i >= len(b) {
+		return nil, 0, false
+	}
+	switch c := b[i]; {
+	case c == '"':
+		return fastString(b, i)
+	case c == 't':
+		if bytes.HasPrefix(b[i:], []byte("true")) {
+			return true, i + 4, true
+		}
+	case c == 'f':
+		if bytes.HasPrefix(b[i:], []byte("false")) {
+			return false, i + 5, true
+		}
+	case c == 'n':
+		if bytes.HasPrefix(b[i:], []byte("null")) {
+			return nil, i + 4, true
+		}
+	case c == '-' || (c >= '0' && c <= '9'):
+		j := i + 1
+		for j < len(b) {
+			d := b[j]
+			if (d >= '0' && d <= '9') || d == '.' || d == 'e' || d == 'E' || d == '+' || d == '-' {
+				j++
+				continue
+			}
+			break
+		}
+		n := json.Number(b[i:j])
+		if _, err := n.Float64(); err != nil && !json.Valid(b[i:j]) {
+			return nil, 0, false
+		}
+		return n, j, true
+	case c == '{' || c == '[':
+		end, ok := matchEnd(b, i)
+		if !ok {
+			return nil, 0, false
+		}
+		dec := json.NewDecoder(bytes.NewReader(b[i:end]))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return nil, 0, false
+		}
+		return v, end, true
+	}
+	return nil, 0, false
+}
+
+// matchEnd returns the index after the object or array starting at b[i].
+func matchEnd(b []byte, i int) (int, bool) {
+	depth := 0
+	for j := i; j < len(b); j++ {
+		switch b[j] {
+		case '"':
+			j++
+			for j < len(b) && b[j] != '"' {
+				if b[j] == '\\' {
+					j++
+				}
+				j++
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+			if depth == 0 {
+				return j + 1, true
+			}
+		}
+	}
+	return 0, false
+}

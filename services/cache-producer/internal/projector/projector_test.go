@@ -1,0 +1,111 @@
+package projector
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/workflows/projection"
+)
+
+func record(t *testing.T, op events.Op, payload string) *kgo.Record {
+	t.Helper()
+	e := events.Envelope{Aggregate: "users", Key: "k1", Version: 3, Op: op, EventID: events.NewEventID(), SourceTime: time.Now()}
+	if op == events.OpUpsert {
+		e.Payload = []byte(`{"id":1}`)
+	}
+	r, err := events.ToRecord(e, "distcache")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if payload != "" {
+		r.Value = []byte(payload)
+	}
+	r.Offset = 41
+	return r
+}
+
+func TestDecode(t *testing.T) {
+	t.Parallel()
+	noHeaders := record(t, events.OpUpsert, "")
+	noHeaders.Headers = nil
+	tests := []struct {
+		name       string
+		rec        *kgo.Record
+		wantDelete bool
+		wantReason string // "" for a usable record
+	}{
+		{"upsert", record(t, events.OpUpsert, `{"email":"a@x.io","n":12345678901234567890}`), false, ""},
+		{"tombstone", record(t, events.OpDelete, ""), true, ""},
+		{"not json", record(t, events.OpUpsert, "{oops"), false, ReasonNotJSON},
+		{"json array", record(t, events.OpUpsert, "[1,2]"), false, ReasonNotJSON},
+		{"no headers", noHeaders, false, ReasonMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := Decode(tt.rec)
+			if got.Offset != 41 || got.Key != "k1" {
+				t.Errorf("offset, key = %d, %q; want 41, k1", got.Offset, got.Key)
+			}
+			if got.Delete != tt.wantDelete {
+				t.Errorf("Delete = %v, want %v", got.Delete, tt.wantDelete)
+			}
+			switch {
+			case tt.wantReason == "" && got.Err != nil:
+				t.Errorf("Err = %v, want none", got.Err)
+			case tt.wantReason != "" && (got.Err == nil || ReasonClass(got.Err) != tt.wantReason):
+				t.Errorf("Err = %v (class %q), want class %q", got.Err, ReasonClass(got.Err), tt.wantReason)
+			}
+			if tt.name == "upsert" && got.Payload["n"].(interface{ String() string }).String() != "12345678901234567890" {
+				t.Errorf("large number lost digits: %v", got.Payload["n"])
+			}
+		})
+	}
+}
+
+func TestVersionIsOffsetPlusOne(t *testing.T) {
+	t.Parallel()
+	for _, off := range []int64{0, 1, 1 << 40} {
+		if got := Version(off); got != off+1 || got <= 0 {
+			t.Errorf("Version(%d) = %d", off, got)
+		}
+	}
+}
+
+func TestDecodePayloadMatches(t *testing.T) {
+	t.Parallel()
+	for _, in := range []string{
+		`{}`, ` { } `, `{"a":1}`, `{"a":"x","b":-1.5e3,"c":true,"d":false,"e":null}`,
+		`{"s":"esc\"aped\\ \u00e9 \ud83d\ude00","n":12345678901234567890123}`,
+		`{"nested":{"x":[1,{"y":"z"}],"w":"}"},"arr":[1,"]",[]]}`,
+		`{"dup":1,"dup":2}`, `{"k\u0041y":"v"}`, "{\"bad\":\"\xff\xfe\"}",
+		`{"a":1} `, "\n{\"a\" : [ ] ,\t\"b\" : { } }\n", `{"big":1e400}`,
+	} {
+		want, werr := projection.DecodePayload([]byte(in))
+		got, gerr := decodePayload([]byte(in))
+		if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
+			t.Errorf("decodePayload(%q) = %#v, %v; DecodePayload gives %#v, %v", in, got, gerr, want, werr)
+		}
+	}
+}
+
+func FuzzDecodePayload(f *testing.F) {
+	for _, s := range []string{`{"a":1}`, `{"a":{"b":[1,2]},"c":"d\n"}`, `{"x":-0.5E+2,"y":null}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !json.Valid(b) {
+			return // FromRecord only lets valid JSON through
+		}
+		want, werr := projection.DecodePayload(b)
+		got, gerr := decodePayload(b)
+		if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
+			t.Fatalf("decodePayload(%q) = %#v, %v; DecodePayload gives %#v, %v", b, got, gerr, want, werr)
+		}
+	})
+}
