@@ -82,15 +82,21 @@ func BenchmarkPropagation(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.ReportMetric(float64(p.P50.Nanoseconds()), "p50-ns")
-		b.ReportMetric(float64(p.P99.Nanoseconds()), "p99-ns")
+		report(b, p)
 	})
 	b.Run("rueidis-invalidation", func(b *testing.B) {
 		p, err := e.RueidisInvalidation(ctx, max(b.N, 200))
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.ReportMetric(float64(p.P50.Nanoseconds()), "p50-ns")
-		b.ReportMetric(float64(p.P99.Nanoseconds()), "p99-ns")
+		report(b, p)
 	})
+}
+
+func report(b *testing.B, d benchkit.Delays) {
+	b.ReportMetric(float64(d.FromReturn.P50.Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(d.FromReturn.P99.Nanoseconds()), "p99-ns")
+	b.ReportMetric(float64(d.FromStart.P50.Nanoseconds()), "p50-from-start-ns")
+	b.ReportMetric(float64(d.FromStart.P99.Nanoseconds()), "p99-from-start-ns")
+	b.ReportMetric(0, "ns/op")
 }

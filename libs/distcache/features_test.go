@@ -304,3 +304,51 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		})
 	}
 }
+
+// TestCompaction: bigcache only reclaims space from the head of its queues,
+// so updates in place leave dead copies behind; the client rebuilds a store
+// whose queues hold mostly dead space, keeping every entry current.
+func TestCompaction(t *testing.T) {
+	t.Parallel()
+	_, rdb, pub := standalone(t)
+	ctx := ctxT(t)
+	const keys = 30
+	big := func(key string, v int64) []byte {
+		return append(val(key, v), bytes.Repeat([]byte("x"), 20_000)...)
+	}
+	for i := range keys {
+		if _, err := pub.SetGen(ctx, proj, 1, keyN(i), big(keyN(i), 1), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustCutover(t, pub, proj, 1)
+	c := newClient(t, distcache.WithRedis(rdb), distcache.WithProjections(proj))
+	for i := range keys {
+		if _, err := c.Get(ctx, proj, keyN(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const rounds = 25 // 25 × 30 × 20 KB = 15 MB of overwritten copies
+	for v := int64(2); v <= rounds; v++ {
+		changes := make([]distcache.Change, keys)
+		for i := range keys {
+			changes[i] = distcache.Change{Key: keyN(i), Value: big(keyN(i), v), Version: v}
+		}
+		if _, err := pub.Apply(ctx, proj, 1, changes); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, func() bool { return stats(c, proj).Compactions > 0 }, "no compaction: %+v", stats(c, proj))
+	eventually(t, func() bool {
+		for i := range keys {
+			v, err := c.Get(ctx, proj, keyN(i))
+			if err != nil || !bytes.Equal(v, big(keyN(i), rounds)) {
+				return false
+			}
+		}
+		return true
+	}, "entries not current after compaction")
+	if s := stats(c, proj); s.Items != keys || s.Misses != keys {
+		t.Fatalf("stats = %+v; want %d items and no miss beyond the first reads", s, keys)
+	}
+}

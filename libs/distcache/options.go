@@ -40,7 +40,7 @@ const (
 	DefaultNegativeTTL      = 5 * time.Second
 	DefaultStalenessBound   = 5 * time.Minute
 	DefaultEvictionInterval = time.Second
-	DefaultFetchTimeout     = 2 * time.Second
+	DefaultFetchTimeout     = 0
 	DefaultTailBlock        = time.Second
 	DefaultTailBatch        = 1000
 )
@@ -197,7 +197,9 @@ func WithStalenessBound(d time.Duration) Option { return func(c *config) { c.sta
 func WithMaxValueBytes(n int) Option { return func(c *config) { c.maxValue = n } }
 
 // WithFetchTimeout bounds a miss's Redis round trips when the caller's
-// context has no earlier deadline. Default DefaultFetchTimeout.
+// context has no earlier deadline. Default 0: only the caller's deadline and
+// the Redis clients' own dial/read timeouts apply (a context timer per miss
+// costs about a microsecond).
 func WithFetchTimeout(d time.Duration) Option { return func(c *config) { c.fetchTimeout = d } }
 
 // WithTailBlock sets how long one blocking XREAD of the change-stream tail
@@ -245,7 +247,7 @@ func (c *config) validate() error {
 	check(c.negativeTTL >= 0, "WithNegativeTTL(%v) is negative", c.negativeTTL)
 	check(c.staleBound >= 0, "WithStalenessBound(%v) is negative", c.staleBound)
 	check(c.maxValue > 0, "WithMaxValueBytes(%d) must be > 0", c.maxValue)
-	check(c.fetchTimeout > 0, "WithFetchTimeout(%v) must be > 0", c.fetchTimeout)
+	check(c.fetchTimeout >= 0, "WithFetchTimeout(%v) is negative", c.fetchTimeout)
 	check(c.tailBlock >= 10*time.Millisecond, "WithTailBlock(%v) must be >= 10ms", c.tailBlock)
 	check(c.tailBatch > 0, "WithTailBatch(%d) must be > 0", c.tailBatch)
 	check(c.shards > 0 && c.shards&(c.shards-1) == 0, "WithLocalShards(%d) must be a power of two", c.shards)

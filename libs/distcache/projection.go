@@ -149,6 +149,9 @@ func (p *projection) localHit(raw []byte) (value []byte, found, hit bool) {
 
 func (p *projection) fetchCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	d := p.c.cfg.fetchTimeout
+	if d == 0 {
+		return ctx, func() {}
+	}
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
 		return ctx, func() {}
 	}
@@ -186,7 +189,7 @@ func (p *projection) miss(ctx context.Context, key string) (Entry, error) {
 	p.flightMu.Unlock()
 
 	fctx, cancel := p.fetchCtx(ctx)
-	vals, found, err := p.c.reader.fetch(fctx, []string{ValueKey(p.name, st.gen, key)})
+	raw, found, err := p.c.reader.fetchOne(fctx, ValueKey(p.name, st.gen, key))
 	cancel()
 	if err != nil {
 		p.fetchErrors.Add(1)
@@ -194,7 +197,7 @@ func (p *projection) miss(ctx context.Context, key string) (Entry, error) {
 		p.finish(key, cl, Entry{}, err)
 		return Entry{}, err
 	}
-	e, err := p.fill(st, key, vals[0], found[0], cl)
+	e, err := p.fill(st, key, raw, found, cl)
 	p.finish(key, cl, e, err)
 	return e, err
 }

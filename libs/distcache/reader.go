@@ -63,6 +63,42 @@ func (r *reader) fetch(ctx context.Context, keys []string) (vals []string, found
 	return fetchFrom(ctx, r.primary, keys, r.cluster)
 }
 
+// fetchOne reads one key, as fetch.
+func (r *reader) fetchOne(ctx context.Context, key string) (string, bool, error) {
+	n := len(r.readers)
+	start := 0
+	if n > 1 {
+		start = int(r.next.Add(1)) % n
+	}
+	now := time.Now().UnixNano()
+	for i := 0; i < n; i++ {
+		j := (start + i) % n
+		if r.downUntil[j].Load() > now {
+			continue
+		}
+		s, found, err := getOne(ctx, r.readers[j], key)
+		if err == nil {
+			return s, found, nil
+		}
+		if ctx.Err() != nil {
+			return "", false, err
+		}
+		r.downUntil[j].Store(time.Now().Add(readerCooldown).UnixNano())
+	}
+	return getOne(ctx, r.primary, key)
+}
+
+func getOne(ctx context.Context, rdb redis.UniversalClient, key string) (string, bool, error) {
+	s, err := rdb.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	return s, true, nil
+}
+
 // fetchPrimary reads from the primary only (used where reads must not lag
 // the change stream read from it).
 func (r *reader) fetchPrimary(ctx context.Context, keys []string) ([]string, []bool, error) {

@@ -424,6 +424,7 @@ func (p *projection) copyInto(ctx context.Context, old, ns *store, mode rebuildM
 			}
 			p.putAt(ns, it.key, it.h, e, it.t)
 		}
+		p.lastContact.Store(time.Now().UnixNano()) // a long rebuild is contact too
 		return nil
 	}
 	for i, h := range hashes {

@@ -363,6 +363,12 @@ func (e *Env) RawPipelinedSet(ctx context.Context, batch int) func(*testing.B) {
 // Percentiles are the p50 and p99 of a set of samples.
 type Percentiles struct{ P50, P99 time.Duration }
 
+// Delays are propagation delays measured two ways: from the write call
+// returning (the definition; the peer's invalidation often arrives
+// before its SET reply, giving 0) and from the write call starting (which
+// includes the write's round trip for both).
+type Delays struct{ FromReturn, FromStart Percentiles }
+
 func percentiles(d []time.Duration) Percentiles {
 	slices.Sort(d)
 	return Percentiles{P50: d[len(d)/2], P99: d[len(d)*99/100]}
@@ -370,41 +376,45 @@ func percentiles(d []time.Duration) Percentiles {
 
 // Propagation measures, samples times, the delay from Publisher.Set
 // returning to another Client's local value holding the new version.
-func (e *Env) Propagation(ctx context.Context, c *distcache.Client, samples int) (Percentiles, error) {
+func (e *Env) Propagation(ctx context.Context, c *distcache.Client, samples int) (Delays, error) {
 	key := e.Keys[0]
 	base, err := c.GetEntry(ctx, Proj, key)
 	if err != nil {
-		return Percentiles{}, err
+		return Delays{}, err
 	}
 	version := base.Version + 1000
-	d := make([]time.Duration, 0, samples)
+	fromReturn := make([]time.Duration, 0, samples)
+	fromStart := make([]time.Duration, 0, samples)
 	for range samples {
 		version++
-		if _, err := e.Pub.SetGen(ctx, Proj, 1, key, e.Value, version); err != nil {
-			return Percentiles{}, err
-		}
 		start := time.Now()
+		if _, err := e.Pub.SetGen(ctx, Proj, 1, key, e.Value, version); err != nil {
+			return Delays{}, err
+		}
+		returned := time.Now()
 		for {
 			got, err := c.GetEntry(ctx, Proj, key)
 			if err != nil {
-				return Percentiles{}, err
+				return Delays{}, err
 			}
 			if got.Version == version {
 				break
 			}
 			if time.Since(start) > 5*time.Second {
-				return Percentiles{}, fmt.Errorf("version %d never arrived", version)
+				return Delays{}, fmt.Errorf("version %d never arrived", version)
 			}
 			runtime.Gosched()
 		}
-		d = append(d, time.Since(start))
+		now := time.Now()
+		fromReturn = append(fromReturn, now.Sub(returned))
+		fromStart = append(fromStart, now.Sub(start))
 	}
-	return percentiles(d), nil
+	return Delays{percentiles(fromReturn), percentiles(fromStart)}, nil
 }
 
 // RueidisInvalidation measures, samples times, the delay from a go-redis SET
 // returning to rueidis receiving the invalidation of the key it caches.
-func (e *Env) RueidisInvalidation(ctx context.Context, samples int) (Percentiles, error) {
+func (e *Env) RueidisInvalidation(ctx context.Context, samples int) (Delays, error) {
 	key := "raw:" + e.Keys[1]
 	var got atomic.Int64
 	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{e.Addr},
@@ -416,28 +426,32 @@ func (e *Env) RueidisInvalidation(ctx context.Context, samples int) (Percentiles
 			}
 		}})
 	if err != nil {
-		return Percentiles{}, err
+		return Delays{}, err
 	}
 	defer rc.Close()
-	d := make([]time.Duration, 0, samples)
+	fromReturn := make([]time.Duration, 0, samples)
+	fromStart := make([]time.Duration, 0, samples)
 	for range samples {
 		if err := rc.DoCache(ctx, rc.B().Get().Key(key).Cache(), time.Hour).Error(); err != nil {
-			return Percentiles{}, err
+			return Delays{}, err
 		}
 		got.Store(0)
-		if err := e.RDB.Set(ctx, key, e.Value, 0).Err(); err != nil {
-			return Percentiles{}, err
-		}
 		start := time.Now()
+		if err := e.RDB.Set(ctx, key, e.Value, 0).Err(); err != nil {
+			return Delays{}, err
+		}
+		returned := time.Now()
 		for got.Load() == 0 {
 			if time.Since(start) > 5*time.Second {
-				return Percentiles{}, fmt.Errorf("no invalidation")
+				return Delays{}, fmt.Errorf("no invalidation")
 			}
 			runtime.Gosched()
 		}
-		d = append(d, time.Duration(max(got.Load()-start.UnixNano(), 0))) // it may beat SET's reply
+		at := got.Load()
+		fromReturn = append(fromReturn, time.Duration(max(at-returned.UnixNano(), 0))) // it may beat SET's reply
+		fromStart = append(fromStart, time.Duration(at-start.UnixNano()))
 	}
-	return percentiles(d), nil
+	return Delays{percentiles(fromReturn), percentiles(fromStart)}, nil
 }
 
 // Memory.
@@ -449,4 +463,50 @@ func HeapInUse() uint64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.HeapAlloc
+}
+
+// MemoryPerEntry loads n keys of e.Value's size into a raw bigcache and
+// into a distcache Client (through Redis, projection "mem"), and returns the
+// live heap per entry of each.
+func (e *Env) MemoryPerEntry(ctx context.Context, n int) (distcacheBytes, bigcacheBytes float64, err error) {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = "user:" + strconv.Itoa(10_000_000+i) + "@example.com"
+	}
+	if err := e.Load(ctx, "mem", 1, keys); err != nil {
+		return 0, 0, err
+	}
+	if err := e.Pub.Cutover(ctx, "mem", 1); err != nil {
+		return 0, 0, err
+	}
+
+	h0 := HeapInUse()
+	bc, err := e.Bigcache(keys)
+	if err != nil {
+		return 0, 0, err
+	}
+	h1 := HeapInUse()
+	if bc.Len() != n {
+		return 0, 0, fmt.Errorf("bigcache holds %d entries, want %d", bc.Len(), n)
+	}
+	bigcacheBytes = float64(h1-h0) / float64(n)
+	_ = bc.Close()
+	bc = nil
+
+	h0 = HeapInUse()
+	c, err := distcache.New(ctx, distcache.WithAddrs(e.Addr),
+		distcache.WithWarmStart("mem", distcache.WarmStart{Keys: keys}))
+	if err != nil {
+		return 0, 0, err
+	}
+	h1 = HeapInUse()
+	for _, p := range c.Stats().Projections {
+		if p.Name == "mem" && p.Items != int64(n) {
+			return 0, 0, fmt.Errorf("distcache holds %d entries, want %d", p.Items, n)
+		}
+	}
+	distcacheBytes = float64(h1-h0) / float64(n)
+	_ = c.Close(ctx)
+	_, _ = e.RDB.FlushDB(ctx).Result()
+	return distcacheBytes, bigcacheBytes, nil
 }

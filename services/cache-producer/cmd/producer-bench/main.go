@@ -92,7 +92,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	redisAddr := fs.String("redis", "", "use this Redis instead of starting one")
 	kafkaAddr := fs.String("kafka", "", "use this broker instead of starting one")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
-	only := fs.String("only", "", "run only this measurement: raw, apply, fanout, replay")
+	only := fs.String("only", "", "run only this measurement: raw, apply, fanout, read, replay")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -254,6 +254,21 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		results = append(results, fan)
 	}
 
+	read := result{name: "broker read + decode only (no Redis)", n: *replayN}
+	for range *runs {
+		if !want("read") {
+			break
+		}
+		t0 := time.Now()
+		if err := readAll(ctx, kopts, replayTopic, *replayN); err != nil {
+			return err
+		}
+		read.times = append(read.times, time.Since(t0))
+	}
+	if len(read.times) > 0 {
+		results = append(results, read)
+	}
+
 	rep := result{name: "replay into a new generation (backfill)", n: *replayN, note: "1 projection (by_email)"}
 	for run := range *runs {
 		if !want("replay") {
@@ -289,6 +304,30 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if len(rep.times) > 0 {
 		fmt.Fprintf(out, "replay of %d records: median %v (goal for 1,000,000: <= 10s)\n", *replayN, rep.median().Round(time.Millisecond))
+	}
+	return nil
+}
+
+// readAll consumes topic from the start until n records are read,
+// decoding them as the producer does.
+func readAll(ctx context.Context, kopts []kgo.Opt, topic string, n int) error {
+	cl, err := kgo.NewClient(append(slices.Clone(kopts),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().At(0)}}),
+		kgo.FetchMaxBytes(64<<20), kgo.FetchMaxPartitionBytes(32<<20))...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	got := 0
+	for got < n {
+		fs := cl.PollRecords(ctx, 5000)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var raw []*kgo.Record
+		fs.EachRecord(func(r *kgo.Record) { raw = append(raw, r) })
+		projector.DecodeAll(raw)
+		got += len(raw)
 	}
 	return nil
 }

@@ -73,7 +73,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&p.rate, "rate", 1000, "latency scenario: events per second")
 	fs.DurationVar(&p.latencyTime, "latency-duration", 10*time.Second, "latency scenario: duration of one run")
 	fs.IntVar(&p.writers, "writers", 8, "latency scenario: concurrent writers")
-	fs.BoolVar(&p.txn, "txn", true, "produce in Kafka transactions (the service's default)")
+	modes := fs.String("modes", "txn,idempotent", "producer modes to measure, side by side: txn (Kafka transactions, the service's default) and/or idempotent")
 	verbose := fs.Bool("v", false, "log every relay batch (debug) to stderr")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -108,28 +108,51 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	defer k.Stop()
 
-	var thr, p50s, p99s, maxs []float64
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "scenario\trun\tresult\t\n")
-	for i := range p.runs {
-		evs, err := throughput(ctx, pg, k.Addr, p, i)
-		if err != nil {
-			return fmt.Errorf("throughput run %d: %w", i+1, err)
-		}
-		thr = append(thr, evs)
-		fmt.Fprintf(tw, "throughput (%d x %d B, batch %d)\t%d\t%.0f ev/s\t\n", p.backlog, p.payload, p.batch, i+1, evs)
+	fmt.Fprintf(tw, "scenario\tmode\trun\tresult\t\n")
+	type summary struct {
+		mode                  string
+		thr, p50s, p99s, maxs []float64
 	}
-	for i := range p.runs {
-		lat, err := latency(ctx, pg, k.Addr, p, i)
-		if err != nil {
-			return fmt.Errorf("latency run %d: %w", i+1, err)
+	var sums []summary
+	for _, mode := range strings.Split(*modes, ",") {
+		switch mode {
+		case "txn":
+			p.txn = true
+		case "idempotent":
+			p.txn = false
+		default:
+			return fmt.Errorf("-modes: unknown mode %q (want txn or idempotent)", mode)
 		}
-		p50s, p99s, maxs = append(p50s, lat.p50), append(p99s, lat.p99), append(maxs, lat.max)
-		fmt.Fprintf(tw, "commit->ack @ %d ev/s (%d events)\t%d\tp50 %.2f ms  p99 %.2f ms  max %.2f ms\t\n", p.rate, lat.n, i+1, lat.p50, lat.p99, lat.max)
+		sm := summary{mode: mode}
+		for i := range p.runs {
+			evs, err := throughput(ctx, pg, k.Addr, p, len(sums)*100+i)
+			if err != nil {
+				return fmt.Errorf("throughput run %d: %w", i+1, err)
+			}
+			sm.thr = append(sm.thr, evs)
+			fmt.Fprintf(tw, "throughput (%d x %d B, batch %d)\t%s\t%d\t%.0f ev/s\t\n", p.backlog, p.payload, p.batch, mode, i+1, evs)
+		}
+		for i := range p.runs {
+			lat, err := latency(ctx, pg, k.Addr, p, len(sums)*100+i)
+			if err != nil {
+				return fmt.Errorf("latency run %d: %w", i+1, err)
+			}
+			sm.p50s, sm.p99s, sm.maxs = append(sm.p50s, lat.p50), append(sm.p99s, lat.p99), append(sm.maxs, lat.max)
+			fmt.Fprintf(tw, "commit->ack @ %d ev/s (%d events, %d writers)\t%s\t%d\tp50 %.2f ms  p99 %.2f ms  max %.2f ms\t\n", p.rate, lat.n, p.writers, mode, i+1, lat.p50, lat.p99, lat.max)
+		}
+		sums = append(sums, sm)
 	}
-	fmt.Fprintf(tw, "\t\t\t\n")
-	fmt.Fprintf(tw, "MEDIAN throughput\t\t%.0f ev/s (goal >= 30000)\t\n", median(thr))
-	fmt.Fprintf(tw, "MEDIAN commit->ack @ %d ev/s\t\tp50 %.2f ms  p99 %.2f ms (goal p99 <= 20)  max %.2f ms\t\n", p.rate, median(p50s), median(p99s), median(maxs))
+	fmt.Fprintf(tw, "\t\t\t\t\n")
+	for _, sm := range sums {
+		fmt.Fprintf(tw, "MEDIAN throughput\t%s\t\t%.0f ev/s (goal >= 30000)\t\n", sm.mode, median(sm.thr))
+		fmt.Fprintf(tw, "MEDIAN commit->ack @ %d ev/s\t%s\t\tp50 %.2f ms  p99 %.2f ms (goal p99 <= 20)  max %.2f ms\t\n", p.rate, sm.mode, median(sm.p50s), median(sm.p99s), median(sm.maxs))
+	}
+	fmt.Fprintf(tw, "published, not measured here\tDebezium (managed Kafka Connect)\t\t~6000 ev/s\t\n")
+	fmt.Fprintf(tw, "published, not measured here\tSequin (larger hardware)\t\t~40000 ev/s\t\n")
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Fprintf(tw, "machine load average at the end\t\t\t%s\t\n", strings.Join(strings.Fields(string(la))[:3], " "))
+	}
 	return tw.Flush()
 }
 

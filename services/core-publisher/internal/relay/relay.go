@@ -296,7 +296,7 @@ func (r *Relay) session(ctx context.Context) error {
 // still in the table); n+1 is produced only after n is acknowledged and
 // deleted, so per-key order holds exactly as without the pipeline.
 func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
-	var heldSince time.Time
+	var heldSince, warned time.Time
 	fenceWait := time.Duration(0)
 	var cur *batch
 	for {
@@ -351,11 +351,16 @@ func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
 			// fence moves as usual (transactions are short), back off to the
 			// poll interval behind a long-running transaction.
 			if heldSince.IsZero() {
-				heldSince = time.Now()
+				heldSince, warned = time.Now(), time.Time{}
 			}
 			limit := fenceFastLimit
-			if time.Since(heldSince) > time.Second {
+			if held := time.Since(heldSince); held > time.Second {
 				limit = r.o.pollInterval
+				if held > 5*time.Second && time.Since(warned) > 30*time.Second {
+					warned = time.Now()
+					r.o.log.Warn("committed outbox rows held back by an older transaction still open (see pg_stat_activity, backend_xid)",
+						"held_for", held.Round(time.Second))
+				}
 			}
 			fenceWait = min(max(2*fenceWait, fenceFirstWait), limit, r.o.pollInterval)
 			wait = fenceWait

@@ -468,3 +468,64 @@ func TestRelayLeaseOneActive(t *testing.T) {
 	}
 	checkAllOrdered(t, reader.Events, want, 0)
 }
+
+// TestRelayFenceHoldsBackUntilOlderTxEnds: a row committed while an older
+// transaction is still open is not final: the relay leaves it (and every row
+// after it) in the outbox, pass after pass, until that transaction ends;
+// then it publishes both in id order, the older transaction's row first.
+func TestRelayFenceHoldsBackUntilOlderTxEnds(t *testing.T) {
+	t.Parallel()
+	dbURL := devstacktest.Database(t)
+	k := devstacktest.Kafka(t)
+	pool := pubtest.Migrate(t, dbURL)
+	ctx := context.Background()
+	w, _ := events.NewOutboxWriter()
+	write := func(tx pgx.Tx, key string) {
+		t.Helper()
+		if err := w.Write(ctx, tx, events.Envelope{Aggregate: "fence", Key: key, Op: events.OpUpsert, Payload: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Publish one event first so the topic exists and the relay is warm.
+	warm, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(warm, "warm")
+	if err := warm.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := startRelay(t, dbURL, k.Addr, WithPollInterval(20*time.Millisecond))
+	reader := pubtest.NewReader(t, k.Addr, "distcache.fence")
+	reader.ReadUntil(t, 20*time.Second, func(evs []pubtest.Event) bool { return len(evs) == 1 }, "warm-up event")
+
+	older, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer older.Rollback(ctx)
+	write(older, "older") // takes an xid and the lower outbox id
+	younger, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(younger, "younger")
+	if err := younger.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Let the relay make several passes over the committed row.
+	for range 5 {
+		before := r.Status().LastOK
+		devstacktest.Eventually(t, 5*time.Second, func() bool { return r.Status().LastOK.After(before) }, "a relay pass")
+	}
+	if got := pubtest.Count(t, pool, `SELECT count(*) FROM distcache_outbox WHERE agg_key = 'younger'`); got != 1 {
+		t.Fatalf("younger row while an older transaction is open: %d in the outbox, want 1 (held back)", got)
+	}
+	if err := older.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reader.ReadUntil(t, 10*time.Second, func(evs []pubtest.Event) bool { return len(evs) == 3 }, "both events after the older transaction ended")
+	if got := []string{reader.Events[1].Key, reader.Events[2].Key}; got[0] != "older" || got[1] != "younger" {
+		t.Errorf("order: got %v, want [older younger] (id order once both are final)", got)
+	}
+}

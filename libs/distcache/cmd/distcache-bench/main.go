@@ -1,0 +1,182 @@
+// Command distcache-bench measures the figures of issue 3's benchmark table
+// and prints them as a Markdown table: distcache next to each peer (rueidis
+// client-side caching, raw bigcache, bare go-redis), on the same keys, in the
+// same run, each measured -count times (interleaved with its peer) and
+// reported as the median.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/distcache/distcache/libs/distcache/internal/benchkit"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "distcache-bench:", err)
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	ns     float64
+	allocs int64
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	testing.Init()
+	fs := flag.NewFlagSet("distcache-bench", flag.ContinueOnError)
+	keys := fs.Int("keys", 100_000, "keys loaded")
+	size := fs.Int("value", 200, "value size in bytes")
+	count := fs.Int("count", 5, "runs of each measure (median reported)")
+	benchtime := fs.Duration("benchtime", time.Second, "time per benchmark run")
+	samples := fs.Int("samples", 2000, "propagation samples per run")
+	memN := fs.Int("mem", 1_000_000, "entries for the memory measure (0: skip)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := flag.Set("test.benchtime", benchtime.String()); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "loading %d keys of %d bytes...\n", *keys, *size)
+	e, err := benchkit.Start(ctx, *keys, *size)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	dc, err := e.Client(ctx)
+	if err != nil {
+		return err
+	}
+	defer dc.Close(ctx)
+	rc, err := e.Rueidis(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	bc, err := e.Bigcache(e.Keys)
+	if err != nil {
+		return err
+	}
+	defer bc.Close()
+
+	benches := []struct {
+		name string
+		fn   func(*testing.B)
+	}{
+		{"hit serial: distcache Get", benchkit.HitDistcache(dc, e.Keys, false)},
+		{"hit serial: distcache GetAppend", benchkit.HitDistcacheAppend(dc, e.Keys)},
+		{"hit serial: rueidis DoCache", benchkit.HitRueidis(rc, e.Keys, false)},
+		{"hit serial: bigcache Get", benchkit.HitBigcache(bc, e.Keys, false)},
+		{"hit parallel: distcache Get", benchkit.HitDistcache(dc, e.Keys, true)},
+		{"hit parallel: rueidis DoCache", benchkit.HitRueidis(rc, e.Keys, true)},
+		{"hit parallel: bigcache Get", benchkit.HitBigcache(bc, e.Keys, true)},
+		{"miss: distcache Get", e.MissDistcache(ctx)},
+		{"miss: go-redis GET", e.MissGoRedis(ctx)},
+		{"publish: distcache Apply (100/batch)", e.PublishApply(ctx, 100)},
+		{"publish: go-redis pipelined SET (100/batch)", e.RawPipelinedSet(ctx, 100)},
+	}
+	res := map[string][]result{}
+	for round := range *count {
+		fmt.Fprintf(out, "round %d/%d\n", round+1, *count)
+		for _, bm := range benches {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r := testing.Benchmark(bm.fn)
+			res[bm.name] = append(res[bm.name], result{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp()})
+		}
+	}
+	var prop, inval, propS, invalS [][2]time.Duration
+	for range *count {
+		p, err := e.Propagation(ctx, dc, *samples)
+		if err != nil {
+			return err
+		}
+		q, err := e.RueidisInvalidation(ctx, *samples)
+		if err != nil {
+			return err
+		}
+		prop = append(prop, [2]time.Duration{p.FromReturn.P50, p.FromReturn.P99})
+		inval = append(inval, [2]time.Duration{q.FromReturn.P50, q.FromReturn.P99})
+		propS = append(propS, [2]time.Duration{p.FromStart.P50, p.FromStart.P99})
+		invalS = append(invalS, [2]time.Duration{q.FromStart.P50, q.FromStart.P99})
+	}
+	var memDC, memBC float64
+	if *memN > 0 {
+		fmt.Fprintf(out, "memory: loading %d entries...\n", *memN)
+		if memDC, memBC, err = e.MemoryPerEntry(ctx, *memN); err != nil {
+			return err
+		}
+	}
+
+	med := func(name string) result {
+		rs := slices.Clone(res[name])
+		slices.SortFunc(rs, func(a, b result) int {
+			switch {
+			case a.ns < b.ns:
+				return -1
+			case a.ns > b.ns:
+				return 1
+			}
+			return 0
+		})
+		return rs[len(rs)/2]
+	}
+	medDur := func(v [][2]time.Duration, i int) time.Duration {
+		d := make([]time.Duration, len(v))
+		for j := range v {
+			d[j] = v[j][i]
+		}
+		slices.Sort(d)
+		return d[len(d)/2]
+	}
+	row := func(measure, ours, peer, ratio, goal string) {
+		fmt.Fprintf(out, "| %s | %s | %s | %s | %s |\n", measure, ours, peer, ratio, goal)
+	}
+	ns := func(r result) string { return fmt.Sprintf("%.0f ns (%d allocs)", r.ns, r.allocs) }
+	fmt.Fprintf(out, "\n%d keys, %d-byte values, median of %d runs, GOMAXPROCS=%d\n\n", *keys, *size, *count, runtimeProcs())
+	fmt.Fprintln(out, "| measure | distcache | peer | ratio | goal |")
+	fmt.Fprintln(out, "|---|---|---|---|---|")
+	for _, mode := range []string{"serial", "parallel"} {
+		d, r, b := med("hit "+mode+": distcache Get"), med("hit "+mode+": rueidis DoCache"), med("hit "+mode+": bigcache Get")
+		row("local hit "+mode+" vs rueidis DoCache", ns(d), ns(r), fmt.Sprintf("%.2f×", d.ns/r.ns), "≤ 0.8×")
+		row("local hit "+mode+" vs raw bigcache Get", ns(d), ns(b), fmt.Sprintf("%.2f×", d.ns/b.ns), "≤ 1.25×")
+	}
+	a := med("hit serial: distcache GetAppend")
+	row("allocs per hit (Get / GetAppend)", fmt.Sprintf("%d / %d", med("hit serial: distcache Get").allocs, a.allocs),
+		fmt.Sprintf("bigcache Get: %d", med("hit serial: bigcache Get").allocs), "", "≤ 1 / 0")
+	m, g := med("miss: distcache Get"), med("miss: go-redis GET")
+	row("miss served from Redis vs go-redis GET", ns(m), ns(g), fmt.Sprintf("%.2f×", m.ns/g.ns), "≤ 1.1×")
+	for _, v := range []struct {
+		from        string
+		ours, peers [][2]time.Duration
+	}{{"Set returning", prop, inval}, {"Set starting", propS, invalS}} {
+		p50, p99 := medDur(v.ours, 0), medDur(v.ours, 1)
+		i50, i99 := medDur(v.peers, 0), medDur(v.peers, 1)
+		ratio := "n/a (peer p50 is 0)"
+		if i50 > 0 {
+			ratio = fmt.Sprintf("%.2f× (p50)", float64(p50)/float64(i50))
+		}
+		row("propagation from "+v.from+" to another client's local value (p50 / p99)", fmt.Sprintf("%v / %v", p50, p99),
+			fmt.Sprintf("rueidis invalidation %v / %v", i50, i99), ratio, "p50 ≤ 1.5×, p99 ≤ 2ms")
+	}
+	if *memN > 0 {
+		row(fmt.Sprintf("heap per entry at %d entries", *memN), fmt.Sprintf("%.0f B", memDC), fmt.Sprintf("bigcache %.0f B", memBC),
+			fmt.Sprintf("%.2f×", memDC/memBC), "≤ 1.15×")
+	}
+	pa, ps := med("publish: distcache Apply (100/batch)"), med("publish: go-redis pipelined SET (100/batch)")
+	row("publisher throughput (pipelined)", fmt.Sprintf("%.0f/s", 1e9/pa.ns), fmt.Sprintf("go-redis SET %.0f/s", 1e9/ps.ns),
+		fmt.Sprintf("%.2f×", ps.ns/pa.ns), "≥ 0.4×")
+	return nil
+}
