@@ -101,8 +101,10 @@ bench: setup
 	@echo "make bench: see README, Benchmarks"
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PREFIX)/libs/distcache/...
 
-proto:
-	$(MAKE) -C services/control-plane -f proto.mk
+include services/control-plane/proto.mk
+
+## proto: regenerate the control-plane's gRPC, grpc-gateway and OpenAPI code (needs protoc)
+proto: controlplane-proto
 
 deploy-check:
 	@if [ -f deploy/check.mk ]; then $(MAKE) --no-print-directory -f deploy/check.mk; else echo "deploy-check: deploy/ has no manifests yet"; fi

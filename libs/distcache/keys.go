@@ -41,11 +41,12 @@ import (
 // version for a configurable time (WithTombstoneTTL) so that an older write
 // arriving later cannot resurrect the key.
 //
-// Change stream entries have the fields k (the user key), v (version, same
-// 16-hex form), o ("s" set or "d" delete) and d (payload, empty for deletes).
-// Streams are capped with approximate trimming (XADD MAXLEN ~ n, see
-// WithStreamMaxLen); a client that finds its last position trimmed away has a
-// gap and revalidates that projection.
+// Change stream entries have two fields: k, the user key, and v, the value
+// exactly as stored in the value key (version, op byte, payload), so a
+// tombstone's v is its version followed by "d". Streams are capped with
+// approximate trimming (MAXLEN ~ n, see WithStreamMaxLen); a client that
+// finds its last position trimmed away has a gap and revalidates that
+// projection.
 //
 // Control stream entries have the fields t ("cutover"), gen (the new
 // generation) and prev (the generation the pointer named before, "0" for

@@ -138,27 +138,26 @@ func NewPublisher(rdb redis.UniversalClient, opts ...PublisherOption) (*Publishe
 // entry. Returns 1 when applied, 2 when the same version is already stored, 0
 // when a newer one is.
 var writeScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[1])
-if cur and string.len(cur) >= 16 then
+local cur = redis.call('GETRANGE', KEYS[1], 0, 15)
+if string.len(cur) == 16 then
+  if cur == ARGV[1] then return 2 end
   local ch = tonumber(string.sub(cur, 1, 8), 16)
   local cl = tonumber(string.sub(cur, 9, 16), 16)
   local nh = tonumber(string.sub(ARGV[1], 1, 8), 16)
   local nl = tonumber(string.sub(ARGV[1], 9, 16), 16)
-  if ch and cl then
-    if ch > nh or (ch == nh and cl > nl) then return 0 end
-    if ch == nh and cl == nl then return 2 end
-  end
+  if ch and cl and (ch > nh or (ch == nh and cl > nl)) then return 0 end
 end
+local v = ARGV[1] .. ARGV[2] .. ARGV[3]
 if ARGV[2] == 'd' then
-  redis.call('SET', KEYS[1], ARGV[1] .. 'd', 'PX', ARGV[6])
+  redis.call('SET', KEYS[1], v, 'PX', ARGV[6])
 else
-  redis.call('SET', KEYS[1], ARGV[1] .. 's' .. ARGV[3])
+  redis.call('SET', KEYS[1], v)
 end
 if ARGV[7] == '1' then
   if ARGV[5] ~= '0' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'k', ARGV[4], 'v', ARGV[1], 'o', ARGV[2], 'd', ARGV[3])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'k', ARGV[4], 'v', v)
   else
-    redis.call('XADD', KEYS[2], '*', 'k', ARGV[4], 'v', ARGV[1], 'o', ARGV[2], 'd', ARGV[3])
+    redis.call('XADD', KEYS[2], '*', 'k', ARGV[4], 'v', v)
   end
 end
 return 1
@@ -178,30 +177,31 @@ for i = 1, n do
   local a = 2 + (i - 1) * 4
   local ver, op, payload, key = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local r = 1
-  local cur = redis.call('GET', vk)
-  if cur and string.len(cur) >= 16 then
-    local ch = tonumber(string.sub(cur, 1, 8), 16)
-    local cl = tonumber(string.sub(cur, 9, 16), 16)
-    local nh = tonumber(string.sub(ver, 1, 8), 16)
-    local nl = tonumber(string.sub(ver, 9, 16), 16)
-    if ch and cl then
-      if ch > nh or (ch == nh and cl > nl) then r = 0
-      elseif ch == nh and cl == nl then r = 2 end
+  local cur = redis.call('GETRANGE', vk, 0, 15)
+  if string.len(cur) == 16 then
+    if cur == ver then
+      r = 2
+    else
+      local ch = tonumber(string.sub(cur, 1, 8), 16)
+      local cl = tonumber(string.sub(cur, 9, 16), 16)
+      local nh = tonumber(string.sub(ver, 1, 8), 16)
+      local nl = tonumber(string.sub(ver, 9, 16), 16)
+      if ch and cl and (ch > nh or (ch == nh and cl > nl)) then r = 0 end
     end
   end
   if r == 1 then
+    local v = ver .. op .. payload
     if op == 'd' then
-      redis.call('SET', vk, ver .. 'd', 'PX', ARGV[2])
+      redis.call('SET', vk, v, 'PX', ARGV[2])
     else
-      redis.call('SET', vk, ver .. 's' .. payload)
+      redis.call('SET', vk, v)
     end
-    if ARGV[1] ~= '0' then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'k', key, 'v', ver, 'o', op, 'd', payload)
-    else
-      redis.call('XADD', KEYS[1], '*', 'k', key, 'v', ver, 'o', op, 'd', payload)
-    end
+    redis.call('XADD', KEYS[1], '*', 'k', key, 'v', v)
   end
   res[i] = r
+end
+if ARGV[1] ~= '0' then
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
 end
 return res
 `)
@@ -390,15 +390,15 @@ func (p *Publisher) apply(ctx context.Context, proj string, gen int64, changes [
 	for n, j := range appendIdx {
 		pr := preps[j]
 		c := &changes[pr.idx]
-		var payload any = c.Value
-		if c.Op == OpDelete {
-			payload = ""
+		v := pr.version + pr.op
+		if c.Op == OpSet {
+			v += string(c.Value)
 		}
 		args := &redis.XAddArgs{
 			Stream: stream,
 			Approx: true,
 			MaxLen: p.cfg.streamMaxLen,
-			Values: []any{"k", c.Key, "v", pr.version, "o", pr.op, "d", payload},
+			Values: []any{"k", c.Key, "v", v},
 		}
 		xcmds[n] = pipe.XAdd(ctx, args)
 	}

@@ -102,16 +102,14 @@ func (p *projection) preroll(ctx context.Context, st *store, pos string) {
 func parseChange(m redis.XMessage) (key string, version int64, op byte, payload string, ok bool) {
 	k, _ := m.Values["k"].(string)
 	v, _ := m.Values["v"].(string)
-	o, _ := m.Values["o"].(string)
-	d, _ := m.Values["d"].(string)
-	if k == "" || len(o) != 1 || (o[0] != opSet && o[0] != opDelete) {
+	if k == "" {
 		return "", 0, 0, "", false
 	}
-	version, err := parseVersionHex(v)
+	version, op, payload, err := decodeValue(v)
 	if err != nil {
 		return "", 0, 0, "", false
 	}
-	return k, version, o[0], d, true
+	return k, version, op, payload, true
 }
 
 // tail follows the projection until ctx is done: the control stream (for

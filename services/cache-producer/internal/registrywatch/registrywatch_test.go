@@ -59,7 +59,15 @@ func TestWatcherFollowsRegistry(t *testing.T) {
 		defer mu.Unlock()
 		last, loads = s, loads+1
 	}}
-	go w.Run(ctx)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		_ = w.Run(ctx)
+	}()
+	defer func() { // before pool.Close, which waits for the LISTEN connection
+		cancel()
+		<-stopped
+	}()
 	snapshot := func() (registrywatch.Snapshot, int) {
 		mu.Lock()
 		defer mu.Unlock()

@@ -39,6 +39,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -61,6 +62,7 @@ type params struct {
 	latencyTime time.Duration
 	writers     int
 	txn         bool
+	asyncCommit bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -73,6 +75,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&p.rate, "rate", 1000, "latency scenario: events per second")
 	fs.DurationVar(&p.latencyTime, "latency-duration", 10*time.Second, "latency scenario: duration of one run")
 	fs.IntVar(&p.writers, "writers", 8, "latency scenario: concurrent writers")
+	fs.BoolVar(&p.asyncCommit, "writer-async-commit", false, "latency scenario: writers commit with synchronous_commit=off (diagnoses fsync stalls)")
 	modes := fs.String("modes", "txn,idempotent", "producer modes to measure, side by side: txn (Kafka transactions, the service's default) and/or idempotent")
 	verbose := fs.Bool("v", false, "log every relay batch (debug) to stderr")
 	if err := fs.Parse(args); err != nil {
@@ -116,32 +119,36 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	var sums []summary
 	for _, mode := range strings.Split(*modes, ",") {
-		switch mode {
-		case "txn":
-			p.txn = true
-		case "idempotent":
-			p.txn = false
-		default:
+		if mode != "txn" && mode != "idempotent" {
 			return fmt.Errorf("-modes: unknown mode %q (want txn or idempotent)", mode)
 		}
-		sm := summary{mode: mode}
-		for i := range p.runs {
-			evs, err := throughput(ctx, pg, k.Addr, p, len(sums)*100+i)
+		sums = append(sums, summary{mode: mode})
+	}
+	// Modes alternate run by run so a change in the machine's load hits
+	// them alike.
+	for i := range p.runs {
+		for m := range sums {
+			sm := &sums[m]
+			p.txn = sm.mode == "txn"
+			evs, err := throughput(ctx, pg, k.Addr, p, m*100+i)
 			if err != nil {
 				return fmt.Errorf("throughput run %d: %w", i+1, err)
 			}
 			sm.thr = append(sm.thr, evs)
-			fmt.Fprintf(tw, "throughput (%d x %d B, batch %d)\t%s\t%d\t%.0f ev/s\t\n", p.backlog, p.payload, p.batch, mode, i+1, evs)
+			fmt.Fprintf(tw, "throughput (%d x %d B, batch %d)\t%s\t%d\t%.0f ev/s\t\n", p.backlog, p.payload, p.batch, sm.mode, i+1, evs)
 		}
-		for i := range p.runs {
-			lat, err := latency(ctx, pg, k.Addr, p, len(sums)*100+i)
+	}
+	for i := range p.runs {
+		for m := range sums {
+			sm := &sums[m]
+			p.txn = sm.mode == "txn"
+			lat, err := latency(ctx, pg, k.Addr, p, m*100+i)
 			if err != nil {
 				return fmt.Errorf("latency run %d: %w", i+1, err)
 			}
 			sm.p50s, sm.p99s, sm.maxs = append(sm.p50s, lat.p50), append(sm.p99s, lat.p99), append(sm.maxs, lat.max)
-			fmt.Fprintf(tw, "commit->ack @ %d ev/s (%d events, %d writers)\t%s\t%d\tp50 %.2f ms  p99 %.2f ms  max %.2f ms\t\n", p.rate, lat.n, p.writers, mode, i+1, lat.p50, lat.p99, lat.max)
+			fmt.Fprintf(tw, "commit->ack @ %d ev/s (%d events, %d writers)\t%s\t%d\tp50 %.2f ms  p99 %.2f ms  max %.2f ms\t\n", p.rate, lat.n, p.writers, sm.mode, i+1, lat.p50, lat.p99, lat.max)
 		}
-		sums = append(sums, sm)
 	}
 	fmt.Fprintf(tw, "\t\t\t\t\n")
 	for _, sm := range sums {
@@ -193,7 +200,9 @@ func buildKafkad(dir string) (string, error) {
 	return bin, nil
 }
 
+// freshDB creates database name; cleanup closes the pool and drops it.
 func freshDB(ctx context.Context, pg *devstack.Postgres, name string) (string, *pgxpool.Pool, error) {
+	_ = pg.DropDatabase(ctx, name)
 	if err := pg.CreateDatabase(ctx, name); err != nil {
 		return "", nil, err
 	}
@@ -244,7 +253,7 @@ func throughput(ctx context.Context, pg *devstack.Postgres, broker string, p par
 	if err != nil {
 		return 0, err
 	}
-	defer pool.Close()
+	defer func() { pool.Close(); _ = pg.DropDatabase(context.WithoutCancel(ctx), "thr"+strconv.Itoa(i)) }()
 	agg := "thr" + strconv.Itoa(i)
 	body := strings.Repeat("x", max(0, p.payload-30))
 	if _, err := pool.Exec(ctx, `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload)
@@ -266,6 +275,7 @@ func throughput(ctx context.Context, pg *devstack.Postgres, broker string, p par
 	if err := prod.EnsureTopic(ctx, events.Topic("bench", agg)); err != nil {
 		return 0, err
 	}
+	defer deleteTopic(broker, events.Topic("bench", agg))
 	m := pubmetrics.New()
 	start := time.Now()
 	stop, err := startRelay(ctx, url, broker, p.batch, p.txn, identity, m)
@@ -321,7 +331,7 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 	if err != nil {
 		return res, err
 	}
-	defer pool.Close()
+	defer func() { pool.Close(); _ = pg.DropDatabase(context.WithoutCancel(ctx), "lat"+strconv.Itoa(i)) }()
 	agg := "lat" + strconv.Itoa(i)
 	prod, err := producer.New([]string{broker}, producer.WithReplicationFactor(1))
 	if err != nil {
@@ -331,6 +341,7 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 	if err := prod.EnsureTopic(ctx, events.Topic("bench", agg)); err != nil {
 		return res, err
 	}
+	defer deleteTopic(broker, events.Topic("bench", agg))
 	acks := &ackTimes{acks: map[string]time.Time{}}
 	wrap := func(p relay.Producer) relay.Producer { return &ackingProducer{Producer: p, t: acks} }
 	stop, err := startRelay(ctx, url, broker, p.batch, p.txn, wrap, pubmetrics.New())
@@ -363,6 +374,12 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 				if err != nil {
 					errc <- err
 					return
+				}
+				if p.asyncCommit {
+					if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
+						errc <- err
+						return
+					}
 				}
 				if err := w.Write(ctx, tx, events.Envelope{Aggregate: agg, Key: strconv.Itoa(n), Op: events.OpUpsert, Payload: payload}); err != nil {
 					_ = tx.Rollback(ctx)
@@ -437,4 +454,16 @@ FROM distcache_outbox WHERE NOT (COALESCE(aggregate, '') = ANY($2::text[])) ORDE
 		rs.Close()
 		fmt.Fprintf(os.Stderr, "%v for %d rows: %s\n", time.Since(start), n, q)
 	}
+}
+
+// deleteTopic removes a run's topic so runs do not pile up data in the broker.
+func deleteTopic(broker, topic string) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(broker))
+	if err != nil {
+		return
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _ = kadm.NewClient(cl).DeleteTopics(ctx, topic)
 }

@@ -1,0 +1,428 @@
+// Package benchrun is distcache's pipeline benchmark (make bench): commit → edge-visible latency
+// through the whole running pipeline at two write rates, measured in process at an edge, next to
+// commit → Redis (the change stream) in the same runs; memory per cached entry next to a plain Go
+// map; and the parts' own benchmarks (libs/distcache's hit, miss and publish benchmarks against
+// rueidis and go-redis, core-publisher's and cache-producer's bench programs), run as they are and
+// parsed. Every figure is the median of several runs. The table is written as Markdown with a PNG
+// of the latency distribution, and compared with a baseline kept in the repository.
+package benchrun
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/distcache/distcache/e2e/pipeline"
+	"github.com/distcache/distcache/libs/distcache"
+)
+
+// Config is one benchmark run.
+type Config struct {
+	RepoDir, RunDir string
+	Runs            int           // runs of each measure; the median is reported
+	Duration        time.Duration // length of one latency run
+	Rates           []int         // write rates (events/s) of the latency runs
+	Items           int           // rows in the sample table
+	MemEntries      int           // entries of the memory measure
+	Parts           bool          // run the parts' own benchmarks too
+	BenchTime       string        // -benchtime of the parts' go test benchmarks
+	Out             io.Writer
+}
+
+// Full is `make bench`'s configuration; Quick a short one for trying it.
+func Full(repo, run string) Config {
+	return Config{RepoDir: repo, RunDir: run, Runs: 3, Duration: 10 * time.Second, Rates: []int{1000, 10000},
+		Items: 20000, MemEntries: 100_000, Parts: true, BenchTime: "1s"}
+}
+
+// Quick is a short configuration for trying the benchmark (single runs, short durations).
+func Quick(repo, run string) Config {
+	return Config{RepoDir: repo, RunDir: run, Runs: 1, Duration: 4 * time.Second, Rates: []int{1000, 10000},
+		Items: 5000, MemEntries: 20_000, Parts: true, BenchTime: "200ms"}
+}
+
+// Row is one line of the table.
+type Row struct {
+	Key     string  `json:"key"`     // stable identifier, used by the baseline
+	Measure string  `json:"measure"` // what is measured
+	Value   float64 `json:"value"`   // the figure, in Unit
+	Unit    string  `json:"unit"`
+	Higher  bool    `json:"higher"` // true when a higher value is better
+	Peer    string  `json:"peer"`   // the peer measured in the same run
+	Ratio   string  `json:"ratio"`
+	Goal    string  `json:"goal"`
+}
+
+// Result is the whole table plus the latency samples for the chart.
+type Result struct {
+	Rows    []Row
+	Series  []Series
+	Notes   []string
+	Started time.Time
+}
+
+func (r *Result) add(row Row) { r.Rows = append(r.Rows, row) }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Run runs the benchmark.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	out := cfg.Out
+	if out == nil {
+		out = io.Discard
+	}
+	say := func(f string, a ...any) { fmt.Fprintf(out, f+"\n", a...) }
+	res := &Result{Started: time.Now()}
+	if err := pipelineBench(ctx, cfg, res, say); err != nil {
+		return res, err
+	}
+	if cfg.Parts {
+		if err := partsBench(ctx, cfg, res, say); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string, ...any)) error {
+	say("bench: starting the pipeline (%d items) under %s", cfg.Items, cfg.RunDir)
+	p, err := pipeline.Start(ctx, pipeline.Config{RepoDir: cfg.RepoDir, RunDir: cfg.RunDir, Items: cfg.Items, Out: cfg.Out})
+	if err != nil {
+		return err
+	}
+	defer p.Stop()
+	keys := make([]string, cfg.Items)
+	for i := range keys {
+		keys[i] = pipeline.Key(i + 1)
+	}
+	edge, err := pipeline.NewEdge(ctx, p.RedisAddr, keys)
+	if err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
+	defer edge.Close(context.Background())
+	pool, err := pgxpool.New(ctx, p.CoreURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: p.RedisAddr, PoolSize: 16})
+	defer rdb.Close()
+
+	runs := map[int][]LatencyRun{}
+	for i := range cfg.Runs {
+		for _, rate := range cfg.Rates { // rates interleaved, so a change in the machine's load hits both
+			r, err := measureLatency(ctx, pool, rdb, edge, cfg.Items, rate, cfg.Duration)
+			if err != nil {
+				return fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
+			}
+			say("bench: run %d/%d at %d events/s: achieved %.0f/s; commit→edge p50 %.2fms p99 %.2fms p99.9 %.2fms (%d samples, %d unseen); commit→Redis p50 %.2fms p99 %.2fms",
+				i+1, cfg.Runs, rate, r.Achieved, ms(r.Edge.P50), ms(r.Edge.P99), ms(r.Edge.P999), r.Edge.N, r.Edge.Unseen, ms(r.Redis.P50), ms(r.Redis.P99))
+			runs[rate] = append(runs[rate], r)
+		}
+	}
+	for _, rate := range cfg.Rates {
+		rs := runs[rate]
+		pick := func(f func(LatencyRun) float64) float64 {
+			v := make([]float64, len(rs))
+			for i, r := range rs {
+				v[i] = f(r)
+			}
+			return median(v)
+		}
+		ach := pick(func(r LatencyRun) float64 { return r.Achieved })
+		unseen := pick(func(r LatencyRun) float64 { return float64(r.Edge.Unseen) })
+		k := strconv.Itoa(rate)
+		goal := ""
+		if rate == 1000 {
+			goal = "p99 ≤ 50 ms (Hazelcast near cache: invalidations batched up to 10 s by default)"
+		}
+		res.add(Row{Key: "achieved_rate_" + k, Measure: fmt.Sprintf("write rate achieved (target %d events/s)", rate), Value: ach, Unit: "events/s", Higher: true,
+			Ratio: fmt.Sprintf("%.2f× target", ach/float64(rate))})
+		for _, q := range []struct {
+			name string
+			edge func(LatencyRun) time.Duration
+			red  func(LatencyRun) time.Duration
+		}{
+			{"p50", func(r LatencyRun) time.Duration { return r.Edge.P50 }, func(r LatencyRun) time.Duration { return r.Redis.P50 }},
+			{"p99", func(r LatencyRun) time.Duration { return r.Edge.P99 }, func(r LatencyRun) time.Duration { return r.Redis.P99 }},
+			{"p99.9", func(r LatencyRun) time.Duration { return r.Edge.P999 }, func(r LatencyRun) time.Duration { return r.Redis.P999 }},
+		} {
+			e := pick(func(r LatencyRun) float64 { return ms(q.edge(r)) })
+			rd := pick(func(r LatencyRun) float64 { return ms(q.red(r)) })
+			g := ""
+			if q.name == "p99" {
+				g = goal
+			}
+			res.add(Row{Key: "latency_" + q.name + "_" + k, Measure: fmt.Sprintf("commit → edge-visible %s at %d events/s", q.name, rate), Value: e, Unit: "ms",
+				Peer: fmt.Sprintf("commit → Redis change stream %.2f ms", rd), Ratio: fmt.Sprintf("edge tail adds %.2f ms", e-rd), Goal: g})
+		}
+		if unseen > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("at %d events/s a median of %.0f commits per run were not seen at the edge within 10 s of the run's end", rate, unseen))
+		}
+		var all []time.Duration
+		for _, r := range rs {
+			all = append(all, r.Samples...)
+		}
+		res.Series = append(res.Series, Series{Label: fmt.Sprintf("%d events/s target (%.0f achieved)", rate, ach), Samples: all})
+	}
+
+	// Memory per cached entry: a distcache Client holding MemEntries keys, next to a plain map.
+	if cfg.MemEntries > 0 {
+		var dcB, mapB []float64
+		for range cfg.Runs {
+			d, m, err := memoryPerEntry(ctx, rdb, p.RedisAddr, cfg.MemEntries)
+			if err != nil {
+				return fmt.Errorf("memory: %w", err)
+			}
+			dcB, mapB = append(dcB, d), append(mapB, m)
+		}
+		d, m := median(dcB), median(mapB)
+		res.add(Row{Key: "memory_per_entry", Measure: fmt.Sprintf("edge heap per cached entry (%d entries, 200-byte values)", cfg.MemEntries), Value: d, Unit: "B",
+			Peer: fmt.Sprintf("map[string][]byte %.0f B", m), Ratio: fmt.Sprintf("%.2f×", d/m)})
+	}
+	return nil
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// memoryPerEntry loads n keys with 200-byte values into a projection of its own, then measures
+// the live heap of a Client that holds them all and of a map holding the same keys and values.
+func memoryPerEntry(ctx context.Context, rdb *redis.Client, addr string, n int) (dcBytes, mapBytes float64, err error) {
+	const proj = "mem_probe"
+	pub, err := distcache.NewPublisher(rdb)
+	if err != nil {
+		return 0, 0, err
+	}
+	gen := time.Now().UnixNano() % 1_000_000_000
+	value := []byte(`{"pad":"` + strings.Repeat("v", 190) + `"}`)
+	keys := make([]string, n)
+	changes := make([]distcache.Change, 0, 1000)
+	for i := range keys {
+		keys[i] = "user" + strconv.Itoa(10_000_000+i) + "@example.com"
+		changes = append(changes, distcache.Change{Key: keys[i], Value: value, Version: 1, Op: distcache.OpSet})
+		if len(changes) == cap(changes) || i == n-1 {
+			if _, err := pub.Apply(ctx, proj, gen, changes); err != nil {
+				return 0, 0, err
+			}
+			changes = changes[:0]
+		}
+	}
+	if err := pub.Cutover(ctx, proj, gen); err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		_, _ = pub.RetireGeneration(context.WithoutCancel(ctx), proj, gen, 1000)
+	}()
+
+	h0 := heapInUse()
+	m := make(map[string][]byte, n)
+	for _, k := range keys {
+		m[strings.Clone(k)] = append([]byte(nil), value...)
+	}
+	h1 := heapInUse()
+	mapBytes = float64(h1-h0) / float64(n)
+	runtime.KeepAlive(m)
+	m = nil
+
+	h0 = heapInUse()
+	c, err := distcache.New(ctx, distcache.WithAddrs(addr), distcache.WithWarmStart(proj, distcache.WarmStart{Keys: keys}))
+	if err != nil {
+		return 0, 0, err
+	}
+	h1 = heapInUse()
+	defer c.Close(ctx)
+	for _, ps := range c.Stats().Projections {
+		if ps.Name == proj && ps.Items != int64(n) {
+			return 0, 0, fmt.Errorf("the client holds %d entries, want %d", ps.Items, n)
+		}
+	}
+	return float64(int64(h1)-int64(h0)) / float64(n), mapBytes, nil
+}
+
+func partsBench(ctx context.Context, cfg Config, res *Result, say func(string, ...any)) error {
+	lib := filepath.Join(cfg.RepoDir, "libs", "distcache")
+	say("bench: libs/distcache go test -bench (Hit, Miss, Publish; -count %d -benchtime %s)", cfg.Runs, cfg.BenchTime)
+	b, err := goBench(ctx, lib, "^(BenchmarkHit|BenchmarkMiss|BenchmarkPublish)$", cfg.BenchTime, cfg.Runs)
+	if err != nil {
+		return err
+	}
+	get := func(name string) float64 { return median(b["Benchmark"+name]) }
+	for _, mode := range []string{"serial", "parallel"} {
+		d, r := get("Hit/"+mode+"/distcache"), get("Hit/"+mode+"/rueidis-DoCache")
+		res.add(Row{Key: "hit_" + mode, Measure: "edge local hit, " + mode, Value: d, Unit: "ns/op",
+			Peer: fmt.Sprintf("rueidis DoCache %.0f ns/op", r), Ratio: ratio(d, r), Goal: "≤ 0.8× rueidis"})
+	}
+	d, g := get("Miss/distcache"), get("Miss/go-redis-GET")
+	res.add(Row{Key: "miss", Measure: "edge miss served from Redis", Value: d, Unit: "ns/op",
+		Peer: fmt.Sprintf("go-redis GET %.0f ns/op", g), Ratio: ratio(d, g), Goal: "≤ 1.1× go-redis"})
+	pa, ps := get("Publish/distcache-Apply-100"), get("Publish/go-redis-pipelined-SET-100")
+	if pa > 0 && ps > 0 {
+		res.add(Row{Key: "publish_apply", Measure: "distcache.Publisher.Apply (batches of 100)", Value: 1e9 / pa, Unit: "writes/s", Higher: true,
+			Peer: fmt.Sprintf("go-redis pipelined SET %.0f/s", 1e9/ps), Ratio: ratio(ps, pa)})
+	}
+
+	say("bench: services/cache-producer producer-bench")
+	n := "200000"
+	if cfg.Runs == 1 {
+		n = "30000"
+	}
+	pout, err := runProgram(ctx, filepath.Join(cfg.RepoDir, "services", "cache-producer"), "./cmd/producer-bench",
+		"-runs", strconv.Itoa(cfg.Runs), "-n", n, "-replay-n", n)
+	if err != nil {
+		return err
+	}
+	const (
+		raw    = "raw pipelined SET (go-redis)"
+		fan    = "broker → Redis fan-out, 2 projections"
+		replay = "replay into a new generation (backfill)"
+	)
+	pr := parseProducer(pout, raw, fan, replay)
+	if pr[raw] == 0 || pr[fan] == 0 || pr[replay] == 0 {
+		return fmt.Errorf("producer-bench: could not read its table:\n%s", pout)
+	}
+	res.add(Row{Key: "producer_fanout", Measure: "cache-producer: broker → Redis, records/s (each record written to 2 projections)", Value: pr[fan], Unit: "records/s", Higher: true,
+		Peer: fmt.Sprintf("raw pipelined SET %.0f/s", pr[raw]), Ratio: fmt.Sprintf("%.2f× (writes: %.2f×)", pr[fan]/pr[raw], 2*pr[fan]/pr[raw])})
+	res.add(Row{Key: "backfill", Measure: "backfill: topic replayed into a new generation, records/s", Value: pr[replay], Unit: "records/s", Higher: true,
+		Peer: fmt.Sprintf("raw pipelined SET %.0f/s", pr[raw]), Ratio: ratio(pr[replay], pr[raw]), Goal: "1,000,000 records ≤ 10 s"})
+
+	say("bench: services/core-publisher publisher-bench")
+	backlog := "100000"
+	if cfg.Runs == 1 {
+		backlog = "20000"
+	}
+	qout, err := runProgram(ctx, filepath.Join(cfg.RepoDir, "services", "core-publisher"), "./cmd/publisher-bench",
+		"-runs", strconv.Itoa(cfg.Runs), "-backlog", backlog, "-latency-duration", "2s")
+	if err != nil {
+		return err
+	}
+	pm := parsePublisher(qout)
+	if pm["txn"] == 0 {
+		return fmt.Errorf("publisher-bench: could not read its table:\n%s", qout)
+	}
+	peer := "published, not measured: Debezium ~6,000 ev/s"
+	if pm["idempotent"] > 0 {
+		peer = fmt.Sprintf("idempotent producer (no Kafka transactions) %.0f ev/s", pm["idempotent"])
+	}
+	res.add(Row{Key: "publisher", Measure: fmt.Sprintf("core-publisher: outbox backlog (%s rows, 1 KB) → broker, transactional", backlog), Value: pm["txn"], Unit: "events/s", Higher: true,
+		Peer: peer, Ratio: ratio(pm["txn"], pm["idempotent"]), Goal: "≥ 30,000 ev/s"})
+	return nil
+}
+
+func ratio(a, b float64) string {
+	if a == 0 || b == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// Baseline is the figures a run is compared against (e2e/baseline.json).
+type Baseline struct {
+	Note string             `json:"note"`
+	Rows map[string]float64 `json:"rows"`
+}
+
+// Regression is a figure worse than its baseline by more than the threshold.
+type Regression struct {
+	Key             string
+	Baseline, Value float64
+	Change          float64 // relative, positive = worse
+}
+
+// Compare flags rows worse than the baseline by more than threshold (0.2 = 20%).
+func Compare(rows []Row, base Baseline, threshold float64) []Regression {
+	var out []Regression
+	for _, r := range rows {
+		b, ok := base.Rows[r.Key]
+		if !ok || b == 0 || r.Value == 0 {
+			continue
+		}
+		worse := (r.Value - b) / b
+		if r.Higher {
+			worse = (b - r.Value) / b
+		}
+		if worse > threshold {
+			out = append(out, Regression{Key: r.Key, Baseline: b, Value: r.Value, Change: worse})
+		}
+	}
+	return out
+}
+
+// ReadBaseline reads a baseline file.
+func ReadBaseline(path string) (Baseline, error) {
+	var b Baseline
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return b, err
+	}
+	if err := json.Unmarshal(data, &b); err != nil {
+		return b, fmt.Errorf("baseline %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// WriteBaseline writes the rows as a baseline file.
+func WriteBaseline(path, note string, rows []Row) error {
+	b := Baseline{Note: note, Rows: map[string]float64{}}
+	for _, r := range rows {
+		b.Rows[r.Key] = math.Round(r.Value*100) / 100
+	}
+	data, err := json.MarshalIndent(b, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(data, '\n'), 0o644)
+}
+
+// WriteMarkdown writes the table, the regressions and the notes.
+func WriteMarkdown(w io.Writer, cfg Config, res *Result, regs []Regression, baseline string) error {
+	fmt.Fprintf(w, "# distcache pipeline benchmark\n\n")
+	la, _ := os.ReadFile("/proc/loadavg")
+	load := strings.Join(strings.Fields(string(la))[:min(3, len(strings.Fields(string(la))))], " ")
+	fmt.Fprintf(w, "%s, GOMAXPROCS=%d, load average at the end %s. Each figure is the median of %d runs; its peer was measured in the same runs.\n\n",
+		res.Started.UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), load, cfg.Runs)
+	fmt.Fprintln(w, "| measure | value | peer (same run) | ratio | goal |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	for _, r := range res.Rows {
+		v := strconv.FormatFloat(r.Value, 'f', 0, 64)
+		if r.Unit == "ms" {
+			v = strconv.FormatFloat(r.Value, 'f', 2, 64)
+		}
+		fmt.Fprintf(w, "| %s | %s %s | %s | %s | %s |\n", r.Measure, v, r.Unit, r.Peer, r.Ratio, r.Goal)
+	}
+	fmt.Fprintf(w, "\nLatency is measured in process at an edge (a distcache.Client holding every item): each writer commits a batch "+
+		"of updates and records the time COMMIT returned; a poller reads the items in flight from the edge's local memory every 100 µs "+
+		"and a second watcher tails the generation's change stream in Redis.\n\n![latency distribution](latency.png)\n\n")
+	if len(regs) == 0 {
+		fmt.Fprintf(w, "Compared with %s: no figure worse by more than 20%%.\n", baseline)
+	} else {
+		fmt.Fprintf(w, "Compared with %s: **%d figure(s) worse by more than 20%%**\n\n", baseline, len(regs))
+		for _, g := range regs {
+			fmt.Fprintf(w, "- %s: %.2f, baseline %.2f (%.0f%% worse)\n", g.Key, g.Value, g.Baseline, 100*g.Change)
+		}
+	}
+	for _, n := range res.Notes {
+		fmt.Fprintf(w, "\n- %s\n", n)
+	}
+	return nil
+}
+
+// ErrRegression is returned (with -strict) when a figure regressed.
+var ErrRegression = errors.New("bench: regression over 20% against the baseline")

@@ -1,0 +1,107 @@
+package benchrun
+
+import (
+	"bytes"
+	"image/png"
+	"testing"
+	"time"
+)
+
+func TestParseBench(t *testing.T) {
+	t.Parallel()
+	text := "goos: linux\nBenchmarkHit/serial/distcache-2         \t 9876543\t       121.5 ns/op\t      0 B/op\t 0 allocs/op\n" +
+		"BenchmarkHit/serial/distcache-2 \t 100 \t 130.5 ns/op\nBenchmarkMiss/go-redis-GET \t 10 \t 25000 ns/op\nPASS\n"
+	got := parseBench(text)
+	if v := got["BenchmarkHit/serial/distcache"]; len(v) != 2 || v[0] != 121.5 || v[1] != 130.5 {
+		t.Errorf("distcache hit runs = %v, want [121.5 130.5]", v)
+	}
+	if v := got["BenchmarkMiss/go-redis-GET"]; len(v) != 1 || v[0] != 25000 {
+		t.Errorf("miss runs = %v, want [25000]", v)
+	}
+}
+
+func TestJoinTestOutput(t *testing.T) {
+	t.Parallel()
+	in := `{"Action":"start","Package":"x"}
+{"Action":"output","Output":"BenchmarkHit/serial/distcache-2 \t"}
+{"Action":"output","Output":" 10\t 99 ns/op\n"}
+`
+	if got := parseBench(joinTestOutput([]byte(in)))["BenchmarkHit/serial/distcache"]; len(got) != 1 || got[0] != 99 {
+		t.Errorf("parsed %v, want [99]", got)
+	}
+}
+
+func TestParsePrograms(t *testing.T) {
+	t.Parallel()
+	pub := "          MEDIAN throughput         txn    31234 ev/s (goal >= 30000)\n MEDIAN throughput  idempotent   45000 ev/s (goal >= 30000)\n"
+	if got := parsePublisher(pub); got["txn"] != 31234 || got["idempotent"] != 45000 {
+		t.Errorf("publisher = %v", got)
+	}
+	prod := "                           measurement  records  runs  median time  median rate (/s)  ratio to raw SET  note\n" +
+		"          raw pipelined SET (go-redis)   200000     3        1.2s            166666            1.000×\n" +
+		" broker → Redis fan-out, 2 projections   200000     3        4s              50000             0.300×  records/s\n"
+	got := parseProducer(prod, "raw pipelined SET (go-redis)", "broker → Redis fan-out, 2 projections", "missing")
+	if got["raw pipelined SET (go-redis)"] != 166666 || got["broker → Redis fan-out, 2 projections"] != 50000 || got["missing"] != 0 {
+		t.Errorf("producer = %v", got)
+	}
+}
+
+func TestCompare(t *testing.T) {
+	t.Parallel()
+	rows := []Row{
+		{Key: "lat", Value: 13, Unit: "ms"},       // lower is better: 30% worse
+		{Key: "ok", Value: 11, Unit: "ms"},        // 10% worse: not flagged
+		{Key: "thr", Value: 70, Higher: true},     // higher is better: 30% worse
+		{Key: "faster", Value: 200, Higher: true}, // better
+		{Key: "new", Value: 5},                    // not in the baseline
+	}
+	base := Baseline{Rows: map[string]float64{"lat": 10, "ok": 10, "thr": 100, "faster": 100}}
+	got := Compare(rows, base, 0.2)
+	if len(got) != 2 || got[0].Key != "lat" || got[1].Key != "thr" {
+		t.Fatalf("regressions = %+v, want lat and thr", got)
+	}
+	if got[0].Change < 0.29 || got[0].Change > 0.31 {
+		t.Errorf("lat change = %v, want 0.3", got[0].Change)
+	}
+}
+
+func TestTrackerAndSummary(t *testing.T) {
+	t.Parallel()
+	tr := newTracker()
+	t0 := time.Now()
+	tr.add(7, 1, t0)
+	tr.add(7, 2, t0.Add(time.Millisecond))
+	tr.add(8, 5, t0)
+	tr.seen(7, 2, t0.Add(3*time.Millisecond)) // both commits of item 7 become visible at once
+	tr.seen(8, 4, t0.Add(time.Second))        // an older value: commit 5 still pending
+	if len(tr.lat) != 2 || tr.lat[0] != 3*time.Millisecond || tr.lat[1] != 2*time.Millisecond {
+		t.Errorf("latencies = %v, want [3ms 2ms]", tr.lat)
+	}
+	if ids := tr.ids(nil); len(ids) != 1 || ids[0] != 8 {
+		t.Errorf("pending ids = %v, want [8]", ids)
+	}
+	var lat []time.Duration
+	for i := 1; i <= 1000; i++ {
+		lat = append(lat, time.Duration(i)*time.Millisecond)
+	}
+	d := summarize(lat, 3)
+	if d.N != 1000 || d.P50 != 501*time.Millisecond || d.P99 != 991*time.Millisecond || d.P999 != 1000*time.Millisecond || d.Unseen != 3 {
+		t.Errorf("summary = %+v", d)
+	}
+}
+
+func TestWriteChart(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	s := []Series{{Label: "a", Samples: []time.Duration{time.Millisecond, 2 * time.Millisecond}}, {Label: "b"}}
+	if err := WriteChart(&buf, "t", s); err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(&buf)
+	if err != nil {
+		t.Fatalf("not a PNG: %v", err)
+	}
+	if b := img.Bounds(); b.Dx() != 900 || b.Dy() != 520 {
+		t.Errorf("size %v, want 900x520", b)
+	}
+}

@@ -1,0 +1,262 @@
+package benchrun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/distcache/distcache/e2e/pipeline"
+	"github.com/distcache/distcache/libs/distcache"
+)
+
+// tracker matches committed (item, seq) pairs with the moment a stage first shows them.
+type tracker struct {
+	mu      sync.Mutex
+	pending map[int64][]commit
+	lat     []time.Duration
+	unseen  int
+}
+
+type commit struct {
+	seq int64
+	at  time.Time
+}
+
+func newTracker() *tracker { return &tracker{pending: map[int64][]commit{}} }
+
+func (t *tracker) add(id, seq int64, at time.Time) {
+	t.mu.Lock()
+	t.pending[id] = append(t.pending[id], commit{seq, at})
+	t.mu.Unlock()
+}
+
+// seen records that item id shows seq (and so every commit of it up to seq) at now.
+func (t *tracker) seen(id, seq int64, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p := t.pending[id]
+	n := 0
+	for n < len(p) && p[n].seq <= seq {
+		t.lat = append(t.lat, now.Sub(p[n].at))
+		n++
+	}
+	if n == len(p) {
+		delete(t.pending, id)
+	} else if n > 0 {
+		t.pending[id] = p[n:]
+	}
+}
+
+func (t *tracker) ids(buf []int64) []int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	buf = buf[:0]
+	for id := range t.pending {
+		buf = append(buf, id)
+	}
+	return buf
+}
+
+// Dist is a latency distribution's summary.
+type Dist struct {
+	N              int
+	P50, P99, P999 time.Duration
+	Max            time.Duration
+	Unseen         int
+}
+
+func summarize(lat []time.Duration, unseen int) Dist {
+	s := slices.Clone(lat)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return Dist{Unseen: unseen}
+	}
+	at := func(q float64) time.Duration { return s[min(len(s)-1, int(q*float64(len(s))))] }
+	return Dist{N: len(s), P50: at(0.5), P99: at(0.99), P999: at(0.999), Max: s[len(s)-1], Unseen: unseen}
+}
+
+// LatencyRun is one timed run at a target rate.
+type LatencyRun struct {
+	Target   int
+	Achieved float64 // committed events/s
+	Edge     Dist    // commit → the edge's local value shows it
+	Redis    Dist    // commit → the generation's change stream holds it
+	Samples  []time.Duration
+}
+
+// measureLatency drives rate updates/s for d into the core table and times each one at the edge
+// (polling its local value, in process) and at Redis (tailing the change stream).
+func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, edge *distcache.Client, items, rate int, d time.Duration) (LatencyRun, error) {
+	run := LatencyRun{Target: rate}
+	edgeT, redisT := newTracker(), newTracker()
+	gen, err := rdb.Get(ctx, distcache.PointerKey(pipeline.Projection.Name)).Int64()
+	if err != nil {
+		return run, fmt.Errorf("pointer: %w", err)
+	}
+	stream := distcache.StreamKey(pipeline.Projection.Name, gen)
+	last, err := rdb.XRevRangeN(ctx, stream, "+", "-", 1).Result()
+	if err != nil {
+		return run, err
+	}
+	pos := "0-0"
+	if len(last) > 0 {
+		pos = last[0].ID
+	}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var committed atomic.Int64
+	var writeErr atomic.Pointer[error]
+
+	// Stage 1 watcher: the change stream.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sc := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr})
+		defer sc.Close()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			res, err := sc.XRead(ctx, &redis.XReadArgs{Streams: []string{stream, pos}, Count: 1000, Block: 100 * time.Millisecond}).Result()
+			now := time.Now()
+			if err != nil {
+				continue
+			}
+			for _, s := range res {
+				for _, m := range s.Messages {
+					pos = m.ID
+					k, _ := m.Values["k"].(string)
+					v, _ := m.Values["d"].(string)
+					id, err := strconv.ParseInt(strings.TrimPrefix(k, "item-"), 10, 64)
+					if err != nil {
+						continue
+					}
+					if seq, ok := pipeline.Seq([]byte(v)); ok {
+						redisT.seen(id, seq, now)
+					}
+				}
+			}
+		}
+	}()
+	// Stage 2 watcher: the edge's local values, polled every 100 µs for the items in flight.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var ids []int64
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ids = edgeT.ids(ids)
+			for _, id := range ids {
+				e, err := edge.GetEntry(ctx, pipeline.Projection.Name, pipeline.Key(int(id)))
+				if err != nil {
+					continue
+				}
+				if seq, ok := pipeline.Seq(e.Value); ok {
+					edgeT.seen(id, seq, time.Now())
+				}
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+
+	// Writers: 4 connections, each committing a batch (one event per row) every 5 ms.
+	const writers = 4
+	tick := 5 * time.Millisecond
+	perTick := float64(rate) * tick.Seconds() / writers
+	wctx, wcancel := context.WithTimeout(ctx, d)
+	defer wcancel()
+	var ww sync.WaitGroup
+	t0 := time.Now()
+	for w := range writers {
+		ww.Add(1)
+		go func() {
+			defer ww.Done()
+			t := time.NewTicker(tick)
+			defer t.Stop()
+			owed := 0.0
+			for {
+				select {
+				case <-wctx.Done():
+					return
+				case <-t.C:
+				}
+				owed += perTick
+				n := int(owed)
+				if n == 0 {
+					continue
+				}
+				owed -= float64(n)
+				ids := make([]int64, 0, n)
+				for len(ids) < n { // distinct items, from this writer's quarter so writers never wait on each other's rows
+					id := int64(1 + w + writers*rand.IntN(items/writers))
+					if !slices.Contains(ids, id) {
+						ids = append(ids, id)
+					}
+				}
+				got, err := pipeline.Bump(wctx, pool, ids)
+				at := time.Now()
+				if err != nil {
+					if wctx.Err() == nil {
+						writeErr.CompareAndSwap(nil, &err)
+					}
+					continue
+				}
+				for id, seq := range got {
+					redisT.add(id, seq, at)
+					edgeT.add(id, seq, at)
+				}
+				committed.Add(int64(len(got)))
+			}
+		}()
+	}
+	ww.Wait()
+	elapsed := time.Since(t0)
+	// Let the last commits arrive (bounded), then stop the watchers.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		edgeT.mu.Lock()
+		redisT.mu.Lock()
+		done := len(edgeT.pending) == 0 && len(redisT.pending) == 0
+		redisT.mu.Unlock()
+		edgeT.mu.Unlock()
+		if done {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if e := writeErr.Load(); e != nil {
+		return run, fmt.Errorf("write: %w", *e)
+	}
+	for _, t := range []*tracker{edgeT, redisT} {
+		for _, p := range t.pending {
+			t.unseen += len(p)
+		}
+	}
+	run.Achieved = float64(committed.Load()) / elapsed.Seconds()
+	run.Edge = summarize(edgeT.lat, edgeT.unseen)
+	run.Redis = summarize(redisT.lat, redisT.unseen)
+	run.Samples = edgeT.lat
+	if run.Edge.N == 0 {
+		return run, errors.New("no commit reached the edge")
+	}
+	return run, nil
+}

@@ -1,0 +1,124 @@
+package benchrun
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// goBench runs `go test -run ^$ -bench pattern -json` in dir and returns every run's ns/op per
+// benchmark name (the -N GOMAXPROCS suffix removed).
+func goBench(ctx context.Context, dir, pattern, benchtime string, count int) (map[string][]float64, error) {
+	cmd := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", pattern, "-benchtime", benchtime,
+		"-count", strconv.Itoa(count), "-benchmem", "-json", ".")
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	text := joinTestOutput(out)
+	if err != nil {
+		return nil, fmt.Errorf("go test -bench in %s: %w\n%s%s", dir, err, stderr.String(), tail(text, 2000))
+	}
+	return parseBench(text), nil
+}
+
+// joinTestOutput concatenates the Output fields of `go test -json` events.
+func joinTestOutput(b []byte) string {
+	var sb strings.Builder
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		var ev struct{ Action, Output string }
+		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Action == "output" {
+			sb.WriteString(ev.Output)
+		}
+	}
+	return sb.String()
+}
+
+var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+([0-9.]+) ns/op`)
+
+func parseBench(text string) map[string][]float64 {
+	res := map[string][]float64{}
+	for _, line := range strings.Split(text, "\n") {
+		if m := benchLine.FindStringSubmatch(strings.TrimSpace(line)); m != nil {
+			if v, err := strconv.ParseFloat(m[2], 64); err == nil {
+				res[m[1]] = append(res[m[1]], v)
+			}
+		}
+	}
+	return res
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// runProgram runs `go run ./pkg args...` in dir and returns its standard output.
+func runProgram(ctx context.Context, dir, pkg string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", append([]string{"run", pkg}, args...)...)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("go run %s in %s: %w\n%s", pkg, filepath.Base(dir), err, tail(stderr.String(), 2000))
+	}
+	return string(out), nil
+}
+
+var publisherMedian = regexp.MustCompile(`MEDIAN throughput\s+(\S+)\s+([0-9.]+) ev/s`)
+
+// parsePublisher returns publisher-bench's median throughput per producer mode.
+func parsePublisher(out string) map[string]float64 {
+	res := map[string]float64{}
+	for _, m := range publisherMedian.FindAllStringSubmatch(out, -1) {
+		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
+			res[m[1]] = v
+		}
+	}
+	return res
+}
+
+// parseProducer returns producer-bench's median rate (/s) per measurement name.
+func parseProducer(out string, names ...string) map[string]float64 {
+	res := map[string]float64{}
+	for _, line := range strings.Split(out, "\n") {
+		for _, n := range names {
+			i := strings.Index(line, n)
+			if i < 0 {
+				continue
+			}
+			f := strings.Fields(line[i+len(n):]) // records, runs, median time, median rate, ratio, note
+			if len(f) >= 4 {
+				if v, err := strconv.ParseFloat(f[3], 64); err == nil {
+					res[n] = v
+				}
+			}
+		}
+	}
+	return res
+}

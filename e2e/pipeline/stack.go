@@ -1,0 +1,325 @@
+// Package pipeline stands distcache's whole pipeline up on a stack of its own, for the chaos and
+// benchmark programs: PostgreSQL (the core and control databases), a persistent redis-server, the
+// kafkad broker and Temporal's dev server, all on free loopback ports under one run directory; the
+// three services built from this checkout and run as processes; a sample core table with capture
+// triggers; and a projection registered through the control-plane's REST API. Every component can
+// be killed with SIGKILL and started again on the same port and data.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/distcache/distcache/migrations"
+	"github.com/distcache/distcache/tools/devstack"
+)
+
+// ErrConfig is wrapped by errors about a Config.
+var ErrConfig = errors.New("pipeline config")
+
+// Config is one pipeline.
+type Config struct {
+	RepoDir string    // the repository root (holds go.work)
+	RunDir  string    // binaries, data and logs; created if missing
+	Items   int       // rows seeded into the sample table (backloaded before the projection is built)
+	Token   string    // control-plane bearer token; a fixed test token when empty
+	Out     io.Writer // progress lines; nil discards
+	// PublisherEnv and ProducerEnv are extra KEY=VALUE settings for the services.
+	PublisherEnv, ProducerEnv []string
+}
+
+// Component is a part of the pipeline that can crash and come back.
+type Component interface {
+	Name() string
+	Kill() error                     // SIGKILL, as a crash would
+	Start(ctx context.Context) error // start again on the same port and data, wait until healthy
+}
+
+// Pipeline is a running pipeline.
+type Pipeline struct {
+	cfg Config
+	say func(string, ...any)
+
+	PG         *devstack.Postgres
+	CoreURL    string
+	ControlURL string
+	Redis      *Program // redis-server with an fsync'd append-only file: a crash loses nothing acknowledged
+	RedisAddr  string
+	Kafka      *devstack.Kafka
+	Temporal   *devstack.Temporal
+
+	Publisher, Producer, Control *Program
+	PublisherAddr, ProducerAddr  string
+	ControlHTTP                  string
+
+	stops []func() error
+}
+
+// Start starts the stack, the services and the sample projection, and returns once the
+// projection's first generation is live.
+func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
+	if cfg.RepoDir == "" || cfg.RunDir == "" {
+		return nil, fmt.Errorf("%w: RepoDir and RunDir are required", ErrConfig)
+	}
+	if cfg.Items < 1 {
+		return nil, fmt.Errorf("%w: Items must be positive, got %d", ErrConfig, cfg.Items)
+	}
+	if cfg.Token == "" {
+		cfg.Token = "e2e-control-plane-token"
+	}
+	out := cfg.Out
+	if out == nil {
+		out = io.Discard
+	}
+	p := &Pipeline{cfg: cfg, say: func(f string, a ...any) { fmt.Fprintf(out, f+"\n", a...) }}
+	defer func() {
+		if err != nil {
+			p.Stop()
+		}
+	}()
+	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
+		return nil, err
+	}
+	_ = os.Chmod(cfg.RunDir, 0o755) // the postgres user must traverse it
+
+	// Binaries build while the stack starts.
+	bins := map[string]string{}
+	var buildErr error
+	var bw sync.WaitGroup
+	bw.Add(1)
+	go func() {
+		defer bw.Done()
+		bins, buildErr = p.build(ctx)
+	}()
+	stackErr := p.startStack(ctx)
+	bw.Wait()
+	if stackErr != nil {
+		return nil, stackErr
+	}
+	if buildErr != nil {
+		return nil, buildErr
+	}
+
+	for _, u := range []string{p.CoreURL, p.ControlURL} {
+		if err := migrations.Up(ctx, u); err != nil {
+			return nil, fmt.Errorf("migrations: %w", err)
+		}
+	}
+	if err := prepareCore(ctx, p.CoreURL, cfg.Items); err != nil {
+		return nil, err
+	}
+	p.say("  seeded %d items", cfg.Items)
+	if err := p.startServices(ctx, bins); err != nil {
+		return nil, err
+	}
+	api := newAPI("http://"+p.ControlHTTP, cfg.Token)
+	if err := api.createProjection(ctx, Projection); err != nil {
+		return nil, fmt.Errorf("register projection %s: %w", Projection.Name, err)
+	}
+	t0 := time.Now()
+	if err := api.waitLive(ctx, Projection.Name, 5*time.Minute); err != nil {
+		return nil, err
+	}
+	p.say("  projection %s live (backfill of %d items in %v)", Projection.Name, cfg.Items, time.Since(t0).Round(time.Millisecond))
+	return p, nil
+}
+
+func (p *Pipeline) startStack(ctx context.Context) error {
+	if err := devstack.EnsureInstalled(ctx); err != nil {
+		return err
+	}
+	dir := p.cfg.RunDir
+	pg, err := devstack.StartPostgres(ctx, devstack.PostgresConfig{Dir: filepath.Join(dir, "postgres"), Mode: devstack.Attached})
+	if err != nil {
+		return fmt.Errorf("start postgres: %w", err)
+	}
+	p.PG = pg
+	p.stops = append(p.stops, pg.Stop)
+	for _, db := range []string{"core", "control"} {
+		if err := pg.CreateDatabase(ctx, db); err != nil {
+			return err
+		}
+	}
+	p.CoreURL, p.ControlURL = pg.URL("core"), pg.URL("control")
+
+	port, err := devstack.FreePort()
+	if err != nil {
+		return err
+	}
+	p.RedisAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	rdir := filepath.Join(dir, "redis")
+	if err := os.MkdirAll(rdir, 0o755); err != nil {
+		return err
+	}
+	bin, err := lookRedis()
+	if err != nil {
+		return err
+	}
+	p.Redis = &Program{name: "redis", cfg: devstack.ProgramConfig{
+		Name: "redis", Dir: rdir, Mode: devstack.Attached,
+		Args: []string{bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", rdir,
+			"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
+			"--protected-mode", "no", "--loglevel", "warning"},
+		Ready: func(ctx context.Context) error { return pingRedis(ctx, p.RedisAddr) },
+	}}
+	if err := p.Redis.Start(ctx); err != nil {
+		return err
+	}
+	p.stops = append(p.stops, p.Redis.Stop)
+
+	kbin, err := p.toolBin(ctx, "kafkad", filepath.Join(p.cfg.RepoDir, "tools"), "./cmd/kafkad", false)
+	if err != nil {
+		return err
+	}
+	k, err := devstack.StartKafka(ctx, devstack.KafkaConfig{Bin: kbin, Dir: filepath.Join(dir, "kafka"), Mode: devstack.Attached})
+	if err != nil {
+		return fmt.Errorf("start kafka: %w", err)
+	}
+	p.Kafka = k
+	p.stops = append(p.stops, k.Stop)
+
+	tbin, err := p.toolBin(ctx, "temporal", filepath.Join(p.cfg.RepoDir, "tools", "temporal"), "github.com/temporalio/cli/cmd/temporal", true)
+	if err != nil {
+		return err
+	}
+	tctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	tmp, err := devstack.StartTemporal(tctx, devstack.TemporalConfig{Bin: tbin, Dir: filepath.Join(dir, "temporal"), Headless: true, Mode: devstack.Attached})
+	if err != nil {
+		return fmt.Errorf("start temporal: %w", err)
+	}
+	p.Temporal = tmp
+	p.stops = append(p.stops, tmp.Stop)
+	p.say("  stack up: postgres %s, redis %s, kafka %s, temporal %s", pg.Addr, p.RedisAddr, k.Addr, tmp.HostPort)
+	return nil
+}
+
+// toolBin returns RepoDir/.run/bin/name, building it when missing.
+func (p *Pipeline) toolBin(ctx context.Context, name, modDir, pkg string, outside bool) (string, error) {
+	bin := filepath.Join(p.cfg.RepoDir, ".run", "bin", name)
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	p.say("  building %s (once)", name)
+	if err := devstack.GoBuild(ctx, modDir, pkg, bin, outside); err != nil {
+		return "", fmt.Errorf("build %s: %w", name, err)
+	}
+	return bin, nil
+}
+
+func lookRedis() (string, error) {
+	for _, d := range []string{"/usr/bin", "/usr/local/bin", "/usr/sbin"} {
+		if _, err := os.Stat(filepath.Join(d, "redis-server")); err == nil {
+			return filepath.Join(d, "redis-server"), nil
+		}
+	}
+	return "", fmt.Errorf("%w: redis-server", devstack.ErrMissing)
+}
+
+func pingRedis(ctx context.Context, addr string) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer c.Close()
+	return c.Ping(ctx).Err()
+}
+
+// Stop stops everything Start started.
+func (p *Pipeline) Stop() {
+	for _, s := range []*Program{p.Control, p.Producer, p.Publisher} {
+		if s != nil {
+			_ = s.Stop()
+		}
+	}
+	for i := len(p.stops) - 1; i >= 0; i-- {
+		_ = p.stops[i]()
+	}
+	p.stops = nil
+}
+
+// Components returns the parts the chaos run crashes, in its order: publisher, producer, Redis,
+// broker, PostgreSQL.
+func (p *Pipeline) Components() []Component {
+	return []Component{p.Publisher, p.Producer, p.Redis, kafkaComponent{p.Kafka}, pgComponent{p.PG}}
+}
+
+type kafkaComponent struct{ k *devstack.Kafka }
+
+func (c kafkaComponent) Name() string                    { return "broker (kafkad)" }
+func (c kafkaComponent) Kill() error                     { return c.k.Kill() }
+func (c kafkaComponent) Start(ctx context.Context) error { return c.k.Start(ctx) }
+
+type pgComponent struct{ pg *devstack.Postgres }
+
+func (c pgComponent) Name() string { return "postgresql" }
+func (c pgComponent) Kill() error  { return c.pg.Kill() }
+
+// Start waits for the killed postmaster's port to be released, then starts it again.
+func (c pgComponent) Start(ctx context.Context) error { return c.pg.Restart(ctx) }
+
+// Program is a process run with devstack.StartProgram that can be killed and started again.
+type Program struct {
+	name string
+	cfg  devstack.ProgramConfig
+	mu   sync.Mutex
+	prog *devstack.Program
+}
+
+var _ Component = (*Program)(nil)
+
+// Name is the program's name.
+func (s *Program) Name() string { return s.name }
+
+// Start starts the program and waits until it is ready.
+func (s *Program) Start(ctx context.Context) error {
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	pr, err := devstack.StartProgram(sctx, s.cfg)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", s.name, err)
+	}
+	s.mu.Lock()
+	s.prog = pr
+	s.mu.Unlock()
+	return nil
+}
+
+// Kill sends SIGKILL and waits until the process is gone.
+func (s *Program) Kill() error {
+	s.mu.Lock()
+	pr := s.prog
+	s.mu.Unlock()
+	if pr == nil {
+		return nil
+	}
+	return pr.Kill()
+}
+
+// Stop stops the program gracefully.
+func (s *Program) Stop() error {
+	s.mu.Lock()
+	pr := s.prog
+	s.mu.Unlock()
+	if pr == nil {
+		return nil
+	}
+	return pr.Stop(20 * time.Second)
+}
+
+// LogTail returns the last lines of the program's log.
+func (s *Program) LogTail() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.prog == nil {
+		return ""
+	}
+	return s.prog.LogTail()
+}
