@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/distcache/distcache/e2e/chaos"
+	"github.com/distcache/distcache/e2e/pipeline"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
 
@@ -16,6 +17,11 @@ import (
 // committed change is in Redis and at both edges (by version and seq), no edge returned a
 // version older than one it had returned, zero read errors for cached keys, and every fault was
 // injected and recovered from.
+func TestMain(m *testing.M) {
+	pipeline.QuietRedisLog()
+	devstacktest.Main(m)
+}
+
 func TestChaosShort(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()

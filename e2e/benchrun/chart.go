@@ -84,9 +84,9 @@ func WriteChart(w io.Writer, title string, series []Series) error {
 			prevX, prevY = x, y
 		}
 		ly := top + 20 + 18*i
-		line(left+pw-250, ly-4, left+pw-225, ly-4, c)
-		line(left+pw-250, ly-3, left+pw-225, ly-3, c)
-		text(left+pw-220, ly, series[i].Label)
+		line(left+pw-340, ly-4, left+pw-315, ly-4, c)
+		line(left+pw-340, ly-3, left+pw-315, ly-3, c)
+		text(left+pw-310, ly, series[i].Label)
 	}
 	return png.Encode(w, img)
 }

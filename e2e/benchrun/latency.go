@@ -139,7 +139,10 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 				for _, m := range s.Messages {
 					pos = m.ID
 					k, _ := m.Values["k"].(string)
-					v, _ := m.Values["d"].(string)
+					v, _ := m.Values["v"].(string) // the value encoding: version, op, payload
+					if v == "" {
+						v, _ = m.Values["d"].(string)
+					}
 					id, err := strconv.ParseInt(strings.TrimPrefix(k, "item-"), 10, 64)
 					if err != nil {
 						continue
@@ -176,10 +179,10 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 		}
 	}()
 
-	// Writers: 4 connections, each committing a batch (one event per row) every 5 ms.
+	// Writers: 4 connections, each committing a batch (one event per row) every 5 ms, sized to
+	// what the schedule owes so a slow commit is caught up by the next batch (at most 250 rows).
 	const writers = 4
 	tick := 5 * time.Millisecond
-	perTick := float64(rate) * tick.Seconds() / writers
 	wctx, wcancel := context.WithTimeout(ctx, d)
 	defer wcancel()
 	var ww sync.WaitGroup
@@ -190,19 +193,19 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 			defer ww.Done()
 			t := time.NewTicker(tick)
 			defer t.Stop()
-			owed := 0.0
+			sent := 0
 			for {
 				select {
 				case <-wctx.Done():
 					return
 				case <-t.C:
 				}
-				owed += perTick
-				n := int(owed)
-				if n == 0 {
+				due := int(float64(rate) * time.Since(t0).Seconds() / writers)
+				n := min(due-sent, 250, items/writers/2)
+				if n <= 0 {
 					continue
 				}
-				owed -= float64(n)
+				sent += n
 				ids := make([]int64, 0, n)
 				for len(ids) < n { // distinct items, from this writer's quarter so writers never wait on each other's rows
 					id := int64(1 + w + writers*rand.IntN(items/writers))

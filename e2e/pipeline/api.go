@@ -71,7 +71,7 @@ func (a *api) createProjection(ctx context.Context, p ProjectionDef) error {
 
 type status struct {
 	Projection struct {
-		CurrentGeneration json.RawMessage `json:"currentGeneration"`
+		CurrentGeneration json.RawMessage `json:"current_generation"`
 	} `json:"projection"`
 	Generations []struct {
 		Generation json.RawMessage `json:"generation"`

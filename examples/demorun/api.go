@@ -35,20 +35,20 @@ func (v *i64) UnmarshalJSON(b []byte) error {
 }
 
 type backfillProgress struct {
-	RecordsDone i64     `json:"recordsDone"`
+	RecordsDone i64     `json:"records_done"`
 	Offset      i64     `json:"offset"`
-	EndOffset   i64     `json:"endOffset"`
-	RatePerSec  float64 `json:"ratePerSec"`
+	EndOffset   i64     `json:"end_offset"`
+	RatePerSec  float64 `json:"rate_per_sec"`
 }
 
 type workflowRef struct {
-	WorkflowID string `json:"workflowId"`
-	UIURL      string `json:"uiUrl"`
+	WorkflowID string `json:"workflow_id"`
+	UIURL      string `json:"ui_url"`
 }
 
 type projectionStatus struct {
 	Projection struct {
-		CurrentGeneration i64 `json:"currentGeneration"`
+		CurrentGeneration i64 `json:"current_generation"`
 	} `json:"projection"`
 	Generations []struct {
 		Generation i64              `json:"generation"`

@@ -35,7 +35,7 @@ type ProjectionStats struct {
 	Gaps        uint64        // times the stream position was trimmed away (each costs a revalidation)
 	Replays     uint64        // changes applied while catching up after a lost connection
 	Cutovers    uint64        // generation switches followed
-	Rebuilds    uint64        // revalidations and cutovers (refetching the held keys)
+	Rebuilds    uint64        // refetches of the held keys (gap revalidations and cutovers)
 	Compactions uint64        // local stores rebuilt to reclaim dead space
 
 	Connected bool // gauge: the tail is in contact with Redis

@@ -295,11 +295,7 @@ func (p *projection) waitAndApply(ctx context.Context) (bool, error) {
 func (p *projection) switchGeneration(ctx context.Context, from, to int64) error {
 	p.c.log.Info("distcache: cutover", slog.String(logKeyProjection, p.name),
 		slog.Int64("from", from), slog.Int64("to", to))
-	if err := p.rebuild(ctx, to, rebuildRefetch); err != nil {
-		return err
-	}
-	p.cutovers.Add(1)
-	return nil
+	return p.rebuild(ctx, to, rebuildRefetch)
 }
 
 type rebuildMode int
@@ -334,16 +330,26 @@ func (p *projection) rebuild(ctx context.Context, gen int64, mode rebuildMode) e
 			return err
 		}
 	}
+	// Count before the swap, so that whoever sees the new store sees it
+	// counted.
+	switch {
+	case mode == rebuildCompact:
+		p.compactions.Add(1)
+	case old != nil && old.gen != gen:
+		p.cutovers.Add(1)
+		p.rebuilds.Add(1)
+	case old == nil:
+		p.cutovers.Add(1)
+	default:
+		p.rebuilds.Add(1)
+	}
 	p.store.Store(ns)
 	p.streamPos = pos
 	if old != nil {
 		old.close()
 	}
 	if mode == rebuildRefetch {
-		p.rebuilds.Add(1)
 		p.preroll(ctx, ns, pos)
-	} else {
-		p.compactions.Add(1)
 	}
 	return nil
 }

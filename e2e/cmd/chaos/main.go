@@ -19,9 +19,11 @@ import (
 	"time"
 
 	"github.com/distcache/distcache/e2e/chaos"
+	"github.com/distcache/distcache/e2e/pipeline"
 )
 
 func main() {
+	pipeline.QuietRedisLog()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout)
 	stop()

@@ -92,7 +92,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	redisAddr := fs.String("redis", "", "use this Redis instead of starting one")
 	kafkaAddr := fs.String("kafka", "", "use this broker instead of starting one")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
-	only := fs.String("only", "", "run only this measurement: raw, apply, fanout, read, replay")
+	only := fs.String("only", "", "run only this measurement: raw, apply, multi, fanout, read, replay")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -201,6 +201,44 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if len(apply.times) > 0 {
 		results = append(results, apply)
+	}
+
+	multi := result{name: "peer: one Lua call per 100 writes", n: *n, note: "what a batched Publisher script could reach"}
+	for run := range *runs {
+		if !want("multi") {
+			break
+		}
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			return err
+		}
+		stream := distcache.StreamKey("bench_multi", int64(run+1))
+		t0 := time.Now()
+		for i := 0; i < *n; i += *batch {
+			pipe := rdb.Pipeline()
+			for lo := i; lo < min(i+*batch, *n); lo += 100 {
+				hi := min(lo+100, *n, i+*batch)
+				keys := make([]string, 0, hi-lo+1)
+				argv := make([]any, 0, 2+3*(hi-lo))
+				argv = append(argv, "100000")
+				for j := lo; j < hi; j++ {
+					keys = append(keys, distcache.ValueKey("bench_multi", int64(run+1), "user:"+strconv.Itoa(j)))
+					argv = append(argv, fmt.Sprintf("%016x", j+1), values[j], "user:"+strconv.Itoa(j))
+				}
+				keys = append(keys, stream)
+				multiScript.EvalSha(ctx, pipe, keys, argv...)
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				if err := multiScript.Load(ctx, rdb).Err(); err != nil {
+					return err
+				}
+				i -= *batch // retry after loading the script
+				continue
+			}
+		}
+		multi.times = append(multi.times, time.Since(t0))
+	}
+	if len(multi.times) > 0 {
+		results = append(results, multi)
 	}
 
 	fan := result{name: "broker → Redis fan-out, 2 projections", n: *n, note: "records/s (each record: 2 generations)"}
@@ -331,6 +369,29 @@ func readAll(ctx context.Context, kopts []kgo.Opt, topic string, n int) error {
 	}
 	return nil
 }
+
+// multiScript is the Publisher's version-guarded set + stream append, looped
+// over many keys in one call (standalone Redis only): the peer that shows how
+// much of Publisher.Apply's cost is per-call overhead.
+var multiScript = redis.NewScript(`
+local n = #KEYS - 1
+local stream = KEYS[#KEYS]
+for i = 1, n do
+  local v, payload, ukey = ARGV[3*i-1], ARGV[3*i], ARGV[3*i+1]
+  local cur = redis.call('GET', KEYS[i])
+  local ok = true
+  if cur and string.len(cur) >= 16 then
+    local ch, cl = tonumber(string.sub(cur, 1, 8), 16), tonumber(string.sub(cur, 9, 16), 16)
+    local nh, nl = tonumber(string.sub(v, 1, 8), 16), tonumber(string.sub(v, 9, 16), 16)
+    if ch > nh or (ch == nh and cl >= nl) then ok = false end
+  end
+  if ok then
+    redis.call('SET', KEYS[i], v .. 's' .. payload)
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'k', ukey, 'v', v, 'o', 's', 'd', payload)
+  end
+end
+return n
+`)
 
 func kafkadBin() (string, error) {
 	d, err := os.Getwd()

@@ -411,13 +411,26 @@ func (r *runner) poll(ctx context.Context, cl *kgo.Client, ins []chan projector.
 		if ctx.Err() != nil {
 			return
 		}
+		failed := false
 		fs.EachError(func(t string, p int32, err error) {
 			if errors.Is(err, context.Canceled) {
 				return
 			}
+			failed = true
 			r.m.cfg.Observer.Failure("fetch")
 			r.log.Debug("fetch", "partition", p, "err", err)
 		})
+		if failed && fs.NumRecords() == 0 {
+			// A topic not created yet, a broker away: do not spin.
+			t := time.NewTimer(250 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
 		var raw []*kgo.Record
 		next, hwm := int64(-1), int64(-1)
 		fs.EachPartition(func(p kgo.FetchTopicPartition) {

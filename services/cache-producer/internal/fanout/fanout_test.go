@@ -38,17 +38,24 @@ var (
 )
 
 type stack struct {
-	rdb   *redis.Client
+	rdb   redis.UniversalClient
 	kafka string
 	pub   *distcache.Publisher
 	led   *ledger.Ledger
 }
 
-func newStack(t *testing.T) *stack {
+func newStack(t *testing.T) *stack { return newStackOn(t, false) }
+
+func newStackOn(t *testing.T, cluster bool) *stack {
 	t.Helper()
-	r := devstacktest.Redis(t)
+	var rdb redis.UniversalClient
+	if cluster {
+		c := devstacktest.RedisCluster(t)
+		rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	} else {
+		rdb = redis.NewClient(&redis.Options{Addr: devstacktest.Redis(t).Addr})
+	}
 	k := devstacktest.Kafka(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	t.Cleanup(func() { rdb.Close() })
 	pub, err := distcache.NewPublisher(rdb)
 	if err != nil {
@@ -98,7 +105,11 @@ func user(id, email, name, status string) map[string]any {
 // consumption continues.
 func TestFanOutSemantics(t *testing.T) {
 	t.Parallel()
-	s := newStack(t)
+	t.Run("standalone", func(t *testing.T) { t.Parallel(); testFanOutSemantics(t, newStack(t)) })
+	t.Run("cluster", func(t *testing.T) { t.Parallel(); testFanOutSemantics(t, newStackOn(t, true)) })
+}
+
+func testFanOutSemantics(t *testing.T, s *stack) {
 	ctx := context.Background()
 	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
 	w := projector.NewWriter(s.pub, s.led)
@@ -107,18 +118,18 @@ func TestFanOutSemantics(t *testing.T) {
 	m.Update(ctx, []fanout.Generation{s.gen(t, byEmail, 1, p.Topic), s.gen(t, byID, 1, p.Topic)})
 
 	offs := p.Produce(
-		p.Upsert("1", user("1", "Ann@X.io", "Ann", "active")),   // 0
-		p.Upsert("2", user("2", "bob@x.io", "Bob", "active")),   // 1
-		p.Upsert("1", user("1", "ann2@x.io", "Ann", "active")),  // 2 re-key ann@x.io → ann2@x.io
-		p.Tombstone("2"),                                         // 3 bob deleted
-		p.Upsert("3", user("3", "cy@x.io", "Cy", "blocked")),    // 4 filtered out
-		p.Upsert("4", user("4", "dee@x.io", "Dee", "active")),   // 5
-		p.Upsert("4", user("4", "dee@x.io", "Dee", "blocked")),  // 6 now filtered: deleted
-		p.Garbage("5"),                                           // 7 dead letter
+		p.Upsert("1", user("1", "Ann@X.io", "Ann", "active")),  // 0
+		p.Upsert("2", user("2", "bob@x.io", "Bob", "active")),  // 1
+		p.Upsert("1", user("1", "ann2@x.io", "Ann", "active")), // 2 re-key ann@x.io → ann2@x.io
+		p.Tombstone("2"), // 3 bob deleted
+		p.Upsert("3", user("3", "cy@x.io", "Cy", "blocked")),   // 4 filtered out
+		p.Upsert("4", user("4", "dee@x.io", "Dee", "active")),  // 5
+		p.Upsert("4", user("4", "dee@x.io", "Dee", "blocked")), // 6 now filtered: deleted
+		p.Garbage("5"), // 7 dead letter
 		p.Upsert("6", map[string]any{"id": "6", "name": "NoMail", "status": "active"}), // 8 dead letter (missing email)
-		p.Upsert("7", user("7", "ann2@x.io", "Imposter", "active")), // 9 takes ann2@x.io over
-		p.Upsert("1", user("1", "ann3@x.io", "Ann", "active")),  // 10 Ann leaves ann2: not hers any more
-		p.Upsert("8", user("8", "eve@x.io", "Eve", "active")),   // 11 consumption continued
+		p.Upsert("7", user("7", "ann2@x.io", "Imposter", "active")),                    // 9 takes ann2@x.io over
+		p.Upsert("1", user("1", "ann3@x.io", "Ann", "active")),                         // 10 Ann leaves ann2: not hers any more
+		p.Upsert("8", user("8", "eve@x.io", "Eve", "active")),                          // 11 consumption continued
 	)
 	end := offs[len(offs)-1] + 1
 	s.waitOffset(t, byEmail, 1, end)
@@ -431,5 +442,27 @@ func TestPropertyCrashesMatchModel(t *testing.T) {
 		if d := testkit.Diff(got, fresh); d != "" {
 			t.Errorf("%s: crashed generation differs from a fresh replay:\n%s", def.Name, d)
 		}
+	}
+}
+
+// TestTopicCreatedLater checks that a generation whose topic does not exist
+// yet is consumed once the topic appears, and that the manager reports the
+// failing fetches meanwhile without stopping.
+func TestTopicCreatedLater(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	ctx := context.Background()
+	m := s.manager(t, projector.NewWriter(s.pub, s.led), 100)
+	defer m.Close()
+	m.Update(ctx, []fanout.Generation{s.gen(t, byID, 1, "distcache.users")})
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		off, ok, _ := s.led.Offset(ctx, byID.Name, 1)
+		return ok && off == 0
+	}, "offset initialised before the topic exists")
+	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
+	p.Produce(p.Upsert("1", user("1", "a@x.io", "A", "active")))
+	s.waitOffset(t, byID, 1, 1)
+	if n, _ := s.rdb.Exists(ctx, distcache.ValueKey(byID.Name, 1, "user:1")).Result(); n != 1 {
+		t.Error("record of the late topic not written")
 	}
 }

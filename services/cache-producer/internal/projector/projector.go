@@ -30,13 +30,13 @@
 package projector
 
 import (
-	"context"
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 

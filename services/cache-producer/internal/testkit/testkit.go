@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,7 +129,7 @@ type Value struct {
 // the documented semantics of package projector, written independently.
 type Model struct {
 	proj  *projection.Projection
-	state map[string]modelCell   // projected key → cell
+	state map[string]modelCell    // projected key → cell
 	idx   map[string]ledger.Entry // source key → owned key
 	// Dead counts records that could not be projected.
 	Dead int
@@ -191,10 +192,23 @@ func (m *Model) Live() map[string]Value {
 
 // ReadGeneration returns the live values of generation gen of proj in Redis
 // (tombstones left out).
-func ReadGeneration(ctx context.Context, rdb *redis.Client, proj string, gen int64) (map[string]Value, error) {
+func ReadGeneration(ctx context.Context, rdb redis.UniversalClient, proj string, gen int64) (map[string]Value, error) {
+	out := map[string]Value{}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			part, err := ReadGeneration(ctx, m, proj, gen)
+			mu.Lock()
+			defer mu.Unlock()
+			for k, v := range part {
+				out[k] = v
+			}
+			return err
+		})
+		return out, err
+	}
 	pattern := distcache.GenerationPattern(proj, gen)
 	prefix := strings.TrimSuffix(pattern, "*")
-	out := map[string]Value{}
 	var cursor uint64
 	for {
 		keys, next, err := rdb.Scan(ctx, cursor, pattern, 1000).Result()
@@ -261,7 +275,7 @@ func Diff(got, want map[string]Value) string {
 // StreamVersionsIncrease checks that in generation gen's change stream every
 // key's versions strictly increase (no version ever goes backwards, no
 // duplicate entry).
-func StreamVersionsIncrease(ctx context.Context, rdb *redis.Client, proj string, gen int64) error {
+func StreamVersionsIncrease(ctx context.Context, rdb redis.UniversalClient, proj string, gen int64) error {
 	msgs, err := rdb.XRange(ctx, distcache.StreamKey(proj, gen), "-", "+").Result()
 	if err != nil {
 		return err
