@@ -123,12 +123,12 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 	runs := map[int][]LatencyRun{}
 	for i := range cfg.Runs {
 		for _, rate := range cfg.Rates { // rates interleaved, so a change in the machine's load hits both
-			r, err := measureLatency(ctx, pool, rdb, edge, cfg.Items, rate, cfg.Duration)
+			r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, cfg.Items, rate, cfg.Duration)
 			if err != nil {
 				return fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
 			}
-			say("bench: run %d/%d at %d events/s: achieved %.0f/s; commit→edge p50 %.2fms p99 %.2fms p99.9 %.2fms (%d samples, %d unseen); commit→Redis p50 %.2fms p99 %.2fms",
-				i+1, cfg.Runs, rate, r.Achieved, ms(r.Edge.P50), ms(r.Edge.P99), ms(r.Edge.P999), r.Edge.N, r.Edge.Unseen, ms(r.Redis.P50), ms(r.Redis.P99))
+			say("bench: run %d/%d at %d events/s: achieved %.0f/s; commit→edge p50 %.2fms p99 %.2fms p99.9 %.2fms (%d samples, %d unseen); commit→Redis p50 %.2fms p99 %.2fms; commit→broker p50 %.2fms p99 %.2fms",
+				i+1, cfg.Runs, rate, r.Achieved, ms(r.Edge.P50), ms(r.Edge.P99), ms(r.Edge.P999), r.Edge.N, r.Edge.Unseen, ms(r.Redis.P50), ms(r.Redis.P99), ms(r.Broker.P50), ms(r.Broker.P99))
 			runs[rate] = append(runs[rate], r)
 		}
 	}
@@ -152,21 +152,24 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 			Ratio: fmt.Sprintf("%.2f× target", ach/float64(rate))})
 		for _, q := range []struct {
 			name string
-			edge func(LatencyRun) time.Duration
-			red  func(LatencyRun) time.Duration
+			at   func(Dist) time.Duration
 		}{
-			{"p50", func(r LatencyRun) time.Duration { return r.Edge.P50 }, func(r LatencyRun) time.Duration { return r.Redis.P50 }},
-			{"p99", func(r LatencyRun) time.Duration { return r.Edge.P99 }, func(r LatencyRun) time.Duration { return r.Redis.P99 }},
-			{"p99.9", func(r LatencyRun) time.Duration { return r.Edge.P999 }, func(r LatencyRun) time.Duration { return r.Redis.P999 }},
+			{"p50", func(d Dist) time.Duration { return d.P50 }},
+			{"p99", func(d Dist) time.Duration { return d.P99 }},
+			{"p99.9", func(d Dist) time.Duration { return d.P999 }},
 		} {
-			e := pick(func(r LatencyRun) float64 { return ms(q.edge(r)) })
-			rd := pick(func(r LatencyRun) float64 { return ms(q.red(r)) })
-			g := ""
+			e := pick(func(r LatencyRun) float64 { return ms(q.at(r.Edge)) })
+			rd := pick(func(r LatencyRun) float64 { return ms(q.at(r.Redis)) })
+			bk := pick(func(r LatencyRun) float64 { return ms(q.at(r.Broker)) })
+			g, ratioNote := "", ""
 			if q.name == "p99" {
 				g = goal
 			}
+			if q.name == "p50" { // percentiles of different distributions do not subtract beyond the median
+				ratioNote = fmt.Sprintf("edge tail adds %.2f ms", e-rd)
+			}
 			res.add(Row{Key: "latency_" + q.name + "_" + k, Measure: fmt.Sprintf("commit → edge-visible %s at %d events/s", q.name, rate), Value: e, Unit: "ms",
-				Peer: fmt.Sprintf("commit → Redis change stream %.2f ms", rd), Ratio: fmt.Sprintf("edge tail adds %.2f ms", e-rd), Goal: g})
+				Peer: fmt.Sprintf("stages: commit → broker %.2f ms, → Redis change stream %.2f ms", bk, rd), Ratio: ratioNote, Goal: g})
 		}
 		if unseen > 0 {
 			res.Notes = append(res.Notes, fmt.Sprintf("at %d events/s a median of %.0f commits per run were not seen at the edge within 10 s of the run's end", rate, unseen))

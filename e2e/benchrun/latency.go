@@ -14,9 +14,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/distcache/distcache/e2e/pipeline"
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/events"
 )
 
 // tracker matches committed (item, seq) pairs with the moment a stage first shows them.
@@ -91,14 +93,15 @@ type LatencyRun struct {
 	Achieved float64 // committed events/s
 	Edge     Dist    // commit → the edge's local value shows it
 	Redis    Dist    // commit → the generation's change stream holds it
+	Broker   Dist    // commit → the broker holds it (the core-publisher's share)
 	Samples  []time.Duration
 }
 
 // measureLatency drives rate updates/s for d into the core table and times each one at the edge
 // (polling its local value, in process) and at Redis (tailing the change stream).
-func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, edge *distcache.Client, items, rate int, d time.Duration) (LatencyRun, error) {
+func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, edge *distcache.Client, broker string, items, rate int, d time.Duration) (LatencyRun, error) {
 	run := LatencyRun{Target: rate}
-	edgeT, redisT := newTracker(), newTracker()
+	edgeT, redisT, brokerT := newTracker(), newTracker(), newTracker()
 	gen, err := rdb.Get(ctx, distcache.PointerKey(pipeline.Projection.Name)).Int64()
 	if err != nil {
 		return run, fmt.Errorf("pointer: %w", err)
@@ -154,6 +157,44 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 			}
 		}
 	}()
+	// Stage 0 watcher: the topic, read from its end as the run starts.
+	kc, err := kgo.NewClient(kgo.SeedBrokers(broker),
+		kgo.ConsumeTopics(events.Topic(events.DefaultTopicPrefix, pipeline.Projection.Model)),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()), kgo.FetchMaxWait(100*time.Millisecond),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted())) // as the cache-producer reads
+	if err != nil {
+		return run, err
+	}
+	defer kc.Close()
+	// The consumer must have its end offset before the first write: a metadata round trip and an
+	// empty fetch.
+	pctx, pcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	kc.PollFetches(pctx)
+	pcancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			fctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			fs := kc.PollFetches(fctx)
+			cancel()
+			now := time.Now()
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			fs.EachRecord(func(r *kgo.Record) {
+				id, err := strconv.ParseInt(string(r.Key), 10, 64)
+				if err != nil {
+					return
+				}
+				if seq, ok := pipeline.Seq(r.Value); ok {
+					brokerT.seen(id, seq, now)
+				}
+			})
+		}
+	}()
 	// Stage 2 watcher: the edge's local values, polled every 100 µs for the items in flight.
 	wg.Add(1)
 	go func() {
@@ -178,6 +219,14 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 			time.Sleep(100 * time.Microsecond)
 		}
 	}()
+
+	// Warm-up: one probe commit, seen by every watcher, so all three are live before the timed
+	// writes start (a watcher that joins late would count its own start-up as latency).
+	if err := warmUp(ctx, pool, []*tracker{brokerT, redisT, edgeT}); err != nil {
+		close(stop)
+		wg.Wait()
+		return run, err
+	}
 
 	// Writers: 4 connections, each committing a batch (one event per row) every 5 ms, sized to
 	// what the schedule owes so a slow commit is caught up by the next batch (at most 250 rows).
@@ -222,6 +271,7 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 					continue
 				}
 				for id, seq := range got {
+					brokerT.add(id, seq, at)
 					redisT.add(id, seq, at)
 					edgeT.add(id, seq, at)
 				}
@@ -236,7 +286,7 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	for time.Now().Before(deadline) {
 		edgeT.mu.Lock()
 		redisT.mu.Lock()
-		done := len(edgeT.pending) == 0 && len(redisT.pending) == 0
+		done := len(edgeT.pending) == 0 && len(redisT.pending) == 0 // the broker's stage comes first
 		redisT.mu.Unlock()
 		edgeT.mu.Unlock()
 		if done {
@@ -249,7 +299,7 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	if e := writeErr.Load(); e != nil {
 		return run, fmt.Errorf("write: %w", *e)
 	}
-	for _, t := range []*tracker{edgeT, redisT} {
+	for _, t := range []*tracker{edgeT, redisT, brokerT} {
 		for _, p := range t.pending {
 			t.unseen += len(p)
 		}
@@ -257,9 +307,45 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	run.Achieved = float64(committed.Load()) / elapsed.Seconds()
 	run.Edge = summarize(edgeT.lat, edgeT.unseen)
 	run.Redis = summarize(redisT.lat, redisT.unseen)
+	run.Broker = summarize(brokerT.lat, brokerT.unseen)
 	run.Samples = edgeT.lat
 	if run.Edge.N == 0 {
 		return run, errors.New("no commit reached the edge")
 	}
 	return run, nil
+}
+
+// warmUp commits an update of item 1 and waits until every tracker has seen it, then clears
+// their samples.
+func warmUp(ctx context.Context, pool *pgxpool.Pool, ts []*tracker) error {
+	got, err := pipeline.Bump(ctx, pool, []int64{1})
+	if err != nil {
+		return fmt.Errorf("warm-up write: %w", err)
+	}
+	at := time.Now()
+	for _, t := range ts {
+		t.add(1, got[1], at)
+	}
+	deadline := at.Add(time.Minute)
+	for {
+		done := true
+		for _, t := range ts {
+			t.mu.Lock()
+			done = done && len(t.pending) == 0
+			t.mu.Unlock()
+		}
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("warm-up: the probe write did not reach every stage within a minute")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, t := range ts {
+		t.mu.Lock()
+		t.lat = t.lat[:0]
+		t.mu.Unlock()
+	}
+	return nil
 }

@@ -190,7 +190,7 @@ func TestServiceEndToEnd(t *testing.T) {
 	}
 
 	var all []*kgo.Record
-	produce := func(from, n int) {
+	build := func(from, n int) []*kgo.Record {
 		recs := make([]*kgo.Record, 0, n)
 		for i := from; i < from+n; i++ {
 			id := strconv.Itoa(i % 300)
@@ -204,6 +204,10 @@ func TestServiceEndToEnd(t *testing.T) {
 				recs = append(recs, p.Upsert(id, map[string]any{"id": id, "email": fmt.Sprintf("U%s-%d@X.io", id, i%7), "status": status}))
 			}
 		}
+		return recs
+	}
+	produce := func(from, n int) {
+		recs := build(from, n)
 		p.Produce(recs...)
 		all = append(all, recs...)
 	}
@@ -265,7 +269,8 @@ func TestServiceEndToEnd(t *testing.T) {
 	before := all[len(all)-1].Offset + 1
 	stop := make(chan struct{})
 	produced := make(chan struct{})
-	go func() {
+	produceErr := make(chan error, 1)
+	go func() { // not the test's goroutine: no t.Fatal here
 		defer close(produced)
 		for i := 1000; ; i += 100 {
 			select {
@@ -273,7 +278,12 @@ func TestServiceEndToEnd(t *testing.T) {
 				return
 			default:
 			}
-			produce(i, 100)
+			recs := build(i, 100)
+			if _, err := p.TryProduce(recs...); err != nil {
+				produceErr <- err
+				return
+			}
+			all = append(all, recs...)
 		}
 	}()
 	testkit.Eventually(t, 30*time.Second, func() bool {
@@ -286,6 +296,11 @@ func TestServiceEndToEnd(t *testing.T) {
 	_ = svc.cmd.Wait()
 	close(stop)
 	<-produced
+	select {
+	case err := <-produceErr:
+		t.Fatalf("produce: %v", err)
+	default:
+	}
 	killedAt, _, _ := led.Offset(ctx, usersByEmail.Name, gen1)
 	t.Logf("killed at offset %d of %d", killedAt, all[len(all)-1].Offset+1)
 	produce(100000, 500)

@@ -524,13 +524,13 @@ func TestTakeoverFencesStalledBatch(t *testing.T) {
 	k := devstacktest.Kafka(t)
 	pool := pubtest.Migrate(t, dbURL)
 	pubtest.Exec(t, pool, pubtest.CapturedTableSQL("items"))
-	const keys, versions = 300, 10
+	const keys, versions = 500, 20
 	pubtest.Exec(t, pool, `INSERT INTO items (id) SELECT generate_series(1, $1)`, keys)
 	for range versions - 1 {
 		pubtest.Exec(t, pool, `UPDATE items SET n = n + 1`)
 	}
 	env := func() map[string]string {
-		return serviceEnv(t, dbURL, k.Addr, "PUBLISHER_BATCH_SIZE", "100", "PUBLISHER_AUTO_BACKLOAD", "false",
+		return serviceEnv(t, dbURL, k.Addr, "PUBLISHER_BATCH_SIZE", "50", "PUBLISHER_AUTO_BACKLOAD", "false",
 			"PUBLISHER_POLL_INTERVAL", "100ms", "PUBLISHER_LEASE_RETRY_INTERVAL", "50ms")
 	}
 	a := startProc(t, bin, env())

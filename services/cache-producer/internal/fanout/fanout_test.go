@@ -190,6 +190,25 @@ func testFanOutSemantics(t *testing.T, s *stack) {
 	if err := testkit.StreamVersionsIncrease(ctx, s.rdb, byEmail.Name, 1); err != nil {
 		t.Error(err)
 	}
+
+	// Forgetting the generation removes every bookkeeping key (on every
+	// master of a cluster) and leaves the values to RetireGeneration.
+	m.Close()
+	n, err := s.led.Forget(ctx, byEmail.Name, 1)
+	if err != nil || n < 4 {
+		t.Fatalf("Forget = %d, %v; want the offset, index and dead-letter keys removed", n, err)
+	}
+	if has, _ := s.led.HasBookkeeping(ctx, byEmail.Name, 1); has {
+		t.Error("offset key left after Forget")
+	}
+	for _, k := range []string{ledger.IndexKey(byEmail.Name, 1, "7"), ledger.DeadLetterKey(byEmail.Name, 1)} {
+		if c, err := s.rdb.Exists(ctx, k).Result(); err != nil || c != 0 {
+			t.Errorf("EXISTS %s after Forget = %d, %v; want 0", k, c, err)
+		}
+	}
+	if c, err := s.rdb.Exists(ctx, distcache.ValueKey(byEmail.Name, 1, "eve@x.io")).Result(); err != nil || c != 1 {
+		t.Errorf("value after Forget: EXISTS = %d, %v; want 1", c, err)
+	}
 }
 
 func contains(s, sub string) bool {

@@ -103,20 +103,30 @@ func (p *Producer) Garbage(key string) *kgo.Record {
 	return r
 }
 
-// Produce writes recs synchronously and returns their offsets.
+// Produce writes recs synchronously and returns their offsets. It must be
+// called from the test's goroutine (see TryProduce).
 func (p *Producer) Produce(recs ...*kgo.Record) []int64 {
 	p.T.Helper()
+	out, err := p.TryProduce(recs...)
+	if err != nil {
+		p.T.Fatalf("produce: %v", err)
+	}
+	return out
+}
+
+// TryProduce is Produce for other goroutines: it returns the error.
+func (p *Producer) TryProduce(recs ...*kgo.Record) ([]int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	res := p.Client.ProduceSync(ctx, recs...)
 	if err := res.FirstErr(); err != nil {
-		p.T.Fatalf("produce: %v", err)
+		return nil, err
 	}
 	out := make([]int64, len(res))
 	for i, r := range res {
 		out[i] = r.Record.Offset
 	}
-	return out
+	return out, nil
 }
 
 // Value is one live projected value: its payload and version.

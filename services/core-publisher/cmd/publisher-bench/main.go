@@ -412,6 +412,22 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	if relayLog.Enabled(ctx, slog.LevelDebug) {
+		// The worst latency per 250 ms of the run, to see whether stalls are
+		// periodic.
+		worst := map[int]float64{}
+		acks.mu.Lock()
+		for n, c := range commits {
+			slot := int(c.Sub(start) / (250 * time.Millisecond))
+			worst[slot] = max(worst[slot], acks.acks[strconv.Itoa(n)].Sub(c).Seconds()*1000)
+		}
+		acks.mu.Unlock()
+		var line strings.Builder
+		for slot := range len(worst) {
+			fmt.Fprintf(&line, "%.0f ", worst[slot])
+		}
+		fmt.Fprintln(os.Stderr, "worst ms per 250ms:", line.String())
+	}
 	lat := make([]float64, 0, total)
 	acks.mu.Lock()
 	for n, c := range commits {

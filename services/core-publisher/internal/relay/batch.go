@@ -53,6 +53,29 @@ const commitSQL = `WITH dead AS (
 )
 DELETE FROM distcache_outbox WHERE id = ANY($1::bigint[])`
 
+// commitFetchSQL is commitSQL ($1 handled ids, $2/$3 dead ids and reasons)
+// and fetchSQL ($4 limit, $5 blocked aggregates) in one statement: one round
+// trip per batch when the relay is not pipelining. The read sees the
+// statement's snapshot, from before the delete, so it excludes $1.
+const commitFetchSQL = `WITH dead AS (
+	SELECT * FROM unnest($2::bigint[], $3::text[]) AS d(id, reason)
+), moved AS (
+	INSERT INTO distcache_outbox_dead (id, txid, aggregate, agg_key, version, op, payload, headers, event_id, created_at, reason)
+	SELECT o.id, o.txid, COALESCE(o.aggregate, ''), COALESCE(o.agg_key, ''), COALESCE(o.version, 0), COALESCE(o.op, ''),
+		o.payload, COALESCE(o.headers, '{}'::jsonb), COALESCE(o.event_id, gen_random_uuid()), COALESCE(o.created_at, now()), d.reason
+	FROM distcache_outbox o JOIN dead d USING (id)
+	ON CONFLICT (id) DO NOTHING
+), deleted AS (
+	DELETE FROM distcache_outbox WHERE id = ANY($1::bigint[])
+)
+SELECT id, txid < (SELECT pg_snapshot_xmin(pg_current_snapshot())),
+	COALESCE(aggregate, ''), COALESCE(agg_key, ''), COALESCE(version, 0), COALESCE(op, ''),
+	payload, COALESCE(headers, '{}'::jsonb), COALESCE(event_id::text, ''), COALESCE(created_at, now())
+FROM distcache_outbox
+WHERE NOT (COALESCE(aggregate, '') = ANY($5::text[])) AND NOT (id = ANY($1::bigint[]))
+ORDER BY id
+LIMIT $4`
+
 // batch is one prepared batch: the final prefix of the rows read, turned
 // into records and dead letters.
 type batch struct {
@@ -139,16 +162,33 @@ func record(rw *row, maxBytes int, topicPrefix string) (*kgo.Record, error) {
 // readBatch reads the next batch, skipping the rows of exclude (a batch
 // still in flight), and prepares it.
 func (r *Relay) readBatch(ctx context.Context, conn *pgx.Conn, exclude []int64) (*batch, error) {
+	return r.readBatchAfter(ctx, conn, exclude, nil, time.Time{})
+}
+
+// commitAndRead deletes done's rows (acknowledged at acked) and reads the
+// next batch in one statement.
+func (r *Relay) commitAndRead(ctx context.Context, conn *pgx.Conn, done *batch, acked time.Time) (*batch, error) {
+	return r.readBatchAfter(ctx, conn, done.done, done, acked)
+}
+
+func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []int64, done *batch, acked time.Time) (*batch, error) {
 	b := &batch{start: time.Now()}
-	rows, err := r.fetch(ctx, conn, exclude)
+	rows, err := r.fetch(ctx, conn, exclude, done)
 	if err != nil {
+		if done != nil {
+			r.o.metrics.Errors.WithLabelValues("commit").Inc()
+			return nil, fmt.Errorf("delete published rows: %w", err)
+		}
 		r.o.metrics.Errors.WithLabelValues("read").Inc()
 		return nil, err
+	}
+	if done != nil {
+		r.committed(done, acked)
 	}
 	b.read = time.Since(b.start)
 	b.full = len(rows) == r.o.batchSize
 	switch {
-	case exclude != nil:
+	case exclude != nil && done == nil:
 		// a pipelined read: its first row is not the oldest
 	case len(r.blockedAggregates()) > 0:
 		// refused models' rows are skipped by the read but still count
@@ -215,6 +255,12 @@ func (r *Relay) commit(ctx context.Context, conn *pgx.Conn, b *batch, acked time
 		r.o.metrics.Errors.WithLabelValues("commit").Inc()
 		return fmt.Errorf("delete published rows: %w", err)
 	}
+	r.committed(b, acked)
+	return nil
+}
+
+// committed accounts for a batch whose rows were deleted.
+func (r *Relay) committed(b *batch, acked time.Time) {
 	for i := range b.recs {
 		r.o.metrics.EventsPublished.WithLabelValues(b.recAgg[i]).Inc()
 		r.o.metrics.CommitToAck.Observe(acked.Sub(b.recCreated[i]).Seconds())
@@ -226,7 +272,6 @@ func (r *Relay) commit(ctx context.Context, conn *pgx.Conn, b *batch, acked time
 	r.o.metrics.BatchSeconds.Observe(time.Since(b.start).Seconds())
 	r.o.log.Debug("relay batch", "published", len(b.recs), "dead", len(b.deadIDs),
 		"read", b.read, "acked_after", acked.Sub(b.start), "deleted_after", time.Since(b.start))
-	return nil
 }
 
 func (r *Relay) block(aggregate string, err error) {
@@ -248,7 +293,9 @@ func (r *Relay) blockedAggregates() []string {
 	return slices.Sorted(maps.Keys(r.blocked))
 }
 
-func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, exclude []int64) ([]row, error) {
+// fetch reads rows (see fetchSQL); with done it also deletes done's rows
+// (commitFetchSQL).
+func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, exclude []int64, done *batch) ([]row, error) {
 	blocked := r.blockedAggregates()
 	if blocked == nil {
 		blocked = []string{}
@@ -256,7 +303,13 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, exclude []int64) ([]r
 	if exclude == nil {
 		exclude = []int64{}
 	}
-	rs, err := conn.Query(ctx, fetchSQL, r.o.batchSize, blocked, exclude)
+	var rs pgx.Rows
+	var err error
+	if done != nil {
+		rs, err = conn.Query(ctx, commitFetchSQL, done.done, done.deadIDs, done.deadWhy, r.o.batchSize, blocked)
+	} else {
+		rs, err = conn.Query(ctx, fetchSQL, r.o.batchSize, blocked, exclude)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
 	}

@@ -14,10 +14,16 @@
 // distcache_outbox_versions and insert the outbox row after that, in the same
 // transaction, so for one key id order, version order and commit order agree,
 // and a prefix in id order never holds version n+1 of a key without version n.
-// Published rows are deleted (in the transaction that also moves invalid rows
+// Published rows are deleted (in the statement that also moves invalid rows
 // to distcache_outbox_dead) only after the broker acknowledged them: delivery
 // is at least once, and a redelivery replays a suffix of a key's history in
 // order, which consumers that keep the highest version absorb.
+//
+// Fencing. Each lease term produces with a fresh producer from the
+// ProducerFactory, given a Kafka transactional ID that is the same for every
+// relay of the outbox; the successor's first transaction fences the former
+// holder, whose requests still in flight can then never land after the
+// successor's records.
 package relay
 
 import (
@@ -319,16 +325,27 @@ func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
 				r.o.metrics.Errors.WithLabelValues("produce").Inc()
 				return err
 			}
-			if err := r.commit(hard, conn, cur, time.Now()); err != nil {
+			acked := time.Now()
+			if next == nil && nextErr == nil && ctx.Err() == nil {
+				// Not pipelined: delete and read on in one round trip.
+				var err error
+				if next, err = r.commitAndRead(hard, conn, cur, acked); err != nil {
+					return err
+				}
+			} else if err := r.commit(hard, conn, cur, acked); err != nil {
 				return err
 			}
 			r.setStatus(true, nil)
 			if nextErr != nil {
 				return nextErr
 			}
-			if ctx.Err() == nil && next != nil && len(next.done) > 0 {
+			if ctx.Err() == nil && next != nil {
+				// Go on with the batch read last; when it is empty or held
+				// back, its flags choose the wait below.
 				cur = next
-				continue
+				if len(cur.done) > 0 {
+					continue
+				}
 			}
 		} else {
 			r.setStatus(true, nil)

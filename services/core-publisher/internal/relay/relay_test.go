@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -528,4 +529,51 @@ func TestRelayFenceHoldsBackUntilOlderTxEnds(t *testing.T) {
 	if got := []string{reader.Events[1].Key, reader.Events[2].Key}; got[0] != "older" || got[1] != "younger" {
 		t.Errorf("order: got %v, want [older younger] (id order once both are final)", got)
 	}
+}
+
+// TestRelayWakeUp: an idle relay with a long poll interval publishes a new
+// event within moments of its commit (LISTEN/NOTIFY); a row inserted without
+// a notification is still published by the polling fallback.
+func TestRelayWakeUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	w, _ := events.NewOutboxWriter()
+	t.Run("notify", func(t *testing.T) {
+		t.Parallel()
+		dbURL := devstacktest.Database(t)
+		k := devstacktest.Kafka(t)
+		pool := pubtest.Migrate(t, dbURL)
+		r, _ := startRelay(t, dbURL, k.Addr, WithPollInterval(time.Hour))
+		devstacktest.Eventually(t, 10*time.Second, func() bool { return r.Status().Active }, "relay active")
+		reader := pubtest.NewReader(t, k.Addr, "distcache.wake")
+		for i := range 3 {
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Write(ctx, tx, events.Envelope{Aggregate: "wake", Key: strconv.Itoa(i), Op: events.OpUpsert, Payload: []byte(`{}`)}); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			committed := time.Now()
+			// An hour-long poll cannot be what publishes it.
+			reader.ReadUntil(t, 10*time.Second, func(evs []pubtest.Event) bool { return len(evs) == i+1 }, "event published after NOTIFY")
+			t.Logf("event %d on the topic %v after commit", i, time.Since(committed))
+		}
+	})
+	t.Run("poll", func(t *testing.T) {
+		t.Parallel()
+		dbURL := devstacktest.Database(t)
+		k := devstacktest.Kafka(t)
+		pool := pubtest.Migrate(t, dbURL)
+		r, _ := startRelay(t, dbURL, k.Addr, WithPollInterval(300*time.Millisecond))
+		devstacktest.Eventually(t, 10*time.Second, func() bool { return r.Status().Active }, "relay active")
+		before := r.Status().LastOK
+		devstacktest.Eventually(t, 10*time.Second, func() bool { return r.Status().LastOK.After(before) }, "a first (empty) pass")
+		// A plain INSERT sends no notification.
+		pubtest.Exec(t, pool, `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload) VALUES ('quiet', 'k', 1, 'upsert', '{}')`)
+		pubtest.NewReader(t, k.Addr, "distcache.quiet").ReadUntil(t, 10*time.Second, func(evs []pubtest.Event) bool { return len(evs) == 1 }, "event published by polling")
+	})
 }
