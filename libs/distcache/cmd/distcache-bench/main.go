@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -89,10 +90,15 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	res := map[string][]result{}
 	for round := range *count {
 		fmt.Fprintf(out, "round %d/%d\n", round+1, *count)
-		for _, bm := range benches {
+		// Rotate the order every round so that no measure always runs right
+		// after the same neighbour (GC debt, cache state), and start each
+		// from a collected heap.
+		for j := range benches {
+			bm := benches[(j+round)%len(benches)]
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			runtime.GC()
 			r := testing.Benchmark(bm.fn)
 			res[bm.name] = append(res[bm.name], result{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp()})
 		}
@@ -160,7 +166,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintf(out, "| %s | %s | %s | %s | %s |\n", measure, ours, peer, ratio, goal)
 	}
 	ns := func(r result) string { return fmt.Sprintf("%.0f ns (%d allocs)", r.ns, r.allocs) }
-	fmt.Fprintf(out, "\n%d keys, %d-byte values, median of %d runs, GOMAXPROCS=%d; ratios are medians of per-round ratios\n\n", *keys, *size, *count, runtimeProcs())
+	fmt.Fprintf(out, "\n%d keys, %d-byte values, median of %d runs, GOMAXPROCS=%d; ratios are medians of per-round ratios\n\n", *keys, *size, *count, runtime.GOMAXPROCS(0))
 	fmt.Fprintln(out, "| measure | distcache | peer | ratio | goal |")
 	fmt.Fprintln(out, "|---|---|---|---|---|")
 	for _, mode := range []string{"serial", "parallel"} {

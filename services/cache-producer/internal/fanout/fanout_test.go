@@ -485,3 +485,45 @@ func TestTopicCreatedLater(t *testing.T) {
 		t.Error("record of the late topic not written")
 	}
 }
+
+// TestRedisOutage checks that a write that fails while Redis is down is
+// retried, that the manager reports itself unhealthy meanwhile (readiness),
+// and that it recovers without a restart once Redis is back.
+func TestRedisOutage(t *testing.T) {
+	t.Parallel()
+	r := devstacktest.Redis(t)
+	k := devstacktest.Kafka(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1})
+	defer rdb.Close()
+	pub, err := distcache.NewPublisher(rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &stack{rdb: rdb, kafka: k.Addr, pub: pub, led: ledger.New(rdb, 0)}
+	ctx := context.Background()
+	p := testkit.NewProducer(t, k.Addr, "distcache", "users")
+	m := s.manager(t, projector.NewWriter(pub, s.led), 100)
+	defer m.Close()
+	m.Update(ctx, []fanout.Generation{s.gen(t, byID, 1, p.Topic)})
+	p.Produce(p.Upsert("1", user("1", "a@x.io", "A", "active")))
+	s.waitOffset(t, byID, 1, 1)
+	if !m.Healthy() {
+		t.Fatal("unhealthy before the outage")
+	}
+
+	if err := r.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	p.Produce(p.Upsert("2", user("2", "b@x.io", "B", "active")))
+	testkit.Eventually(t, 20*time.Second, func() bool { return !m.Healthy() }, "manager reports the failing writes")
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := r.Restart(rctx); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 30*time.Second, func() bool { return m.Healthy() }, "manager healthy again")
+	s.waitOffset(t, byID, 1, 2)
+	if n, _ := rdb.Exists(ctx, distcache.ValueKey(byID.Name, 1, "user:2")).Result(); n != 1 {
+		t.Error("the record produced during the outage was not written after it")
+	}
+}
