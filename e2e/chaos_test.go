@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -30,7 +31,16 @@ func TestChaosShort(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out strings.Builder
-	cfg := chaos.Short(root, t.TempDir())
+	// Not t.TempDir: its parent is private to this user, and PostgreSQL runs as the postgres user.
+	dir, err := os.MkdirTemp("", "chaos-short-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := chaos.Short(root, dir)
 	cfg.Out = &out
 	rep, err := chaos.Run(ctx, cfg)
 	rep.Print(&out)

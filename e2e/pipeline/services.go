@@ -17,7 +17,7 @@ import (
 // Metric names read from the services' /metrics.
 const (
 	MetricPublisherEvents = "distcache_publisher_events_total"
-	MetricProducerRecords = "distcache_producer_records_total"
+	MetricProducerRecords = "distcache_producer_records_consumed_total"
 )
 
 // build builds the three services into RunDir/bin.

@@ -80,7 +80,9 @@ type apiError struct {
 	Body   string
 }
 
-func (e *apiError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.Status, strings.TrimSpace(e.Body)) }
+func (e *apiError) Error() string {
+	return fmt.Sprintf("HTTP %d: %s", e.Status, strings.TrimSpace(e.Body))
+}
 
 func (c *apiClient) do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader

@@ -60,18 +60,19 @@ var DefaultPorts = Ports{Publisher: 58081, Producer: 58082, ControlGRPC: 58090, 
 
 // Summary is what a run measured.
 type Summary struct {
-	Users          int
-	Seeded         bool
-	Updates        int64         // committed updates driven into the core database
-	PublisherEvents float64      // events the publisher relayed during the run
-	ProducerEvents float64       // records the cache-producer applied during the run
-	EdgeUpdates    uint64        // changes the edge applied in place during the run
-	Samples        int           // updates whose edge visibility was timed
-	Unseen         int           // sampled updates the edge had not shown by the end
-	P50, P99, Max  time.Duration // commit → edge-visible
-	HitRatio       float64       // edge local hits / reads
-	Generations    map[string]int64
-	TemporalUIURL  string
+	Users           int
+	Seeded          bool
+	Updates         int64         // committed updates driven into the core database
+	PublisherEvents float64       // events the publisher relayed during the run
+	ProducerEvents  float64       // records the cache-producer applied during the run
+	EdgeChanges     uint64        // change-stream entries the edge received during the run
+	EdgeUpdates     uint64        // of which applied in place to keys it held
+	Samples         int           // updates whose edge visibility was timed
+	Unseen          int           // sampled updates the edge had not shown by the end
+	P50, P99, Max   time.Duration // commit → edge-visible
+	HitRatio        float64       // edge local hits / reads
+	Generations     map[string]int64
+	TemporalUIURL   string
 }
 
 // Projections registered by the demo.
@@ -166,7 +167,7 @@ func PrintSummary(w io.Writer, s Summary) {
 	fmt.Fprintf(w, "  updates committed in the core DB   %d\n", s.Updates)
 	fmt.Fprintf(w, "  events relayed by core-publisher   %.0f\n", s.PublisherEvents)
 	fmt.Fprintf(w, "  records applied by cache-producer  %.0f\n", s.ProducerEvents)
-	fmt.Fprintf(w, "  changes applied at the edge        %d\n", s.EdgeUpdates)
+	fmt.Fprintf(w, "  changes received at the edge       %d (%d applied in place to held keys)\n", s.EdgeChanges, s.EdgeUpdates)
 	fmt.Fprintf(w, "  commit -> edge-visible latency     p50 %s  p99 %s  max %s  (%d samples, %d unseen)\n",
 		ms(s.P50), ms(s.P99), ms(s.Max), s.Samples, s.Unseen)
 	fmt.Fprintf(w, "  edge hit ratio                     %.1f%%\n", 100*s.HitRatio)

@@ -32,6 +32,8 @@ type driver struct {
 	startEdge           uint64
 	endPub, endProd     float64
 	endEdge             uint64
+	startApplied        uint64
+	endApplied          uint64
 	hits, reads         uint64
 }
 
@@ -51,7 +53,8 @@ func email(id int) string { return fmt.Sprintf("user%d@example.com", id) }
 
 type counters struct {
 	pub, prod float64
-	edge      uint64
+	edge      uint64 // change-stream entries received
+	applied   uint64 // of which applied in place to held keys
 	hits      uint64
 	reads     uint64
 	gen       int64
@@ -63,7 +66,8 @@ func (d *driver) counters(ctx context.Context) counters {
 	c.prod, _ = d.svcs.metric(ctx, d.cfg.Ports.Producer, metricProducerRecords)
 	if st, err := d.svcs.edgeStats(ctx); err == nil {
 		for _, p := range st.Projections {
-			c.edge += p.Updates
+			c.edge += p.ChangesSeen
+			c.applied += p.Updates
 			c.hits += p.Hits
 			c.reads += p.Hits + p.Misses
 			if p.Name == "users_by_email" {
@@ -79,7 +83,7 @@ func (d *driver) run(ctx context.Context, out io.Writer) error {
 		return fmt.Errorf("demo needs more than %d users, has %d", sampleIDs, d.users)
 	}
 	start := d.counters(ctx)
-	d.startPub, d.startProd, d.startEdge = start.pub, start.prod, start.edge
+	d.startPub, d.startProd, d.startEdge, d.startApplied = start.pub, start.prod, start.edge, start.applied
 
 	runCtx, cancel := context.WithTimeout(ctx, d.cfg.Period)
 	defer cancel()
@@ -91,7 +95,7 @@ func (d *driver) run(ctx context.Context, out io.Writer) error {
 	go func() { defer wg.Done(); d.readLoop(runCtx) }()
 
 	fmt.Fprintf(out, "\n  %5s  %10s  %12s  %11s  %10s  %8s  %8s  %6s  %4s\n",
-		"t", "core upd/s", "publisher/s", "producer/s", "edge upd/s", "p50", "p99", "hit%", "gen")
+		"t", "core upd/s", "publisher/s", "producer/s", "edge chg/s", "p50", "p99", "hit%", "gen")
 	prev, prevT := start, time.Now()
 	prevUpd := int64(0)
 	t0 := time.Now()
@@ -125,15 +129,17 @@ loop:
 			return err
 		}
 	}
-	// Let the last changes land before the closing count.
-	fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
-	defer fcancel()
-	end := d.counters(fctx)
-	for end.edge < d.startEdge+uint64(d.updates.Load()) && fctx.Err() == nil {
+	// Let the last changes land before the closing count: wait (at most 5 s) until the publisher
+	// has relayed every committed update. The edge applies only the changes of keys it holds, so
+	// its count is not a completion signal.
+	deadline := time.Now().Add(5 * time.Second)
+	end := d.counters(ctx)
+	for end.pub < d.startPub+float64(d.updates.Load()) && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(100 * time.Millisecond)
-		end = d.counters(fctx)
+		end = d.counters(ctx)
 	}
-	d.endPub, d.endProd, d.endEdge, d.hits, d.reads = end.pub, end.prod, end.edge, end.hits, end.reads
+	end = d.counters(ctx) // once more, with the edge's and the producer's last changes
+	d.endPub, d.endProd, d.endEdge, d.endApplied, d.hits, d.reads = end.pub, end.prod, end.edge, end.applied, end.hits, end.reads
 	return nil
 }
 
@@ -290,7 +296,8 @@ func (d *driver) fill(sum *Summary) {
 	sum.Updates = d.updates.Load()
 	sum.PublisherEvents = d.endPub - d.startPub
 	sum.ProducerEvents = d.endProd - d.startProd
-	sum.EdgeUpdates = d.endEdge - d.startEdge
+	sum.EdgeChanges = d.endEdge - d.startEdge
+	sum.EdgeUpdates = d.endApplied - d.startApplied
 	sum.P50, sum.P99, sum.Max = d.percentiles()
 	d.mu.Lock()
 	sum.Samples, sum.Unseen = len(d.samples), d.unseen

@@ -20,7 +20,7 @@ import (
 // Metric names the demo reads from the services' /metrics.
 const (
 	metricPublisherEvents = "distcache_publisher_events_total"
-	metricProducerRecords = "distcache_producer_records_total"
+	metricProducerRecords = "distcache_producer_records_consumed_total"
 )
 
 type services struct {

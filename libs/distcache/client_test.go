@@ -352,3 +352,47 @@ func (h *mgetCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (h *mgetCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
+
+// TestBatchReachesClients: one Apply is one stream entry; a key written
+// twice in the batch ends at its newest version in the client.
+func TestBatchReachesClients(t *testing.T) {
+	t.Parallel()
+	_, rdb, pub := standalone(t)
+	ctx := ctxT(t)
+	mustSet(t, pub, proj, 1, "k", 1)
+	mustSet(t, pub, proj, 1, "j", 1)
+	mustCutover(t, pub, proj, 1)
+	c := newClient(t, distcache.WithRedis(rdb), distcache.WithProjections(proj))
+	for _, k := range []string{"k", "j"} {
+		if _, err := c.Get(ctx, proj, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := rdb.XLen(ctx, distcache.StreamKey(proj, 1)).Val()
+	res, err := pub.Apply(ctx, proj, 1, []distcache.Change{
+		{Key: "k", Value: val("k", 2), Version: 2},
+		{Key: "j", Version: 5, Op: distcache.OpDelete},
+		{Key: "k", Value: val("k", 3), Version: 3},
+		{Key: "k", Value: val("k", 2), Version: 2}, // older: not applied
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []bool{true, true, true, false}
+	for i, r := range res {
+		if r.Applied != want[i] || r.Err != nil {
+			t.Fatalf("Apply[%d] = %+v, want applied=%v", i, r, want[i])
+		}
+	}
+	if got := rdb.XLen(ctx, distcache.StreamKey(proj, 1)).Val(); got != before+1 {
+		t.Fatalf("stream grew by %d entries, want 1", got-before)
+	}
+	eventually(t, func() bool {
+		e, err := c.GetEntry(ctx, proj, "k")
+		_, jerr := c.Get(ctx, proj, "j")
+		return err == nil && e.Version == 3 && bytes.Equal(e.Value, val("k", 3)) && errors.Is(jerr, distcache.ErrNotFound)
+	}, "batch not applied in the client")
+	if s := stats(c, proj); s.Misses != 2 {
+		t.Fatalf("misses = %d, want 2 (updates pushed, not refetched)", s.Misses)
+	}
+}

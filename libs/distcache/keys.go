@@ -41,12 +41,14 @@ import (
 // version for a configurable time (WithTombstoneTTL) so that an older write
 // arriving later cannot resurrect the key.
 //
-// Change stream entries have two fields: k, the user key, and v, the value
-// exactly as stored in the value key (version, op byte, payload), so a
-// tombstone's v is its version followed by "d". Streams are capped with
-// approximate trimming (MAXLEN ~ n, see WithStreamMaxLen); a client that
-// finds its last position trimmed away has a gap and revalidates that
-// projection.
+// A change stream entry holds the writes of one publish call (or of one chunk
+// of up to 128 changes of a batch): one field per written key, named by the
+// user key, whose value is exactly what was stored in the value key (version,
+// op byte, payload; a tombstone is its version followed by "d"). Only writes
+// that were applied (or, on Cluster, replayed) appear. Streams are capped
+// with approximate trimming (MAXLEN ~ n entries, see WithStreamMaxLen); a
+// client that finds its last position trimmed away has a gap and
+// revalidates that projection.
 //
 // Control stream entries have the fields t ("cutover"), gen (the new
 // generation) and prev (the generation the pointer named before, "0" for

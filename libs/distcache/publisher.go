@@ -80,7 +80,8 @@ const DefaultMaxValueBytes = 1 << 20
 const DefaultTombstoneTTL = 24 * time.Hour
 
 // WithStreamMaxLen caps each change stream at about n entries (XADD MAXLEN ~,
-// approximate trimming). 0 means uncapped. Default DefaultStreamMaxLen.
+// approximate trimming); an entry holds one publish call's writes (up to 128
+// changes of a batch). 0 means uncapped. Default DefaultStreamMaxLen.
 // Clients further behind than the cap have a gap and revalidate.
 func WithStreamMaxLen(n int64) PublisherOption {
 	return func(c *publisherConfig) { c.streamMaxLen = n }
@@ -155,9 +156,9 @@ else
 end
 if ARGV[7] == '1' then
   if ARGV[5] ~= '0' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'k', ARGV[4], 'v', v)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', ARGV[4], v)
   else
-    redis.call('XADD', KEYS[2], '*', 'k', ARGV[4], 'v', v)
+    redis.call('XADD', KEYS[2], '*', ARGV[4], v)
   end
 end
 return 1
@@ -171,6 +172,7 @@ return 1
 // result per change (1 applied, 2 same version present, 0 newer present).
 var batchScript = redis.NewScript(`
 local res = {}
+local fields = {}
 local n = #KEYS - 1
 for i = 1, n do
   local vk = KEYS[i + 1]
@@ -196,12 +198,17 @@ for i = 1, n do
     else
       redis.call('SET', vk, v)
     end
-    redis.call('XADD', KEYS[1], '*', 'k', key, 'v', v)
+    fields[#fields + 1] = key
+    fields[#fields + 1] = v
   end
   res[i] = r
 end
-if ARGV[1] ~= '0' then
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
+if #fields > 0 then
+  if ARGV[1] ~= '0' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+  else
+    redis.call('XADD', KEYS[1], '*', unpack(fields))
+  end
 end
 return res
 `)
@@ -385,26 +392,21 @@ func (p *Publisher) apply(ctx context.Context, proj string, gen int64, changes [
 	if len(appendIdx) == 0 {
 		return nil
 	}
-	pipe := p.rdb.Pipeline()
-	xcmds := make([]*redis.StringCmd, len(appendIdx))
-	for n, j := range appendIdx {
+	// One stream entry for the batch: field = key, value = stored value.
+	fields := make([]any, 0, 2*len(appendIdx))
+	for _, j := range appendIdx {
 		pr := preps[j]
 		c := &changes[pr.idx]
 		v := pr.version + pr.op
 		if c.Op == OpSet {
 			v += string(c.Value)
 		}
-		args := &redis.XAddArgs{
-			Stream: stream,
-			Approx: true,
-			MaxLen: p.cfg.streamMaxLen,
-			Values: []any{"k", c.Key, "v", v},
-		}
-		xcmds[n] = pipe.XAdd(ctx, args)
+		fields = append(fields, c.Key, v)
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	err = p.rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Approx: true, MaxLen: p.cfg.streamMaxLen, Values: fields}).Err()
+	if err != nil {
 		// The values are written; a retry of the batch re-appends the
-		// stream entries (same version → result 2 → append again).
+		// stream entry (same version → result 2 → append again).
 		return fmt.Errorf("publish %s/g%d: append change stream: %w", proj, gen, err)
 	}
 	return nil

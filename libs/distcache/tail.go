@@ -89,27 +89,17 @@ func (p *projection) preroll(ctx context.Context, st *store, pos string) {
 		return
 	}
 	for _, m := range msgs {
-		if key, version, _, _, ok := parseChange(m); ok {
-			h := hashKey(key)
-			s := p.stripe(h)
-			s.Lock()
-			p.recordRecent(h, version)
-			s.Unlock()
+		for key, v := range m.Values {
+			s, _ := v.(string)
+			if version, _, _, err := decodeValue(s); err == nil {
+				h := hashKey(key)
+				st := p.stripe(h)
+				st.Lock()
+				p.recordRecent(h, version)
+				st.Unlock()
+			}
 		}
 	}
-}
-
-func parseChange(m redis.XMessage) (key string, version int64, op byte, payload string, ok bool) {
-	k, _ := m.Values["k"].(string)
-	v, _ := m.Values["v"].(string)
-	if k == "" {
-		return "", 0, 0, "", false
-	}
-	version, op, payload, err := decodeValue(v)
-	if err != nil {
-		return "", 0, 0, "", false
-	}
-	return k, version, op, payload, true
 }
 
 // tail follows the projection until ctx is done: the control stream (for
@@ -229,16 +219,21 @@ func (p *projection) applyMessages(msgs []redis.XMessage, replaying bool) {
 		return
 	}
 	st := p.store.Load()
+	changes := 0
 	for _, m := range msgs {
-		if key, version, op, payload, ok := parseChange(m); ok {
-			p.applyChange(st, key, version, op, payload)
+		for key, v := range m.Values {
+			s, _ := v.(string)
+			if version, op, payload, err := decodeValue(s); err == nil && validateKey(key) == nil {
+				p.applyChange(st, key, version, op, payload)
+				changes++
+			}
 		}
 	}
 	last := msgs[len(msgs)-1].ID
 	p.streamPos = last
-	p.seen.Add(uint64(len(msgs)))
+	p.seen.Add(uint64(changes))
 	if replaying {
-		p.replays.Add(uint64(len(msgs)))
+		p.replays.Add(uint64(changes))
 	}
 	if ms, _, ok := strings.Cut(last, "-"); ok {
 		if t, err := strconv.ParseInt(ms, 10, 64); err == nil {

@@ -174,6 +174,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpo
 		relay.WithTopicPrefix(cfg.TopicPrefix),
 		relay.WithLogger(log),
 		relay.WithMetrics(metrics),
+		relay.WithCommitFence(cfg.CommitFence),
 	}
 	if cfg.AutoBackload {
 		ropts = append(ropts, relay.WithOnActive(bl.RunPendingLoop))

@@ -63,6 +63,8 @@ type params struct {
 	writers     int
 	txn         bool
 	asyncCommit bool
+	tuning      string
+	fence       bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -76,6 +78,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&p.latencyTime, "latency-duration", 10*time.Second, "latency scenario: duration of one run")
 	fs.IntVar(&p.writers, "writers", 8, "latency scenario: concurrent writers")
 	fs.BoolVar(&p.asyncCommit, "writer-async-commit", false, "latency scenario: writers commit with synchronous_commit=off (diagnoses fsync stalls)")
+	fs.StringVar(&p.tuning, "outbox-storage", "", "storage parameters applied to distcache_outbox before a run, e.g. vacuum_truncate=off (experiments)")
+	fs.BoolVar(&p.fence, "fence", true, "relay with the commit fence (the service's default)")
 	modes := fs.String("modes", "txn,idempotent", "producer modes to measure, side by side: txn (Kafka transactions, the service's default) and/or idempotent")
 	verbose := fs.Bool("v", false, "log every relay batch (debug) to stderr")
 	if err := fs.Parse(args); err != nil {
@@ -218,7 +222,7 @@ var relayLog = slog.New(slog.DiscardHandler)
 
 // startRelay runs a relay whose producers (one per lease term) are
 // transactional when txn is set and pass through wrap.
-func startRelay(ctx context.Context, url, broker string, batch int, txn bool, wrap func(relay.Producer) relay.Producer, m *pubmetrics.Metrics) (func(), error) {
+func startRelay(ctx context.Context, url, broker string, batch int, fence, txn bool, wrap func(relay.Producer) relay.Producer, m *pubmetrics.Metrics) (func(), error) {
 	newProducer := func(id string) (relay.Producer, error) {
 		opts := []producer.Option{producer.WithReplicationFactor(1)}
 		if txn {
@@ -235,7 +239,7 @@ func startRelay(ctx context.Context, url, broker string, batch int, txn bool, wr
 		return nil, err
 	}
 	r, err := relay.New(cfg, newProducer, relay.WithBatchSize(batch), relay.WithMetrics(m), relay.WithLogger(relayLog), relay.WithTopicPrefix("bench"),
-		relay.WithPollInterval(time.Second), relay.WithLeaseRetryInterval(100*time.Millisecond))
+		relay.WithPollInterval(time.Second), relay.WithLeaseRetryInterval(100*time.Millisecond), relay.WithCommitFence(fence))
 	if err != nil {
 		return nil, err
 	}
@@ -278,7 +282,7 @@ func throughput(ctx context.Context, pg *devstack.Postgres, broker string, p par
 	defer deleteTopic(broker, events.Topic("bench", agg))
 	m := pubmetrics.New()
 	start := time.Now()
-	stop, err := startRelay(ctx, url, broker, p.batch, p.txn, identity, m)
+	stop, err := startRelay(ctx, url, broker, p.batch, p.fence, p.txn, identity, m)
 	if err != nil {
 		return 0, err
 	}
@@ -333,6 +337,11 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 	}
 	defer func() { pool.Close(); _ = pg.DropDatabase(context.WithoutCancel(ctx), "lat"+strconv.Itoa(i)) }()
 	agg := "lat" + strconv.Itoa(i)
+	if p.tuning != "" {
+		if _, err := pool.Exec(ctx, `ALTER TABLE distcache_outbox SET (`+p.tuning+`)`); err != nil {
+			return res, fmt.Errorf("-outbox-storage: %w", err)
+		}
+	}
 	prod, err := producer.New([]string{broker}, producer.WithReplicationFactor(1))
 	if err != nil {
 		return res, err
@@ -344,7 +353,7 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 	defer deleteTopic(broker, events.Topic("bench", agg))
 	acks := &ackTimes{acks: map[string]time.Time{}}
 	wrap := func(p relay.Producer) relay.Producer { return &ackingProducer{Producer: p, t: acks} }
-	stop, err := startRelay(ctx, url, broker, p.batch, p.txn, wrap, pubmetrics.New())
+	stop, err := startRelay(ctx, url, broker, p.batch, p.fence, p.txn, wrap, pubmetrics.New())
 	if err != nil {
 		return res, err
 	}

@@ -32,6 +32,7 @@ const (
 	EnvShutdownTimeout    = "PUBLISHER_SHUTDOWN_TIMEOUT"
 	EnvModels             = "PUBLISHER_MODELS"
 	EnvAutoBackload       = "PUBLISHER_AUTO_BACKLOAD"
+	EnvCommitFence        = "PUBLISHER_COMMIT_FENCE"
 	EnvBackloadChunkSize  = "PUBLISHER_BACKLOAD_CHUNK_SIZE"
 	EnvKafkaTransactions  = "PUBLISHER_KAFKA_TRANSACTIONS"
 	EnvKafkaTxnID         = "PUBLISHER_KAFKA_TRANSACTIONAL_ID"
@@ -121,8 +122,11 @@ type Config struct {
 	Models            []Model
 	AutoBackload      bool
 	BackloadChunkSize int
-	LogLevel          slog.Level
-	LogJSON           bool
+	// CommitFence: read only rows older than every running transaction
+	// (relay.WithCommitFence). Default true.
+	CommitFence bool
+	LogLevel    slog.Level
+	LogJSON     bool
 }
 
 // FromEnv reads the configuration with getenv (os.Getenv in production; a
@@ -138,6 +142,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		Linger:             DefaultLinger,
 		ShutdownTimeout:    DefaultShutdownTimeout,
 		AutoBackload:       true,
+		CommitFence:        true,
 		BackloadChunkSize:  DefaultBackloadChunkSize,
 		LogLevel:           slog.LevelInfo,
 		LogJSON:            true,
@@ -195,6 +200,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	durVar(getenv, EnvLinger, &c.Linger, fail, 0)
 	durVar(getenv, EnvShutdownTimeout, &c.ShutdownTimeout, fail, time.Millisecond)
 	boolVar(getenv, EnvAutoBackload, &c.AutoBackload, fail)
+	boolVar(getenv, EnvCommitFence, &c.CommitFence, fail)
 
 	if v := strings.TrimSpace(getenv(EnvModels)); v != "" {
 		ms, err := ParseModels(v)
@@ -322,6 +328,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
 		slog.Any("models", models),
 		slog.Bool("auto_backload", c.AutoBackload),
+		slog.Bool("commit_fence", c.CommitFence),
 		slog.Int("backload_chunk_size", c.BackloadChunkSize),
 	)
 }

@@ -39,6 +39,8 @@ func TestFromEnvDefaults(t *testing.T) {
 		{"batch size", c.BatchSize, DefaultBatchSize},
 		{"poll interval", c.PollInterval, time.Second},
 		{"auto backload", c.AutoBackload, true},
+		{"commit fence", c.CommitFence, true},
+		{"kafka transactions", c.Kafka.Transactions, true},
 		{"sasl", c.Kafka.SASLMechanism, ""},
 	}
 	for _, ch := range checks {
@@ -60,11 +62,12 @@ func TestFromEnvValues(t *testing.T) {
 		EnvKafkaSASLPassword, "hunter2",
 		EnvKafkaSASLMechanism, "scram-sha-512",
 		EnvAutoBackload, "false",
+		EnvCommitFence, "false",
 	)...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.TopicPrefix != "prod.core" || c.ReplicationFactor != 3 || c.BatchSize != 500 || c.PollInterval != 250*time.Millisecond || c.AutoBackload {
+	if c.TopicPrefix != "prod.core" || c.ReplicationFactor != 3 || c.BatchSize != 500 || c.PollInterval != 250*time.Millisecond || c.AutoBackload || c.CommitFence {
 		t.Errorf("got %+v", c)
 	}
 	want := []Model{{"users", "users", "id"}, {"teams", "app.teams", "slug"}}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/distcache/distcache/libs/events"
@@ -28,6 +29,16 @@ type row struct {
 	eventID   string
 	createdAt time.Time
 }
+
+// finalExpr is the commit fence: the row's transaction is older than every
+// transaction still running when the statement took its snapshot.
+const finalExpr = `txid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))`
+
+// Without the fence every visible row counts as final.
+var (
+	fetchSQLNoFence       = strings.Replace(fetchSQL, finalExpr, "true", 1)
+	commitFetchSQLNoFence = strings.Replace(commitFetchSQL, finalExpr, "true", 1)
+)
 
 // fetchSQL reads the oldest rows by id with their finality. COALESCE keeps
 // rows that break the schema's checks (if those were dropped) readable so
@@ -305,10 +316,14 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, exclude []int64, done
 	}
 	var rs pgx.Rows
 	var err error
+	fetch, commitFetch := fetchSQL, commitFetchSQL
+	if !r.o.commitFence {
+		fetch, commitFetch = fetchSQLNoFence, commitFetchSQLNoFence
+	}
 	if done != nil {
-		rs, err = conn.Query(ctx, commitFetchSQL, done.done, done.deadIDs, done.deadWhy, r.o.batchSize, blocked)
+		rs, err = conn.Query(ctx, commitFetch, done.done, done.deadIDs, done.deadWhy, r.o.batchSize, blocked)
 	} else {
-		rs, err = conn.Query(ctx, fetchSQL, r.o.batchSize, blocked, exclude)
+		rs, err = conn.Query(ctx, fetch, r.o.batchSize, blocked, exclude)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)

@@ -97,6 +97,7 @@ type options struct {
 	log                *slog.Logger
 	metrics            *pubmetrics.Metrics
 	onActive           func(ctx context.Context)
+	commitFence        bool
 }
 
 // Option configures a Relay.
@@ -138,6 +139,20 @@ func WithMetrics(m *pubmetrics.Metrics) Option { return func(o *options) { o.met
 // return before it gives up the lease. Default: none.
 func WithOnActive(f func(ctx context.Context)) Option { return func(o *options) { o.onActive = f } }
 
+// WithCommitFence turns the xid8 commit fence on or off. Default on.
+//
+// With the fence a batch only holds rows whose transaction is older than
+// every transaction still running. Per-key order does not depend on it: a
+// key's version n+1 is allocated only after version n committed, so a read
+// that sees n+1 sees n too, earlier in id order, and since published rows
+// are deleted rather than passed by a cursor, a row that commits late is
+// read by a later batch, never skipped. The fence additionally keeps each
+// batch free of rows that overtake an older transaction still in flight, at
+// a price: relay latency is at least the duration of the longest concurrent
+// write transaction in the cluster. Turning it off trades that property for
+// latency.
+func WithCommitFence(on bool) Option { return func(o *options) { o.commitFence = on } }
+
 // New returns a relay reading the outbox through connections made from
 // connCfg and producing with producers from newProducer.
 func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (*Relay, error) {
@@ -148,6 +163,7 @@ func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (
 		shutdownTimeout:    15 * time.Second,
 		topicPrefix:        events.DefaultTopicPrefix,
 		maxEventBytes:      events.DefaultMaxEventBytes,
+		commitFence:        true,
 	}
 	for _, f := range opts {
 		f(&o)
@@ -359,6 +375,9 @@ func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
 		wait := r.o.pollInterval
 		switch {
 		case cur.full:
+			if !heldSince.IsZero() {
+				r.o.log.Debug("relay fence released", "held_for", time.Since(heldSince))
+			}
 			heldSince, fenceWait = time.Time{}, 0
 			cur = nil
 			continue
@@ -382,6 +401,9 @@ func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
 			fenceWait = min(max(2*fenceWait, fenceFirstWait), limit, r.o.pollInterval)
 			wait = fenceWait
 		default:
+			if !heldSince.IsZero() {
+				r.o.log.Debug("relay fence released", "held_for", time.Since(heldSince))
+			}
 			heldSince, fenceWait = time.Time{}, 0
 		}
 		cur = nil

@@ -91,13 +91,25 @@ func finalVersions(t *testing.T, pool *pgxpool.Pool, aggregate string) map[strin
 // every event reaches the topic and each key's events arrive in commit
 // order (the payload counter n, incremented under the row lock, equals the
 // version and increases along the topic).
+//
+// It runs with the commit fence (the default) and without it: per-key order
+// does not depend on the fence (see WithCommitFence).
 func TestRelayCommitOrderConcurrentWriters(t *testing.T) {
 	t.Parallel()
+	for _, fence := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fence=%v", fence), func(t *testing.T) {
+			t.Parallel()
+			testCommitOrder(t, fence)
+		})
+	}
+}
+
+func testCommitOrder(t *testing.T, fence bool) {
 	dbURL := devstacktest.Database(t)
 	k := devstacktest.Kafka(t)
 	pool := pubtest.Migrate(t, dbURL)
 	pubtest.Exec(t, pool, pubtest.CapturedTableSQL("items"))
-	startRelay(t, dbURL, k.Addr, WithBatchSize(50))
+	startRelay(t, dbURL, k.Addr, WithBatchSize(50), WithCommitFence(fence))
 	reader := pubtest.NewReader(t, k.Addr, "distcache.items")
 
 	const writers, txPerWriter, keys = 12, 25, 10
