@@ -166,18 +166,56 @@ func (p *process) stop(timeout time.Duration) error {
 	return nil
 }
 
-// kill sends SIGKILL and waits until the process is gone.
+// kill sends SIGKILL to the process and every process of its group (it leads one: Setpgid or
+// Setsid), as a crash of the whole server would, and waits until all of them are gone. Killing
+// the group matters for PostgreSQL: backends that outlive their postmaster keep its shared memory
+// and make a restart fail.
 func (p *process) kill() error {
-	if p.PID() == 0 || p.exited() {
+	pid := p.PID()
+	if pid == 0 {
 		return nil
 	}
-	if err := p.signal(syscall.SIGKILL); err != nil {
-		return err
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		if err := p.signal(syscall.SIGKILL); err != nil {
+			return err
+		}
 	}
 	if !p.waitExit(10 * time.Second) {
-		return fmt.Errorf("%s: pid %d survived SIGKILL", p.name, p.PID())
+		return fmt.Errorf("%s: pid %d survived SIGKILL", p.name, pid)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for groupAlive(pid) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: processes of group %d survived SIGKILL", p.name, pid)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	return nil
+}
+
+// groupAlive reports whether any live (non-zombie) process belongs to process group pgid.
+func groupAlive(pgid int) bool {
+	if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
+		return false
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return true
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		g, err := syscall.Getpgid(pid)
+		if err != nil || g != pgid {
+			continue
+		}
+		if pidAlive(pid) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *process) waitExit(timeout time.Duration) bool {

@@ -103,6 +103,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			res[bm.name] = append(res[bm.name], result{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp()})
 		}
 	}
+	fmt.Fprintln(out, "interleaved serial hits...")
+	inter, err := benchkit.Interleaved(300, 5000, benchkit.HitOps(dc, rc, bc, e.Keys)...)
+	if err != nil {
+		return err
+	}
 	var prop, inval, propS, invalS [][2]time.Duration
 	for range *count {
 		p, err := e.Propagation(ctx, dc, *samples)
@@ -176,6 +181,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		row("local hit "+mode+" vs raw bigcache Get", ns(d), ns(b),
 			fmt.Sprintf("%.2f×", pairRatio("hit "+mode+": distcache Get", "hit "+mode+": bigcache Get", false)), "≤ 1.25×")
 	}
+	row("local hit serial, interleaved blocks, vs rueidis DoCache", fmt.Sprintf("%.0f ns", inter[0]), fmt.Sprintf("%.0f ns", inter[1]),
+		fmt.Sprintf("%.2f×", inter[0]/inter[1]), "≤ 0.8×")
+	row("local hit serial, interleaved blocks, vs raw bigcache Get", fmt.Sprintf("%.0f ns", inter[0]), fmt.Sprintf("%.0f ns", inter[2]),
+		fmt.Sprintf("%.2f×", inter[0]/inter[2]), "≤ 1.25×")
 	a := med("hit serial: distcache GetAppend")
 	row("allocs per hit (Get / GetAppend)", fmt.Sprintf("%d / %d", med("hit serial: distcache Get").allocs, a.allocs),
 		fmt.Sprintf("bigcache Get: %d", med("hit serial: bigcache Get").allocs), "", "≤ 1 / 0")

@@ -510,3 +510,44 @@ func (e *Env) MemoryPerEntry(ctx context.Context, n int) (distcacheBytes, bigcac
 	_, _ = e.RDB.FlushDB(ctx).Result()
 	return distcacheBytes, bigcacheBytes, nil
 }
+
+// Interleaved measures ops in alternating blocks (per ops of each, blocks
+// times) and returns the mean ns per op of each. On a shared machine whose
+// load drifts, alternating at this grain gives both sides the same
+// conditions.
+func Interleaved(blocks, per int, ops ...func(i int) error) ([]float64, error) {
+	total := make([]time.Duration, len(ops))
+	i := 0
+	for range blocks {
+		for j, op := range ops {
+			start := time.Now()
+			for range per {
+				if err := op(i); err != nil {
+					return nil, err
+				}
+				i++
+			}
+			total[j] += time.Since(start)
+		}
+	}
+	ns := make([]float64, len(ops))
+	for j := range total {
+		ns[j] = float64(total[j].Nanoseconds()) / float64(blocks*per)
+	}
+	return ns, nil
+}
+
+// HitOps returns single-hit operations of distcache Get, rueidis DoCache
+// and raw bigcache Get over keys, for Interleaved.
+func HitOps(c *distcache.Client, rc rueidis.Client, bc *bigcache.BigCache, keys []string) []func(int) error {
+	ctx := context.Background()
+	cmds := make([]rueidis.Cacheable, len(keys))
+	for i, k := range keys {
+		cmds[i] = rc.B().Get().Key("raw:" + k).Cache().Pin()
+	}
+	return []func(int) error{
+		func(i int) error { _, err := c.Get(ctx, Proj, keys[i%len(keys)]); return err },
+		func(i int) error { _, err := rc.DoCache(ctx, cmds[i%len(cmds)], time.Hour).ToString(); return err },
+		func(i int) error { _, err := bc.Get(keys[i%len(keys)]); return err },
+	}
+}

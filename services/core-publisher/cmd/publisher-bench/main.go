@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -83,6 +84,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	modes := fs.String("modes", "txn,idempotent", "producer modes to measure, side by side: txn (Kafka transactions, the service's default) and/or idempotent")
 	verbose := fs.Bool("v", false, "log every relay batch (debug) to stderr")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
 
