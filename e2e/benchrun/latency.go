@@ -315,19 +315,23 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	return run, nil
 }
 
-// warmUp commits an update of item 1 and waits until every tracker has seen it, then clears
-// their samples.
+// warmUp commits updates of item 1, one a second, until every tracker has seen one (a watcher
+// that positions itself after a probe was written sees the next one), then clears their samples.
 func warmUp(ctx context.Context, pool *pgxpool.Pool, ts []*tracker) error {
-	got, err := pipeline.Bump(ctx, pool, []int64{1})
-	if err != nil {
-		return fmt.Errorf("warm-up write: %w", err)
-	}
-	at := time.Now()
-	for _, t := range ts {
-		t.add(1, got[1], at)
-	}
-	deadline := at.Add(time.Minute)
+	deadline := time.Now().Add(time.Minute)
+	var next time.Time
 	for {
+		if now := time.Now(); now.After(next) {
+			got, err := pipeline.Bump(ctx, pool, []int64{1})
+			if err != nil {
+				return fmt.Errorf("warm-up write: %w", err)
+			}
+			at := time.Now()
+			for _, t := range ts {
+				t.add(1, got[1], at)
+			}
+			next = at.Add(time.Second)
+		}
 		done := true
 		for _, t := range ts {
 			t.mu.Lock()
@@ -338,7 +342,7 @@ func warmUp(ctx context.Context, pool *pgxpool.Pool, ts []*tracker) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return errors.New("warm-up: the probe write did not reach every stage within a minute")
+			return errors.New("warm-up: no probe write reached every stage within a minute")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
