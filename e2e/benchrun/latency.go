@@ -222,7 +222,7 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 
 	// Warm-up: one probe commit, seen by every watcher, so all three are live before the timed
 	// writes start (a watcher that joins late would count its own start-up as latency).
-	if err := warmUp(ctx, pool, []*tracker{brokerT, redisT, edgeT}); err != nil {
+	if err := warmUp(ctx, pool, []*tracker{brokerT, redisT, edgeT}); err != nil { // in stageNames order
 		close(stop)
 		wg.Wait()
 		return run, err
@@ -315,6 +315,8 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	return run, nil
 }
 
+var stageNames = []string{"broker", "Redis change stream", "edge"}
+
 // warmUp commits updates of item 1, one a second, until every tracker has seen one (a watcher
 // that positions itself after a probe was written sees the next one), then clears their samples.
 func warmUp(ctx context.Context, pool *pgxpool.Pool, ts []*tracker) error {
@@ -342,7 +344,15 @@ func warmUp(ctx context.Context, pool *pgxpool.Pool, ts []*tracker) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return errors.New("warm-up: no probe write reached every stage within a minute")
+			var missing []string
+			for i, t := range ts {
+				t.mu.Lock()
+				if len(t.pending) > 0 {
+					missing = append(missing, stageNames[i])
+				}
+				t.mu.Unlock()
+			}
+			return fmt.Errorf("warm-up: no probe write reached %v within a minute", missing)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

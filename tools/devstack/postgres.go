@@ -109,8 +109,8 @@ func StartPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 	return pg, nil
 }
 
-// allowTraverse gives others execute permission on dir's ancestors up to the first one that
-// already has it, so the postgres user can reach a directory made by root (test temp dirs are 0700).
+// allowTraverse gives others execute (search) permission on each of dir's ancestors that lacks
+// it, so the postgres user can reach a directory made by root (test temp dirs and /root are 0700).
 func allowTraverse(dir string) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -122,7 +122,7 @@ func allowTraverse(dir string) error {
 			return err
 		}
 		if st.Mode().Perm()&0o001 != 0 {
-			break
+			continue
 		}
 		if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
 			return fmt.Errorf("make %s reachable for postgres: %w", d, err)

@@ -40,6 +40,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	update := fs.Bool("update-baseline", false, "write this run's figures to the baseline file")
 	runs := fs.Int("runs", 0, "runs of each measure (default 3; 1 with -quick)")
 	dur := fs.Duration("duration", 0, "length of one latency run (default 10s; 4s with -quick)")
+	items := fs.Int("items", 0, "rows in the sample table (default 20000; 5000 with -quick)")
 	noParts := fs.Bool("no-parts", false, "skip the parts' own benchmarks (pipeline latency and memory only)")
 	results := fs.String("results", "", "results directory (default <repo>/bench/results)")
 	baseline := fs.String("baseline", "", "baseline file (default <repo>/e2e/baseline.json)")
@@ -70,6 +71,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if *dur > 0 {
 		cfg.Duration = *dur
+	}
+	if *items > 0 {
+		cfg.Items = *items
 	}
 	cfg.Parts = !*noParts
 	cfg.Out = out

@@ -53,8 +53,9 @@ type stack struct {
 func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("devstack", flag.ContinueOnError)
 	dir := fs.String("dir", ".run", "run directory for data, logs and PID files")
+	offset := fs.Int("port-offset", 0, "added to every default port (to run a second stack beside the first)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: devstack [-dir .run] up|down|status|env|install")
+		fmt.Fprintln(fs.Output(), "usage: devstack [-dir .run] [-port-offset N] up|down|status|env|install")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -68,7 +69,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	s := &stack{dir: abs, ports: defaultPorts, out: out}
+	p := defaultPorts
+	for _, port := range []*int{&p.postgres, &p.redisPrimary, &p.redisReplica, &p.kafka, &p.temporal, &p.temporalUI} {
+		*port += *offset
+	}
+	s := &stack{dir: abs, ports: p, out: out}
 	switch fs.Arg(0) {
 	case "up":
 		return s.up(ctx)

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/distcache/distcache/tools/devstacktest"
+)
+
+func TestMain(m *testing.M) { devstacktest.Main(m) }
+
+var pidRE = regexp.MustCompile(`(?m)^(postgres|redis-primary|redis-replica|kafka|temporal)\s+\S+\s+(\d+)\s+healthy`)
+
+// TestUpStatusDown runs the stack CLI as make up / make status / make down do, on ports shifted
+// away from the default stack's: up starts every component healthy, a second up reuses them,
+// status names each with its address and health, and down leaves no process behind.
+func TestUpStatusDown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, src := range map[string]string{"kafkad": devstacktest.KafkadBin(t), "temporal": devstacktest.TemporalBin(t)} {
+		if err := os.Symlink(src, filepath.Join(dir, "bin", name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An offset that moves the stack off the default ports (and off other runs of this test).
+	offset := strconv.Itoa(-20000 + int(time.Now().UnixNano()%500)*7)
+	cli := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(ctx, append([]string{"-dir", dir, "-port-offset", offset}, args...), &out); err != nil {
+			t.Fatalf("devstack %v: %v\n%s", args, err, out.String())
+		}
+		return out.String()
+	}
+	t.Cleanup(func() {
+		var out bytes.Buffer
+		_ = run(context.Background(), []string{"-dir", dir, "-port-offset", offset, "down"}, &out)
+	})
+
+	cli("up")
+	first := pids(t, cli("status"))
+	if len(first) != 5 {
+		t.Fatalf("status shows %d healthy components; want 5", len(first))
+	}
+	cli("up") // idempotent: reuses what runs
+	second := pids(t, cli("status"))
+	for name, pid := range first {
+		if second[name] != pid {
+			t.Errorf("%s: pid %d after the second up; want the same %d", name, second[name], pid)
+		}
+	}
+	env := cli("env")
+	if !strings.Contains(env, "DISTCACHE_KAFKA_BROKERS=127.0.0.1:") {
+		t.Errorf("env lacks the broker address:\n%s", env)
+	}
+	cli("down")
+	for name, pid := range first {
+		deadline := time.Now().Add(10 * time.Second)
+		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Errorf("%s (pid %d) still runs after down", name, pid)
+		}
+	}
+	if got := pids(t, cli("status")); len(got) != 0 {
+		t.Errorf("status after down shows healthy components: %v", got)
+	}
+}
+
+func pids(t *testing.T, status string) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, m := range pidRE.FindAllStringSubmatch(status, -1) {
+		pid, _ := strconv.Atoi(m[2])
+		out[m[1]] = pid
+	}
+	return out
+}
