@@ -105,3 +105,15 @@ func TestWriteChart(t *testing.T) {
 		t.Errorf("size %v, want 900x520", b)
 	}
 }
+
+func TestStreamChanges(t *testing.T) {
+	t.Parallel()
+	single := streamChanges(map[string]any{"k": "item-1", "v": "0000000000000002s{}"})
+	if len(single) != 1 || single["item-1"] != "0000000000000002s{}" {
+		t.Errorf("single write = %v", single)
+	}
+	batch := streamChanges(map[string]any{"item-1": "a", "item-2": "b"})
+	if len(batch) != 2 || batch["item-1"] != "a" || batch["item-2"] != "b" {
+		t.Errorf("batch = %v", batch)
+	}
+}

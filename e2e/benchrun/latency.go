@@ -141,17 +141,14 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 			for _, s := range res {
 				for _, m := range s.Messages {
 					pos = m.ID
-					k, _ := m.Values["k"].(string)
-					v, _ := m.Values["v"].(string) // the value encoding: version, op, payload
-					if v == "" {
-						v, _ = m.Values["d"].(string)
-					}
-					id, err := strconv.ParseInt(strings.TrimPrefix(k, "item-"), 10, 64)
-					if err != nil {
-						continue
-					}
-					if seq, ok := pipeline.Seq([]byte(v)); ok {
-						redisT.seen(id, seq, now)
+					for k, v := range streamChanges(m.Values) {
+						id, err := strconv.ParseInt(strings.TrimPrefix(k, "item-"), 10, 64)
+						if err != nil {
+							continue
+						}
+						if seq, ok := pipeline.Seq([]byte(v)); ok {
+							redisT.seen(id, seq, now)
+						}
 					}
 				}
 			}
@@ -362,4 +359,25 @@ func warmUp(ctx context.Context, pool *pgxpool.Pool, ts []*tracker) error {
 		t.mu.Unlock()
 	}
 	return nil
+}
+
+// streamChanges returns the key → encoded value pairs of one change-stream entry. A single write
+// is an entry with fields k (key) and v (or d) (value); a batch is one entry whose fields are the
+// keys themselves.
+func streamChanges(fields map[string]any) map[string]string {
+	out := map[string]string{}
+	if k, ok := fields["k"].(string); ok {
+		v, _ := fields["v"].(string)
+		if v == "" {
+			v, _ = fields["d"].(string)
+		}
+		out[k] = v
+		return out
+	}
+	for k, v := range fields {
+		if s, ok := v.(string); ok {
+			out[k] = s
+		}
+	}
+	return out
 }
