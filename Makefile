@@ -6,18 +6,18 @@ GO ?= go
 RUN := $(CURDIR)/.run
 BIN := $(RUN)/bin
 PREFIX := github.com/distcache/distcache
-MODULES := libs/events libs/distcache migrations services/core-publisher services/cache-producer services/control-plane workflows tools examples
+MODULES := libs/events libs/distcache migrations services/core-publisher services/cache-producer services/control-plane workflows tools examples e2e
 PKGS := $(foreach m,$(MODULES),$(PREFIX)/$(m)/...)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build tools setup up down status env migrate test fuzz lint demo bench proto deploy-check clean help compose-up compose-down
+.PHONY: all build tools setup up down status env migrate test fuzz lint demo bench proto deploy-check clean help compose-up compose-down chaos
 
 all: build
 
 help:
 	@echo "make demo    run the whole pipeline on the embedded local stack"
 	@echo "make test    run every test (installs and starts what it needs)"
-	@echo "make up | down | status | migrate | lint | bench | proto | deploy-check | compose-up | compose-down"
+	@echo "make up | down | status | migrate | lint | bench | chaos | fuzz | proto | deploy-check | compose-up | compose-down"
 
 ## build: compile every module
 build:
@@ -97,9 +97,17 @@ demo:
 	$(MAKE) --no-print-directory up
 	$(GO) run ./examples/demo -run-dir $(RUN)
 
+## bench: one table of the pipeline and its parts -> bench/results/latest.md + latency.png,
+## compared with e2e/baseline.json (BENCH_FLAGS=-quick for a short run, -strict to fail on a >20% regression)
+BENCH_FLAGS ?=
 bench: setup
-	@echo "make bench: see README, Benchmarks"
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PREFIX)/libs/distcache/...
+	cd e2e && $(GO) run ./cmd/bench $(BENCH_FLAGS)
+
+## chaos: kill -9 and restart every component under load, then verify nothing was lost
+## (CHAOS_FLAGS=-short: about 1.5 min; make test runs that short form as TestChaosShort)
+CHAOS_FLAGS ?=
+chaos: setup
+	cd e2e && $(GO) run ./cmd/chaos $(CHAOS_FLAGS)
 
 include services/control-plane/proto.mk
 

@@ -412,7 +412,9 @@ func WriteMarkdown(w io.Writer, cfg Config, res *Result, regs []Regression, base
 	}
 	fmt.Fprintf(w, "\nLatency is measured in process at an edge (a distcache.Client holding every item): each writer commits a batch "+
 		"of updates and records the time COMMIT returned; a poller reads the items in flight from the edge's local memory every 100 µs "+
-		"and a second watcher tails the generation's change stream in Redis.\n\n![latency distribution](latency.png)\n\n")
+		"and two more watchers time the stages in the same runs: a read-committed Kafka consumer of the topic (commit → broker) and an XREAD "+
+		"tail of the generation's change stream (commit → Redis). Each watcher is a client of its own, so its own delivery delays show in "+
+		"its tail (a stage's p99.9 can exceed the edge's).\n\n![latency distribution](latency.png)\n\n")
 	if len(regs) == 0 {
 		fmt.Fprintf(w, "Compared with %s: no figure worse by more than 20%%.\n", baseline)
 	} else {
