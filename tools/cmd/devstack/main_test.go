@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -34,8 +37,9 @@ func TestUpStatusDown(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// An offset that moves the stack off the default ports (and off other runs of this test).
-	offset := strconv.Itoa(-20000 + int(time.Now().UnixNano()%500)*7)
+	// An offset that moves the stack below the kernel's ephemeral port range (32768 and up), where
+	// the free ports other tests pick and outgoing connections live, so nothing else takes them.
+	offset := strconv.Itoa(freeOffset(t))
 	cli := func(args ...string) string {
 		t.Helper()
 		var out bytes.Buffer
@@ -88,4 +92,26 @@ func pids(t *testing.T, status string) map[string]int {
 		out[m[1]] = pid
 	}
 	return out
+}
+
+// freeOffset picks a port offset in [-50000, -27000) whose six stack ports are all free now.
+func freeOffset(t *testing.T) int {
+	t.Helper()
+	for try := 0; try < 50; try++ {
+		off := -50000 + rand.IntN(23000)
+		free := true
+		for _, p := range []int{defaultPorts.postgres, defaultPorts.redisPrimary, defaultPorts.redisReplica, defaultPorts.kafka, defaultPorts.temporal, defaultPorts.temporalUI} {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+off))
+			if err != nil {
+				free = false
+				break
+			}
+			l.Close()
+		}
+		if free {
+			return off
+		}
+	}
+	t.Fatal("no free port offset found")
+	return 0
 }
