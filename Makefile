@@ -65,9 +65,9 @@ migrate: up
 ## test: every test, against real components the tests start themselves
 test: setup deploy-check
 	$(GO) vet $(PKGS)
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
-	$(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) $(PREFIX)/libs/distcache/...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+	$(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) $(PREFIX)/libs/distcache/...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 
 ## fuzz: a short run of every fuzz target (FUZZTIME each)
 FUZZTIME ?= 30s
