@@ -168,6 +168,9 @@ func waitLive(ctx context.Context, api *apiClient, say func(string, ...any), uiU
 				}
 				line = fmt.Sprintf("      %s: g%d %-12s %8d records  offset %d/%d  %.0f rec/s",
 					p.Name, r.Generation, r.Phase, r.Backfill.RecordsDone, r.Backfill.Offset, r.Backfill.EndOffset, r.Backfill.RatePerSec)
+				if r.Generation == 0 {
+					line = fmt.Sprintf("      %s: allocating a generation", p.Name)
+				}
 			} else if g := int64(st.Projection.CurrentGeneration); g > 0 {
 				gens[p.Name] = g
 				line = fmt.Sprintf("      %s: g%d live", p.Name, g)

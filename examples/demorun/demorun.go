@@ -127,6 +127,10 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		defer svcs.stop()
 	}
 
+	if err := waitBackload(ctx, svcs, cfg, seeded, users+cfg.Orgs, say); err != nil {
+		return sum, err
+	}
+
 	say("[3/5] registering projections through the REST API (%s)", "http://"+addr(cfg.Ports.ControlHTTP))
 	api := newAPIClient("http://"+addr(cfg.Ports.ControlHTTP), cfg.Token)
 	for _, p := range demoProjections {
@@ -199,4 +203,36 @@ func buildBinaries(ctx context.Context, cfg Config) (map[string]string, error) {
 		out[t.name] = bin
 	}
 	return out, nil
+}
+
+// waitBackload waits until core-publisher has backloaded the seeded tables into their topics and
+// its outbox is drained, printing its progress, so the backfills replay complete topics.
+func waitBackload(ctx context.Context, svcs *services, cfg Config, seeded bool, rows int, say func(string, ...any)) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	port := cfg.Ports.Publisher
+	for {
+		running, err1 := svcs.metric(ctx, port, "distcache_publisher_backload_running")
+		done, err2 := svcs.metric(ctx, port, "distcache_publisher_backload_rows_total")
+		lag, err3 := svcs.metric(ctx, port, "distcache_publisher_lag_seconds")
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return fmt.Errorf("core-publisher metrics: %w", err)
+		}
+		if running == 0 && lag == 0 && (!seeded || int(done) >= rows) {
+			if seeded {
+				say("      core-publisher backloaded %d rows into the compacted topics", int(done))
+			}
+			return nil
+		}
+		if seeded {
+			say("      core-publisher backload: %d / %d rows", int(done), rows)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("core-publisher: backload not finished in time (%d of %d rows): %w", int(done), rows, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
