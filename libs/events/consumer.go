@@ -114,6 +114,9 @@ func NewConsumer(brokers []string, aggregates []string, h Handler, opts ...Consu
 		kgo.SeedBrokers(brokers...),
 		kgo.ConsumeTopics(topics...),
 		kgo.ConsumeResetOffset(cfg.start),
+		// core-publisher writes with Kafka transactions: records of a relay that died mid-batch
+		// are aborted and must not be delivered (its successor publishes them again).
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 	}, cfg.kopts...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
