@@ -361,11 +361,32 @@ func TestGracefulShutdownFlushes(t *testing.T) {
 	pool := pubtest.Migrate(t, dbURL)
 	pubtest.Exec(t, pool, pubtest.CapturedTableSQL("items"))
 	const n = 20000
+	// An older transaction left open holds every later row behind the relay's commit fence, so
+	// the backlog cannot drain while the service starts; releasing it and stopping as soon as the
+	// first batch is acknowledged stops the relay in the middle of the backlog, whatever the
+	// machine's speed.
+	ctx := context.Background()
+	hold, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Rollback(ctx)
+	if _, err := hold.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil {
+		t.Fatal(err)
+	}
 	pubtest.Exec(t, pool, `INSERT INTO items (id, body) SELECT g, repeat('x', 200) FROM generate_series(1, $1) g`, n)
 	env := serviceEnv(t, dbURL, k.Addr, "PUBLISHER_BATCH_SIZE", "500", "PUBLISHER_AUTO_BACKLOAD", "false")
-	_, stop := startService(t, env)
-	reader := pubtest.NewReader(t, k.Addr, "distcache.items")
-	reader.ReadUntil(t, 30*time.Second, func(evs []pubtest.Event) bool { return len(evs) > 0 }, "publishing started")
+	base, stop := startService(t, env)
+	if got := metricValue(t, base, `distcache_publisher_events_total{aggregate="items"}`); got != "" && got != "0" {
+		t.Fatalf("published %s events past an open older transaction; the fence should hold them", got)
+	}
+	if err := hold.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
+		v := metricValue(t, base, `distcache_publisher_events_total{aggregate="items"}`)
+		return v != "" && v != "0"
+	}, "publishing started")
 	if err := stop(); err != nil {
 		t.Fatalf("run: %v", err)
 	}
@@ -373,6 +394,7 @@ func TestGracefulShutdownFlushes(t *testing.T) {
 	if left == 0 {
 		t.Fatal("the whole backlog was published before the stop: nothing in flight was tested")
 	}
+	reader := pubtest.NewReader(t, k.Addr, "distcache.items")
 	reader.ReadAll(t, k.Addr, "distcache.items")
 	if got := int64(len(reader.Events)) + left; got != n {
 		t.Errorf("published %d + left in outbox %d = %d, want %d (no loss, no duplicate)", len(reader.Events), left, got, n)
