@@ -547,6 +547,17 @@ func TestTakeoverFencesStalledBatch(t *testing.T) {
 	pool := pubtest.Migrate(t, dbURL)
 	pubtest.Exec(t, pool, pubtest.CapturedTableSQL("items"))
 	const keys, versions = 500, 20
+	// An older open transaction holds the backlog behind the commit fence until both processes
+	// run, so it cannot drain before the broker is stalled, however fast the machine.
+	ctx := context.Background()
+	hold, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Rollback(ctx)
+	if _, err := hold.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil {
+		t.Fatal(err)
+	}
 	pubtest.Exec(t, pool, `INSERT INTO items (id) SELECT generate_series(1, $1)`, keys)
 	for range versions - 1 {
 		pubtest.Exec(t, pool, `UPDATE items SET n = n + 1`)
@@ -561,7 +572,13 @@ func TestTakeoverFencesStalledBatch(t *testing.T) {
 	devstacktest.Eventually(t, 30*time.Second, func() bool { return role(t, b.base) == "standby" }, "second process standing by")
 
 	reader := pubtest.NewReader(t, k.Addr, "distcache.items")
-	reader.ReadUntil(t, 30*time.Second, func(evs []pubtest.Event) bool { return len(evs) >= 200 }, "publishing under way")
+	if err := hold.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
+		v, err := strconv.ParseFloat(metricValue(t, a.base, `distcache_publisher_events_total{aggregate="items"}`), 64)
+		return err == nil && v >= 200
+	}, "publishing under way")
 	if err := syscall.Kill(k.PID(), syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
