@@ -77,7 +77,12 @@ fuzz:
 	    dir=$$(cd $$m && $(GO) list -f '{{.Dir}}' $$pkg); \
 	    for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
 	      echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	      $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null || { echo "fuzz $$f failed"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; exit 1; }; \
+	      out=$$(mktemp); \
+	      if ! $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >$$out 2>&1; then \
+	        echo "fuzz $$f failed once; its output:"; tail -20 $$out; \
+	        echo "running it again: a crasher it found is now in testdata/fuzz and fails again; a hung worker on a loaded machine does not"; \
+	        $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg || { rm -f $$out; exit 1; }; \
+	      fi; rm -f $$out; \
 	    done; \
 	  done; \
 	done
