@@ -31,6 +31,10 @@ var (
 	ErrClosed = errors.New("distcache: client closed")
 	// ErrInvalidOption: an option with a value New or NewPublisher refuses.
 	ErrInvalidOption = errors.New("distcache: invalid option")
+	// ErrClusterUnsupported: Publisher.WriteTx was called on a Publisher
+	// over Redis Cluster, where one transaction cannot span a generation's
+	// keys.
+	ErrClusterUnsupported = errors.New("distcache: not supported on Redis Cluster")
 )
 
 // MaxKeyLen is the longest key distcache accepts, in bytes.

@@ -134,6 +134,12 @@ func (e Envelope) ValidateWithLimit(maxBytes int) error {
 // validate checks every field. With forOutbox, Version 0 and an empty EventID
 // and zero SourceTime are accepted: the outbox writer fills them in.
 func (e *Envelope) validate(maxBytes int, forOutbox bool) error {
+	return e.validateJSON(maxBytes, forOutbox, true)
+}
+
+// validateJSON is validate; checkJSON false checks only that an upsert's
+// payload starts like a JSON object (FromRecordLazy).
+func (e *Envelope) validateJSON(maxBytes int, forOutbox, checkJSON bool) error {
 	if err := validateAggregate(e.Aggregate); err != nil {
 		return err
 	}
@@ -152,7 +158,7 @@ func (e *Envelope) validate(maxBytes int, forOutbox bool) error {
 		if e.Payload == nil {
 			return invalid(FieldPayload, "missing for op upsert")
 		}
-		if !isJSONObject(e.Payload) {
+		if !isJSONObject(e.Payload, checkJSON) {
 			return invalid(FieldPayload, "not a JSON object")
 		}
 	case OpDelete:
@@ -204,14 +210,15 @@ func validateEventID(id string) error {
 	return nil
 }
 
-// isJSONObject reports whether b is one valid JSON value that is an object.
-func isJSONObject(b []byte) bool {
+// isJSONObject reports whether b is one valid JSON value that is an object
+// (with full false: whether it starts like one).
+func isJSONObject(b []byte, full bool) bool {
 	for _, c := range b {
 		switch c {
 		case ' ', '\t', '\n', '\r':
 			continue
 		case '{':
-			return json.Valid(b)
+			return !full || json.Valid(b)
 		}
 		return false
 	}

@@ -136,6 +136,19 @@ func appendPart(buf []byte, s string) ([]byte, []byte) {
 // Unknown headers starting with ReservedHeaderPrefix are ignored, so newer
 // producers may add some. The envelope's Payload aliases r.Value.
 func FromRecord(r *kgo.Record) (Envelope, error) {
+	return fromRecord(r, true)
+}
+
+// FromRecordLazy is FromRecord for consumers that parse an upsert's payload
+// completely right away: it checks only that the payload starts like a JSON
+// object, leaving the full JSON check to that parse (saving a second pass
+// over every payload). A consumer whose parse fails must treat the record
+// as malformed; FromRecord then returns the error to report.
+func FromRecordLazy(r *kgo.Record) (Envelope, error) {
+	return fromRecord(r, false)
+}
+
+func fromRecord(r *kgo.Record, checkJSON bool) (Envelope, error) {
 	var e Envelope
 	if r == nil {
 		return e, &RecordError{Part: "record", Reason: "nil"}
@@ -235,7 +248,7 @@ func FromRecord(r *kgo.Record) (Envelope, error) {
 	case e.Op == OpUpsert:
 		e.Payload = r.Value
 	}
-	if err := e.validate(0, false); err != nil {
+	if err := e.validateJSON(0, false, checkJSON); err != nil {
 		var ve *ValidationError
 		errors.As(err, &ve)
 		part := ve.Field

@@ -234,6 +234,17 @@ func TestFromRecordRejectsMalformed(t *testing.T) {
 			if !errors.Is(err, ErrMalformedRecord) {
 				t.Errorf("errors.Is(err, ErrMalformedRecord) = false for %v", err)
 			}
+			// FromRecordLazy refuses the same records, except a payload
+			// that starts like an object and is not valid JSON, which its
+			// caller's parse refuses.
+			_, lerr := FromRecordLazy(tt.rec)
+			if tt.name == "invalid json payload" {
+				if lerr != nil {
+					t.Errorf("FromRecordLazy = %v, want it to leave the JSON check to the caller", lerr)
+				}
+			} else if lerr == nil || lerr.Error() != err.Error() {
+				t.Errorf("FromRecordLazy error %v, want FromRecord's %v", lerr, err)
+			}
 		})
 	}
 }

@@ -46,6 +46,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	projector.TuneGC() // GOGC overrides
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "cache-producer:", err)
 		stop()
@@ -123,6 +124,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	defer metrics.Close()
 	led := ledger.New(rdb, cfg.DeadLetterMaxLen)
 	writer := projector.NewWriter(pub, led, projector.WithLogger(log))
+	metrics.WatchConflicts(writer)
 	mgr, err := fanout.NewManager(fanout.Config{
 		KafkaOpts: kopts, Writer: writer, BatchSize: cfg.BatchSize, Observer: metrics, Logger: log,
 	})

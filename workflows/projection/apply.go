@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 )
 
@@ -34,6 +35,7 @@ func DecodePayload(raw []byte) (map[string]any, error) {
 type Projection struct {
 	def      Definition
 	template Template
+	names    [][]byte // each field's JSON-quoted name and a colon
 }
 
 // Compile validates d and parses its template.
@@ -45,7 +47,12 @@ func Compile(d Definition) (*Projection, error) {
 	if err != nil { // unreachable after Validate; kept so a change there cannot panic here
 		return nil, fmt.Errorf("parse key template: %w", err)
 	}
-	return &Projection{def: d, template: t}, nil
+	names := make([][]byte, len(d.Fields))
+	for i, f := range d.Fields {
+		q, _ := json.Marshal(f) // a field name always marshals
+		names[i] = append(q, ':')
+	}
+	return &Projection{def: d, template: t, names: names}, nil
 }
 
 // Definition returns the definition the projection was compiled from.
@@ -70,29 +77,105 @@ func (p *Projection) Match(payload map[string]any) bool { return p.def.Filter.Ma
 // payload lacks is left out (not written as null), so adding a field to the model does not change
 // existing values until a projection asks for it.
 func (p *Projection) Project(payload map[string]any) ([]byte, error) {
-	var b bytes.Buffer
-	b.WriteByte('{')
+	b := make([]byte, 0, 128)
+	b = append(b, '{')
 	n := 0
-	for _, f := range p.def.Fields {
+	for i, f := range p.def.Fields {
 		v, ok := payload[f]
 		if !ok {
 			continue
 		}
-		val, err := json.Marshal(v)
-		if err != nil {
+		if n > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, p.names[i]...)
+		var err error
+		if b, err = appendJSON(b, v); err != nil {
 			return nil, fmt.Errorf("field %q: %w", f, err)
 		}
-		if n > 0 {
-			b.WriteByte(',')
-		}
-		name, _ := json.Marshal(f) // a field name always marshals
-		b.Write(name)
-		b.WriteByte(':')
-		b.Write(val)
 		n++
 	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
+	b = append(b, '}')
+	return b, nil
+}
+
+// appendJSON appends v's encoding/json encoding to b: the common scalar
+// shapes of a decoded payload directly (byte for byte what json.Marshal
+// writes), anything else through json.Marshal.
+func appendJSON(b []byte, v any) ([]byte, error) {
+	switch x := v.(type) {
+	case nil:
+		return append(b, "null"...), nil
+	case bool:
+		return strconv.AppendBool(b, x), nil
+	case json.Number:
+		if validNumber(string(x)) {
+			return append(b, x...), nil
+		}
+	case string:
+		if plainString(x) {
+			b = append(b, '"')
+			b = append(b, x...)
+			return append(b, '"'), nil
+		}
+	}
+	val, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, val...), nil
+}
+
+// plainString reports whether json.Marshal writes s as itself in quotes:
+// printable ASCII without '"', '\\' and the HTML characters it escapes.
+func plainString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}
+
+// validNumber reports whether s is a JSON number (json.Marshal refuses a
+// json.Number that is not; leave those to it).
+func validNumber(s string) bool {
+	i := 0
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		j := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		return i - j
+	}
+	switch {
+	case i < len(s) && s[i] == '0':
+		i++
+	case i < len(s) && s[i] >= '1' && s[i] <= '9':
+		digits()
+	default:
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(s)
 }
 
 // Apply decodes one record value and returns its key and projected value. keep is false when the

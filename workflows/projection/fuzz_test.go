@@ -134,3 +134,23 @@ func FuzzFilterApply(f *testing.F) {
 		}
 	})
 }
+
+// FuzzAppendJSON checks Project's fast encoder against json.Marshal, byte
+// for byte, for the scalar shapes a decoded payload holds.
+func FuzzAppendJSON(f *testing.F) {
+	for _, s := range []string{"plain", "quo\"te", "<html>&", "tab\t", "é", "\xff", "", "1e5", "-0.5", "01", "1.", "NaN"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, v := range []any{s, json.Number(s), s == "", nil} {
+			want, werr := json.Marshal(v)
+			got, gerr := appendJSON([]byte("x"), v)
+			if (werr == nil) != (gerr == nil) {
+				t.Fatalf("appendJSON(%#v) error %v; json.Marshal error %v", v, gerr, werr)
+			}
+			if werr == nil && string(got) != "x"+string(want) {
+				t.Fatalf("appendJSON(%#v) = %q; json.Marshal gives %q", v, got[1:], want)
+			}
+		}
+	})
+}

@@ -33,7 +33,7 @@ const (
 	DefaultHTTPAddr          = "127.0.0.1:58082"
 	DefaultTopicPrefix       = "distcache"
 	DefaultTemporalNamespace = "default"
-	DefaultBatchSize         = 1000
+	DefaultBatchSize         = 5000
 	DefaultBackfillBatchSize = 5000
 	DefaultReloadInterval    = 30 * time.Second
 	DefaultShutdownTimeout   = 15 * time.Second
@@ -66,7 +66,7 @@ type Config struct {
 
 	HTTPAddr string // PRODUCER_HTTP_ADDR (default 127.0.0.1:58082)
 
-	BatchSize         int           // PRODUCER_BATCH_SIZE (default 1000, 1..100000)
+	BatchSize         int           // PRODUCER_BATCH_SIZE (default 5000, 1..100000)
 	BackfillBatchSize int           // PRODUCER_BACKFILL_BATCH_SIZE (default 5000, 1..100000)
 	StreamMaxLen      int64         // PRODUCER_STREAM_MAX_LEN (default distcache.DefaultStreamMaxLen)
 	TombstoneTTL      time.Duration // PRODUCER_TOMBSTONE_TTL (default distcache.DefaultTombstoneTTL)

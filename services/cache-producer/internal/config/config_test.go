@@ -30,7 +30,7 @@ func TestLoadDefaults(t *testing.T) {
 	}{
 		{"HTTPAddr", c.HTTPAddr, DefaultHTTPAddr},
 		{"TopicPrefix", c.TopicPrefix, "distcache"},
-		{"BatchSize", c.BatchSize, 1000},
+		{"BatchSize", c.BatchSize, 5000},
 		{"BackfillBatchSize", c.BackfillBatchSize, 5000},
 		{"TemporalNamespace", c.TemporalNamespace, "default"},
 		{"RedisCluster", c.RedisCluster, false},

@@ -71,7 +71,7 @@ type Config struct {
 	// KafkaOpts are the base client options (seed brokers, TLS, SASL).
 	KafkaOpts []kgo.Opt
 	Writer    *projector.Writer
-	// BatchSize is the most records written per batch (default 1000).
+	// BatchSize is the most records written per batch (default 5000).
 	BatchSize int
 	// DrainTimeout bounds how long a stopping consumer may take to finish
 	// its batch in flight (default 10 s).
@@ -96,7 +96,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		return nil, errors.New("fanout: Config.Writer is nil")
 	}
 	if cfg.BatchSize <= 0 {
-		cfg.BatchSize = 1000
+		cfg.BatchSize = 5000
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 10 * time.Second
@@ -338,6 +338,9 @@ func (r *runner) run() {
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{r.topic: {0: kgo.NewOffset().At(start)}}),
 		kgo.KeepControlRecords(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// A catching-up generation reads big batches (a live one gets what
+		// is there): let one fetch carry a whole batch.
+		kgo.FetchMaxPartitionBytes(16<<20),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {

@@ -34,6 +34,7 @@ type Metrics struct {
 	position    *prometheus.GaugeVec
 	rate        *prometheus.GaugeVec
 	backfilled  *prometheus.CounterVec
+	skipped     *prometheus.CounterVec
 	generations prometheus.Gauge
 	registryOK  prometheus.Gauge
 
@@ -76,6 +77,8 @@ func New() *Metrics {
 			Help: "The generation's next offset (everything before it is written)."}, gl),
 		rate: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ns + "events_per_second",
 			Help: "Records consumed per second per topic, smoothed over about 10 s."}, []string{"topic"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "records_skipped_total",
+			Help: "Records a batch found written already (a replay after a restart, or another writer of the generation)."}, gl),
 		backfilled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "backfill_records_total",
 			Help: "Records written by backfills per generation."}, gl),
 		generations: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "generations",
@@ -86,7 +89,7 @@ func New() *Metrics {
 		stop:  make(chan struct{}),
 	}
 	reg.MustRegister(m.consumed, m.events, m.writes, m.applied, m.filtered, m.deadLetters, m.failures,
-		m.batchTime, m.lag, m.position, m.rate, m.backfilled, m.generations, m.registryOK)
+		m.batchTime, m.lag, m.position, m.rate, m.backfilled, m.generations, m.registryOK, m.skipped)
 	go m.tick()
 	return m
 }
@@ -109,9 +112,19 @@ func (m *Metrics) record(t projector.Target, st projector.Stats) {
 	if st.Filtered > 0 {
 		m.filtered.WithLabelValues(p, g).Add(float64(st.Filtered))
 	}
+	if st.Skipped > 0 {
+		m.skipped.WithLabelValues(p, g).Add(float64(st.Skipped))
+	}
 	for reason, n := range st.DeadReasons {
 		m.deadLetters.WithLabelValues(p, g, reason).Add(float64(n))
 	}
+}
+
+// WatchConflicts exports w's count of transactions lost to another writer.
+func (m *Metrics) WatchConflicts(w *projector.Writer) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: ns + "tx_conflicts_total",
+		Help: "Write transactions that lost to another writer of the same generation and were planned again."},
+		func() float64 { return float64(w.Conflicts()) }))
 }
 
 // Batch implements fanout.Observer.

@@ -140,7 +140,12 @@ func (l *Ledger) Cluster() bool { return l.cluster }
 // Offset returns generation gen's stored next offset; ok is false when none
 // is stored.
 func (l *Ledger) Offset(ctx context.Context, proj string, gen int64) (offset int64, ok bool, err error) {
-	s, err := l.rdb.Get(ctx, OffsetKey(proj, gen)).Result()
+	return l.OffsetOn(ctx, l.rdb, proj, gen)
+}
+
+// OffsetOn is Offset read through c.
+func (l *Ledger) OffsetOn(ctx context.Context, c redis.Cmdable, proj string, gen int64) (offset int64, ok bool, err error) {
+	s, err := c.Get(ctx, OffsetKey(proj, gen)).Result()
 	if errors.Is(err, redis.Nil) {
 		return 0, false, nil
 	}
@@ -168,6 +173,11 @@ func (l *Ledger) InitOffset(ctx context.Context, proj string, gen, offset int64)
 // Index reads the index entries of skeys (in order; the zero Entry where
 // none is stored).
 func (l *Ledger) Index(ctx context.Context, proj string, gen int64, skeys []string) ([]Entry, error) {
+	return l.IndexOn(ctx, l.rdb, proj, gen, skeys)
+}
+
+// IndexOn is Index read through c (a redis.Tx under WATCH, for one).
+func (l *Ledger) IndexOn(ctx context.Context, c redis.Cmdable, proj string, gen int64, skeys []string) ([]Entry, error) {
 	out := make([]Entry, len(skeys))
 	if len(skeys) == 0 {
 		return out, nil
@@ -176,7 +186,7 @@ func (l *Ledger) Index(ctx context.Context, proj string, gen int64, skeys []stri
 	for i, s := range skeys {
 		keys[i] = IndexKey(proj, gen, s)
 	}
-	vals, err := l.mget(ctx, keys)
+	vals, err := l.mget(ctx, c, keys)
 	if err != nil {
 		return nil, fmt.Errorf("read index of %s/g%d: %w", proj, gen, err)
 	}
@@ -197,11 +207,16 @@ func (l *Ledger) Index(ctx context.Context, proj string, gen int64, skeys []stri
 // distcache value, read with GETRANGE so large values are not transferred);
 // 0 where the key is absent or does not hold a distcache value.
 func (l *Ledger) Versions(ctx context.Context, valueKeys []string) ([]int64, error) {
+	return l.VersionsOn(ctx, l.rdb, valueKeys)
+}
+
+// VersionsOn is Versions read through c.
+func (l *Ledger) VersionsOn(ctx context.Context, c redis.Cmdable, valueKeys []string) ([]int64, error) {
 	out := make([]int64, len(valueKeys))
 	if len(valueKeys) == 0 {
 		return out, nil
 	}
-	pipe := l.rdb.Pipeline()
+	pipe := c.Pipeline()
 	cmds := make([]*redis.StringCmd, len(valueKeys))
 	for i, k := range valueKeys {
 		cmds[i] = pipe.GetRange(ctx, k, 0, VersionHexLen-1)
@@ -221,10 +236,10 @@ func (l *Ledger) Versions(ctx context.Context, valueKeys []string) ([]int64, err
 	return out, nil
 }
 
-func (l *Ledger) mget(ctx context.Context, keys []string) ([]*string, error) {
+func (l *Ledger) mget(ctx context.Context, c redis.Cmdable, keys []string) ([]*string, error) {
 	out := make([]*string, len(keys))
 	if !l.cluster {
-		res, err := l.rdb.MGet(ctx, keys...).Result()
+		res, err := c.MGet(ctx, keys...).Result()
 		if err != nil {
 			return nil, err
 		}
@@ -235,7 +250,7 @@ func (l *Ledger) mget(ctx context.Context, keys []string) ([]*string, error) {
 		}
 		return out, nil
 	}
-	pipe := l.rdb.Pipeline()
+	pipe := c.Pipeline()
 	cmds := make([]*redis.StringCmd, len(keys))
 	for i, k := range keys {
 		cmds[i] = pipe.Get(ctx, k)
@@ -279,20 +294,63 @@ const errStreamIDTooSmall = "ERR The ID specified in XADD is equal or smaller"
 // them twice) and, last, the offset.
 func (l *Ledger) Write(ctx context.Context, proj string, gen int64, c Commit) error {
 	pipe := l.rdb.Pipeline()
-	n := 0
+	q := l.Queue(ctx, pipe, proj, gen, c)
+	if q.n == 0 {
+		return nil
+	}
+	cmds, err := pipe.Exec(ctx)
+	if err == nil {
+		return nil
+	}
+	if len(cmds) == 0 {
+		return fmt.Errorf("commit %s/g%d: %w", proj, gen, err)
+	}
+	return q.Check(proj, gen)
+}
+
+// Queued is what Queue added to a pipeline; Check reads its outcome.
+type Queued struct {
+	n    int
+	cmds []redis.Cmder
+	dead map[redis.Cmder]bool
+}
+
+// Check returns the first error of the queued commands, ignoring a dead
+// letter that an earlier run of the same batch recorded already.
+func (q Queued) Check(proj string, gen int64) error {
+	for _, cmd := range q.cmds {
+		cerr := cmd.Err()
+		if cerr == nil {
+			continue
+		}
+		if q.dead[cmd] && strings.HasPrefix(cerr.Error(), errStreamIDTooSmall) {
+			continue
+		}
+		return fmt.Errorf("commit %s/g%d: %w", proj, gen, cerr)
+	}
+	return nil
+}
+
+// Queue adds c's writes to pipe (a pipeline, or a MULTI/EXEC transaction):
+// index entries, dead letters and, last, the offset. The caller executes
+// pipe and then calls Check on the result.
+func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, gen int64, c Commit) Queued {
+	q := Queued{dead: map[redis.Cmder]bool{}}
+	add := func(cmd redis.Cmder) {
+		q.cmds = append(q.cmds, cmd)
+		q.n++
+	}
 	if len(c.Set) > 0 {
 		if l.cluster {
 			for sk, e := range c.Set {
-				pipe.Set(ctx, IndexKey(proj, gen, sk), e.Encode(), 0)
-				n++
+				add(pipe.Set(ctx, IndexKey(proj, gen, sk), e.Encode(), 0))
 			}
 		} else {
 			pairs := make([]any, 0, 2*len(c.Set))
 			for sk, e := range c.Set {
 				pairs = append(pairs, IndexKey(proj, gen, sk), e.Encode())
 			}
-			pipe.MSet(ctx, pairs...)
-			n++
+			add(pipe.MSet(ctx, pairs...))
 		}
 	}
 	if len(c.Delete) > 0 {
@@ -302,56 +360,29 @@ func (l *Ledger) Write(ctx context.Context, proj string, gen int64, c Commit) er
 		}
 		if l.cluster {
 			for _, k := range keys {
-				pipe.Unlink(ctx, k)
-				n++
+				add(pipe.Unlink(ctx, k))
 			}
 		} else {
-			pipe.Unlink(ctx, keys...)
-			n++
+			add(pipe.Unlink(ctx, keys...))
 		}
 	}
 	dead := DeadLetterKey(proj, gen)
-	deadCmds := make([]*redis.StringCmd, 0, len(c.Dead))
 	for _, d := range c.Dead {
-		deadCmds = append(deadCmds, pipe.XAdd(ctx, &redis.XAddArgs{
+		cmd := pipe.XAdd(ctx, &redis.XAddArgs{
 			Stream: dead,
 			MaxLen: l.deadMax,
 			Approx: true,
 			ID:     strconv.FormatInt(d.Offset+1, 10) + "-0",
 			Values: []any{"topic", d.Topic, "partition", strconv.FormatInt(int64(d.Partition), 10),
 				"offset", strconv.FormatInt(d.Offset, 10), "key", d.Key, "reason", d.Reason},
-		}))
-		n++
+		})
+		q.dead[cmd] = true
+		add(cmd)
 	}
 	if c.Next >= 0 {
-		pipe.Set(ctx, OffsetKey(proj, gen), strconv.FormatInt(c.Next, 10), 0)
-		n++
+		add(pipe.Set(ctx, OffsetKey(proj, gen), strconv.FormatInt(c.Next, 10), 0))
 	}
-	if n == 0 {
-		return nil
-	}
-	cmds, err := pipe.Exec(ctx)
-	if err == nil {
-		return nil
-	}
-	isDead := make(map[redis.Cmder]bool, len(deadCmds))
-	for _, c := range deadCmds {
-		isDead[c] = true
-	}
-	for _, cmd := range cmds {
-		cerr := cmd.Err()
-		if cerr == nil {
-			continue
-		}
-		if isDead[cmd] && strings.HasPrefix(cerr.Error(), errStreamIDTooSmall) {
-			continue // recorded by an earlier run of this batch
-		}
-		return fmt.Errorf("commit %s/g%d: %w", proj, gen, cerr)
-	}
-	if len(cmds) == 0 {
-		return fmt.Errorf("commit %s/g%d: %w", proj, gen, err)
-	}
-	return nil
+	return q
 }
 
 // Forget removes every bookkeeping key of generation gen (SCAN + UNLINK, on

@@ -9,11 +9,15 @@ import (
 )
 
 // decodePayload is projection.DecodePayload for the hot path: a JSON object
-// that events.FromRecord has already validated is split into its members
+// is split into its members
 // without reflection (strings without escapes are sliced, numbers kept as
 // json.Number); nested objects and arrays, escaped or non-UTF-8 strings and
 // anything unexpected go through encoding/json, so the result is the same map
-// DecodePayload returns (TestDecodePayloadMatches checks it).
+// DecodePayload returns (TestDecodePayloadMatches checks it). fastObject
+// accepts only valid JSON (its grammar is strict, and what it hands to
+// encoding/json is checked there), which is what lets Decode skip
+// events.FromRecord's separate JSON check (FuzzDecodePayload checks that
+// the two agree on validity).
 func decodePayload(b []byte) (map[string]any, error) {
 	m, ok := fastObject(b)
 	if ok {
@@ -137,20 +141,11 @@ func fastValue(b []byte, i int) (any, int, bool) {
 			return nil, i + 4, true
 		}
 	case c == '-' || (c >= '0' && c <= '9'):
-		j := i + 1
-		for j < len(b) {
-			d := b[j]
-			if (d >= '0' && d <= '9') || d == '.' || d == 'e' || d == 'E' || d == '+' || d == '-' {
-				j++
-				continue
-			}
-			break
-		}
-		n := json.Number(b[i:j])
-		if _, err := n.Float64(); err != nil && !json.Valid(b[i:j]) {
+		j, ok := scanNumber(b, i)
+		if !ok {
 			return nil, 0, false
 		}
-		return n, j, true
+		return json.Number(b[i:j]), j, true
 	case c == '{' || c == '[':
 		end, ok := matchEnd(b, i)
 		if !ok {
@@ -165,6 +160,50 @@ func fastValue(b []byte, i int) (any, int, bool) {
 		return v, end, true
 	}
 	return nil, 0, false
+}
+
+// scanNumber scans the JSON number starting at b[i] exactly as the JSON
+// grammar has it (-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?) and returns
+// the index after it. Leading zeros, "1.", ".5", "+1" and the like are
+// refused, so that a payload fastObject accepts is valid JSON.
+func scanNumber(b []byte, i int) (int, bool) {
+	digits := func(j int) int {
+		for j < len(b) && b[j] >= '0' && b[j] <= '9' {
+			j++
+		}
+		return j
+	}
+	j := i
+	if j < len(b) && b[j] == '-' {
+		j++
+	}
+	switch {
+	case j < len(b) && b[j] == '0':
+		j++
+	case j < len(b) && b[j] >= '1' && b[j] <= '9':
+		j = digits(j + 1)
+	default:
+		return 0, false
+	}
+	if j < len(b) && b[j] == '.' {
+		k := digits(j + 1)
+		if k == j+1 {
+			return 0, false
+		}
+		j = k
+	}
+	if j < len(b) && (b[j] == 'e' || b[j] == 'E') {
+		j++
+		if j < len(b) && (b[j] == '+' || b[j] == '-') {
+			j++
+		}
+		k := digits(j)
+		if k == j {
+			return 0, false
+		}
+		j = k
+	}
+	return j, true
 }
 
 // matchEnd returns the index after the object or array starting at b[i].

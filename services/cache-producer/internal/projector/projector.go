@@ -38,8 +38,10 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/distcache/distcache/libs/distcache"
@@ -68,7 +70,7 @@ type Record struct {
 // Decode decodes a record once for every generation it feeds.
 func Decode(r *kgo.Record) Record {
 	rec := Record{Offset: r.Offset, Partition: r.Partition, Topic: r.Topic, Key: string(r.Key)}
-	e, err := events.FromRecord(r)
+	e, err := events.FromRecordLazy(r) // the payload is checked by its parse below
 	if err != nil {
 		rec.Err = err
 		return rec
@@ -77,7 +79,12 @@ func Decode(r *kgo.Record) Record {
 		rec.Delete = true
 		return rec
 	}
-	rec.Payload, rec.Err = decodePayload(e.Payload)
+	if rec.Payload, rec.Err = decodePayload(e.Payload); rec.Err != nil {
+		// Not valid JSON: report it as FromRecord does.
+		if _, ferr := events.FromRecord(r); ferr != nil {
+			rec.Err = ferr
+		}
+	}
 	return rec
 }
 
@@ -96,6 +103,7 @@ func (t Target) String() string { return fmt.Sprintf("%s/g%d", t.Projection, t.G
 // Stats counts what one WriteBatch did.
 type Stats struct {
 	Records     int // records of the batch
+	Skipped     int // records found written already (by an earlier run or another writer)
 	Sets        int // value writes sent
 	Deletes     int // deletes sent (re-keys, tombstones, filtered, unprojectable)
 	Applied     int // writes that changed Redis (not replays)
@@ -122,10 +130,11 @@ const (
 // concurrent use by batches of different generations; batches of one
 // generation must be written one after the other.
 type Writer struct {
-	pub    *distcache.Publisher
-	ledger *ledger.Ledger
-	log    *slog.Logger
-	fault  Fault
+	pub       *distcache.Publisher
+	ledger    *ledger.Ledger
+	log       *slog.Logger
+	fault     Fault
+	conflicts atomic.Int64
 }
 
 // Option configures a Writer.
@@ -188,6 +197,8 @@ type outcome struct {
 	key    string // projected key (when !remove)
 	value  []byte
 	dead   error // dead-letter reason, with remove
+	// filtered: the filter rejected the record (with remove)
+	filtered bool
 }
 
 // Plan is one batch of one generation, simulated and ready to write: the
@@ -216,6 +227,10 @@ func (p *Plan) Stats() Stats { return p.stats }
 // leaves it alone). It returns only once everything is written; on error
 // nothing is known to be stored and the caller retries the same batch.
 func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next int64) (Stats, error) {
+	if w.transactional() {
+		st, _, err := w.writeTx(ctx, t, w.projectAll(t, recs), next)
+		return st, err
+	}
 	p, err := w.Plan(ctx, t, recs, next, nil)
 	if err != nil {
 		return Stats{}, err
@@ -234,10 +249,27 @@ func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next i
 // commit may not have landed yet), and the versions their deletes must
 // check. It writes nothing.
 func (w *Writer) Plan(ctx context.Context, t Target, recs []Record, next int64, pending []*Plan) (*Plan, error) {
-	p := &Plan{t: t, next: next, stats: Stats{Records: len(recs)}}
+	return w.planOn(ctx, w.ledger.Client(), t, w.projectAll(t, recs), next, pending)
+}
+
+// projectAll projects every record of a batch (no I/O).
+func (w *Writer) projectAll(t Target, recs []Record) []outcome {
 	outs := make([]outcome, len(recs))
 	for i := range recs {
-		outs[i] = w.project(t, &recs[i], &p.stats)
+		outs[i] = w.project(t, &recs[i])
+	}
+	return outs
+}
+
+// planOn is Plan over projected records, reading through c.
+func (w *Writer) planOn(ctx context.Context, c redis.Cmdable, t Target, outs []outcome, next int64, pending []*Plan) (*Plan, error) {
+	p := &Plan{t: t, next: next, stats: Stats{Records: len(outs)}}
+	recs := make([]*Record, len(outs))
+	for i := range outs {
+		recs[i] = outs[i].rec
+		if outs[i].filtered {
+			p.stats.Filtered++
+		}
 	}
 
 	// Index entries of the batch's source keys, before the batch.
@@ -253,7 +285,7 @@ func (w *Writer) Plan(ctx context.Context, t Target, recs []Record, next int64, 
 			skeys = append(skeys, k)
 		}
 	}
-	stored, err := w.ledger.Index(ctx, t.Projection, t.Generation, skeys)
+	stored, err := w.ledger.IndexOn(ctx, c, t.Projection, t.Generation, skeys)
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +335,7 @@ func (w *Writer) Plan(ctx context.Context, t Target, recs []Record, next int64, 
 		for i, k := range checkKeys {
 			vkeys[i] = distcache.ValueKey(t.Projection, t.Generation, k)
 		}
-		vers, err := w.ledger.Versions(ctx, vkeys)
+		vers, err := w.ledger.VersionsOn(ctx, c, vkeys)
 		if err != nil {
 			return nil, err
 		}
@@ -380,15 +412,7 @@ func (w *Writer) ApplyValues(ctx context.Context, p *Plan) error {
 		if err != nil {
 			return fmt.Errorf("write %s: %w", p.t, err)
 		}
-		p.stats.Applied = 0
-		for j, r := range res {
-			if r.Applied {
-				p.stats.Applied++
-			}
-			if r.Err != nil && !p.refused(p.origin[j]) {
-				p.deadLetter(p.origin[j], r.Err)
-			}
-		}
+		p.results(res)
 	}
 	if w.fault != nil {
 		if err := w.fault(ctx, p.t, AfterValues); err != nil {
@@ -396,6 +420,20 @@ func (w *Writer) ApplyValues(ctx context.Context, p *Plan) error {
 		}
 	}
 	return nil
+}
+
+// results records the outcome of the plan's value writes: how many were
+// applied, and a dead letter for each change the Publisher refused.
+func (p *Plan) results(res []distcache.Result) {
+	p.stats.Applied = 0
+	for j, r := range res {
+		if r.Applied {
+			p.stats.Applied++
+		}
+		if r.Err != nil && !p.refused(p.origin[j]) {
+			p.deadLetter(p.origin[j], r.Err)
+		}
+	}
 }
 
 // refused reports whether r already has a dead letter (a repeated Apply).
@@ -412,6 +450,11 @@ func (p *Plan) refused(r *Record) bool {
 // follow ApplyValues, and the commits of one generation must follow each
 // other in plan order.
 func (w *Writer) Commit(ctx context.Context, p *Plan) error {
+	return w.ledger.Write(ctx, p.t.Projection, p.t.Generation, p.commit())
+}
+
+// commit is the bookkeeping the plan leaves once its values are written.
+func (p *Plan) commit() ledger.Commit {
 	dead := slices.Clone(p.dead) // stream ids must grow: offset order
 	slices.SortFunc(dead, func(a, b ledger.DeadLetter) int { return cmp.Compare(a.Offset, b.Offset) })
 	c := ledger.Commit{Dead: dead, Next: p.next}
@@ -427,7 +470,7 @@ func (w *Writer) Commit(ctx context.Context, p *Plan) error {
 			c.Set[k] = e
 		}
 	}
-	return w.ledger.Write(ctx, p.t.Projection, p.t.Generation, c)
+	return c
 }
 
 // Batch is one slice of a topic for Run: its records (at or after the
@@ -444,6 +487,9 @@ type Batch struct {
 // committed is called after each batch's commit, in order. Run returns when
 // in is closed and drained, or with ctx's error.
 func (w *Writer) Run(ctx context.Context, t Target, in <-chan Batch, onErr func(error), committed func(next int64, st Stats, took time.Duration)) error {
+	if w.transactional() {
+		return w.runTx(ctx, t, in, onErr, committed)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -541,7 +587,7 @@ func (w *Writer) Run(ctx context.Context, t Target, in <-chan Batch, onErr func(
 	return err
 }
 
-func (w *Writer) project(t Target, r *Record, st *Stats) outcome {
+func (w *Writer) project(t Target, r *Record) outcome {
 	o := outcome{rec: r}
 	switch {
 	case r.Err != nil:
@@ -555,8 +601,7 @@ func (w *Writer) project(t Target, r *Record, st *Stats) outcome {
 			return o
 		}
 		if !t.Compiled.Match(r.Payload) {
-			o.remove = true
-			st.Filtered++
+			o.remove, o.filtered = true, true
 			return o
 		}
 		val, err := t.Compiled.Project(r.Payload)

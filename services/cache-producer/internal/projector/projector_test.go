@@ -85,6 +85,10 @@ func TestDecodePayloadMatches(t *testing.T) {
 		`{"nested":{"x":[1,{"y":"z"}],"w":"}"},"arr":[1,"]",[]]}`,
 		`{"dup":1,"dup":2}`, `{"k\u0041y":"v"}`, "{\"bad\":\"\xff\xfe\"}",
 		`{"a":1} `, "\n{\"a\" : [ ] ,\t\"b\" : { } }\n", `{"big":1e400}`,
+		// Invalid JSON must be refused by both (Decode relies on it).
+		`{"a":01}`, `{"a":1.}`, `{"a":-}`, `{"a":1e}`, `{"a":1e+}`, `{"a":.5}`, `{"a":+1}`, `{"a":1.e3}`,
+		`{"a":1,}`, `{"a" 1}`, `{"a":tru}`, `{"a":1}x`, "{\"a\":\"\x01\"}", `{"a":[1,]}`, `{,}`, `{"a":1`,
+		`{"a":-0.0e-0}`, `{"a":0.25E+10}`,
 	} {
 		want, werr := projection.DecodePayload([]byte(in))
 		got, gerr := decodePayload([]byte(in))
@@ -99,8 +103,8 @@ func FuzzDecodePayload(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if !json.Valid(b) {
-			return // FromRecord only lets valid JSON through
+		if _, ok := fastObject(b); ok && !json.Valid(b) {
+			t.Fatalf("fastObject accepted invalid JSON %q", b)
 		}
 		want, werr := projection.DecodePayload(b)
 		got, gerr := decodePayload(b)

@@ -289,6 +289,17 @@ func Diff(got, want map[string]Value) string {
 // twice: on Redis Cluster a replay re-appends the entry of a write it finds
 // already stored, and clients ignore the repeat by version.
 func StreamVersionsIncrease(ctx context.Context, rdb redis.UniversalClient, proj string, gen int64) error {
+	return streamVersions(ctx, rdb, proj, gen, false)
+}
+
+// StreamWrittenOnce is StreamVersionsIncrease where no version may repeat:
+// on a single Redis node, where the producer writes each batch in one
+// transaction, every record's write lands exactly once.
+func StreamWrittenOnce(ctx context.Context, rdb redis.UniversalClient, proj string, gen int64) error {
+	return streamVersions(ctx, rdb, proj, gen, true)
+}
+
+func streamVersions(ctx context.Context, rdb redis.UniversalClient, proj string, gen int64, strict bool) error {
 	msgs, err := rdb.XRange(ctx, distcache.StreamKey(proj, gen), "-", "+").Result()
 	if err != nil {
 		return err
@@ -307,7 +318,7 @@ func StreamVersionsIncrease(ctx context.Context, rdb redis.UniversalClient, proj
 			if err != nil {
 				return fmt.Errorf("entry %s: key %q: version %q", m.ID, k, stored[:16])
 			}
-			if v < last[k] {
+			if v < last[k] || (strict && v == last[k]) {
 				return fmt.Errorf("entry %s: key %q version %d after %d", m.ID, k, v, last[k])
 			}
 			last[k] = v

@@ -1,0 +1,202 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+)
+
+// Transactional writes (standalone and replicated Redis).
+//
+// Where one node holds every key of a generation, a batch is written in one
+// optimistic transaction instead of the three version-guarded steps that a
+// Redis Cluster needs:
+//
+//	WATCH <offset key>
+//	GET <offset key>                     → S; records before S are written already
+//	MGET <index keys>, GETRANGE <values> → the plan, read under the WATCH
+//	MULTI
+//	  SET values, XADD change stream      (distcache.Publisher.WriteTx)
+//	  MSET/UNLINK index, XADD dead letters, SET offset Next
+//	EXEC                                  → nil if anyone wrote the offset since the WATCH
+//
+// The values, their stream entries, the index and the offset land together
+// or not at all, so a batch is never half applied and never applied twice:
+// after a crash the batch is replayed from S, and records before S are
+// dropped rather than rewritten. Every version written is the record's
+// offset + 1 and only records at or past S are written, so each write is
+// newer than anything stored, and the per-key version guard of
+// distcache.Publisher.Apply (a Lua script per change, about half of Redis's
+// CPU per write) is not needed. Two writers of one generation (a zombie
+// backfill attempt, two producers during a rollout) cannot interleave
+// badly: the one whose EXEC comes second finds the offset moved, re-reads
+// it and drops what the other wrote.
+
+// maxTxConflicts bounds the immediate retries of a batch whose transaction
+// lost to another writer; past it the batch fails and is retried with
+// back-off (Retry).
+const maxTxConflicts = 5
+
+// errConflict is returned when another writer kept moving the generation's
+// offset.
+var errConflict = errors.New("the generation's offset moved under another writer")
+
+// Conflicts counts the transactions that lost to another writer of the
+// same generation (and were planned again).
+func (w *Writer) Conflicts() int64 { return w.conflicts.Load() }
+
+// transactional reports whether batches are written in one transaction.
+func (w *Writer) transactional() bool { return !w.ledger.Cluster() }
+
+// prepared is a batch with its records projected.
+type prepared struct {
+	outs []outcome
+	next int64
+	t0   time.Time
+}
+
+// writeTx writes one projected batch in one optimistic transaction (see
+// above). It returns what it did and the generation's stored offset after
+// it.
+func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int64) (Stats, int64, error) {
+	rdb := w.ledger.Client()
+	offKey := ledger.OffsetKey(t.Projection, t.Generation)
+	for range maxTxConflicts {
+		var (
+			st     Stats
+			stored int64
+		)
+		err := rdb.Watch(ctx, func(tx *redis.Tx) error {
+			s, known, err := w.ledger.OffsetOn(ctx, tx, t.Projection, t.Generation)
+			if err != nil {
+				return err
+			}
+			todo := outs
+			if known {
+				j := sort.Search(len(outs), func(i int) bool { return outs[i].rec.Offset >= s })
+				todo = outs[j:]
+				if len(todo) == 0 && next <= s {
+					stored = s // written already (a replay, or another writer)
+					st = Stats{Records: len(outs), Skipped: len(outs)}
+					return nil
+				}
+			}
+			p, err := w.planOn(ctx, tx, t, todo, next, nil)
+			if err != nil {
+				return err
+			}
+			if w.fault != nil {
+				if err := w.fault(ctx, t, BeforeValues); err != nil {
+					return err
+				}
+			}
+			var q ledger.Queued
+			nValues := 0
+			cmds, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+				if len(p.changes) > 0 {
+					res, err := w.pub.WriteTx(ctx, pipe, t.Projection, t.Generation, p.changes)
+					if err != nil {
+						return err
+					}
+					p.results(res) // refusals become dead letters, queued below
+					nValues = pipe.Len()
+				}
+				q = w.ledger.Queue(ctx, pipe, t.Projection, t.Generation, p.commit())
+				return nil
+			})
+			if errors.Is(err, redis.TxFailedErr) {
+				return err
+			}
+			if err != nil {
+				if len(cmds) == 0 {
+					return fmt.Errorf("write %s: %w", t, err)
+				}
+				// Values (before the ledger's part) must not fail; the
+				// ledger tolerates a dead letter recorded earlier.
+				for _, c := range cmds[:min(nValues, len(cmds))] {
+					if c.Err() != nil {
+						return fmt.Errorf("write %s: %w", t, c.Err())
+					}
+				}
+				if err := q.Check(t.Projection, t.Generation); err != nil {
+					return err
+				}
+			}
+			st = p.stats
+			st.Records, st.Skipped = len(outs), len(outs)-len(todo)
+			stored = s
+			if next >= 0 {
+				stored = next
+			}
+			return nil
+		}, offKey)
+		if errors.Is(err, redis.TxFailedErr) {
+			w.conflicts.Add(1)
+			continue
+		}
+		if err != nil {
+			return Stats{}, 0, err
+		}
+		if w.fault != nil {
+			if err := w.fault(ctx, t, AfterValues); err != nil {
+				return Stats{}, 0, err
+			}
+		}
+		return st, stored, nil
+	}
+	return Stats{}, 0, fmt.Errorf("write %s: %w (%d conflicts in a row)", t, errConflict, maxTxConflicts)
+}
+
+// runTx is Run for transactional writes: batches are projected (CPU only)
+// one ahead of the transaction that writes the batch before.
+func (w *Writer) runTx(ctx context.Context, t Target, in <-chan Batch, onErr func(error), committed func(next int64, st Stats, took time.Duration)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := make(chan prepared, 1)
+	go func() {
+		defer close(ready)
+		for {
+			select {
+			case b, ok := <-in:
+				if !ok {
+					return
+				}
+				p := prepared{outs: w.projectAll(t, b.Records), next: b.Next, t0: time.Now()}
+				select {
+				case ready <- p:
+				case <-ctx.Done():
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for p := range ready {
+		var (
+			st     Stats
+			stored int64
+		)
+		err := Retry(ctx, func() error {
+			var err error
+			st, stored, err = w.writeTx(ctx, t, p.outs, p.next)
+			return err
+		}, onErr)
+		if err != nil {
+			cancel()
+			for range ready {
+			}
+			return err
+		}
+		if committed != nil {
+			committed(stored, st, time.Since(p.t0))
+		}
+	}
+	return ctx.Err()
+}
