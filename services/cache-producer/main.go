@@ -123,7 +123,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	metrics := instrument.New()
 	defer metrics.Close()
 	led := ledger.New(rdb, cfg.DeadLetterMaxLen)
-	writer := projector.NewWriter(pub, led, projector.WithLogger(log))
+	writer := projector.NewWriter(pub, led, projector.WithLogger(log), projector.WithIndexCache(cfg.IndexCacheEntries))
 	metrics.WatchConflicts(writer)
 	mgr, err := fanout.NewManager(fanout.Config{
 		KafkaOpts: kopts, Writer: writer, BatchSize: cfg.BatchSize, Observer: metrics, Logger: log,

@@ -29,6 +29,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -80,7 +81,36 @@ type result struct {
 	name  string
 	n     int
 	times []time.Duration
+	cpu   []float64 // Redis CPU seconds per run
 	note  string
+}
+
+// cpuPerRecord is the median Redis CPU per record, in µs.
+func (r result) cpuPerRecord() string {
+	if len(r.cpu) == 0 {
+		return "-"
+	}
+	s := slices.Clone(r.cpu)
+	slices.Sort(s)
+	return fmt.Sprintf("%.2f", s[len(s)/2]*1e6/float64(r.n))
+}
+
+// redisCPU is Redis's CPU time so far (INFO cpu: user + system), in seconds.
+func redisCPU(ctx context.Context, rdb *redis.Client) float64 {
+	info, err := rdb.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0
+	}
+	var t float64
+	for _, l := range strings.Split(info, "\r\n") {
+		for _, f := range []string{"used_cpu_user:", "used_cpu_sys:"} {
+			if v, ok := strings.CutPrefix(l, f); ok {
+				x, _ := strconv.ParseFloat(v, 64)
+				t += x
+			}
+		}
+	}
+	return t
 }
 
 func (r result) median() time.Duration {
@@ -186,7 +216,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if err := rdb.FlushAll(ctx).Err(); err != nil {
 			return err
 		}
-		t0 := time.Now()
+		t0, c0 := time.Now(), redisCPU(ctx, rdb)
 		for i := 0; i < *n; i += *batch {
 			pipe := rdb.Pipeline()
 			for j := i; j < min(i+*batch, *n); j++ {
@@ -197,6 +227,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}
 		cur.times = append(cur.times, time.Since(t0))
+		cur.cpu = append(cur.cpu, redisCPU(ctx, rdb)-c0)
 	}
 	debug.SetGCPercent(gcPercent)
 	results = append(results, raw, rawTuned)
@@ -209,7 +240,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if err := rdb.FlushAll(ctx).Err(); err != nil {
 			return err
 		}
-		t0 := time.Now()
+		t0, c0 := time.Now(), redisCPU(ctx, rdb)
 		changes := make([]distcache.Change, 0, *batch)
 		for i := 0; i < *n; i += *batch {
 			changes = changes[:0]
@@ -221,6 +252,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}
 		apply.times = append(apply.times, time.Since(t0))
+		apply.cpu = append(apply.cpu, redisCPU(ctx, rdb)-c0)
 	}
 	if len(apply.times) > 0 {
 		results = append(results, apply)
@@ -235,7 +267,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		stream := distcache.StreamKey("bench_multi", int64(run+1))
-		t0 := time.Now()
+		t0, c0 := time.Now(), redisCPU(ctx, rdb)
 		for i := 0; i < *n; i += *batch {
 			pipe := rdb.Pipeline()
 			for lo := i; lo < min(i+*batch, *n); lo += 100 {
@@ -259,6 +291,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}
 		multi.times = append(multi.times, time.Since(t0))
+		multi.cpu = append(multi.cpu, redisCPU(ctx, rdb)-c0)
 	}
 	if len(multi.times) > 0 {
 		results = append(results, multi)
@@ -285,7 +318,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		t0 := time.Now()
+		t0, c0 := time.Now(), redisCPU(ctx, rdb)
 		m.Update(ctx, gens)
 		for {
 			done := true
@@ -309,6 +342,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			time.Sleep(2 * time.Millisecond) // polling a benchmark's end, not a test
 		}
 		fan.times = append(fan.times, time.Since(t0))
+		fan.cpu = append(fan.cpu, redisCPU(ctx, rdb)-c0)
 		m.Close()
 	}
 	if len(fan.times) > 0 {
@@ -320,11 +354,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if !want("read") {
 			break
 		}
-		t0 := time.Now()
+		t0, c0 := time.Now(), redisCPU(ctx, rdb)
 		if err := readAll(ctx, kopts, replayTopic, *replayN); err != nil {
 			return err
 		}
 		read.times = append(read.times, time.Since(t0))
+		read.cpu = append(read.cpu, redisCPU(ctx, rdb)-c0)
 	}
 	if len(read.times) > 0 {
 		results = append(results, read)
@@ -342,22 +377,23 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		t0 := time.Now()
+		t0, c0 := time.Now(), redisCPU(ctx, rdb)
 		_, err = backfill.Replay(ctx, backfill.ReplayConfig{KafkaOpts: kopts, Writer: projector.NewWriter(pub, led), BatchSize: *replayBatch},
 			t, replayTopic, workflows.BackfillProgress{EndOffset: int64(*replayN)}, nil)
 		if err != nil {
 			return err
 		}
 		rep.times = append(rep.times, time.Since(t0))
+		rep.cpu = append(rep.cpu, redisCPU(ctx, rdb)-c0)
 	}
 	if len(rep.times) > 0 {
 		results = append(results, rep)
 	}
 
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "measurement\trecords\truns\tmedian time\tmedian rate (/s)\tratio to raw SET\tnote\t")
+	fmt.Fprintln(tw, "measurement\trecords\truns\tmedian time\tmedian rate (/s)\tratio to raw SET\tRedis CPU µs/record\tnote\t")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%v\t%.0f\t%.3f×\t%s\t\n", r.name, r.n, len(r.times), r.median().Round(time.Millisecond), r.rate(), r.rate()/raw.rate(), r.note)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%v\t%.0f\t%.3f×\t%s\t%s\t\n", r.name, r.n, len(r.times), r.median().Round(time.Millisecond), r.rate(), r.rate()/raw.rate(), r.cpuPerRecord(), r.note)
 	}
 	tw.Flush()
 	if len(fan.times) > 0 {

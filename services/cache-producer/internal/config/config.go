@@ -71,6 +71,7 @@ type Config struct {
 	StreamMaxLen      int64         // PRODUCER_STREAM_MAX_LEN (default distcache.DefaultStreamMaxLen)
 	TombstoneTTL      time.Duration // PRODUCER_TOMBSTONE_TTL (default distcache.DefaultTombstoneTTL)
 	DeadLetterMaxLen  int64         // PRODUCER_DEAD_LETTER_MAX_LEN (default 10000)
+	IndexCacheEntries int           // PRODUCER_INDEX_CACHE_ENTRIES (default 1000000 per generation, 0 disables)
 	ReloadInterval    time.Duration // PRODUCER_RELOAD_INTERVAL (default 30s)
 	ShutdownTimeout   time.Duration // PRODUCER_SHUTDOWN_TIMEOUT (default 15s)
 
@@ -160,6 +161,7 @@ func Load(getenv func(string) string) (Config, error) {
 		StreamMaxLen:       integer("PRODUCER_STREAM_MAX_LEN", distcache.DefaultStreamMaxLen, 0, 1<<40),
 		TombstoneTTL:       duration("PRODUCER_TOMBSTONE_TTL", distcache.DefaultTombstoneTTL, time.Second),
 		DeadLetterMaxLen:   integer("PRODUCER_DEAD_LETTER_MAX_LEN", 10_000, 1, 1<<40),
+		IndexCacheEntries:  int(integer("PRODUCER_INDEX_CACHE_ENTRIES", 1_000_000, 0, 1<<31)),
 		ReloadInterval:     duration("PRODUCER_RELOAD_INTERVAL", DefaultReloadInterval, 100*time.Millisecond),
 		ShutdownTimeout:    duration("PRODUCER_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout, time.Second),
 		LogFormat:          strings.ToLower(str("PRODUCER_LOG_FORMAT", "json")),
@@ -279,6 +281,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("http_addr", c.HTTPAddr),
 		slog.Int("batch_size", c.BatchSize),
 		slog.Int("backfill_batch_size", c.BackfillBatchSize),
+		slog.Int("index_cache_entries", c.IndexCacheEntries),
 		slog.Int64("stream_max_len", c.StreamMaxLen),
 		slog.Duration("tombstone_ttl", c.TombstoneTTL),
 		slog.Duration("reload_interval", c.ReloadInterval),

@@ -144,6 +144,7 @@ func (m *Manager) Update(ctx context.Context, gens []Generation) {
 		for _, g := range r.gens {
 			if !containsGen(byTopic[r.topic], g) {
 				m.cfg.Observer.Forget(g.Target)
+				m.cfg.Writer.Forget(g.Target)
 			}
 		}
 	}

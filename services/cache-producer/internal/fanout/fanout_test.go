@@ -374,7 +374,9 @@ func TestPropertyCrashesMatchModel(t *testing.T) {
 	}
 	gens := []fanout.Generation{s.gen(t, byEmail, 1, p.Topic), s.gen(t, byID, 1, p.Topic)}
 	start := func() *fanout.Manager {
-		m := s.manager(t, projector.NewWriter(s.pub, s.led, projector.WithFault(fault)), 1+frnd.IntN(40))
+		// The index cache full, tiny (most keys read from Redis) or off.
+		cacheMax := []int{projector.DefaultIndexCacheEntries, 7, 0}[frnd.IntN(3)]
+		m := s.manager(t, projector.NewWriter(s.pub, s.led, projector.WithFault(fault), projector.WithIndexCache(cacheMax)), 1+frnd.IntN(40))
 		m.Update(ctx, gens)
 		return m
 	}
@@ -484,10 +486,11 @@ func TestTwoWritersOneGeneration(t *testing.T) {
 		w.sources = append(w.sources, "s"+strconv.Itoa(i))
 	}
 	gens := []fanout.Generation{s.gen(t, byEmail, 1, p.Topic), s.gen(t, byID, 1, p.Topic)}
+	rnd := rand.New(rand.NewPCG(seed, 5))
 	var failures, skipped atomic.Int64
 	var writers []*projector.Writer
 	start := func(batch int) *fanout.Manager {
-		wr := projector.NewWriter(s.pub, s.led)
+		wr := projector.NewWriter(s.pub, s.led, projector.WithIndexCache([]int{projector.DefaultIndexCacheEntries, 5}[rnd.IntN(2)]))
 		writers = append(writers, wr)
 		m, err := fanout.NewManager(fanout.Config{
 			KafkaOpts: []kgo.Opt{kgo.SeedBrokers(s.kafka)}, Writer: wr,
@@ -500,7 +503,6 @@ func TestTwoWritersOneGeneration(t *testing.T) {
 		m.Update(ctx, gens)
 		return m
 	}
-	rnd := rand.New(rand.NewPCG(seed, 5))
 	a, b := start(1+rnd.IntN(30)), start(1+rnd.IntN(30))
 	var all []*kgo.Record
 	for round := range 20 {

@@ -13,6 +13,12 @@
 //	                             projected key it wrote
 //	dc:P:producer:gN:dead        stream: dead letters, entry id <offset+1>-0,
 //	                             fields topic, partition, offset, key, reason
+//	dc:P:producer:gN:ixcount     string, decimal: how many index entries
+//	                             exist (single-node Redis only, kept in the
+//	                             same transaction as the index; absent when
+//	                             unknown, e.g. a generation written before it
+//	                             existed). 0 lets a writer know the index is
+//	                             empty without reading it.
 //
 // These keys deliberately do not match distcache.GenerationPattern
 // (dc:P:gN:*): that pattern is SCANned by edge clients' warm start, which
@@ -52,6 +58,9 @@ func OffsetKey(proj string, gen int64) string { return genPrefix(proj, gen) + "o
 func IndexKey(proj string, gen int64, skey string) string {
 	return genPrefix(proj, gen) + "ix:" + skey
 }
+
+// IndexCountKey holds the number of generation gen's index entries.
+func IndexCountKey(proj string, gen int64) string { return genPrefix(proj, gen) + "ixcount" }
 
 // DeadLetterKey is generation gen's dead-letter stream.
 func DeadLetterKey(proj string, gen int64) string { return genPrefix(proj, gen) + "dead" }
@@ -163,8 +172,16 @@ func (l *Ledger) OffsetOn(ctx context.Context, c redis.Cmdable, proj string, gen
 // stored already, and returns the stored one.
 func (l *Ledger) InitOffset(ctx context.Context, proj string, gen, offset int64) (int64, error) {
 	key := OffsetKey(proj, gen)
-	if _, err := l.rdb.SetNX(ctx, key, strconv.FormatInt(offset, 10), 0).Result(); err != nil {
+	created, err := l.rdb.SetNX(ctx, key, strconv.FormatInt(offset, 10), 0).Result()
+	if err != nil {
 		return 0, fmt.Errorf("init offset of %s/g%d: %w", proj, gen, err)
+	}
+	if created && !l.cluster {
+		// A new generation has no index entries. (Lost if this fails or the
+		// process dies first: the count is then unknown, which is safe.)
+		if err := l.rdb.SetNX(ctx, IndexCountKey(proj, gen), "0", 0).Err(); err != nil {
+			return 0, fmt.Errorf("init index count of %s/g%d: %w", proj, gen, err)
+		}
 	}
 	got, _, err := l.Offset(ctx, proj, gen)
 	return got, err
@@ -283,6 +300,11 @@ type Commit struct {
 	Delete []string         // source keys that own nothing any more
 	Dead   []DeadLetter
 	Next   int64 // new next offset; < 0 leaves the offset alone
+	// Count maintains IndexCountKey: it is increased by CountDelta, or set
+	// to CountDelta with CountFresh (a generation nothing was written to).
+	Count      bool
+	CountFresh bool
+	CountDelta int64
 }
 
 // errStreamIDTooSmall is Redis's reply to an XADD whose explicit id is not
@@ -378,6 +400,12 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 		})
 		q.dead[cmd] = true
 		add(cmd)
+	}
+	switch {
+	case c.Count && c.CountFresh:
+		add(pipe.Set(ctx, IndexCountKey(proj, gen), strconv.FormatInt(c.CountDelta, 10), 0))
+	case c.Count && c.CountDelta != 0:
+		add(pipe.IncrBy(ctx, IndexCountKey(proj, gen), c.CountDelta))
 	}
 	if c.Next >= 0 {
 		add(pipe.Set(ctx, OffsetKey(proj, gen), strconv.FormatInt(c.Next, 10), 0))

@@ -135,6 +135,10 @@ type Writer struct {
 	log       *slog.Logger
 	fault     Fault
 	conflicts atomic.Int64
+	cacheMax  int
+
+	mu     sync.Mutex
+	caches map[string]*indexCache // by Target.String()
 }
 
 // Option configures a Writer.
@@ -143,13 +147,17 @@ type Option func(*Writer)
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(w *Writer) { w.log = l } }
 
+// WithIndexCache bounds each generation's in-memory index cache to n
+// entries (default DefaultIndexCacheEntries; 0 disables it).
+func WithIndexCache(n int) Option { return func(w *Writer) { w.cacheMax = max(n, 0) } }
+
 // WithFault installs a fault hook (tests only).
 func WithFault(f Fault) Option { return func(w *Writer) { w.fault = f } }
 
 // NewWriter returns a Writer writing values through pub and bookkeeping
 // through l.
 func NewWriter(pub *distcache.Publisher, l *ledger.Ledger, opts ...Option) *Writer {
-	w := &Writer{pub: pub, ledger: l, log: slog.New(slog.DiscardHandler)}
+	w := &Writer{pub: pub, ledger: l, log: slog.New(slog.DiscardHandler), cacheMax: DefaultIndexCacheEntries}
 	for _, o := range opts {
 		o(w)
 	}
@@ -249,7 +257,11 @@ func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next i
 // commit may not have landed yet), and the versions their deletes must
 // check. It writes nothing.
 func (w *Writer) Plan(ctx context.Context, t Target, recs []Record, next int64, pending []*Plan) (*Plan, error) {
-	return w.planOn(ctx, w.ledger.Client(), t, w.projectAll(t, recs), next, pending)
+	c := w.ledger.Client()
+	index := func(skeys []string) ([]ledger.Entry, error) {
+		return w.ledger.IndexOn(ctx, c, t.Projection, t.Generation, skeys)
+	}
+	return w.planOn(ctx, c, t, w.projectAll(t, recs), next, pending, index)
 }
 
 // projectAll projects every record of a batch (no I/O).
@@ -262,7 +274,8 @@ func (w *Writer) projectAll(t Target, recs []Record) []outcome {
 }
 
 // planOn is Plan over projected records, reading through c.
-func (w *Writer) planOn(ctx context.Context, c redis.Cmdable, t Target, outs []outcome, next int64, pending []*Plan) (*Plan, error) {
+func (w *Writer) planOn(ctx context.Context, c redis.Cmdable, t Target, outs []outcome, next int64, pending []*Plan,
+	index func(skeys []string) ([]ledger.Entry, error)) (*Plan, error) {
 	p := &Plan{t: t, next: next, stats: Stats{Records: len(outs)}}
 	recs := make([]*Record, len(outs))
 	for i := range outs {
@@ -285,7 +298,7 @@ func (w *Writer) planOn(ctx context.Context, c redis.Cmdable, t Target, outs []o
 			skeys = append(skeys, k)
 		}
 	}
-	stored, err := w.ledger.IndexOn(ctx, c, t.Projection, t.Generation, skeys)
+	stored, err := index(skeys)
 	if err != nil {
 		return nil, err
 	}

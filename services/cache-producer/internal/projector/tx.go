@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -61,21 +62,84 @@ type prepared struct {
 	t0   time.Time
 }
 
+// indexCache is a generation's source-key index as this Writer last
+// committed it, so that a batch need not read the entries back from Redis.
+// It is trusted only while the stored offset is the one it was left at
+// (nobody else committed since); complete means it holds every stored
+// entry, so a key it lacks has none.
+type indexCache struct {
+	at       int64 // stored offset the cache matches; -1: none
+	complete bool
+	entries  map[string]ledger.Entry
+}
+
+// DefaultIndexCacheEntries bounds a generation's index cache (about 100
+// bytes an entry). Past it, keys not cached are read from Redis.
+const DefaultIndexCacheEntries = 1_000_000
+
+func (w *Writer) cacheOf(t Target) *indexCache {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.caches == nil {
+		w.caches = map[string]*indexCache{}
+	}
+	c, ok := w.caches[t.String()]
+	if !ok {
+		c = &indexCache{at: -1}
+		w.caches[t.String()] = c
+	}
+	return c
+}
+
+// Forget drops what the Writer keeps in memory for t (its index cache),
+// when t is retired or no longer written by this process.
+func (w *Writer) Forget(t Target) {
+	w.mu.Lock()
+	delete(w.caches, t.String())
+	w.mu.Unlock()
+}
+
 // writeTx writes one projected batch in one optimistic transaction (see
 // above). It returns what it did and the generation's stored offset after
-// it.
+// it. Batches of one generation must not be written concurrently.
 func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int64) (Stats, int64, error) {
 	rdb := w.ledger.Client()
 	offKey := ledger.OffsetKey(t.Projection, t.Generation)
+	cache := w.cacheOf(t)
 	for range maxTxConflicts {
 		var (
-			st     Stats
-			stored int64
+			st      Stats
+			stored  int64
+			applied func()
 		)
 		err := rdb.Watch(ctx, func(tx *redis.Tx) error {
-			s, known, err := w.ledger.OffsetOn(ctx, tx, t.Projection, t.Generation)
-			if err != nil {
-				return err
+			pipe := tx.Pipeline()
+			offCmd := pipe.Get(ctx, offKey)
+			cntCmd := pipe.Get(ctx, ledger.IndexCountKey(t.Projection, t.Generation))
+			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+				return fmt.Errorf("read offset of %s: %w", t, err)
+			}
+			s, known := int64(0), offCmd.Err() == nil
+			if known {
+				var err error
+				if s, err = strconv.ParseInt(offCmd.Val(), 10, 64); err != nil || s < 0 {
+					return fmt.Errorf("%w: offset of %s is %q", ledger.ErrCorrupt, t, offCmd.Val())
+				}
+			}
+			count, counted := int64(0), cntCmd.Err() == nil
+			if counted {
+				var err error
+				if count, err = strconv.ParseInt(cntCmd.Val(), 10, 64); err != nil {
+					counted = false
+				}
+			}
+			fresh := !known // nothing was ever committed: no index either
+			if !known || s != cache.at {
+				// Someone else committed (or this Writer is new): start
+				// over from what is stored.
+				cache.at = -1
+				cache.entries = map[string]ledger.Entry{}
+				cache.complete = fresh || (counted && count == 0)
 			}
 			todo := outs
 			if known {
@@ -87,7 +151,31 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 					return nil
 				}
 			}
-			p, err := w.planOn(ctx, tx, t, todo, next, nil)
+			index := func(skeys []string) ([]ledger.Entry, error) {
+				out := make([]ledger.Entry, len(skeys))
+				var miss []string
+				var missAt []int
+				for i, k := range skeys {
+					if e, ok := cache.entries[k]; ok {
+						out[i] = e
+					} else if !cache.complete {
+						miss = append(miss, k)
+						missAt = append(missAt, i)
+					}
+				}
+				if len(miss) == 0 {
+					return out, nil
+				}
+				got, err := w.ledger.IndexOn(ctx, tx, t.Projection, t.Generation, miss)
+				if err != nil {
+					return nil, err
+				}
+				for j, i := range missAt {
+					out[i] = got[j]
+				}
+				return out, nil
+			}
+			p, err := w.planOn(ctx, tx, t, todo, next, nil, index)
 			if err != nil {
 				return err
 			}
@@ -107,7 +195,19 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 					p.results(res) // refusals become dead letters, queued below
 					nValues = pipe.Len()
 				}
-				q = w.ledger.Queue(ctx, pipe, t.Projection, t.Generation, p.commit())
+				c := p.commit()
+				if fresh || counted {
+					c.Count, c.CountFresh = true, fresh
+					for k, e := range p.idx {
+						switch b := p.before[k]; {
+						case b.Key == "" && e.Key != "":
+							c.CountDelta++
+						case b.Key != "" && e.Key == "":
+							c.CountDelta--
+						}
+					}
+				}
+				q = w.ledger.Queue(ctx, pipe, t.Projection, t.Generation, c)
 				return nil
 			})
 			if errors.Is(err, redis.TxFailedErr) {
@@ -134,6 +234,23 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 			if next >= 0 {
 				stored = next
 			}
+			applied = func() {
+				for k, e := range p.idx {
+					if e.Key == "" && cache.complete {
+						delete(cache.entries, k) // absent means no entry
+						continue
+					}
+					// (An incomplete cache also remembers "no entry".)
+					if len(cache.entries) < w.cacheMax {
+						cache.entries[k] = e
+					} else if _, ok := cache.entries[k]; ok {
+						cache.entries[k] = e
+					} else {
+						cache.complete = false // full: keys not cached are read
+					}
+				}
+				cache.at = stored
+			}
 			return nil
 		}, offKey)
 		if errors.Is(err, redis.TxFailedErr) {
@@ -141,7 +258,11 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 			continue
 		}
 		if err != nil {
+			cache.at = -1 // the transaction may or may not have landed
 			return Stats{}, 0, err
+		}
+		if applied != nil {
+			applied()
 		}
 		if w.fault != nil {
 			if err := w.fault(ctx, t, AfterValues); err != nil {
