@@ -293,7 +293,7 @@ func partsBench(ctx context.Context, cfg Config, res *Result, say func(string, .
 		return err
 	}
 	const (
-		raw    = "raw pipelined SET (go-redis)"
+		raw    = "raw pipelined SET (go-redis, GOGC=100)"
 		fan    = "broker → Redis fan-out, 2 projections"
 		replay = "replay into a new generation (backfill)"
 	)

@@ -37,11 +37,13 @@ func TestParsePrograms(t *testing.T) {
 	if got := parsePublisher(pub); got["txn"] != 31234 || got["idempotent"] != 45000 {
 		t.Errorf("publisher = %v", got)
 	}
-	prod := "                           measurement  records  runs  median time  median rate (/s)  ratio to raw SET  note\n" +
-		"          raw pipelined SET (go-redis)   200000     3        1.2s            166666            1.000×\n" +
-		" broker → Redis fan-out, 2 projections   200000     3        4s              50000             0.300×  records/s\n"
-	got := parseProducer(prod, "raw pipelined SET (go-redis)", "broker → Redis fan-out, 2 projections", "missing")
-	if got["raw pipelined SET (go-redis)"] != 166666 || got["broker → Redis fan-out, 2 projections"] != 50000 || got["missing"] != 0 {
+	prod := "                           measurement  records  runs  median time  median rate (/s)  ratio to raw SET  Redis CPU µs/record  note\n" +
+		"  raw pipelined SET (go-redis, GOGC=100)   200000     3        1.2s            166666            1.000×  1.50\n" +
+		"  raw pipelined SET (go-redis, GOGC=400)   200000     3        1.1s            181818            1.090×  1.40  for the record\n" +
+		" broker → Redis fan-out, 2 projections   200000     3        4s              50000             0.300×  7.10  records/s\n"
+	raw := "raw pipelined SET (go-redis, GOGC=100)"
+	got := parseProducer(prod, raw, "broker → Redis fan-out, 2 projections", "missing")
+	if got[raw] != 166666 || got["broker → Redis fan-out, 2 projections"] != 50000 || got["missing"] != 0 {
 		t.Errorf("producer = %v", got)
 	}
 }
