@@ -2,6 +2,8 @@ package devstack
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
@@ -21,7 +23,28 @@ type RedisConfig struct {
 	ReplicaOf string // "host:port" of the primary, for a replica
 	Password  string // requirepass (and masterauth for replicas); empty for none
 	Cluster   bool   // cluster-enabled yes
+	TLS       *RedisTLS
 	Mode      Mode
+}
+
+// RedisTLS makes the server speak TLS only, on Port (no plaintext port),
+// with these PEM files. Clients are not asked for certificates.
+type RedisTLS struct {
+	CertFile, KeyFile string // the server's certificate (for 127.0.0.1) and key
+	CAFile            string // the CA that signed it
+}
+
+// ClientConfig returns a TLS client configuration that trusts CAFile.
+func (t *RedisTLS) ClientConfig() (*tls.Config, error) {
+	pem, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("redis tls: read CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("redis tls: no certificate in %s", t.CAFile)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
 // Redis is one running redis-server.
@@ -82,6 +105,16 @@ func newRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.Password != "" {
 		args = append(args, "--requirepass", cfg.Password, "--masterauth", cfg.Password)
 	}
+	if cfg.TLS != nil {
+		for i := range args {
+			if args[i] == "--port" {
+				args[i+1] = "0" // TLS only
+			}
+		}
+		args = append(args, "--tls-port", strconv.Itoa(cfg.Port),
+			"--tls-cert-file", cfg.TLS.CertFile, "--tls-key-file", cfg.TLS.KeyFile,
+			"--tls-ca-cert-file", cfg.TLS.CAFile, "--tls-auth-clients", "no")
+	}
 	if cfg.ReplicaOf != "" {
 		host, port, err := net.SplitHostPort(cfg.ReplicaOf)
 		if err != nil {
@@ -93,6 +126,11 @@ func newRedis(cfg RedisConfig) (*Redis, error) {
 		args = append(args, "--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(cfg.Dir, cfg.Name+"-nodes.conf"),
 			"--cluster-node-timeout", "2000")
+	}
+	if cfg.TLS != nil {
+		if _, err := cfg.TLS.ClientConfig(); err != nil {
+			return nil, err
+		}
 	}
 	r := &Redis{cfg: cfg, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port))}
 	r.proc = newProcess(cfg.Name, cfg.Dir, cfg.Mode, args...)
@@ -115,19 +153,32 @@ func (r *Redis) Start(ctx context.Context) error {
 	return r.proc.waitUntil(ctx, "healthy", r.Health)
 }
 
-// Client returns a new go-redis client for this server.
+// Client returns a new go-redis client for this server (over TLS when it
+// serves TLS).
 func (r *Redis) Client() *redis.Client {
-	return redis.NewClient(&redis.Options{Addr: r.Addr, Password: r.cfg.Password, MaxRetries: -1})
+	return redis.NewClient(r.options())
+}
+
+func (r *Redis) options() *redis.Options {
+	o := &redis.Options{Addr: r.Addr, Password: r.cfg.Password, MaxRetries: -1}
+	if r.cfg.TLS != nil {
+		o.TLSConfig, _ = r.cfg.TLS.ClientConfig() // checked when the server was configured
+	}
+	return o
 }
 
 // Health pings the server; a replica must also have its link to the primary up.
 func (r *Redis) Health(ctx context.Context) error {
-	return ProbeRedis(ctx, r.Addr, r.cfg.Password, r.cfg.ReplicaOf != "")
+	return probeRedis(ctx, r.options(), r.cfg.ReplicaOf != "")
 }
 
 // ProbeRedis pings the server at addr; when replica is true its link to the primary must be up.
 func ProbeRedis(ctx context.Context, addr, password string, replica bool) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, Password: password, MaxRetries: -1})
+	return probeRedis(ctx, &redis.Options{Addr: addr, Password: password, MaxRetries: -1}, replica)
+}
+
+func probeRedis(ctx context.Context, o *redis.Options, replica bool) error {
+	c := redis.NewClient(o)
 	defer c.Close()
 	if err := c.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("ping: %w", err)
