@@ -16,12 +16,15 @@
 // key whoever owns it, and a replay writes exactly the versions of the first
 // run.
 //
-// Exactly-once outcome. A batch is written in this order: values (version
-// guarded), then index entries, dead letters and offset. A crash anywhere
-// replays the batch from the stored offset; every write it repeats carries
-// the same version and is a no-op, and an index that is behind or ahead of the
-// values only leads to deletes that the version guard refuses (see
-// Writer.WriteBatch). Redis therefore ends exactly as after one clean run.
+// Exactly-once outcome. On a single Redis node (standalone or replicated) a
+// batch is one optimistic transaction holding its values, index, dead
+// letters and offset, so it lands whole or not at all (see tx.go). On Redis
+// Cluster a batch is written in this order: values (version guarded), then
+// index entries, dead letters and offset. A crash anywhere replays the batch
+// from the stored offset; every write it repeats carries the same version and
+// is a no-op, and an index that is behind or ahead of the values only leads to
+// deletes that the version guard refuses (see Writer.WriteBatch). Either way
+// Redis ends exactly as after one clean run.
 //
 // Ownership. A source key deletes the projected key it wrote only while that
 // key still holds its write (same version): if another source key wrote the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -68,6 +69,10 @@ type prepared struct {
 // (nobody else committed since); complete means it holds every stored
 // entry, so a key it lacks has none.
 type indexCache struct {
+	// mu is held while the cache is read or changed: two writers of one
+	// generation in one process (a zombie backfill attempt next to the live
+	// consumer) must not touch it at once.
+	mu       sync.Mutex
 	at       int64 // stored offset the cache matches; -1: none
 	complete bool
 	entries  map[string]ledger.Entry
@@ -106,6 +111,8 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 	rdb := w.ledger.Client()
 	offKey := ledger.OffsetKey(t.Projection, t.Generation)
 	cache := w.cacheOf(t)
+	cache.mu.Lock()
+	defer cache.mu.Unlock()
 	for range maxTxConflicts {
 		var (
 			st      Stats
@@ -179,54 +186,8 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 			if err != nil {
 				return err
 			}
-			if w.fault != nil {
-				if err := w.fault(ctx, t, BeforeValues); err != nil {
-					return err
-				}
-			}
-			var q ledger.Queued
-			nValues := 0
-			cmds, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-				if len(p.changes) > 0 {
-					res, err := w.pub.WriteTx(ctx, pipe, t.Projection, t.Generation, p.changes)
-					if err != nil {
-						return err
-					}
-					p.results(res) // refusals become dead letters, queued below
-					nValues = pipe.Len()
-				}
-				c := p.commit()
-				if fresh || counted {
-					c.Count, c.CountFresh = true, fresh
-					for k, e := range p.idx {
-						switch b := p.before[k]; {
-						case b.Key == "" && e.Key != "":
-							c.CountDelta++
-						case b.Key != "" && e.Key == "":
-							c.CountDelta--
-						}
-					}
-				}
-				q = w.ledger.Queue(ctx, pipe, t.Projection, t.Generation, c)
-				return nil
-			})
-			if errors.Is(err, redis.TxFailedErr) {
+			if err := w.execPlan(ctx, tx, t, p, fresh, counted); err != nil {
 				return err
-			}
-			if err != nil {
-				if len(cmds) == 0 {
-					return fmt.Errorf("write %s: %w", t, err)
-				}
-				// Values (before the ledger's part) must not fail; the
-				// ledger tolerates a dead letter recorded earlier.
-				for _, c := range cmds[:min(nValues, len(cmds))] {
-					if c.Err() != nil {
-						return fmt.Errorf("write %s: %w", t, c.Err())
-					}
-				}
-				if err := q.Check(t.Projection, t.Generation); err != nil {
-					return err
-				}
 			}
 			st = p.stats
 			st.Records, st.Skipped = len(outs), len(outs)-len(todo)
@@ -234,23 +195,7 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 			if next >= 0 {
 				stored = next
 			}
-			applied = func() {
-				for k, e := range p.idx {
-					if e.Key == "" && cache.complete {
-						delete(cache.entries, k) // absent means no entry
-						continue
-					}
-					// (An incomplete cache also remembers "no entry".)
-					if len(cache.entries) < w.cacheMax {
-						cache.entries[k] = e
-					} else if _, ok := cache.entries[k]; ok {
-						cache.entries[k] = e
-					} else {
-						cache.complete = false // full: keys not cached are read
-					}
-				}
-				cache.at = stored
-			}
+			applied = func() { cache.apply(p, stored, w.cacheMax) }
 			return nil
 		}, offKey)
 		if errors.Is(err, redis.TxFailedErr) {
@@ -274,8 +219,125 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 	return Stats{}, 0, fmt.Errorf("write %s: %w (%d conflicts in a row)", t, errConflict, maxTxConflicts)
 }
 
-// runTx is Run for transactional writes: batches are projected (CPU only)
-// one ahead of the transaction that writes the batch before.
+// execPlan writes p in one MULTI/EXEC on tx (under the caller's WATCH).
+// fresh: nothing was ever committed to the generation; counted: its index
+// count exists. Both decide how the count is maintained.
+func (w *Writer) execPlan(ctx context.Context, tx *redis.Tx, t Target, p *Plan, fresh, counted bool) error {
+	if w.fault != nil {
+		if err := w.fault(ctx, t, BeforeValues); err != nil {
+			return err
+		}
+	}
+	var q ledger.Queued
+	nValues := 0
+	cmds, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		if len(p.changes) > 0 {
+			res, err := w.pub.WriteTx(ctx, pipe, t.Projection, t.Generation, p.changes)
+			if err != nil {
+				return err
+			}
+			p.results(res) // refusals become dead letters, queued below
+			nValues = pipe.Len()
+		}
+		c := p.commit()
+		if fresh || counted {
+			c.Count, c.CountFresh = true, fresh
+			for k, e := range p.idx {
+				switch b := p.before[k]; {
+				case b.Key == "" && e.Key != "":
+					c.CountDelta++
+				case b.Key != "" && e.Key == "":
+					c.CountDelta--
+				}
+			}
+		}
+		q = w.ledger.Queue(ctx, pipe, t.Projection, t.Generation, c)
+		return nil
+	})
+	if errors.Is(err, redis.TxFailedErr) {
+		return err
+	}
+	if err != nil {
+		if len(cmds) == 0 {
+			return fmt.Errorf("write %s: %w", t, err)
+		}
+		// Values (before the ledger's part) must not fail; the ledger
+		// tolerates a dead letter recorded earlier.
+		for _, c := range cmds[:min(nValues, len(cmds))] {
+			if c.Err() != nil {
+				return fmt.Errorf("write %s: %w", t, c.Err())
+			}
+		}
+		if err := q.Check(t.Projection, t.Generation); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// apply records a committed plan in the cache, which then matches the
+// stored offset stored.
+func (c *indexCache) apply(p *Plan, stored int64, cacheMax int) {
+	for k, e := range p.idx {
+		if e.Key == "" && c.complete {
+			delete(c.entries, k) // absent means no entry
+			continue
+		}
+		// (An incomplete cache also remembers "no entry".)
+		if len(c.entries) < cacheMax {
+			c.entries[k] = e
+		} else if _, ok := c.entries[k]; ok {
+			c.entries[k] = e
+		} else {
+			c.complete = false // full: keys not cached are read
+		}
+	}
+	c.at = stored
+}
+
+// errStale is returned when a plan made ahead finds the stored offset is not
+// the one it was made for.
+var errStale = errors.New("stored offset moved: plan made ahead is stale")
+
+// execAhead writes p, planned ahead for stored offset from, if the offset
+// is still from.
+func (w *Writer) execAhead(ctx context.Context, t Target, p *Plan, from int64) error {
+	rdb := w.ledger.Client()
+	offKey := ledger.OffsetKey(t.Projection, t.Generation)
+	err := rdb.Watch(ctx, func(tx *redis.Tx) error {
+		pipe := tx.Pipeline()
+		offCmd := pipe.Get(ctx, offKey)
+		cntCmd := pipe.Get(ctx, ledger.IndexCountKey(t.Projection, t.Generation))
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("read offset of %s: %w", t, err)
+		}
+		if offCmd.Err() != nil || offCmd.Val() != strconv.FormatInt(from, 10) {
+			return errStale
+		}
+		_, cerr := strconv.ParseInt(cntCmd.Val(), 10, 64)
+		return w.execPlan(ctx, tx, t, p, false, cntCmd.Err() == nil && cerr == nil)
+	}, offKey)
+	if errors.Is(err, redis.TxFailedErr) {
+		w.conflicts.Add(1)
+		return errStale
+	}
+	if err != nil {
+		return err
+	}
+	if w.fault != nil {
+		return w.fault(ctx, t, AfterValues)
+	}
+	return nil
+}
+
+// runTx is Run for transactional writes. Batches are projected (CPU only)
+// one ahead, and while one batch's transaction is in flight the next is
+// planned against the index as that transaction will leave it (the cache
+// overlaid with the plan in flight), so Redis and the Writer work at the
+// same time. A plan made ahead is used only if the stored offset is, at its
+// turn, the one the batch before committed; anything else (another writer, a
+// failed transaction) sends the batch through writeTx, which plans it again
+// under its WATCH.
 func (w *Writer) runTx(ctx context.Context, t Target, in <-chan Batch, onErr func(error), committed func(next int64, st Stats, took time.Duration)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -299,7 +361,14 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan Batch, onErr fun
 			}
 		}
 	}()
-	for p := range ready {
+	cache := w.cacheOf(t)
+	report := func(stored int64, st Stats, p prepared) {
+		if committed != nil {
+			committed(stored, st, time.Since(p.t0))
+		}
+	}
+	// slow writes p through writeTx, retrying until ctx ends.
+	slow := func(p prepared) error {
 		var (
 			st     Stats
 			stored int64
@@ -309,15 +378,155 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan Batch, onErr fun
 			st, stored, err = w.writeTx(ctx, t, p.outs, p.next)
 			return err
 		}, onErr)
-		if err != nil {
-			cancel()
-			for range ready {
-			}
-			return err
+		if err == nil {
+			report(stored, st, p)
 		}
-		if committed != nil {
-			committed(stored, st, time.Since(p.t0))
-		}
+		return err
 	}
-	return ctx.Err()
+	type flight struct {
+		p    prepared
+		plan *Plan
+		from int64
+		done chan error
+	}
+	var fl *flight
+	// land waits for the transaction in flight; if it did not land, the
+	// batch goes through writeTx. It reports whether the plan made ahead of
+	// the next batch still holds.
+	land := func(err error) (bool, error) {
+		f := fl
+		fl = nil
+		if err == nil {
+			cache.mu.Lock()
+			cache.apply(f.plan, f.plan.next, w.cacheMax)
+			cache.mu.Unlock()
+			st := f.plan.stats
+			st.Records, st.Skipped = len(f.p.outs), len(f.p.outs)-f.plan.stats.Records
+			report(f.plan.next, st, f.p)
+			return true, nil
+		}
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		if !errors.Is(err, errStale) && onErr != nil {
+			onErr(err)
+		}
+		cache.mu.Lock()
+		cache.at = -1
+		cache.mu.Unlock()
+		return false, slow(f.p)
+	}
+	fail := func(err error) error {
+		cancel()
+		if fl != nil {
+			<-fl.done
+		}
+		for range ready {
+		}
+		return err
+	}
+	for {
+		var p prepared
+		if fl != nil {
+			// Land the flight as soon as it ends, batch or no batch (a live
+			// consumer may wait long for the next one).
+			select {
+			case err := <-fl.done:
+				if _, err := land(err); err != nil {
+					return fail(err)
+				}
+				continue
+			case next, ok := <-ready:
+				if !ok {
+					if _, err := land(<-fl.done); err != nil {
+						return fail(err)
+					}
+					return ctx.Err()
+				}
+				p = next
+			}
+		} else {
+			next, ok := <-ready
+			if !ok {
+				return ctx.Err()
+			}
+			p = next
+		}
+		// Plan p ahead, against the cache as the flight will leave it.
+		var (
+			plan *Plan
+			from int64 = -1
+		)
+		cache.mu.Lock()
+		switch {
+		case fl != nil && cache.at == fl.from:
+			from = fl.plan.next
+		case fl == nil && cache.at >= 0:
+			from = cache.at
+		}
+		if from >= 0 {
+			j := sort.Search(len(p.outs), func(i int) bool { return p.outs[i].rec.Offset >= from })
+			if j == len(p.outs) && p.next <= from {
+				from = -1 // nothing to write: writeTx finds it so and reports
+			} else {
+				var pending []*Plan
+				if fl != nil {
+					pending = []*Plan{fl.plan}
+				}
+				var err error
+				plan, err = w.planOn(ctx, w.ledger.Client(), t, p.outs[j:], p.next, pending, w.cachedIndex(ctx, t, cache))
+				if err != nil {
+					plan = nil // planned again by writeTx
+				}
+			}
+		}
+		cache.mu.Unlock()
+		if fl != nil {
+			ok, err := land(<-fl.done)
+			if err != nil {
+				return fail(err)
+			}
+			if !ok {
+				plan = nil
+			}
+		}
+		if plan == nil {
+			if err := slow(p); err != nil {
+				return fail(err)
+			}
+			continue
+		}
+		f := &flight{p: p, plan: plan, from: from, done: make(chan error, 1)}
+		go func() { f.done <- w.execAhead(ctx, t, f.plan, f.from) }()
+		fl = f
+	}
+}
+
+// cachedIndex reads index entries from the cache, and from Redis for keys
+// it lacks when it is not complete.
+func (w *Writer) cachedIndex(ctx context.Context, t Target, cache *indexCache) func([]string) ([]ledger.Entry, error) {
+	return func(skeys []string) ([]ledger.Entry, error) {
+		out := make([]ledger.Entry, len(skeys))
+		var miss []string
+		var missAt []int
+		for i, k := range skeys {
+			if e, ok := cache.entries[k]; ok {
+				out[i] = e
+			} else if !cache.complete {
+				miss = append(miss, k)
+				missAt = append(missAt, i)
+			}
+		}
+		if len(miss) == 0 {
+			return out, nil
+		}
+		got, err := w.ledger.Index(ctx, t.Projection, t.Generation, miss)
+		if err != nil {
+			return nil, err
+		}
+		for j, i := range missAt {
+			out[i] = got[j]
+		}
+		return out, nil
+	}
 }
