@@ -46,13 +46,16 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	projector.TuneGC() // GOGC overrides
+	tunedGC = projector.TuneGC() // GOGC and GOMEMLIMIT override
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "cache-producer:", err)
 		stop()
 		os.Exit(1)
 	}
 }
+
+// tunedGC is what main set for the garbage collector (logged at start).
+var tunedGC projector.GC
 
 // Log attribute keys.
 const (
@@ -85,7 +88,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		h = slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: cfg.LogLevel})
 	}
 	log := slog.New(h).With("service", "cache-producer")
-	log.Info("starting", "config", cfg)
+	log.Info("starting", "config", cfg, "gc_percent", tunedGC.Percent, "memory_limit_bytes", tunedGC.MemoryLimit)
 	if *checkOnly {
 		return nil
 	}

@@ -55,7 +55,7 @@ var gcPercent = projector.GCPercent
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if projector.TuneGC() == "" { // as the cache-producer runs (GOGC overrides)
+	if projector.TuneGC().Percent == "" { // as the cache-producer runs (GOGC overrides)
 		gcPercent = debug.SetGCPercent(-1)
 		debug.SetGCPercent(gcPercent)
 	}

@@ -3,22 +3,66 @@ package projector
 import (
 	"os"
 	"runtime/debug"
+	"strconv"
+	"strings"
 )
 
 // GCPercent is the garbage collector's target the cache-producer runs with
 // unless GOGC is set. The write path allocates a decoded payload, a
 // projected value and Redis arguments per record and keeps little alive
-// (the batches in flight), so the default of 100 spends a fifth of the CPU
-// collecting; at 400 the heap may grow to five times the live data (tens of
-// MB) and the collector's share drops to a few per cent.
+// besides the index cache, so the default of 100 spends a fifth of the CPU
+// collecting; at 400 the collector's share drops to a few per cent.
 const GCPercent = 400
 
-// TuneGC applies GCPercent unless the GOGC environment variable is set, and
-// returns the setting in effect ("" when GOGC decides).
-func TuneGC() string {
-	if os.Getenv("GOGC") != "" {
-		return ""
+// memoryLimitShare is the part of the container's memory limit the Go
+// runtime is asked to stay under (GOMEMLIMIT) when none is given: with
+// GOGC at 400 the heap may otherwise grow to five times the live data (the
+// index cache holds about 100 MB per million entries).
+const memoryLimitShare = 0.85
+
+// GC is what TuneGC set: "" where the environment decided.
+type GC struct {
+	Percent     string // "400", or "" when GOGC is set
+	MemoryLimit int64  // bytes, 0 when GOMEMLIMIT is set or no container limit was found
+}
+
+// TuneGC applies GCPercent unless GOGC is set, and, unless GOMEMLIMIT is
+// set, a soft memory limit of 85% of the cgroup's memory limit when there is
+// one (cgroup v2 memory.max or v1 memory.limit_in_bytes).
+func TuneGC() GC {
+	var g GC
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(GCPercent)
+		g.Percent = strconv.Itoa(GCPercent)
 	}
-	debug.SetGCPercent(GCPercent)
-	return "400"
+	if os.Getenv("GOMEMLIMIT") == "" {
+		if limit := cgroupMemoryLimit(); limit > 0 {
+			g.MemoryLimit = int64(float64(limit) * memoryLimitShare)
+			debug.SetMemoryLimit(g.MemoryLimit)
+		}
+	}
+	return g
+}
+
+// cgroupMemoryLimit returns the process's cgroup memory limit in bytes, or 0
+// when there is none (or it cannot be read).
+func cgroupMemoryLimit() int64 {
+	for _, f := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		return parseLimit(string(b))
+	}
+	return 0
+}
+
+// parseLimit reads a cgroup memory limit file's content: "max" or a huge
+// value (cgroup v1's "unlimited") mean none.
+func parseLimit(s string) int64 {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n <= 0 || n >= 1<<60 {
+		return 0
+	}
+	return n
 }
