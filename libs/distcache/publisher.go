@@ -228,8 +228,6 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', '1000', '*', 't', 'cutover', 'gen', A
 return prev
 `)
 
-const controlMaxLen = 1000
-
 // Set stores value under key in the projection's live generation (the one
 // its pointer names, read with one GET per call), if version is newer than the
 // stored one. It reports whether the value was applied. Writers that know

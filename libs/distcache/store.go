@@ -31,13 +31,6 @@ func entryNegative(e []byte) bool { return e[0]&flagNegative != 0 }
 
 func negExpiry(e []byte) int64 { return int64(binary.LittleEndian.Uint64(e[9:17])) }
 
-func makePositive(version int64, value []byte) []byte {
-	e := make([]byte, entryHeaderLen+len(value))
-	binary.LittleEndian.PutUint64(e[1:9], uint64(version))
-	copy(e[entryHeaderLen:], value)
-	return e
-}
-
 func makePositiveString(version int64, value string) []byte {
 	e := make([]byte, entryHeaderLen+len(value))
 	binary.LittleEndian.PutUint64(e[1:9], uint64(version))
@@ -203,19 +196,4 @@ func (f *fifo) resize(size int) {
 		hs[i], ts[i] = f.hashes[j], f.times[j]
 	}
 	f.hashes, f.times, f.head = hs, ts, 0
-}
-
-// keys returns the keys of the store's entries (used when rebuilding a
-// projection after a cutover or a gap).
-func (s *store) keys() []string {
-	var keys []string
-	it := s.cache.Iterator()
-	for it.SetNext() {
-		e, err := it.Value()
-		if err != nil {
-			continue
-		}
-		keys = append(keys, e.Key())
-	}
-	return keys
 }

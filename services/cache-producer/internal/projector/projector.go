@@ -239,7 +239,7 @@ func (p *Plan) Stats() Stats { return p.stats }
 // nothing is known to be stored and the caller retries the same batch.
 func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next int64) (Stats, error) {
 	if w.transactional() {
-		st, _, err := w.writeTx(ctx, t, w.projectAll(t, recs), next)
+		st, _, err := w.writeTx(ctx, nil, t, w.projectAll(t, recs), next)
 		return st, err
 	}
 	p, err := w.Plan(ctx, t, recs, next, nil)

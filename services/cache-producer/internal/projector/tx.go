@@ -104,12 +104,79 @@ func (w *Writer) Forget(t Target) {
 	w.mu.Unlock()
 }
 
+// txCmdable is a connection a transaction runs on: a redis.Tx or the
+// dedicated redis.Conn of a txConn.
+type txCmdable interface {
+	redis.Cmdable
+	Do(ctx context.Context, args ...any) *redis.Cmd
+	TxPipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
+}
+
+// txConn is the dedicated connection one generation writer runs its
+// transactions on: WATCH and the reads that go with it share one round
+// trip, and EXEC ends the watch, so a batch costs two round trips (go-redis's
+// Client.Watch adds one for WATCH and one for UNWATCH).
+type txConn struct {
+	rdb  *redis.Client // nil: use Client.Watch
+	conn *redis.Conn
+}
+
+func (w *Writer) newTxConn() *txConn {
+	rc, _ := w.ledger.Client().(*redis.Client)
+	return &txConn{rdb: rc}
+}
+
+func (c *txConn) close() {
+	if c != nil && c.conn != nil {
+		_ = c.conn.Close()
+		c.conn = nil
+	}
+}
+
+// watched runs fn under a WATCH of generation t's offset key, handing it
+// the offset and the index count read in the same round trip. fn ends with
+// EXEC (which ends the watch), or the watch is cleared after it.
+func (w *Writer) watched(ctx context.Context, tc *txConn, t Target, fn func(tx txCmdable, off, cnt *redis.StringCmd) error) error {
+	offKey := ledger.OffsetKey(t.Projection, t.Generation)
+	cntKey := ledger.IndexCountKey(t.Projection, t.Generation)
+	if tc == nil || tc.rdb == nil {
+		return w.ledger.Client().Watch(ctx, func(tx *redis.Tx) error {
+			pipe := tx.Pipeline()
+			off, cnt := pipe.Get(ctx, offKey), pipe.Get(ctx, cntKey)
+			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+				return fmt.Errorf("read offset of %s: %w", t, err)
+			}
+			return fn(tx, off, cnt)
+		}, offKey)
+	}
+	if tc.conn == nil {
+		tc.conn = tc.rdb.Conn()
+	}
+	conn := tc.conn
+	pipe := conn.Pipeline()
+	watch := pipe.Do(ctx, "WATCH", offKey)
+	off, cnt := pipe.Get(ctx, offKey), pipe.Get(ctx, cntKey)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) || watch.Err() != nil {
+		tc.close()
+		return fmt.Errorf("read offset of %s: %w", t, errors.Join(err, watch.Err()))
+	}
+	err := fn(conn, off, cnt)
+	var rerr redis.Error
+	switch {
+	case err == nil, errors.Is(err, redis.TxFailedErr):
+		// EXEC ran (a fn that returns nil without it unwatches itself).
+	case errors.As(err, &rerr):
+		_ = conn.Do(ctx, "UNWATCH").Err()
+	default:
+		tc.close() // the connection's state is unknown
+	}
+	return err
+}
+
 // writeTx writes one projected batch in one optimistic transaction (see
 // above). It returns what it did and the generation's stored offset after
 // it. Batches of one generation must not be written concurrently.
-func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int64) (Stats, int64, error) {
-	rdb := w.ledger.Client()
-	offKey := ledger.OffsetKey(t.Projection, t.Generation)
+func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outcome, next int64) (Stats, int64, error) {
 	cache := w.cacheOf(t)
 	cache.mu.Lock()
 	defer cache.mu.Unlock()
@@ -119,13 +186,7 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 			stored  int64
 			applied func()
 		)
-		err := rdb.Watch(ctx, func(tx *redis.Tx) error {
-			pipe := tx.Pipeline()
-			offCmd := pipe.Get(ctx, offKey)
-			cntCmd := pipe.Get(ctx, ledger.IndexCountKey(t.Projection, t.Generation))
-			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-				return fmt.Errorf("read offset of %s: %w", t, err)
-			}
+		err := w.watched(ctx, tc, t, func(tx txCmdable, offCmd, cntCmd *redis.StringCmd) error {
 			s, known := int64(0), offCmd.Err() == nil
 			if known {
 				var err error
@@ -155,7 +216,7 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 				if len(todo) == 0 && next <= s {
 					stored = s // written already (a replay, or another writer)
 					st = Stats{Records: len(outs), Skipped: len(outs)}
-					return nil
+					return tx.Do(ctx, "UNWATCH").Err()
 				}
 			}
 			index := func(skeys []string) ([]ledger.Entry, error) {
@@ -197,7 +258,7 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 			}
 			applied = func() { cache.apply(p, stored, w.cacheMax) }
 			return nil
-		}, offKey)
+		})
 		if errors.Is(err, redis.TxFailedErr) {
 			w.conflicts.Add(1)
 			continue
@@ -222,7 +283,7 @@ func (w *Writer) writeTx(ctx context.Context, t Target, outs []outcome, next int
 // execPlan writes p in one MULTI/EXEC on tx (under the caller's WATCH).
 // fresh: nothing was ever committed to the generation; counted: its index
 // count exists. Both decide how the count is maintained.
-func (w *Writer) execPlan(ctx context.Context, tx *redis.Tx, t Target, p *Plan, fresh, counted bool) error {
+func (w *Writer) execPlan(ctx context.Context, tx txCmdable, t Target, p *Plan, fresh, counted bool) error {
 	if w.fault != nil {
 		if err := w.fault(ctx, t, BeforeValues); err != nil {
 			return err
@@ -295,49 +356,10 @@ func (c *indexCache) apply(p *Plan, stored int64, cacheMax int) {
 	c.at = stored
 }
 
-// errStale is returned when a plan made ahead finds the stored offset is not
-// the one it was made for.
-var errStale = errors.New("stored offset moved: plan made ahead is stale")
-
-// execAhead writes p, planned ahead for stored offset from, if the offset
-// is still from.
-func (w *Writer) execAhead(ctx context.Context, t Target, p *Plan, from int64) error {
-	rdb := w.ledger.Client()
-	offKey := ledger.OffsetKey(t.Projection, t.Generation)
-	err := rdb.Watch(ctx, func(tx *redis.Tx) error {
-		pipe := tx.Pipeline()
-		offCmd := pipe.Get(ctx, offKey)
-		cntCmd := pipe.Get(ctx, ledger.IndexCountKey(t.Projection, t.Generation))
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-			return fmt.Errorf("read offset of %s: %w", t, err)
-		}
-		if offCmd.Err() != nil || offCmd.Val() != strconv.FormatInt(from, 10) {
-			return errStale
-		}
-		_, cerr := strconv.ParseInt(cntCmd.Val(), 10, 64)
-		return w.execPlan(ctx, tx, t, p, false, cntCmd.Err() == nil && cerr == nil)
-	}, offKey)
-	if errors.Is(err, redis.TxFailedErr) {
-		w.conflicts.Add(1)
-		return errStale
-	}
-	if err != nil {
-		return err
-	}
-	if w.fault != nil {
-		return w.fault(ctx, t, AfterValues)
-	}
-	return nil
-}
-
-// runTx is Run for transactional writes. Batches are projected (CPU only)
-// one ahead, and while one batch's transaction is in flight the next is
-// planned against the index as that transaction will leave it (the cache
-// overlaid with the plan in flight), so Redis and the Writer work at the
-// same time. A plan made ahead is used only if the stored offset is, at its
-// turn, the one the batch before committed; anything else (another writer, a
-// failed transaction) sends the batch through writeTx, which plans it again
-// under its WATCH.
+// runTx is Run for transactional writes: batches are projected (CPU only)
+// one ahead of the transaction that writes the batch before, and every
+// transaction of the generation runs on one dedicated connection (two round
+// trips a batch).
 func (w *Writer) runTx(ctx context.Context, t Target, in <-chan Batch, onErr func(error), committed func(next int64, st Stats, took time.Duration)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -361,172 +383,27 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan Batch, onErr fun
 			}
 		}
 	}()
-	cache := w.cacheOf(t)
-	report := func(stored int64, st Stats, p prepared) {
-		if committed != nil {
-			committed(stored, st, time.Since(p.t0))
-		}
-	}
-	// slow writes p through writeTx, retrying until ctx ends.
-	slow := func(p prepared) error {
+	tc := w.newTxConn()
+	defer tc.close()
+	for p := range ready {
 		var (
 			st     Stats
 			stored int64
 		)
 		err := Retry(ctx, func() error {
 			var err error
-			st, stored, err = w.writeTx(ctx, t, p.outs, p.next)
+			st, stored, err = w.writeTx(ctx, tc, t, p.outs, p.next)
 			return err
 		}, onErr)
-		if err == nil {
-			report(stored, st, p)
-		}
-		return err
-	}
-	type flight struct {
-		p    prepared
-		plan *Plan
-		from int64
-		done chan error
-	}
-	var fl *flight
-	// land waits for the transaction in flight; if it did not land, the
-	// batch goes through writeTx. It reports whether the plan made ahead of
-	// the next batch still holds.
-	land := func(err error) (bool, error) {
-		f := fl
-		fl = nil
-		if err == nil {
-			cache.mu.Lock()
-			cache.apply(f.plan, f.plan.next, w.cacheMax)
-			cache.mu.Unlock()
-			st := f.plan.stats
-			st.Records, st.Skipped = len(f.p.outs), len(f.p.outs)-f.plan.stats.Records
-			report(f.plan.next, st, f.p)
-			return true, nil
-		}
-		if ctx.Err() != nil {
-			return false, ctx.Err()
-		}
-		if !errors.Is(err, errStale) && onErr != nil {
-			onErr(err)
-		}
-		cache.mu.Lock()
-		cache.at = -1
-		cache.mu.Unlock()
-		return false, slow(f.p)
-	}
-	fail := func(err error) error {
-		cancel()
-		if fl != nil {
-			<-fl.done
-		}
-		for range ready {
-		}
-		return err
-	}
-	for {
-		var p prepared
-		if fl != nil {
-			// Land the flight as soon as it ends, batch or no batch (a live
-			// consumer may wait long for the next one).
-			select {
-			case err := <-fl.done:
-				if _, err := land(err); err != nil {
-					return fail(err)
-				}
-				continue
-			case next, ok := <-ready:
-				if !ok {
-					if _, err := land(<-fl.done); err != nil {
-						return fail(err)
-					}
-					return ctx.Err()
-				}
-				p = next
-			}
-		} else {
-			next, ok := <-ready
-			if !ok {
-				return ctx.Err()
-			}
-			p = next
-		}
-		// Plan p ahead, against the cache as the flight will leave it.
-		var (
-			plan *Plan
-			from int64 = -1
-		)
-		cache.mu.Lock()
-		switch {
-		case fl != nil && cache.at == fl.from:
-			from = fl.plan.next
-		case fl == nil && cache.at >= 0:
-			from = cache.at
-		}
-		if from >= 0 {
-			j := sort.Search(len(p.outs), func(i int) bool { return p.outs[i].rec.Offset >= from })
-			if j == len(p.outs) && p.next <= from {
-				from = -1 // nothing to write: writeTx finds it so and reports
-			} else {
-				var pending []*Plan
-				if fl != nil {
-					pending = []*Plan{fl.plan}
-				}
-				var err error
-				plan, err = w.planOn(ctx, w.ledger.Client(), t, p.outs[j:], p.next, pending, w.cachedIndex(ctx, t, cache))
-				if err != nil {
-					plan = nil // planned again by writeTx
-				}
-			}
-		}
-		cache.mu.Unlock()
-		if fl != nil {
-			ok, err := land(<-fl.done)
-			if err != nil {
-				return fail(err)
-			}
-			if !ok {
-				plan = nil
-			}
-		}
-		if plan == nil {
-			if err := slow(p); err != nil {
-				return fail(err)
-			}
-			continue
-		}
-		f := &flight{p: p, plan: plan, from: from, done: make(chan error, 1)}
-		go func() { f.done <- w.execAhead(ctx, t, f.plan, f.from) }()
-		fl = f
-	}
-}
-
-// cachedIndex reads index entries from the cache, and from Redis for keys
-// it lacks when it is not complete.
-func (w *Writer) cachedIndex(ctx context.Context, t Target, cache *indexCache) func([]string) ([]ledger.Entry, error) {
-	return func(skeys []string) ([]ledger.Entry, error) {
-		out := make([]ledger.Entry, len(skeys))
-		var miss []string
-		var missAt []int
-		for i, k := range skeys {
-			if e, ok := cache.entries[k]; ok {
-				out[i] = e
-			} else if !cache.complete {
-				miss = append(miss, k)
-				missAt = append(missAt, i)
-			}
-		}
-		if len(miss) == 0 {
-			return out, nil
-		}
-		got, err := w.ledger.Index(ctx, t.Projection, t.Generation, miss)
 		if err != nil {
-			return nil, err
+			cancel()
+			for range ready {
+			}
+			return err
 		}
-		for j, i := range missAt {
-			out[i] = got[j]
+		if committed != nil {
+			committed(stored, st, time.Since(p.t0))
 		}
-		return out, nil
 	}
+	return ctx.Err()
 }

@@ -2,9 +2,12 @@ package relay
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
@@ -84,5 +87,32 @@ func TestEnvelope(t *testing.T) {
 				t.Errorf("got error %v, want one containing %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestNewDisablesSeqScans: the relay's own session plans outbox reads and
+// deletes by primary key even when (auto)vacuum has recorded the drained
+// outbox as empty; New leaves the caller's config alone, and an explicit
+// setting wins.
+func TestNewDisablesSeqScans(t *testing.T) {
+	t.Parallel()
+	newProducer := func(string) (Producer, error) { return nil, errors.New("unused") }
+	cfg, err := pgx.ParseConfig("postgres://u@127.0.0.1:1/db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(cfg, newProducer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.connCfg.RuntimeParams["enable_seqscan"]; got != "off" {
+		t.Errorf("relay session enable_seqscan = %q, want off", got)
+	}
+	if _, set := cfg.RuntimeParams["enable_seqscan"]; set {
+		t.Error("New changed the caller's config")
+	}
+	cfg.RuntimeParams["enable_seqscan"] = "on"
+	if r, _ = New(cfg, newProducer); r.connCfg.RuntimeParams["enable_seqscan"] != "on" {
+		t.Error("an explicit enable_seqscan was overridden")
 	}
 }
