@@ -429,28 +429,11 @@ func TestPropertyCrashesMatchModel(t *testing.T) {
 	}
 
 	for _, def := range []projection.Definition{byEmail, byID} {
-		model := testkit.NewModel(t, def)
-		for _, r := range all {
-			model.Apply(r.Offset, string(r.Key), r.Value)
-		}
-		got, err := testkit.ReadGeneration(ctx, s.rdb, def.Name, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d := testkit.Diff(got, model.Live()); d != "" {
-			t.Errorf("%s differs from the model:\n%s", def.Name, d)
-		}
-		if err := testkit.StreamWrittenOnce(ctx, s.rdb, def.Name, 1); err != nil {
-			t.Errorf("%s: %v", def.Name, err)
-		}
-		dead, _ := s.rdb.XLen(ctx, ledger.DeadLetterKey(def.Name, 1)).Result()
-		if int(dead) != model.Dead {
-			t.Errorf("%s: %d dead letters, model says %d", def.Name, dead, model.Dead)
-		}
+		got := s.matchesModel(t, def, all)
 
 		// A fresh replay into generation 2.
 		tg, _ := fanout.CompileTarget(def.Name, 2, def)
-		_, err = backfill.Replay(ctx, backfill.ReplayConfig{
+		_, err := backfill.Replay(ctx, backfill.ReplayConfig{
 			KafkaOpts: []kgo.Opt{kgo.SeedBrokers(s.kafka)}, Writer: projector.NewWriter(s.pub, s.led), BatchSize: 500,
 		}, tg, p.Topic, workflows.BackfillProgress{EndOffset: end}, nil)
 		if err != nil {
@@ -537,24 +520,7 @@ func TestTwoWritersOneGeneration(t *testing.T) {
 	}
 
 	for _, def := range []projection.Definition{byEmail, byID} {
-		model := testkit.NewModel(t, def)
-		for _, r := range all {
-			model.Apply(r.Offset, string(r.Key), r.Value)
-		}
-		got, err := testkit.ReadGeneration(ctx, s.rdb, def.Name, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d := testkit.Diff(got, model.Live()); d != "" {
-			t.Errorf("%s differs from the model:\n%s", def.Name, d)
-		}
-		if err := testkit.StreamWrittenOnce(ctx, s.rdb, def.Name, 1); err != nil {
-			t.Errorf("%s: %v", def.Name, err)
-		}
-		dead, _ := s.rdb.XLen(ctx, ledger.DeadLetterKey(def.Name, 1)).Result()
-		if int(dead) != model.Dead {
-			t.Errorf("%s: %d dead letters, model says %d", def.Name, dead, model.Dead)
-		}
+		s.matchesModel(t, def, all)
 	}
 }
 
@@ -568,6 +534,34 @@ func (raceCounter) Position(projector.Target, int64, int64) {}
 func (raceCounter) Forget(projector.Target)                 {}
 func (raceCounter) Consumed(string, int)                    {}
 func (c raceCounter) Failure(string)                        { c.failures.Add(1) }
+
+// matchesModel checks generation 1 of def against the model of all: the
+// same values and versions, every record written once (no version repeats
+// in the change stream) and one dead letter per bad record. It returns what
+// Redis holds.
+func (s *stack) matchesModel(t *testing.T, def projection.Definition, all []*kgo.Record) map[string]testkit.Value {
+	t.Helper()
+	ctx := context.Background()
+	model := testkit.NewModel(t, def)
+	for _, r := range all {
+		model.Apply(r.Offset, string(r.Key), r.Value)
+	}
+	got, err := testkit.ReadGeneration(ctx, s.rdb, def.Name, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := testkit.Diff(got, model.Live()); d != "" {
+		t.Errorf("%s differs from the model:\n%s", def.Name, d)
+	}
+	if err := testkit.StreamWrittenOnce(ctx, s.rdb, def.Name, 1); err != nil {
+		t.Errorf("%s: %v", def.Name, err)
+	}
+	dead, _ := s.rdb.XLen(ctx, ledger.DeadLetterKey(def.Name, 1)).Result()
+	if int(dead) != model.Dead {
+		t.Errorf("%s: %d dead letters, model says %d", def.Name, dead, model.Dead)
+	}
+	return got
+}
 
 // TestTopicCreatedLater checks that a generation whose topic does not exist
 // yet is consumed once the topic appears, and that the manager reports the
