@@ -20,13 +20,17 @@ import (
 // optimistic transaction instead of the three version-guarded steps that a
 // Redis Cluster needs:
 //
-//	WATCH <offset key>
-//	GET <offset key>                     → S; records before S are written already
-//	MGET <index keys>, GETRANGE <values> → the plan, read under the WATCH
+//	WATCH <offset key>; GET <offset key>, <index count>   (one round trip)
+//	                                      → S; records before S are written already
+//	[MGET <index keys>, GETRANGE <values>] only what the in-memory index
+//	                                      cache cannot answer, under the WATCH
 //	MULTI
 //	  SET values, XADD change stream      (distcache.Publisher.WriteTx)
-//	  MSET/UNLINK index, XADD dead letters, SET offset Next
+//	  MSET/UNLINK index, INCRBY index count, XADD dead letters, SET offset Next
 //	EXEC                                  → nil if anyone wrote the offset since the WATCH
+//
+// A Run keeps one dedicated connection for this (txConn), so a batch costs
+// two round trips when the cache answers the plan.
 //
 // The values, their stream entries, the index and the offset land together
 // or not at all, so a batch is never half applied and never applied twice:
