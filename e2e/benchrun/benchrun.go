@@ -417,7 +417,7 @@ func WriteMarkdown(w io.Writer, cfg Config, res *Result, regs []Regression, base
 		fmt.Fprintf(w, "| %s | %s %s | %s | %s | %s |\n", r.Measure, v, r.Unit, r.Peer, r.Ratio, r.Goal)
 	}
 	fmt.Fprintf(w, "\nLatency is measured in process at an edge (a distcache.Client holding every item): each writer commits a batch "+
-		"of updates and records the time COMMIT returned; a poller reads the items in flight from the edge's local memory every 100 µs "+
+		"of updates and records the time COMMIT returned; a poller reads the items in flight from the edge's local memory every 100 µs (or, when a sweep takes longer, after a pause as long as the sweep, so it never takes a whole core) "+
 		"and two more watchers time the stages in the same runs: a read-committed Kafka consumer of the topic (commit → broker) and an XREAD "+
 		"tail of the generation's change stream (commit → Redis). Each watcher is a client of its own, so its own delivery delays show in "+
 		"its tail (a stage's p99.9 can exceed the edge's).\n\n![latency distribution](latency.png)\n\n")
