@@ -164,8 +164,12 @@ type ReplayConfig struct {
 // from.EndOffset into t and stores the generation's offset after each batch,
 // calling progress after each batch. Records at or past EndOffset are left
 // to the live consumer. It returns the final progress (Offset == EndOffset).
+// It drops the Writer's in-memory index of t when it returns.
 func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic string, from workflows.BackfillProgress,
 	progress func(workflows.BackfillProgress)) (workflows.BackfillProgress, error) {
+	// The generation's live consumer may run in another process: keep no
+	// index cache for it here (a million entries are ~100 MB).
+	defer cfg.Writer.Forget(t)
 	pr := from
 	if pr.Offset >= pr.EndOffset {
 		pr.Offset = max(pr.Offset, pr.EndOffset)

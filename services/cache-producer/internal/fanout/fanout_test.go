@@ -433,11 +433,15 @@ func TestPropertyCrashesMatchModel(t *testing.T) {
 
 		// A fresh replay into generation 2.
 		tg, _ := fanout.CompileTarget(def.Name, 2, def)
+		rw := projector.NewWriter(s.pub, s.led)
 		_, err := backfill.Replay(ctx, backfill.ReplayConfig{
-			KafkaOpts: []kgo.Opt{kgo.SeedBrokers(s.kafka)}, Writer: projector.NewWriter(s.pub, s.led), BatchSize: 500,
+			KafkaOpts: []kgo.Opt{kgo.SeedBrokers(s.kafka)}, Writer: rw, BatchSize: 500,
 		}, tg, p.Topic, workflows.BackfillProgress{EndOffset: end}, nil)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if n := rw.IndexCacheEntries(); n != 0 {
+			t.Errorf("Replay left %d index entries in memory (its live consumer may run elsewhere)", n)
 		}
 		fresh, err := testkit.ReadGeneration(ctx, s.rdb, def.Name, 2)
 		if err != nil {
@@ -507,6 +511,13 @@ func TestTwoWritersOneGeneration(t *testing.T) {
 	end := all[len(all)-1].Offset + 1
 	s.waitOffset(t, byEmail, 1, end)
 	s.waitOffset(t, byID, 1, end)
+	var cached int64
+	for _, wr := range writers {
+		cached += wr.IndexCacheEntries()
+	}
+	if cached == 0 {
+		t.Error("no writer held index entries in memory: the cache was never used")
+	}
 	a.Close()
 	b.Close()
 	var conflicts int64

@@ -120,11 +120,15 @@ func (m *Metrics) record(t projector.Target, st projector.Stats) {
 	}
 }
 
-// WatchConflicts exports w's count of transactions lost to another writer.
+// WatchConflicts exports w's count of transactions lost to another writer
+// and the size of its index cache.
 func (m *Metrics) WatchConflicts(w *projector.Writer) {
 	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: ns + "tx_conflicts_total",
 		Help: "Write transactions that lost to another writer of the same generation and were planned again."},
 		func() float64 { return float64(w.Conflicts()) }))
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: ns + "index_cache_entries",
+		Help: "Source-key index entries held in memory, over every generation (about 100 bytes each)."},
+		func() float64 { return float64(w.IndexCacheEntries()) }))
 }
 
 // Batch implements fanout.Observer.

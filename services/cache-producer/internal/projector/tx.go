@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -77,7 +78,8 @@ type indexCache struct {
 	// generation in one process (a zombie backfill attempt next to the live
 	// consumer) must not touch it at once.
 	mu       sync.Mutex
-	at       int64 // stored offset the cache matches; -1: none
+	size     atomic.Int64 // len(entries), for IndexCacheEntries without mu
+	at       int64        // stored offset the cache matches; -1: none
 	complete bool
 	entries  map[string]ledger.Entry
 }
@@ -98,6 +100,18 @@ func (w *Writer) cacheOf(t Target) *indexCache {
 		w.caches[t.String()] = c
 	}
 	return c
+}
+
+// IndexCacheEntries is how many index entries the Writer holds in memory,
+// over every generation.
+func (w *Writer) IndexCacheEntries() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var n int64
+	for _, c := range w.caches {
+		n += c.size.Load()
+	}
+	return n
 }
 
 // Forget drops what the Writer keeps in memory for t (its index cache),
@@ -211,6 +225,7 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 				// over from what is stored.
 				cache.at = -1
 				cache.entries = map[string]ledger.Entry{}
+				cache.size.Store(0)
 				cache.complete = fresh || (counted && count == 0)
 			}
 			todo := outs
@@ -358,6 +373,7 @@ func (c *indexCache) apply(p *Plan, stored int64, cacheMax int) {
 		}
 	}
 	c.at = stored
+	c.size.Store(int64(len(c.entries)))
 }
 
 // runTx is Run for transactional writes: batches are projected (CPU only)
