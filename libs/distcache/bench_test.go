@@ -9,6 +9,7 @@ import (
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/distcache/internal/benchkit"
+	"github.com/distcache/distcache/tools/devstacktest"
 )
 
 // Benchmarks of issue 3's table, each next to its peer on the same 100,000
@@ -30,6 +31,7 @@ func env(b *testing.B) *benchkit.Env {
 		if benchEnv, benchErr = benchkit.Start(ctx, 100_000, 200); benchErr != nil {
 			return
 		}
+		devstacktest.AtExit(func() error { benchEnv.Close(); return nil })
 		if benchDC, benchErr = benchEnv.Client(ctx); benchErr != nil {
 			return
 		}

@@ -64,6 +64,14 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
+// AtExit runs stop when Main ends, after the tests and benchmarks (for
+// shared fixtures a package builds lazily, such as a benchmark's Redis).
+func AtExit(stop func() error) {
+	sharedMu.Lock()
+	stops = append(stops, stop)
+	sharedMu.Unlock()
+}
+
 // dir returns a fresh directory for one component.
 func dir(t testing.TB, name string) string {
 	t.Helper()

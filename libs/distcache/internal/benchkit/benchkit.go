@@ -40,16 +40,22 @@ type Env struct {
 }
 
 // Start starts a redis-server of its own and loads n keys of valueSize bytes.
-func Start(ctx context.Context, n, valueSize int) (*Env, error) {
+func Start(ctx context.Context, n, valueSize int) (_ *Env, err error) {
 	dir, err := os.MkdirTemp("", "distcache-bench-")
 	if err != nil {
 		return nil, err
 	}
 	r, err := devstack.StartRedis(ctx, devstack.RedisConfig{Dir: dir, Mode: devstack.Attached})
 	if err != nil {
+		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("start redis: %w", err)
 	}
 	e := &Env{Addr: r.Addr, redis: r, dir: dir}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
 	e.RDB = redis.NewClient(&redis.Options{Addr: r.Addr})
 	if e.Pub, err = distcache.NewPublisher(e.RDB); err != nil {
 		return nil, err
