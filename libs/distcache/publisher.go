@@ -668,6 +668,17 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 		tx.XAdd(ctx, &redis.XAddArgs{Stream: stream, Approx: p.cfg.streamMaxLen > 0, MaxLen: p.cfg.streamMaxLen, Values: fields})
 		fields = make([]any, 0, cap(fields))
 	}
+	// Values go out as MSETs, one per run of upserts between tombstones:
+	// in a MULTI each queued command costs Redis a parse, a copy and a
+	// reply, so one MSET of n values costs it far less than n SETs. A
+	// key written twice keeps its last value, as with SETs in order.
+	sets := make([]any, 0, 2*len(changes))
+	flushSets := func() {
+		if len(sets) > 0 {
+			tx.MSet(ctx, sets...) // copies its arguments
+			sets = sets[:0]
+		}
+	}
 	var vbuf []byte
 	for i := range changes {
 		c := &changes[i]
@@ -695,9 +706,12 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 		v := vbuf[start:len(vbuf):len(vbuf)]
 		vk := string(append(prefix, c.Key...))
 		if c.Op == OpDelete {
+			// A tombstone expires: SET PX, in order after the values
+			// before it (MSET holds no expiry).
+			flushSets()
 			tx.Set(ctx, vk, v, tombTTL)
 		} else {
-			tx.Set(ctx, vk, v, 0)
+			sets = append(sets, vk, v)
 		}
 		fields = append(fields, c.Key, v)
 		if len(fields) == 2*batchChunk {
@@ -705,6 +719,7 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 		}
 		res[i].Applied = true
 	}
+	flushSets()
 	flush()
 	return res, nil
 }

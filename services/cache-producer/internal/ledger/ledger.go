@@ -355,7 +355,10 @@ func (q Queued) Check(proj string, gen int64) error {
 
 // Queue adds c's writes to pipe (a pipeline, or a MULTI/EXEC transaction):
 // index entries, dead letters and, last, the offset. The caller executes
-// pipe and then calls Check on the result.
+// pipe and then calls Check on the result. Off a cluster it queues only
+// commands whose reply reader also accepts a "+QUEUED" status (SET, MSET,
+// XADD and Do), so it can be queued inside a MULTI that the caller sends
+// as a plain pipeline.
 func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, gen int64, c Commit) Queued {
 	q := Queued{dead: map[redis.Cmder]bool{}}
 	add := func(cmd redis.Cmder) {
@@ -385,7 +388,12 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 				add(pipe.Unlink(ctx, k))
 			}
 		} else {
-			add(pipe.Unlink(ctx, keys...))
+			args := make([]any, 0, 1+len(keys))
+			args = append(args, "unlink")
+			for _, k := range keys {
+				args = append(args, k)
+			}
+			add(pipe.Do(ctx, args...))
 		}
 	}
 	dead := DeadLetterKey(proj, gen)
@@ -405,7 +413,7 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 	case c.Count && c.CountFresh:
 		add(pipe.Set(ctx, IndexCountKey(proj, gen), strconv.FormatInt(c.CountDelta, 10), 0))
 	case c.Count && c.CountDelta != 0:
-		add(pipe.IncrBy(ctx, IndexCountKey(proj, gen), c.CountDelta))
+		add(pipe.Do(ctx, "incrby", IndexCountKey(proj, gen), c.CountDelta))
 	}
 	if c.Next >= 0 {
 		add(pipe.Set(ctx, OffsetKey(proj, gen), strconv.FormatInt(c.Next, 10), 0))

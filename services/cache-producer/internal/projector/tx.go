@@ -21,17 +21,19 @@ import (
 // optimistic transaction instead of the three version-guarded steps that a
 // Redis Cluster needs:
 //
-//	WATCH <offset key>; GET <offset key>, <index count>   (one round trip)
+//	WATCH <offset key>; GET <offset key>, <index count>
 //	                                      → S; records before S are written already
 //	[MGET <index keys>, GETRANGE <values>] only what the in-memory index
 //	                                      cache cannot answer, under the WATCH
 //	MULTI
-//	  SET values, XADD change stream      (distcache.Publisher.WriteTx)
+//	  MSET values, XADD change stream     (distcache.Publisher.WriteTx)
 //	  MSET/UNLINK index, INCRBY index count, XADD dead letters, SET offset Next
 //	EXEC                                  → nil if anyone wrote the offset since the WATCH
+//	WATCH <offset key>; GET <offset key>, <index count>   for the next batch
 //
-// A Run keeps one dedicated connection for this (txConn), so a batch costs
-// two round trips when the cache answers the plan.
+// A Run keeps one dedicated connection for this (txConn) and sends the
+// transaction and the next batch's WATCH in one pipeline, so a batch costs
+// one round trip when the in-memory index cache answers its plan.
 //
 // The values, their stream entries, the index and the offset land together
 // or not at all, so a batch is never half applied and never applied twice:
@@ -131,12 +133,19 @@ type txCmdable interface {
 }
 
 // txConn is the dedicated connection one generation writer runs its
-// transactions on: WATCH and the reads that go with it share one round
-// trip, and EXEC ends the watch, so a batch costs two round trips (go-redis's
-// Client.Watch adds one for WATCH and one for UNWATCH).
+// transactions on. A batch costs one round trip: the transaction is sent as
+// a plain pipeline, MULTI … EXEC followed by WATCH <offset key>, GET
+// <offset key>, GET <index count>, so the watch and the stored offset the
+// next batch needs come back with this batch's reply (go-redis's
+// Client.Watch would add a round trip for WATCH and one for UNWATCH, and on
+// a busy Redis each round trip waits behind the other generations' EXECs).
 type txConn struct {
 	rdb  *redis.Client // nil: use Client.Watch
 	conn *redis.Conn
+	// watching is the offset key the connection WATCHes, since the reply
+	// that brought off and cnt; "" when none.
+	watching string
+	off, cnt *redis.StringCmd
 }
 
 func (w *Writer) newTxConn() *txConn {
@@ -149,12 +158,21 @@ func (c *txConn) close() {
 		_ = c.conn.Close()
 		c.conn = nil
 	}
+	if c != nil {
+		c.watching = ""
+	}
 }
 
+// execFn sends the commands queue adds as one MULTI/EXEC transaction and
+// returns them, each with its own outcome, and the first error among them;
+// redis.TxFailedErr when the watch aborted the transaction.
+type execFn func(queue func(redis.Pipeliner) error) ([]redis.Cmder, error)
+
 // watched runs fn under a WATCH of generation t's offset key, handing it
-// the offset and the index count read in the same round trip. fn ends with
-// EXEC (which ends the watch), or the watch is cleared after it.
-func (w *Writer) watched(ctx context.Context, tc *txConn, t Target, fn func(tx txCmdable, off, cnt *redis.StringCmd) error) error {
+// the offset and the index count read under that watch and the function
+// that executes its transaction. fn ends with exec (which ends the watch),
+// or the watch is cleared after it.
+func (w *Writer) watched(ctx context.Context, tc *txConn, t Target, fn func(tx txCmdable, exec execFn, off, cnt *redis.StringCmd) error) error {
 	offKey := ledger.OffsetKey(t.Projection, t.Generation)
 	cntKey := ledger.IndexCountKey(t.Projection, t.Generation)
 	if tc == nil || tc.rdb == nil {
@@ -164,31 +182,114 @@ func (w *Writer) watched(ctx context.Context, tc *txConn, t Target, fn func(tx t
 			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 				return fmt.Errorf("read offset of %s: %w", t, err)
 			}
-			return fn(tx, off, cnt)
+			exec := func(queue func(redis.Pipeliner) error) ([]redis.Cmder, error) { return tx.TxPipelined(ctx, queue) }
+			return fn(tx, exec, off, cnt)
 		}, offKey)
 	}
 	if tc.conn == nil {
 		tc.conn = tc.rdb.Conn()
 	}
 	conn := tc.conn
-	pipe := conn.Pipeline()
-	watch := pipe.Do(ctx, "WATCH", offKey)
-	off, cnt := pipe.Get(ctx, offKey), pipe.Get(ctx, cntKey)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) || watch.Err() != nil {
-		tc.close()
-		return fmt.Errorf("read offset of %s: %w", t, errors.Join(err, watch.Err()))
+	if tc.watching != offKey {
+		pipe := conn.Pipeline()
+		if tc.watching != "" {
+			pipe.Do(ctx, "unwatch")
+		}
+		watch := pipe.Do(ctx, "watch", offKey)
+		off, cnt := pipe.Get(ctx, offKey), pipe.Get(ctx, cntKey)
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) || watch.Err() != nil {
+			tc.close()
+			return fmt.Errorf("read offset of %s: %w", t, errors.Join(err, watch.Err()))
+		}
+		tc.watching, tc.off, tc.cnt = offKey, off, cnt
 	}
-	err := fn(conn, off, cnt)
+	off, cnt := tc.off, tc.cnt
+	tc.watching = "" // the EXEC or UNWATCH that ends fn ends this watch; exec arms the next
+	exec := func(queue func(redis.Pipeliner) error) ([]redis.Cmder, error) {
+		return tc.multiExec(ctx, offKey, cntKey, queue)
+	}
+	err := fn(conn, exec, off, cnt)
 	var rerr redis.Error
 	switch {
 	case err == nil, errors.Is(err, redis.TxFailedErr):
-		// EXEC ran (a fn that returns nil without it unwatches itself).
+		// EXEC ran and re-armed the watch (a fn that returns nil without
+		// it unwatches itself).
 	case errors.As(err, &rerr):
-		_ = conn.Do(ctx, "UNWATCH").Err()
+		tc.watching = ""
+		if uerr := conn.Do(ctx, "unwatch").Err(); uerr != nil {
+			tc.close()
+		}
 	default:
 		tc.close() // the connection's state is unknown
 	}
 	return err
+}
+
+// multiExec is execFn on the dedicated connection: MULTI, the queued
+// commands and EXEC, then WATCH and the reads of the next batch, in one
+// pipeline. The queued commands' replies are "+QUEUED", so only commands
+// whose reader accepts a status reply may be queued (status, string and
+// generic commands: SET, MSET, XADD, Do); their outcome is set from EXEC's
+// reply.
+func (c *txConn) multiExec(ctx context.Context, offKey, cntKey string, queue func(redis.Pipeliner) error) ([]redis.Cmder, error) {
+	pipe := c.conn.Pipeline()
+	pipe.Do(ctx, "multi")
+	if err := queue(pipe); err != nil {
+		return nil, err // nothing was sent
+	}
+	n := pipe.Len()
+	exec := pipe.Do(ctx, "exec")
+	watch := pipe.Do(ctx, "watch", offKey)
+	off, cnt := pipe.Get(ctx, offKey), pipe.Get(ctx, cntKey)
+	cmds := pipe.Cmds()
+	for _, cmd := range cmds[1:n] {
+		switch cmd.(type) {
+		case *redis.StatusCmd, *redis.StringCmd, *redis.Cmd:
+		default:
+			return nil, fmt.Errorf("internal error: %q cannot be queued in a pipelined transaction (its reply reader refuses +QUEUED)", cmd.Name())
+		}
+	}
+	_, _ = pipe.Exec(ctx)
+	queued := cmds[1:n]
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) && !isRedisError(err) {
+			c.close() // transport failure: whether EXEC ran is unknown
+			return nil, err
+		}
+	}
+	if watch.Err() == nil {
+		c.watching, c.off, c.cnt = offKey, off, cnt
+	}
+	switch err := exec.Err(); {
+	case errors.Is(err, redis.Nil):
+		return queued, redis.TxFailedErr
+	case err != nil: // EXECABORT: a command was refused when queued
+		for _, q := range queued {
+			if q.Err() != nil {
+				return queued, fmt.Errorf("%w (%s)", q.Err(), err)
+			}
+		}
+		return queued, err
+	}
+	res, ok := exec.Val().([]any)
+	if !ok || len(res) != len(queued) {
+		c.close()
+		return nil, fmt.Errorf("EXEC answered %T with %d replies for %d commands", exec.Val(), len(res), len(queued))
+	}
+	var first error
+	for i, q := range queued {
+		e, _ := res[i].(error)
+		q.SetErr(e)
+		if e != nil && first == nil {
+			first = e
+		}
+	}
+	return queued, first
+}
+
+func isRedisError(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr)
 }
 
 // writeTx writes one projected batch in one optimistic transaction (see
@@ -204,7 +305,7 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			stored  int64
 			applied func()
 		)
-		err := w.watched(ctx, tc, t, func(tx txCmdable, offCmd, cntCmd *redis.StringCmd) error {
+		err := w.watched(ctx, tc, t, func(tx txCmdable, exec execFn, offCmd, cntCmd *redis.StringCmd) error {
 			s, known := int64(0), offCmd.Err() == nil
 			if known {
 				var err error
@@ -266,7 +367,7 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			if err != nil {
 				return err
 			}
-			if err := w.execPlan(ctx, tx, t, p, fresh, counted); err != nil {
+			if err := w.execPlan(ctx, exec, t, p, fresh, counted); err != nil {
 				return err
 			}
 			st = p.stats
@@ -299,10 +400,10 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 	return Stats{}, 0, fmt.Errorf("write %s: %w (%d conflicts in a row)", t, errConflict, maxTxConflicts)
 }
 
-// execPlan writes p in one MULTI/EXEC on tx (under the caller's WATCH).
+// execPlan writes p in one MULTI/EXEC through exec (under the caller's WATCH).
 // fresh: nothing was ever committed to the generation; counted: its index
 // count exists. Both decide how the count is maintained.
-func (w *Writer) execPlan(ctx context.Context, tx txCmdable, t Target, p *Plan, fresh, counted bool) error {
+func (w *Writer) execPlan(ctx context.Context, exec execFn, t Target, p *Plan, fresh, counted bool) error {
 	if w.fault != nil {
 		if err := w.fault(ctx, t, BeforeValues); err != nil {
 			return err
@@ -310,14 +411,15 @@ func (w *Writer) execPlan(ctx context.Context, tx txCmdable, t Target, p *Plan, 
 	}
 	var q ledger.Queued
 	nValues := 0
-	cmds, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+	cmds, err := exec(func(pipe redis.Pipeliner) error {
+		base := pipe.Len() // what exec queued itself (MULTI)
 		if len(p.changes) > 0 {
 			res, err := w.pub.WriteTx(ctx, pipe, t.Projection, t.Generation, p.changes)
 			if err != nil {
 				return err
 			}
 			p.results(res) // refusals become dead letters, queued below
-			nValues = pipe.Len()
+			nValues = pipe.Len() - base
 		}
 		c := p.commit()
 		if fresh || counted {

@@ -1,0 +1,176 @@
+package projector
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+	"github.com/distcache/distcache/tools/devstacktest"
+	"github.com/distcache/distcache/workflows/projection"
+)
+
+func TestMain(m *testing.M) { devstacktest.Main(m) }
+
+// roundTrips counts what a client sends: each command or pipeline is one
+// round trip (the connection handshake, HELLO and CLIENT, aside).
+type roundTrips struct{ n atomic.Int64 }
+
+func handshake(name string) bool { return name == "hello" || name == "client" }
+
+func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !handshake(cmd.Name()) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if !handshake(cmds[0].Name()) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func txTarget(t *testing.T, name string) Target {
+	t.Helper()
+	c, err := projection.Compile(projection.Definition{Name: name, Model: "users", KeyTemplate: "{email}", Fields: []string{"id", "email"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Target{Projection: name, Generation: 1, Compiled: c}
+}
+
+func upserts(from, n int) []Record {
+	recs := make([]Record, n)
+	for i := range recs {
+		id := strconv.Itoa(from + i)
+		recs[i] = Record{Offset: int64(from + i), Topic: "t", Key: id,
+			Payload: map[string]any{"id": json.Number(id), "email": "u" + id + "@example.com"}}
+	}
+	return recs
+}
+
+func txWriter(t *testing.T) (*Writer, *redis.Client, *roundTrips) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: devstacktest.Redis(t).Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	h := &roundTrips{}
+	rdb.AddHook(h)
+	pub, err := distcache.NewPublisher(rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewWriter(pub, ledger.New(rdb, 0)), rdb, h
+}
+
+// TestRunTxOneRoundTripPerBatch: once the first batch has set up the watch,
+// each batch of a Run is one round trip to Redis (the transaction carries
+// the next batch's WATCH), and every batch lands.
+func TestRunTxOneRoundTripPerBatch(t *testing.T) {
+	t.Parallel()
+	w, rdb, h := txWriter(t)
+	tg := txTarget(t, "rt_users")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const batches, size = 20, 50
+	in := make(chan Batch, batches)
+	for b := range batches {
+		in <- Batch{Records: upserts(b*size, size), Next: int64((b + 1) * size)}
+	}
+	close(in)
+	var done int
+	before := h.n.Load()
+	if err := w.Run(ctx, tg, in, func(err error) { t.Errorf("retry: %v", err) }, func(int64, Stats, time.Duration) { done++ }); err != nil {
+		t.Fatal(err)
+	}
+	trips := h.n.Load() - before
+	if done != batches || trips > batches+1 {
+		t.Fatalf("%d batches committed in %d round trips; want %d in at most %d", done, trips, batches, batches+1)
+	}
+	off, ok, err := w.Ledger().Offset(ctx, tg.Projection, 1)
+	if err != nil || !ok || off != batches*size {
+		t.Fatalf("offset = %d, %v, %v; want %d", off, ok, err, batches*size)
+	}
+	if n := rdb.Exists(ctx, distcache.ValueKey(tg.Projection, 1, "u999@example.com")).Val(); n != 1 {
+		t.Fatal("the last batch's last value is missing")
+	}
+}
+
+// TestTxErrorsSurface: a command that fails inside EXEC (the change stream
+// key holds a string) fails the batch with Redis's error and the connection
+// keeps working once the cause is gone; another writer moving the offset
+// between batches makes the next one start over from what is stored.
+func TestTxErrorsSurface(t *testing.T) {
+	t.Parallel()
+	w, rdb, _ := txWriter(t)
+	tg := txTarget(t, "err_users")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tc := w.newTxConn()
+	defer tc.close()
+
+	if _, _, err := w.writeTx(ctx, tc, tg, w.projectAll(tg, upserts(0, 10)), 10); err != nil {
+		t.Fatal(err)
+	}
+	stream := distcache.StreamKey(tg.Projection, 1)
+	saved := rdb.Dump(ctx, stream).Val()
+	rdb.Del(ctx, stream)
+	rdb.Set(ctx, stream, "not a stream", 0)
+	_, _, err := w.writeTx(ctx, tc, tg, w.projectAll(tg, upserts(10, 10)), 20)
+	if err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Fatalf("batch over a broken change stream: %v; want a WRONGTYPE error", err)
+	}
+	rdb.Del(ctx, stream)
+	if err := rdb.Restore(ctx, stream, 0, saved).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Another writer commits offset 20 (as if it wrote records 10..19).
+	rdb.Set(ctx, ledger.OffsetKey(tg.Projection, 1), "20", 0)
+	st, stored, err := w.writeTx(ctx, tc, tg, w.projectAll(tg, upserts(10, 20)), 30)
+	if err != nil || stored != 30 || st.Skipped != 10 || st.Sets != 10 {
+		t.Fatalf("after another writer: stats %+v, stored %d, %v; want 10 skipped, 10 set, stored 30", st, stored, err)
+	}
+}
+
+// TestMultiExecRefusesCommandsItCannotRead: a command whose reply reader
+// refuses "+QUEUED" is refused before anything is sent.
+func TestMultiExecRefusesCommandsItCannotRead(t *testing.T) {
+	t.Parallel()
+	w, rdb, _ := txWriter(t)
+	ctx := context.Background()
+	tc := w.newTxConn()
+	defer tc.close()
+	tc.conn = tc.rdb.Conn()
+	_, err := tc.multiExec(ctx, "o", "c", func(pipe redis.Pipeliner) error {
+		pipe.Set(ctx, "mx", "1", 0)
+		pipe.Incr(ctx, "mx")
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "incr") {
+		t.Fatalf("multiExec with INCR = %v; want it refused by name", err)
+	}
+	if n := rdb.Exists(ctx, "mx").Val(); n != 0 {
+		t.Fatal("a refused transaction was sent")
+	}
+	cmds, err := tc.multiExec(ctx, "o", "c", func(pipe redis.Pipeliner) error {
+		pipe.Set(ctx, "mx", "1", 0)
+		pipe.Do(ctx, "incr", "mx")
+		return nil
+	})
+	if err != nil || len(cmds) != 2 || cmds[1].(*redis.Cmd).Err() != nil || rdb.Get(ctx, "mx").Val() != "2" {
+		t.Fatalf("multiExec = %v, %v; want SET and INCR applied", cmds, err)
+	}
+}
