@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -57,6 +58,25 @@ func Compile(d Definition) (*Projection, error) {
 
 // Definition returns the definition the projection was compiled from.
 func (p *Projection) Definition() Definition { return p.def }
+
+// Reads lists every payload field Key, Match and Project look at: the key
+// template's fields, the filter's field and the kept fields. A payload
+// reduced to these fields projects exactly as the whole one.
+func (p *Projection) Reads() []string {
+	out := p.template.Fields()
+	add := func(f string) {
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	if p.def.Filter != nil {
+		add(p.def.Filter.Field)
+	}
+	for _, f := range p.def.Fields {
+		add(f)
+	}
+	return out
+}
 
 // Key renders the payload's key, lowercased when the definition asks for it.
 func (p *Projection) Key(payload map[string]any) (string, error) {

@@ -250,3 +250,42 @@ func TestDefinitionJSONRoundTrip(t *testing.T) {
 		t.Errorf("round trip = %+v, want %+v", back, d)
 	}
 }
+
+// TestReadsIsEnough: Reads lists the key, filter and kept fields, and a
+// payload reduced to them keys, filters and projects exactly as the whole.
+func TestReadsIsEnough(t *testing.T) {
+	t.Parallel()
+	d := validDef()
+	d.KeyTemplate = "{org}:{email}"
+	p, err := Compile(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"org", "email", "status", "id", "name"}
+	if got := p.Reads(); !slices.Equal(got, want) {
+		t.Fatalf("Reads() = %v, want %v", got, want)
+	}
+	for _, raw := range []string{
+		`{"id":1,"org":"o","email":"A@x","name":"n","status":"active","bio":"b","extra":{"x":1}}`,
+		`{"id":2,"org":"o","email":"b@x","status":"gone","bio":"b"}`,
+		`{"id":3,"email":"c@x","status":"active"}`,
+	} {
+		full, err := DecodePayload([]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reduced := map[string]any{}
+		for _, f := range p.Reads() {
+			if v, ok := full[f]; ok {
+				reduced[f] = v
+			}
+		}
+		k1, e1 := p.Key(full)
+		k2, e2 := p.Key(reduced)
+		v1, _ := p.Project(full)
+		v2, _ := p.Project(reduced)
+		if k1 != k2 || (e1 == nil) != (e2 == nil) || p.Match(full) != p.Match(reduced) || string(v1) != string(v2) {
+			t.Fatalf("%s: full gives %q %v %v %s, reduced %q %v %v %s", raw, k1, e1, p.Match(full), v1, k2, e2, p.Match(reduced), v2)
+		}
+	}
+}

@@ -194,6 +194,7 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 	}
 	defer cl.Close()
 
+	keep := projector.FieldsOf(t)
 	in := make(chan projector.Batch, 2)
 	pollCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -223,7 +224,7 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 					raw = append(raw, r)
 				}
 			})
-			b.Records = projector.DecodeAll(raw)
+			b.Records = projector.DecodeAll(raw, keep)
 			if b.Next < 0 {
 				continue
 			}

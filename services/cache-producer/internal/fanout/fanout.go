@@ -406,6 +406,11 @@ func (r *runner) writeGeneration(ctx context.Context, i int, in chan projector.B
 // hands every generation the records at or past its offset, until ctx ends.
 func (r *runner) poll(ctx context.Context, cl *kgo.Client, ins []chan projector.Batch) {
 	size := r.m.cfg.BatchSize
+	targets := make([]projector.Target, len(r.gens))
+	for i, g := range r.gens {
+		targets[i] = g.Target
+	}
+	keep := projector.FieldsOf(targets...) // a changed definition makes a new runner
 	dispatched := make([]int64, len(r.gens))
 	r.mu.Lock()
 	copy(dispatched, r.next)
@@ -449,7 +454,7 @@ func (r *runner) poll(ctx context.Context, cl *kgo.Client, ins []chan projector.
 				}
 			}
 		})
-		recs := projector.DecodeAll(raw)
+		recs := projector.DecodeAll(raw, keep)
 		if hwm >= 0 {
 			r.hwm.Store(hwm)
 		}

@@ -8,22 +8,49 @@ import (
 	"github.com/distcache/distcache/workflows/projection"
 )
 
-// decodePayload is projection.DecodePayload for the hot path: a JSON object
-// is split into its members
-// without reflection (strings without escapes are sliced, numbers kept as
-// json.Number); nested objects and arrays, escaped or non-UTF-8 strings and
-// anything unexpected go through encoding/json, so the result is the same map
-// DecodePayload returns (TestDecodePayloadMatches checks it). fastObject
-// accepts only valid JSON (its grammar is strict, and what it hands to
-// encoding/json is checked there), which is what lets Decode skip
-// events.FromRecord's separate JSON check (FuzzDecodePayload checks that
-// the two agree on validity).
-func decodePayload(b []byte) (map[string]any, error) {
-	m, ok := fastObject(b)
+// Fields is the set of payload fields a decode keeps: the fields the
+// generations it feeds read (FieldsOf). nil keeps every field.
+type Fields map[string]struct{}
+
+// FieldsOf is the union of the payload fields the targets read
+// (projection.Projection.Reads); a payload reduced to them projects into
+// each target exactly as the whole payload does.
+func FieldsOf(ts ...Target) Fields {
+	f := Fields{}
+	for _, t := range ts {
+		for _, name := range t.Compiled.Reads() {
+			f[name] = struct{}{}
+		}
+	}
+	return f
+}
+
+// decodePayload is projection.DecodePayload for the hot path, keeping only
+// the fields in keep (all when nil). A JSON object is split into its
+// members without reflection: the payload is copied into one string once,
+// and keys, strings without escapes and numbers (json.Number) are slices of
+// it; members not kept are checked and skipped without being built; nested
+// objects and arrays, escaped or non-UTF-8 strings and anything unexpected
+// go through encoding/json, so the result is DecodePayload's map less the
+// members not kept (TestDecodePayloadMatches and FuzzDecodePayload check
+// it). fastObject accepts only valid JSON (its grammar is strict, and what
+// it hands to encoding/json is checked there), which is what lets Decode
+// skip events.FromRecord's separate JSON check (FuzzDecodePayload checks
+// that the two agree on validity).
+func decodePayload(b []byte, keep Fields) (map[string]any, error) {
+	m, ok := fastObject(b, keep)
 	if ok {
 		return m, nil
 	}
-	return projection.DecodePayload(b)
+	m, err := projection.DecodePayload(b)
+	if err == nil && keep != nil {
+		for k := range m {
+			if _, ok := keep[k]; !ok {
+				delete(m, k)
+			}
+		}
+	}
+	return m, err
 }
 
 func skipWS(b []byte, i int) int {
@@ -38,12 +65,13 @@ func skipWS(b []byte, i int) int {
 	return i
 }
 
-func fastObject(b []byte) (map[string]any, bool) {
+func fastObject(b []byte, keep Fields) (map[string]any, bool) {
 	i := skipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return nil, false
 	}
-	m := make(map[string]any, 8)
+	src := string(b) // every key and plain value is a slice of this one copy
+	m := make(map[string]any, min(8, max(len(keep), 1)))
 	i = skipWS(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		return m, skipWS(b, i+1) == len(b)
@@ -52,7 +80,7 @@ func fastObject(b []byte) (map[string]any, bool) {
 		if i >= len(b) || b[i] != '"' {
 			return nil, false
 		}
-		key, j, ok := fastString(b, i)
+		key, j, ok := fastString(b, src, i)
 		if !ok {
 			return nil, false
 		}
@@ -61,12 +89,21 @@ func fastObject(b []byte) (map[string]any, bool) {
 			return nil, false
 		}
 		i = skipWS(b, i+1)
-		v, j, ok := fastValue(b, i)
-		if !ok {
-			return nil, false
+		if _, kept := keep[key]; kept || keep == nil {
+			v, j, ok := fastValue(b, src, i)
+			if !ok {
+				return nil, false
+			}
+			m[key] = v
+			i = j
+		} else {
+			j, ok := skipValue(b, i)
+			if !ok {
+				return nil, false
+			}
+			i = j
 		}
-		m[key] = v
-		i = skipWS(b, j)
+		i = skipWS(b, i)
 		if i >= len(b) {
 			return nil, false
 		}
@@ -81,17 +118,16 @@ func fastObject(b []byte) (map[string]any, bool) {
 	}
 }
 
-// fastString reads the string starting at b[i] == '"'.
-func fastString(b []byte, i int) (string, int, bool) {
+// fastString reads the string starting at b[i] == '"'; src is string(b).
+func fastString(b []byte, src string, i int) (string, int, bool) {
 	j := i + 1
 	for j < len(b) {
 		switch c := b[j]; {
 		case c == '"':
-			s := b[i+1 : j]
-			if !utf8.Valid(s) {
+			if !utf8.Valid(b[i+1 : j]) {
 				return slowString(b, i)
 			}
-			return string(s), j + 1, true
+			return src[i+1 : j], j + 1, true
 		case c == '\\':
 			return slowString(b, i)
 		case c < 0x20:
@@ -121,13 +157,13 @@ func slowString(b []byte, i int) (string, int, bool) {
 	return "", 0, false
 }
 
-func fastValue(b []byte, i int) (any, int, bool) {
+func fastValue(b []byte, src string, i int) (any, int, bool) {
 	if i >= len(b) {
 		return nil, 0, false
 	}
 	switch c := b[i]; {
 	case c == '"':
-		return fastString(b, i)
+		return fastString(b, src, i)
 	case c == 't':
 		if bytes.HasPrefix(b[i:], []byte("true")) {
 			return true, i + 4, true
@@ -145,7 +181,7 @@ func fastValue(b []byte, i int) (any, int, bool) {
 		if !ok {
 			return nil, 0, false
 		}
-		return json.Number(b[i:j]), j, true
+		return json.Number(src[i:j]), j, true
 	case c == '{' || c == '[':
 		end, ok := matchEnd(b, i)
 		if !ok {
@@ -160,6 +196,65 @@ func fastValue(b []byte, i int) (any, int, bool) {
 		return v, end, true
 	}
 	return nil, 0, false
+}
+
+// skipValue checks the JSON value starting at b[i] as strictly as
+// fastValue and returns the index after it, building nothing.
+func skipValue(b []byte, i int) (int, bool) {
+	if i >= len(b) {
+		return 0, false
+	}
+	switch c := b[i]; {
+	case c == '"':
+		return skipString(b, i)
+	case c == 't' && bytes.HasPrefix(b[i:], []byte("true")):
+		return i + 4, true
+	case c == 'f' && bytes.HasPrefix(b[i:], []byte("false")):
+		return i + 5, true
+	case c == 'n' && bytes.HasPrefix(b[i:], []byte("null")):
+		return i + 4, true
+	case c == '-' || (c >= '0' && c <= '9'):
+		return scanNumber(b, i)
+	case c == '{' || c == '[':
+		end, ok := matchEnd(b, i)
+		return end, ok && json.Valid(b[i:end])
+	}
+	return 0, false
+}
+
+// skipString checks the string starting at b[i] == '"' (its escapes, no
+// control characters; like encoding/json, bytes that are not UTF-8 are
+// accepted) and returns the index after it.
+func skipString(b []byte, i int) (int, bool) {
+	for j := i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			return j + 1, true
+		case c < 0x20:
+			return 0, false
+		case c == '\\':
+			j++
+			if j >= len(b) {
+				return 0, false
+			}
+			switch b[j] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if j+4 >= len(b) {
+					return 0, false
+				}
+				for _, h := range b[j+1 : j+5] {
+					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f' || 'A' <= h && h <= 'F') {
+						return 0, false
+					}
+				}
+				j += 4
+			default:
+				return 0, false
+			}
+		}
+	}
+	return 0, false
 }
 
 // scanNumber scans the JSON number starting at b[i] exactly as the JSON

@@ -70,8 +70,14 @@ type Record struct {
 	Err error
 }
 
-// Decode decodes a record once for every generation it feeds.
-func Decode(r *kgo.Record) Record {
+// Decode decodes a record once for every generation it feeds, keeping
+// every payload field.
+func Decode(r *kgo.Record) Record { return DecodeFields(r, nil) }
+
+// DecodeFields is Decode keeping only the payload fields in keep (every
+// field when nil): FieldsOf the generations the record feeds. The whole
+// payload is still checked.
+func DecodeFields(r *kgo.Record, keep Fields) Record {
 	rec := Record{Offset: r.Offset, Partition: r.Partition, Topic: r.Topic, Key: string(r.Key)}
 	e, err := events.FromRecordLazy(r) // the payload is checked by its parse below
 	if err != nil {
@@ -82,7 +88,7 @@ func Decode(r *kgo.Record) Record {
 		rec.Delete = true
 		return rec
 	}
-	if rec.Payload, rec.Err = decodePayload(e.Payload); rec.Err != nil {
+	if rec.Payload, rec.Err = decodePayload(e.Payload, keep); rec.Err != nil {
 		// Not valid JSON: report it as FromRecord does.
 		if _, ferr := events.FromRecord(r); ferr != nil {
 			rec.Err = ferr
@@ -656,13 +662,14 @@ func Retry(ctx context.Context, f func() error, onErr func(error)) error {
 	}
 }
 
-// DecodeAll decodes rs (Decode), spreading a large batch over the CPUs.
-func DecodeAll(rs []*kgo.Record) []Record {
+// DecodeAll decodes rs (DecodeFields), spreading a large batch over the
+// CPUs.
+func DecodeAll(rs []*kgo.Record, keep Fields) []Record {
 	out := make([]Record, len(rs))
 	const chunk = 512
 	if len(rs) <= chunk || runtime.GOMAXPROCS(0) == 1 {
 		for i, r := range rs {
-			out[i] = Decode(r)
+			out[i] = DecodeFields(r, keep)
 		}
 		return out
 	}
@@ -673,7 +680,7 @@ func DecodeAll(rs []*kgo.Record) []Record {
 		go func() {
 			defer wg.Done()
 			for i := lo; i < hi; i++ {
-				out[i] = Decode(rs[i])
+				out[i] = DecodeFields(rs[i], keep)
 			}
 		}()
 	}

@@ -77,6 +77,22 @@ func TestVersionIsOffsetPlusOne(t *testing.T) {
 	}
 }
 
+// keepSets are the field sets the decode tests try: all, some, none.
+var keepSets = []Fields{nil, {"a": {}, "s": {}, "nested": {}, "dup": {}, "kAy": {}}, {}}
+
+// wantPayload is projection.DecodePayload reduced to keep.
+func wantPayload(b []byte, keep Fields) (map[string]any, error) {
+	m, err := projection.DecodePayload(b)
+	if err == nil && keep != nil {
+		for k := range m {
+			if _, ok := keep[k]; !ok {
+				delete(m, k)
+			}
+		}
+	}
+	return m, err
+}
+
 func TestDecodePayloadMatches(t *testing.T) {
 	t.Parallel()
 	for _, in := range []string{
@@ -85,31 +101,39 @@ func TestDecodePayloadMatches(t *testing.T) {
 		`{"nested":{"x":[1,{"y":"z"}],"w":"}"},"arr":[1,"]",[]]}`,
 		`{"dup":1,"dup":2}`, `{"k\u0041y":"v"}`, "{\"bad\":\"\xff\xfe\"}",
 		`{"a":1} `, "\n{\"a\" : [ ] ,\t\"b\" : { } }\n", `{"big":1e400}`,
-		// Invalid JSON must be refused by both (Decode relies on it).
+		`{"x":"\u00e9\/\b\f\n\r\t","a":2}`, `{"x":{"deep":[true,false,null]},"a":3}`,
+		// Invalid JSON must be refused by both (Decode relies on it), in
+		// fields kept or not.
 		`{"a":01}`, `{"a":1.}`, `{"a":-}`, `{"a":1e}`, `{"a":1e+}`, `{"a":.5}`, `{"a":+1}`, `{"a":1.e3}`,
 		`{"a":1,}`, `{"a" 1}`, `{"a":tru}`, `{"a":1}x`, "{\"a\":\"\x01\"}", `{"a":[1,]}`, `{,}`, `{"a":1`,
 		`{"a":-0.0e-0}`, `{"a":0.25E+10}`,
+		`{"x":01}`, `{"x":"\q"}`, `{"x":"\u12G4"}`, `{"x":"\u123"}`, "{\"x\":\"\x01\"}", `{"x":[1,]}`,
+		`{"x":{"a":}}`, `{"x":nul}`, `{"x":"abc`, `{"x":"\`, `{"x":"\u00`,
 	} {
-		want, werr := projection.DecodePayload([]byte(in))
-		got, gerr := decodePayload([]byte(in))
-		if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
-			t.Errorf("decodePayload(%q) = %#v, %v; DecodePayload gives %#v, %v", in, got, gerr, want, werr)
+		for _, keep := range keepSets {
+			want, werr := wantPayload([]byte(in), keep)
+			got, gerr := decodePayload([]byte(in), keep)
+			if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
+				t.Errorf("decodePayload(%q, %v) = %#v, %v; DecodePayload gives %#v, %v", in, keep, got, gerr, want, werr)
+			}
 		}
 	}
 }
 
 func FuzzDecodePayload(f *testing.F) {
-	for _, s := range []string{`{"a":1}`, `{"a":{"b":[1,2]},"c":"d\n"}`, `{"x":-0.5E+2,"y":null}`} {
+	for _, s := range []string{`{"a":1}`, `{"a":{"b":[1,2]},"c":"d\n"}`, `{"x":-0.5E+2,"y":null}`, `{"s":"\u0041","x":"\t"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if _, ok := fastObject(b); ok && !json.Valid(b) {
-			t.Fatalf("fastObject accepted invalid JSON %q", b)
-		}
-		want, werr := projection.DecodePayload(b)
-		got, gerr := decodePayload(b)
-		if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
-			t.Fatalf("decodePayload(%q) = %#v, %v; DecodePayload gives %#v, %v", b, got, gerr, want, werr)
+		for _, keep := range keepSets {
+			if _, ok := fastObject(b, keep); ok && !json.Valid(b) {
+				t.Fatalf("fastObject(%v) accepted invalid JSON %q", keep, b)
+			}
+			want, werr := wantPayload(b, keep)
+			got, gerr := decodePayload(b, keep)
+			if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
+				t.Fatalf("decodePayload(%q, %v) = %#v, %v; DecodePayload gives %#v, %v", b, keep, got, gerr, want, werr)
+			}
 		}
 	})
 }
