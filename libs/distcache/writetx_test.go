@@ -24,7 +24,9 @@ func TestWriteTxEqualsWritesInOrder(t *testing.T) {
 	set := func(k string, v int64) distcache.Change {
 		return distcache.Change{Key: k, Op: distcache.OpSet, Version: v, Value: val(k, v)}
 	}
-	del := func(k string, v int64) distcache.Change { return distcache.Change{Key: k, Op: distcache.OpDelete, Version: v} }
+	del := func(k string, v int64) distcache.Change {
+		return distcache.Change{Key: k, Op: distcache.OpDelete, Version: v}
+	}
 	changes := []distcache.Change{
 		set("a", 1), set("b", 2), del("a", 3), set("a", 4), set("c", 5), del("c", 6),
 		{Key: "", Op: distcache.OpSet, Version: 7, Value: []byte("{}")}, // refused: empty key
