@@ -31,7 +31,6 @@ package ledger
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -78,13 +77,15 @@ type Entry struct {
 
 // Encode returns the stored form of e.
 func (e Entry) Encode() string {
-	var raw [8]byte
+	const digits = "0123456789abcdef"
+	var b strings.Builder // one allocation
+	b.Grow(16 + len(e.Key))
 	v := uint64(e.Version)
-	for i := 7; i >= 0; i-- {
-		raw[i] = byte(v)
-		v >>= 8
+	for shift := 60; shift >= 0; shift -= 4 {
+		b.WriteByte(digits[(v>>uint(shift))&0xf])
 	}
-	return hex.EncodeToString(raw[:]) + e.Key
+	b.WriteString(e.Key)
+	return b.String()
 }
 
 // DecodeEntry parses a stored index entry.
@@ -296,7 +297,7 @@ type DeadLetter struct {
 // Commit is what a batch leaves behind once its values are written: index
 // changes, dead letters and the new next offset.
 type Commit struct {
-	Set    map[string]Entry // source key → new entry
+	Set    []SourceEntry // new entries (each source key at most once)
 	Delete []string         // source keys that own nothing any more
 	Dead   []DeadLetter
 	Next   int64 // new next offset; < 0 leaves the offset alone
@@ -305,6 +306,12 @@ type Commit struct {
 	Count      bool
 	CountFresh bool
 	CountDelta int64
+}
+
+// SourceEntry is a source key's index entry.
+type SourceEntry struct {
+	Source string
+	Entry
 }
 
 // errStreamIDTooSmall is Redis's reply to an XADD whose explicit id is not
@@ -367,13 +374,14 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 	}
 	if len(c.Set) > 0 {
 		if l.cluster {
-			for sk, e := range c.Set {
-				add(pipe.Set(ctx, IndexKey(proj, gen, sk), e.Encode(), 0))
+			for _, se := range c.Set {
+				add(pipe.Set(ctx, IndexKey(proj, gen, se.Source), se.Encode(), 0))
 			}
 		} else {
+			prefix := IndexKey(proj, gen, "")
 			pairs := make([]any, 0, 2*len(c.Set))
-			for sk, e := range c.Set {
-				pairs = append(pairs, IndexKey(proj, gen, sk), e.Encode())
+			for _, se := range c.Set {
+				pairs = append(pairs, prefix+se.Source, se.Encode())
 			}
 			add(pipe.MSet(ctx, pairs...))
 		}

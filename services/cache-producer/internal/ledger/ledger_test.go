@@ -14,6 +14,10 @@ func TestEntryRoundTrip(t *testing.T) {
 			t.Errorf("DecodeEntry(Encode(%+v)) = %+v, %v", e, got, err)
 		}
 	}
+	// The stored form: 16 lowercase hex digits of the version, then the key.
+	if got := (Entry{Key: "a@x", Version: 0x1f2e}).Encode(); got != "0000000000001f2ea@x" {
+		t.Errorf("Encode = %q, want 0000000000001f2ea@x", got)
+	}
 }
 
 func TestDecodeEntryRejects(t *testing.T) {

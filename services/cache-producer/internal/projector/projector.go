@@ -226,11 +226,33 @@ type Plan struct {
 	changes []distcache.Change
 	origin  []*Record // the record of each change
 	dead    []ledger.DeadLetter
-	idx     map[string]ledger.Entry // index entries after the batch, for every source key it touched
-	before  map[string]ledger.Entry // index entries before it
-	written map[string]int64        // projected key → version of the batch's last write to it
+	// slots holds the index entry of every source key the batch touches,
+	// before and after it, in the order the batch first meets them; pos
+	// finds a source key's slot.
+	slots []slot
+	pos   map[string]int32
+	// written: projected key → version of the batch's last write to it.
+	// It is kept only where a delete can need it (always off the
+	// transactional path, where later plans overlay this one).
+	written map[string]int64
 	next    int64
 	stats   Stats
+}
+
+// slot is one source key's index entry before and after a batch.
+type slot struct {
+	skey          string
+	before, after ledger.Entry
+}
+
+// after is the index entry of source key k after the plan, if the plan
+// touches k.
+func (p *Plan) after(k string) (ledger.Entry, bool) {
+	j, ok := p.pos[k]
+	if !ok {
+		return ledger.Entry{}, false
+	}
+	return p.slots[j].after, true
 }
 
 // Next is the offset the plan commits.
@@ -286,56 +308,67 @@ func (w *Writer) projectAll(t Target, recs []Record) []outcome {
 func (w *Writer) planOn(ctx context.Context, c redis.Cmdable, t Target, outs []outcome, next int64, pending []*Plan,
 	index func(skeys []string) ([]ledger.Entry, error)) (*Plan, error) {
 	p := &Plan{t: t, next: next, stats: Stats{Records: len(outs)}}
-	recs := make([]*Record, len(outs))
+
+	// One slot per source key; slotOf[i] is record i's (-1: no key).
+	slotOf := make([]int32, len(outs))
+	p.pos = make(map[string]int32, len(outs))
+	p.slots = make([]slot, 0, len(outs))
+	skeys := make([]string, 0, len(outs))
+	repeated := false
 	for i := range outs {
-		recs[i] = outs[i].rec
 		if outs[i].filtered {
 			p.stats.Filtered++
 		}
+		k := outs[i].rec.Key
+		if k == "" {
+			slotOf[i] = -1
+			continue
+		}
+		j, ok := p.pos[k]
+		if ok {
+			repeated = true
+		} else {
+			j = int32(len(p.slots))
+			p.pos[k] = j
+			p.slots = append(p.slots, slot{skey: k})
+			skeys = append(skeys, k)
+		}
+		slotOf[i] = j
 	}
 
 	// Index entries of the batch's source keys, before the batch.
-	skeys := make([]string, 0, len(recs))
-	p.before = make(map[string]ledger.Entry, len(recs))
-	for i := range recs {
-		k := recs[i].Key
-		if k == "" {
-			continue
-		}
-		if _, ok := p.before[k]; !ok {
-			p.before[k] = ledger.Entry{}
-			skeys = append(skeys, k)
-		}
-	}
 	stored, err := index(skeys)
 	if err != nil {
 		return nil, err
 	}
-	for i, k := range skeys {
-		e := stored[i]
+	for j := range p.slots {
+		e := stored[j]
 		for _, pp := range pending {
-			if pe, ok := pp.idx[k]; ok {
+			if pe, ok := pp.after(p.slots[j].skey); ok {
 				e = pe
 			}
 		}
-		p.before[k] = e
+		p.slots[j].before, p.slots[j].after = e, e
 	}
 
 	// Versions of the projected keys the batch may delete that it has not
 	// written itself before: the index entries a source key leaves.
 	var checkKeys []string
-	checkVer := map[string]int64{}
-	seen := make(map[string]bool, len(skeys))
+	var checkVer map[string]int64
+	met := make([]bool, len(p.slots))
 	for i := range outs {
 		o := &outs[i]
-		k := o.rec.Key
-		if k == "" || seen[k] {
+		j := slotOf[i]
+		if j < 0 || met[j] {
 			continue
 		}
-		seen[k] = true
-		old := p.before[k]
+		met[j] = true
+		old := p.slots[j].before
 		if old.Key == "" || (!o.remove && o.key == old.Key) {
 			continue
+		}
+		if checkVer == nil {
+			checkVer = map[string]int64{}
 		}
 		if _, ok := checkVer[old.Key]; ok {
 			continue
@@ -366,20 +399,21 @@ func (w *Writer) planOn(ctx context.Context, c redis.Cmdable, t Target, outs []o
 		}
 	}
 
-	// Replay the batch in order against the index and the written versions.
-	p.idx = make(map[string]ledger.Entry, len(skeys))
-	for k, e := range p.before {
-		p.idx[k] = e
+	// Replay the batch in order against the index and the written
+	// versions. Where every source key appears once and none leaves a
+	// projected key (a first load, updates that keep their keys), no
+	// delete is possible and the transactional path keeps no written map.
+	if !w.transactional() || repeated || len(checkVer) > 0 {
+		p.written = make(map[string]int64, len(outs))
 	}
-	p.written = make(map[string]int64, len(recs))
 	currentVersion := func(pk string) int64 {
 		if v, ok := p.written[pk]; ok {
 			return v
 		}
 		return checkVer[pk]
 	}
-	p.changes = make([]distcache.Change, 0, len(recs)+8)
-	p.origin = make([]*Record, 0, len(recs)+8)
+	p.changes = make([]distcache.Change, 0, len(outs)+8)
+	p.origin = make([]*Record, 0, len(outs)+8)
 	for i := range outs {
 		o := &outs[i]
 		r := o.rec
@@ -387,26 +421,31 @@ func (w *Writer) planOn(ctx context.Context, c redis.Cmdable, t Target, outs []o
 		if o.dead != nil {
 			p.deadLetter(r, o.dead)
 		}
-		if r.Key == "" {
+		if slotOf[i] < 0 {
 			continue
 		}
-		old := p.idx[r.Key]
+		sl := &p.slots[slotOf[i]]
+		old := sl.after
 		if old.Key != "" && (o.remove || old.Key != o.key) {
 			if currentVersion(old.Key) == old.Version {
 				p.changes = append(p.changes, distcache.Change{Key: old.Key, Version: v, Op: distcache.OpDelete})
 				p.origin = append(p.origin, r)
-				p.written[old.Key] = v
+				if p.written != nil {
+					p.written[old.Key] = v
+				}
 				p.stats.Deletes++
 			}
 		}
 		if o.remove {
-			p.idx[r.Key] = ledger.Entry{}
+			sl.after = ledger.Entry{}
 			continue
 		}
 		p.changes = append(p.changes, distcache.Change{Key: o.key, Value: o.value, Version: v, Op: distcache.OpSet})
 		p.origin = append(p.origin, r)
-		p.written[o.key] = v
-		p.idx[r.Key] = ledger.Entry{Key: o.key, Version: v}
+		if p.written != nil {
+			p.written[o.key] = v
+		}
+		sl.after = ledger.Entry{Key: o.key, Version: v}
 		p.stats.Sets++
 	}
 	return p, nil
@@ -480,16 +519,13 @@ func (p *Plan) commit() ledger.Commit {
 	dead := slices.Clone(p.dead) // stream ids must grow: offset order
 	slices.SortFunc(dead, func(a, b ledger.DeadLetter) int { return cmp.Compare(a.Offset, b.Offset) })
 	c := ledger.Commit{Dead: dead, Next: p.next}
-	for k, e := range p.idx {
-		switch b := p.before[k]; {
-		case e == b:
-		case e.Key == "":
-			c.Delete = append(c.Delete, k)
+	for _, sl := range p.slots {
+		switch {
+		case sl.after == sl.before:
+		case sl.after.Key == "":
+			c.Delete = append(c.Delete, sl.skey)
 		default:
-			if c.Set == nil {
-				c.Set = make(map[string]ledger.Entry)
-			}
-			c.Set[k] = e
+			c.Set = append(c.Set, ledger.SourceEntry{Source: sl.skey, Entry: sl.after})
 		}
 	}
 	return c

@@ -424,11 +424,11 @@ func (w *Writer) execPlan(ctx context.Context, exec execFn, t Target, p *Plan, f
 		c := p.commit()
 		if fresh || counted {
 			c.Count, c.CountFresh = true, fresh
-			for k, e := range p.idx {
-				switch b := p.before[k]; {
-				case b.Key == "" && e.Key != "":
+			for _, sl := range p.slots {
+				switch {
+				case sl.before.Key == "" && sl.after.Key != "":
 					c.CountDelta++
-				case b.Key != "" && e.Key == "":
+				case sl.before.Key != "" && sl.after.Key == "":
 					c.CountDelta--
 				}
 			}
@@ -460,7 +460,8 @@ func (w *Writer) execPlan(ctx context.Context, exec execFn, t Target, p *Plan, f
 // apply records a committed plan in the cache, which then matches the
 // stored offset stored.
 func (c *indexCache) apply(p *Plan, stored int64, cacheMax int) {
-	for k, e := range p.idx {
+	for _, sl := range p.slots {
+		k, e := sl.skey, sl.after
 		if e.Key == "" && c.complete {
 			delete(c.entries, k) // absent means no entry
 			continue
