@@ -208,8 +208,7 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 				pollErr <- pollCtx.Err()
 				return
 			}
-			var b projector.Batch
-			b.Next = -1
+			b := projector.Batch{Next: -1, End: pr.EndOffset}
 			var raw []*kgo.Record
 			fs.EachRecord(func(r *kgo.Record) {
 				if r.Partition != 0 || r.Offset < next {

@@ -472,7 +472,7 @@ func (r *runner) poll(ctx context.Context, cl *kgo.Client, ins []chan projector.
 				sub = sub[j:]
 			}
 			select {
-			case ins[i] <- projector.Batch{Records: sub, Next: next}:
+			case ins[i] <- projector.Batch{Records: sub, Next: next, End: r.hwm.Load()}:
 				dispatched[i] = next
 			case <-ctx.Done():
 				return

@@ -267,7 +267,7 @@ func (p *Plan) Stats() Stats { return p.stats }
 // nothing is known to be stored and the caller retries the same batch.
 func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next int64) (Stats, error) {
 	if w.transactional() {
-		st, _, err := w.writeTx(ctx, nil, t, w.projectAll(t, recs), next)
+		st, _, err := w.writeTx(ctx, nil, t, w.projectAll(t, recs), next, 0)
 		return st, err
 	}
 	p, err := w.Plan(ctx, t, recs, next, nil)
@@ -536,6 +536,9 @@ func (p *Plan) commit() ledger.Commit {
 type Batch struct {
 	Records []Record
 	Next    int64
+	// End is the topic's end offset as last seen (0 if unknown). It sizes
+	// a new generation's index cache up front.
+	End int64
 }
 
 // Run writes the batches of in into t in order, overlapping the work of

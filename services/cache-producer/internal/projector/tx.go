@@ -67,6 +67,7 @@ func (w *Writer) transactional() bool { return !w.ledger.Cluster() }
 type prepared struct {
 	outs []outcome
 	next int64
+	end  int64 // Batch.End
 	t0   time.Time
 }
 
@@ -294,8 +295,9 @@ func isRedisError(err error) bool {
 
 // writeTx writes one projected batch in one optimistic transaction (see
 // above). It returns what it did and the generation's stored offset after
-// it. Batches of one generation must not be written concurrently.
-func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outcome, next int64) (Stats, int64, error) {
+// it. end is the topic's end offset if known (else 0). Batches of one
+// generation must not be written concurrently.
+func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outcome, next, end int64) (Stats, int64, error) {
 	cache := w.cacheOf(t)
 	cache.mu.Lock()
 	defer cache.mu.Unlock()
@@ -325,9 +327,15 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 				// Someone else committed (or this Writer is new): start
 				// over from what is stored.
 				cache.at = -1
-				cache.entries = map[string]ledger.Entry{}
-				cache.size.Store(0)
 				cache.complete = fresh || (counted && count == 0)
+				// An empty index fills with up to a key per record to the
+				// topic's end: size it for them rather than grow it.
+				size := 0
+				if cache.complete {
+					size = int(min(int64(w.cacheMax), max(end-s, 0)))
+				}
+				cache.entries = make(map[string]ledger.Entry, size)
+				cache.size.Store(0)
 			}
 			todo := outs
 			if known {
@@ -495,7 +503,7 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan Batch, onErr fun
 				if !ok {
 					return
 				}
-				p := prepared{outs: w.projectAll(t, b.Records), next: b.Next, t0: time.Now()}
+				p := prepared{outs: w.projectAll(t, b.Records), next: b.Next, end: b.End, t0: time.Now()}
 				select {
 				case ready <- p:
 				case <-ctx.Done():
@@ -515,7 +523,7 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan Batch, onErr fun
 		)
 		err := Retry(ctx, func() error {
 			var err error
-			st, stored, err = w.writeTx(ctx, tc, t, p.outs, p.next)
+			st, stored, err = w.writeTx(ctx, tc, t, p.outs, p.next, p.end)
 			return err
 		}, onErr)
 		if err != nil {
