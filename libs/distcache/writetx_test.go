@@ -32,6 +32,10 @@ func TestWriteTxEqualsWritesInOrder(t *testing.T) {
 		{Key: "", Op: distcache.OpSet, Version: 7, Value: []byte("{}")}, // refused: empty key
 		set("b", 8), set("b", 9), del("d", 10),
 	}
+	// Enough more for several stream entries of 128 changes.
+	for i := range 300 {
+		changes = append(changes, set("m"+strconv.Itoa(i), int64(11+i)))
+	}
 	var res []distcache.Result
 	_, err := rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 		var err error
@@ -52,7 +56,7 @@ func TestWriteTxEqualsWritesInOrder(t *testing.T) {
 
 	mustCutover(t, pub, proj, 1)
 	c := newClient(t, distcache.WithRedis(redis.NewClient(&redis.Options{Addr: r.Addr})), distcache.WithProjections(proj))
-	for k, v := range map[string]int64{"a": 4, "b": 9} {
+	for k, v := range map[string]int64{"a": 4, "b": 9, "m0": 11, "m299": 310} {
 		e, err := c.GetEntry(ctx, proj, k)
 		if err != nil || e.Version != v || !bytes.Equal(e.Value, val(k, v)) {
 			t.Fatalf("%s = %+v, %v; want version %d", k, e, err, v)

@@ -76,16 +76,16 @@ type Entry struct {
 }
 
 // Encode returns the stored form of e.
-func (e Entry) Encode() string {
+func (e Entry) Encode() string { return string(e.append(make([]byte, 0, 16+len(e.Key)))) }
+
+// append appends e's stored form to b.
+func (e Entry) append(b []byte) []byte {
 	const digits = "0123456789abcdef"
-	var b strings.Builder // one allocation
-	b.Grow(16 + len(e.Key))
 	v := uint64(e.Version)
 	for shift := 60; shift >= 0; shift -= 4 {
-		b.WriteByte(digits[(v>>uint(shift))&0xf])
+		b = append(b, digits[(v>>uint(shift))&0xf])
 	}
-	b.WriteString(e.Key)
-	return b.String()
+	return append(b, e.Key...)
 }
 
 // DecodeEntry parses a stored index entry.
@@ -378,10 +378,28 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 				add(pipe.Set(ctx, IndexKey(proj, gen, se.Source), se.Encode(), 0))
 			}
 		} else {
+			// Keys and entries laid out in one string, handed over as
+			// pointers into one slice: no allocation per entry.
 			prefix := IndexKey(proj, gen, "")
-			pairs := make([]any, 0, 2*len(c.Set))
+			size := 0
 			for _, se := range c.Set {
-				pairs = append(pairs, prefix+se.Source, se.Encode())
+				size += len(prefix) + len(se.Source) + 16 + len(se.Key)
+			}
+			buf := make([]byte, 0, size)
+			for _, se := range c.Set {
+				buf = append(buf, prefix...)
+				buf = append(buf, se.Source...)
+				buf = se.append(buf)
+			}
+			all := string(buf)
+			strs := make([]string, 2*len(c.Set))
+			pairs := make([]any, 2*len(c.Set))
+			at := 0
+			for i, se := range c.Set {
+				kl, el := len(prefix)+len(se.Source), 16+len(se.Key)
+				strs[2*i], strs[2*i+1] = all[at:at+kl], all[at+kl:at+kl+el]
+				pairs[2*i], pairs[2*i+1] = &strs[2*i], &strs[2*i+1]
+				at += kl + el
 			}
 			add(pipe.MSet(ctx, pairs...))
 		}
