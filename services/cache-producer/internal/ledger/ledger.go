@@ -298,7 +298,7 @@ type DeadLetter struct {
 // changes, dead letters and the new next offset.
 type Commit struct {
 	Set    []SourceEntry // new entries (each source key at most once)
-	Delete []string         // source keys that own nothing any more
+	Delete []string      // source keys that own nothing any more
 	Dead   []DeadLetter
 	Next   int64 // new next offset; < 0 leaves the offset alone
 	// Count maintains IndexCountKey: it is increased by CountDelta, or set
