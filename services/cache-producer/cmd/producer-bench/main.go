@@ -425,7 +425,7 @@ func benchFields() projector.Fields {
 func readAll(ctx context.Context, kopts []kgo.Opt, topic string, n int, keep projector.Fields) error {
 	cl, err := kgo.NewClient(append(slices.Clone(kopts),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().At(0)}}),
-		kgo.FetchMaxBytes(64<<20), kgo.FetchMaxPartitionBytes(32<<20))...)
+		kgo.FetchMaxPartitionBytes(projector.FetchBytes))...)
 	if err != nil {
 		return err
 	}

@@ -186,8 +186,7 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().At(pr.Offset)}}),
 		kgo.KeepControlRecords(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.FetchMaxBytes(64<<20),
-		kgo.FetchMaxPartitionBytes(32<<20),
+		kgo.FetchMaxPartitionBytes(projector.FetchBytes),
 	)...)
 	if err != nil {
 		return pr, fmt.Errorf("kafka client: %w", err)

@@ -339,9 +339,7 @@ func (r *runner) run() {
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{r.topic: {0: kgo.NewOffset().At(start)}}),
 		kgo.KeepControlRecords(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		// A catching-up generation reads big batches (a live one gets what
-		// is there): let one fetch carry a whole batch.
-		kgo.FetchMaxPartitionBytes(16<<20),
+		kgo.FetchMaxPartitionBytes(projector.FetchBytes),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
