@@ -79,8 +79,13 @@ func (p *Projection) Reads() []string {
 }
 
 // Key renders the payload's key, lowercased when the definition asks for it.
-func (p *Projection) Key(payload map[string]any) (string, error) {
-	k, err := p.template.Render(payload)
+func (p *Projection) Key(payload map[string]any) (string, error) { return key(p, mapPayload(payload)) }
+
+// KeyMembers is Key for a payload decoded as Members.
+func (p *Projection) KeyMembers(payload Members) (string, error) { return key(p, payload) }
+
+func key[P payload](p *Projection, payload P) (string, error) {
+	k, err := render(p.template, payload)
 	if err != nil {
 		return "", err
 	}
@@ -91,17 +96,27 @@ func (p *Projection) Key(payload map[string]any) (string, error) {
 }
 
 // Match reports whether the payload passes the definition's filter.
-func (p *Projection) Match(payload map[string]any) bool { return p.def.Filter.Match(payload) }
+func (p *Projection) Match(payload map[string]any) bool { return match(p.def.Filter, mapPayload(payload)) }
+
+// MatchMembers is Match for a payload decoded as Members.
+func (p *Projection) MatchMembers(payload Members) bool { return match(p.def.Filter, payload) }
 
 // Project returns the JSON object of the kept fields, in the definition's field order. A field the
 // payload lacks is left out (not written as null), so adding a field to the model does not change
 // existing values until a projection asks for it.
 func (p *Projection) Project(payload map[string]any) ([]byte, error) {
+	return project(p, mapPayload(payload))
+}
+
+// ProjectMembers is Project for a payload decoded as Members.
+func (p *Projection) ProjectMembers(payload Members) ([]byte, error) { return project(p, payload) }
+
+func project[P payload](p *Projection, payload P) ([]byte, error) {
 	b := make([]byte, 0, 128)
 	b = append(b, '{')
 	n := 0
 	for i, f := range p.def.Fields {
-		v, ok := payload[f]
+		v, ok := payload.Lookup(f)
 		if !ok {
 			continue
 		}
@@ -110,7 +125,7 @@ func (p *Projection) Project(payload map[string]any) ([]byte, error) {
 		}
 		b = append(b, p.names[i]...)
 		var err error
-		if b, err = appendJSON(b, v); err != nil {
+		if b, err = v.appendJSON(b); err != nil {
 			return nil, fmt.Errorf("field %q: %w", f, err)
 		}
 		n++

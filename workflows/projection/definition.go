@@ -233,15 +233,20 @@ func (f *Filter) validate(v *ValidationError, prefix string) {
 }
 
 // Match reports whether the payload passes the filter. A nil filter matches everything.
-func (f *Filter) Match(payload map[string]any) bool {
+func (f *Filter) Match(payload map[string]any) bool { return match(f, mapPayload(payload)) }
+
+// MatchMembers is Match for a payload decoded as Members.
+func (f *Filter) MatchMembers(payload Members) bool { return match(f, payload) }
+
+func match[P payload](f *Filter, payload P) bool {
 	if f == nil {
 		return true
 	}
-	raw, ok := payload[f.Field]
+	v, ok := payload.Lookup(f.Field)
 	if !ok {
 		return false
 	}
-	s, ok := scalarText(raw)
+	s, ok := v.text()
 	if !ok {
 		return false
 	}

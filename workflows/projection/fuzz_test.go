@@ -154,3 +154,72 @@ func FuzzAppendJSON(f *testing.F) {
 		}
 	})
 }
+
+// FuzzMembersMatchMap: for any payload, Key, Match and Project give the same
+// result (and the same error) whether the payload is the map DecodePayload
+// returns or the same members as Members, in any order, through ValueOf.
+func FuzzMembersMatchMap(f *testing.F) {
+	for _, s := range []string{
+		`{"email":"Ada@X.io","id":7,"name":"Ada","status":"active"}`,
+		`{"email":null,"id":1.5e3,"status":"gone","name":"<b>&"}`,
+		`{"email":true,"id":{"x":1},"name":[1,"a"],"status":null}`,
+		`{"email":"é\u2028","id":-0,"name":"\"q\"","status":"active","org":"o"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	defs := []Definition{
+		{Name: "a", Model: "m", KeyTemplate: "{email}", LowercaseKey: true, Fields: []string{"id", "name", "email"},
+			Filter: &Filter{Field: "status", Op: OpIn, Values: []string{"active", "null", "true"}}},
+		{Name: "b", Model: "m", KeyTemplate: "user:{id}:{status}", Fields: []string{"status", "org", "id"},
+			Filter: &Filter{Field: "name", Op: OpNotEq, Values: []string{"Ada"}}},
+	}
+	var ps []*Projection
+	for _, d := range defs {
+		p, err := Compile(d)
+		if err != nil {
+			f.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		m, err := DecodePayload(raw)
+		if err != nil {
+			return
+		}
+		var ms Members
+		for k, v := range m {
+			ms = append(ms, Member{Name: k, Value: ValueOf(v)})
+		}
+		for _, p := range ps {
+			k1, e1 := p.Key(m)
+			k2, e2 := p.KeyMembers(ms)
+			if k1 != k2 || errText(e1) != errText(e2) {
+				t.Fatalf("%s Key: map %q %v, members %q %v", raw, k1, e1, k2, e2)
+			}
+			if p.Match(m) != p.MatchMembers(ms) {
+				t.Fatalf("%s Match: map %v, members %v", raw, p.Match(m), p.MatchMembers(ms))
+			}
+			v1, e1 := p.Project(m)
+			v2, e2 := p.ProjectMembers(ms)
+			if string(v1) != string(v2) || errText(e1) != errText(e2) {
+				t.Fatalf("%s Project: map %s %v, members %s %v", raw, v1, e1, v2, e2)
+			}
+		}
+		if got := ms.Map(); !jsonEqual(got, m) {
+			t.Fatalf("%s: Members.Map() = %#v, want %#v", raw, got, m)
+		}
+	})
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func jsonEqual(a, b map[string]any) bool {
+	ja, err1 := json.Marshal(a)
+	jb, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && string(ja) == string(jb)
+}

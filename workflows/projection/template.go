@@ -109,18 +109,23 @@ func (t Template) Fields() []string {
 
 // Render builds the key of a payload. Every placeholder field must be present and a scalar
 // (string, number or boolean); the error wraps ErrMissingField or ErrNotScalar and names the field.
-func (t Template) Render(payload map[string]any) (string, error) {
+func (t Template) Render(payload map[string]any) (string, error) { return render(t, mapPayload(payload)) }
+
+// RenderMembers is Render for a payload decoded as Members.
+func (t Template) RenderMembers(payload Members) (string, error) { return render(t, payload) }
+
+func render[P payload](t Template, payload P) (string, error) {
 	var b strings.Builder
 	for _, p := range t.parts {
 		if p.field == "" {
 			b.WriteString(p.literal)
 			continue
 		}
-		raw, ok := payload[p.field]
-		if !ok || raw == nil {
+		v, ok := payload.Lookup(p.field)
+		if !ok || v.Kind == KindNull {
 			return "", fmt.Errorf("key field %q: %w", p.field, ErrMissingField)
 		}
-		s, ok := scalarText(raw)
+		s, ok := v.text()
 		if !ok {
 			return "", fmt.Errorf("key field %q: %w", p.field, ErrNotScalar)
 		}

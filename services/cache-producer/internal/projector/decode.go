@@ -25,32 +25,34 @@ func FieldsOf(ts ...Target) Fields {
 	return f
 }
 
-// decodePayload is projection.DecodePayload for the hot path, keeping only
+// decodePayload is projection.DecodePayload for the hot path, decoding into
+// projection.Members (no map, no interface box per value) and keeping only
 // the fields in keep (all when nil). A JSON object is split into its
 // members without reflection: the payload is copied into one string once,
-// and keys, strings without escapes and numbers (json.Number) are slices of
-// it; members not kept are checked and skipped without being built; nested
-// objects and arrays, escaped or non-UTF-8 strings and anything unexpected
-// go through encoding/json, so the result is DecodePayload's map less the
-// members not kept (TestDecodePayloadMatches and FuzzDecodePayload check
-// it). fastObject accepts only valid JSON (its grammar is strict, and what
+// and keys, strings without escapes and numbers are slices of it; members
+// not kept are checked and skipped without being built; nested objects and
+// arrays, escaped or non-UTF-8 strings and anything unexpected go through
+// encoding/json, so the result is DecodePayload's map less the members not
+// kept (TestDecodePayloadMatches and FuzzDecodePayload check it). fastObject accepts only valid JSON (its grammar is strict, and what
 // it hands to encoding/json is checked there), which is what lets Decode
 // skip events.FromRecord's separate JSON check (FuzzDecodePayload checks
 // that the two agree on validity).
-func decodePayload(b []byte, keep Fields) (map[string]any, error) {
-	m, ok := fastObject(b, keep)
+func decodePayload(b []byte, keep Fields) (projection.Members, error) {
+	ms, ok := fastObject(b, keep)
 	if ok {
-		return m, nil
+		return ms, nil
 	}
 	m, err := projection.DecodePayload(b)
-	if err == nil && keep != nil {
-		for k := range m {
-			if _, ok := keep[k]; !ok {
-				delete(m, k)
-			}
+	if err != nil {
+		return nil, err
+	}
+	ms = make(projection.Members, 0, len(m))
+	for k, v := range m {
+		if _, kept := keep[k]; kept || keep == nil {
+			ms = append(ms, projection.Member{Name: k, Value: projection.ValueOf(v)})
 		}
 	}
-	return m, err
+	return ms, nil
 }
 
 func skipWS(b []byte, i int) int {
@@ -65,16 +67,20 @@ func skipWS(b []byte, i int) int {
 	return i
 }
 
-func fastObject(b []byte, keep Fields) (map[string]any, bool) {
+func fastObject(b []byte, keep Fields) (projection.Members, bool) {
 	i := skipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return nil, false
 	}
 	src := string(b) // every key and plain value is a slice of this one copy
-	m := make(map[string]any, min(8, max(len(keep), 1)))
+	n := len(keep)
+	if keep == nil {
+		n = 8
+	}
+	ms := make(projection.Members, 0, n)
 	i = skipWS(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		return m, skipWS(b, i+1) == len(b)
+		return ms, skipWS(b, i+1) == len(b)
 	}
 	for {
 		if i >= len(b) || b[i] != '"' {
@@ -94,7 +100,7 @@ func fastObject(b []byte, keep Fields) (map[string]any, bool) {
 			if !ok {
 				return nil, false
 			}
-			m[key] = v
+			ms = append(ms, projection.Member{Name: key, Value: v})
 			i = j
 		} else {
 			j, ok := skipValue(b, i)
@@ -111,7 +117,7 @@ func fastObject(b []byte, keep Fields) (map[string]any, bool) {
 		case ',':
 			i = skipWS(b, i+1)
 		case '}':
-			return m, skipWS(b, i+1) == len(b)
+			return ms, skipWS(b, i+1) == len(b)
 		default:
 			return nil, false
 		}
@@ -157,45 +163,46 @@ func slowString(b []byte, i int) (string, int, bool) {
 	return "", 0, false
 }
 
-func fastValue(b []byte, src string, i int) (any, int, bool) {
+func fastValue(b []byte, src string, i int) (projection.Value, int, bool) {
 	if i >= len(b) {
-		return nil, 0, false
+		return projection.Value{}, 0, false
 	}
 	switch c := b[i]; {
 	case c == '"':
-		return fastString(b, src, i)
+		s, j, ok := fastString(b, src, i)
+		return projection.Value{Kind: projection.KindString, Text: s}, j, ok
 	case c == 't':
 		if bytes.HasPrefix(b[i:], []byte("true")) {
-			return true, i + 4, true
+			return projection.Value{Kind: projection.KindBool, Text: "true"}, i + 4, true
 		}
 	case c == 'f':
 		if bytes.HasPrefix(b[i:], []byte("false")) {
-			return false, i + 5, true
+			return projection.Value{Kind: projection.KindBool, Text: "false"}, i + 5, true
 		}
 	case c == 'n':
 		if bytes.HasPrefix(b[i:], []byte("null")) {
-			return nil, i + 4, true
+			return projection.Value{Kind: projection.KindNull}, i + 4, true
 		}
 	case c == '-' || (c >= '0' && c <= '9'):
 		j, ok := scanNumber(b, i)
 		if !ok {
-			return nil, 0, false
+			return projection.Value{}, 0, false
 		}
-		return json.Number(src[i:j]), j, true
+		return projection.Value{Kind: projection.KindNumber, Text: src[i:j]}, j, true
 	case c == '{' || c == '[':
 		end, ok := matchEnd(b, i)
 		if !ok {
-			return nil, 0, false
+			return projection.Value{}, 0, false
 		}
 		dec := json.NewDecoder(bytes.NewReader(b[i:end]))
 		dec.UseNumber()
 		var v any
 		if err := dec.Decode(&v); err != nil {
-			return nil, 0, false
+			return projection.Value{}, 0, false
 		}
-		return v, end, true
+		return projection.Value{Kind: projection.KindOther, Any: v}, end, true
 	}
-	return nil, 0, false
+	return projection.Value{}, 0, false
 }
 
 // skipValue checks the JSON value starting at b[i] as strictly as

@@ -62,8 +62,9 @@ type Record struct {
 	Key string
 	// Delete is set for a tombstone.
 	Delete bool
-	// Payload is the decoded JSON object of an upsert; it is only read.
-	Payload map[string]any
+	// Payload is the decoded JSON object of an upsert (only the members the
+	// generations read, see DecodeFields); it is only read.
+	Payload projection.Members
 	// Err says why the record cannot be used at all (malformed envelope,
 	// payload not a JSON object); it is then dead-lettered by every
 	// generation, and the source key's projected value is removed.
@@ -664,16 +665,16 @@ func (w *Writer) project(t Target, r *Record) outcome {
 	case r.Delete:
 		o.remove = true
 	default:
-		key, err := t.Compiled.Key(r.Payload)
+		key, err := t.Compiled.KeyMembers(r.Payload)
 		if err != nil {
 			o.remove, o.dead = true, err
 			return o
 		}
-		if !t.Compiled.Match(r.Payload) {
+		if !t.Compiled.MatchMembers(r.Payload) {
 			o.remove, o.filtered = true, true
 			return o
 		}
-		val, err := t.Compiled.Project(r.Payload)
+		val, err := t.Compiled.ProjectMembers(r.Payload)
 		if err != nil {
 			o.remove, o.dead = true, err
 			return o

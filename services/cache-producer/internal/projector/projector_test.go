@@ -61,8 +61,8 @@ func TestDecode(t *testing.T) {
 			case tt.wantReason != "" && (got.Err == nil || ReasonClass(got.Err) != tt.wantReason):
 				t.Errorf("Err = %v (class %q), want class %q", got.Err, ReasonClass(got.Err), tt.wantReason)
 			}
-			if tt.name == "upsert" && got.Payload["n"].(interface{ String() string }).String() != "12345678901234567890" {
-				t.Errorf("large number lost digits: %v", got.Payload["n"])
+			if n, _ := got.Payload.Lookup("n"); tt.name == "upsert" && (n.Kind != projection.KindNumber || n.Text != "12345678901234567890") {
+				t.Errorf("large number lost digits: %+v", n)
 			}
 		})
 	}
@@ -113,7 +113,7 @@ func TestDecodePayloadMatches(t *testing.T) {
 		for _, keep := range keepSets {
 			want, werr := wantPayload([]byte(in), keep)
 			got, gerr := decodePayload([]byte(in), keep)
-			if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
+			if (werr == nil) != (gerr == nil) || (werr == nil && !reflect.DeepEqual(got.Map(), want)) {
 				t.Errorf("decodePayload(%q, %v) = %#v, %v; DecodePayload gives %#v, %v", in, keep, got, gerr, want, werr)
 			}
 		}
@@ -131,7 +131,7 @@ func FuzzDecodePayload(f *testing.F) {
 			}
 			want, werr := wantPayload(b, keep)
 			got, gerr := decodePayload(b, keep)
-			if (werr == nil) != (gerr == nil) || !reflect.DeepEqual(got, want) {
+			if (werr == nil) != (gerr == nil) || (werr == nil && !reflect.DeepEqual(got.Map(), want)) {
 				t.Fatalf("decodePayload(%q, %v) = %#v, %v; DecodePayload gives %#v, %v", b, keep, got, gerr, want, werr)
 			}
 		}

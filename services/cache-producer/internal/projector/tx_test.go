@@ -2,7 +2,6 @@ package projector
 
 import (
 	"context"
-	"encoding/json"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -57,7 +56,8 @@ func upserts(from, n int) []Record {
 	for i := range recs {
 		id := strconv.Itoa(from + i)
 		recs[i] = Record{Offset: int64(from + i), Topic: "t", Key: id,
-			Payload: map[string]any{"id": json.Number(id), "email": "u" + id + "@example.com"}}
+			Payload: projection.Members{{Name: "id", Value: projection.Value{Kind: projection.KindNumber, Text: id}},
+				{Name: "email", Value: projection.Value{Kind: projection.KindString, Text: "u" + id + "@example.com"}}}}
 	}
 	return recs
 }
