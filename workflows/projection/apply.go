@@ -96,7 +96,9 @@ func key[P payload](p *Projection, payload P) (string, error) {
 }
 
 // Match reports whether the payload passes the definition's filter.
-func (p *Projection) Match(payload map[string]any) bool { return match(p.def.Filter, mapPayload(payload)) }
+func (p *Projection) Match(payload map[string]any) bool {
+	return match(p.def.Filter, mapPayload(payload))
+}
 
 // MatchMembers is Match for a payload decoded as Members.
 func (p *Projection) MatchMembers(payload Members) bool { return match(p.def.Filter, payload) }

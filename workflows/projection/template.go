@@ -109,7 +109,9 @@ func (t Template) Fields() []string {
 
 // Render builds the key of a payload. Every placeholder field must be present and a scalar
 // (string, number or boolean); the error wraps ErrMissingField or ErrNotScalar and names the field.
-func (t Template) Render(payload map[string]any) (string, error) { return render(t, mapPayload(payload)) }
+func (t Template) Render(payload map[string]any) (string, error) {
+	return render(t, mapPayload(payload))
+}
 
 // RenderMembers is Render for a payload decoded as Members.
 func (t Template) RenderMembers(payload Members) (string, error) { return render(t, payload) }
