@@ -204,17 +204,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	// is also measured at that setting, for the record.
 	raw := result{name: "raw pipelined SET (go-redis, GOGC=100)", n: *n}
 	rawTuned := result{name: "raw pipelined SET (go-redis, GOGC=" + strconv.Itoa(gcPercent) + ")", n: *n, note: "for the record; ratios use the row above"}
-	for run := range 2 * *runs {
-		cur := &raw
-		if run%2 == 1 {
-			cur = &rawTuned
-			debug.SetGCPercent(gcPercent)
-		} else {
-			debug.SetGCPercent(100)
-		}
+	// rawRun writes the n values with pipelined SETs, batch by batch.
+	rawRun := func() (time.Duration, float64, error) {
 		runtime.GC()
 		if err := rdb.FlushAll(ctx).Err(); err != nil {
-			return err
+			return 0, 0, err
 		}
 		t0, c0 := time.Now(), redisCPU(ctx, rdb)
 		for i := 0; i < *n; i += *batch {
@@ -223,11 +217,25 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 				pipe.Set(ctx, "raw:user:"+strconv.Itoa(j), values[j], 0)
 			}
 			if _, err := pipe.Exec(ctx); err != nil {
-				return err
+				return 0, 0, err
 			}
 		}
-		cur.times = append(cur.times, time.Since(t0))
-		cur.cpu = append(cur.cpu, redisCPU(ctx, rdb)-c0)
+		return time.Since(t0), redisCPU(ctx, rdb) - c0, nil
+	}
+	for run := range 2 * *runs {
+		cur := &raw
+		if run%2 == 1 {
+			cur = &rawTuned
+			debug.SetGCPercent(gcPercent)
+		} else {
+			debug.SetGCPercent(100)
+		}
+		took, cpu, err := rawRun()
+		if err != nil {
+			return err
+		}
+		cur.times = append(cur.times, took)
+		cur.cpu = append(cur.cpu, cpu)
 	}
 	debug.SetGCPercent(gcPercent)
 	results = append(results, raw, rawTuned)
@@ -298,10 +306,21 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 
 	fan := result{name: "broker → Redis fan-out, 2 projections", n: *n, note: "records/s (each record: 2 generations)"}
+	// On a noisy machine the speed of both drifts over tens of seconds:
+	// each fan-out run is also paired with a raw SET run (Go's default GOGC)
+	// just before it, and the median of the pairs' ratios is reported too.
+	var paired []float64
 	for run := range *runs {
 		if !want("fanout") {
 			break
 		}
+		debug.SetGCPercent(100)
+		rawTook, _, err := rawRun()
+		debug.SetGCPercent(gcPercent)
+		if err != nil {
+			return err
+		}
+		runtime.GC()
 		if err := rdb.FlushAll(ctx).Err(); err != nil {
 			return err
 		}
@@ -342,6 +361,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			time.Sleep(2 * time.Millisecond) // polling a benchmark's end, not a test
 		}
 		fan.times = append(fan.times, time.Since(t0))
+		paired = append(paired, rawTook.Seconds()/fan.times[len(fan.times)-1].Seconds())
 		fan.cpu = append(fan.cpu, redisCPU(ctx, rdb)-c0)
 		m.Close()
 	}
@@ -399,6 +419,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(fan.times) > 0 {
 		fmt.Fprintf(out, "fan-out: %.0f records/s = %.3f× raw SET (goal >= 0.3×); %.3f× the raw SET at GOGC=%d; writes/s (2 per record) %.0f = %.3f× raw SET\n",
 			fan.rate(), fan.rate()/raw.rate(), fan.rate()/rawTuned.rate(), gcPercent, 2*fan.rate(), 2*fan.rate()/raw.rate())
+		sorted := slices.Clone(paired)
+		slices.Sort(sorted)
+		parts := make([]string, len(paired))
+		for i, r := range paired {
+			parts[i] = fmt.Sprintf("%.3f", r)
+		}
+		fmt.Fprintf(out, "fan-out paired with a raw SET run just before each: median ratio %.3f× (goal >= 0.3×; runs: %s)\n",
+			sorted[len(sorted)/2], strings.Join(parts, " "))
 	}
 	if len(rep.times) > 0 {
 		fmt.Fprintf(out, "replay of %d records: median %v (goal for 1,000,000: <= 10s)\n", *replayN, rep.median().Round(time.Millisecond))
