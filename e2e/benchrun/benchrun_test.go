@@ -46,6 +46,13 @@ func TestParsePrograms(t *testing.T) {
 	if got[raw] != 166666 || got["broker → Redis fan-out, 2 projections"] != 50000 || got["missing"] != 0 {
 		t.Errorf("producer = %v", got)
 	}
+	paired := prod + "fan-out paired with a raw SET run just before each: median ratio 0.316× (goal >= 0.3×; runs: 0.316 0.306 0.344)\n"
+	if r := parsePairedRatio(paired); r != 0.316 {
+		t.Errorf("paired ratio = %v, want 0.316", r)
+	}
+	if r := parsePairedRatio(prod); r != 0 {
+		t.Errorf("paired ratio without the line = %v, want 0", r)
+	}
 }
 
 func TestCompare(t *testing.T) {

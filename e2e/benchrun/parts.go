@@ -122,3 +122,22 @@ func parseProducer(out string, names ...string) map[string]float64 {
 	}
 	return res
 }
+
+// pairedRatioLine starts producer-bench's line with the median of the
+// ratios of fan-out runs to the raw SET runs paired with them.
+const pairedRatioLine = "fan-out paired with a raw SET run just before each: median ratio "
+
+// parsePairedRatio returns that median ratio, or 0 when the line is absent.
+func parsePairedRatio(out string) float64 {
+	for _, line := range strings.Split(out, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), pairedRatioLine); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				if v, err := strconv.ParseFloat(strings.TrimSuffix(f[0], "×"), 64); err == nil {
+					return v
+				}
+			}
+		}
+	}
+	return 0
+}
