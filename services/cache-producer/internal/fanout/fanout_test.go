@@ -201,7 +201,8 @@ func testFanOutSemantics(t *testing.T, s *stack) {
 	if has, _ := s.led.HasBookkeeping(ctx, byEmail.Name, 1); has {
 		t.Error("offset key left after Forget")
 	}
-	for _, k := range []string{ledger.IndexKey(byEmail.Name, 1, "7"), ledger.DeadLetterKey(byEmail.Name, 1)} {
+	for _, k := range []string{ledger.IndexKey(byEmail.Name, 1, "7"), ledger.IndexBucketKey(byEmail.Name, 1, "7"),
+		ledger.IndexFormatKey(byEmail.Name, 1), ledger.DeadLetterKey(byEmail.Name, 1)} {
 		if c, err := s.rdb.Exists(ctx, k).Result(); err != nil || c != 0 {
 			t.Errorf("EXISTS %s after Forget = %d, %v; want 0", k, c, err)
 		}
@@ -373,6 +374,17 @@ func TestPropertyCrashesMatchModel(t *testing.T) {
 		return ctx.Err()
 	}
 	gens := []fanout.Generation{s.gen(t, byEmail, 1, p.Topic), s.gen(t, byID, 1, p.Topic)}
+	// Each generation's index layout at random: bucketed (created by the
+	// producer) or per key (an offset stored without the layout mark, as a
+	// producer before the bucketed layout left it).
+	legacy := map[string]bool{}
+	for _, d := range []projection.Definition{byEmail, byID} {
+		if frnd.IntN(2) == 0 {
+			legacy[d.Name] = true
+			s.rdb.Set(ctx, ledger.OffsetKey(d.Name, 1), "0", 0)
+		}
+	}
+	t.Logf("per-key index layout: %v", legacy)
 	start := func() *fanout.Manager {
 		// The index cache full, tiny (most keys read from Redis) or off.
 		cacheMax := []int{projector.DefaultIndexCacheEntries, 7, 0}[frnd.IntN(3)]
@@ -429,6 +441,10 @@ func TestPropertyCrashesMatchModel(t *testing.T) {
 	}
 
 	for _, def := range []projection.Definition{byEmail, byID} {
+		marked := s.rdb.Exists(ctx, ledger.IndexFormatKey(def.Name, 1)).Val() == 1
+		if marked == legacy[def.Name] {
+			t.Errorf("%s: bucketed-layout mark %v, per-key layout %v", def.Name, marked, legacy[def.Name])
+		}
 		got := s.matchesModel(t, def, all)
 
 		// A fresh replay into generation 2.

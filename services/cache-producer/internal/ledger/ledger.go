@@ -33,6 +33,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -56,6 +57,41 @@ func OffsetKey(proj string, gen int64) string { return genPrefix(proj, gen) + "o
 // IndexKey is the key of source key skey's index entry in generation gen.
 func IndexKey(proj string, gen int64, skey string) string {
 	return genPrefix(proj, gen) + "ix:" + skey
+}
+
+// Index layouts. On Redis Cluster, and for generations a producer before
+// the bucketed layout created, each index entry is a string key (IndexKey).
+// On a single Redis node a new generation keeps its entries as fields of
+// IndexBuckets hashes (IndexBucketKey, field = source key, value = the
+// entry): a field costs Redis about a third less CPU and memory than a key
+// of its own, and a batch's entries go out as one HSET per bucket. A
+// generation's layout never changes; IndexFormatKey marks the bucketed one
+// and is created in the same atomic step as the generation's offset.
+const IndexBuckets = 256
+
+// formatBucketed is IndexFormatKey's value for the bucketed layout.
+const formatBucketed = "hash256"
+
+// IndexFormatKey marks a generation whose index uses the bucketed layout.
+func IndexFormatKey(proj string, gen int64) string { return genPrefix(proj, gen) + "ixfmt" }
+
+// IndexBucketKey is the hash holding source key skey's entry in the
+// bucketed layout.
+func IndexBucketKey(proj string, gen int64, skey string) string {
+	return bucketKey(genPrefix(proj, gen), indexBucket(skey))
+}
+
+func bucketKey(prefix string, b int) string { return prefix + "ixh:" + strconv.Itoa(b) }
+
+// indexBucket is FNV-1a of skey modulo IndexBuckets (part of the stored
+// layout: it must never change).
+func indexBucket(skey string) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(skey); i++ {
+		h ^= uint32(skey[i])
+		h *= 16777619
+	}
+	return int(h % IndexBuckets)
 }
 
 // IndexCountKey holds the number of generation gen's index entries.
@@ -170,41 +206,74 @@ func (l *Ledger) OffsetOn(ctx context.Context, c redis.Cmdable, proj string, gen
 }
 
 // InitOffset stores offset as generation gen's next offset unless one is
-// stored already, and returns the stored one.
+// stored already, and returns the stored one. On a single Redis node a
+// generation it creates gets an index count of 0 and the bucketed index
+// layout, in the same atomic step.
 func (l *Ledger) InitOffset(ctx context.Context, proj string, gen, offset int64) (int64, error) {
 	key := OffsetKey(proj, gen)
-	created, err := l.rdb.SetNX(ctx, key, strconv.FormatInt(offset, 10), 0).Result()
-	if err != nil {
-		return 0, fmt.Errorf("init offset of %s/g%d: %w", proj, gen, err)
-	}
-	if created && !l.cluster {
-		// A new generation has no index entries. (Lost if this fails or the
-		// process dies first: the count is then unknown, which is safe.)
-		if err := l.rdb.SetNX(ctx, IndexCountKey(proj, gen), "0", 0).Err(); err != nil {
-			return 0, fmt.Errorf("init index count of %s/g%d: %w", proj, gen, err)
+	if l.cluster {
+		if err := l.rdb.SetNX(ctx, key, strconv.FormatInt(offset, 10), 0).Err(); err != nil {
+			return 0, fmt.Errorf("init offset of %s/g%d: %w", proj, gen, err)
+		}
+	} else {
+		err := initScript.Run(ctx, l.rdb, []string{key, IndexCountKey(proj, gen), IndexFormatKey(proj, gen)},
+			strconv.FormatInt(offset, 10), formatBucketed).Err()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return 0, fmt.Errorf("init offset of %s/g%d: %w", proj, gen, err)
 		}
 	}
 	got, _, err := l.Offset(ctx, proj, gen)
 	return got, err
 }
 
-// Index reads the index entries of skeys (in order; the zero Entry where
-// none is stored).
-func (l *Ledger) Index(ctx context.Context, proj string, gen int64, skeys []string) ([]Entry, error) {
-	return l.IndexOn(ctx, l.rdb, proj, gen, skeys)
+// initScript creates a generation's offset, index count and layout mark
+// together, unless the offset exists.
+var initScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], '0')
+redis.call('SET', KEYS[3], ARGV[2])
+return 1`)
+
+// Layout is what decides a generation's index layout, read together with
+// its offset: whether the offset and the bucketed-layout mark exist.
+type Layout struct {
+	OffsetKnown bool
+	Marked      bool
 }
 
-// IndexOn is Index read through c (a redis.Tx under WATCH, for one).
-func (l *Ledger) IndexOn(ctx context.Context, c redis.Cmdable, proj string, gen int64, skeys []string) ([]Entry, error) {
+// Bucketed reports whether the generation's index is (or, for a generation
+// not created yet, will be) bucketed. Always false on a cluster.
+func (l *Ledger) Bucketed(ly Layout) bool { return !l.cluster && (ly.Marked || !ly.OffsetKnown) }
+
+// IsFormatMark reports whether s, the value of IndexFormatKey, marks the
+// bucketed layout.
+func IsFormatMark(s string) bool { return s == formatBucketed }
+
+// Index reads the index entries of skeys (in order; the zero Entry where
+// none is stored) in the per-key layout.
+func (l *Ledger) Index(ctx context.Context, proj string, gen int64, skeys []string) ([]Entry, error) {
+	return l.IndexOn(ctx, l.rdb, proj, gen, false, skeys)
+}
+
+// IndexOn is Index read through c (a connection under WATCH, for one), in
+// the bucketed layout when bucketed.
+func (l *Ledger) IndexOn(ctx context.Context, c redis.Cmdable, proj string, gen int64, bucketed bool, skeys []string) ([]Entry, error) {
 	out := make([]Entry, len(skeys))
 	if len(skeys) == 0 {
 		return out, nil
 	}
-	keys := make([]string, len(skeys))
-	for i, s := range skeys {
-		keys[i] = IndexKey(proj, gen, s)
+	var vals []*string
+	var err error
+	if bucketed {
+		vals, err = l.hmget(ctx, c, genPrefix(proj, gen), skeys)
+	} else {
+		keys := make([]string, len(skeys))
+		for i, s := range skeys {
+			keys[i] = IndexKey(proj, gen, s)
+		}
+		vals, err = l.mget(ctx, c, keys)
 	}
-	vals, err := l.mget(ctx, c, keys)
 	if err != nil {
 		return nil, fmt.Errorf("read index of %s/g%d: %w", proj, gen, err)
 	}
@@ -217,6 +286,45 @@ func (l *Ledger) IndexOn(ctx context.Context, c redis.Cmdable, proj string, gen 
 			return nil, fmt.Errorf("index of %s/g%d key %q: %w", proj, gen, skeys[i], err)
 		}
 		out[i] = e
+	}
+	return out, nil
+}
+
+// hmget reads skeys' fields from their buckets: one HMGET per bucket, in
+// one pipeline.
+func (l *Ledger) hmget(ctx context.Context, c redis.Cmdable, prefix string, skeys []string) ([]*string, error) {
+	byBucket := map[int][]int{}
+	for i, s := range skeys {
+		b := indexBucket(s)
+		byBucket[b] = append(byBucket[b], i)
+	}
+	pipe := c.Pipeline()
+	type read struct {
+		at  []int
+		cmd *redis.SliceCmd
+	}
+	reads := make([]read, 0, len(byBucket))
+	for b, at := range byBucket {
+		fields := make([]string, len(at))
+		for j, i := range at {
+			fields[j] = skeys[i]
+		}
+		reads = append(reads, read{at, pipe.HMGet(ctx, bucketKey(prefix, b), fields...)})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	out := make([]*string, len(skeys))
+	for _, r := range reads {
+		vals, err := r.cmd.Result()
+		if err != nil {
+			return nil, err
+		}
+		for j, v := range vals {
+			if s, ok := v.(string); ok {
+				out[r.at[j]] = &s
+			}
+		}
 	}
 	return out, nil
 }
@@ -297,6 +405,11 @@ type DeadLetter struct {
 // Commit is what a batch leaves behind once its values are written: index
 // changes, dead letters and the new next offset.
 type Commit struct {
+	// Bucketed writes the index in the bucketed layout (single node only).
+	Bucketed bool
+	// Mark creates the bucketed-layout mark (the first commit of a
+	// generation no InitOffset created).
+	Mark   bool
 	Set    []SourceEntry // new entries (each source key at most once)
 	Delete []string      // source keys that own nothing any more
 	Dead   []DeadLetter
@@ -372,7 +485,10 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 		q.cmds = append(q.cmds, cmd)
 		q.n++
 	}
-	if len(c.Set) > 0 {
+	bucketed := c.Bucketed && !l.cluster
+	if bucketed {
+		l.queueBuckets(ctx, pipe, genPrefix(proj, gen), c, add)
+	} else if len(c.Set) > 0 {
 		if l.cluster {
 			for _, se := range c.Set {
 				add(pipe.Set(ctx, IndexKey(proj, gen, se.Source), se.Encode(), 0))
@@ -404,7 +520,7 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 			add(pipe.MSet(ctx, pairs...))
 		}
 	}
-	if len(c.Delete) > 0 {
+	if len(c.Delete) > 0 && !bucketed {
 		keys := make([]string, len(c.Delete))
 		for i, sk := range c.Delete {
 			keys[i] = IndexKey(proj, gen, sk)
@@ -441,10 +557,69 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 	case c.Count && c.CountDelta != 0:
 		add(pipe.Do(ctx, "incrby", IndexCountKey(proj, gen), c.CountDelta))
 	}
+	if c.Mark && bucketed {
+		add(pipe.Set(ctx, IndexFormatKey(proj, gen), formatBucketed, 0))
+	}
 	if c.Next >= 0 {
 		add(pipe.Set(ctx, OffsetKey(proj, gen), strconv.FormatInt(c.Next, 10), 0))
 	}
 	return q
+}
+
+// queueBuckets queues c's index changes in the bucketed layout: one HSET
+// and one HDEL per bucket touched. Entries are laid out in one string and
+// handed over as pointers into one slice (no allocation per entry).
+func (l *Ledger) queueBuckets(ctx context.Context, pipe redis.Pipeliner, prefix string, c Commit, add func(redis.Cmder)) {
+	type bucket struct{ set, del []any }
+	buckets := map[int]*bucket{}
+	of := func(skey string) *bucket {
+		b := indexBucket(skey)
+		x, ok := buckets[b]
+		if !ok {
+			x = &bucket{}
+			buckets[b] = x
+		}
+		return x
+	}
+	if len(c.Set) > 0 {
+		size := 0
+		for _, se := range c.Set {
+			size += len(se.Source) + 16 + len(se.Key)
+		}
+		buf := make([]byte, 0, size)
+		for _, se := range c.Set {
+			buf = append(buf, se.Source...)
+			buf = se.append(buf)
+		}
+		all := string(buf)
+		strs := make([]string, 2*len(c.Set))
+		at := 0
+		for i, se := range c.Set {
+			kl, el := len(se.Source), 16+len(se.Key)
+			strs[2*i], strs[2*i+1] = all[at:at+kl], all[at+kl:at+kl+el]
+			at += kl + el
+			x := of(se.Source)
+			x.set = append(x.set, &strs[2*i], &strs[2*i+1])
+		}
+	}
+	for i := range c.Delete {
+		x := of(c.Delete[i])
+		x.del = append(x.del, &c.Delete[i])
+	}
+	order := make([]int, 0, len(buckets))
+	for b := range buckets {
+		order = append(order, b)
+	}
+	slices.Sort(order) // a deterministic command order
+	for _, b := range order {
+		x, key := buckets[b], bucketKey(prefix, b)
+		if len(x.set) > 0 {
+			add(pipe.Do(ctx, append([]any{"hset", key}, x.set...)...))
+		}
+		if len(x.del) > 0 {
+			add(pipe.Do(ctx, append([]any{"hdel", key}, x.del...)...))
+		}
+	}
 }
 
 // Forget removes every bookkeeping key of generation gen (SCAN + UNLINK, on

@@ -32,7 +32,7 @@ func TestDecodeEntryRejects(t *testing.T) {
 func TestKeysOutsideGenerationPattern(t *testing.T) {
 	t.Parallel()
 	// dc:P:gN:* is scanned by edges as values; the ledger's keys must never match it.
-	for _, k := range []string{OffsetKey("p", 3), IndexKey("p", 3, "s"), DeadLetterKey("p", 3)} {
+	for _, k := range []string{OffsetKey("p", 3), IndexKey("p", 3, "s"), IndexBucketKey("p", 3, "s"), IndexFormatKey("p", 3), IndexCountKey("p", 3), DeadLetterKey("p", 3)} {
 		if strings.HasPrefix(k, "dc:p:g3:") {
 			t.Errorf("%q lies under the generation's value pattern", k)
 		}
@@ -42,5 +42,19 @@ func TestKeysOutsideGenerationPattern(t *testing.T) {
 	}
 	if strings.HasPrefix(OffsetKey("p", 3), strings.TrimSuffix(Pattern("p", 31), "*")) {
 		t.Error("generation 31's pattern matches generation 3's keys")
+	}
+}
+
+// TestIndexBucketIsStable: the bucket of a source key is part of the stored
+// layout; a change would lose every bucketed index already written.
+func TestIndexBucketIsStable(t *testing.T) {
+	t.Parallel()
+	for skey, want := range map[string]int{"": 197, "1": 28, "42": 131, "ada@example.com": 210, "ü": 74} {
+		if got := indexBucket(skey); got != want {
+			t.Errorf("indexBucket(%q) = %d, want %d", skey, got, want)
+		}
+	}
+	if got := IndexBucketKey("p", 3, "1"); got != "dc:p:producer:g3:ixh:28" {
+		t.Errorf("IndexBucketKey = %q", got)
 	}
 }

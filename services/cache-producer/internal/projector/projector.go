@@ -291,7 +291,7 @@ func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next i
 func (w *Writer) Plan(ctx context.Context, t Target, recs []Record, next int64, pending []*Plan) (*Plan, error) {
 	c := w.ledger.Client()
 	index := func(skeys []string) ([]ledger.Entry, error) {
-		return w.ledger.IndexOn(ctx, c, t.Projection, t.Generation, skeys)
+		return w.ledger.IndexOn(ctx, c, t.Projection, t.Generation, false, skeys) // Cluster: per-key layout
 	}
 	return w.planOn(ctx, c, t, w.projectAll(t, recs), next, pending, index)
 }

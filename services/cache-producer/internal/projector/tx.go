@@ -146,7 +146,21 @@ type txConn struct {
 	// watching is the offset key the connection WATCHes, since the reply
 	// that brought off and cnt; "" when none.
 	watching string
-	off, cnt *redis.StringCmd
+	reads    watchReads
+}
+
+// watchReads are the reads a batch plans with, made under the watch: the
+// generation's offset, index count and index layout mark.
+type watchReads struct {
+	off, cnt, format *redis.StringCmd
+}
+
+func queueReads(ctx context.Context, pipe redis.Pipeliner, t Target) watchReads {
+	return watchReads{
+		off:    pipe.Get(ctx, ledger.OffsetKey(t.Projection, t.Generation)),
+		cnt:    pipe.Get(ctx, ledger.IndexCountKey(t.Projection, t.Generation)),
+		format: pipe.Get(ctx, ledger.IndexFormatKey(t.Projection, t.Generation)),
+	}
 }
 
 func (w *Writer) newTxConn() *txConn {
@@ -173,18 +187,17 @@ type execFn func(queue func(redis.Pipeliner) error) ([]redis.Cmder, error)
 // the offset and the index count read under that watch and the function
 // that executes its transaction. fn ends with exec (which ends the watch),
 // or the watch is cleared after it.
-func (w *Writer) watched(ctx context.Context, tc *txConn, t Target, fn func(tx txCmdable, exec execFn, off, cnt *redis.StringCmd) error) error {
+func (w *Writer) watched(ctx context.Context, tc *txConn, t Target, fn func(tx txCmdable, exec execFn, rd watchReads) error) error {
 	offKey := ledger.OffsetKey(t.Projection, t.Generation)
-	cntKey := ledger.IndexCountKey(t.Projection, t.Generation)
 	if tc == nil || tc.rdb == nil {
 		return w.ledger.Client().Watch(ctx, func(tx *redis.Tx) error {
 			pipe := tx.Pipeline()
-			off, cnt := pipe.Get(ctx, offKey), pipe.Get(ctx, cntKey)
+			rd := queueReads(ctx, pipe, t)
 			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 				return fmt.Errorf("read offset of %s: %w", t, err)
 			}
 			exec := func(queue func(redis.Pipeliner) error) ([]redis.Cmder, error) { return tx.TxPipelined(ctx, queue) }
-			return fn(tx, exec, off, cnt)
+			return fn(tx, exec, rd)
 		}, offKey)
 	}
 	if tc.conn == nil {
@@ -197,19 +210,19 @@ func (w *Writer) watched(ctx context.Context, tc *txConn, t Target, fn func(tx t
 			pipe.Do(ctx, "unwatch")
 		}
 		watch := pipe.Do(ctx, "watch", offKey)
-		off, cnt := pipe.Get(ctx, offKey), pipe.Get(ctx, cntKey)
+		rd := queueReads(ctx, pipe, t)
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) || watch.Err() != nil {
 			tc.close()
 			return fmt.Errorf("read offset of %s: %w", t, errors.Join(err, watch.Err()))
 		}
-		tc.watching, tc.off, tc.cnt = offKey, off, cnt
+		tc.watching, tc.reads = offKey, rd
 	}
-	off, cnt := tc.off, tc.cnt
+	rd := tc.reads
 	tc.watching = "" // the EXEC or UNWATCH that ends fn ends this watch; exec arms the next
 	exec := func(queue func(redis.Pipeliner) error) ([]redis.Cmder, error) {
-		return tc.multiExec(ctx, offKey, cntKey, queue)
+		return tc.multiExec(ctx, t, queue)
 	}
-	err := fn(conn, exec, off, cnt)
+	err := fn(conn, exec, rd)
 	var rerr redis.Error
 	switch {
 	case err == nil, errors.Is(err, redis.TxFailedErr):
@@ -232,7 +245,8 @@ func (w *Writer) watched(ctx context.Context, tc *txConn, t Target, fn func(tx t
 // whose reader accepts a status reply may be queued (status, string and
 // generic commands: SET, MSET, XADD, Do); their outcome is set from EXEC's
 // reply.
-func (c *txConn) multiExec(ctx context.Context, offKey, cntKey string, queue func(redis.Pipeliner) error) ([]redis.Cmder, error) {
+func (c *txConn) multiExec(ctx context.Context, t Target, queue func(redis.Pipeliner) error) ([]redis.Cmder, error) {
+	offKey := ledger.OffsetKey(t.Projection, t.Generation)
 	pipe := c.conn.Pipeline()
 	pipe.Do(ctx, "multi")
 	if err := queue(pipe); err != nil {
@@ -241,7 +255,7 @@ func (c *txConn) multiExec(ctx context.Context, offKey, cntKey string, queue fun
 	n := pipe.Len()
 	exec := pipe.Do(ctx, "exec")
 	watch := pipe.Do(ctx, "watch", offKey)
-	off, cnt := pipe.Get(ctx, offKey), pipe.Get(ctx, cntKey)
+	rd := queueReads(ctx, pipe, t)
 	cmds := pipe.Cmds()
 	for _, cmd := range cmds[1:n] {
 		switch cmd.(type) {
@@ -259,7 +273,7 @@ func (c *txConn) multiExec(ctx context.Context, offKey, cntKey string, queue fun
 		}
 	}
 	if watch.Err() == nil {
-		c.watching, c.off, c.cnt = offKey, off, cnt
+		c.watching, c.reads = offKey, rd
 	}
 	switch err := exec.Err(); {
 	case errors.Is(err, redis.Nil):
@@ -307,7 +321,8 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			stored  int64
 			applied func()
 		)
-		err := w.watched(ctx, tc, t, func(tx txCmdable, exec execFn, offCmd, cntCmd *redis.StringCmd) error {
+		err := w.watched(ctx, tc, t, func(tx txCmdable, exec execFn, rd watchReads) error {
+			offCmd, cntCmd := rd.off, rd.cnt
 			s, known := int64(0), offCmd.Err() == nil
 			if known {
 				var err error
@@ -323,6 +338,9 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 				}
 			}
 			fresh := !known // nothing was ever committed: no index either
+			marked := rd.format.Err() == nil && ledger.IsFormatMark(rd.format.Val())
+			layout := ledger.Layout{OffsetKnown: known, Marked: marked}
+			bucketed := w.ledger.Bucketed(layout)
 			if !known || s != cache.at {
 				// Someone else committed (or this Writer is new): start
 				// over from what is stored.
@@ -362,7 +380,7 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 				if len(miss) == 0 {
 					return out, nil
 				}
-				got, err := w.ledger.IndexOn(ctx, tx, t.Projection, t.Generation, miss)
+				got, err := w.ledger.IndexOn(ctx, tx, t.Projection, t.Generation, bucketed, miss)
 				if err != nil {
 					return nil, err
 				}
@@ -375,7 +393,7 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			if err != nil {
 				return err
 			}
-			if err := w.execPlan(ctx, exec, t, p, fresh, counted); err != nil {
+			if err := w.execPlan(ctx, exec, t, p, fresh, counted, bucketed, bucketed && !marked); err != nil {
 				return err
 			}
 			st = p.stats
@@ -410,8 +428,11 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 
 // execPlan writes p in one MULTI/EXEC through exec (under the caller's WATCH).
 // fresh: nothing was ever committed to the generation; counted: its index
-// count exists. Both decide how the count is maintained.
-func (w *Writer) execPlan(ctx context.Context, exec execFn, t Target, p *Plan, fresh, counted bool) error {
+// count exists. Both decide how the count is maintained. bucketed: the
+// index layout (ledger.Layout); mark: the transaction creates the bucketed
+// layout's mark (a generation's first commit, when no InitOffset created
+// it).
+func (w *Writer) execPlan(ctx context.Context, exec execFn, t Target, p *Plan, fresh, counted, bucketed, mark bool) error {
 	if w.fault != nil {
 		if err := w.fault(ctx, t, BeforeValues); err != nil {
 			return err
@@ -430,6 +451,7 @@ func (w *Writer) execPlan(ctx context.Context, exec execFn, t Target, p *Plan, f
 			nValues = pipe.Len() - base
 		}
 		c := p.commit()
+		c.Bucketed, c.Mark = bucketed, mark
 		if fresh || counted {
 			c.Count, c.CountFresh = true, fresh
 			for _, sl := range p.slots {

@@ -154,7 +154,7 @@ func TestMultiExecRefusesCommandsItCannotRead(t *testing.T) {
 	tc := w.newTxConn()
 	defer tc.close()
 	tc.conn = tc.rdb.Conn()
-	_, err := tc.multiExec(ctx, "o", "c", func(pipe redis.Pipeliner) error {
+	_, err := tc.multiExec(ctx, Target{Projection: "mx", Generation: 1}, func(pipe redis.Pipeliner) error {
 		pipe.Set(ctx, "mx", "1", 0)
 		pipe.Incr(ctx, "mx")
 		return nil
@@ -165,12 +165,74 @@ func TestMultiExecRefusesCommandsItCannotRead(t *testing.T) {
 	if n := rdb.Exists(ctx, "mx").Val(); n != 0 {
 		t.Fatal("a refused transaction was sent")
 	}
-	cmds, err := tc.multiExec(ctx, "o", "c", func(pipe redis.Pipeliner) error {
+	cmds, err := tc.multiExec(ctx, Target{Projection: "mx", Generation: 1}, func(pipe redis.Pipeliner) error {
 		pipe.Set(ctx, "mx", "1", 0)
 		pipe.Do(ctx, "incr", "mx")
 		return nil
 	})
 	if err != nil || len(cmds) != 2 || cmds[1].(*redis.Cmd).Err() != nil || rdb.Get(ctx, "mx").Val() != "2" {
 		t.Fatalf("multiExec = %v, %v; want SET and INCR applied", cmds, err)
+	}
+}
+
+// TestIndexLayouts: a generation InitOffset creates keeps its index in
+// bucket hashes; one created by the first commit gets the bucketed layout
+// and its mark in that commit; one whose offset exists without the mark (a
+// generation from a producer before the bucketed layout) keeps per-key
+// entries. In each, an index read from Redis (no index cache) finds the
+// entry a re-key needs, and the old projected key is deleted.
+func TestIndexLayouts(t *testing.T) {
+	t.Parallel()
+	w, rdb, _ := txWriter(t)
+	cold := NewWriter(w.pub, w.ledger, WithIndexCache(0)) // reads every entry from Redis
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		name     string
+		create   func(tg Target)
+		bucketed bool
+	}{
+		{"init", func(tg Target) {
+			if _, err := w.Ledger().InitOffset(ctx, tg.Projection, 1, 0); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"first_commit", func(Target) {}, true},
+		{"legacy", func(tg Target) { rdb.Set(ctx, ledger.OffsetKey(tg.Projection, 1), "0", 0) }, false},
+	} {
+		tg := txTarget(t, "layout_"+tc.name)
+		tc.create(tg)
+		if _, err := w.WriteBatch(ctx, tg, upserts(0, 50), 50); err != nil {
+			t.Fatal(err)
+		}
+		// Source key "3" moves to a new e-mail, written by a Writer that
+		// reads the index from Redis.
+		moved := upserts(3, 1)
+		moved[0].Offset = 50
+		moved[0].Payload[1].Text = "moved3@example.com"
+		if _, err := cold.WriteBatch(ctx, tg, moved, 51); err != nil {
+			t.Fatal(err)
+		}
+		vk := func(k string) string { return distcache.ValueKey(tg.Projection, 1, k) }
+		was, now := rdb.Get(ctx, vk("u3@example.com")).Val(), rdb.Get(ctx, vk("moved3@example.com")).Val()
+		if len(was) < 17 || was[16] != 'd' || len(now) < 17 || now[16] != 's' { // <version><op>: a tombstone, a value
+			t.Fatalf("%s: the re-key did not move u3's value", tc.name)
+		}
+		inBucket := rdb.HExists(ctx, ledger.IndexBucketKey(tg.Projection, 1, "3"), "3").Val()
+		perKey := rdb.Exists(ctx, ledger.IndexKey(tg.Projection, 1, "3")).Val() == 1
+		marked := rdb.Get(ctx, ledger.IndexFormatKey(tg.Projection, 1)).Val() != ""
+		if inBucket != tc.bucketed || perKey == tc.bucketed || marked != tc.bucketed {
+			t.Fatalf("%s: entry in bucket %v, per key %v, marked %v; want bucketed=%v", tc.name, inBucket, perKey, marked, tc.bucketed)
+		}
+		e, err := cold.ledger.IndexOn(ctx, rdb, tg.Projection, 1, tc.bucketed, []string{"3", "4", "nope"})
+		if err != nil || e[0].Key != "moved3@example.com" || e[0].Version != 51 || e[1].Key != "u4@example.com" || e[2] != (ledger.Entry{}) {
+			t.Fatalf("%s: IndexOn = %+v, %v", tc.name, e, err)
+		}
+		if n, err := w.Ledger().Forget(ctx, tg.Projection, 1); err != nil || n == 0 {
+			t.Fatalf("%s: Forget = %d, %v", tc.name, n, err)
+		}
+		if rdb.Exists(ctx, ledger.IndexBucketKey(tg.Projection, 1, "3"), ledger.IndexKey(tg.Projection, 1, "3"), ledger.IndexFormatKey(tg.Projection, 1)).Val() != 0 {
+			t.Fatalf("%s: index keys left after Forget", tc.name)
+		}
 	}
 }
