@@ -63,14 +63,17 @@ func IndexKey(proj string, gen int64, skey string) string {
 // the bucketed layout created, each index entry is a string key (IndexKey).
 // On a single Redis node a new generation keeps its entries as fields of
 // IndexBuckets hashes (IndexBucketKey, field = source key, value = the
-// entry): a field costs Redis about a third less CPU and memory than a key
-// of its own, and a batch's entries go out as one HSET per bucket. A
+// entry): a field costs Redis about a fifth less CPU than a key of its own,
+// and a batch's entries go out as one HSET per bucket. Few buckets, because
+// a hash holds its first 128 fields in a listpack that every insert scans
+// (256 buckets kept that phase going for 32k entries and were slower than
+// per-key entries); a bucket is a hash table from its 129th field. A
 // generation's layout never changes; IndexFormatKey marks the bucketed one
 // and is created in the same atomic step as the generation's offset.
-const IndexBuckets = 256
+const IndexBuckets = 16
 
 // formatBucketed is IndexFormatKey's value for the bucketed layout.
-const formatBucketed = "hash256"
+const formatBucketed = "hash16"
 
 // IndexFormatKey marks a generation whose index uses the bucketed layout.
 func IndexFormatKey(proj string, gen int64) string { return genPrefix(proj, gen) + "ixfmt" }
