@@ -379,10 +379,6 @@ func streamChanges(fields map[string]any) map[string]string {
 		out[k] = v
 		return out
 	}
-	for k, v := range fields {
-		if s, ok := v.(string); ok {
-			out[k] = s
-		}
-	}
+	_ = distcache.EachStreamChange(fields, func(k, v string) { out[k] = v })
 	return out
 }

@@ -724,11 +724,16 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 			sets = sets[:0]
 		}
 	}
-	fields := make([]any, 0, 2*min(valid, batchChunk))
+	// The stream gets packed entries of up to batchChunk changes (see
+	// streamentry.go), all laid out in one buffer.
+	packed := make([]byte, 0, size+4*valid+valid/batchChunk+1)
+	entryStart, inEntry := 0, 0
 	flush := func() {
-		if len(fields) > 0 {
-			tx.XAdd(ctx, &redis.XAddArgs{Stream: stream, Approx: p.cfg.streamMaxLen > 0, MaxLen: p.cfg.streamMaxLen, Values: fields}) // copies Values
-			fields = fields[:0]
+		if inEntry > 0 {
+			entry := packed[entryStart:len(packed):len(packed)]
+			tx.XAdd(ctx, &redis.XAddArgs{Stream: stream, Approx: p.cfg.streamMaxLen > 0, MaxLen: p.cfg.streamMaxLen,
+				Values: []any{packedField, entry}})
+			entryStart, inEntry = len(packed), 0
 		}
 	}
 	k = 0
@@ -747,8 +752,11 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 		} else {
 			sets = append(sets, vk, v)
 		}
-		fields = append(fields, key, v)
-		if len(fields) == 2*batchChunk {
+		if inEntry == 0 {
+			packed = append(packed, packedV1)
+		}
+		packed = appendPacked(packed, *key, *v)
+		if inEntry++; inEntry == batchChunk {
 			flush()
 		}
 		res[i].Applied = true

@@ -89,8 +89,7 @@ func (p *projection) preroll(ctx context.Context, st *store, pos string) {
 		return
 	}
 	for _, m := range msgs {
-		for key, v := range m.Values {
-			s, _ := v.(string)
+		_ = EachStreamChange(m.Values, func(key, s string) {
 			if version, _, _, err := decodeValue(s); err == nil {
 				h := hashKey(key)
 				st := p.stripe(h)
@@ -98,7 +97,7 @@ func (p *projection) preroll(ctx context.Context, st *store, pos string) {
 				p.recordRecent(h, version)
 				st.Unlock()
 			}
-		}
+		})
 	}
 }
 
@@ -221,12 +220,15 @@ func (p *projection) applyMessages(msgs []redis.XMessage, replaying bool) {
 	st := p.store.Load()
 	changes := 0
 	for _, m := range msgs {
-		for key, v := range m.Values {
-			s, _ := v.(string)
+		err := EachStreamChange(m.Values, func(key, s string) {
 			if version, op, payload, err := decodeValue(s); err == nil && validateKey(key) == nil {
 				p.applyChange(st, key, version, op, payload)
 				changes++
 			}
+		})
+		if err != nil {
+			p.c.log.Warn("distcache: skipped a change-stream entry", slog.String(logKeyProjection, p.name),
+				slog.String("id", m.ID), slog.Any(logKeyError, err))
 		}
 	}
 	last := msgs[len(msgs)-1].ID

@@ -84,22 +84,63 @@ func TestWriteTxEqualsWritesInOrder(t *testing.T) {
 			want = append(want, fmt.Sprintf("%s@%d%c", ch.Key, ch.Version, op))
 		}
 	}
-	raw, err := rdb.Do(ctx, "XRANGE", distcache.StreamKey(proj, 1), "-", "+").Slice()
+	msgs, err := rdb.XRange(ctx, distcache.StreamKey(proj, 1), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range raw {
-		fields := e.([]any)[1].([]any)
-		for i := 0; i+1 < len(fields); i += 2 {
-			v := fields[i+1].(string) // <16 hex digits of version><op><payload>
+	for _, m := range msgs {
+		if _, ok := m.Values[""]; !ok || len(m.Values) != 1 {
+			t.Fatalf("entry %s has fields %v; want one packed field", m.ID, m.Values)
+		}
+		err := distcache.EachStreamChange(m.Values, func(key, v string) { // <16 hex digits of version><op><payload>
 			ver, err := strconv.ParseUint(v[:min(16, len(v))], 16, 64)
 			if err != nil || len(v) < 17 {
 				t.Fatalf("stream value %q: %v", v, err)
 			}
-			seen = append(seen, fmt.Sprintf("%s@%d%c", fields[i], ver, v[16]))
+			seen = append(seen, fmt.Sprintf("%s@%d%c", key, ver, v[16]))
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
+	}
+	if len(msgs) != 3 { // 309 changes in entries of up to 128
+		t.Fatalf("%d stream entries, want 3", len(msgs))
 	}
 	if fmt.Sprint(seen) != fmt.Sprint(want) {
 		t.Fatalf("change stream = %v, want %v", seen, want)
 	}
+
+	// An edge holding "a" gets the next packed batch pushed into its local
+	// copy: a new value of "a" and a delete of "b".
+	if _, err := rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		_, err := pub.WriteTx(ctx, pipe, proj, 1, []distcache.Change{set("a", 400), del("b", 401)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() bool {
+		e, err := c.GetEntry(ctx, proj, "a")
+		_, berr := c.GetEntry(ctx, proj, "b")
+		return err == nil && e.Version == 400 && errors.Is(berr, distcache.ErrNotFound)
+	}, "the packed change-stream entry never reached the edge")
+	if s := stats(c, proj); s.Updates < 1 {
+		t.Fatalf("stats = %+v; want the update applied from the stream", s)
+	}
+}
+
+// FuzzEachStreamChange: a packed entry decodes to the changes packed into
+// it, in order; any other bytes give an error or changes, never a panic.
+func FuzzEachStreamChange(f *testing.F) {
+	f.Add([]byte("k1"), []byte("0000000000000001s{}"), []byte("\x01\x02ab\x01c"))
+	f.Fuzz(func(t *testing.T, k, v, junk []byte) {
+		packed := append(distcache.PackedForTest(nil, string(k), string(v)), []byte(distcache.PackedForTest(nil, "x", "y")[1:])...)
+		var got []string
+		if err := distcache.EachStreamChange(map[string]any{"": string(packed)}, func(key, value string) { got = append(got, key, value) }); err != nil {
+			t.Fatalf("packed %q: %v", packed, err)
+		}
+		if len(got) != 4 || got[0] != string(k) || got[1] != string(v) || got[2] != "x" || got[3] != "y" {
+			t.Fatalf("packed %q decoded to %q", packed, got)
+		}
+		_ = distcache.EachStreamChange(map[string]any{"": string(junk)}, func(string, string) {})
+	})
 }

@@ -309,19 +309,28 @@ func streamVersions(ctx context.Context, rdb redis.UniversalClient, proj string,
 		if len(m.Values) == 0 {
 			return fmt.Errorf("entry %s: no fields", m.ID)
 		}
-		for k, raw := range m.Values {
-			stored, _ := raw.(string)
+		var bad error
+		err := distcache.EachStreamChange(m.Values, func(k, stored string) {
+			if bad != nil {
+				return
+			}
 			if len(stored) < 17 {
-				return fmt.Errorf("entry %s: key %q: stored value %q is too short", m.ID, k, stored)
+				bad = fmt.Errorf("entry %s: key %q: stored value %q is too short", m.ID, k, stored)
+				return
 			}
 			v, err := ledger.ParseVersionHex(stored[:16])
 			if err != nil {
-				return fmt.Errorf("entry %s: key %q: version %q", m.ID, k, stored[:16])
+				bad = fmt.Errorf("entry %s: key %q: version %q", m.ID, k, stored[:16])
+				return
 			}
 			if v < last[k] || (strict && v == last[k]) {
-				return fmt.Errorf("entry %s: key %q version %d after %d", m.ID, k, v, last[k])
+				bad = fmt.Errorf("entry %s: key %q version %d after %d", m.ID, k, v, last[k])
+				return
 			}
 			last[k] = v
+		})
+		if err := errors.Join(err, bad); err != nil {
+			return fmt.Errorf("entry %s: %w", m.ID, err)
 		}
 	}
 	return nil
