@@ -634,7 +634,7 @@ func (p *Publisher) applyBatched(ctx context.Context, proj string, gen int64, st
 // caller's EXEC succeeds.
 //
 // Unlike Apply, the writes are not version-guarded key by key; that is what
-// makes them cheap (about half of Redis's CPU per write). The caller takes
+// makes them cheap (a fraction of Redis's CPU per write). The caller takes
 // on the guard: every version it writes must be higher than any version
 // already stored under that key in the generation. A cache-producer meets it
 // by being the generation's only writer of versions that are its topic's
@@ -644,7 +644,7 @@ func (p *Publisher) applyBatched(ctx context.Context, proj string, gen int64, st
 // twice. Writers that cannot promise this use Apply.
 //
 // The changes of one call share stream entries of up to 128 changes, like
-// Apply's. Not available on Redis Cluster (ErrClusterUnsupported), where the
+// Apply's, in the packed form (see streamentry.go). Not available on Redis Cluster (ErrClusterUnsupported), where the
 // keys of a generation span slots.
 func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string, gen int64, changes []Change) ([]Result, error) {
 	if p.cluster != nil {
@@ -672,7 +672,7 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 			continue
 		}
 		valid++
-		size += len(prefix) + 2*len(c.Key) + valueHeaderLen
+		size += len(prefix) + len(c.Key) + valueHeaderLen
 		if c.Op == OpSet {
 			size += len(c.Value)
 		}
@@ -692,10 +692,9 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 		} else {
 			buf = append(buf, opDelete)
 		}
-		buf = append(buf, c.Key...)
 	}
 	all := string(buf)
-	strs := make([]string, 3*valid) // per change: value key, stored value, key
+	strs := make([]string, 2*valid) // per change: value key, stored value
 	at, k := 0, 0
 	for i := range changes {
 		c := &changes[i]
@@ -706,11 +705,9 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 		if c.Op == OpSet {
 			vLen += len(c.Value)
 		}
-		strs[k] = all[at : at+vkLen]
-		strs[k+1] = all[at+vkLen : at+vkLen+vLen]
-		strs[k+2] = all[at+vkLen+vLen : at+vkLen+vLen+len(c.Key)]
-		at += vkLen + vLen + len(c.Key)
-		k += 3
+		strs[k], strs[k+1] = all[at:at+vkLen], all[at+vkLen:at+vkLen+vLen]
+		at += vkLen + vLen
+		k += 2
 	}
 
 	// Values go out as MSETs, one per run of upserts between tombstones:
@@ -726,7 +723,7 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 	}
 	// The stream gets packed entries of up to batchChunk changes (see
 	// streamentry.go), all laid out in one buffer.
-	packed := make([]byte, 0, size+4*valid+valid/batchChunk+1)
+	packed := make([]byte, 0, size+4*valid+valid/batchChunk+1) // the values again, keys and lengths
 	entryStart, inEntry := 0, 0
 	flush := func() {
 		if inEntry > 0 {
@@ -742,8 +739,8 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 		if res[i].Err != nil {
 			continue
 		}
-		vk, v, key := &strs[k], &strs[k+1], &strs[k+2]
-		k += 3
+		vk, v := &strs[k], &strs[k+1]
+		k += 2
 		if c.Op == OpDelete {
 			// A tombstone expires: SET PX, in order after the values
 			// before it (MSET holds no expiry).
@@ -755,7 +752,7 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 		if inEntry == 0 {
 			packed = append(packed, packedV1)
 		}
-		packed = appendPacked(packed, *key, *v)
+		packed = appendPacked(packed, c.Key, *v)
 		if inEntry++; inEntry == batchChunk {
 			flush()
 		}

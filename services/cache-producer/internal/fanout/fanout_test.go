@@ -278,6 +278,15 @@ type workload struct {
 	holder  map[string]string // email → source holding it
 }
 
+// newWorkload is a workload over 60 source keys, drawn from rnd.
+func newWorkload(p *testkit.Producer, rnd *rand.Rand) *workload {
+	w := &workload{rnd: rnd, p: p, email: map[string]string{}, holder: map[string]string{}}
+	for i := range 60 {
+		w.sources = append(w.sources, "s"+strconv.Itoa(i))
+	}
+	return w
+}
+
 func (w *workload) freeEmail() string {
 	for {
 		e := fmt.Sprintf("E%d@X.io", w.rnd.IntN(200))
@@ -350,10 +359,7 @@ func TestPropertyCrashesMatchModel(t *testing.T) {
 	s := newStack(t)
 	ctx := context.Background()
 	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
-	w := &workload{rnd: rand.New(rand.NewPCG(seed, 7)), p: p, email: map[string]string{}, holder: map[string]string{}}
-	for i := range 60 {
-		w.sources = append(w.sources, "s"+strconv.Itoa(i))
-	}
+	w := newWorkload(p, rand.New(rand.NewPCG(seed, 7)))
 
 	var crashes atomic.Int32
 	crashed := make(chan struct{}, 1)
@@ -484,10 +490,7 @@ func TestTwoWritersOneGeneration(t *testing.T) {
 	s := newStack(t)
 	ctx := context.Background()
 	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
-	w := &workload{rnd: rand.New(rand.NewPCG(seed, 3)), p: p, email: map[string]string{}, holder: map[string]string{}}
-	for i := range 60 {
-		w.sources = append(w.sources, "s"+strconv.Itoa(i))
-	}
+	w := newWorkload(p, rand.New(rand.NewPCG(seed, 3)))
 	gens := []fanout.Generation{s.gen(t, byEmail, 1, p.Topic), s.gen(t, byID, 1, p.Topic)}
 	rnd := rand.New(rand.NewPCG(seed, 5))
 	var failures, skipped atomic.Int64

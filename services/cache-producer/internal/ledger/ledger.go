@@ -253,14 +253,9 @@ func (l *Ledger) Bucketed(ly Layout) bool { return !l.cluster && (ly.Marked || !
 // bucketed layout.
 func IsFormatMark(s string) bool { return s == formatBucketed }
 
-// Index reads the index entries of skeys (in order; the zero Entry where
-// none is stored) in the per-key layout.
-func (l *Ledger) Index(ctx context.Context, proj string, gen int64, skeys []string) ([]Entry, error) {
-	return l.IndexOn(ctx, l.rdb, proj, gen, false, skeys)
-}
-
-// IndexOn is Index read through c (a connection under WATCH, for one), in
-// the bucketed layout when bucketed.
+// IndexOn reads the index entries of skeys (in order; the zero Entry where
+// none is stored) through c (a connection under WATCH, for one), in the
+// bucketed layout when bucketed, else the per-key one.
 func (l *Ledger) IndexOn(ctx context.Context, c redis.Cmdable, proj string, gen int64, bucketed bool, skeys []string) ([]Entry, error) {
 	out := make([]Entry, len(skeys))
 	if len(skeys) == 0 {
