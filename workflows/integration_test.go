@@ -26,11 +26,11 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/pointer"
-	"github.com/distcache/distcache/workflows/projection"
 	"github.com/distcache/distcache/workflows/registry"
 )
 

@@ -21,7 +21,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/distcache/distcache/workflows/projection"
+	"github.com/distcache/distcache/libs/projection"
 )
 
 // Task queues.

@@ -8,7 +8,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
-	"github.com/distcache/distcache/workflows/projection"
+	"github.com/distcache/distcache/libs/projection"
 )
 
 // Register registers every workflow of this package on w (the control-plane's worker on

@@ -22,12 +22,12 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 	"github.com/distcache/distcache/services/cache-producer/internal/testkit"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
-	"github.com/distcache/distcache/workflows/projection"
 	"github.com/distcache/distcache/workflows/registry"
 )
 

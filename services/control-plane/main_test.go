@@ -20,9 +20,9 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
-	"github.com/distcache/distcache/workflows/projection"
 )
 
 func TestMain(m *testing.M) { devstacktest.Main(m) }

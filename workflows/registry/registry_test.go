@@ -9,9 +9,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/tools/devstacktest"
-	"github.com/distcache/distcache/workflows/projection"
 	"github.com/distcache/distcache/workflows/registry"
 )
 

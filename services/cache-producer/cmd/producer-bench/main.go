@@ -40,13 +40,13 @@ import (
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
 	"github.com/distcache/distcache/tools/devstack"
 	"github.com/distcache/distcache/workflows"
-	"github.com/distcache/distcache/workflows/projection"
 )
 
 // gcPercent is the GC setting of the producer's measurements.

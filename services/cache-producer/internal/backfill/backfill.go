@@ -30,9 +30,9 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
 	"github.com/distcache/distcache/workflows"
-	"github.com/distcache/distcache/workflows/projection"
 )
 
 // Observer receives backfill progress (metrics).

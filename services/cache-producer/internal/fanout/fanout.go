@@ -25,8 +25,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
-	"github.com/distcache/distcache/workflows/projection"
 )
 
 // Generation is one generation to keep up to date.

@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
@@ -21,7 +22,6 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/testkit"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
-	"github.com/distcache/distcache/workflows/projection"
 )
 
 func TestMain(m *testing.M) { devstacktest.Main(m) }

@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"unicode/utf8"
 
-	"github.com/distcache/distcache/workflows/projection"
+	"github.com/distcache/distcache/libs/projection"
 )
 
 // Fields is the set of payload fields a decode keeps: the fields the

@@ -49,8 +49,8 @@ import (
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
-	"github.com/distcache/distcache/workflows/projection"
 )
 
 // Record is one decoded topic record, shared by every generation it feeds.

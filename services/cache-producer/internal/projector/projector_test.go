@@ -9,7 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/distcache/distcache/libs/events"
-	"github.com/distcache/distcache/workflows/projection"
+	"github.com/distcache/distcache/libs/projection"
 )
 
 func record(t *testing.T, op events.Op, payload string) *kgo.Record {

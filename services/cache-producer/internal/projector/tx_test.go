@@ -11,9 +11,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 	"github.com/distcache/distcache/tools/devstacktest"
-	"github.com/distcache/distcache/workflows/projection"
 )
 
 func TestMain(m *testing.M) { devstacktest.Main(m) }

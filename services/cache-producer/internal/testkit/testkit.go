@@ -20,8 +20,8 @@ import (
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
-	"github.com/distcache/distcache/workflows/projection"
 )
 
 // Eventually polls cond every 10 ms until it holds or timeout passes.

@@ -24,10 +24,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/libs/projection"
 	pb "github.com/distcache/distcache/services/control-plane/gen/distcache/v1"
 	"github.com/distcache/distcache/services/control-plane/internal/models"
 	"github.com/distcache/distcache/workflows"
-	"github.com/distcache/distcache/workflows/projection"
 	"github.com/distcache/distcache/workflows/registry"
 )
 

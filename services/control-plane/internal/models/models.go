@@ -19,6 +19,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/distcache/distcache/libs/events"
 )
 
 // ErrUnknownModel is returned for a model no source knows.
@@ -33,7 +35,6 @@ type Catalog interface {
 type Static map[string][]string
 
 var (
-	modelRe = regexp.MustCompile(`^[a-z][a-z0-9_.-]*$`)
 	fieldRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
 
@@ -47,7 +48,7 @@ func ParseStatic(s string) (Static, error) {
 		}
 		model, list, ok := strings.Cut(entry, "=")
 		model = strings.TrimSpace(model)
-		if !ok || !modelRe.MatchString(model) {
+		if !ok || events.ValidateAggregateName(model) != nil {
 			return nil, fmt.Errorf("%q is not model=field[,field]", entry)
 		}
 		if _, dup := out[model]; dup {

@@ -25,7 +25,8 @@ func TestParseStatic(t *testing.T) {
 		{in: "users=id,", want: map[string][]string{"users": {"id"}}},
 		{in: "users", wantErr: true},
 		{in: "users=", wantErr: true},
-		{in: "Users=id", wantErr: true},
+		{in: "Users=id", want: map[string][]string{"Users": {"id"}}}, // the aggregate rule of libs/events: letters of either case
+		{in: "users.v2=id", wantErr: true},                           // a dot would make the topic name ambiguous
 		{in: "users=id;users=email", wantErr: true},
 		{in: "users=e-mail", wantErr: true},
 	}

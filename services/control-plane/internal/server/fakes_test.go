@@ -11,7 +11,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 
-	"github.com/distcache/distcache/workflows/projection"
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/workflows/registry"
 )
 

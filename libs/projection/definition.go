@@ -17,12 +17,13 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/distcache/distcache/libs/events"
 )
 
 // Limits of a definition. They keep Redis keys and registry rows small.
 const (
 	MaxNameLen     = 63
-	MaxModelLen    = 63
 	MaxFieldLen    = 63
 	MaxFields      = 256
 	MaxTemplateLen = 512
@@ -32,7 +33,6 @@ const (
 
 var (
 	nameRe  = regexp.MustCompile(`^[a-z][a-z0-9_-]*$`)
-	modelRe = regexp.MustCompile(`^[a-z][a-z0-9_.-]*$`)
 	fieldRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
 
@@ -148,13 +148,12 @@ func (d Definition) ValidateAgainst(modelFields []string) error {
 
 func (d Definition) validate(v *ValidationError) {
 	ValidateName(v, "name", d.Name)
-	switch {
-	case d.Model == "":
+	// A model is an event aggregate: libs/events owns the rule (it names the model's topic).
+	var bad *events.ValidationError
+	if d.Model == "" {
 		v.add("model", "is required")
-	case len(d.Model) > MaxModelLen:
-		v.add("model", "is longer than %d bytes", MaxModelLen)
-	case !modelRe.MatchString(d.Model):
-		v.add("model", "must match %s", modelRe)
+	} else if errors.As(events.ValidateAggregateName(d.Model), &bad) {
+		v.add("model", "%s", bad.Reason)
 	}
 	if d.KeyTemplate == "" {
 		v.add("key_template", "is required")

@@ -125,6 +125,7 @@ func TestDefinitionValidate(t *testing.T) {
 		{name: "upper name", mutate: func(d *Definition) { d.Name = "Users" }, want: []string{"name"}},
 		{name: "long name", mutate: func(d *Definition) { d.Name = strings.Repeat("a", 64) }, want: []string{"name"}},
 		{name: "no model", mutate: func(d *Definition) { d.Model = "" }, want: []string{"model"}},
+		{name: "model with a dot (no topic name)", mutate: func(d *Definition) { d.Model = "users.v2" }, want: []string{"model"}},
 		{name: "bad template", mutate: func(d *Definition) { d.KeyTemplate = "{email" }, want: []string{"key_template"}},
 		{name: "no fields", mutate: func(d *Definition) { d.Fields = nil }, want: []string{"fields"}},
 		{name: "bad field", mutate: func(d *Definition) { d.Fields = []string{"id", "bad-field"} }, want: []string{"fields[1]"}},

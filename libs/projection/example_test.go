@@ -3,7 +3,7 @@ package projection_test
 import (
 	"fmt"
 
-	"github.com/distcache/distcache/workflows/projection"
+	"github.com/distcache/distcache/libs/projection"
 )
 
 // A projection of users keyed by lowercased e-mail, keeping two fields of active users.
