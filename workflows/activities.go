@@ -24,17 +24,18 @@ type Registry interface {
 	RecordProgress(ctx context.Context, name string, gen, recordsDone, offset, endOffset int64) error
 	Cutover(ctx context.Context, name string, gen int64, rollback bool, swap registry.SwapFunc) (current, previous int64, err error)
 	MarkRetired(ctx context.Context, name string, gen int64) (bool, error)
-	DeleteProjection(ctx context.Context, name string) (gens []int64, err error)
+	DeleteProjection(ctx context.Context, name string, clear registry.ClearFunc) (gens []int64, err error)
 }
 
 var _ Registry = (*registry.Store)(nil)
 
-// Pointer is the Redis side: *distcache.Publisher implements Cutover and RetireGeneration;
-// ClearPointer removes a deleted projection's pointer (see package pointer).
+// Pointer is the Redis side, implemented by *distcache.Publisher: every pointer operation goes
+// through it (Cutover, DeletePointer: each moves the pointer and appends the control event that
+// clients follow, atomically).
 type Pointer interface {
 	Cutover(ctx context.Context, proj string, gen int64) error
+	DeletePointer(ctx context.Context, proj string) error
 	RetireGeneration(ctx context.Context, proj string, gen int64, batch int) (int64, error)
-	ClearPointer(ctx context.Context, proj string) error
 }
 
 // Temporal is the part of the Temporal client the activities use; client.Client implements it.
@@ -181,14 +182,12 @@ func (a *Activities) UnlinkGeneration(ctx context.Context, p RetireParams) (Unli
 	return UnlinkResult{KeysUnlinked: n}, nil
 }
 
-// DeleteProjection implements ActivityDeleteProjection: clear the Redis pointer (so that every
-// generation can be unlinked; readers then get ErrNoGeneration), then soft-delete in the
-// registry, which returns the generations to unlink.
+// DeleteProjection implements ActivityDeleteProjection: soft-delete in the registry, which clears
+// the Redis pointer while it holds the projection's lock (clients get a delete event, drop what
+// they hold and answer ErrNoGeneration; every generation can then be unlinked) and returns the
+// generations to unlink.
 func (a *Activities) DeleteProjection(ctx context.Context, p RetireParams) (DeleteResult, error) {
-	if err := a.Pointer.ClearPointer(ctx, p.Projection); err != nil {
-		return DeleteResult{}, fmt.Errorf("clear pointer of %s: %w", p.Projection, err)
-	}
-	gens, err := a.Registry.DeleteProjection(ctx, p.Projection)
+	gens, err := a.Registry.DeleteProjection(ctx, p.Projection, a.Pointer.DeletePointer)
 	if err != nil {
 		return DeleteResult{}, appError(err)
 	}

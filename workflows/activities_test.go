@@ -37,8 +37,11 @@ func (f *fakeRegistry) Cutover(ctx context.Context, name string, gen int64, _ bo
 	return gen, 0, swap(ctx, name, gen)
 }
 func (f *fakeRegistry) MarkRetired(context.Context, string, int64) (bool, error) { return true, f.err }
-func (f *fakeRegistry) DeleteProjection(context.Context, string) ([]int64, error) {
-	return []int64{1}, f.err
+func (f *fakeRegistry) DeleteProjection(ctx context.Context, name string, clear registry.ClearFunc) ([]int64, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	return []int64{1}, clear(ctx, name)
 }
 
 // fakeDescriber returns one pending activity with the given heartbeat.
@@ -158,4 +161,4 @@ func (nopPointer) Cutover(context.Context, string, int64) error { return nil }
 func (nopPointer) RetireGeneration(context.Context, string, int64, int) (int64, error) {
 	return 0, nil
 }
-func (nopPointer) ClearPointer(context.Context, string) error { return nil }
+func (nopPointer) DeletePointer(context.Context, string) error { return nil }

@@ -11,6 +11,11 @@ require (
 require (
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/davecgh/go-spew v1.1.1 // indirect
+	github.com/distcache/distcache/libs/distcache v0.0.0
+	github.com/distcache/distcache/libs/events v0.0.0
+	github.com/distcache/distcache/libs/projection v0.0.0
+	github.com/distcache/distcache/migrations v0.0.0
+	github.com/distcache/distcache/tools v0.0.0
 	github.com/facebookgo/clock v0.0.0-20150410010913-600d898af40a // indirect
 	github.com/gogo/protobuf v1.3.2 // indirect
 	github.com/golang/mock v1.6.0 // indirect
@@ -39,3 +44,13 @@ require (
 	google.golang.org/protobuf v1.36.11 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )
+
+replace github.com/distcache/distcache/libs/distcache => ../libs/distcache
+
+replace github.com/distcache/distcache/libs/events => ../libs/events
+
+replace github.com/distcache/distcache/libs/projection => ../libs/projection
+
+replace github.com/distcache/distcache/migrations => ../migrations
+
+replace github.com/distcache/distcache/tools => ../tools

@@ -30,7 +30,6 @@ import (
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
-	"github.com/distcache/distcache/workflows/pointer"
 	"github.com/distcache/distcache/workflows/registry"
 )
 
@@ -142,7 +141,7 @@ func newEnv(t *testing.T) (*env, error) {
 	cp := worker.New(tc, workflows.ControlPlaneTaskQueue, worker.Options{})
 	workflows.Register(cp)
 	workflows.RegisterActivities(cp, &workflows.Activities{
-		Registry: e.store, Pointer: pointer.Publisher{Publisher: pub, Redis: rdb}, Temporal: tc,
+		Registry: e.store, Pointer: pub, Temporal: tc,
 		RetireDrain: 200 * time.Millisecond, UnlinkBatch: 7,
 	})
 	prod := worker.New(tc, workflows.CacheProducerTaskQueue, worker.Options{})

@@ -94,6 +94,7 @@ type projection struct {
 	evictTTL, evictBytes, evictItems    atomic.Uint64
 	lagNanos                            atomic.Int64
 	cutovers, rebuilds, compactions     atomic.Uint64
+	deletes                             atomic.Uint64 // delete events that dropped the local store
 }
 
 func newProjection(c *Client, name string) *projection {

@@ -228,6 +228,17 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', '1000', '*', 't', 'cutover', 'gen', A
 return prev
 `)
 
+// deletePointerScript removes the pointer and appends a delete event to the
+// control stream atomically, so that a client sees either both or neither.
+// KEYS[1] pointer, KEYS[2] control stream. Returns the removed generation
+// ("0" for none).
+var deletePointerScript = redis.NewScript(`
+local prev = redis.call('GET', KEYS[1]) or '0'
+redis.call('DEL', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '1000', '*', 't', 'delete', 'prev', prev)
+return prev
+`)
+
 // Set stores value under key in the projection's live generation (the one
 // its pointer names, read with one GET per call), if version is newer than the
 // stored one. It reports whether the value was applied. Writers that know
@@ -458,6 +469,24 @@ func (p *Publisher) Cutover(ctx context.Context, proj string, gen int64) error {
 	err := cutoverScript.Run(ctx, p.rdb, []string{PointerKey(proj), ControlKey(proj)}, strconv.FormatInt(gen, 10)).Err()
 	if err != nil {
 		return fmt.Errorf("cutover %s to g%d: %w", proj, gen, err)
+	}
+	return nil
+}
+
+// DeletePointer ends proj for its readers: it removes the pointer and appends
+// a delete event to the control stream in one atomic script (like Cutover).
+// Clients following proj drop what they hold and answer ErrNoGeneration from
+// then on; a later Cutover brings the projection back. It is the only way the
+// pointer is removed: a pointer that is merely missing (a Redis that lost its
+// data) is not a delete, and clients keep serving what they hold. Deleting a
+// projection that has no pointer still appends the event, so a retried delete
+// reaches every client.
+func (p *Publisher) DeletePointer(ctx context.Context, proj string) error {
+	if err := ValidateProjection(proj); err != nil {
+		return err
+	}
+	if err := deletePointerScript.Run(ctx, p.rdb, []string{PointerKey(proj), ControlKey(proj)}).Err(); err != nil {
+		return fmt.Errorf("delete pointer of %s: %w", proj, err)
 	}
 	return nil
 }

@@ -35,6 +35,7 @@ type ProjectionStats struct {
 	Gaps        uint64        // times the stream position was trimmed away (each costs a revalidation)
 	Replays     uint64        // changes applied while catching up after a lost connection
 	Cutovers    uint64        // generation switches followed
+	Deletes     uint64        // projection deletes followed (local entries dropped)
 	Rebuilds    uint64        // refetches of the held keys (gap revalidations and cutovers)
 	Compactions uint64        // local stores rebuilt to reclaim dead space
 
@@ -77,6 +78,7 @@ func (c *Client) Stats() Stats {
 			Gaps:            p.gaps.Load(),
 			Replays:         p.replays.Load(),
 			Cutovers:        p.cutovers.Load(),
+			Deletes:         p.deletes.Load(),
 			Rebuilds:        p.rebuilds.Load(),
 			Compactions:     p.compactions.Load(),
 			Connected:       p.connected.Load(),

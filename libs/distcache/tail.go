@@ -176,8 +176,14 @@ func (p *projection) catchup(ctx context.Context, replaying bool) (bool, error) 
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return true, err
 	}
+	deleted := false
 	if msgs := ctrl.Val(); len(msgs) > 0 {
 		p.ctrlPos = msgs[len(msgs)-1].ID
+		for _, m := range msgs {
+			if t, _ := m.Values["t"].(string); t == controlDelete {
+				deleted = true
+			}
+		}
 	}
 	var live int64
 	if s, err := ptr.Result(); err == nil {
@@ -185,6 +191,12 @@ func (p *projection) catchup(ctx context.Context, replaying bool) (bool, error) 
 	}
 	if live > 0 && live != gen {
 		return true, p.switchGeneration(ctx, gen, live)
+	}
+	// Only an explicit delete event drops what the client holds: a pointer that
+	// is merely missing may be a Redis that lost its data.
+	if live == 0 && deleted && gen > 0 {
+		p.dropGeneration()
+		return false, nil
 	}
 	if gen == 0 {
 		return false, nil
@@ -272,10 +284,17 @@ func (p *projection) waitAndApply(ctx context.Context) (bool, error) {
 		if s.Stream == ControlKey(p.name) {
 			for _, m := range s.Messages {
 				p.ctrlPos = m.ID
-				if t, _ := m.Values["t"].(string); t == "cutover" {
+				switch t, _ := m.Values["t"].(string); t {
+				case controlCutover:
 					g, _ := m.Values["gen"].(string)
 					if live, err := strconv.ParseInt(g, 10, 64); err == nil && live > 0 && live != gen {
 						return true, p.switchGeneration(ctx, gen, live)
+					}
+				case controlDelete:
+					if gen > 0 {
+						p.dropGeneration()
+						// Catch up next: the pointer tells whether a cutover followed.
+						return true, nil
 					}
 				}
 			}
@@ -287,6 +306,28 @@ func (p *projection) waitAndApply(ctx context.Context) (bool, error) {
 		}
 	}
 	return more, nil
+}
+
+// Control-stream event types (field "t"), written by Publisher.Cutover and
+// Publisher.DeletePointer.
+const (
+	controlCutover = "cutover"
+	controlDelete  = "delete"
+)
+
+// dropGeneration forgets the local store after the projection was deleted:
+// reads answer ErrNoGeneration until a cutover makes a generation live again.
+func (p *projection) dropGeneration() {
+	old := p.store.Load()
+	if old == nil {
+		return
+	}
+	p.c.log.Info("distcache: projection deleted; dropping its entries", slog.String(logKeyProjection, p.name),
+		slog.Int64(logKeyGeneration, old.gen))
+	p.store.Store(nil)
+	p.streamPos = zeroID
+	p.deletes.Add(1)
+	old.close()
 }
 
 func (p *projection) switchGeneration(ctx context.Context, from, to int64) error {

@@ -17,7 +17,6 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/testkit"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
-	"github.com/distcache/distcache/workflows/pointer"
 	"github.com/distcache/distcache/workflows/registry"
 )
 
@@ -74,7 +73,7 @@ func TestBuildWorkflowEndToEnd(t *testing.T) {
 	w := worker.New(tc, workflows.ControlPlaneTaskQueue, worker.Options{})
 	workflows.Register(w)
 	workflows.RegisterActivities(w, &workflows.Activities{
-		Registry: reg, Pointer: pointer.Publisher{Publisher: pub, Redis: rdb}, Temporal: tc,
+		Registry: reg, Pointer: pub, Temporal: tc,
 	})
 	if err := w.Start(); err != nil {
 		t.Fatal(err)

@@ -40,7 +40,6 @@ import (
 	"github.com/distcache/distcache/services/control-plane/internal/models"
 	"github.com/distcache/distcache/services/control-plane/internal/server"
 	"github.com/distcache/distcache/workflows"
-	"github.com/distcache/distcache/workflows/pointer"
 	"github.com/distcache/distcache/workflows/registry"
 )
 
@@ -126,7 +125,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 	workflows.Register(w)
 	workflows.RegisterActivities(w, &workflows.Activities{
 		Registry:    store,
-		Pointer:     pointer.Publisher{Publisher: pub, Redis: rdb},
+		Pointer:     pub,
 		Temporal:    tc,
 		RetireDrain: cfg.RetireDrain,
 		Logger:      log.With("component", "activities"),

@@ -361,6 +361,9 @@ func (s *Store) RecordProgress(ctx context.Context, name string, gen, recordsDon
 // SwapFunc moves the Redis pointer of a projection to a generation (distcache.Publisher.Cutover).
 type SwapFunc func(ctx context.Context, projection string, generation int64) error
 
+// ClearFunc removes the Redis pointer of a deleted projection (distcache.Publisher.DeletePointer).
+type ClearFunc func(ctx context.Context, projection string) error
+
 // cutoverStates are the states of a generation that is kept up to date, and so may be cut over to.
 var cutoverStates = []string{StateTailing, StateLive, StateRetiring}
 
@@ -463,7 +466,7 @@ func (s *Store) MarkRetired(ctx context.Context, name string, gen int64) (bool, 
 // generations whose keys may still be in Redis, for the caller to unlink: those it retired, or,
 // when the projection was already deleted (a retry whose first reply was lost), every generation.
 // ErrNotFound when no projection of that name ever existed.
-func (s *Store) DeleteProjection(ctx context.Context, name string) (gens []int64, err error) {
+func (s *Store) DeleteProjection(ctx context.Context, name string, clear ClearFunc) (gens []int64, err error) {
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		var deleted bool
 		err := tx.QueryRow(ctx, `SELECT deleted_at IS NOT NULL FROM distcache_projections WHERE name = $1 FOR UPDATE`,
@@ -473,6 +476,12 @@ func (s *Store) DeleteProjection(ctx context.Context, name string) (gens []int64
 		}
 		if err != nil {
 			return err
+		}
+		// The pointer is cleared while the projection's row is locked, as Cutover swaps it, so a
+		// concurrent cutover or rollback cannot bring it back. A retried delete clears it again:
+		// the delete event then reaches clients that missed the first.
+		if err := clear(ctx, name); err != nil {
+			return fmt.Errorf("clear pointer: %w", err)
 		}
 		q := `UPDATE distcache_generations SET state = 'retired'
 			WHERE projection = $1 AND state NOT IN ('retired', 'failed') RETURNING generation`

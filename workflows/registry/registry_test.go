@@ -76,14 +76,29 @@ func TestCreateGetListDelete(t *testing.T) {
 		t.Errorf("second page = %v, want [c]", names)
 	}
 
-	gens, err := s.DeleteProjection(ctx, "b")
+	// The pointer is cleared inside the delete's transaction: a failure leaves the projection.
+	boom := errors.New("redis down")
+	if _, err := s.DeleteProjection(ctx, "b", func(context.Context, string) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("delete b with a failing clear = %v, want it wrapped", err)
+	}
+	if _, err := s.GetProjection(ctx, "b"); err != nil {
+		t.Fatalf("b after a failed delete: %v, want it still there", err)
+	}
+	var cleared []string
+	gens, err := s.DeleteProjection(ctx, "b", func(_ context.Context, name string) error {
+		cleared = append(cleared, name)
+		return nil
+	})
+	if !slices.Equal(cleared, []string{"b"}) {
+		t.Fatalf("pointers cleared by delete b = %v, want [b]", cleared)
+	}
 	if err != nil || len(gens) != 0 {
 		t.Fatalf("delete b = %v, %v; want no generations", gens, err)
 	}
 	if _, err := s.GetProjection(ctx, "b"); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("get deleted error = %v, want ErrNotFound", err)
 	}
-	if _, err := s.DeleteProjection(ctx, "zz"); !errors.Is(err, registry.ErrNotFound) {
+	if _, err := s.DeleteProjection(ctx, "zz", nopClear); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("delete unknown error = %v, want ErrNotFound", err)
 	}
 	// A deleted name can be created again.
@@ -218,12 +233,12 @@ func TestGenerationLifecycle(t *testing.T) {
 	}
 
 	// Delete: the live generation is retired and reported, 1 (already retired) is not.
-	gens, err := s.DeleteProjection(ctx, name)
+	gens, err := s.DeleteProjection(ctx, name, nopClear)
 	if err != nil || !slices.Equal(gens, []int64{2}) {
 		t.Fatalf("delete = %v, %v; want [2]", gens, err)
 	}
 	// A retried delete reports every generation.
-	gens, err = s.DeleteProjection(ctx, name)
+	gens, err = s.DeleteProjection(ctx, name, nopClear)
 	if err != nil || !slices.Equal(gens, []int64{1, 2}) {
 		t.Fatalf("repeated delete = %v, %v; want [1 2]", gens, err)
 	}
@@ -320,3 +335,5 @@ func TestAbandonProjection(t *testing.T) {
 		t.Fatalf("create after abandon: %v", err)
 	}
 }
+
+func nopClear(context.Context, string) error { return nil }
