@@ -136,9 +136,9 @@ func project[P payload](p *Projection, payload P) ([]byte, error) {
 	return b, nil
 }
 
-// appendJSON appends v's encoding/json encoding to b: the common scalar
-// shapes of a decoded payload directly (byte for byte what json.Marshal
-// writes), anything else through json.Marshal.
+// appendJSON appends v's encoding/json encoding to b, without HTML escaping:
+// the common scalar shapes of a decoded payload directly (byte for byte what
+// marshalNoHTML writes), anything else through marshalNoHTML.
 func appendJSON(b []byte, v any) ([]byte, error) {
 	switch x := v.(type) {
 	case nil:
@@ -156,19 +156,29 @@ func appendJSON(b []byte, v any) ([]byte, error) {
 			return append(b, '"'), nil
 		}
 	}
-	val, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	return append(b, val...), nil
+	return marshalNoHTML(b, v)
 }
 
-// plainString reports whether json.Marshal writes s as itself in quotes:
-// printable ASCII without '"', '\\' and the HTML characters it escapes.
+// marshalNoHTML appends encoding/json's encoding of v without HTML escaping:
+// '<', '>' and '&' stay one byte each instead of six ("\u003c"), so a value
+// under the size limit before projection does not grow past it. Projected
+// values are data for services, never embedded in HTML by this project.
+func marshalNoHTML(b []byte, v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return append(b, bytes.TrimSuffix(buf.Bytes(), []byte{'\n'})...), nil
+}
+
+// plainString reports whether encoding/json (without HTML escaping) writes s
+// as itself in quotes: printable ASCII without '"' and '\\'.
 func plainString(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
 			return false
 		}
 	}

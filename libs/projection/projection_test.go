@@ -290,3 +290,19 @@ func TestReadsIsEnough(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyKeepsHTMLCharacters: '<', '>' and '&' are written as themselves, so a projected value
+// is never larger than the fields it keeps (encoding/json's default would write each as six bytes).
+func TestApplyKeepsHTMLCharacters(t *testing.T) {
+	p, err := Compile(Definition{Name: "p", Model: "users", KeyTemplate: "{id}", Fields: []string{"id", "bio"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, value, keep, err := p.Apply([]byte(`{"id":1,"bio":"<b>Tom & Jerry</b>","other":"x"}`))
+	if err != nil || !keep {
+		t.Fatalf("Apply = keep %v, err %v", keep, err)
+	}
+	if want := `{"id":1,"bio":"<b>Tom & Jerry</b>"}`; string(value) != want {
+		t.Fatalf("Apply value = %s, want %s", value, want)
+	}
+}
