@@ -95,6 +95,11 @@ type projection struct {
 	lagNanos                            atomic.Int64
 	cutovers, rebuilds, compactions     atomic.Uint64
 	deletes                             atomic.Uint64 // delete events that dropped the local store
+	unknownEntries                      atomic.Uint64 // change-stream entries of an unknown form
+	// Tail goroutine only: an unreadable change-stream entry asks for a
+	// revalidation; loggedForms remembers the unknown forms already logged.
+	revalidate  bool
+	loggedForms map[int]bool
 }
 
 func newProjection(c *Client, name string) *projection {

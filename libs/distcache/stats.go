@@ -36,8 +36,11 @@ type ProjectionStats struct {
 	Replays     uint64        // changes applied while catching up after a lost connection
 	Cutovers    uint64        // generation switches followed
 	Deletes     uint64        // projection deletes followed (local entries dropped)
-	Rebuilds    uint64        // refetches of the held keys (gap revalidations and cutovers)
-	Compactions uint64        // local stores rebuilt to reclaim dead space
+	// UnknownEntries counts change-stream entries of a form this library does
+	// not know (written by a newer writer); each one revalidated the projection.
+	UnknownEntries uint64
+	Rebuilds       uint64 // refetches of the held keys (gap revalidations and cutovers)
+	Compactions    uint64 // local stores rebuilt to reclaim dead space
 
 	Connected bool // gauge: the tail is in contact with Redis
 	Stale     bool // gauge: reads are being served stale (or not at all, past the bound)
@@ -79,6 +82,7 @@ func (c *Client) Stats() Stats {
 			Replays:         p.replays.Load(),
 			Cutovers:        p.cutovers.Load(),
 			Deletes:         p.deletes.Load(),
+			UnknownEntries:  p.unknownEntries.Load(),
 			Rebuilds:        p.rebuilds.Load(),
 			Compactions:     p.compactions.Load(),
 			Connected:       p.connected.Load(),

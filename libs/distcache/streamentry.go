@@ -20,6 +20,14 @@ import (
 //
 // Libraries older than the packed form skip a packed entry (its field name
 // is not a valid key), so edges must be upgraded before cache-producers.
+//
+// The format marker: field "" is reserved for marked forms, and the first
+// byte of its value names the form (packedV1 today). An entry without field
+// "" is the per-key form. A writer that introduces a new form gives it a new
+// marker byte; a reader that meets a marker it does not know gets
+// ErrUnknownEntryForm and must not treat the entry as empty: the edge client
+// revalidates the projection (refetches every key it holds), counts the
+// entry (ProjectionStats.UnknownEntries) and logs each unknown form once.
 
 // packedField names the field of a packed entry.
 const packedField = ""
@@ -29,6 +37,25 @@ const packedV1 = 1
 
 // errPackedEntry reports a packed entry that does not decode.
 var errPackedEntry = errors.New("malformed packed change-stream entry")
+
+// ErrUnknownEntryForm is returned (wrapped, naming the marker byte) by
+// EachStreamChange for a change-stream entry whose format marker this library
+// does not know: an entry written by a newer writer. Its changes cannot be
+// read, so whoever follows the stream must revalidate what it holds.
+var ErrUnknownEntryForm = errors.New("unknown change-stream entry form")
+
+// UnknownEntryForm is the error for an entry of an unknown form: Marker is
+// the first byte of its "" field (-1 when that field is empty).
+type UnknownEntryForm struct{ Marker int }
+
+func (e *UnknownEntryForm) Error() string {
+	if e.Marker < 0 {
+		return ErrUnknownEntryForm.Error() + ": empty marker"
+	}
+	return fmt.Sprintf("%s: marker 0x%02x", ErrUnknownEntryForm, e.Marker)
+}
+
+func (e *UnknownEntryForm) Unwrap() error { return ErrUnknownEntryForm }
 
 // appendPacked appends one change to a packed entry's value (b starts with
 // packedV1).
@@ -59,8 +86,11 @@ func EachStreamChange(fields map[string]any, f func(key, value string)) error {
 }
 
 func eachPacked(s string, f func(key, value string)) error {
-	if len(s) == 0 || s[0] != packedV1 {
-		return fmt.Errorf("%w: unknown form", errPackedEntry)
+	if len(s) == 0 {
+		return &UnknownEntryForm{Marker: -1}
+	}
+	if s[0] != packedV1 {
+		return &UnknownEntryForm{Marker: int(s[0])}
 	}
 	i := 1
 	next := func() (string, bool) {

@@ -115,6 +115,9 @@ func (p *projection) tail(ctx context.Context) {
 			if err == nil && !catchup {
 				replaying = false
 			}
+		} else if p.revalidate {
+			p.revalidate = false
+			err = p.rebuild(ctx, p.curGen(), rebuildRefetch)
 		} else if p.wantCompact.Load() {
 			p.wantCompact.Store(false)
 			err = p.rebuild(ctx, p.curGen(), rebuildCompact)
@@ -239,8 +242,7 @@ func (p *projection) applyMessages(msgs []redis.XMessage, replaying bool) {
 			}
 		})
 		if err != nil {
-			p.c.log.Warn("distcache: skipped a change-stream entry", slog.String(logKeyProjection, p.name),
-				slog.String("id", m.ID), slog.Any(logKeyError, err))
+			p.unreadable(m.ID, err)
 		}
 	}
 	last := msgs[len(msgs)-1].ID
@@ -306,6 +308,28 @@ func (p *projection) waitAndApply(ctx context.Context) (bool, error) {
 		}
 	}
 	return more, nil
+}
+
+// unreadable handles a change-stream entry whose changes could not all be
+// read (a form from a newer writer, or a malformed packed entry): it is never
+// skipped silently. The projection is revalidated (every held key refetched)
+// before the tail reads on, the entry is counted, and each unknown form is
+// logged once.
+func (p *projection) unreadable(id string, err error) {
+	p.revalidate = true
+	var uf *UnknownEntryForm
+	if errors.As(err, &uf) {
+		p.unknownEntries.Add(1)
+		if p.loggedForms == nil {
+			p.loggedForms = map[int]bool{}
+		}
+		if p.loggedForms[uf.Marker] {
+			return
+		}
+		p.loggedForms[uf.Marker] = true
+	}
+	p.c.log.Warn("distcache: unreadable change-stream entry; revalidating the projection",
+		slog.String(logKeyProjection, p.name), slog.String("id", id), slog.Any(logKeyError, err))
 }
 
 // Control-stream event types (field "t"), written by Publisher.Cutover and

@@ -49,13 +49,14 @@ var (
 	descReplays      = prometheus.NewDesc("distcache_client_stream_replays_total", "Changes replayed after a lost connection.", labels, nil)
 	descCutovers     = prometheus.NewDesc("distcache_client_cutovers_total", "Generation switches followed.", labels, nil)
 	descDeletes      = prometheus.NewDesc("distcache_client_projection_deletes_total", "Projection deletes followed (local entries dropped).", labels, nil)
+	descUnknown      = prometheus.NewDesc("distcache_client_unknown_stream_entries_total", "Change-stream entries of an unknown form (each revalidated the projection).", labels, nil)
 	descGeneration   = prometheus.NewDesc("distcache_client_generation", "Generation read locally.", labels, nil)
 	descConnected    = prometheus.NewDesc("distcache_client_connected", "1 when the change-stream tail is in contact with Redis.", labels, nil)
 	descStale        = prometheus.NewDesc("distcache_client_stale", "1 when local reads are stale (contact lost).", labels, nil)
 
 	allDescs = []*prometheus.Desc{descHits, descMisses, descNegativeHits, descStaleServes, descFetchErrors,
 		descEvictions, descBytes, descItems, descUpdates, descChanges, descFills, descLag, descGaps, descReplays,
-		descCutovers, descDeletes, descGeneration, descConnected, descStale}
+		descCutovers, descDeletes, descUnknown, descGeneration, descConnected, descStale}
 )
 
 // Describe implements prometheus.Collector.
@@ -99,6 +100,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descReplays, p.Replays)
 		counter(descCutovers, p.Cutovers)
 		counter(descDeletes, p.Deletes)
+		counter(descUnknown, p.UnknownEntries)
 		gauge(descGeneration, float64(p.Generation))
 		gauge(descConnected, b2f(p.Connected))
 		gauge(descStale, b2f(p.Stale))
