@@ -24,8 +24,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/distcache/distcache/e2e/pipeline"
-	"github.com/distcache/distcache/e2e/tcpproxy"
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/tools/tcpproxy"
 )
 
 // ErrLoss is wrapped by the error Run returns when a check failed.

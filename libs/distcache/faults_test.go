@@ -16,8 +16,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/distcache/distcache/libs/distcache"
-	"github.com/distcache/distcache/libs/distcache/internal/tcpproxy"
 	"github.com/distcache/distcache/tools/devstacktest"
+	"github.com/distcache/distcache/tools/tcpproxy"
 )
 
 // TestReplicaKilledDuringReads: misses go to the replica; when it dies, they
@@ -145,7 +145,7 @@ func TestConnectionCutDuringUpdates(t *testing.T) {
 	t.Parallel()
 	r, _, pub := standalone(t)
 	ctx := ctxT(t)
-	proxy, err := tcpproxy.Start(r.Addr)
+	proxy, err := tcpproxy.Start("127.0.0.1:0", r.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestConnectionCutDuringUpdates(t *testing.T) {
 		mustSet(t, pub, proj, 1, keyN(i), 1)
 	}
 	mustCutover(t, pub, proj, 1)
-	c := newClient(t, distcache.WithAddrs(proxy.Addr), distcache.WithProjections(proj, "other"))
+	c := newClient(t, distcache.WithAddrs(proxy.Addr()), distcache.WithProjections(proj, "other"))
 	for i := range keys {
 		if _, err := c.Get(ctx, proj, keyN(i)); err != nil {
 			t.Fatal(err)
@@ -201,7 +201,7 @@ func TestGapPastStreamCap(t *testing.T) {
 	t.Parallel()
 	r, _, pub := standalone(t, distcache.WithStreamMaxLen(50))
 	ctx := ctxT(t)
-	proxy, err := tcpproxy.Start(r.Addr)
+	proxy, err := tcpproxy.Start("127.0.0.1:0", r.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func TestGapPastStreamCap(t *testing.T) {
 	}
 	mustCutover(t, pub, proj, 1)
 	mustCutover(t, pub, "other", 1)
-	c := newClient(t, distcache.WithAddrs(proxy.Addr), distcache.WithProjections(proj, "other"))
+	c := newClient(t, distcache.WithAddrs(proxy.Addr()), distcache.WithProjections(proj, "other"))
 	for i := range keys {
 		if _, err := c.Get(ctx, proj, keyN(i)); err != nil {
 			t.Fatal(err)

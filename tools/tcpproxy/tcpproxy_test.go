@@ -92,3 +92,29 @@ func TestCutAndRestore(t *testing.T) {
 		t.Errorf("after restore: %v", err)
 	}
 }
+
+func TestCloseStopsForwarding(t *testing.T) {
+	t.Parallel()
+	p, err := Start("127.0.0.1:0", echo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Errorf("second Close: %v, want nil", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("a connection open before Close still reads")
+	}
+	if err := roundTrip(p.Addr()); err == nil {
+		t.Error("a new connection got through after Close")
+	}
+}

@@ -1,5 +1,6 @@
 // Package tcpproxy is a small TCP proxy whose traffic can be cut and restored, so a test can take
 // one client's network path away (an edge's connection to Redis) while everything else runs on.
+// libs/distcache's fault tests and the e2e chaos run both put it between a client and Redis.
 package tcpproxy
 
 import (
@@ -25,7 +26,8 @@ type Proxy struct {
 	closed            atomic.Bool
 }
 
-// Start listens on listenAddr ("127.0.0.1:0" picks a port) and forwards to target.
+// Start listens on listenAddr ("127.0.0.1:0" picks a free port) and forwards every accepted
+// connection to target.
 func Start(listenAddr, target string) (*Proxy, error) {
 	ln, err := net.Listen("tcp", listenAddr)
 	if err != nil {
