@@ -4,11 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Entry is a value read from a Client.
@@ -70,7 +69,9 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Client{cfg: cfg, log: log, base: time.Now()}
-	c.buildClients()
+	if err := c.buildClients(); err != nil {
+		return nil, err
+	}
 	c.reader = newReader(&c.cfg)
 	empty := map[string]*projection{}
 	c.projs.Store(&empty)
@@ -116,35 +117,27 @@ const (
 	logKeyError      = "err"
 )
 
-func (c *Client) buildClients() {
+// buildClients builds the Redis clients of WithAddrs, WithClusterAddrs,
+// WithSentinel or WithRedisConfig (none for WithRedis): their read clients go
+// before any given by WithReplicas.
+func (c *Client) buildClients() error {
 	cfg := &c.cfg
-	switch {
-	case cfg.addrPrimary != "":
-		mk := func(addr string) *redis.Client {
-			return redis.NewClient(&redis.Options{
-				Addr: addr, Username: cfg.username, Password: cfg.password, TLSConfig: cfg.tlsConfig,
-				DialerRetries: 1, // fail fast: the tail retries on its own
-			})
-		}
-		pc := mk(cfg.addrPrimary)
-		cfg.primary = pc
-		cfg.ownClients = append(cfg.ownClients, pc)
-		for _, a := range cfg.addrReplicas {
-			rc := mk(a)
-			cfg.replicas = append(cfg.replicas, rc)
-			cfg.ownClients = append(cfg.ownClients, rc)
-		}
-	case len(cfg.clusterAddrs) > 0:
-		mk := func(readOnly bool) *redis.ClusterClient {
-			return redis.NewClusterClient(&redis.ClusterOptions{
-				Addrs: cfg.clusterAddrs, Username: cfg.username, Password: cfg.password, TLSConfig: cfg.tlsConfig,
-				ReadOnly: readOnly, RouteRandomly: readOnly, DialerRetries: 1,
-			})
-		}
-		pc, rc := mk(false), mk(true)
-		cfg.primary, cfg.clusterRead = pc, rc
-		cfg.ownClients = append(cfg.ownClients, pc, rc)
+	if len(cfg.redisSources) == 0 {
+		return nil
 	}
+	rc := cfg.redisCfg
+	if rc.DialerRetries == 0 {
+		rc.DialerRetries = 1 // fail fast: the tail retries on its own
+	}
+	built, err := rc.NewClients()
+	if err != nil {
+		return err
+	}
+	cfg.primary = built.Primary
+	cfg.replicas = append(slices.Clip(built.Replicas), cfg.replicas...)
+	cfg.ownClients = append(cfg.ownClients, built.Primary)
+	cfg.ownClients = append(cfg.ownClients, built.Replicas...)
+	return nil
 }
 
 // Close stops the change-stream tails and background work, waits for them

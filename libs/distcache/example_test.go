@@ -57,6 +57,23 @@ func ExampleWithClusterAddrs() {
 	defer dc.Close(ctx)
 }
 
+// A primary and its replicas managed by Redis Sentinel: the Client asks the
+// sentinels for the current primary (and follows failovers), and reads
+// misses from a replica first.
+func ExampleWithSentinel() {
+	ctx := context.Background()
+	dc, err := distcache.New(ctx,
+		distcache.WithSentinel("distcache", "sentinel-0:26379", "sentinel-1:26379", "sentinel-2:26379"),
+		distcache.WithSentinelAuth("", "sentinel-secret"),
+		distcache.WithAuth("edge", "secret"),
+		distcache.WithProjections("users_by_email"),
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer dc.Close(ctx)
+}
+
 // A core service writes a projection's live generation directly.
 func ExamplePublisher_Set() {
 	ctx := context.Background()

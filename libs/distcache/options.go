@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -56,12 +58,8 @@ type config struct {
 	replicas     []redis.UniversalClient
 	clusterRead  redis.UniversalClient // cluster client with replica reads
 	ownClients   []redis.UniversalClient
-	addrPrimary  string
-	addrReplicas []string
-	clusterAddrs []string
-	username     string
-	password     string
-	tlsConfig    *tls.Config
+	redisCfg     RedisConfig // the clients New builds (WithAddrs and friends)
+	redisSources []string    // the options that set redisCfg's addresses
 	projections  map[string]*projectionConfig
 	order        []string // projection names in the order given
 	global       Limits
@@ -114,12 +112,14 @@ func WithClusterReadClient(rdb redis.UniversalClient) Option {
 }
 
 // WithAddrs makes the Client build its own clients: a primary at primary and
-// replicas at replicaAddrs. WithAuth and WithTLS apply to them. Close closes
-// them.
+// replicas at replicaAddrs; misses read the replicas first, in rotation, and
+// the primary when they fail. WithAuth and WithTLS apply to them. Close
+// closes them.
 func WithAddrs(primary string, replicaAddrs ...string) Option {
 	return func(c *config) {
-		c.addrPrimary = primary
-		c.addrReplicas = append(c.addrReplicas, replicaAddrs...)
+		c.redisSource("WithAddrs")
+		c.redisCfg.Addrs = []string{primary}
+		c.redisCfg.Replicas = append(c.redisCfg.Replicas, replicaAddrs...)
 	}
 }
 
@@ -128,19 +128,69 @@ func WithAddrs(primary string, replicaAddrs ...string) Option {
 // RouteRandomly for replica reads. WithAuth and WithTLS apply. Close closes
 // them.
 func WithClusterAddrs(addrs ...string) Option {
-	return func(c *config) { c.clusterAddrs = append(c.clusterAddrs, addrs...) }
+	return func(c *config) {
+		c.redisSource("WithClusterAddrs")
+		c.redisCfg.Addrs = append(c.redisCfg.Addrs, addrs...)
+		c.redisCfg.Cluster = true
+	}
+}
+
+// WithSentinel makes the Client build its own clients through Redis
+// Sentinel: master is the name of the master set the sentinels (host:port
+// each, at least one) monitor. The Client follows failovers: one client
+// always talks to the current primary (the change-stream tails, reads that
+// must not lag), and misses read a replica the sentinels list, chosen at
+// random (the primary when there is none), then the primary when that fails.
+// WithAuth and WithTLS apply to the data nodes, WithSentinelAuth to the
+// sentinels; WithTLS applies to the sentinels too. Close closes them.
+// Default: not used (one of WithRedis, WithAddrs, WithClusterAddrs,
+// WithSentinel or WithRedisConfig is required).
+func WithSentinel(master string, sentinels ...string) Option {
+	return func(c *config) {
+		c.redisSource("WithSentinel")
+		c.redisCfg.SentinelMaster = master
+		c.redisCfg.SentinelAddrs = append(c.redisCfg.SentinelAddrs, sentinels...)
+	}
+}
+
+// WithSentinelAuth sets the ACL user (empty for the default user) and
+// password the clients built by WithSentinel use with the sentinels.
+// Default: none.
+func WithSentinelAuth(username, password string) Option {
+	return func(c *config) { c.redisCfg.SentinelUsername, c.redisCfg.SentinelPassword = username, password }
+}
+
+// WithRedisConfig makes the Client build its own clients from rc (standalone
+// with replicas, Cluster or Sentinel, see RedisConfig.NewClients): what the
+// services read from their environment with libs/svcconfig/redisconf. It
+// replaces what WithAddrs, WithClusterAddrs, WithSentinel, WithAuth,
+// WithSentinelAuth and WithTLS set before it; those given after it change
+// it. A zero rc.DialerRetries becomes 1 (fail fast: the tails retry on their
+// own). Close closes the clients.
+func WithRedisConfig(rc RedisConfig) Option {
+	return func(c *config) {
+		c.redisSource("WithRedisConfig")
+		c.redisCfg = rc
+	}
 }
 
 // WithAuth sets the ACL user (empty for the default user) and password of the
-// clients built by WithAddrs or WithClusterAddrs.
+// clients built by WithAddrs, WithClusterAddrs or WithSentinel. Default:
+// none.
 func WithAuth(username, password string) Option {
-	return func(c *config) { c.username, c.password = username, password }
+	return func(c *config) { c.redisCfg.Username, c.redisCfg.Password = username, password }
 }
 
-// WithTLS enables TLS, with cfg, on the clients built by WithAddrs or
-// WithClusterAddrs.
+// WithTLS enables TLS, with cfg, on the clients built by WithAddrs,
+// WithClusterAddrs or WithSentinel. Default: plaintext.
 func WithTLS(cfg *tls.Config) Option {
-	return func(c *config) { c.tlsConfig = cfg }
+	return func(c *config) { c.redisCfg.TLS = cfg }
+}
+
+func (c *config) redisSource(option string) {
+	if !slices.Contains(c.redisSources, option) {
+		c.redisSources = append(c.redisSources, option)
+	}
 }
 
 // WithProjections follows these projections from New on: their pointers are
@@ -232,17 +282,17 @@ func (c *config) validate() error {
 			c.errs = append(c.errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...))
 		}
 	}
-	sources := 0
+	sources := c.redisSources
 	if c.primary != nil {
-		sources++
+		sources = append([]string{"WithRedis"}, sources...)
 	}
-	if c.addrPrimary != "" {
-		sources++
+	check(len(sources) == 1, "exactly one of WithRedis, WithAddrs, WithClusterAddrs, WithSentinel, WithRedisConfig is required (got %d: %s)",
+		len(sources), strings.Join(sources, ", "))
+	if len(c.redisSources) == 1 {
+		if err := c.redisCfg.Validate(); err != nil {
+			c.errs = append(c.errs, fmt.Errorf("%s: %w", c.redisSources[0], err))
+		}
 	}
-	if len(c.clusterAddrs) > 0 {
-		sources++
-	}
-	check(sources == 1, "exactly one of WithRedis, WithAddrs, WithClusterAddrs is required (got %d)", sources)
 	check(c.evictEvery > 0, "WithEvictionInterval(%v) must be > 0", c.evictEvery)
 	check(c.negativeTTL >= 0, "WithNegativeTTL(%v) is negative", c.negativeTTL)
 	check(c.staleBound >= 0, "WithStalenessBound(%v) is negative", c.staleBound)
