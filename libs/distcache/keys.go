@@ -162,8 +162,11 @@ func versionHex(version int64) string {
 	return string(appendVersionHex(make([]byte, 0, versionHexLen), version))
 }
 
-// parseVersionHex parses the 16-hex-digit version at the start of s.
-func parseVersionHex(s string) (int64, error) {
+// ParseVersionHex parses the version at the start of s: 16 lower-case hex
+// digits, big-endian, as a value key's value and its change-stream entries
+// begin (see the layout contract above). It fails when s is shorter, holds
+// another character there, or the version does not fit an int64.
+func ParseVersionHex(s string) (int64, error) {
 	if len(s) < versionHexLen {
 		return 0, errBadEncoding
 	}
@@ -193,7 +196,7 @@ func decodeValue(s string) (version int64, op byte, payload string, err error) {
 	if len(s) < valueHeaderLen {
 		return 0, 0, "", errBadEncoding
 	}
-	version, err = parseVersionHex(s)
+	version, err = ParseVersionHex(s)
 	if err != nil {
 		return 0, 0, "", err
 	}

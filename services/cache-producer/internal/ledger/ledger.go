@@ -38,13 +38,16 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/distcache/distcache/libs/distcache"
 )
 
 // ErrCorrupt is wrapped when a bookkeeping key holds something this package
 // did not write.
 var ErrCorrupt = errors.New("ledger: malformed bookkeeping value")
 
-// VersionHexLen is the length of the version prefix of an index entry.
+// VersionHexLen is the length of the version prefix of an index entry (the
+// same 16 hex digits as a distcache value's, distcache.ParseVersionHex).
 const VersionHexLen = 16
 
 func genPrefix(proj string, gen int64) string {
@@ -129,35 +132,11 @@ func (e Entry) append(b []byte) []byte {
 
 // DecodeEntry parses a stored index entry.
 func DecodeEntry(s string) (Entry, error) {
-	v, err := ParseVersionHex(s)
+	v, err := distcache.ParseVersionHex(s)
 	if err != nil || len(s) == VersionHexLen {
 		return Entry{}, fmt.Errorf("%w: index entry %q", ErrCorrupt, s)
 	}
 	return Entry{Key: s[VersionHexLen:], Version: v}, nil
-}
-
-// ParseVersionHex parses the 16 lower-case hex digits at the start of s (the
-// version prefix of a distcache value and of an index entry).
-func ParseVersionHex(s string) (int64, error) {
-	if len(s) < VersionHexLen {
-		return 0, ErrCorrupt
-	}
-	var v uint64
-	for i := 0; i < VersionHexLen; i++ {
-		c := s[i]
-		switch {
-		case c >= '0' && c <= '9':
-			v = v<<4 | uint64(c-'0')
-		case c >= 'a' && c <= 'f':
-			v = v<<4 | uint64(c-'a'+10)
-		default:
-			return 0, ErrCorrupt
-		}
-	}
-	if int64(v) < 0 {
-		return 0, ErrCorrupt
-	}
-	return int64(v), nil
 }
 
 // Ledger reads and writes the bookkeeping keys.
@@ -353,7 +332,7 @@ func (l *Ledger) VersionsOn(ctx context.Context, c redis.Cmdable, valueKeys []st
 		if err != nil {
 			continue // absent or another type: owned by nobody we know
 		}
-		if v, err := ParseVersionHex(s); err == nil {
+		if v, err := distcache.ParseVersionHex(s); err == nil {
 			out[i] = v
 		}
 	}

@@ -233,7 +233,7 @@ func ReadGeneration(ctx context.Context, rdb redis.UniversalClient, proj string,
 			if err != nil {
 				return nil, err
 			}
-			v, err := ledger.ParseVersionHex(s)
+			v, err := distcache.ParseVersionHex(s)
 			if err != nil || len(s) < 17 {
 				return nil, fmt.Errorf("key %s holds %q", k, s)
 			}
@@ -318,7 +318,7 @@ func streamVersions(ctx context.Context, rdb redis.UniversalClient, proj string,
 				bad = fmt.Errorf("entry %s: key %q: stored value %q is too short", m.ID, k, stored)
 				return
 			}
-			v, err := ledger.ParseVersionHex(stored[:16])
+			v, err := distcache.ParseVersionHex(stored[:16])
 			if err != nil {
 				bad = fmt.Errorf("entry %s: key %q: version %q", m.ID, k, stored[:16])
 				return
