@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/distcache/distcache/tools/devstack"
@@ -20,111 +23,235 @@ const (
 	MetricProducerRecords = "distcache_producer_records_consumed_total"
 )
 
-// build builds the three services into RunDir/bin.
-func (p *Pipeline) build(ctx context.Context) (map[string]string, error) {
-	out := map[string]string{}
-	for _, t := range []struct{ name, mod string }{
-		{"core-publisher", "services/core-publisher"},
-		{"cache-producer", "services/cache-producer"},
-		{"control-plane", "services/control-plane"},
-	} {
-		bin := filepath.Join(p.cfg.RunDir, "bin", t.name)
-		var err error
-		for range 2 { // a go build racing other builds on a busy machine can fail spuriously
-			if err = devstack.GoBuild(ctx, filepath.Join(p.cfg.RepoDir, t.mod), ".", bin, false); err == nil {
-				break
-			}
+// The services' program names: their binaries in RunDir/bin, their logs, PID files and address
+// files in RunDir/services (`make status` and `make down` read the last two).
+const (
+	NamePublisher = "core-publisher"
+	NameProducer  = "cache-producer"
+	NameControl   = "control-plane"
+)
+
+// Stack says where the infrastructure the services use runs: a stack Start brought up, or the
+// local stack of `make up` (its .run/stack.env).
+type Stack struct {
+	CoreURL           string   // the core database: outbox, capture triggers, the sample tables
+	ControlURL        string   // the control-plane's registry
+	RedisAddr         string   // the primary
+	RedisReplicaAddrs []string // read replicas, for edges; may be empty
+	KafkaBrokers      string
+	TemporalHostPort  string
+	TemporalUIURL     string // links printed by the control-plane; empty when headless
+}
+
+// Ports are the services' listen ports; 0 picks a free one.
+type Ports struct {
+	Publisher, Producer, ControlGRPC, ControlHTTP int
+}
+
+// ServicesConfig is how StartServices runs the three services.
+type ServicesConfig struct {
+	RunDir string // logs, PID and address files go to RunDir/services
+	Stack  Stack
+	Ports  Ports
+	Token  string // the control-plane's bearer token; required
+	// Mode Attached (the zero value) ties the services to this process, which is what tests and
+	// the chaos and bench programs want. Detached lets them outlive it (make demo); a previous
+	// detached run's services, found through their PID files, are stopped first.
+	Mode devstack.Mode
+	// PublisherEnv and ProducerEnv are extra KEY=VALUE settings for the services.
+	PublisherEnv, ProducerEnv []string
+	// Say receives progress lines; nil discards them.
+	Say func(format string, args ...any)
+}
+
+// Services are the three running services.
+type Services struct {
+	Publisher, Producer, Control *Program
+	PublisherAddr, ProducerAddr  string // HTTP: health and metrics
+	ControlGRPC, ControlHTTP     string
+	dir                          string
+}
+
+// Binaries are built programs' paths, by program name.
+type Binaries map[string]string
+
+// BuildProgram builds package pkg of the module in RepoDir/mod into binDir/name and returns the
+// binary's path.
+func BuildProgram(ctx context.Context, repoDir, mod, pkg, binDir, name string) (string, error) {
+	if _, err := os.Stat(filepath.Join(repoDir, mod, "go.mod")); err != nil {
+		return "", fmt.Errorf("build %s: module %s missing from this checkout: %w", name, mod, err)
+	}
+	bin := filepath.Join(binDir, name)
+	var err error
+	for range 2 { // a go build racing other builds on a busy machine can fail spuriously
+		if err = devstack.GoBuild(ctx, filepath.Join(repoDir, mod), pkg, bin, false); err == nil {
+			return bin, nil
 		}
+	}
+	return "", fmt.Errorf("build %s: %w", name, err)
+}
+
+// BuildServices builds the three services from the checkout at repoDir into binDir.
+func BuildServices(ctx context.Context, repoDir, binDir string) (Binaries, error) {
+	out := Binaries{}
+	for _, t := range []struct{ name, mod string }{
+		{NamePublisher, "services/core-publisher"},
+		{NameProducer, "services/cache-producer"},
+		{NameControl, "services/control-plane"},
+	} {
+		bin, err := BuildProgram(ctx, repoDir, t.mod, ".", binDir, t.name)
 		if err != nil {
-			return nil, fmt.Errorf("build %s: %w", t.name, err)
+			return nil, err
 		}
 		out[t.name] = bin
 	}
 	return out, nil
 }
 
-func freeAddr() (string, error) {
+func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// listenAddr returns 127.0.0.1:port, or a free port's address when port is 0.
+func listenAddr(port int) (string, error) {
+	if port != 0 {
+		return hostPort(port), nil
+	}
 	port, err := devstack.FreePort()
 	if err != nil {
 		return "", err
 	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
+	return hostPort(port), nil
 }
 
-func (p *Pipeline) startServices(ctx context.Context, bins map[string]string) error {
-	var err error
-	if p.PublisherAddr, err = freeAddr(); err != nil {
-		return err
+// StartServices starts core-publisher, cache-producer and control-plane from bins (BuildServices)
+// and waits until each one is healthy. On an error it stops those it started.
+func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *Services, err error) {
+	if cfg.Token == "" {
+		return nil, fmt.Errorf("%w: a control-plane token is required", ErrConfig)
 	}
-	if p.ProducerAddr, err = freeAddr(); err != nil {
-		return err
+	say := cfg.Say
+	if say == nil {
+		say = func(string, ...any) {}
 	}
-	if p.ControlHTTP, err = freeAddr(); err != nil {
-		return err
-	}
-	grpcAddr, err := freeAddr()
-	if err != nil {
-		return err
-	}
-	dir := filepath.Join(p.cfg.RunDir, "services")
-	mk := func(name, health string, env []string) *Program {
-		return &Program{name: name, cfg: devstack.ProgramConfig{
-			Name: name, Dir: dir, Args: []string{bins[name]}, Env: env, Mode: devstack.Attached,
-			Ready: func(ctx context.Context) error { return httpOK(ctx, health) },
-		}}
-	}
-	p.Publisher = mk("core-publisher", "http://"+p.PublisherAddr+"/readyz", append([]string{
-		"PUBLISHER_DATABASE_URL=" + p.CoreURL,
-		"PUBLISHER_KAFKA_BROKERS=" + p.Kafka.Addr,
-		"PUBLISHER_REPLICATION_FACTOR=1",
-		"PUBLISHER_HTTP_ADDR=" + p.PublisherAddr,
-	}, p.cfg.PublisherEnv...))
-	p.Producer = mk("cache-producer", "http://"+p.ProducerAddr+"/healthz", append([]string{
-		"PRODUCER_DATABASE_URL=" + p.ControlURL,
-		"PRODUCER_REDIS_ADDR=" + p.RedisAddr,
-		"PRODUCER_KAFKA_BROKERS=" + p.Kafka.Addr,
-		"PRODUCER_TEMPORAL_HOSTPORT=" + p.Temporal.HostPort,
-		"PRODUCER_HTTP_ADDR=" + p.ProducerAddr,
-	}, p.cfg.ProducerEnv...))
-	p.Control = mk("control-plane", "http://"+p.ControlHTTP+"/healthz", []string{
-		"CONTROLPLANE_DATABASE_URL=" + p.ControlURL,
-		"CONTROLPLANE_CORE_DATABASE_URL=" + p.CoreURL,
-		"CONTROLPLANE_REDIS_ADDR=" + p.RedisAddr,
-		"CONTROLPLANE_TEMPORAL_HOSTPORT=" + p.Temporal.HostPort,
-		"CONTROLPLANE_GRPC_ADDR=" + grpcAddr,
-		"CONTROLPLANE_HTTP_ADDR=" + p.ControlHTTP,
-		"CONTROLPLANE_TOKENS=" + p.cfg.Token,
-		"CONTROLPLANE_RETIRE_GRACE=30s",
-	})
-	for _, s := range []*Program{p.Publisher, p.Producer, p.Control} {
-		if err := s.Start(ctx); err != nil {
-			return err
+	s := &Services{dir: filepath.Join(cfg.RunDir, "services")}
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+	if cfg.Mode == devstack.Detached {
+		for _, name := range []string{NamePublisher, NameProducer, NameControl} {
+			pid, err := devstack.StopPIDFile(filepath.Join(s.dir, name+".pid"), syscall.SIGTERM, 20*time.Second)
+			if err != nil {
+				return nil, fmt.Errorf("stop the previous run's %s: %w", name, err)
+			}
+			if pid != 0 {
+				say("stopped the previous run's %s (pid %d)", name, pid)
+			}
 		}
 	}
-	p.say("  services up: core-publisher %s, cache-producer %s, control-plane %s (logs in %s)", p.PublisherAddr, p.ProducerAddr, p.ControlHTTP, dir)
-	return nil
+	if s.PublisherAddr, err = listenAddr(cfg.Ports.Publisher); err != nil {
+		return nil, err
+	}
+	if s.ProducerAddr, err = listenAddr(cfg.Ports.Producer); err != nil {
+		return nil, err
+	}
+	if s.ControlGRPC, err = listenAddr(cfg.Ports.ControlGRPC); err != nil {
+		return nil, err
+	}
+	if s.ControlHTTP, err = listenAddr(cfg.Ports.ControlHTTP); err != nil {
+		return nil, err
+	}
+	mk := func(name, addr, health string, env []string) *Program {
+		return NewProgram(devstack.ProgramConfig{
+			Name: name, Dir: s.dir, Args: []string{bins[name]}, Env: env, Mode: cfg.Mode,
+			Ready: HTTPReady("http://" + addr + health),
+		}, addr)
+	}
+	st := cfg.Stack
+	s.Publisher = mk(NamePublisher, s.PublisherAddr, "/readyz", append([]string{
+		"PUBLISHER_DATABASE_URL=" + st.CoreURL,
+		"PUBLISHER_KAFKA_BROKERS=" + st.KafkaBrokers,
+		"PUBLISHER_REPLICATION_FACTOR=1",
+		"PUBLISHER_HTTP_ADDR=" + s.PublisherAddr,
+	}, cfg.PublisherEnv...))
+	s.Producer = mk(NameProducer, s.ProducerAddr, "/healthz", append([]string{
+		"PRODUCER_DATABASE_URL=" + st.ControlURL,
+		"PRODUCER_REDIS_ADDR=" + st.RedisAddr,
+		"PRODUCER_KAFKA_BROKERS=" + st.KafkaBrokers,
+		"PRODUCER_TEMPORAL_HOSTPORT=" + st.TemporalHostPort,
+		"PRODUCER_HTTP_ADDR=" + s.ProducerAddr,
+	}, cfg.ProducerEnv...))
+	control := []string{
+		"CONTROLPLANE_DATABASE_URL=" + st.ControlURL,
+		"CONTROLPLANE_CORE_DATABASE_URL=" + st.CoreURL,
+		"CONTROLPLANE_REDIS_ADDR=" + st.RedisAddr,
+		"CONTROLPLANE_TEMPORAL_HOSTPORT=" + st.TemporalHostPort,
+		"CONTROLPLANE_GRPC_ADDR=" + s.ControlGRPC,
+		"CONTROLPLANE_HTTP_ADDR=" + s.ControlHTTP,
+		"CONTROLPLANE_TOKENS=" + cfg.Token,
+		"CONTROLPLANE_RETIRE_GRACE=30s",
+	}
+	if st.TemporalUIURL != "" {
+		control = append(control, "CONTROLPLANE_TEMPORAL_UI_URL="+st.TemporalUIURL)
+	}
+	s.Control = mk(NameControl, s.ControlHTTP, "/healthz", control)
+	for _, p := range []*Program{s.Publisher, s.Producer, s.Control} {
+		if err := p.Start(ctx); err != nil {
+			return nil, err
+		}
+		say("%-15s %s  (log %s)", p.Name(), p.addr, filepath.Join(s.dir, p.Name()+".log"))
+	}
+	return s, nil
 }
+
+// Stop stops the services gracefully, in the reverse order of their start.
+func (s *Services) Stop() {
+	for _, p := range []*Program{s.Control, s.Producer, s.Publisher} {
+		if p != nil {
+			_ = p.Stop()
+		}
+	}
+}
+
+// LogTails returns the tail of each service's log, for failure reports.
+func (s *Services) LogTails() string {
+	var b strings.Builder
+	for _, p := range []*Program{s.Publisher, s.Producer, s.Control} {
+		if p != nil {
+			fmt.Fprintf(&b, "--- %s ---\n%s\n", p.name, p.LogTail())
+		}
+	}
+	return b.String()
+}
+
+// ServiceLogDir is where the services' logs are.
+func (s *Services) ServiceLogDir() string { return s.dir }
 
 var httpClient = &http.Client{Timeout: 2 * time.Second}
 
-func httpOK(ctx context.Context, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
+// HTTPReady returns a readiness check that passes when url answers 200.
+func HTTPReady(url string) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: HTTP %d", url, resp.StatusCode)
+		}
+		return nil
 	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: HTTP %d", url, resp.StatusCode)
-	}
-	return nil
 }
 
 // Metric sums the samples of a counter or gauge named name in the Prometheus text exposition at
-// http://addr/metrics.
+// http://addr/metrics. A metric the exposition lacks sums to 0: a labelled metric has no samples
+// until something is counted.
 func Metric(ctx context.Context, addr, name string) (float64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
@@ -132,9 +259,12 @@ func Metric(ctx context.Context, addr, name string) (float64, error) {
 	}
 	resp, err := httpClient.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("read metrics: %w", err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("read metrics at %s: HTTP %d", addr, resp.StatusCode)
+	}
 	var sum float64
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
@@ -149,19 +279,8 @@ func Metric(ctx context.Context, addr, name string) (float64, error) {
 			sum += v
 		}
 	}
-	return sum, sc.Err()
-}
-
-// LogTails returns the tail of each service's log, for failure reports.
-func (p *Pipeline) LogTails() string {
-	var b strings.Builder
-	for _, s := range []*Program{p.Publisher, p.Producer, p.Control} {
-		if s != nil {
-			fmt.Fprintf(&b, "--- %s ---\n%s\n", s.name, s.LogTail())
-		}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("read metrics: %w", err)
 	}
-	return b.String()
+	return sum, nil
 }
-
-// ServiceLogDir is where the services' logs are.
-func (p *Pipeline) ServiceLogDir() string { return filepath.Join(p.cfg.RunDir, "services") }

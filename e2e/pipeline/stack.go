@@ -1,9 +1,15 @@
-// Package pipeline stands distcache's whole pipeline up on a stack of its own, for the chaos and
-// benchmark programs: PostgreSQL (the core and control databases), a persistent redis-server, the
-// kafkad broker and Temporal's dev server, all on free loopback ports under one run directory; the
-// three services built from this checkout and run as processes; a sample core table with capture
-// triggers; and a projection registered through the control-plane's REST API. Every component can
-// be killed with SIGKILL and started again on the same port and data.
+// Package pipeline stands distcache's whole pipeline up, for the chaos and benchmark programs and
+// for `make demo` (examples/demo).
+//
+// Start brings up a stack of its own: PostgreSQL (the core and control databases), a persistent
+// redis-server, the kafkad broker and Temporal's dev server, all on free loopback ports under one
+// run directory; the three services built from this checkout and run as processes; a sample core
+// table with capture triggers; and a projection registered through the control-plane's REST API.
+// Every component can be killed with SIGKILL and started again on the same port and data.
+//
+// Its parts serve a caller that has a stack already (make demo runs on `make up`'s): BuildServices
+// and StartServices run the services against any Stack, API speaks the control-plane's REST API
+// (register, status, WaitLive), Metric reads a service's Prometheus counters.
 package pipeline
 
 import (
@@ -58,9 +64,8 @@ type Pipeline struct {
 	Kafka      *devstack.Kafka
 	Temporal   *devstack.Temporal
 
-	Publisher, Producer, Control *Program
-	PublisherAddr, ProducerAddr  string
-	ControlHTTP                  string
+	// Services are the three services (Publisher, Producer, Control and their addresses).
+	*Services
 
 	stops []func() error
 }
@@ -93,13 +98,13 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	_ = os.Chmod(cfg.RunDir, 0o755) // the postgres user must traverse it
 
 	// Binaries build while the stack starts.
-	bins := map[string]string{}
+	var bins Binaries
 	var buildErr error
 	var bw sync.WaitGroup
 	bw.Add(1)
 	go func() {
 		defer bw.Done()
-		bins, buildErr = p.build(ctx)
+		bins, buildErr = BuildServices(ctx, cfg.RepoDir, filepath.Join(cfg.RunDir, "bin"))
 	}()
 	stackErr := p.startStack(ctx)
 	bw.Wait()
@@ -119,15 +124,24 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		return nil, err
 	}
 	p.say("  seeded %d items", cfg.Items)
-	if err := p.startServices(ctx, bins); err != nil {
+	p.Services, err = StartServices(ctx, ServicesConfig{
+		RunDir: cfg.RunDir, Token: cfg.Token,
+		Stack: Stack{
+			CoreURL: p.CoreURL, ControlURL: p.ControlURL, RedisAddr: p.RedisAddr,
+			KafkaBrokers: p.Kafka.Addr, TemporalHostPort: p.Temporal.HostPort,
+		},
+		PublisherEnv: cfg.PublisherEnv, ProducerEnv: cfg.ProducerEnv,
+		Say: func(f string, a ...any) { p.say("  "+f, a...) },
+	}, bins)
+	if err != nil {
 		return nil, err
 	}
-	api := newAPI("http://"+p.ControlHTTP, cfg.Token)
-	if err := api.createProjection(ctx, Projection); err != nil {
+	api := NewAPI("http://"+p.ControlHTTP, cfg.Token)
+	if err := api.CreateProjection(ctx, Projection); err != nil {
 		return nil, fmt.Errorf("register projection %s: %w", Projection.Name, err)
 	}
 	t0 := time.Now()
-	if err := api.waitLive(ctx, Projection.Name, 5*time.Minute); err != nil {
+	if _, err := api.WaitLive(ctx, []string{Projection.Name}, 5*time.Minute, nil); err != nil {
 		return nil, err
 	}
 	p.say("  projection %s live (backfill of %d items in %v)", Projection.Name, cfg.Items, time.Since(t0).Round(time.Millisecond))
@@ -165,13 +179,13 @@ func (p *Pipeline) startStack(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p.Redis = &Program{name: "redis", cfg: devstack.ProgramConfig{
+	p.Redis = NewProgram(devstack.ProgramConfig{
 		Name: "redis", Dir: rdir, Mode: devstack.Attached,
 		Args: []string{bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", rdir,
 			"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
 			"--protected-mode", "no", "--loglevel", "warning"},
 		Ready: func(ctx context.Context) error { return pingRedis(ctx, p.RedisAddr) },
-	}}
+	}, "")
 	if err := p.Redis.Start(ctx); err != nil {
 		return err
 	}
@@ -234,10 +248,8 @@ func pingRedis(ctx context.Context, addr string) error {
 
 // Stop stops everything Start started.
 func (p *Pipeline) Stop() {
-	for _, s := range []*Program{p.Control, p.Producer, p.Publisher} {
-		if s != nil {
-			_ = s.Stop()
-		}
+	if p.Services != nil {
+		p.Services.Stop()
 	}
 	for i := len(p.stops) - 1; i >= 0; i-- {
 		_ = p.stops[i]()
@@ -268,12 +280,19 @@ func (c pgComponent) Start(ctx context.Context) error { return c.pg.Restart(ctx)
 // Program is a process run with devstack.StartProgram that can be killed and started again.
 type Program struct {
 	name string
+	addr string // written to Dir/<name>.addr at each start when set
 	cfg  devstack.ProgramConfig
 	mu   sync.Mutex
 	prog *devstack.Program
 }
 
 var _ Component = (*Program)(nil)
+
+// NewProgram returns a program that is not started yet. addr, when not empty, is where it listens:
+// Start writes it to cfg.Dir/<cfg.Name>.addr, where `make status` looks for it.
+func NewProgram(cfg devstack.ProgramConfig, addr string) *Program {
+	return &Program{name: cfg.Name, addr: addr, cfg: cfg}
+}
 
 // Name is the program's name.
 func (s *Program) Name() string { return s.name }
@@ -289,6 +308,11 @@ func (s *Program) Start(ctx context.Context) error {
 	s.mu.Lock()
 	s.prog = pr
 	s.mu.Unlock()
+	if s.addr != "" {
+		if err := os.WriteFile(filepath.Join(s.cfg.Dir, s.name+".addr"), []byte(s.addr), 0o644); err != nil {
+			return fmt.Errorf("start %s: %w", s.name, err)
+		}
+	}
 	return nil
 }
 

@@ -1,7 +1,11 @@
-// Command demo runs distcache's whole pipeline on the embedded local stack (make demo): see
-// package demorun. It expects the stack to be up (make up writes .run/stack.env), runs for
-// DEMO_SECONDS (default 60), prints a live table and a summary, and leaves everything running
-// for exploring.
+// Command demo runs distcache's whole pipeline on the embedded local stack (make demo). It expects
+// the stack to be up (make up writes .run/stack.env). On it, it creates and seeds a sample core
+// schema (users, orgs), builds and starts the three services and the example edge service
+// (through e2e/pipeline, the harness the chaos and bench programs use too), registers two
+// projections through the control-plane's REST API, then drives updates into the core database
+// for DEMO_SECONDS (default 60) and measures, for sampled updates, how long each takes from COMMIT
+// until the edge service answers with the new value. It prints a live table and a summary, and
+// leaves everything running for exploring.
 package main
 
 import (
@@ -20,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/distcache/distcache/examples/demorun"
+	"github.com/distcache/distcache/e2e/pipeline"
 )
 
 func main() {
@@ -62,19 +66,19 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
-	cfg := demorun.Config{
-		Stack: demorun.Stack{
-			CoreDatabaseURL:    env["DISTCACHE_CORE_DATABASE_URL"],
-			ControlDatabaseURL: env["DISTCACHE_CONTROL_DATABASE_URL"],
-			RedisAddr:          env["DISTCACHE_REDIS_ADDR"],
-			RedisReplicaAddrs:  strings.Split(env["DISTCACHE_REDIS_REPLICA_ADDRS"], ","),
-			KafkaBrokers:       env["DISTCACHE_KAFKA_BROKERS"],
-			TemporalHostPort:   env["DISTCACHE_TEMPORAL_HOSTPORT"],
-			TemporalUIURL:      env["DISTCACHE_TEMPORAL_UI_URL"],
+	cfg := Config{
+		Stack: pipeline.Stack{
+			CoreURL:           env["DISTCACHE_CORE_DATABASE_URL"],
+			ControlURL:        env["DISTCACHE_CONTROL_DATABASE_URL"],
+			RedisAddr:         env["DISTCACHE_REDIS_ADDR"],
+			RedisReplicaAddrs: strings.Split(env["DISTCACHE_REDIS_REPLICA_ADDRS"], ","),
+			KafkaBrokers:      env["DISTCACHE_KAFKA_BROKERS"],
+			TemporalHostPort:  env["DISTCACHE_TEMPORAL_HOSTPORT"],
+			TemporalUIURL:     env["DISTCACHE_TEMPORAL_UI_URL"],
 		},
 		RepoDir:     filepath.Dir(abs),
 		RunDir:      abs,
-		Ports:       demorun.DefaultPorts,
+		Ports:       DefaultPorts,
 		Users:       users,
 		Orgs:        1000,
 		Rate:        rate,
@@ -83,11 +87,11 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		KeepRunning: true,
 		Out:         os.Stdout,
 	}
-	sum, err := demorun.Run(ctx, cfg)
+	sum, err := Run(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	demorun.PrintSummary(os.Stdout, sum)
+	PrintSummary(os.Stdout, sum)
 	fmt.Printf(`
 The stack and the services are still running, for exploring:
   make status                                      every component, its address and health

@@ -1,4 +1,4 @@
-package demorun
+package main
 
 import (
 	"context"

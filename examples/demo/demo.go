@@ -1,9 +1,4 @@
-// Package demorun runs distcache's demo: the whole pipeline on a running local stack. It builds
-// and starts the three services and an example edge service, creates and seeds a sample core
-// schema, registers two projections through the control-plane's REST API, drives a stream of
-// updates in the core database and measures, for each sampled update, how long it takes from
-// COMMIT until the edge service answers with the new value.
-package demorun
+package main
 
 import (
 	"context"
@@ -11,31 +6,23 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/distcache/distcache/e2e/pipeline"
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/tools/devstack"
 )
 
-// Stack is where the running local stack is.
-type Stack struct {
-	CoreDatabaseURL    string // the sample core service's database (outbox + users, orgs)
-	ControlDatabaseURL string // the control-plane's registry
-	RedisAddr          string // primary
-	RedisReplicaAddrs  []string
-	KafkaBrokers       string
-	TemporalHostPort   string
-	TemporalUIURL      string
-}
-
 // Config is one demo run.
 type Config struct {
-	Stack   Stack
+	// Stack is the running local stack: the core database holds the sample schema (users, orgs).
+	Stack   pipeline.Stack
 	RepoDir string // the repository root (holds go.work)
 	RunDir  string // where binaries, logs and PID files go (services under RunDir/services)
 	Ports   Ports
@@ -50,13 +37,20 @@ type Config struct {
 	Out         io.Writer
 }
 
-// Ports are the services' listen ports.
+// Ports are the services' and the edge service's listen ports.
 type Ports struct {
-	Publisher, Producer, ControlGRPC, ControlHTTP, Edge int
+	pipeline.Ports
+	Edge int
 }
 
 // DefaultPorts are the local stack's (docs/architecture.md).
-var DefaultPorts = Ports{Publisher: 58081, Producer: 58082, ControlGRPC: 58090, ControlHTTP: 58091, Edge: 58095}
+var DefaultPorts = Ports{
+	Ports: pipeline.Ports{Publisher: 58081, Producer: 58082, ControlGRPC: 58090, ControlHTTP: 58091},
+	Edge:  58095,
+}
+
+// edgeName is the example edge service's program name (its binary, log, PID and address files).
+const edgeName = "edge-service"
 
 // Summary is what a run measured.
 type Summary struct {
@@ -76,7 +70,7 @@ type Summary struct {
 }
 
 // Projections registered by the demo.
-var demoProjections = []projectionDef{
+var demoProjections = []pipeline.ProjectionDef{
 	{Name: "users_by_email", Model: "users", KeyTemplate: "{email}", LowercaseKey: true, Fields: []string{"id", "email", "name", "org_id", "status", "updated_at"}},
 	{Name: "org_by_slug", Model: "orgs", KeyTemplate: "{slug}", Fields: []string{"id", "slug", "name", "plan"}},
 }
@@ -96,12 +90,12 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
 
 	say("[1/5] migrations and the sample core schema")
-	for _, u := range []string{cfg.Stack.CoreDatabaseURL, cfg.Stack.ControlDatabaseURL} {
+	for _, u := range []string{cfg.Stack.CoreURL, cfg.Stack.ControlURL} {
 		if err := migrations.Up(ctx, u); err != nil {
 			return sum, fmt.Errorf("PostgreSQL migrations: %w", err)
 		}
 	}
-	pool, err := pgxpool.New(ctx, cfg.Stack.CoreDatabaseURL)
+	pool, err := pgxpool.New(ctx, cfg.Stack.CoreURL)
 	if err != nil {
 		return sum, fmt.Errorf("PostgreSQL (core database): %w", err)
 	}
@@ -119,22 +113,51 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	}
 
 	say("[2/5] building and starting core-publisher, cache-producer and control-plane")
-	svcs, err := startServices(ctx, cfg, say)
+	mode := devstack.Attached
+	if cfg.KeepRunning {
+		mode = devstack.Detached
+	}
+	indent := func(f string, a ...any) { say("      "+f, a...) }
+	// A previous demo's edge service: stop it, so this run's answers on its port
+	// (StartServices does the same for the three services).
+	if mode == devstack.Detached {
+		pidFile := filepath.Join(cfg.RunDir, "services", edgeName+".pid")
+		if pid, err := devstack.StopPIDFile(pidFile, syscall.SIGTERM, 20*time.Second); err != nil {
+			return sum, fmt.Errorf("stop the previous run's %s: %w", edgeName, err)
+		} else if pid != 0 {
+			indent("stopped the previous run's %s (pid %d)", edgeName, pid)
+		}
+	}
+	t0 = time.Now()
+	binDir := filepath.Join(cfg.RunDir, "bin")
+	bins, err := pipeline.BuildServices(ctx, cfg.RepoDir, binDir)
+	if err != nil {
+		return sum, err
+	}
+	edgeBin, err := pipeline.BuildProgram(ctx, cfg.RepoDir, "examples", "./edge-service", binDir, edgeName)
+	if err != nil {
+		return sum, err
+	}
+	indent("built in %v", time.Since(t0).Round(time.Millisecond))
+	svcs, err := pipeline.StartServices(ctx, pipeline.ServicesConfig{
+		RunDir: cfg.RunDir, Stack: cfg.Stack, Ports: cfg.Ports.Ports,
+		Token: cfg.Token, Mode: mode, Say: indent,
+	}, bins)
 	if err != nil {
 		return sum, err
 	}
 	if !cfg.KeepRunning {
-		defer svcs.stop()
+		defer svcs.Stop()
 	}
 
-	if err := waitBackload(ctx, svcs, cfg, seeded, users+cfg.Orgs, say); err != nil {
+	if err := waitBackload(ctx, svcs.PublisherAddr, seeded, users+cfg.Orgs, say); err != nil {
 		return sum, err
 	}
 
-	say("[3/5] registering projections through the REST API (%s)", "http://"+addr(cfg.Ports.ControlHTTP))
-	api := newAPIClient("http://"+addr(cfg.Ports.ControlHTTP), cfg.Token)
+	say("[3/5] registering projections through the REST API (%s)", "http://"+svcs.ControlHTTP)
+	api := pipeline.NewAPI("http://"+svcs.ControlHTTP, cfg.Token)
 	for _, p := range demoProjections {
-		created, err := api.ensureProjection(ctx, p)
+		created, err := api.EnsureProjection(ctx, p)
 		if err != nil {
 			return sum, fmt.Errorf("control-plane: register %s: %w", p.Name, err)
 		}
@@ -144,15 +167,33 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 			say("      %s: already registered", p.Name)
 		}
 	}
-	gens, err := waitLive(ctx, api, say, cfg.Stack.TemporalUIURL)
+	names := make([]string, len(demoProjections))
+	for i, p := range demoProjections {
+		names[i] = p.Name
+	}
+	gens, err := api.WaitLive(ctx, names, 5*time.Minute, indent)
 	if err != nil {
-		return sum, err
+		return sum, fmt.Errorf("control-plane: %w (see the Temporal UI at %s)", err, cfg.Stack.TemporalUIURL)
 	}
 	sum.Generations = gens
 
-	say("[4/5] starting the example edge service (examples/edge-service) on %s", addr(cfg.Ports.Edge))
-	if err := svcs.startEdge(ctx, cfg); err != nil {
+	edgeAddr := addr(cfg.Ports.Edge)
+	say("[4/5] starting the example edge service (examples/edge-service) on %s", edgeAddr)
+	edge := pipeline.NewProgram(devstack.ProgramConfig{
+		Name: edgeName, Dir: svcs.ServiceLogDir(), Args: []string{edgeBin}, Mode: mode,
+		Env: []string{
+			"EDGE_REDIS_ADDR=" + cfg.Stack.RedisAddr,
+			"EDGE_REDIS_REPLICAS=" + strings.Join(cfg.Stack.RedisReplicaAddrs, ","),
+			"EDGE_PROJECTIONS=" + strings.Join(names, ","),
+			"EDGE_HTTP_ADDR=" + edgeAddr,
+		},
+		Ready: pipeline.HTTPReady("http://" + edgeAddr + "/healthz"),
+	}, edgeAddr)
+	if err := edge.Start(ctx); err != nil {
 		return sum, err
+	}
+	if !cfg.KeepRunning {
+		defer func() { _ = edge.Stop() }()
 	}
 
 	say("[5/5] driving %d updates/s into the core database for %v", cfg.Rate, cfg.Period)
@@ -183,40 +224,18 @@ func PrintSummary(w io.Writer, s Summary) {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
 
-// binaries builds the service binaries into RunDir/bin.
-func buildBinaries(ctx context.Context, cfg Config) (map[string]string, error) {
-	targets := []struct{ name, mod, pkg string }{
-		{"core-publisher", "services/core-publisher", "."},
-		{"cache-producer", "services/cache-producer", "."},
-		{"control-plane", "services/control-plane", "."},
-		{"edge-service", "examples", "./edge-service"},
-	}
-	out := map[string]string{}
-	for _, t := range targets {
-		if _, err := os.Stat(filepath.Join(cfg.RepoDir, t.mod, "go.mod")); err != nil {
-			return nil, fmt.Errorf("%s: missing from this checkout (%s)", t.name, t.mod)
-		}
-		bin := filepath.Join(cfg.RunDir, "bin", t.name)
-		if err := devstack.GoBuild(ctx, filepath.Join(cfg.RepoDir, t.mod), t.pkg, bin, false); err != nil {
-			return nil, fmt.Errorf("%s: build failed: %w", t.name, err)
-		}
-		out[t.name] = bin
-	}
-	return out, nil
-}
-
-// waitBackload waits until core-publisher has backloaded the seeded tables into their topics and
-// its outbox is drained, printing its progress, so the backfills replay complete topics.
-func waitBackload(ctx context.Context, svcs *services, cfg Config, seeded bool, rows int, say func(string, ...any)) error {
+// waitBackload waits until core-publisher (its HTTP at publisher) has backloaded the seeded
+// tables into their topics and its outbox is drained, printing its progress, so the backfills
+// replay complete topics.
+func waitBackload(ctx context.Context, publisher string, seeded bool, rows int, say func(string, ...any)) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	port := cfg.Ports.Publisher
 	for {
-		running, err1 := svcs.metric(ctx, port, "distcache_publisher_backload_running")
-		done, err2 := svcs.metric(ctx, port, "distcache_publisher_backload_rows_total")
-		lag, err3 := svcs.metric(ctx, port, "distcache_publisher_lag_seconds")
+		running, err1 := pipeline.Metric(ctx, publisher, "distcache_publisher_backload_running")
+		done, err2 := pipeline.Metric(ctx, publisher, "distcache_publisher_backload_rows_total")
+		lag, err3 := pipeline.Metric(ctx, publisher, "distcache_publisher_lag_seconds")
 		if err := errors.Join(err1, err2, err3); err != nil {
 			return fmt.Errorf("core-publisher metrics: %w", err)
 		}

@@ -1,4 +1,4 @@
-package demorun
+package main
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distcache/distcache/e2e/pipeline"
 	"github.com/distcache/distcache/tools/devstack"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
@@ -37,14 +38,14 @@ func TestDemoShortRun(t *testing.T) {
 	runDir := t.TempDir()
 	var out bytes.Buffer
 	cfg := Config{
-		Stack: Stack{
-			CoreDatabaseURL:    devstacktest.DatabaseOn(t, pg),
-			ControlDatabaseURL: devstacktest.DatabaseOn(t, pg),
-			RedisAddr:          primary.Addr,
-			RedisReplicaAddrs:  []string{replica.Addr},
-			KafkaBrokers:       k.Addr,
-			TemporalHostPort:   tmp.HostPort,
-			TemporalUIURL:      "http://127.0.0.1:1", // headless in tests
+		Stack: pipeline.Stack{
+			CoreURL:           devstacktest.DatabaseOn(t, pg),
+			ControlURL:        devstacktest.DatabaseOn(t, pg),
+			RedisAddr:         primary.Addr,
+			RedisReplicaAddrs: []string{replica.Addr},
+			KafkaBrokers:      k.Addr,
+			TemporalHostPort:  tmp.HostPort,
+			TemporalUIURL:     "http://127.0.0.1:1", // headless in tests
 		},
 		RepoDir: root,
 		RunDir:  runDir,

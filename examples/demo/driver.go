@@ -1,4 +1,4 @@
-package demorun
+package main
 
 import (
 	"context"
@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/distcache/distcache/e2e/pipeline"
+	"github.com/distcache/distcache/libs/distcache"
 )
 
 // driver drives updates into the core database and measures what the edge sees.
@@ -20,7 +23,7 @@ type driver struct {
 	cfg   Config
 	pool  *pgxpool.Pool
 	users int
-	svcs  *services
+	svcs  *pipeline.Services
 	http  *http.Client
 
 	updates atomic.Int64
@@ -37,7 +40,7 @@ type driver struct {
 	hits, reads         uint64
 }
 
-func newDriver(cfg Config, pool *pgxpool.Pool, users int, svcs *services) *driver {
+func newDriver(cfg Config, pool *pgxpool.Pool, users int, svcs *pipeline.Services) *driver {
 	return &driver{cfg: cfg, pool: pool, users: users, svcs: svcs,
 		http: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}}
 }
@@ -62,9 +65,9 @@ type counters struct {
 
 func (d *driver) counters(ctx context.Context) counters {
 	var c counters
-	c.pub, _ = d.svcs.metric(ctx, d.cfg.Ports.Publisher, metricPublisherEvents)
-	c.prod, _ = d.svcs.metric(ctx, d.cfg.Ports.Producer, metricProducerRecords)
-	if st, err := d.svcs.edgeStats(ctx); err == nil {
+	c.pub, _ = pipeline.Metric(ctx, d.svcs.PublisherAddr, pipeline.MetricPublisherEvents)
+	c.prod, _ = pipeline.Metric(ctx, d.svcs.ProducerAddr, pipeline.MetricProducerRecords)
+	if st, err := d.edgeStats(ctx); err == nil {
 		for _, p := range st.Projections {
 			c.edge += p.ChangesSeen
 			c.applied += p.Updates
@@ -278,6 +281,24 @@ func (d *driver) edgeName(ctx context.Context, key string) (string, error) {
 		return "", err
 	}
 	return v.Name, nil
+}
+
+// edgeStats reads the edge service's /stats.
+func (d *driver) edgeStats(ctx context.Context) (distcache.Stats, error) {
+	var st distcache.Stats
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr(d.cfg.Ports.Edge)+"/stats", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("edge /stats: HTTP %d", resp.StatusCode)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
 func (d *driver) percentiles() (p50, p99, maxd time.Duration) {
