@@ -236,6 +236,36 @@ func (s *Store) Generations(ctx context.Context, name string) ([]Generation, err
 	return out, nil
 }
 
+// GenerationsInStates returns the generations in one of states, of every projection including
+// deleted ones, ordered by projection and generation. Cache-producers list with it what they
+// consume (tailing, live, retiring) and whose bookkeeping they remove (retired, failed): a deleted
+// projection's generations are among the latter. An unknown state is ErrPrecondition.
+func (s *Store) GenerationsInStates(ctx context.Context, states ...string) ([]Generation, error) {
+	for _, st := range states {
+		if !ValidState(st) {
+			return nil, fmt.Errorf("generations in states %v: %w: unknown state %q", states, ErrPrecondition, st)
+		}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+generationColumns+` FROM distcache_generations
+		WHERE state = ANY($1) ORDER BY projection, generation`, states)
+	if err != nil {
+		return nil, fmt.Errorf("generations in states %v: %w", states, err)
+	}
+	defer rows.Close()
+	var out []Generation
+	for rows.Next() {
+		g, err := scanGeneration(rows)
+		if err != nil {
+			return nil, fmt.Errorf("generations in states %v: %w", states, err)
+		}
+		out = append(out, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("generations in states %v: %w", states, err)
+	}
+	return out, nil
+}
+
 // GetGeneration returns one generation.
 func (s *Store) GetGeneration(ctx context.Context, name string, gen int64) (Generation, error) {
 	g, err := scanGeneration(s.pool.QueryRow(ctx, `SELECT `+generationColumns+` FROM distcache_generations

@@ -337,3 +337,75 @@ func TestAbandonProjection(t *testing.T) {
 }
 
 func nopClear(context.Context, string) error { return nil }
+
+// TestGenerationsInStates lists generations by state across projections, deleted ones included,
+// ordered by projection and generation.
+func TestGenerationsInStates(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t)
+	off := int64(5)
+	// "b": g1 live at offset 5, g2 tailing; "a": g1 live, then the projection deleted (retired).
+	for _, n := range []string{"b", "a"} {
+		if err := s.CreateProjection(ctx, def(n)); err != nil {
+			t.Fatal(err)
+		}
+		g, _, err := s.AllocateGeneration(ctx, def(n), "wf-"+n+"1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetState(ctx, n, g, registry.StateLive, &off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d2 := def("b")
+	d2.Fields = []string{"id", "email", "name"}
+	g2, _, err := s.AllocateGeneration(ctx, d2, "wf-b2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetState(ctx, "b", g2, registry.StateTailing, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeleteProjection(ctx, "a", nopClear); err != nil {
+		t.Fatal(err)
+	}
+
+	type row struct {
+		proj  string
+		gen   int64
+		state string
+	}
+	list := func(states ...string) []row {
+		t.Helper()
+		gs, err := s.GenerationsInStates(ctx, states...)
+		if err != nil {
+			t.Fatalf("GenerationsInStates(%v): %v", states, err)
+		}
+		var out []row
+		for _, g := range gs {
+			out = append(out, row{g.Projection, g.Generation, g.State})
+		}
+		return out
+	}
+	if got, want := list(registry.StateTailing, registry.StateLive, registry.StateRetiring),
+		[]row{{"b", 1, registry.StateLive}, {"b", 2, registry.StateTailing}}; !slices.Equal(got, want) {
+		t.Errorf("active = %v, want %v", got, want)
+	}
+	if got, want := list(registry.StateRetired, registry.StateFailed), []row{{"a", 1, registry.StateRetired}}; !slices.Equal(got, want) {
+		t.Errorf("ended = %v, want %v (a deleted projection's generation)", got, want)
+	}
+	gs, err := s.GenerationsInStates(ctx, registry.StateLive)
+	if err != nil || len(gs) != 1 {
+		t.Fatalf("live = %v, %v; want b/g1", gs, err)
+	}
+	if g := gs[0]; g.Offset != off || !g.Definition.Equal(def("b")) {
+		t.Errorf("b/g1 = offset %d, definition %+v; want offset %d and its own definition snapshot", g.Offset, g.Definition, off)
+	}
+	if got := list(registry.StateAllocated); len(got) != 0 {
+		t.Errorf("allocated = %v, want none", got)
+	}
+	if _, err := s.GenerationsInStates(ctx, "bogus"); !errors.Is(err, registry.ErrPrecondition) {
+		t.Errorf("unknown state: %v, want ErrPrecondition", err)
+	}
+}

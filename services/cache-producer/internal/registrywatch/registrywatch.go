@@ -5,78 +5,51 @@
 // them to a callback at start, on every NOTIFY on channel distcache_registry
 // (migrations/000003) and every Interval as a safety net for a notification
 // lost while the connection was down. A changed definition therefore reaches
-// the consumers without a restart.
+// the consumers without a restart. The registry's SQL is workflows/registry's;
+// this package only listens and reads through it.
 package registrywatch
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/distcache/distcache/libs/projection"
-	"github.com/distcache/distcache/workflows"
+	"github.com/distcache/distcache/workflows/registry"
 )
 
 // Channel is the registry's NOTIFY channel.
 const Channel = "distcache_registry"
 
-// Generation is one row of distcache_generations as the producer needs it.
-type Generation struct {
-	Projection string
-	Generation int64
-	Definition projection.Definition
-	State      string
-	// Offset is the registry's backfill offset: where a tailing consumer
-	// starts when Redis has no offset for the generation.
-	Offset int64
-}
-
-// Snapshot is the registry at one moment.
+// Snapshot is the registry at one moment. A generation's Offset is the
+// registry's backfill offset: where a tailing consumer starts when Redis has
+// no offset for the generation.
 type Snapshot struct {
 	// Active are the generations in tailing, live or retiring.
-	Active []Generation
-	// Ended are the generations in retired or failed.
-	Ended []Generation
+	Active []registry.Generation
+	// Ended are the generations in retired or failed, deleted projections'
+	// included.
+	Ended []registry.Generation
 }
 
-// Load reads the snapshot. It reads distcache_generations directly (the table
-// contract of docs/architecture.md): workflows/registry offers per-projection
-// listings only, which miss the generations of deleted projections.
-func Load(ctx context.Context, q interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}) (Snapshot, error) {
-	rows, err := q.Query(ctx, `SELECT projection, generation, definition, state, backfill_offset
-		FROM distcache_generations WHERE state = ANY($1) ORDER BY projection, generation`,
-		[]string{workflows.StateTailing, workflows.StateLive, workflows.StateRetiring, workflows.StateRetired, workflows.StateFailed})
+// Load reads the snapshot.
+func Load(ctx context.Context, reg *registry.Store) (Snapshot, error) {
+	gens, err := reg.GenerationsInStates(ctx, registry.StateTailing, registry.StateLive, registry.StateRetiring,
+		registry.StateRetired, registry.StateFailed)
 	if err != nil {
-		return Snapshot{}, fmt.Errorf("list generations: %w", err)
+		return Snapshot{}, fmt.Errorf("read registry: %w", err)
 	}
-	defer rows.Close()
 	var s Snapshot
-	for rows.Next() {
-		var g Generation
-		var def []byte
-		if err := rows.Scan(&g.Projection, &g.Generation, &def, &g.State, &g.Offset); err != nil {
-			return Snapshot{}, fmt.Errorf("list generations: %w", err)
-		}
-		if err := json.Unmarshal(def, &g.Definition); err != nil {
-			return Snapshot{}, fmt.Errorf("decode definition of %s/g%d: %w", g.Projection, g.Generation, err)
-		}
+	for _, g := range gens {
 		switch g.State {
-		case workflows.StateRetired, workflows.StateFailed:
+		case registry.StateRetired, registry.StateFailed:
 			s.Ended = append(s.Ended, g)
 		default:
 			s.Active = append(s.Active, g)
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return Snapshot{}, fmt.Errorf("list generations: %w", err)
 	}
 	return s, nil
 }
@@ -132,7 +105,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 }
 
 func (w *Watcher) reload(ctx context.Context, log *slog.Logger) error {
-	s, err := Load(ctx, w.Pool)
+	s, err := Load(ctx, registry.New(w.Pool))
 	if w.OnLoad != nil {
 		w.OnLoad(err)
 	}

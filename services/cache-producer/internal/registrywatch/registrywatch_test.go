@@ -11,7 +11,6 @@ import (
 	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/services/cache-producer/internal/registrywatch"
-	"github.com/distcache/distcache/services/cache-producer/internal/testkit"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/registry"
@@ -73,7 +72,7 @@ func TestWatcherFollowsRegistry(t *testing.T) {
 		defer mu.Unlock()
 		return last, loads
 	}
-	testkit.Eventually(t, 10*time.Second, func() bool { _, n := snapshot(); return n >= 1 }, "first load")
+	devstacktest.Eventually(t, 10*time.Second, func() bool { _, n := snapshot(); return n >= 1 }, "first load")
 	s, _ := snapshot()
 	if len(s.Active) != 1 || s.Active[0].Generation != g1 || s.Active[0].Offset != 7 || !s.Active[0].Definition.Equal(def) {
 		t.Fatalf("first snapshot = %+v, want generation %d live at offset 7 with its definition", s, g1)
@@ -92,7 +91,7 @@ func TestWatcherFollowsRegistry(t *testing.T) {
 	if err := reg.SetState(ctx, def.Name, g1, workflows.StateRetired, nil); err != nil {
 		t.Fatal(err)
 	}
-	testkit.Eventually(t, 10*time.Second, func() bool {
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
 		s, _ := snapshot()
 		return len(s.Active) == 1 && s.Active[0].Generation == g2 && len(s.Ended) == 1 && s.Ended[0].Generation == g1
 	}, "snapshot with generation %d tailing and %d ended", g2, g1)
