@@ -35,6 +35,7 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
 	"github.com/distcache/distcache/services/cache-producer/internal/config"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
+	"github.com/distcache/distcache/services/cache-producer/internal/gctune"
 	"github.com/distcache/distcache/services/cache-producer/internal/httpapi"
 	"github.com/distcache/distcache/services/cache-producer/internal/instrument"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
@@ -46,7 +47,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	tunedGC = projector.TuneGC() // GOGC and GOMEMLIMIT override
+	tunedGC = gctune.Tune() // GOGC and GOMEMLIMIT override
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "cache-producer:", err)
 		stop()
@@ -55,7 +56,7 @@ func main() {
 }
 
 // tunedGC is what main set for the garbage collector (logged at start).
-var tunedGC projector.GC
+var tunedGC gctune.Settings
 
 // Log attribute keys.
 const (

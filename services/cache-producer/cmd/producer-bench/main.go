@@ -43,6 +43,7 @@ import (
 	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
+	"github.com/distcache/distcache/services/cache-producer/internal/gctune"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
 	"github.com/distcache/distcache/tools/devstack"
@@ -50,12 +51,12 @@ import (
 )
 
 // gcPercent is the GC setting of the producer's measurements.
-var gcPercent = projector.GCPercent
+var gcPercent = gctune.GCPercent
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if projector.TuneGC().Percent == "" { // as the cache-producer runs (GOGC overrides)
+	if gctune.Tune().Percent == "" { // as the cache-producer runs (GOGC overrides)
 		gcPercent = debug.SetGCPercent(-1)
 		debug.SetGCPercent(gcPercent)
 	}
@@ -200,7 +201,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	var results []result
 	// The peer runs as a plain go-redis program would, with Go's default
 	// GOGC; the producer's measurements run with its own setting
-	// (projector.GCPercent, what the cache-producer binary uses). The peer
+	// (gctune.GCPercent, what the cache-producer binary uses). The peer
 	// is also measured at that setting, for the record.
 	raw := result{name: "raw pipelined SET (go-redis, GOGC=100)", n: *n}
 	rawTuned := result{name: "raw pipelined SET (go-redis, GOGC=" + strconv.Itoa(gcPercent) + ")", n: *n, note: "for the record; ratios use the row above"}

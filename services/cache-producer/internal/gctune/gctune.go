@@ -1,4 +1,6 @@
-package projector
+// Package gctune sets the cache-producer's garbage-collector target and soft
+// memory limit at start, unless the environment (GOGC, GOMEMLIMIT) decides.
+package gctune
 
 import (
 	"os"
@@ -20,17 +22,17 @@ const GCPercent = 400
 // index cache holds about 100 MB per million entries).
 const memoryLimitShare = 0.85
 
-// GC is what TuneGC set: "" where the environment decided.
-type GC struct {
+// Settings is what Tune set: "" where the environment decided.
+type Settings struct {
 	Percent     string // "400", or "" when GOGC is set
 	MemoryLimit int64  // bytes, 0 when GOMEMLIMIT is set or no container limit was found
 }
 
-// TuneGC applies GCPercent unless GOGC is set, and, unless GOMEMLIMIT is
+// Tune applies GCPercent unless GOGC is set, and, unless GOMEMLIMIT is
 // set, a soft memory limit of 85% of the cgroup's memory limit when there is
 // one (cgroup v2 memory.max or v1 memory.limit_in_bytes).
-func TuneGC() GC {
-	var g GC
+func Tune() Settings {
+	var g Settings
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(GCPercent)
 		g.Percent = strconv.Itoa(GCPercent)
