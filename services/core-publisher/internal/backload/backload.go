@@ -97,7 +97,6 @@ type options struct {
 	chunkSize int
 	log       *slog.Logger
 	metrics   *pubmetrics.Metrics
-	rescan    time.Duration
 }
 
 // Option configures a Backloader.
@@ -116,13 +115,13 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 // WithMetrics sets the metrics. Default: a private set.
 func WithMetrics(m *pubmetrics.Metrics) Option { return func(o *options) { o.metrics = m } }
 
-// WithRescanInterval sets how often RunPendingLoop looks for models never
-// backloaded. Default 30s.
-func WithRescanInterval(d time.Duration) Option { return func(o *options) { o.rescan = d } }
+// rescanInterval is how often RunPendingLoop looks for models never backloaded (a table that got
+// the capture trigger since the last look).
+const rescanInterval = 30 * time.Second
 
 // New returns a Backloader using pool.
 func New(pool *pgxpool.Pool, opts ...Option) (*Backloader, error) {
-	o := options{chunkSize: 1000, rescan: 30 * time.Second}
+	o := options{chunkSize: 1000}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -288,7 +287,7 @@ func (b *Backloader) RunPending(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// RunPendingLoop calls RunPending now and at every rescan interval until ctx
+// RunPendingLoop calls RunPending now and every rescanInterval until ctx
 // ends; the relay calls it while it holds the lease, so a model is
 // backloaded the first time it is published.
 func (b *Backloader) RunPendingLoop(ctx context.Context) {
@@ -299,7 +298,7 @@ func (b *Backloader) RunPendingLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(b.o.rescan):
+		case <-time.After(rescanInterval):
 		}
 	}
 }

@@ -225,7 +225,7 @@ func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []in
 	topics := map[string]error{}
 	for i := range rows {
 		rw := &rows[i]
-		rec, err := record(rw, r.o.maxEventBytes, r.o.topicPrefix)
+		rec, err := record(rw, events.DefaultMaxEventBytes, r.o.topicPrefix)
 		if err != nil {
 			b.deadIDs = append(b.deadIDs, rw.id)
 			b.deadWhy = append(b.deadWhy, err.Error())

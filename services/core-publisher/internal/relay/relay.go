@@ -93,7 +93,6 @@ type options struct {
 	leaseRetryInterval time.Duration
 	shutdownTimeout    time.Duration
 	topicPrefix        string
-	maxEventBytes      int
 	log                *slog.Logger
 	metrics            *pubmetrics.Metrics
 	onActive           func(ctx context.Context)
@@ -122,10 +121,6 @@ func WithShutdownTimeout(d time.Duration) Option { return func(o *options) { o.s
 
 // WithTopicPrefix sets the topic prefix (events.Topic). Default "distcache".
 func WithTopicPrefix(p string) Option { return func(o *options) { o.topicPrefix = p } }
-
-// WithMaxEventBytes sets the size limit of one event (events.Envelope.Size);
-// larger rows become dead letters. Default events.DefaultMaxEventBytes.
-func WithMaxEventBytes(n int) Option { return func(o *options) { o.maxEventBytes = n } }
 
 // WithLogger sets the logger. Default: discard.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
@@ -162,7 +157,6 @@ func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (
 		leaseRetryInterval: time.Second,
 		shutdownTimeout:    15 * time.Second,
 		topicPrefix:        events.DefaultTopicPrefix,
-		maxEventBytes:      events.DefaultMaxEventBytes,
 		commitFence:        true,
 	}
 	for _, f := range opts {
