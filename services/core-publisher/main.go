@@ -13,8 +13,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,9 +35,6 @@ import (
 	"github.com/distcache/distcache/services/core-publisher/internal/relay"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/twmb/franz-go/pkg/sasl"
-	"github.com/twmb/franz-go/pkg/sasl/plain"
-	"github.com/twmb/franz-go/pkg/sasl/scram"
 )
 
 func main() {
@@ -129,37 +124,31 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpool.Pool, bl *backload.Backloader, metrics *pubmetrics.Metrics) error {
 	log.Info("starting", "config", cfg)
+	conn, err := cfg.Kafka.Opts()
+	if err != nil {
+		return fmt.Errorf("kafka: %w", err)
+	}
 	popts := []producer.Option{
 		producer.WithReplicationFactor(cfg.ReplicationFactor),
 		producer.WithLinger(cfg.Linger),
 		producer.WithLogger(log),
 	}
-	if cfg.Kafka.TLS {
-		t, err := kafkaTLS(cfg.Kafka)
-		if err != nil {
-			return err
-		}
-		popts = append(popts, producer.WithTLS(t))
-	}
-	if m := kafkaSASL(cfg.Kafka); m != nil {
-		popts = append(popts, producer.WithSASL(m))
-	}
 	// prod answers readiness pings; each lease term produces with its own
 	// (transactional) producer from newProducer.
-	prod, err := producer.New(cfg.Kafka.Brokers, popts...)
+	prod, err := producer.New(conn, popts...)
 	if err != nil {
 		return err
 	}
 	defer prod.Close()
 	newProducer := func(txnID string) (relay.Producer, error) {
 		opts := popts
-		if cfg.Kafka.Transactions {
-			if cfg.Kafka.TransactionalID != "" {
-				txnID = cfg.Kafka.TransactionalID
+		if cfg.KafkaTransactions {
+			if cfg.KafkaTransactionalID != "" {
+				txnID = cfg.KafkaTransactionalID
 			}
 			opts = append(slices.Clip(popts), producer.WithTransactionalID(txnID))
 		}
-		return producer.New(cfg.Kafka.Brokers, opts...)
+		return producer.New(conn, opts...)
 	}
 
 	connCfg, err := pgx.ParseConfig(cfg.DatabaseURL)
@@ -210,39 +199,4 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpo
 	}
 	log.Info("stopped")
 	return relayErr
-}
-
-func kafkaTLS(k config.Kafka) (*tls.Config, error) {
-	t := &tls.Config{MinVersion: tls.VersionTLS12}
-	if k.TLSCAFile != "" {
-		pem, err := os.ReadFile(k.TLSCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", config.EnvKafkaTLSCAFile, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: no PEM certificate in %s", config.EnvKafkaTLSCAFile, k.TLSCAFile)
-		}
-		t.RootCAs = pool
-	}
-	if k.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(k.TLSCertFile, k.TLSKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("%s/%s: %w", config.EnvKafkaTLSCertFile, config.EnvKafkaTLSKeyFile, err)
-		}
-		t.Certificates = []tls.Certificate{cert}
-	}
-	return t, nil
-}
-
-func kafkaSASL(k config.Kafka) sasl.Mechanism {
-	switch k.SASLMechanism {
-	case config.SASLPlain:
-		return plain.Auth{User: k.SASLUser, Pass: k.SASLPassword}.AsMechanism()
-	case config.SASLScramSHA256:
-		return scram.Auth{User: k.SASLUser, Pass: k.SASLPassword}.AsSha256Mechanism()
-	case config.SASLScramSHA512:
-		return scram.Auth{User: k.SASLUser, Pass: k.SASLPassword}.AsSha512Mechanism()
-	}
-	return nil
 }

@@ -232,7 +232,7 @@ func startRelay(ctx context.Context, url, broker string, batch int, fence, txn b
 		if txn {
 			opts = append(opts, producer.WithTransactionalID(id))
 		}
-		p, err := producer.New([]string{broker}, opts...)
+		p, err := producer.New([]kgo.Opt{kgo.SeedBrokers(broker)}, opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -274,7 +274,7 @@ func throughput(ctx context.Context, pg *devstack.Postgres, broker string, p par
 	if relayLog.Enabled(ctx, slog.LevelDebug) {
 		explain(ctx, pool, p.batch)
 	}
-	prod, err := producer.New([]string{broker}, producer.WithReplicationFactor(1))
+	prod, err := producer.New([]kgo.Opt{kgo.SeedBrokers(broker)}, producer.WithReplicationFactor(1))
 	if err != nil {
 		return 0, err
 	}
@@ -346,7 +346,7 @@ func latency(ctx context.Context, pg *devstack.Postgres, broker string, p params
 			return res, fmt.Errorf("-outbox-storage: %w", err)
 		}
 	}
-	prod, err := producer.New([]string{broker}, producer.WithReplicationFactor(1))
+	prod, err := producer.New([]kgo.Opt{kgo.SeedBrokers(broker)}, producer.WithReplicationFactor(1))
 	if err != nil {
 		return res, err
 	}

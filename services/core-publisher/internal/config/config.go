@@ -1,27 +1,33 @@
 // Package config reads and validates the core-publisher's configuration from
-// environment variables. Every invalid value is reported with the name of the
-// variable at fault; secrets are masked when the configuration is logged.
+// PUBLISHER_* environment variables, through libs/svcconfig: the Kafka
+// connection is kafkaconf's (the same variables and rules as every service's),
+// the rest is read here with envconf. Every invalid value is reported with the
+// name of the variable at fault; secrets are masked when the configuration is
+// logged.
 package config
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
-	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/distcache/distcache/libs/events"
-	"github.com/jackc/pgx/v5"
+	"github.com/distcache/distcache/libs/svcconfig/envconf"
+	"github.com/distcache/distcache/libs/svcconfig/kafkaconf"
+	"github.com/distcache/distcache/libs/svcconfig/pgconf"
 )
 
-// Environment variable names.
+// Prefix starts every variable of the service.
+const Prefix = "PUBLISHER"
+
+// Environment variable names. The Kafka connection is read by kafkaconf
+// under Prefix: PUBLISHER_KAFKA_BROKERS, _KAFKA_CLIENT_ID, _KAFKA_TLS,
+// _KAFKA_TLS_CA_FILE, _KAFKA_TLS_CERT_FILE, _KAFKA_TLS_KEY_FILE,
+// _KAFKA_TLS_INSECURE_SKIP_VERIFY, _KAFKA_SASL_MECHANISM,
+// _KAFKA_SASL_USERNAME, _KAFKA_SASL_PASSWORD, _KAFKA_SASL_ALLOW_PLAINTEXT.
 const (
 	EnvDatabaseURL        = "PUBLISHER_DATABASE_URL"
-	EnvKafkaBrokers       = "PUBLISHER_KAFKA_BROKERS"
 	EnvTopicPrefix        = "PUBLISHER_TOPIC_PREFIX"
 	EnvReplicationFactor  = "PUBLISHER_REPLICATION_FACTOR"
 	EnvHTTPAddr           = "PUBLISHER_HTTP_ADDR"
@@ -36,13 +42,6 @@ const (
 	EnvBackloadChunkSize  = "PUBLISHER_BACKLOAD_CHUNK_SIZE"
 	EnvKafkaTransactions  = "PUBLISHER_KAFKA_TRANSACTIONS"
 	EnvKafkaTxnID         = "PUBLISHER_KAFKA_TRANSACTIONAL_ID"
-	EnvKafkaTLS           = "PUBLISHER_KAFKA_TLS"
-	EnvKafkaTLSCAFile     = "PUBLISHER_KAFKA_TLS_CA_FILE"
-	EnvKafkaTLSCertFile   = "PUBLISHER_KAFKA_TLS_CERT_FILE"
-	EnvKafkaTLSKeyFile    = "PUBLISHER_KAFKA_TLS_KEY_FILE"
-	EnvKafkaSASLMechanism = "PUBLISHER_KAFKA_SASL_MECHANISM"
-	EnvKafkaSASLUser      = "PUBLISHER_KAFKA_SASL_USER"
-	EnvKafkaSASLPassword  = "PUBLISHER_KAFKA_SASL_PASSWORD"
 	EnvLogLevel           = "PUBLISHER_LOG_LEVEL"
 	EnvLogFormat          = "PUBLISHER_LOG_FORMAT"
 )
@@ -57,28 +56,12 @@ const (
 	DefaultLinger             = 2 * time.Millisecond
 	DefaultShutdownTimeout    = 15 * time.Second
 	DefaultBackloadChunkSize  = 1000
+	DefaultKafkaClientID      = "distcache-core-publisher"
 )
 
-// SASL mechanisms accepted in PUBLISHER_KAFKA_SASL_MECHANISM.
-const (
-	SASLPlain       = "PLAIN"
-	SASLScramSHA256 = "SCRAM-SHA-256"
-	SASLScramSHA512 = "SCRAM-SHA-512"
-)
-
-// ErrInvalid is matched (errors.Is) by every configuration error.
-var ErrInvalid = errors.New("invalid configuration")
-
-// VarError names the environment variable whose value is invalid.
-type VarError struct {
-	Var    string
-	Reason string
-}
-
-func (e *VarError) Error() string { return e.Var + ": " + e.Reason }
-
-// Is makes errors.Is(err, ErrInvalid) true.
-func (e *VarError) Is(target error) bool { return target == ErrInvalid }
+// ErrInvalid is matched (errors.Is) by every configuration error; each is an
+// *envconf.VarError naming the variable.
+var ErrInvalid = envconf.ErrInvalid
 
 // Model is a table the publisher can backload: rows of Table, keyed by
 // KeyColumn, published as aggregate Aggregate.
@@ -88,35 +71,25 @@ type Model struct {
 	KeyColumn string
 }
 
-// Kafka holds the broker connection settings.
-type Kafka struct {
-	Brokers []string
-	// Transactions: produce each batch in a Kafka transaction so the broker
-	// fences a relay that lost its lease (default true).
-	Transactions bool
-	// TransactionalID overrides the derived "distcache-publisher-<db>-<relay id>".
-	TransactionalID string
-	TLS             bool
-	TLSCAFile       string
-	TLSCertFile     string
-	TLSKeyFile      string
-	SASLMechanism   string // "" (none), SASLPlain, SASLScramSHA256 or SASLScramSHA512
-	SASLUser        string
-	SASLPassword    string // secret
-}
-
 // Config is the whole service configuration.
 type Config struct {
-	DatabaseURL        string // secret parts: the password
-	Kafka              Kafka
-	TopicPrefix        string
-	ReplicationFactor  int
-	HTTPAddr           string
-	BatchSize          int
-	PollInterval       time.Duration
-	LeaseRetryInterval time.Duration
-	Linger             time.Duration
-	ShutdownTimeout    time.Duration
+	DatabaseURL string // secret parts: the password
+	// Kafka is the broker connection (PUBLISHER_KAFKA_*, see kafkaconf).
+	Kafka kafkaconf.Config
+	// KafkaTransactions: produce each batch in a Kafka transaction so the
+	// broker fences a relay that lost its lease (default true).
+	KafkaTransactions bool
+	// KafkaTransactionalID overrides the derived
+	// "distcache-publisher-<db>-<relay id>".
+	KafkaTransactionalID string
+	TopicPrefix          string
+	ReplicationFactor    int
+	HTTPAddr             string
+	BatchSize            int
+	PollInterval         time.Duration
+	LeaseRetryInterval   time.Duration
+	Linger               time.Duration
+	ShutdownTimeout      time.Duration
 	// Models are extra backloadable models (PUBLISHER_MODELS) in addition to
 	// every table the distcache_capture trigger is attached to.
 	Models            []Model
@@ -130,134 +103,43 @@ type Config struct {
 }
 
 // FromEnv reads the configuration with getenv (os.Getenv in production; a
-// map lookup in tests) and validates it.
+// map lookup in tests) and validates it. The error joins one
+// *envconf.VarError per refused variable.
 func FromEnv(getenv func(string) string) (Config, error) {
+	r := envconf.New(Prefix, getenv)
 	c := Config{
-		TopicPrefix:        events.DefaultTopicPrefix,
-		ReplicationFactor:  DefaultReplicationFactor,
-		HTTPAddr:           DefaultHTTPAddr,
-		BatchSize:          DefaultBatchSize,
-		PollInterval:       DefaultPollInterval,
-		LeaseRetryInterval: DefaultLeaseRetryInterval,
-		Linger:             DefaultLinger,
-		ShutdownTimeout:    DefaultShutdownTimeout,
-		AutoBackload:       true,
-		CommitFence:        true,
-		BackloadChunkSize:  DefaultBackloadChunkSize,
-		LogLevel:           slog.LevelInfo,
-		LogJSON:            true,
-		Kafka:              Kafka{Transactions: true},
+		DatabaseURL:          pgconf.URL(r, EnvDatabaseURL, true, "a PostgreSQL URL such as postgres://user:pass@host:5432/db?sslmode=verify-full"),
+		Kafka:                kafkaconf.Load(r, DefaultKafkaClientID),
+		KafkaTransactions:    r.Bool(EnvKafkaTransactions, true),
+		KafkaTransactionalID: r.String(EnvKafkaTxnID, ""),
+		TopicPrefix:          r.String(EnvTopicPrefix, events.DefaultTopicPrefix),
+		ReplicationFactor:    r.Int(EnvReplicationFactor, DefaultReplicationFactor, -1, 32767),
+		HTTPAddr:             r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
+		BatchSize:            r.Int(EnvBatchSize, DefaultBatchSize, 1, 100_000),
+		BackloadChunkSize:    r.Int(EnvBackloadChunkSize, DefaultBackloadChunkSize, 1, 100_000),
+		PollInterval:         r.Duration(EnvPollInterval, DefaultPollInterval, time.Millisecond),
+		LeaseRetryInterval:   r.Duration(EnvLeaseRetryInterval, DefaultLeaseRetryInterval, time.Millisecond),
+		Linger:               r.Duration(EnvLinger, DefaultLinger, 0),
+		ShutdownTimeout:      r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Millisecond),
+		AutoBackload:         r.Bool(EnvAutoBackload, true),
+		CommitFence:          r.Bool(EnvCommitFence, true),
+		LogLevel:             r.LogLevel(EnvLogLevel, slog.LevelInfo),
+		LogJSON:              r.OneOf(EnvLogFormat, "json", "json", "text") == "json",
 	}
-	var errs []error
-	fail := func(name, format string, args ...any) {
-		errs = append(errs, &VarError{Var: name, Reason: fmt.Sprintf(format, args...)})
+	if c.ReplicationFactor == 0 {
+		r.Fail(EnvReplicationFactor, "0: want -1 (the broker's default) or 1..32767")
 	}
-
-	c.DatabaseURL = strings.TrimSpace(getenv(EnvDatabaseURL))
-	if c.DatabaseURL == "" {
-		fail(EnvDatabaseURL, "required (a PostgreSQL URL such as postgres://user:pass@host:5432/db?sslmode=verify-full)")
-	} else if _, err := pgx.ParseConfig(c.DatabaseURL); err != nil {
-		// pgx's message may echo the URL; do not repeat the password.
-		fail(EnvDatabaseURL, "not a valid PostgreSQL connection string (%s)", maskedParseError(err, c.DatabaseURL))
+	if err := events.ValidateTopicPrefix(c.TopicPrefix); err != nil {
+		r.Fail(EnvTopicPrefix, "%v", err)
 	}
-
-	if v := strings.TrimSpace(getenv(EnvKafkaBrokers)); v == "" {
-		fail(EnvKafkaBrokers, "required (comma-separated host:port list)")
-	} else {
-		for _, b := range strings.Split(v, ",") {
-			b = strings.TrimSpace(b)
-			if b == "" {
-				continue
-			}
-			if _, port, err := net.SplitHostPort(b); err != nil || port == "" {
-				fail(EnvKafkaBrokers, "%q is not host:port", b)
-				continue
-			}
-			c.Kafka.Brokers = append(c.Kafka.Brokers, b)
-		}
-		if len(c.Kafka.Brokers) == 0 {
-			fail(EnvKafkaBrokers, "no broker in %q", v)
-		}
-	}
-
-	if v := getenv(EnvTopicPrefix); v != "" {
-		if err := events.ValidateTopicPrefix(v); err != nil {
-			fail(EnvTopicPrefix, "%v", err)
-		}
-		c.TopicPrefix = v
-	}
-	intVar(getenv, EnvReplicationFactor, &c.ReplicationFactor, fail, func(n int) bool { return n == -1 || n >= 1 && n <= 32767 }, "-1 (broker default) or 1..32767")
-	if v := getenv(EnvHTTPAddr); v != "" {
-		if _, _, err := net.SplitHostPort(v); err != nil {
-			fail(EnvHTTPAddr, "%q is not host:port", v)
-		}
-		c.HTTPAddr = v
-	}
-	intVar(getenv, EnvBatchSize, &c.BatchSize, fail, func(n int) bool { return n >= 1 && n <= 100000 }, "1..100000")
-	intVar(getenv, EnvBackloadChunkSize, &c.BackloadChunkSize, fail, func(n int) bool { return n >= 1 && n <= 100000 }, "1..100000")
-	durVar(getenv, EnvPollInterval, &c.PollInterval, fail, time.Millisecond)
-	durVar(getenv, EnvLeaseRetryInterval, &c.LeaseRetryInterval, fail, time.Millisecond)
-	durVar(getenv, EnvLinger, &c.Linger, fail, 0)
-	durVar(getenv, EnvShutdownTimeout, &c.ShutdownTimeout, fail, time.Millisecond)
-	boolVar(getenv, EnvAutoBackload, &c.AutoBackload, fail)
-	boolVar(getenv, EnvCommitFence, &c.CommitFence, fail)
-
-	if v := strings.TrimSpace(getenv(EnvModels)); v != "" {
+	if v := r.String(EnvModels, ""); v != "" {
 		ms, err := ParseModels(v)
 		if err != nil {
-			fail(EnvModels, "%v", err)
+			r.Fail(EnvModels, "%v", err)
 		}
 		c.Models = ms
 	}
-
-	boolVar(getenv, EnvKafkaTransactions, &c.Kafka.Transactions, fail)
-	c.Kafka.TransactionalID = strings.TrimSpace(getenv(EnvKafkaTxnID))
-	boolVar(getenv, EnvKafkaTLS, &c.Kafka.TLS, fail)
-	c.Kafka.TLSCAFile = getenv(EnvKafkaTLSCAFile)
-	c.Kafka.TLSCertFile = getenv(EnvKafkaTLSCertFile)
-	c.Kafka.TLSKeyFile = getenv(EnvKafkaTLSKeyFile)
-	for name, path := range map[string]string{EnvKafkaTLSCAFile: c.Kafka.TLSCAFile, EnvKafkaTLSCertFile: c.Kafka.TLSCertFile, EnvKafkaTLSKeyFile: c.Kafka.TLSKeyFile} {
-		if path == "" {
-			continue
-		}
-		if _, err := os.Stat(path); err != nil {
-			fail(name, "cannot read %q: %v", path, err)
-		}
-		c.Kafka.TLS = true
-	}
-	if (c.Kafka.TLSCertFile == "") != (c.Kafka.TLSKeyFile == "") {
-		fail(EnvKafkaTLSCertFile, "%s and %s must be set together", EnvKafkaTLSCertFile, EnvKafkaTLSKeyFile)
-	}
-	c.Kafka.SASLUser = getenv(EnvKafkaSASLUser)
-	c.Kafka.SASLPassword = getenv(EnvKafkaSASLPassword)
-	if v := strings.ToUpper(strings.TrimSpace(getenv(EnvKafkaSASLMechanism))); v != "" {
-		switch v {
-		case SASLPlain, SASLScramSHA256, SASLScramSHA512:
-			c.Kafka.SASLMechanism = v
-		default:
-			fail(EnvKafkaSASLMechanism, "%q unknown (want %s, %s or %s)", v, SASLPlain, SASLScramSHA256, SASLScramSHA512)
-		}
-	} else if c.Kafka.SASLUser != "" {
-		c.Kafka.SASLMechanism = SASLPlain
-	}
-	if c.Kafka.SASLMechanism != "" && (c.Kafka.SASLUser == "" || c.Kafka.SASLPassword == "") {
-		fail(EnvKafkaSASLUser, "SASL needs both %s and %s", EnvKafkaSASLUser, EnvKafkaSASLPassword)
-	}
-
-	if v := getenv(EnvLogLevel); v != "" {
-		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
-			fail(EnvLogLevel, "%q is not debug, info, warn or error", v)
-		}
-	}
-	switch v := strings.ToLower(getenv(EnvLogFormat)); v {
-	case "", "json":
-	case "text":
-		c.LogJSON = false
-	default:
-		fail(EnvLogFormat, "%q is not json or text", v)
-	}
-
-	if err := errors.Join(errs...); err != nil {
+	if err := r.Err(); err != nil {
 		return Config{}, err
 	}
 	return c, nil
@@ -310,14 +192,10 @@ func (c Config) LogValue() slog.Value {
 		models[i] = m.Aggregate + "=" + m.Table + ":" + m.KeyColumn
 	}
 	return slog.GroupValue(
-		slog.String("database_url", MaskURL(c.DatabaseURL)),
-		slog.Any("kafka_brokers", c.Kafka.Brokers),
-		slog.Bool("kafka_transactions", c.Kafka.Transactions),
-		slog.String("kafka_transactional_id", c.Kafka.TransactionalID),
-		slog.Bool("kafka_tls", c.Kafka.TLS),
-		slog.String("kafka_sasl_mechanism", c.Kafka.SASLMechanism),
-		slog.String("kafka_sasl_user", c.Kafka.SASLUser),
-		slog.String("kafka_sasl_password", mask(c.Kafka.SASLPassword)),
+		slog.String("database_url", envconf.MaskURL(c.DatabaseURL)),
+		slog.Any("kafka", c.Kafka),
+		slog.Bool("kafka_transactions", c.KafkaTransactions),
+		slog.String("kafka_transactional_id", c.KafkaTransactionalID),
 		slog.String("topic_prefix", c.TopicPrefix),
 		slog.Int("replication_factor", c.ReplicationFactor),
 		slog.String("http_addr", c.HTTPAddr),
@@ -330,85 +208,6 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("auto_backload", c.AutoBackload),
 		slog.Bool("commit_fence", c.CommitFence),
 		slog.Int("backload_chunk_size", c.BackloadChunkSize),
+		slog.String("log_level", c.LogLevel.String()),
 	)
-}
-
-func mask(s string) string {
-	if s == "" {
-		return ""
-	}
-	return "****"
-}
-
-// MaskURL returns a database URL (URL or key=value form) with its password
-// replaced by "****".
-func MaskURL(s string) string {
-	if u, err := url.Parse(s); err == nil && u.Scheme != "" {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "****")
-		}
-		q := u.Query()
-		if q.Has("password") {
-			q.Set("password", "****")
-			u.RawQuery = q.Encode()
-		}
-		return u.String()
-	}
-	// key=value form: mask password=...
-	fields := strings.Fields(s)
-	for i, f := range fields {
-		if k, _, ok := strings.Cut(f, "="); ok && strings.EqualFold(k, "password") {
-			fields[i] = k + "=****"
-		}
-	}
-	return strings.Join(fields, " ")
-}
-
-func maskedParseError(err error, raw string) string {
-	msg := err.Error()
-	if u, perr := url.Parse(raw); perr == nil {
-		if p, ok := u.User.Password(); ok && p != "" {
-			msg = strings.ReplaceAll(msg, p, "****")
-		}
-	}
-	return msg
-}
-
-func intVar(getenv func(string) string, name string, dst *int, fail func(string, string, ...any), ok func(int) bool, want string) {
-	v := strings.TrimSpace(getenv(name))
-	if v == "" {
-		return
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || !ok(n) {
-		fail(name, "%q: want an integer %s", v, want)
-		return
-	}
-	*dst = n
-}
-
-func durVar(getenv func(string) string, name string, dst *time.Duration, fail func(string, string, ...any), min time.Duration) {
-	v := strings.TrimSpace(getenv(name))
-	if v == "" {
-		return
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < min {
-		fail(name, "%q: want a duration >= %s such as 500ms or 2s", v, min)
-		return
-	}
-	*dst = d
-}
-
-func boolVar(getenv func(string) string, name string, dst *bool, fail func(string, string, ...any)) {
-	v := strings.TrimSpace(getenv(name))
-	if v == "" {
-		return
-	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		fail(name, "%q: want true or false", v)
-		return
-	}
-	*dst = b
 }

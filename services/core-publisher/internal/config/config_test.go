@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/distcache/distcache/libs/svcconfig/kafkaconf"
 )
 
 func envOf(kv ...string) func(string) string {
@@ -17,9 +19,11 @@ func envOf(kv ...string) func(string) string {
 	return func(k string) string { return m[k] }
 }
 
+const envKafkaBrokers = "PUBLISHER_KAFKA_BROKERS"
+
 var minimal = []string{
 	EnvDatabaseURL, "postgres://app:s3cret@db:5432/core?sslmode=require",
-	EnvKafkaBrokers, "k1:9092, k2:9092",
+	envKafkaBrokers, "k1:9092, k2:9092",
 }
 
 func TestFromEnvDefaults(t *testing.T) {
@@ -40,7 +44,8 @@ func TestFromEnvDefaults(t *testing.T) {
 		{"poll interval", c.PollInterval, time.Second},
 		{"auto backload", c.AutoBackload, true},
 		{"commit fence", c.CommitFence, true},
-		{"kafka transactions", c.Kafka.Transactions, true},
+		{"kafka transactions", c.KafkaTransactions, true},
+		{"kafka client id", c.Kafka.ClientID, DefaultKafkaClientID},
 		{"sasl", c.Kafka.SASLMechanism, ""},
 	}
 	for _, ch := range checks {
@@ -58,9 +63,9 @@ func TestFromEnvValues(t *testing.T) {
 		EnvBatchSize, "500",
 		EnvPollInterval, "250ms",
 		EnvModels, "users:id, teams=app.teams:slug",
-		EnvKafkaSASLUser, "pub",
-		EnvKafkaSASLPassword, "hunter2",
-		EnvKafkaSASLMechanism, "scram-sha-512",
+		"PUBLISHER_KAFKA_SASL_USERNAME", "pub",
+		"PUBLISHER_KAFKA_SASL_PASSWORD", "hunter2",
+		"PUBLISHER_KAFKA_SASL_MECHANISM", "scram-sha-512",
 		EnvAutoBackload, "false",
 		EnvCommitFence, "false",
 	)...))
@@ -74,8 +79,8 @@ func TestFromEnvValues(t *testing.T) {
 	if len(c.Models) != 2 || c.Models[0] != want[0] || c.Models[1] != want[1] {
 		t.Errorf("models: got %+v, want %+v", c.Models, want)
 	}
-	if c.Kafka.SASLMechanism != SASLScramSHA512 {
-		t.Errorf("sasl mechanism: got %q, want %q", c.Kafka.SASLMechanism, SASLScramSHA512)
+	if c.Kafka.SASLMechanism != kafkaconf.SASLScramSHA512 || c.Kafka.SASLUsername != "pub" {
+		t.Errorf("sasl: got %q as %q, want %q as pub", c.Kafka.SASLMechanism, c.Kafka.SASLUsername, kafkaconf.SASLScramSHA512)
 	}
 }
 
@@ -86,11 +91,11 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 		env  []string
 		want string
 	}{
-		{"no database", []string{EnvKafkaBrokers, "k:9092"}, EnvDatabaseURL},
-		{"bad database", []string{EnvDatabaseURL, "postgres://u:pw@host:notaport/db", EnvKafkaBrokers, "k:9092"}, EnvDatabaseURL},
-		{"missing PG CA file", []string{EnvDatabaseURL, "postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem", EnvKafkaBrokers, "k:9092"}, EnvDatabaseURL},
-		{"no brokers", []string{EnvDatabaseURL, "postgres://h/db"}, EnvKafkaBrokers},
-		{"broker without port", append(minimal[:2:2], EnvKafkaBrokers, "kafka"), EnvKafkaBrokers},
+		{"no database", []string{envKafkaBrokers, "k:9092"}, EnvDatabaseURL},
+		{"bad database", []string{EnvDatabaseURL, "postgres://u:pw@host:notaport/db", envKafkaBrokers, "k:9092"}, EnvDatabaseURL},
+		{"missing PG CA file", []string{EnvDatabaseURL, "postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem", envKafkaBrokers, "k:9092"}, EnvDatabaseURL},
+		{"no brokers", []string{EnvDatabaseURL, "postgres://h/db"}, envKafkaBrokers},
+		{"broker without port", append(minimal[:2:2], envKafkaBrokers, "kafka"), envKafkaBrokers},
 		{"bad prefix", append(minimal, EnvTopicPrefix, ".x"), EnvTopicPrefix},
 		{"bad replication", append(minimal, EnvReplicationFactor, "0"), EnvReplicationFactor},
 		{"bad batch", append(minimal, EnvBatchSize, "lots"), EnvBatchSize},
@@ -98,9 +103,13 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 		{"bad http addr", append(minimal, EnvHTTPAddr, "58081"), EnvHTTPAddr},
 		{"bad models", append(minimal, EnvModels, "users"), EnvModels},
 		{"duplicate models", append(minimal, EnvModels, "users:id,users:uid"), EnvModels},
-		{"bad mechanism", append(minimal, EnvKafkaSASLMechanism, "GSSAPI", EnvKafkaSASLUser, "u", EnvKafkaSASLPassword, "p"), EnvKafkaSASLMechanism},
-		{"sasl without password", append(minimal, EnvKafkaSASLUser, "u"), EnvKafkaSASLUser},
-		{"missing CA file", append(minimal, EnvKafkaTLSCAFile, "/nonexistent/ca.pem"), EnvKafkaTLSCAFile},
+		{"bad mechanism", append(minimal, "PUBLISHER_KAFKA_SASL_MECHANISM", "GSSAPI", "PUBLISHER_KAFKA_SASL_USERNAME", "u", "PUBLISHER_KAFKA_SASL_PASSWORD", "p"), "PUBLISHER_KAFKA_SASL_MECHANISM"},
+		{"sasl without password", append(minimal, "PUBLISHER_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256", "PUBLISHER_KAFKA_SASL_USERNAME", "u"), "PUBLISHER_KAFKA_SASL_PASSWORD"},
+		{"sasl user without mechanism", append(minimal, "PUBLISHER_KAFKA_SASL_USERNAME", "u"), "PUBLISHER_KAFKA_SASL_MECHANISM"},
+		{"sasl PLAIN without TLS", append(minimal, "PUBLISHER_KAFKA_SASL_MECHANISM", "PLAIN", "PUBLISHER_KAFKA_SASL_USERNAME", "u", "PUBLISHER_KAFKA_SASL_PASSWORD", "p"), "PUBLISHER_KAFKA_SASL_ALLOW_PLAINTEXT"},
+		{"missing CA file", append(minimal, "PUBLISHER_KAFKA_TLS", "true", "PUBLISHER_KAFKA_TLS_CA_FILE", "/nonexistent/ca.pem"), "PUBLISHER_KAFKA_TLS_CA_FILE"},
+		{"CA file without TLS", append(minimal, "PUBLISHER_KAFKA_TLS_CA_FILE", "/nonexistent/ca.pem"), "PUBLISHER_KAFKA_TLS_CA_FILE"},
+		{"bad log format", append(minimal, EnvLogFormat, "xml"), EnvLogFormat},
 		{"bad bool", append(minimal, EnvAutoBackload, "maybe"), EnvAutoBackload},
 		{"bad log level", append(minimal, EnvLogLevel, "loud"), EnvLogLevel},
 	}
@@ -122,7 +131,8 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 
 func TestLogValueMasksSecrets(t *testing.T) {
 	t.Parallel()
-	c, err := FromEnv(envOf(append(minimal, EnvKafkaSASLUser, "pub", EnvKafkaSASLPassword, "hunter2")...))
+	c, err := FromEnv(envOf(append(minimal, "PUBLISHER_KAFKA_TLS", "true", "PUBLISHER_KAFKA_SASL_MECHANISM", "PLAIN",
+		"PUBLISHER_KAFKA_SASL_USERNAME", "pub", "PUBLISHER_KAFKA_SASL_PASSWORD", "hunter2")...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,24 +144,9 @@ func TestLogValueMasksSecrets(t *testing.T) {
 			t.Errorf("log contains secret %q: %s", secret, out)
 		}
 	}
-	for _, want := range []string{"app:%2A%2A%2A%2A@db:5432", "sslmode=require", `"kafka_sasl_password":"****"`, `"kafka_sasl_user":"pub"`} {
+	for _, want := range []string{"app:%2A%2A%2A%2A@db:5432", "sslmode=require", `"sasl_password":"****"`, `"sasl_username":"pub"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q: %s", want, out)
-		}
-	}
-}
-
-func TestMaskURL(t *testing.T) {
-	t.Parallel()
-	tests := []struct{ in, want string }{
-		{"postgres://u:p@h/db", "postgres://u:%2A%2A%2A%2A@h/db"},
-		{"postgres://u@h/db", "postgres://u@h/db"},
-		{"postgres://h/db?password=p&sslmode=require", "postgres://h/db?password=%2A%2A%2A%2A&sslmode=require"},
-		{"host=h password=p dbname=d", "host=h password=**** dbname=d"},
-	}
-	for _, tt := range tests {
-		if got := MaskURL(tt.in); got != tt.want {
-			t.Errorf("MaskURL(%q): got %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }

@@ -6,10 +6,10 @@ package producer
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -17,7 +17,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/sasl"
 )
 
 // ErrTopicUnsuitable is matched (errors.Is) by a *TopicError: the topic exists
@@ -57,8 +56,6 @@ type topicCheck struct {
 type config struct {
 	replicationFactor int16
 	linger            time.Duration
-	tls               *tls.Config
-	sasl              sasl.Mechanism
 	log               *slog.Logger
 	recheckRefused    time.Duration
 	transactionalID   string
@@ -78,12 +75,6 @@ func WithReplicationFactor(n int) Option {
 // it is sent. Default 2ms. Produce flushes explicitly at the end of a batch,
 // so linger only shapes requests built while a batch is being handed over.
 func WithLinger(d time.Duration) Option { return func(c *config) { c.linger = d } }
-
-// WithTLS enables TLS to the brokers. Default: plaintext.
-func WithTLS(t *tls.Config) Option { return func(c *config) { c.tls = t } }
-
-// WithSASL enables SASL authentication. Default: none.
-func WithSASL(m sasl.Mechanism) Option { return func(c *config) { c.sasl = m } }
 
 // WithLogger sets the logger. Default: discard.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
@@ -105,20 +96,23 @@ func WithClientOptions(opts ...kgo.Opt) Option {
 	return func(c *config) { c.extra = append(c.extra, opts...) }
 }
 
-// New connects a producer to brokers. It does not contact them yet.
-func New(brokers []string, opts ...Option) (*Producer, error) {
+// New makes a producer over the connection conn: the franz-go options that
+// reach the brokers (seed brokers, client id, TLS, SASL), as
+// kafkaconf.Config.Opts builds them from PUBLISHER_KAFKA_*; tests pass
+// kgo.SeedBrokers alone. New adds the producer's own options after them. It
+// does not contact the brokers yet.
+func New(conn []kgo.Opt, opts ...Option) (*Producer, error) {
 	cfg := config{replicationFactor: -1, linger: 2 * time.Millisecond, recheckRefused: 30 * time.Second}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	if len(brokers) == 0 {
-		return nil, errors.New("producer: no brokers")
+	if len(conn) == 0 {
+		return nil, errors.New("producer: no connection options (at least kgo.SeedBrokers)")
 	}
 	if cfg.log == nil {
 		cfg.log = slog.New(slog.DiscardHandler)
 	}
-	kopts := []kgo.Opt{
-		kgo.SeedBrokers(brokers...),
+	kopts := append(slices.Clip(conn),
 		kgo.RequiredAcks(kgo.AllISRAcks()), // idempotency (the default) requires acks=all
 		kgo.ProducerLinger(cfg.linger),
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
@@ -126,15 +120,9 @@ func New(brokers []string, opts ...Option) (*Producer, error) {
 		kgo.RetryBackoffFn(func(tries int) time.Duration {
 			return min(time.Duration(tries)*50*time.Millisecond, time.Second)
 		}),
-	}
+	)
 	if cfg.transactionalID != "" {
 		kopts = append(kopts, kgo.TransactionalID(cfg.transactionalID), kgo.TransactionTimeout(time.Minute))
-	}
-	if cfg.tls != nil {
-		kopts = append(kopts, kgo.DialTLSConfig(cfg.tls))
-	}
-	if cfg.sasl != nil {
-		kopts = append(kopts, kgo.SASL(cfg.sasl))
 	}
 	kopts = append(kopts, cfg.extra...)
 	cl, err := kgo.NewClient(kopts...)

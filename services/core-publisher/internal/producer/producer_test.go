@@ -51,7 +51,7 @@ func TestTransactionalFence(t *testing.T) {
 	k := devstacktest.Kafka(t)
 	ctx := context.Background()
 	const topic = "distcache.fence"
-	old, err := New([]string{k.Addr}, WithReplicationFactor(1), WithTransactionalID("fence-test"))
+	old, err := New([]kgo.Opt{kgo.SeedBrokers(k.Addr)}, WithReplicationFactor(1), WithTransactionalID("fence-test"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func TestTransactionalFence(t *testing.T) {
 	if err := old.Produce(ctx, recs(topic, "a1", "a2")); err != nil {
 		t.Fatalf("first producer, first batch: %v", err)
 	}
-	successor, err := New([]string{k.Addr}, WithReplicationFactor(1), WithTransactionalID("fence-test"))
+	successor, err := New([]kgo.Opt{kgo.SeedBrokers(k.Addr)}, WithReplicationFactor(1), WithTransactionalID("fence-test"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ func startRelay(t *testing.T, dbURL, broker string, opts ...Option) (r *Relay, s
 		t.Fatal(err)
 	}
 	newProducer := func(id string) (Producer, error) {
-		return producer.New([]string{broker}, producer.WithReplicationFactor(1), producer.WithTransactionalID(id))
+		return producer.New([]kgo.Opt{kgo.SeedBrokers(broker)}, producer.WithReplicationFactor(1), producer.WithTransactionalID(id))
 	}
 	opts = append([]Option{WithPollInterval(200 * time.Millisecond), WithLeaseRetryInterval(100 * time.Millisecond)}, opts...)
 	r, err = New(connCfg, newProducer, opts...)
@@ -342,7 +342,7 @@ func TestRelayTopics(t *testing.T) {
 		return testutil.ToFloat64(m.Lag) > 0.3
 	}, "lag counts the refused rows (got %v)", testutil.ToFloat64(m.Lag))
 
-	p, err := producer.New([]string{k.Addr})
+	p, err := producer.New([]kgo.Opt{kgo.SeedBrokers(k.Addr)})
 	if err != nil {
 		t.Fatal(err)
 	}
