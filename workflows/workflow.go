@@ -106,7 +106,7 @@ func (s *buildState) publish() {
 	s.progress.UpdatedAt = workflow.Now(s.ctx)
 	// A memo update is best effort: progress stays queryable when it fails.
 	if err := workflow.UpsertMemo(s.ctx, map[string]interface{}{MemoProgress: s.progress}); err != nil {
-		workflow.GetLogger(s.ctx).Warn("upsert progress memo", "error", err)
+		workflow.GetLogger(s.ctx).Warn("upsert progress memo", "err", err)
 	}
 }
 
@@ -250,7 +250,7 @@ func backfill(ctx workflow.Context, st *buildState, p BuildParams, gen int64) (B
 			RunID: info.WorkflowExecution.RunID, ActivityID: backfillActivityID,
 		}).Get(ctx, &pr)
 		if err != nil {
-			workflow.GetLogger(ctx).Warn("record backfill progress", "error", err)
+			workflow.GetLogger(ctx).Warn("record backfill progress", "err", err)
 			continue
 		}
 		if pr != (BackfillProgress{}) && pr != st.progress.Backfill {
@@ -281,17 +281,17 @@ func failGeneration(ctx workflow.Context, name string, gen int64) {
 	if err := workflow.ExecuteActivity(controlPlaneOptions(dctx), ActivitySetGenerationState, SetStateParams{
 		Projection: name, Generation: gen, State: StateFailed,
 	}).Get(dctx, nil); err != nil {
-		log.Error("mark generation failed", "generation", gen, "error", err)
+		log.Error("mark generation failed", "generation", gen, "err", err)
 		return
 	}
 	if err := workflow.Sleep(dctx, DefaultDrain); err != nil {
-		log.Error("drain failed generation", "generation", gen, "error", err)
+		log.Error("drain failed generation", "generation", gen, "err", err)
 		return
 	}
 	if err := workflow.ExecuteActivity(unlinkOptions(dctx), ActivityUnlinkGeneration, RetireParams{
 		Projection: name, Generation: gen,
 	}).Get(dctx, nil); err != nil {
-		log.Error("unlink failed generation", "generation", gen, "error", err)
+		log.Error("unlink failed generation", "generation", gen, "err", err)
 	}
 }
 

@@ -150,7 +150,7 @@ func (s *Service) checkDefinition(ctx context.Context, prefix string, d projecti
 		case errors.Is(err, models.ErrUnknownModel):
 			v.add(prefix+"model", fmt.Sprintf("unknown model %q", d.Model))
 		case err != nil:
-			s.log.Error("model catalog", "model", d.Model, "error", err)
+			s.log.Error("model catalog", "model", d.Model, "err", err)
 			return status.Errorf(codes.Unavailable, "cannot read the fields of model %q", d.Model)
 		default:
 			if err := d.ValidateAgainst(fields); err != nil {
@@ -226,7 +226,7 @@ func (s *Service) grpcError(op string, err error) error {
 			return status.Error(c, rootMessage(err))
 		}
 	}
-	s.log.Error("request failed", "op", op, "error", err)
+	s.log.Error("request failed", "op", op, "err", err)
 	return status.Errorf(codes.Internal, "%s failed", op)
 }
 
@@ -342,7 +342,7 @@ func (s *Service) CreateProjection(ctx context.Context, req *pb.CreateProjection
 	if err != nil {
 		// The registry row without a workflow would block the name: take it back.
 		if aerr := s.reg.AbandonProjection(context.WithoutCancel(ctx), d.Name); aerr != nil {
-			s.log.Error("abandon projection", "projection", d.Name, "error", aerr)
+			s.log.Error("abandon projection", "projection", d.Name, "err", aerr)
 		}
 		return nil, err
 	}
@@ -579,7 +579,7 @@ func (s *Service) runningBuild(ctx context.Context, name string) *pb.BuildStatus
 	if err != nil {
 		var nf *serviceerror.NotFound
 		if !errors.As(err, &nf) {
-			s.log.Warn("describe workflow", "workflow_id", id, "error", err)
+			s.log.Warn("describe workflow", "workflow_id", id, "err", err)
 		}
 		return nil
 	}
@@ -595,12 +595,12 @@ func (s *Service) runningBuild(ctx context.Context, name string) *pb.BuildStatus
 	}
 	val, err := s.tc.QueryWorkflow(ctx, id, runID, workflows.QueryProgress)
 	if err != nil {
-		s.log.Warn("query workflow progress", "workflow_id", id, "error", err)
+		s.log.Warn("query workflow progress", "workflow_id", id, "err", err)
 		return bs
 	}
 	var pr workflows.Progress
 	if err := val.Get(&pr); err != nil {
-		s.log.Warn("decode workflow progress", "workflow_id", id, "error", err)
+		s.log.Warn("decode workflow progress", "workflow_id", id, "err", err)
 		return bs
 	}
 	bs.Generation = pr.Generation

@@ -148,7 +148,7 @@ func NewHTTP(ctx context.Context, o Options, grpcAddr string) (http.Handler, err
 			rctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 			defer cancel()
 			if err := o.Ready(rctx); err != nil {
-				o.logger().Warn("not ready", "error", err)
+				o.logger().Warn("not ready", "err", err)
 				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
 				return
 			}
