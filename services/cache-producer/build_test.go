@@ -59,7 +59,7 @@ func TestBuildWorkflowEndToEnd(t *testing.T) {
 	p.Produce(all...)
 
 	svc := startChild(t, []string{
-		"PRODUCER_DATABASE_URL=" + dbURL, "PRODUCER_REDIS_ADDR=" + r.Addr, "PRODUCER_KAFKA_BROKERS=" + k.Addr,
+		"PRODUCER_DATABASE_URL=" + dbURL, "PRODUCER_REDIS_ADDRS=" + r.Addr, "PRODUCER_KAFKA_BROKERS=" + k.Addr,
 		"PRODUCER_HTTP_ADDR=" + freeAddr(t), "PRODUCER_TEMPORAL_HOSTPORT=" + tmp.HostPort,
 		"PRODUCER_TEMPORAL_NAMESPACE=" + tmp.Namespace, "PRODUCER_BACKFILL_BATCH_SIZE=500",
 	})

@@ -105,7 +105,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	}
 	defer pool.Close()
 
-	rdb, err := cfg.RedisClient()
+	rdb, err := cfg.Redis.NewClient()
 	if err != nil {
 		return err
 	}
@@ -114,7 +114,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	if err != nil {
 		return fmt.Errorf("publisher: %w", err)
 	}
-	kopts, err := cfg.KafkaOpts()
+	kopts, err := cfg.Kafka.Opts()
 	if err != nil {
 		return err
 	}

@@ -51,12 +51,12 @@ func TestMain(m *testing.M) {
 
 func TestRunRejectsBadConfig(t *testing.T) {
 	t.Parallel()
-	env := map[string]string{"PRODUCER_REDIS_ADDR": "nope", "PRODUCER_BATCH_SIZE": "0"}
+	env := map[string]string{"PRODUCER_REDIS_ADDRS": "nope", "PRODUCER_BATCH_SIZE": "0"}
 	err := run(context.Background(), nil, func(k string) string { return env[k] }, io.Discard)
 	if err == nil {
 		t.Fatal("run accepted an invalid configuration")
 	}
-	for _, name := range []string{"PRODUCER_DATABASE_URL", "PRODUCER_REDIS_ADDR", "PRODUCER_KAFKA_BROKERS", "PRODUCER_BATCH_SIZE"} {
+	for _, name := range []string{"PRODUCER_DATABASE_URL", "PRODUCER_REDIS_ADDRS", "PRODUCER_KAFKA_BROKERS", "PRODUCER_BATCH_SIZE"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error %q does not name %s", err, name)
 		}
@@ -178,7 +178,7 @@ func TestServiceEndToEnd(t *testing.T) {
 
 	httpAddr := freeAddr(t)
 	env := []string{
-		"PRODUCER_DATABASE_URL=" + dbURL, "PRODUCER_REDIS_ADDR=" + r.Addr, "PRODUCER_KAFKA_BROKERS=" + k.Addr,
+		"PRODUCER_DATABASE_URL=" + dbURL, "PRODUCER_REDIS_ADDRS=" + r.Addr, "PRODUCER_KAFKA_BROKERS=" + k.Addr,
 		"PRODUCER_HTTP_ADDR=" + httpAddr, "PRODUCER_BATCH_SIZE=50", "PRODUCER_LOG_LEVEL=debug",
 		"PRODUCER_RELOAD_INTERVAL=1h", // only NOTIFY can explain a reload within the test
 	}

@@ -1,32 +1,52 @@
-// Package config reads the cache-producer's configuration from environment
-// variables, applies defaults, validates it (an error names the variable) and
-// builds the Redis and Kafka client options from it. LogValue masks secrets.
+// Package config reads the cache-producer's configuration from PRODUCER_*
+// environment variables through libs/svcconfig: the Redis connection is
+// redisconf's and the Kafka connection kafkaconf's (the same variables and
+// rules as every service's), the rest is read here with envconf. It applies
+// defaults and validates everything at once (each error names its variable);
+// LogValue masks secrets.
 package config
 
 import (
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
-	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
-	"os"
-	"strconv"
-	"strings"
 	"time"
-
-	"github.com/redis/go-redis/v9"
-	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/sasl/plain"
-	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/libs/svcconfig/envconf"
+	"github.com/distcache/distcache/libs/svcconfig/kafkaconf"
+	"github.com/distcache/distcache/libs/svcconfig/pgconf"
+	"github.com/distcache/distcache/libs/svcconfig/redisconf"
 )
 
-// ErrInvalid is wrapped by every configuration error.
-var ErrInvalid = errors.New("invalid configuration")
+// Prefix starts every variable of the service.
+const Prefix = "PRODUCER"
+
+// Environment variable names. The Redis connection is read by redisconf
+// (PRODUCER_REDIS_ADDRS, _REDIS_CLUSTER, _REDIS_SENTINEL_*, _REDIS_USERNAME,
+// _REDIS_PASSWORD, _REDIS_TLS*) and the Kafka connection by kafkaconf
+// (PRODUCER_KAFKA_BROKERS, _KAFKA_CLIENT_ID, _KAFKA_TLS*, _KAFKA_SASL_*).
+const (
+	EnvDatabaseURL       = "PRODUCER_DATABASE_URL"
+	EnvMigrate           = "PRODUCER_MIGRATE"
+	EnvTopicPrefix       = "PRODUCER_TOPIC_PREFIX"
+	EnvTemporalHostPort  = "PRODUCER_TEMPORAL_HOSTPORT"
+	EnvTemporalNamespace = "PRODUCER_TEMPORAL_NAMESPACE"
+	EnvHTTPAddr          = "PRODUCER_HTTP_ADDR"
+	EnvBatchSize         = "PRODUCER_BATCH_SIZE"
+	EnvBackfillBatchSize = "PRODUCER_BACKFILL_BATCH_SIZE"
+	EnvStreamMaxLen      = "PRODUCER_STREAM_MAX_LEN"
+	EnvTombstoneTTL      = "PRODUCER_TOMBSTONE_TTL"
+	EnvDeadLetterMaxLen  = "PRODUCER_DEAD_LETTER_MAX_LEN"
+	EnvIndexCacheEntries = "PRODUCER_INDEX_CACHE_ENTRIES"
+	EnvReloadInterval    = "PRODUCER_RELOAD_INTERVAL"
+	EnvShutdownTimeout   = "PRODUCER_SHUTDOWN_TIMEOUT"
+	EnvLogLevel          = "PRODUCER_LOG_LEVEL"
+	EnvLogFormat         = "PRODUCER_LOG_FORMAT"
+)
+
+// ErrInvalid is matched (errors.Is) by every configuration error; each is an
+// *envconf.VarError naming the variable.
+var ErrInvalid = envconf.ErrInvalid
 
 // Defaults.
 const (
@@ -35,8 +55,11 @@ const (
 	DefaultTemporalNamespace = "default"
 	DefaultBatchSize         = 5000
 	DefaultBackfillBatchSize = 5000
+	DefaultDeadLetterMaxLen  = 10_000
+	DefaultIndexCacheEntries = 1_000_000
 	DefaultReloadInterval    = 30 * time.Second
 	DefaultShutdownTimeout   = 15 * time.Second
+	DefaultKafkaClientID     = "distcache-cache-producer"
 )
 
 // Config is the service's configuration.
@@ -44,22 +67,14 @@ type Config struct {
 	DatabaseURL string // PRODUCER_DATABASE_URL (required): the registry
 	Migrate     bool   // PRODUCER_MIGRATE: apply migrations at start (default false)
 
-	RedisAddrs         []string // PRODUCER_REDIS_ADDR (required), comma-separated
-	RedisCluster       bool     // PRODUCER_REDIS_CLUSTER (default: true when several addresses)
-	RedisUsername      string   // PRODUCER_REDIS_USERNAME
-	RedisPassword      string   // PRODUCER_REDIS_PASSWORD (secret)
-	RedisTLS           bool     // PRODUCER_REDIS_TLS
-	RedisTLSCAFile     string   // PRODUCER_REDIS_TLS_CA_FILE
-	RedisTLSSkipVerify bool     // PRODUCER_REDIS_TLS_INSECURE_SKIP_VERIFY
-
-	KafkaBrokers       []string // PRODUCER_KAFKA_BROKERS (required), comma-separated
-	KafkaSASLMechanism string   // PRODUCER_KAFKA_SASL_MECHANISM: "", PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
-	KafkaSASLUsername  string   // PRODUCER_KAFKA_SASL_USERNAME
-	KafkaSASLPassword  string   // PRODUCER_KAFKA_SASL_PASSWORD (secret)
-	KafkaTLS           bool     // PRODUCER_KAFKA_TLS
-	KafkaTLSCAFile     string   // PRODUCER_KAFKA_TLS_CA_FILE
-	KafkaClientID      string   // PRODUCER_KAFKA_CLIENT_ID (default distcache-cache-producer)
-	TopicPrefix        string   // PRODUCER_TOPIC_PREFIX (default distcache)
+	// Redis is the connection the projections are written through
+	// (PRODUCER_REDIS_*): a standalone primary, a Cluster, or a primary found
+	// through Sentinel. Read replicas are refused: the producer reads its own
+	// writes.
+	Redis redisconf.Config
+	// Kafka is the broker connection (PRODUCER_KAFKA_*).
+	Kafka       kafkaconf.Config
+	TopicPrefix string // PRODUCER_TOPIC_PREFIX (default distcache)
 
 	TemporalHostPort  string // PRODUCER_TEMPORAL_HOSTPORT; empty: no activity worker
 	TemporalNamespace string // PRODUCER_TEMPORAL_NAMESPACE (default "default")
@@ -79,202 +94,44 @@ type Config struct {
 	LogFormat string     // PRODUCER_LOG_FORMAT: json or text (default json)
 }
 
-// Load reads the configuration through getenv.
+// Load reads the configuration through getenv (os.Getenv in production; a
+// map lookup in tests) and validates it. The error joins one
+// *envconf.VarError per refused variable.
 func Load(getenv func(string) string) (Config, error) {
-	var errs []error
-	bad := func(name, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrInvalid, name, fmt.Sprintf(format, args...)))
-	}
-	str := func(name, def string) string {
-		if v := strings.TrimSpace(getenv(name)); v != "" {
-			return v
-		}
-		return def
-	}
-	boolean := func(name string, def bool) bool {
-		v := str(name, "")
-		if v == "" {
-			return def
-		}
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			bad(name, "%q is not a boolean (true/false)", v)
-		}
-		return b
-	}
-	integer := func(name string, def, lo, hi int64) int64 {
-		v := str(name, "")
-		if v == "" {
-			return def
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < lo || n > hi {
-			bad(name, "%q is not an integer in [%d, %d]", v, lo, hi)
-			return def
-		}
-		return n
-	}
-	duration := func(name string, def, lo time.Duration) time.Duration {
-		v := str(name, "")
-		if v == "" {
-			return def
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil || d < lo {
-			bad(name, "%q is not a duration >= %v (e.g. 30s)", v, lo)
-			return def
-		}
-		return d
-	}
-	list := func(name string) []string {
-		var out []string
-		for _, p := range strings.Split(getenv(name), ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				out = append(out, p)
-			}
-		}
-		return out
-	}
-
+	r := envconf.New(Prefix, getenv)
 	c := Config{
-		DatabaseURL:        str("PRODUCER_DATABASE_URL", ""),
-		Migrate:            boolean("PRODUCER_MIGRATE", false),
-		RedisAddrs:         list("PRODUCER_REDIS_ADDR"),
-		RedisUsername:      str("PRODUCER_REDIS_USERNAME", ""),
-		RedisPassword:      getenv("PRODUCER_REDIS_PASSWORD"),
-		RedisTLS:           boolean("PRODUCER_REDIS_TLS", false),
-		RedisTLSCAFile:     str("PRODUCER_REDIS_TLS_CA_FILE", ""),
-		RedisTLSSkipVerify: boolean("PRODUCER_REDIS_TLS_INSECURE_SKIP_VERIFY", false),
-		KafkaBrokers:       list("PRODUCER_KAFKA_BROKERS"),
-		KafkaSASLMechanism: strings.ToUpper(str("PRODUCER_KAFKA_SASL_MECHANISM", "")),
-		KafkaSASLUsername:  str("PRODUCER_KAFKA_SASL_USERNAME", ""),
-		KafkaSASLPassword:  getenv("PRODUCER_KAFKA_SASL_PASSWORD"),
-		KafkaTLS:           boolean("PRODUCER_KAFKA_TLS", false),
-		KafkaTLSCAFile:     str("PRODUCER_KAFKA_TLS_CA_FILE", ""),
-		KafkaClientID:      str("PRODUCER_KAFKA_CLIENT_ID", "distcache-cache-producer"),
-		TopicPrefix:        str("PRODUCER_TOPIC_PREFIX", DefaultTopicPrefix),
-		TemporalHostPort:   str("PRODUCER_TEMPORAL_HOSTPORT", ""),
-		TemporalNamespace:  str("PRODUCER_TEMPORAL_NAMESPACE", DefaultTemporalNamespace),
-		HTTPAddr:           str("PRODUCER_HTTP_ADDR", DefaultHTTPAddr),
-		BatchSize:          int(integer("PRODUCER_BATCH_SIZE", DefaultBatchSize, 1, 100_000)),
-		BackfillBatchSize:  int(integer("PRODUCER_BACKFILL_BATCH_SIZE", DefaultBackfillBatchSize, 1, 100_000)),
-		StreamMaxLen:       integer("PRODUCER_STREAM_MAX_LEN", distcache.DefaultStreamMaxLen, 0, 1<<40),
-		TombstoneTTL:       duration("PRODUCER_TOMBSTONE_TTL", distcache.DefaultTombstoneTTL, time.Second),
-		DeadLetterMaxLen:   integer("PRODUCER_DEAD_LETTER_MAX_LEN", 10_000, 1, 1<<40),
-		IndexCacheEntries:  int(integer("PRODUCER_INDEX_CACHE_ENTRIES", 1_000_000, 0, 1<<31)),
-		ReloadInterval:     duration("PRODUCER_RELOAD_INTERVAL", DefaultReloadInterval, 100*time.Millisecond),
-		ShutdownTimeout:    duration("PRODUCER_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout, time.Second),
-		LogFormat:          strings.ToLower(str("PRODUCER_LOG_FORMAT", "json")),
-	}
-	c.RedisCluster = boolean("PRODUCER_REDIS_CLUSTER", len(c.RedisAddrs) > 1)
-
-	if c.DatabaseURL == "" {
-		bad("PRODUCER_DATABASE_URL", "is required (the control-plane registry, postgres://...)")
-	} else if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		bad("PRODUCER_DATABASE_URL", "must be a postgres:// or postgresql:// URL")
-	}
-	if len(c.RedisAddrs) == 0 {
-		bad("PRODUCER_REDIS_ADDR", "is required (host:port, comma-separated for a cluster)")
-	}
-	for _, a := range c.RedisAddrs {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			bad("PRODUCER_REDIS_ADDR", "%q is not host:port", a)
-		}
-	}
-	if len(c.RedisAddrs) > 1 && !c.RedisCluster {
-		bad("PRODUCER_REDIS_CLUSTER", "is false but PRODUCER_REDIS_ADDR lists %d addresses (only a cluster takes several)", len(c.RedisAddrs))
-	}
-	if len(c.KafkaBrokers) == 0 {
-		bad("PRODUCER_KAFKA_BROKERS", "is required (host:port, comma-separated)")
-	}
-	for _, a := range c.KafkaBrokers {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			bad("PRODUCER_KAFKA_BROKERS", "%q is not host:port", a)
-		}
-	}
-	switch c.KafkaSASLMechanism {
-	case "":
-		if c.KafkaSASLUsername != "" || c.KafkaSASLPassword != "" {
-			bad("PRODUCER_KAFKA_SASL_MECHANISM", "is required when a SASL username or password is set (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
-		}
-	case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
-		if c.KafkaSASLUsername == "" {
-			bad("PRODUCER_KAFKA_SASL_USERNAME", "is required with PRODUCER_KAFKA_SASL_MECHANISM=%s", c.KafkaSASLMechanism)
-		}
-	default:
-		bad("PRODUCER_KAFKA_SASL_MECHANISM", "%q is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512", c.KafkaSASLMechanism)
-	}
-	if c.RedisTLSCAFile != "" && !c.RedisTLS {
-		bad("PRODUCER_REDIS_TLS_CA_FILE", "is set but PRODUCER_REDIS_TLS is false")
-	}
-	if c.KafkaTLSCAFile != "" && !c.KafkaTLS {
-		bad("PRODUCER_KAFKA_TLS_CA_FILE", "is set but PRODUCER_KAFKA_TLS is false")
+		DatabaseURL:       pgconf.URL(r, EnvDatabaseURL, true, "the control-plane registry, postgres://..."),
+		Migrate:           r.Bool(EnvMigrate, false),
+		Redis:             redisconf.Load(r),
+		Kafka:             kafkaconf.Load(r, DefaultKafkaClientID),
+		TopicPrefix:       r.String(EnvTopicPrefix, DefaultTopicPrefix),
+		TemporalHostPort:  r.HostPort(EnvTemporalHostPort, ""),
+		TemporalNamespace: r.String(EnvTemporalNamespace, DefaultTemporalNamespace),
+		HTTPAddr:          r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
+		BatchSize:         r.Int(EnvBatchSize, DefaultBatchSize, 1, 100_000),
+		BackfillBatchSize: r.Int(EnvBackfillBatchSize, DefaultBackfillBatchSize, 1, 100_000),
+		StreamMaxLen:      r.Int64(EnvStreamMaxLen, distcache.DefaultStreamMaxLen, 0, 1<<40),
+		TombstoneTTL:      r.Duration(EnvTombstoneTTL, distcache.DefaultTombstoneTTL, time.Second),
+		DeadLetterMaxLen:  r.Int64(EnvDeadLetterMaxLen, DefaultDeadLetterMaxLen, 1, 1<<40),
+		IndexCacheEntries: r.Int(EnvIndexCacheEntries, DefaultIndexCacheEntries, 0, 1<<31),
+		ReloadInterval:    r.Duration(EnvReloadInterval, DefaultReloadInterval, 100*time.Millisecond),
+		ShutdownTimeout:   r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Second),
+		LogLevel:          r.LogLevel(EnvLogLevel, slog.LevelInfo),
+		LogFormat:         r.OneOf(EnvLogFormat, "json", "json", "text"),
 	}
 	if err := events.ValidateTopicPrefix(c.TopicPrefix); err != nil {
-		bad("PRODUCER_TOPIC_PREFIX", "%v", err)
+		r.Fail(EnvTopicPrefix, "%v", err)
 	}
-	if c.TemporalHostPort != "" {
-		if _, _, err := net.SplitHostPort(c.TemporalHostPort); err != nil {
-			bad("PRODUCER_TEMPORAL_HOSTPORT", "%q is not host:port", c.TemporalHostPort)
-		}
-	}
-	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
-		bad("PRODUCER_HTTP_ADDR", "%q is not host:port", c.HTTPAddr)
-	}
-	switch lv := strings.ToLower(str("PRODUCER_LOG_LEVEL", "info")); lv {
-	case "debug":
-		c.LogLevel = slog.LevelDebug
-	case "info":
-		c.LogLevel = slog.LevelInfo
-	case "warn", "warning":
-		c.LogLevel = slog.LevelWarn
-	case "error":
-		c.LogLevel = slog.LevelError
-	default:
-		bad("PRODUCER_LOG_LEVEL", "%q is not one of debug, info, warn, error", lv)
-	}
-	if c.LogFormat != "json" && c.LogFormat != "text" {
-		bad("PRODUCER_LOG_FORMAT", "%q is not json or text", c.LogFormat)
-	}
-	return c, errors.Join(errs...)
-}
-
-func mask(s string) string {
-	if s == "" {
-		return ""
-	}
-	return "*****"
-}
-
-// maskURL hides the password of a database URL.
-func maskURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "*****"
-	}
-	if u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), "*****")
-		}
-	}
-	return u.String()
+	return c, r.Err()
 }
 
 // LogValue logs the configuration with its secrets masked.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
-		slog.String("database_url", maskURL(c.DatabaseURL)),
+		slog.String("database_url", envconf.MaskURL(c.DatabaseURL)),
 		slog.Bool("migrate", c.Migrate),
-		slog.Any("redis_addrs", c.RedisAddrs),
-		slog.Bool("redis_cluster", c.RedisCluster),
-		slog.String("redis_username", c.RedisUsername),
-		slog.String("redis_password", mask(c.RedisPassword)),
-		slog.Bool("redis_tls", c.RedisTLS),
-		slog.Any("kafka_brokers", c.KafkaBrokers),
-		slog.String("kafka_sasl_mechanism", c.KafkaSASLMechanism),
-		slog.String("kafka_sasl_username", c.KafkaSASLUsername),
-		slog.String("kafka_sasl_password", mask(c.KafkaSASLPassword)),
-		slog.Bool("kafka_tls", c.KafkaTLS),
+		slog.Any("redis", c.Redis),
+		slog.Any("kafka", c.Kafka),
 		slog.String("topic_prefix", c.TopicPrefix),
 		slog.String("temporal_hostport", c.TemporalHostPort),
 		slog.String("temporal_namespace", c.TemporalNamespace),
@@ -284,64 +141,10 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("index_cache_entries", c.IndexCacheEntries),
 		slog.Int64("stream_max_len", c.StreamMaxLen),
 		slog.Duration("tombstone_ttl", c.TombstoneTTL),
+		slog.Int64("dead_letter_max_len", c.DeadLetterMaxLen),
 		slog.Duration("reload_interval", c.ReloadInterval),
+		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.String("log_level", c.LogLevel.String()),
+		slog.String("log_format", c.LogFormat),
 	)
-}
-
-func tlsConfig(name, caFile string, skipVerify bool) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: skipVerify} //nolint:gosec // opt-in by the operator
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, name, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%w: %s: no PEM certificate in %s", ErrInvalid, name, caFile)
-		}
-		tc.RootCAs = pool
-	}
-	return tc, nil
-}
-
-// RedisClient builds the Redis client: a *redis.ClusterClient when
-// RedisCluster, else a *redis.Client.
-func (c Config) RedisClient() (redis.UniversalClient, error) {
-	var tc *tls.Config
-	if c.RedisTLS {
-		var err error
-		if tc, err = tlsConfig("PRODUCER_REDIS_TLS_CA_FILE", c.RedisTLSCAFile, c.RedisTLSSkipVerify); err != nil {
-			return nil, err
-		}
-	}
-	if c.RedisCluster {
-		return redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs: c.RedisAddrs, Username: c.RedisUsername, Password: c.RedisPassword, TLSConfig: tc,
-		}), nil
-	}
-	return redis.NewClient(&redis.Options{
-		Addr: c.RedisAddrs[0], Username: c.RedisUsername, Password: c.RedisPassword, TLSConfig: tc,
-	}), nil
-}
-
-// KafkaOpts builds the base Kafka client options (brokers, client id, TLS,
-// SASL).
-func (c Config) KafkaOpts() ([]kgo.Opt, error) {
-	opts := []kgo.Opt{kgo.SeedBrokers(c.KafkaBrokers...), kgo.ClientID(c.KafkaClientID)}
-	if c.KafkaTLS {
-		tc, err := tlsConfig("PRODUCER_KAFKA_TLS_CA_FILE", c.KafkaTLSCAFile, false)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, kgo.DialTLSConfig(tc))
-	}
-	switch c.KafkaSASLMechanism {
-	case "PLAIN":
-		opts = append(opts, kgo.SASL(plain.Auth{User: c.KafkaSASLUsername, Pass: c.KafkaSASLPassword}.AsMechanism()))
-	case "SCRAM-SHA-256":
-		opts = append(opts, kgo.SASL(scram.Auth{User: c.KafkaSASLUsername, Pass: c.KafkaSASLPassword}.AsSha256Mechanism()))
-	case "SCRAM-SHA-512":
-		opts = append(opts, kgo.SASL(scram.Auth{User: c.KafkaSASLUsername, Pass: c.KafkaSASLPassword}.AsSha512Mechanism()))
-	}
-	return opts, nil
 }

@@ -13,7 +13,7 @@ func env(m map[string]string) func(string) string { return func(k string) string
 func valid() map[string]string {
 	return map[string]string{
 		"PRODUCER_DATABASE_URL":  "postgres://u:secretpw@db:5432/cp",
-		"PRODUCER_REDIS_ADDR":    "redis:6379",
+		"PRODUCER_REDIS_ADDRS":   "redis:6379",
 		"PRODUCER_KAFKA_BROKERS": "k1:9092,k2:9092",
 	}
 }
@@ -33,8 +33,10 @@ func TestLoadDefaults(t *testing.T) {
 		{"BatchSize", c.BatchSize, 5000},
 		{"BackfillBatchSize", c.BackfillBatchSize, 5000},
 		{"TemporalNamespace", c.TemporalNamespace, "default"},
-		{"RedisCluster", c.RedisCluster, false},
-		{"KafkaBrokers", strings.Join(c.KafkaBrokers, ","), "k1:9092,k2:9092"},
+		{"Redis.Cluster", c.Redis.Cluster, false},
+		{"Redis.Addrs", strings.Join(c.Redis.Addrs, ","), "redis:6379"},
+		{"Kafka.Brokers", strings.Join(c.Kafka.Brokers, ","), "k1:9092,k2:9092"},
+		{"Kafka.ClientID", c.Kafka.ClientID, DefaultKafkaClientID},
 		{"ReloadInterval", c.ReloadInterval, 30 * time.Second},
 		{"LogLevel", c.LogLevel, slog.LevelInfo},
 		{"Migrate", c.Migrate, false},
@@ -56,14 +58,17 @@ func TestLoadInvalid(t *testing.T) {
 	}{
 		{name: "no database", unset: []string{"PRODUCER_DATABASE_URL"}, wantVar: "PRODUCER_DATABASE_URL"},
 		{name: "database not postgres", set: map[string]string{"PRODUCER_DATABASE_URL": "mysql://x"}, wantVar: "PRODUCER_DATABASE_URL"},
-		{name: "no redis", unset: []string{"PRODUCER_REDIS_ADDR"}, wantVar: "PRODUCER_REDIS_ADDR"},
-		{name: "redis not host:port", set: map[string]string{"PRODUCER_REDIS_ADDR": "redis"}, wantVar: "PRODUCER_REDIS_ADDR"},
-		{name: "two redis without cluster", set: map[string]string{"PRODUCER_REDIS_ADDR": "a:1,b:2", "PRODUCER_REDIS_CLUSTER": "false"}, wantVar: "PRODUCER_REDIS_CLUSTER"},
+		{name: "no redis", unset: []string{"PRODUCER_REDIS_ADDRS"}, wantVar: "PRODUCER_REDIS_ADDRS"},
+		{name: "redis not host:port", set: map[string]string{"PRODUCER_REDIS_ADDRS": "redis"}, wantVar: "PRODUCER_REDIS_ADDRS"},
+		{name: "two redis without cluster", set: map[string]string{"PRODUCER_REDIS_ADDRS": "a:1,b:2", "PRODUCER_REDIS_CLUSTER": "false"}, wantVar: "PRODUCER_REDIS_CLUSTER"},
+		{name: "redis replicas", set: map[string]string{"PRODUCER_REDIS_REPLICAS": "r:6379"}, wantVar: "PRODUCER_REDIS_REPLICAS"},
+		{name: "redis sentinel without sentinels", unset: []string{"PRODUCER_REDIS_ADDRS"}, set: map[string]string{"PRODUCER_REDIS_SENTINEL_MASTER": "m"}, wantVar: "PRODUCER_REDIS_SENTINEL_ADDRS"},
 		{name: "no brokers", unset: []string{"PRODUCER_KAFKA_BROKERS"}, wantVar: "PRODUCER_KAFKA_BROKERS"},
 		{name: "batch zero", set: map[string]string{"PRODUCER_BATCH_SIZE": "0"}, wantVar: "PRODUCER_BATCH_SIZE"},
 		{name: "batch text", set: map[string]string{"PRODUCER_BATCH_SIZE": "many"}, wantVar: "PRODUCER_BATCH_SIZE"},
 		{name: "bad sasl", set: map[string]string{"PRODUCER_KAFKA_SASL_MECHANISM": "GSSAPI"}, wantVar: "PRODUCER_KAFKA_SASL_MECHANISM"},
-		{name: "sasl without user", set: map[string]string{"PRODUCER_KAFKA_SASL_MECHANISM": "PLAIN"}, wantVar: "PRODUCER_KAFKA_SASL_USERNAME"},
+		{name: "sasl without user", set: map[string]string{"PRODUCER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256"}, wantVar: "PRODUCER_KAFKA_SASL_USERNAME"},
+		{name: "sasl PLAIN without TLS", set: map[string]string{"PRODUCER_KAFKA_SASL_MECHANISM": "PLAIN", "PRODUCER_KAFKA_SASL_USERNAME": "u", "PRODUCER_KAFKA_SASL_PASSWORD": "p"}, wantVar: "PRODUCER_KAFKA_SASL_ALLOW_PLAINTEXT"},
 		{name: "password without mechanism", set: map[string]string{"PRODUCER_KAFKA_SASL_PASSWORD": "x"}, wantVar: "PRODUCER_KAFKA_SASL_MECHANISM"},
 		{name: "bad bool", set: map[string]string{"PRODUCER_REDIS_TLS": "yes please"}, wantVar: "PRODUCER_REDIS_TLS"},
 		{name: "bad prefix", set: map[string]string{"PRODUCER_TOPIC_PREFIX": "a b"}, wantVar: "PRODUCER_TOPIC_PREFIX"},
@@ -72,6 +77,8 @@ func TestLoadInvalid(t *testing.T) {
 		{name: "bad duration", set: map[string]string{"PRODUCER_RELOAD_INTERVAL": "1ms"}, wantVar: "PRODUCER_RELOAD_INTERVAL"},
 		{name: "bad level", set: map[string]string{"PRODUCER_LOG_LEVEL": "loud"}, wantVar: "PRODUCER_LOG_LEVEL"},
 		{name: "ca without tls", set: map[string]string{"PRODUCER_KAFKA_TLS_CA_FILE": "/ca.pem"}, wantVar: "PRODUCER_KAFKA_TLS_CA_FILE"},
+		{name: "redis ca without tls", set: map[string]string{"PRODUCER_REDIS_TLS_CA_FILE": "/ca.pem"}, wantVar: "PRODUCER_REDIS_TLS_CA_FILE"},
+		{name: "bad log format", set: map[string]string{"PRODUCER_LOG_FORMAT": "xml"}, wantVar: "PRODUCER_LOG_FORMAT"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,13 +107,13 @@ func TestLoadInvalid(t *testing.T) {
 func TestClusterFromSeveralAddrs(t *testing.T) {
 	t.Parallel()
 	m := valid()
-	m["PRODUCER_REDIS_ADDR"] = "a:1, b:2 ,c:3"
+	m["PRODUCER_REDIS_ADDRS"] = "a:1, b:2 ,c:3"
 	c, err := Load(env(m))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.RedisCluster || len(c.RedisAddrs) != 3 {
-		t.Errorf("cluster = %v, addrs = %q; want a 3-node cluster", c.RedisCluster, c.RedisAddrs)
+	if !c.Redis.Cluster || len(c.Redis.Addrs) != 3 {
+		t.Errorf("cluster = %v, addrs = %q; want a 3-node cluster", c.Redis.Cluster, c.Redis.Addrs)
 	}
 }
 
@@ -132,7 +139,12 @@ func TestLogValueMasksSecrets(t *testing.T) {
 	if !strings.Contains(out, "svc") || !strings.Contains(out, "db:5432") {
 		t.Errorf("log lacks non-secret values: %s", out)
 	}
-	if _, err := c.KafkaOpts(); err != nil {
-		t.Errorf("KafkaOpts: %v", err)
+	if _, err := c.Kafka.Opts(); err != nil {
+		t.Errorf("Kafka.Opts: %v", err)
 	}
+	rdb, err := c.Redis.NewClient()
+	if err != nil {
+		t.Fatalf("Redis.NewClient: %v", err)
+	}
+	rdb.Close()
 }
