@@ -22,8 +22,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
@@ -37,6 +35,7 @@ import (
 	"github.com/distcache/distcache/services/control-plane/internal/api"
 	"github.com/distcache/distcache/services/control-plane/internal/auth"
 	"github.com/distcache/distcache/services/control-plane/internal/config"
+	"github.com/distcache/distcache/services/control-plane/internal/cpmetrics"
 	"github.com/distcache/distcache/services/control-plane/internal/models"
 	"github.com/distcache/distcache/services/control-plane/internal/server"
 	"github.com/distcache/distcache/workflows"
@@ -131,12 +130,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		Logger:      log.With("component", "activities"),
 	})
 
-	promReg := prometheus.NewRegistry()
-	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics, err := server.NewMetrics(promReg)
-	if err != nil {
-		return err
-	}
+	metrics := cpmetrics.New()
 	svc := api.New(store, tc, catalog, api.Settings{
 		Namespace:      cfg.TemporalNamespace,
 		UIURL:          cfg.TemporalUIURL,
@@ -151,7 +145,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		Tokens:   auth.NewTokens(cfg.Tokens),
 		Logger:   log,
 		Metrics:  metrics,
-		Gatherer: promReg,
+		Gatherer: metrics.Registry,
 		OpenAPI:  pb.OpenAPI,
 		Ready: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {

@@ -25,44 +25,18 @@ import (
 
 	pb "github.com/distcache/distcache/services/control-plane/gen/distcache/v1"
 	"github.com/distcache/distcache/services/control-plane/internal/auth"
+	"github.com/distcache/distcache/services/control-plane/internal/cpmetrics"
 )
 
 // MaxBodyBytes bounds a REST request body.
 const MaxBodyBytes = 1 << 20
-
-// Metrics are the API's Prometheus metrics.
-type Metrics struct {
-	requests *prometheus.CounterVec
-	duration *prometheus.HistogramVec
-}
-
-// NewMetrics registers the API's metrics on reg.
-func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
-	m := &Metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "distcache_controlplane_requests_total",
-			Help: "API calls (gRPC and, through the gateway, REST) by method and gRPC code.",
-		}, []string{"method", "code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "distcache_controlplane_request_duration_seconds",
-			Help:    "API call latency by method.",
-			Buckets: prometheus.DefBuckets,
-		}, []string{"method"}),
-	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register metrics: %w", err)
-		}
-	}
-	return m, nil
-}
 
 // Options configure the servers.
 type Options struct {
 	Service pb.ControlPlaneServer
 	Tokens  *auth.Tokens
 	Logger  *slog.Logger
-	Metrics *Metrics
+	Metrics *cpmetrics.Metrics
 	// Gatherer serves /metrics (nil: no /metrics).
 	Gatherer prometheus.Gatherer
 	// Ready answers /readyz: nil error when the dependencies are reachable.
@@ -84,8 +58,8 @@ func NewGRPC(o Options) *grpc.Server {
 	observe := func(ctx context.Context, method string, start time.Time, err error) {
 		code := status.Code(err)
 		if o.Metrics != nil {
-			o.Metrics.requests.WithLabelValues(method, code.String()).Inc()
-			o.Metrics.duration.WithLabelValues(method).Observe(time.Since(start).Seconds())
+			o.Metrics.Requests.WithLabelValues(method, code.String()).Inc()
+			o.Metrics.Duration.WithLabelValues(method).Observe(time.Since(start).Seconds())
 		}
 		// Never log metadata: it carries the bearer token.
 		log.LogAttrs(ctx, slog.LevelDebug, "rpc", slog.String("method", method),

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -26,6 +25,7 @@ import (
 	pb "github.com/distcache/distcache/services/control-plane/gen/distcache/v1"
 	"github.com/distcache/distcache/services/control-plane/internal/api"
 	"github.com/distcache/distcache/services/control-plane/internal/auth"
+	"github.com/distcache/distcache/services/control-plane/internal/cpmetrics"
 	"github.com/distcache/distcache/services/control-plane/internal/models"
 	"github.com/distcache/distcache/services/control-plane/internal/server"
 	"github.com/distcache/distcache/workflows"
@@ -74,14 +74,10 @@ func startStack(t testing.TB) *stack {
 	st := &stack{reg: newMemRegistry(), tc: newFakeTemporal(), logs: &syncBuffer{}}
 	log := slog.New(slog.NewJSONHandler(st.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	svc := api.New(st.reg, st.tc, testModels, api.Settings{Namespace: "default", UIURL: "http://ui.test"}, log)
-	promReg := prometheus.NewRegistry()
-	metrics, err := server.NewMetrics(promReg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	metrics := cpmetrics.New()
 	opts := server.Options{
 		Service: svc, Tokens: auth.NewTokens([]string{goodToken, otherToken}), Logger: log, Metrics: metrics,
-		Gatherer: promReg, OpenAPI: pb.OpenAPI,
+		Gatherer: metrics.Registry, OpenAPI: pb.OpenAPI,
 		Ready: func(ctx context.Context) error {
 			if st.ready != nil {
 				return st.ready(ctx)

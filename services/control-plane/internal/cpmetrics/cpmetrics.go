@@ -1,0 +1,45 @@
+// Package cpmetrics declares the control-plane's Prometheus metrics (all named
+// distcache_controlplane_*), once, on a registry of their own; package server
+// records them. The other services have theirs in pubmetrics (core-publisher)
+// and prodmetrics (cache-producer).
+package cpmetrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics holds every metric of the service.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	// Requests counts API calls (gRPC and, through the gateway, REST) by
+	// method and gRPC code.
+	Requests *prometheus.CounterVec
+	// Duration observes API call latency by method.
+	Duration *prometheus.HistogramVec
+}
+
+// New creates the metrics on a fresh registry, with the Go and process
+// collectors.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "distcache_controlplane_requests_total",
+			Help: "API calls (gRPC and, through the gateway, REST) by method and gRPC code.",
+		}, []string{"method", "code"}),
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "distcache_controlplane_request_duration_seconds",
+			Help:    "API call latency by method.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"method"}),
+	}
+	r.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.Requests, m.Duration,
+	)
+	return m
+}
