@@ -43,6 +43,7 @@ import (
 	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
+	"github.com/distcache/distcache/services/cache-producer/internal/feed"
 	"github.com/distcache/distcache/services/cache-producer/internal/gctune"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
@@ -437,40 +438,28 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 // benchFields is what the fan-out decodes of each payload: the fields the
 // two projections read.
-func benchFields() projector.Fields {
-	var ts []projector.Target
+func benchFields() feed.Fields {
+	var ps []*projection.Projection
 	for _, d := range []projection.Definition{byEmail, byID} {
-		t, err := fanout.CompileTarget(d.Name, 1, d)
+		p, err := projection.Compile(d)
 		if err != nil {
 			panic(err) // the definitions above are valid
 		}
-		ts = append(ts, t)
+		ps = append(ps, p)
 	}
-	return projector.FieldsOf(ts...)
+	return feed.FieldsOf(ps...)
 }
 
-// readAll consumes topic from the start until n records are read,
-// decoding them as the producer does (keeping the fields in keep).
-func readAll(ctx context.Context, kopts []kgo.Opt, topic string, n int, keep projector.Fields) error {
-	cl, err := kgo.NewClient(append(slices.Clone(kopts),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().At(0)}}),
-		kgo.FetchMaxPartitionBytes(projector.FetchBytes))...)
+// readAll reads topic from the start until n records are read, through the
+// producer's reader (decoding them as the producer does, keeping the fields
+// in keep).
+func readAll(ctx context.Context, kopts []kgo.Opt, topic string, n int, keep feed.Fields) error {
+	rd, err := feed.NewReader(feed.Config{KafkaOpts: kopts, Topic: topic, Until: int64(n), Fields: keep})
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
-	got := 0
-	for got < n {
-		fs := cl.PollRecords(ctx, 5000)
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		var raw []*kgo.Record
-		fs.EachRecord(func(r *kgo.Record) { raw = append(raw, r) })
-		projector.DecodeAll(raw, keep)
-		got += len(raw)
-	}
-	return nil
+	defer rd.Close()
+	return rd.Run(ctx, func(feed.Batch) error { return nil })
 }
 
 // multiScript is the Publisher's version-guarded set + stream append, looped

@@ -4,7 +4,8 @@
 //   - workflows.ActivityBackfill replays a topic from its start (or from the
 //     offset of the last heartbeat, after a worker crash) up to the end offset
 //     fixed when the backfill first started, into a new generation, through
-//     the same projector.Writer as the live consumers. It heartbeats a
+//     the same reader (feed.Reader) and writer (projector.Writer) as the
+//     live consumers. It heartbeats a
 //     workflows.BackfillProgress. When it returns, the workflow moves the
 //     generation to state tailing and the live consumers (package fanout)
 //     continue from the offset the backfill stored in Redis.
@@ -21,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -31,6 +31,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/distcache/distcache/libs/projection"
+	"github.com/distcache/distcache/services/cache-producer/internal/feed"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
 	"github.com/distcache/distcache/workflows"
 )
@@ -178,63 +179,29 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 		}
 		return pr, nil
 	}
-	size := cfg.BatchSize
-	if size <= 0 {
-		size = 5000
-	}
-	cl, err := kgo.NewClient(append(slices.Clone(cfg.KafkaOpts),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().At(pr.Offset)}}),
-		kgo.KeepControlRecords(),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.FetchMaxPartitionBytes(projector.FetchBytes),
-	)...)
+	rd, err := feed.NewReader(feed.Config{
+		KafkaOpts: cfg.KafkaOpts, Topic: topic, From: pr.Offset, Until: pr.EndOffset,
+		MaxRecords: cfg.BatchSize, Fields: feed.FieldsOf(t.Compiled),
+	})
 	if err != nil {
-		return pr, fmt.Errorf("kafka client: %w", err)
+		return pr, err
 	}
-	defer cl.Close()
+	defer rd.Close()
 
-	keep := projector.FieldsOf(t)
-	in := make(chan projector.Batch, 2)
-	pollCtx, cancel := context.WithCancel(ctx)
+	in := make(chan feed.Batch, 2)
+	readCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pollErr := make(chan error, 1)
+	readErr := make(chan error, 1)
 	go func() {
 		defer close(in)
-		next := pr.Offset
-		for next < pr.EndOffset {
-			fs := cl.PollRecords(pollCtx, size)
-			if pollCtx.Err() != nil {
-				pollErr <- pollCtx.Err()
-				return
-			}
-			b := projector.Batch{Next: -1, End: pr.EndOffset}
-			var raw []*kgo.Record
-			fs.EachRecord(func(r *kgo.Record) {
-				if r.Partition != 0 || r.Offset < next {
-					return
-				}
-				if r.Offset >= pr.EndOffset {
-					b.Next = pr.EndOffset // everything before the end is read
-					return
-				}
-				b.Next = r.Offset + 1
-				if !r.Attrs.IsControl() {
-					raw = append(raw, r)
-				}
-			})
-			b.Records = projector.DecodeAll(raw, keep)
-			if b.Next < 0 {
-				continue
-			}
-			next = b.Next
+		readErr <- rd.Run(readCtx, func(b feed.Batch) error {
 			select {
 			case in <- b:
-			case <-pollCtx.Done():
-				pollErr <- pollCtx.Err()
-				return
+				return nil
+			case <-readCtx.Done():
+				return readCtx.Err()
 			}
-		}
-		pollErr <- nil
+		})
 	}()
 
 	rate := newRate()
@@ -250,8 +217,8 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 		}
 	})
 	cancel()
-	if perr := <-pollErr; err == nil && perr != nil && ctx.Err() != nil {
-		err = perr
+	if rerr := <-readErr; err == nil && rerr != nil && ctx.Err() != nil {
+		err = rerr
 	}
 	if err != nil {
 		return pr, err

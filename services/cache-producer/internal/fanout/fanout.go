@@ -1,6 +1,6 @@
-// Package fanout runs one Kafka consumer per topic and feeds each record to
-// every generation that is kept up to date from that topic (states tailing,
-// live and retiring), through a projector.Writer. Each generation keeps its
+// Package fanout runs one topic reader (feed.Reader) per topic and feeds
+// each batch to every generation that is kept up to date from that topic
+// (states tailing, live and retiring), through a projector.Writer. Each generation keeps its
 // own offset in Redis; a topic's consumer starts at the smallest of them and
 // a generation skips the records below its own offset, so generations that
 // joined at different points (a fresh backfill, an old live one) share one
@@ -26,6 +26,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/distcache/distcache/libs/projection"
+	"github.com/distcache/distcache/services/cache-producer/internal/feed"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
 )
 
@@ -335,32 +336,37 @@ func (r *runner) run() {
 		r.m.cfg.Observer.Position(g.Target, off, r.hwm.Load())
 	}
 
-	opts := append(slices.Clone(r.m.cfg.KafkaOpts),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{r.topic: {0: kgo.NewOffset().At(start)}}),
-		kgo.KeepControlRecords(),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.FetchMaxPartitionBytes(projector.FetchBytes),
-	)
-	cl, err := kgo.NewClient(opts...)
+	targets := make([]*projection.Projection, len(r.gens))
+	for i, g := range r.gens {
+		targets[i] = g.Target.Compiled
+	}
+	rd, err := feed.NewReader(feed.Config{
+		KafkaOpts: r.m.cfg.KafkaOpts, Topic: r.topic, From: start, MaxRecords: r.m.cfg.BatchSize,
+		Fields: feed.FieldsOf(targets...), // a changed definition makes a new runner
+		OnFetchError: func(err error) {
+			r.m.cfg.Observer.Failure("fetch")
+			r.log.Debug("fetch", "err", err)
+		},
+	})
 	if err != nil {
-		r.log.Error("create kafka client", "err", err)
+		r.log.Error("create topic reader", "err", err)
 		r.m.cfg.Observer.Failure("fetch")
 		return
 	}
-	defer cl.Close()
+	defer rd.Close()
 
 	// One writer pipeline per generation.
-	ins := make([]chan projector.Batch, len(r.gens))
+	ins := make([]chan feed.Batch, len(r.gens))
 	var wg sync.WaitGroup
 	for i := range r.gens {
-		ins[i] = make(chan projector.Batch, 1)
+		ins[i] = make(chan feed.Batch, 1)
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
 			r.writeGeneration(writeCtx, i, ins[i])
 		}(i)
 	}
-	r.poll(pollCtx, cl, ins)
+	_ = rd.Run(pollCtx, r.dispatcher(pollCtx, ins)) // ends with pollCtx
 	for _, in := range ins {
 		close(in)
 	}
@@ -368,7 +374,7 @@ func (r *runner) run() {
 }
 
 // writeGeneration runs generation i's writer over the batches of in.
-func (r *runner) writeGeneration(ctx context.Context, i int, in chan projector.Batch) {
+func (r *runner) writeGeneration(ctx context.Context, i int, in chan feed.Batch) {
 	g := r.gens[i]
 	failing := false
 	onErr := func(err error) {
@@ -400,82 +406,37 @@ func (r *runner) writeGeneration(ctx context.Context, i int, in chan projector.B
 	}
 }
 
-// poll reads the topic from the client's start, decodes each batch once and
-// hands every generation the records at or past its offset, until ctx ends.
-func (r *runner) poll(ctx context.Context, cl *kgo.Client, ins []chan projector.Batch) {
-	size := r.m.cfg.BatchSize
-	targets := make([]projector.Target, len(r.gens))
-	for i, g := range r.gens {
-		targets[i] = g.Target
-	}
-	keep := projector.FieldsOf(targets...) // a changed definition makes a new runner
+// dispatcher returns the function that hands each batch the topic's reader
+// emits to every generation, from the generation's own offset on: a
+// generation past the batch skips it, one in its middle gets the records
+// at or past its offset.
+func (r *runner) dispatcher(ctx context.Context, ins []chan feed.Batch) func(feed.Batch) error {
 	dispatched := make([]int64, len(r.gens))
 	r.mu.Lock()
 	copy(dispatched, r.next)
 	r.mu.Unlock()
-	for {
-		fs := cl.PollRecords(ctx, size)
-		if ctx.Err() != nil {
-			return
+	return func(b feed.Batch) error {
+		if b.End >= 0 {
+			r.hwm.Store(b.End)
 		}
-		failed := false
-		fs.EachError(func(t string, p int32, err error) {
-			if errors.Is(err, context.Canceled) {
-				return
-			}
-			failed = true
-			r.m.cfg.Observer.Failure("fetch")
-			r.log.Debug("fetch", "partition", p, "err", err)
-		})
-		if failed && fs.NumRecords() == 0 {
-			// A topic not created yet, a broker away: do not spin.
-			t := time.NewTimer(250 * time.Millisecond)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			continue
-		}
-		var raw []*kgo.Record
-		next, hwm := int64(-1), int64(-1)
-		fs.EachPartition(func(p kgo.FetchTopicPartition) {
-			if p.Partition != 0 {
-				return
-			}
-			hwm = max(hwm, p.HighWatermark)
-			for _, rec := range p.Records {
-				next = rec.Offset + 1
-				if !rec.Attrs.IsControl() {
-					raw = append(raw, rec)
-				}
-			}
-		})
-		recs := projector.DecodeAll(raw, keep)
-		if hwm >= 0 {
-			r.hwm.Store(hwm)
-		}
-		if next < 0 {
-			continue
-		}
-		r.m.cfg.Observer.Consumed(r.topic, len(recs))
+		r.m.cfg.Observer.Consumed(r.topic, len(b.Records))
 		for i := range r.gens {
-			if next <= dispatched[i] {
+			if b.Next <= dispatched[i] {
 				continue // this generation is past the batch
 			}
-			sub := recs
-			if len(sub) > 0 && sub[0].Offset < dispatched[i] {
-				j := sort.Search(len(sub), func(j int) bool { return sub[j].Offset >= dispatched[i] })
-				sub = sub[j:]
+			sub := b
+			if len(sub.Records) > 0 && sub.Records[0].Offset < dispatched[i] {
+				j := sort.Search(len(sub.Records), func(j int) bool { return sub.Records[j].Offset >= dispatched[i] })
+				sub.Records = sub.Records[j:]
 			}
 			select {
-			case ins[i] <- projector.Batch{Records: sub, Next: next, End: r.hwm.Load()}:
-				dispatched[i] = next
+			case ins[i] <- sub:
+				dispatched[i] = b.Next
 			case <-ctx.Done():
-				return
+				return ctx.Err()
 			}
 		}
+		return nil
 	}
 }
 

@@ -1,6 +1,6 @@
-// Package projector turns records of a compacted topic into writes of one
-// projection generation: it decodes each record once (Decode), and for every
-// generation it feeds (Writer.WriteBatch) renders the projected key and
+// Package projector turns records of a compacted topic, decoded once by
+// package feed, into writes of one projection generation: for every
+// generation they feed (Writer.WriteBatch) it renders the projected key and
 // value, deletes what a source key no longer owns (re-keys, tombstones,
 // records the filter now rejects, records that cannot be projected), writes
 // through distcache.Publisher in one pipelined batch, and then records the
@@ -38,65 +38,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/events"
 	"github.com/distcache/distcache/libs/projection"
+	"github.com/distcache/distcache/services/cache-producer/internal/feed"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 )
-
-// Record is one decoded topic record, shared by every generation it feeds.
-type Record struct {
-	Offset    int64
-	Partition int32
-	Topic     string
-	// Key is the source (aggregate) key, the record key.
-	Key string
-	// Delete is set for a tombstone.
-	Delete bool
-	// Payload is the decoded JSON object of an upsert (only the members the
-	// generations read, see DecodeFields); it is only read.
-	Payload projection.Members
-	// Err says why the record cannot be used at all (malformed envelope,
-	// payload not a JSON object); it is then dead-lettered by every
-	// generation, and the source key's projected value is removed.
-	Err error
-}
-
-// Decode decodes a record once for every generation it feeds, keeping
-// every payload field.
-func Decode(r *kgo.Record) Record { return DecodeFields(r, nil) }
-
-// DecodeFields is Decode keeping only the payload fields in keep (every
-// field when nil): FieldsOf the generations the record feeds. The whole
-// payload is still checked.
-func DecodeFields(r *kgo.Record, keep Fields) Record {
-	rec := Record{Offset: r.Offset, Partition: r.Partition, Topic: r.Topic, Key: string(r.Key)}
-	e, err := events.FromRecordLazy(r) // the payload is checked by its parse below
-	if err != nil {
-		rec.Err = err
-		return rec
-	}
-	if e.Op == events.OpDelete {
-		rec.Delete = true
-		return rec
-	}
-	if rec.Payload, rec.Err = decodePayload(e.Payload, keep); rec.Err != nil {
-		// Not valid JSON: report it as FromRecord does.
-		if _, ferr := events.FromRecord(r); ferr != nil {
-			rec.Err = ferr
-		}
-	}
-	return rec
-}
 
 // Version is the version of every write a record makes.
 func Version(offset int64) int64 { return offset + 1 }
@@ -210,7 +164,7 @@ func ReasonClass(err error) string {
 
 // outcome is what one record means for one generation.
 type outcome struct {
-	rec    *Record
+	rec    *feed.Record
 	remove bool   // the source key owns nothing after this record
 	key    string // projected key (when !remove)
 	value  []byte
@@ -225,7 +179,7 @@ type outcome struct {
 type Plan struct {
 	t       Target
 	changes []distcache.Change
-	origin  []*Record // the record of each change
+	origin  []*feed.Record // the record of each change
 	dead    []ledger.DeadLetter
 	// slots holds the index entry of every source key the batch touches,
 	// before and after it, in the order the batch first meets them; pos
@@ -266,7 +220,7 @@ func (p *Plan) Stats() Stats { return p.stats }
 // stored offset) into t and then stores next as t's next offset (next < 0
 // leaves it alone). It returns only once everything is written; on error
 // nothing is known to be stored and the caller retries the same batch.
-func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next int64) (Stats, error) {
+func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []feed.Record, next int64) (Stats, error) {
 	if w.transactional() {
 		st, _, err := w.writeTx(ctx, nil, t, w.projectAll(t, recs), next, 0)
 		return st, err
@@ -288,7 +242,7 @@ func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []Record, next i
 // overlaid with pending (plans of the same generation, in order, whose
 // commit may not have landed yet), and the versions their deletes must
 // check. It writes nothing.
-func (w *Writer) Plan(ctx context.Context, t Target, recs []Record, next int64, pending []*Plan) (*Plan, error) {
+func (w *Writer) Plan(ctx context.Context, t Target, recs []feed.Record, next int64, pending []*Plan) (*Plan, error) {
 	c := w.ledger.Client()
 	index := func(skeys []string) ([]ledger.Entry, error) {
 		return w.ledger.IndexOn(ctx, c, t.Projection, t.Generation, false, skeys) // Cluster: per-key layout
@@ -297,7 +251,7 @@ func (w *Writer) Plan(ctx context.Context, t Target, recs []Record, next int64, 
 }
 
 // projectAll projects every record of a batch (no I/O).
-func (w *Writer) projectAll(t Target, recs []Record) []outcome {
+func (w *Writer) projectAll(t Target, recs []feed.Record) []outcome {
 	outs := make([]outcome, len(recs))
 	for i := range recs {
 		outs[i] = w.project(t, &recs[i])
@@ -414,7 +368,7 @@ func (w *Writer) planOn(ctx context.Context, c redis.Cmdable, t Target, outs []o
 		return checkVer[pk]
 	}
 	p.changes = make([]distcache.Change, 0, len(outs)+8)
-	p.origin = make([]*Record, 0, len(outs)+8)
+	p.origin = make([]*feed.Record, 0, len(outs)+8)
 	for i := range outs {
 		o := &outs[i]
 		r := o.rec
@@ -452,7 +406,7 @@ func (w *Writer) planOn(ctx context.Context, c redis.Cmdable, t Target, outs []o
 	return p, nil
 }
 
-func (p *Plan) deadLetter(r *Record, err error) {
+func (p *Plan) deadLetter(r *feed.Record, err error) {
 	p.dead = append(p.dead, ledger.DeadLetter{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Reason: err.Error()})
 	p.stats.DeadLetters++
 	if p.stats.DeadReasons == nil {
@@ -499,7 +453,7 @@ func (p *Plan) results(res []distcache.Result) {
 }
 
 // refused reports whether r already has a dead letter (a repeated Apply).
-func (p *Plan) refused(r *Record) bool {
+func (p *Plan) refused(r *feed.Record) bool {
 	for _, d := range p.dead {
 		if d.Offset == r.Offset {
 			return true
@@ -532,31 +486,13 @@ func (p *Plan) commit() ledger.Commit {
 	return c
 }
 
-// FetchBytes is the most a topic fetch brings (kgo.FetchMaxPartitionBytes):
-// a default batch of 5000 records of ~300 bytes fits in it with room to
-// spare. Bigger fetches do not read faster once records flow (the client
-// fetches ahead), but the first one, which a starting consumer or backfill
-// waits for, takes about 27 ms per MiB here: 16 MiB kept the first batch
-// ~430 ms away, 4 MiB ~80 ms.
-const FetchBytes = 4 << 20
-
-// Batch is one slice of a topic for Run: its records (at or after the
-// generation's offset) and the offset after it.
-type Batch struct {
-	Records []Record
-	Next    int64
-	// End is the topic's end offset as last seen (0 if unknown). It sizes
-	// a new generation's index cache up front.
-	End int64
-}
-
 // Run writes the batches of in into t in order, overlapping the work of
 // consecutive batches: while one batch's values are written, the next is
 // planned (its index read and overlaid with the batches not yet committed)
 // and the one before is committed. Failed steps are retried until ctx ends.
 // committed is called after each batch's commit, in order. Run returns when
 // in is closed and drained, or with ctx's error.
-func (w *Writer) Run(ctx context.Context, t Target, in <-chan Batch, onErr func(error), committed func(next int64, st Stats, took time.Duration)) error {
+func (w *Writer) Run(ctx context.Context, t Target, in <-chan feed.Batch, onErr func(error), committed func(next int64, st Stats, took time.Duration)) error {
 	if w.transactional() {
 		return w.runTx(ctx, t, in, onErr, committed)
 	}
@@ -576,7 +512,7 @@ func (w *Writer) Run(ctx context.Context, t Target, in <-chan Batch, onErr func(
 	go func() { // plan
 		defer close(toApply)
 		for {
-			var b Batch
+			var b feed.Batch
 			var ok bool
 			select {
 			case b, ok = <-in:
@@ -657,7 +593,7 @@ func (w *Writer) Run(ctx context.Context, t Target, in <-chan Batch, onErr func(
 	return err
 }
 
-func (w *Writer) project(t Target, r *Record) outcome {
+func (w *Writer) project(t Target, r *feed.Record) outcome {
 	o := outcome{rec: r}
 	switch {
 	case r.Err != nil:
@@ -708,30 +644,4 @@ func Retry(ctx context.Context, f func() error, onErr func(error)) error {
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
-}
-
-// DecodeAll decodes rs (DecodeFields), spreading a large batch over the
-// CPUs.
-func DecodeAll(rs []*kgo.Record, keep Fields) []Record {
-	out := make([]Record, len(rs))
-	const chunk = 512
-	if len(rs) <= chunk || runtime.GOMAXPROCS(0) == 1 {
-		for i, r := range rs {
-			out[i] = DecodeFields(r, keep)
-		}
-		return out
-	}
-	var wg sync.WaitGroup
-	for lo := 0; lo < len(rs); lo += chunk {
-		hi := min(lo+chunk, len(rs))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := lo; i < hi; i++ {
-				out[i] = DecodeFields(rs[i], keep)
-			}
-		}()
-	}
-	wg.Wait()
-	return out
 }

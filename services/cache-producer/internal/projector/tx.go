@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/distcache/distcache/services/cache-producer/internal/feed"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 )
 
@@ -67,7 +68,7 @@ func (w *Writer) transactional() bool { return !w.ledger.Cluster() }
 type prepared struct {
 	outs []outcome
 	next int64
-	end  int64 // Batch.End
+	end  int64 // feed.Batch.End
 	t0   time.Time
 }
 
@@ -513,7 +514,7 @@ func (c *indexCache) apply(p *Plan, stored int64, cacheMax int) {
 // one ahead of the transaction that writes the batch before, and every
 // transaction of the generation runs on one dedicated connection (two round
 // trips a batch).
-func (w *Writer) runTx(ctx context.Context, t Target, in <-chan Batch, onErr func(error), committed func(next int64, st Stats, took time.Duration)) error {
+func (w *Writer) runTx(ctx context.Context, t Target, in <-chan feed.Batch, onErr func(error), committed func(next int64, st Stats, took time.Duration)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ready := make(chan prepared, 1)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/projection"
+	"github.com/distcache/distcache/services/cache-producer/internal/feed"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
@@ -51,11 +52,11 @@ func txTarget(t *testing.T, name string) Target {
 	return Target{Projection: name, Generation: 1, Compiled: c}
 }
 
-func upserts(from, n int) []Record {
-	recs := make([]Record, n)
+func upserts(from, n int) []feed.Record {
+	recs := make([]feed.Record, n)
 	for i := range recs {
 		id := strconv.Itoa(from + i)
-		recs[i] = Record{Offset: int64(from + i), Topic: "t", Key: id,
+		recs[i] = feed.Record{Offset: int64(from + i), Topic: "t", Key: id,
 			Payload: projection.Members{{Name: "id", Value: projection.Value{Kind: projection.KindNumber, Text: id}},
 				{Name: "email", Value: projection.Value{Kind: projection.KindString, Text: "u" + id + "@example.com"}}}}
 	}
@@ -85,9 +86,9 @@ func TestRunTxOneRoundTripPerBatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	const batches, size = 20, 50
-	in := make(chan Batch, batches)
+	in := make(chan feed.Batch, batches)
 	for b := range batches {
-		in <- Batch{Records: upserts(b*size, size), Next: int64((b + 1) * size)}
+		in <- feed.Batch{Records: upserts(b*size, size), Next: int64((b + 1) * size)}
 	}
 	close(in)
 	var done int

@@ -1,7 +1,8 @@
-package projector
+package feed
 
 import (
 	"encoding/json"
+	"errors"
 	"reflect"
 	"testing"
 	"time"
@@ -29,21 +30,33 @@ func record(t *testing.T, op events.Op, payload string) *kgo.Record {
 	return r
 }
 
+// valueError reports whether err says the record's value (its payload) is
+// not a JSON object, as opposed to a malformed envelope.
+func valueError(err error) bool {
+	var re *events.RecordError
+	return errors.Is(err, projection.ErrPayload) || errors.As(err, &re) && re.Part == "value"
+}
+
 func TestDecode(t *testing.T) {
 	t.Parallel()
 	noHeaders := record(t, events.OpUpsert, "")
 	noHeaders.Headers = nil
+	const (
+		usable    = ""
+		badValue  = "value"
+		malformed = "envelope"
+	)
 	tests := []struct {
 		name       string
 		rec        *kgo.Record
 		wantDelete bool
-		wantReason string // "" for a usable record
+		wantErr    string
 	}{
-		{"upsert", record(t, events.OpUpsert, `{"email":"a@x.io","n":12345678901234567890}`), false, ""},
-		{"tombstone", record(t, events.OpDelete, ""), true, ""},
-		{"not json", record(t, events.OpUpsert, "{oops"), false, ReasonNotJSON},
-		{"json array", record(t, events.OpUpsert, "[1,2]"), false, ReasonNotJSON},
-		{"no headers", noHeaders, false, ReasonMalformed},
+		{"upsert", record(t, events.OpUpsert, `{"email":"a@x.io","n":12345678901234567890}`), false, usable},
+		{"tombstone", record(t, events.OpDelete, ""), true, usable},
+		{"not json", record(t, events.OpUpsert, "{oops"), false, badValue},
+		{"json array", record(t, events.OpUpsert, "[1,2]"), false, badValue},
+		{"no headers", noHeaders, false, malformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,24 +69,17 @@ func TestDecode(t *testing.T) {
 				t.Errorf("Delete = %v, want %v", got.Delete, tt.wantDelete)
 			}
 			switch {
-			case tt.wantReason == "" && got.Err != nil:
+			case tt.wantErr == usable && got.Err != nil:
 				t.Errorf("Err = %v, want none", got.Err)
-			case tt.wantReason != "" && (got.Err == nil || ReasonClass(got.Err) != tt.wantReason):
-				t.Errorf("Err = %v (class %q), want class %q", got.Err, ReasonClass(got.Err), tt.wantReason)
+			case tt.wantErr == badValue && !valueError(got.Err):
+				t.Errorf("Err = %v, want a payload error", got.Err)
+			case tt.wantErr == malformed && (!errors.Is(got.Err, events.ErrMalformedRecord) || valueError(got.Err)):
+				t.Errorf("Err = %v, want a malformed envelope", got.Err)
 			}
 			if n, _ := got.Payload.Lookup("n"); tt.name == "upsert" && (n.Kind != projection.KindNumber || n.Text != "12345678901234567890") {
 				t.Errorf("large number lost digits: %+v", n)
 			}
 		})
-	}
-}
-
-func TestVersionIsOffsetPlusOne(t *testing.T) {
-	t.Parallel()
-	for _, off := range []int64{0, 1, 1 << 40} {
-		if got := Version(off); got != off+1 || got <= 0 {
-			t.Errorf("Version(%d) = %d", off, got)
-		}
 	}
 }
 

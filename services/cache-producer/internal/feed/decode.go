@@ -1,4 +1,4 @@
-package projector
+package feed
 
 import (
 	"bytes"
@@ -9,16 +9,16 @@ import (
 )
 
 // Fields is the set of payload fields a decode keeps: the fields the
-// generations it feeds read (FieldsOf). nil keeps every field.
+// projections it feeds read (FieldsOf). nil keeps every field.
 type Fields map[string]struct{}
 
-// FieldsOf is the union of the payload fields the targets read
+// FieldsOf is the union of the payload fields the projections read
 // (projection.Projection.Reads); a payload reduced to them projects into
-// each target exactly as the whole payload does.
-func FieldsOf(ts ...Target) Fields {
+// each of them exactly as the whole payload does.
+func FieldsOf(ps ...*projection.Projection) Fields {
 	f := Fields{}
-	for _, t := range ts {
-		for _, name := range t.Compiled.Reads() {
+	for _, p := range ps {
+		for _, name := range p.Reads() {
 			f[name] = struct{}{}
 		}
 	}
