@@ -36,7 +36,7 @@ import (
 	"github.com/distcache/distcache/services/control-plane/internal/auth"
 	"github.com/distcache/distcache/services/control-plane/internal/config"
 	"github.com/distcache/distcache/services/control-plane/internal/cpmetrics"
-	"github.com/distcache/distcache/services/control-plane/internal/models"
+	"github.com/distcache/distcache/services/control-plane/internal/modelcatalog"
 	"github.com/distcache/distcache/services/control-plane/internal/server"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/registry"
@@ -81,7 +81,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 	defer pool.Close()
 	store := registry.New(pool)
 
-	catalog := models.Chain{}
+	catalog := modelcatalog.Chain{}
 	if len(cfg.Models) > 0 {
 		catalog = append(catalog, cfg.Models)
 	}
@@ -91,7 +91,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 			return fmt.Errorf("core database: %w", err)
 		}
 		defer core.Close()
-		catalog = append(catalog, models.Columns{Pool: core})
+		catalog = append(catalog, modelcatalog.Columns{Pool: core})
 	}
 
 	ropts := &redis.UniversalOptions{Addrs: cfg.RedisAddrs, Password: cfg.RedisPassword}

@@ -26,7 +26,7 @@ import (
 	"github.com/distcache/distcache/libs/events"
 	"github.com/distcache/distcache/libs/projection"
 	pb "github.com/distcache/distcache/services/control-plane/gen/distcache/v1"
-	"github.com/distcache/distcache/services/control-plane/internal/models"
+	"github.com/distcache/distcache/services/control-plane/internal/modelcatalog"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/registry"
 )
@@ -67,17 +67,17 @@ type Settings struct {
 // Service implements pb.ControlPlaneServer.
 type Service struct {
 	pb.UnimplementedControlPlaneServer
-	reg    Registry
-	tc     Temporal
-	models models.Catalog
-	set    Settings
-	log    *slog.Logger
+	reg     Registry
+	tc      Temporal
+	catalog modelcatalog.Catalog
+	set     Settings
+	log     *slog.Logger
 }
 
 var _ pb.ControlPlaneServer = (*Service)(nil)
 
 // New returns the service.
-func New(reg Registry, tc Temporal, cat models.Catalog, set Settings, log *slog.Logger) *Service {
+func New(reg Registry, tc Temporal, cat modelcatalog.Catalog, set Settings, log *slog.Logger) *Service {
 	if set.PointerWait <= 0 {
 		set.PointerWait = 30 * time.Second
 	}
@@ -87,7 +87,7 @@ func New(reg Registry, tc Temporal, cat models.Catalog, set Settings, log *slog.
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{reg: reg, tc: tc, models: cat, set: set, log: log}
+	return &Service{reg: reg, tc: tc, catalog: cat, set: set, log: log}
 }
 
 // Paging of ListProjections.
@@ -145,9 +145,9 @@ func (s *Service) checkDefinition(ctx context.Context, prefix string, d projecti
 		v.addDefinition(prefix, err)
 	}
 	if d.Model != "" && len(v.list) == 0 {
-		fields, err := s.models.Fields(ctx, d.Model)
+		fields, err := s.catalog.Fields(ctx, d.Model)
 		switch {
-		case errors.Is(err, models.ErrUnknownModel):
+		case errors.Is(err, modelcatalog.ErrUnknownModel):
 			v.add(prefix+"model", fmt.Sprintf("unknown model %q", d.Model))
 		case err != nil:
 			s.log.Error("model catalog", "model", d.Model, "err", err)

@@ -18,7 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/distcache/distcache/libs/events"
-	"github.com/distcache/distcache/services/control-plane/internal/models"
+	"github.com/distcache/distcache/services/control-plane/internal/modelcatalog"
 )
 
 // Environment variable names.
@@ -81,7 +81,7 @@ type Config struct {
 	CoreDatabaseURL string // secret: the password
 	// Models are model fields given in CONTROLPLANE_MODELS; they take precedence over the core
 	// database.
-	Models models.Static
+	Models modelcatalog.Static
 
 	RedisAddrs    []string
 	RedisPassword string // secret
@@ -140,7 +140,7 @@ func FromEnv(getenv func(string) string, readFile func(string) ([]byte, error)) 
 		}
 	}
 	if v := strings.TrimSpace(getenv(EnvModels)); v != "" {
-		m, err := models.ParseStatic(v)
+		m, err := modelcatalog.ParseStatic(v)
 		if err != nil {
 			fail(EnvModels, "%v", err)
 		}

@@ -26,7 +26,7 @@ import (
 	"github.com/distcache/distcache/services/control-plane/internal/api"
 	"github.com/distcache/distcache/services/control-plane/internal/auth"
 	"github.com/distcache/distcache/services/control-plane/internal/cpmetrics"
-	"github.com/distcache/distcache/services/control-plane/internal/models"
+	"github.com/distcache/distcache/services/control-plane/internal/modelcatalog"
 	"github.com/distcache/distcache/services/control-plane/internal/server"
 	"github.com/distcache/distcache/workflows"
 )
@@ -37,7 +37,7 @@ const (
 )
 
 // testModels are the models the test servers know.
-var testModels = models.Static{"users": {"id", "email", "name", "status", "org_id"}, "orgs": {"id", "slug"}}
+var testModels = modelcatalog.Static{"users": {"id", "email", "name", "status", "org_id"}, "orgs": {"id", "slug"}}
 
 // syncBuffer is a log sink safe for concurrent writes.
 type syncBuffer struct {

@@ -1,6 +1,6 @@
-// Package models tells the control-plane which fields a source model's payloads carry, so that a
-// projection definition naming a field the model lacks is refused at the API instead of failing
-// every record in the cache-producer.
+// Package modelcatalog tells the control-plane which fields a source model's payloads carry, so
+// that a projection definition naming a field the model lacks is refused at the API instead of
+// failing every record in the cache-producer.
 //
 // Two sources, tried in order (Chain):
 //   - Static: fields listed in configuration (CONTROLPLANE_MODELS="users=id,email,status;orgs=id,slug").
@@ -8,7 +8,7 @@
 //     (information_schema.columns, in the schemas of the connection's search_path). A payload
 //     captured by distcache_capture() is the row's to_jsonb, so its fields are exactly those
 //     columns.
-package models
+package modelcatalog
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package models_test
+package modelcatalog_test
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/distcache/distcache/services/control-plane/internal/models"
+	"github.com/distcache/distcache/services/control-plane/internal/modelcatalog"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
 
@@ -31,7 +31,7 @@ func TestParseStatic(t *testing.T) {
 		{in: "users=e-mail", wantErr: true},
 	}
 	for _, tt := range tests {
-		got, err := models.ParseStatic(tt.in)
+		got, err := modelcatalog.ParseStatic(tt.in)
 		if tt.wantErr {
 			if err == nil {
 				t.Errorf("ParseStatic(%q) = %v, want an error", tt.in, got)
@@ -62,22 +62,22 @@ func TestColumnsAndChain(t *testing.T) {
 	if _, err := pool.Exec(ctx, `CREATE TABLE users (id bigint PRIMARY KEY, email text, status text, org_id bigint)`); err != nil {
 		t.Fatal(err)
 	}
-	cols := models.Columns{Pool: pool}
+	cols := modelcatalog.Columns{Pool: pool}
 	got, err := cols.Fields(ctx, "users")
 	if err != nil || !slices.Equal(got, []string{"id", "email", "status", "org_id"}) {
 		t.Fatalf("Columns.Fields(users) = %v, %v", got, err)
 	}
-	if _, err := cols.Fields(ctx, "invoices"); !errors.Is(err, models.ErrUnknownModel) {
+	if _, err := cols.Fields(ctx, "invoices"); !errors.Is(err, modelcatalog.ErrUnknownModel) {
 		t.Errorf("Columns.Fields(invoices) error = %v, want ErrUnknownModel", err)
 	}
-	chain := models.Chain{models.Static{"orgs": {"id", "slug"}, "users": {"id"}}, cols}
+	chain := modelcatalog.Chain{modelcatalog.Static{"orgs": {"id", "slug"}, "users": {"id"}}, cols}
 	if got, _ := chain.Fields(ctx, "users"); !slices.Equal(got, []string{"id"}) {
 		t.Errorf("chain users = %v, want the static list first", got)
 	}
 	if got, _ := chain.Fields(ctx, "orgs"); !slices.Equal(got, []string{"id", "slug"}) {
 		t.Errorf("chain orgs = %v", got)
 	}
-	if _, err := chain.Fields(ctx, "nope"); !errors.Is(err, models.ErrUnknownModel) {
+	if _, err := chain.Fields(ctx, "nope"); !errors.Is(err, modelcatalog.ErrUnknownModel) {
 		t.Errorf("chain nope error = %v, want ErrUnknownModel", err)
 	}
 }
