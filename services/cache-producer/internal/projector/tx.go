@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,15 +20,18 @@ import (
 // optimistic transaction instead of the three version-guarded steps that a
 // Redis Cluster needs:
 //
-//	WATCH <offset key>; GET <offset key>, <index count>
+//	WATCH <offset key>; GET <offset key>, <index count>, <layout mark>
 //	                                      → S; records before S are written already
-//	[MGET <index keys>, GETRANGE <values>] only what the in-memory index
+//	[HMGET/MGET <index>, GETRANGE <values>] only what the in-memory index
 //	                                      cache cannot answer, under the WATCH
-//	MULTI
+//	                                      (steps 1 and 2: read the state, plan)
+//	MULTI                                 (step 3: execute)
 //	  MSET values, XADD change stream     (distcache.Publisher.WriteTx)
 //	  MSET/UNLINK index, INCRBY index count, XADD dead letters, SET offset Next
 //	EXEC                                  → nil if anyone wrote the offset since the WATCH
-//	WATCH <offset key>; GET <offset key>, <index count>   for the next batch
+//	WATCH <offset key>; GET <offset key>, <index count>, <layout mark>   for the next batch
+//
+// and then (step 4) the index cache takes the plan's entries.
 //
 // A Run keeps one dedicated connection for this (txConn) and sends the
 // transaction and the next batch's WATCH in one pipeline, so a batch costs
@@ -60,71 +61,6 @@ var errConflict = errors.New("the generation's offset moved under another writer
 // Conflicts counts the transactions that lost to another writer of the
 // same generation (and were planned again).
 func (w *Writer) Conflicts() int64 { return w.conflicts.Load() }
-
-// transactional reports whether batches are written in one transaction.
-func (w *Writer) transactional() bool { return !w.ledger.Cluster() }
-
-// prepared is a batch with its records projected.
-type prepared struct {
-	outs []outcome
-	next int64
-	end  int64 // feed.Batch.End
-	t0   time.Time
-}
-
-// indexCache is a generation's source-key index as this Writer last
-// committed it, so that a batch need not read the entries back from Redis.
-// It is trusted only while the stored offset is the one it was left at
-// (nobody else committed since); complete means it holds every stored
-// entry, so a key it lacks has none.
-type indexCache struct {
-	// mu is held while the cache is read or changed: two writers of one
-	// generation in one process (a zombie backfill attempt next to the live
-	// consumer) must not touch it at once.
-	mu       sync.Mutex
-	size     atomic.Int64 // len(entries), for IndexCacheEntries without mu
-	at       int64        // stored offset the cache matches; -1: none
-	complete bool
-	entries  map[string]ledger.Entry
-}
-
-// DefaultIndexCacheEntries bounds a generation's index cache (about 100
-// bytes an entry). Past it, keys not cached are read from Redis.
-const DefaultIndexCacheEntries = 1_000_000
-
-func (w *Writer) cacheOf(t Target) *indexCache {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.caches == nil {
-		w.caches = map[string]*indexCache{}
-	}
-	c, ok := w.caches[t.String()]
-	if !ok {
-		c = &indexCache{at: -1}
-		w.caches[t.String()] = c
-	}
-	return c
-}
-
-// IndexCacheEntries is how many index entries the Writer holds in memory,
-// over every generation.
-func (w *Writer) IndexCacheEntries() int64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var n int64
-	for _, c := range w.caches {
-		n += c.size.Load()
-	}
-	return n
-}
-
-// Forget drops what the Writer keeps in memory for t (its index cache),
-// when t is retired or no longer written by this process.
-func (w *Writer) Forget(t Target) {
-	w.mu.Lock()
-	delete(w.caches, t.String())
-	w.mu.Unlock()
-}
 
 // txCmdable is a connection a transaction runs on: a redis.Tx or the
 // dedicated redis.Conn of a txConn.
@@ -308,6 +244,43 @@ func isRedisError(err error) bool {
 	return errors.As(err, &rerr)
 }
 
+// head is what a transaction reads of its generation first, under the
+// WATCH: the stored offset, the index count and the index layout.
+type head struct {
+	offset   int64 // stored next offset S; 0 when !known
+	known    bool  // an offset is stored: something was committed (or InitOffset ran)
+	count    int64 // index entries, when counted
+	counted  bool
+	marked   bool // the bucketed layout's mark exists
+	bucketed bool // the index layout (ledger.Layout)
+}
+
+// readHead parses the reads of rd.
+func (w *Writer) readHead(t Target, rd watchReads) (head, error) {
+	var h head
+	if h.known = rd.off.Err() == nil; h.known {
+		var err error
+		if h.offset, err = strconv.ParseInt(rd.off.Val(), 10, 64); err != nil || h.offset < 0 {
+			return head{}, fmt.Errorf("%w: offset of %s is %q", ledger.ErrCorrupt, t, rd.off.Val())
+		}
+	}
+	if rd.cnt.Err() == nil {
+		n, err := strconv.ParseInt(rd.cnt.Val(), 10, 64)
+		h.count, h.counted = n, err == nil
+	}
+	h.marked = rd.format.Err() == nil && ledger.IsFormatMark(rd.format.Val())
+	h.bucketed = w.ledger.Bucketed(ledger.Layout{OffsetKnown: h.known, Marked: h.marked})
+	return h, nil
+}
+
+// unwritten returns the records of outs at or past the stored offset.
+func (h head) unwritten(outs []outcome) []outcome {
+	if !h.known {
+		return outs
+	}
+	return outs[sort.Search(len(outs), func(i int) bool { return outs[i].rec.Offset >= h.offset }):]
+}
+
 // writeTx writes one projected batch in one optimistic transaction (see
 // above). It returns what it did and the generation's stored offset after
 // it. end is the topic's end offset if known (else 0). Batches of one
@@ -318,93 +291,29 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 	defer cache.mu.Unlock()
 	for range maxTxConflicts {
 		var (
-			st      Stats
-			stored  int64
-			applied func()
+			h    head
+			todo []outcome
+			p    *Plan // nil: the batch was written already
 		)
 		err := w.watched(ctx, tc, t, func(tx txCmdable, exec execFn, rd watchReads) error {
-			offCmd, cntCmd := rd.off, rd.cnt
-			s, known := int64(0), offCmd.Err() == nil
-			if known {
-				var err error
-				if s, err = strconv.ParseInt(offCmd.Val(), 10, 64); err != nil || s < 0 {
-					return fmt.Errorf("%w: offset of %s is %q", ledger.ErrCorrupt, t, offCmd.Val())
-				}
+			// 1. Read the state the batch needs, under the WATCH.
+			var err error
+			if h, err = w.readHead(t, rd); err != nil {
+				return err
 			}
-			count, counted := int64(0), cntCmd.Err() == nil
-			if counted {
-				var err error
-				if count, err = strconv.ParseInt(cntCmd.Val(), 10, 64); err != nil {
-					counted = false
-				}
+			cache.sync(h, end, w.cacheMax)
+			if todo = h.unwritten(outs); len(todo) == 0 && h.known && next <= h.offset {
+				return tx.Do(ctx, "UNWATCH").Err() // written already (a replay, or another writer)
 			}
-			fresh := !known // nothing was ever committed: no index either
-			marked := rd.format.Err() == nil && ledger.IsFormatMark(rd.format.Val())
-			layout := ledger.Layout{OffsetKnown: known, Marked: marked}
-			bucketed := w.ledger.Bucketed(layout)
-			if !known || s != cache.at {
-				// Someone else committed (or this Writer is new): start
-				// over from what is stored.
-				cache.at = -1
-				cache.complete = fresh || (counted && count == 0)
-				// An empty index fills with up to a key per record to the
-				// topic's end: size it for them rather than grow it.
-				size := 0
-				if cache.complete {
-					size = int(min(int64(w.cacheMax), max(end-s, 0)))
-				}
-				cache.entries = make(map[string]ledger.Entry, size)
-				cache.size.Store(0)
-			}
-			todo := outs
-			if known {
-				j := sort.Search(len(outs), func(i int) bool { return outs[i].rec.Offset >= s })
-				todo = outs[j:]
-				if len(todo) == 0 && next <= s {
-					stored = s // written already (a replay, or another writer)
-					st = Stats{Records: len(outs), Skipped: len(outs)}
-					return tx.Do(ctx, "UNWATCH").Err()
-				}
-			}
-			index := func(skeys []string) ([]ledger.Entry, error) {
-				out := make([]ledger.Entry, len(skeys))
-				var miss []string
-				var missAt []int
-				for i, k := range skeys {
-					if e, ok := cache.entries[k]; ok {
-						out[i] = e
-					} else if !cache.complete {
-						miss = append(miss, k)
-						missAt = append(missAt, i)
-					}
-				}
-				if len(miss) == 0 {
-					return out, nil
-				}
-				got, err := w.ledger.IndexOn(ctx, tx, t.Projection, t.Generation, bucketed, miss)
-				if err != nil {
-					return nil, err
-				}
-				for j, i := range missAt {
-					out[i] = got[j]
-				}
-				return out, nil
-			}
-			p, err := w.planOn(ctx, tx, t, todo, next, nil, index)
+			src := groupSources(todo)
+			st, err := readState(todo, &src, nil, cache.reader(ctx, w.ledger, tx, t, h), w.versionsOn(ctx, tx, t))
 			if err != nil {
 				return err
 			}
-			if err := w.execPlan(ctx, exec, t, p, fresh, counted, bucketed, bucketed && !marked); err != nil {
-				return err
-			}
-			st = p.stats
-			st.Records, st.Skipped = len(outs), len(outs)-len(todo)
-			stored = s
-			if next >= 0 {
-				stored = next
-			}
-			applied = func() { cache.apply(p, stored, w.cacheMax) }
-			return nil
+			// 2. Plan.
+			p = planBatch(t, todo, &src, st, next, false)
+			// 3. Execute.
+			return w.execTx(ctx, exec, t, p, h)
 		})
 		if errors.Is(err, redis.TxFailedErr) {
 			w.conflicts.Add(1)
@@ -414,8 +323,15 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			cache.at = -1 // the transaction may or may not have landed
 			return Stats{}, 0, err
 		}
-		if applied != nil {
-			applied()
+		// 4. Record the outcome.
+		stored, st := h.offset, Stats{Records: len(outs), Skipped: len(outs)}
+		if p != nil {
+			if next >= 0 {
+				stored = next
+			}
+			cache.apply(p, stored, w.cacheMax)
+			st = p.stats
+			st.Records, st.Skipped = len(outs), len(outs)-len(todo)
 		}
 		if w.fault != nil {
 			if err := w.fault(ctx, t, AfterValues); err != nil {
@@ -427,13 +343,12 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 	return Stats{}, 0, fmt.Errorf("write %s: %w (%d conflicts in a row)", t, errConflict, maxTxConflicts)
 }
 
-// execPlan writes p in one MULTI/EXEC through exec (under the caller's WATCH).
-// fresh: nothing was ever committed to the generation; counted: its index
-// count exists. Both decide how the count is maintained. bucketed: the
-// index layout (ledger.Layout); mark: the transaction creates the bucketed
-// layout's mark (a generation's first commit, when no InitOffset created
-// it).
-func (w *Writer) execPlan(ctx context.Context, exec execFn, t Target, p *Plan, fresh, counted, bucketed, mark bool) error {
+// execTx writes p in one MULTI/EXEC through exec (under the caller's
+// WATCH). h decides how the index is written: its layout, whether its count
+// is set (nothing was ever committed), kept up (it exists) or left alone,
+// and whether the transaction creates the bucketed layout's mark (a
+// generation's first commit, when no InitOffset created it).
+func (w *Writer) execTx(ctx context.Context, exec execFn, t Target, p *Plan, h head) error {
 	if w.fault != nil {
 		if err := w.fault(ctx, t, BeforeValues); err != nil {
 			return err
@@ -452,8 +367,8 @@ func (w *Writer) execPlan(ctx context.Context, exec execFn, t Target, p *Plan, f
 			nValues = pipe.Len() - base
 		}
 		c := p.commit()
-		c.Bucketed, c.Mark = bucketed, mark
-		if fresh || counted {
+		c.Bucketed, c.Mark = h.bucketed, h.bucketed && !h.marked
+		if fresh := !h.known; fresh || h.counted {
 			c.Count, c.CountFresh = true, fresh
 			for _, sl := range p.slots {
 				switch {
@@ -488,32 +403,18 @@ func (w *Writer) execPlan(ctx context.Context, exec execFn, t Target, p *Plan, f
 	return nil
 }
 
-// apply records a committed plan in the cache, which then matches the
-// stored offset stored.
-func (c *indexCache) apply(p *Plan, stored int64, cacheMax int) {
-	for _, sl := range p.slots {
-		k, e := sl.skey, sl.after
-		if e.Key == "" && c.complete {
-			delete(c.entries, k) // absent means no entry
-			continue
-		}
-		// (An incomplete cache also remembers "no entry".)
-		if len(c.entries) < cacheMax {
-			c.entries[k] = e
-		} else if _, ok := c.entries[k]; ok {
-			c.entries[k] = e
-		} else {
-			c.complete = false // full: keys not cached are read
-		}
-	}
-	c.at = stored
-	c.size.Store(int64(len(c.entries)))
+// prepared is a batch with its records projected.
+type prepared struct {
+	outs []outcome
+	next int64
+	end  int64 // feed.Batch.End
+	t0   time.Time
 }
 
 // runTx is Run for transactional writes: batches are projected (CPU only)
 // one ahead of the transaction that writes the batch before, and every
-// transaction of the generation runs on one dedicated connection (two round
-// trips a batch).
+// transaction of the generation runs on one dedicated connection (one round
+// trip a batch when the index cache answers its plan).
 func (w *Writer) runTx(ctx context.Context, t Target, in <-chan feed.Batch, onErr func(error), committed func(next int64, st Stats, took time.Duration)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -526,7 +427,7 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan feed.Batch, onEr
 				if !ok {
 					return
 				}
-				p := prepared{outs: w.projectAll(t, b.Records), next: b.Next, end: b.End, t0: time.Now()}
+				p := prepared{outs: projectAll(t, b.Records), next: b.Next, end: b.End, t0: time.Now()}
 				select {
 				case ready <- p:
 				case <-ctx.Done():
