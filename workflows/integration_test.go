@@ -163,11 +163,6 @@ func newEnv(t *testing.T) (*env, error) {
 	return e, nil
 }
 
-func eventually(t *testing.T, timeout time.Duration, cond func() bool, what string) {
-	t.Helper()
-	devstacktest.Eventually(t, timeout, cond, "%s", what)
-}
-
 func startBuild(ctx context.Context, tc client.Client, p workflows.BuildParams) (client.WorkflowRun, error) {
 	return tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                                       workflows.BuildWorkflowID(p.Definition.Name),
@@ -245,7 +240,7 @@ func testCreateUpdateRetire(t *testing.T, e *env) {
 		t.Fatalf("second build error = %v, want WorkflowExecutionAlreadyStarted", err)
 	}
 	// ...and its progress shows in the query, the memo and the registry.
-	eventually(t, 30*time.Second, func() bool {
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
 		v, err := e.tc.QueryWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.QueryProgress)
 		if err != nil {
 			return false
@@ -253,7 +248,7 @@ func testCreateUpdateRetire(t *testing.T, e *env) {
 		var pr workflows.Progress
 		return v.Get(&pr) == nil && pr.Phase == workflows.PhaseBackfilling && pr.Backfill.RecordsDone == 20 && pr.Backfill.EndOffset == 20
 	}, "progress query shows 20 records done")
-	eventually(t, 10*time.Second, func() bool {
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
 		g, err := e.store.GetGeneration(ctx, name, 1)
 		return err == nil && g.State == registry.StateBackfilling && g.RecordsDone == 20 && g.EndOffset == 20
 	}, "registry records the backfill's progress")
@@ -312,7 +307,7 @@ func testCreateUpdateRetire(t *testing.T, e *env) {
 	if len(raw) < 17 || raw[17:] != `{"id":1,"email":"User1@Example.com","name":"user 1"}` {
 		t.Errorf("generation 2 value = %q, want the added field", raw)
 	}
-	eventually(t, 60*time.Second, func() bool {
+	devstacktest.Eventually(t, 60*time.Second, func() bool {
 		return generationState(t, e.store, name, 1) == registry.StateRetired && countKeys(t, e.rdb, name, 1) == 0
 	}, "generation 1 retired and its keys unlinked after the grace")
 	if n := countKeys(t, e.rdb, name, 2); n != 16 {
@@ -377,7 +372,7 @@ func testRollbackAndDelete(t *testing.T, e *env) {
 	if cur, _ := e.pub.CurrentGeneration(ctx, name); cur != 1 {
 		t.Errorf("pointer after rollback = %d, want 1", cur)
 	}
-	eventually(t, 60*time.Second, func() bool {
+	devstacktest.Eventually(t, 60*time.Second, func() bool {
 		return generationState(t, e.store, name, 2) == registry.StateRetired && countKeys(t, e.rdb, name, 2) == 0
 	}, "generation 2 retired after the rollback's grace")
 	if n := countKeys(t, e.rdb, name, 1); n != 20 {

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/tools/devstacktest"
 )
 
 const proj = "users_by_email"
@@ -45,7 +46,7 @@ func TestGetFillsThenServesFromMemoryAndUpdatesInPlace(t *testing.T) {
 	if applied, err := pub.Set(ctx, proj, "ada@example.com", val("ada@example.com", 2), 2); err != nil || !applied {
 		t.Fatalf("Set v2 = %v, %v; want applied", applied, err)
 	}
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		e, err := c.GetEntry(ctx, proj, "ada@example.com")
 		return err == nil && e.Version == 2 && bytes.Equal(e.Value, val("ada@example.com", 2))
 	}, "v2 never reached the local cache")
@@ -187,7 +188,7 @@ func TestConcurrentMissesCoalesce(t *testing.T) {
 			errs <- err
 		}()
 	}
-	eventually(t, func() bool { return stats(c, proj).Misses == n }, "not all %d reads missed", n)
+	devstacktest.Eventually(t, wait, func() bool { return stats(c, proj).Misses == n }, "not all %d reads missed", n)
 	close(release)
 	wg.Wait()
 	close(errs)
@@ -245,7 +246,7 @@ func TestNegativeCaching(t *testing.T) {
 		t.Fatalf("negative hits = %d, want 2", s.NegativeHits)
 	}
 	mustSet(t, pub, proj, 1, "bob@example.com", 7)
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		v, err := c.Get(ctx, proj, "bob@example.com")
 		return err == nil && bytes.Equal(v, val("bob@example.com", 7))
 	}, "the Set never replaced the absent entry")
@@ -256,7 +257,7 @@ func TestNegativeCaching(t *testing.T) {
 	if _, err := pub.DeleteGen(ctx, proj, 1, "bob@example.com", 8); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		_, err := c.Get(ctx, proj, "bob@example.com")
 		return errors.Is(err, distcache.ErrNotFound)
 	}, "the pushed delete never reached the local cache")
@@ -279,7 +280,7 @@ func TestNegativeEntriesExpire(t *testing.T) {
 	if _, err := c.Get(ctx, proj, "nobody"); !errors.Is(err, distcache.ErrNotFound) {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		_, _ = c.Get(ctx, proj, "nobody")
 		return hook.gets.Load() >= 2
 	}, "the negative entry never expired")
@@ -305,7 +306,7 @@ func TestFillRace(t *testing.T) {
 			// fetch returns.
 			seen := stats(c, proj).ChangesSeen
 			mustSet(t, pub, proj, 1, "k", 2)
-			eventually(t, func() bool { return stats(c, proj).ChangesSeen > seen }, "v2 not tailed")
+			devstacktest.Eventually(t, wait, func() bool { return stats(c, proj).ChangesSeen > seen }, "v2 not tailed")
 		})
 	}}
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
@@ -387,7 +388,7 @@ func TestBatchReachesClients(t *testing.T) {
 	if got := rdb.XLen(ctx, distcache.StreamKey(proj, 1)).Val(); got != before+1 {
 		t.Fatalf("stream grew by %d entries, want 1", got-before)
 	}
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		e, err := c.GetEntry(ctx, proj, "k")
 		_, jerr := c.Get(ctx, proj, "j")
 		return err == nil && e.Version == 3 && bytes.Equal(e.Value, val("k", 3)) && errors.Is(jerr, distcache.ErrNotFound)

@@ -54,7 +54,7 @@ func TestCluster(t *testing.T) {
 	// (A replica counts as available once its replication offset, gossiped
 	// over the cluster bus, is non-zero: after the first write.) Every node
 	// must list them, since the client asks any one of them.
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		for _, addr := range cl.Addrs() {
 			node := redis.NewClient(&redis.Options{Addr: addr})
 			slots, err := node.ClusterSlots(ctx).Result()
@@ -73,7 +73,7 @@ func TestCluster(t *testing.T) {
 
 	c := newClient(t, distcache.WithClusterAddrs(cl.Addrs()...), distcache.WithProjections(proj))
 	for i := range n {
-		eventually(t, func() bool {
+		devstacktest.Eventually(t, wait, func() bool {
 			v, err := c.Get(ctx, proj, keyN(i))
 			return err == nil && bytes.Equal(v, val(keyN(i), 1))
 		}, "Get %s", keyN(i))
@@ -86,7 +86,7 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("GetMany = %+v, %v", ents, err)
 	}
 	mustSet(t, pub, proj, 1, keyN(3), 2)
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		e, err := c.GetEntry(ctx, proj, keyN(3))
 		return err == nil && e.Version == 2
 	}, "update not pushed")
@@ -96,7 +96,7 @@ func TestCluster(t *testing.T) {
 	}
 	misses := stats(c, proj).Misses
 	mustCutover(t, pub, proj, 2)
-	eventually(t, func() bool { return c.Generation(proj) == 2 }, "cutover not followed")
+	devstacktest.Eventually(t, wait, func() bool { return c.Generation(proj) == 2 }, "cutover not followed")
 	if got := stats(c, proj).Misses; got != misses {
 		t.Fatalf("misses during cutover = %d", got-misses)
 	}

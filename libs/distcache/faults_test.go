@@ -43,7 +43,7 @@ func TestReplicaKilledDuringReads(t *testing.T) {
 	// Wait for the replica to have everything.
 	rrdb := redis.NewClient(&redis.Options{Addr: replica.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	t.Cleanup(func() { _ = rrdb.Close() })
-	eventually(t, func() bool { return rrdb.Exists(ctx, distcache.ValueKey(proj, 1, keyN(n-1))).Val() == 1 }, "replica did not sync")
+	devstacktest.Eventually(t, wait, func() bool { return rrdb.Exists(ctx, distcache.ValueKey(proj, 1, keyN(n-1))).Val() == 1 }, "replica did not sync")
 	replicaGets := &cmdCounter{}
 	rrdb.AddHook(replicaGets)
 
@@ -95,7 +95,7 @@ func TestRedisKilled(t *testing.T) {
 			}
 		}
 	}
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		e, err := c.GetEntry(ctx, proj, keyN(0))
 		return err == nil && e.Stale
 	}, "reads never marked stale")
@@ -132,7 +132,7 @@ func TestStalenessBound(t *testing.T) {
 	if err := r.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		_, err := c.Get(ctx, proj, "k")
 		return errors.Is(err, distcache.ErrUnavailable)
 	}, "entries still served past the staleness bound")
@@ -163,7 +163,7 @@ func TestConnectionCutDuringUpdates(t *testing.T) {
 	}
 
 	proxy.Cut()
-	eventually(t, func() bool { return !stats(c, proj).Connected }, "the cut was not noticed")
+	devstacktest.Eventually(t, wait, func() bool { return !stats(c, proj).Connected }, "the cut was not noticed")
 	final := make([]int64, keys)
 	for u := range updates {
 		i := u % keys
@@ -177,7 +177,7 @@ func TestConnectionCutDuringUpdates(t *testing.T) {
 		}
 	}
 	proxy.Restore()
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		for i := range keys {
 			e, err := c.GetEntry(ctx, proj, keyN(i))
 			if err != nil || e.Version != final[i] || !bytes.Equal(e.Value, val(keyN(i), final[i])) {
@@ -223,7 +223,7 @@ func TestGapPastStreamCap(t *testing.T) {
 		}
 	}
 	proxy.Cut()
-	eventually(t, func() bool { return !stats(c, proj).Connected }, "the cut was not noticed")
+	devstacktest.Eventually(t, wait, func() bool { return !stats(c, proj).Connected }, "the cut was not noticed")
 	var last int64
 	for u := range 1000 {
 		last = int64(2 + u/keys)
@@ -233,8 +233,8 @@ func TestGapPastStreamCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	proxy.Restore()
-	eventually(t, func() bool { return stats(c, proj).Gaps == 1 }, "no gap detected")
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool { return stats(c, proj).Gaps == 1 }, "no gap detected")
+	devstacktest.Eventually(t, wait, func() bool {
 		if _, err := c.Get(ctx, proj, keyN(0)); !errors.Is(err, distcache.ErrNotFound) {
 			return false
 		}
@@ -320,7 +320,7 @@ func TestConcurrentGetAndSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The last write of every key is a delete at v150.
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		for i := range keys {
 			if _, err := c.Get(ctx, proj, keyN(i)); !errors.Is(err, distcache.ErrNotFound) {
 				return false
@@ -348,11 +348,11 @@ func TestNoGoroutineLeak(t *testing.T) {
 	if err := r.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool { return !stats(c, proj).Connected }, "Redis loss not noticed")
+	devstacktest.Eventually(t, wait, func() bool { return !stats(c, proj).Connected }, "Redis loss not noticed")
 	if err := c.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool { return !strings.Contains(goroutines(), "libs/distcache.") }, "goroutines left:\n%s", goroutines())
+	devstacktest.Eventually(t, wait, func() bool { return !strings.Contains(goroutines(), "libs/distcache.") }, "goroutines left:\n%s", goroutines())
 }
 
 func goroutines() string {

@@ -39,7 +39,7 @@ func TestEviction(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		eventually(t, func() bool { return stats(c, "a").Items == 10 }, "a not trimmed to 10 items: %+v", stats(c, "a"))
+		devstacktest.Eventually(t, wait, func() bool { return stats(c, "a").Items == 10 }, "a not trimmed to 10 items: %+v", stats(c, "a"))
 		if s := stats(c, "a"); s.EvictedMaxItems != 20 {
 			t.Fatalf("a evicted by max items = %d, want 20", s.EvictedMaxItems)
 		}
@@ -75,9 +75,9 @@ func TestEviction(t *testing.T) {
 			}
 			// Fill times have millisecond resolution: keep a's and b's apart.
 			filled := time.Now()
-			eventually(t, func() bool { return time.Since(filled) > 5*time.Millisecond }, "clock")
+			devstacktest.Eventually(t, wait, func() bool { return time.Since(filled) > 5*time.Millisecond }, "clock")
 		}
-		eventually(t, func() bool { return stats(c, "a").Bytes+stats(c, "b").Bytes <= 1000 }, "not trimmed to 1000 bytes")
+		devstacktest.Eventually(t, wait, func() bool { return stats(c, "a").Bytes+stats(c, "b").Bytes <= 1000 }, "not trimmed to 1000 bytes")
 		a, b := stats(c, "a"), stats(c, "b")
 		if a.EvictedMaxBytes == 0 || b.EvictedMaxBytes != 0 || b.Items != 30 {
 			t.Fatalf("evictions a=%d b=%d (b items %d); want only a's (older) entries evicted", a.EvictedMaxBytes, b.EvictedMaxBytes, b.Items)
@@ -93,7 +93,7 @@ func TestEviction(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		eventually(t, func() bool { return stats(c, "c").Items == 0 }, "entries older than MaxTTL not evicted")
+		devstacktest.Eventually(t, wait, func() bool { return stats(c, "c").Items == 0 }, "entries older than MaxTTL not evicted")
 		if s := stats(c, "c"); s.EvictedMaxTTL != 10 || s.Bytes != 0 {
 			t.Fatalf("stats = %+v; want 10 evicted by max ttl and 0 bytes", s)
 		}
@@ -122,7 +122,7 @@ func TestCutover(t *testing.T) {
 	if g, err := pub.CurrentGeneration(ctx, proj); err != nil || g != 2 {
 		t.Fatalf("CurrentGeneration = %d, %v; want 2", g, err)
 	}
-	eventually(t, func() bool { return c.Generation(proj) == 2 }, "client did not follow the cutover")
+	devstacktest.Eventually(t, wait, func() bool { return c.Generation(proj) == 2 }, "client did not follow the cutover")
 	for i := range n {
 		e, err := c.GetEntry(ctx, proj, keyN(i))
 		if err != nil || e.Version != 2 || !bytes.Equal(e.Value, val(keyN(i), 2)) {
@@ -135,7 +135,7 @@ func TestCutover(t *testing.T) {
 	// Writes to the new generation reach the client; the old one is ignored.
 	mustSet(t, pub, proj, 2, keyN(0), 3)
 	mustSet(t, pub, proj, 1, keyN(1), 9)
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		e, err := c.GetEntry(ctx, proj, keyN(0))
 		return err == nil && e.Version == 3
 	}, "generation 2 update not applied")
@@ -144,7 +144,7 @@ func TestCutover(t *testing.T) {
 	}
 	// Rollback.
 	mustCutover(t, pub, proj, 1)
-	eventually(t, func() bool { return c.Generation(proj) == 1 }, "client did not follow the rollback")
+	devstacktest.Eventually(t, wait, func() bool { return c.Generation(proj) == 1 }, "client did not follow the rollback")
 	if e, err := c.GetEntry(ctx, proj, keyN(1)); err != nil || e.Version != 9 {
 		t.Fatalf("after rollback %s = %+v, %v; want v9 from generation 1", keyN(1), e, err)
 	}
@@ -155,7 +155,7 @@ func TestCutover(t *testing.T) {
 	}
 	mustSet(t, pub, "fresh", 1, "k", 1)
 	mustCutover(t, pub, "fresh", 1)
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		v, err := c2.Get(ctx, "fresh", "k")
 		return err == nil && bytes.Equal(v, val("k", 1))
 	}, "first generation not picked up")
@@ -227,7 +227,7 @@ func TestWarmStart(t *testing.T) {
 		})
 	}
 	c := newClient(t, distcache.WithRedis(rdb), distcache.WithWarmStart(proj, distcache.WarmStart{Scan: true, Background: true}))
-	eventually(t, func() bool { return stats(c, proj).Items == 120 }, "background warm start did not finish")
+	devstacktest.Eventually(t, wait, func() bool { return stats(c, proj).Items == 120 }, "background warm start did not finish")
 	for i := range 120 {
 		if _, err := c.Get(ctx, proj, keyN(i)); err != nil {
 			t.Fatal(err)
@@ -341,8 +341,8 @@ func TestCompaction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, func() bool { return stats(c, proj).Compactions > 0 }, "no compaction: %+v", stats(c, proj))
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool { return stats(c, proj).Compactions > 0 }, "no compaction: %+v", stats(c, proj))
+	devstacktest.Eventually(t, wait, func() bool {
 		for i := range keys {
 			v, err := c.Get(ctx, proj, keyN(i))
 			if err != nil || !bytes.Equal(v, big(keyN(i), rounds)) {

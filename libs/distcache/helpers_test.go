@@ -15,12 +15,8 @@ import (
 	"github.com/distcache/distcache/tools/devstacktest"
 )
 
+// wait is how long the tests give a condition to come true (devstacktest.Eventually).
 const wait = 10 * time.Second
-
-func eventually(t testing.TB, cond func() bool, msg string, args ...any) {
-	t.Helper()
-	devstacktest.Eventually(t, wait, cond, msg, args...)
-}
 
 func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -246,12 +246,12 @@ func TestSentinel(t *testing.T) {
 	mustCutover(t, pub, proj, 1)
 
 	c := newClient(t, distcache.WithSentinel("edge-master", sentinel), distcache.WithProjections(proj))
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		v, err := c.Get(ctx, proj, "k")
 		return err == nil && string(v) == string(val("k", 1))
 	}, "Get through the sentinel never saw k")
 	mustSet(t, pub, proj, 1, "k", 2)
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		e, err := c.GetEntry(ctx, proj, "k")
 		return err == nil && e.Version == 2
 	}, "the pushed update never reached the client built with WithSentinel")

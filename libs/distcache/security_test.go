@@ -57,7 +57,7 @@ func TestTLSAndACLUsers(t *testing.T) {
 	if _, err := pub.SetGen(ctx, p, 1, "ada", []byte("v2"), 2); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		e, err := c.GetEntry(ctx, p, "ada")
 		return err == nil && bytes.Equal(e.Value, []byte("v2")) && e.Version == 2
 	}, "the pushed update never reached the client over TLS")

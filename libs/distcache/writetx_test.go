@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/tools/devstacktest"
 )
 
 // TestWriteTxEqualsWritesInOrder: WriteTx groups a batch's values into
@@ -118,7 +119,7 @@ func TestWriteTxEqualsWritesInOrder(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool {
+	devstacktest.Eventually(t, wait, func() bool {
 		e, err := c.GetEntry(ctx, proj, "a")
 		_, berr := c.GetEntry(ctx, proj, "b")
 		return err == nil && e.Version == 400 && errors.Is(berr, distcache.ErrNotFound)
