@@ -4,7 +4,8 @@
 #   - unit tests of the checkers (deploy/check) and of the image health probe;
 #   - the compose file loads with compose-spec/compose-go and follows its rules
 #     (healthchecks, pinned images, depends_on conditions, named volumes, Dockerfiles);
-#   - helm lint --strict, and helm template with the default values and with
+#   - helm lint --strict, and helm template with the default values, with every connection
+#     option (Redis Sentinel, ACL users, TLS; Kafka mutual TLS and SASL) and with
 #     values-production.yaml, the output decoded strictly into the Kubernetes API types and
 #     checked for the chart's rules; values.schema.json must reject a misspelt value;
 #   - every PUBLISHER_/PRODUCER_/CONTROLPLANE_ variable that compose or the chart sets is one
@@ -26,6 +27,13 @@ PROD_VALUES := $(ROOT)/deploy/helm/values-production.yaml
 COMPOSE_FILE := $(ROOT)/deploy/compose/compose.yaml
 # The cluster version the chart is linted and rendered for (Capabilities.KubeVersion).
 KUBE_VERSION ?= 1.33.0
+# Values that switch on every connection option of the chart.
+OPTIONS_VALUES := --set redis.mode=sentinel --set redis.sentinel.masterName=distcache \
+  --set 'redis.sentinel.addrs={sentinel-0:26379,sentinel-1:26379}' --set redis.sentinel.username=watcher \
+  --set redis.sentinel.password.existingSecret=redis-sentinel --set redis.username=distcache --set redis.tls=true \
+  --set redis.password.existingSecret=redis --set kafka.tls.enabled=true --set kafka.tls.existingSecret=kafka-tls \
+  --set kafka.tls.certKey=tls.crt --set kafka.tls.keyKey=tls.key --set kafka.sasl.mechanism=PLAIN \
+  --set kafka.sasl.username=distcache --set kafka.sasl.password.existingSecret=kafka-user
 
 # compose-go and Kubernetes dependencies must never touch the workspace's graph.
 export GOWORK := off
@@ -70,7 +78,10 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	$(HELM) lint --strict --kube-version $(KUBE_VERSION) $(CHART) -f $(PROD_VALUES)
 	$(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --namespace distcache > $(OUT)/default.yaml
 	$(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --namespace distcache -f $(PROD_VALUES) > $(OUT)/production.yaml
-	$(DEPLOYCHECK) manifests $(OUT)/default.yaml $(OUT)/production.yaml
+	@# Every connection option the chart can set (Redis Sentinel with ACL users and TLS, Kafka
+	@# mutual TLS and SASL), so that the env check below sees each variable name.
+	$(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --namespace distcache $(OPTIONS_VALUES) > $(OUT)/options.yaml
+	$(DEPLOYCHECK) manifests $(OUT)/default.yaml $(OUT)/production.yaml $(OUT)/options.yaml
 	@# The ServiceMonitor toggle: absent by default, present when enabled.
 	@if grep -q '^kind: ServiceMonitor' $(OUT)/default.yaml; then echo "FAIL: ServiceMonitor rendered although disabled"; exit 1; fi
 	@grep -q '^kind: ServiceMonitor' $(OUT)/production.yaml || { echo "FAIL: ServiceMonitor missing although enabled"; exit 1; }
@@ -79,5 +90,8 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	  echo "FAIL: values.schema.json accepted the unknown value corePublisher.replica"; exit 1; fi
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set postgres.core.existingSecret= >/dev/null 2>&1; then \
 	  echo "FAIL: the chart rendered without the core database secret"; exit 1; fi
-	@echo "ok   helm: lint, template (default, production), schema rejects bad values"
-	$(DEPLOYCHECK) env $(ROOT)/services $(COMPOSE_FILE) $(OUT)/default.yaml $(OUT)/production.yaml
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set kafka.sasl.mechanism=PLAIN \
+	  --set kafka.sasl.username=u --set kafka.sasl.password.existingSecret=s >/dev/null 2>&1; then \
+	  echo "FAIL: the chart rendered SASL PLAIN without TLS and without kafka.sasl.allowPlaintext"; exit 1; fi
+	@echo "ok   helm: lint, template (default, production, every connection option), schema rejects bad values"
+	$(DEPLOYCHECK) env $(ROOT)/services $(COMPOSE_FILE) $(OUT)/default.yaml $(OUT)/production.yaml $(OUT)/options.yaml

@@ -1,8 +1,14 @@
 // Package envcheck catches drift between the deployment files and the services: every
 // PUBLISHER_*, PRODUCER_* and CONTROLPLANE_* variable that a compose file or a rendered
-// manifest sets must be read by the service that owns the prefix, i.e. appear as a Go string
-// literal in that service's non-test sources. A renamed or misspelt variable would otherwise
-// be ignored silently by the service, which falls back to its default.
+// manifest sets must be read by the service that owns the prefix. A renamed or misspelt
+// variable would otherwise be ignored silently by the service, which falls back to its
+// default.
+//
+// A variable is read when its whole name is a Go string literal in the service's non-test
+// sources, or when it is one of the shared configuration library's: the service imports a
+// package of libs/svcconfig (kafkaconf, redisconf) whose non-test sources hold the name
+// without its prefix as a literal ("KAFKA_BROKERS"), and the service's sources hold the
+// prefix itself as a literal ("PRODUCER", given to envconf.New).
 package envcheck
 
 import (
@@ -49,33 +55,62 @@ func Variables(files ...string) ([]string, error) {
 	return out, nil
 }
 
-// Check reports every variable named in files that its service's Go sources (under
-// servicesRoot) do not contain as a string literal.
+// SharedConfigImport is the import path prefix of the shared configuration library's
+// packages; they live in libs/svcconfig next to the services root.
+const SharedConfigImport = "github.com/distcache/distcache/libs/svcconfig/"
+
+var sharedImport = regexp.MustCompile(`"` + regexp.QuoteMeta(SharedConfigImport) + `([a-z0-9]+)"`)
+
+// Check reports every variable named in files that its service (under servicesRoot) does
+// not read: neither as a string literal of its own non-test Go sources, nor through the
+// shared configuration library (servicesRoot/../libs/svcconfig) with the service's prefix.
 func Check(servicesRoot string, files ...string) error {
 	vars, err := Variables(files...)
 	if err != nil {
 		return err
 	}
-	sources := map[string]string{} // service dir -> concatenated non-test Go source
+	sharedRoot := filepath.Join(servicesRoot, "..", "libs", "svcconfig")
+	sources := map[string]string{} // service dir, or shared package dir -> concatenated non-test Go source
+	source := func(dir string) (string, error) {
+		if src, ok := sources[dir]; ok {
+			return src, nil
+		}
+		src, err := goSources(dir)
+		if err != nil {
+			return "", err
+		}
+		sources[dir] = src
+		return src, nil
+	}
 	var errs []error
 	for _, v := range vars {
-		var dir string
-		for prefix, d := range Services {
-			if strings.HasPrefix(v, prefix) {
-				dir = d
+		var dir, prefix string
+		for p, d := range Services {
+			if strings.HasPrefix(v, p) {
+				dir, prefix = d, p
 			}
 		}
-		src, ok := sources[dir]
-		if !ok {
-			src, err = goSources(filepath.Join(servicesRoot, dir))
-			if err != nil {
-				return err
-			}
-			sources[dir] = src
+		src, err := source(filepath.Join(servicesRoot, dir))
+		if err != nil {
+			return err
 		}
-		// A literal of the whole name, or of a name its config builds from the prefix
-		// ("PRODUCER_" + "REDIS_ADDR") is not recognised; the services spell names out.
-		if !strings.Contains(src, `"`+v+`"`) {
+		if strings.Contains(src, `"`+v+`"`) {
+			continue
+		}
+		shared := false
+		if strings.Contains(src, `"`+strings.TrimSuffix(prefix, "_")+`"`) {
+			for _, m := range sharedImport.FindAllStringSubmatch(src, -1) {
+				psrc, err := source(filepath.Join(sharedRoot, m[1]))
+				if err != nil {
+					return err
+				}
+				if strings.Contains(psrc, `"`+strings.TrimPrefix(v, prefix)+`"`) {
+					shared = true
+					break
+				}
+			}
+		}
+		if !shared {
 			errs = append(errs, fmt.Errorf("%w: %s (services/%s)", ErrUnknownVariable, v, dir))
 		}
 	}

@@ -26,18 +26,36 @@ func TestCheck(t *testing.T) {
 		"package config\nconst EnvHTTPAddr = \"PUBLISHER_HTTP_ADDR\"\n")
 	// A name that only a test mentions is not read by the service.
 	write(t, filepath.Join(services, "core-publisher", "main_test.go"), "package main\nvar _ = \"PUBLISHER_TEST_ONLY\"\n")
-	write(t, filepath.Join(services, "cache-producer", "main.go"), "package main\nvar _ = \"PRODUCER_REDIS_ADDR\"\n")
+	write(t, filepath.Join(services, "cache-producer", "main.go"), "package main\nvar _ = \"PRODUCER_REDIS_ADDRS\"\n")
 	write(t, filepath.Join(services, "control-plane", "main.go"), "package main\nvar _ = \"CONTROLPLANE_GRPC_ADDR\"\n")
+	// The shared configuration library: the producer reads KAFKA_* through kafkaconf with its
+	// prefix; the control-plane imports envconf only, which names no variable.
+	write(t, filepath.Join(root, "libs", "svcconfig", "kafkaconf", "kafkaconf.go"),
+		"package kafkaconf\nconst VarBrokers = \"KAFKA_BROKERS\"\n")
+	write(t, filepath.Join(root, "libs", "svcconfig", "kafkaconf", "kafkaconf_test.go"),
+		"package kafkaconf\nvar _ = \"KAFKA_TEST_ONLY\"\n")
+	write(t, filepath.Join(root, "libs", "svcconfig", "envconf", "envconf.go"), "package envconf\n")
+	write(t, filepath.Join(services, "cache-producer", "internal", "config", "config.go"),
+		"package config\nimport \"github.com/distcache/distcache/libs/svcconfig/kafkaconf\"\nvar r = envconf.New(\"PRODUCER\", nil)\n")
+	write(t, filepath.Join(services, "control-plane", "internal", "config", "config.go"),
+		"package config\nimport \"github.com/distcache/distcache/libs/svcconfig/envconf\"\nvar r = envconf.New(\"CONTROLPLANE\", nil)\n")
+	// The publisher imports kafkaconf but never gives its prefix to the library.
+	write(t, filepath.Join(services, "core-publisher", "internal", "kafka", "kafka.go"),
+		"package kafka\nimport \"github.com/distcache/distcache/libs/svcconfig/kafkaconf\"\n")
 
 	tests := []struct {
 		name     string
 		manifest string
 		wantBad  []string // variables reported
 	}{
-		{name: "all known", manifest: "env:\n- name: PUBLISHER_HTTP_ADDR\n- name: PRODUCER_REDIS_ADDR\n- name: CONTROLPLANE_GRPC_ADDR\n"},
+		{name: "all known", manifest: "env:\n- name: PUBLISHER_HTTP_ADDR\n- name: PRODUCER_REDIS_ADDRS\n- name: CONTROLPLANE_GRPC_ADDR\n"},
+		{name: "read through the shared library", manifest: "PRODUCER_KAFKA_BROKERS: k:9092\n"},
+		{name: "shared name of a test only", manifest: "PRODUCER_KAFKA_TEST_ONLY: x\n", wantBad: []string{"PRODUCER_KAFKA_TEST_ONLY"}},
+		{name: "shared package not imported", manifest: "CONTROLPLANE_KAFKA_BROKERS: k:9092\n", wantBad: []string{"CONTROLPLANE_KAFKA_BROKERS"}},
+		{name: "shared package without the prefix", manifest: "PUBLISHER_KAFKA_BROKERS: k:9092\n", wantBad: []string{"PUBLISHER_KAFKA_BROKERS"}},
 		{name: "misspelt", manifest: "env:\n- name: PUBLISHER_HTTP_ADR\n", wantBad: []string{"PUBLISHER_HTTP_ADR"}},
 		{name: "test-only name", manifest: "PUBLISHER_TEST_ONLY: x\n", wantBad: []string{"PUBLISHER_TEST_ONLY"}},
-		{name: "wrong service", manifest: "PRODUCER_GRPC_ADDR: x\nCONTROLPLANE_REDIS_ADDR: y\n", wantBad: []string{"PRODUCER_GRPC_ADDR", "CONTROLPLANE_REDIS_ADDR"}},
+		{name: "wrong service", manifest: "PRODUCER_GRPC_ADDR: x\nCONTROLPLANE_REDIS_ADDRS: y\n", wantBad: []string{"PRODUCER_GRPC_ADDR", "CONTROLPLANE_REDIS_ADDRS"}},
 		{name: "prefix alone is not a variable", manifest: "prefix PUBLISHER_ and PRODUCER_\n"},
 	}
 	for i, tt := range tests {

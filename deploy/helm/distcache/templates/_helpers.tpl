@@ -56,8 +56,7 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- end -}}
 
 {{/* distcache.kafkaEnv: broker connection for a service whose variables start with .prefix.
-The services spell one variable differently: .saslUserVar names the SASL user variable, and
-only a service with .clientCert true reads a client certificate (core-publisher). */}}
+Every service reads the same <PREFIX>_KAFKA_* variables (libs/svcconfig/kafkaconf). */}}
 {{- define "distcache.kafkaEnv" -}}
 {{- $k := .root.Values.kafka -}}
 - name: {{ .prefix }}KAFKA_BROKERS
@@ -71,7 +70,7 @@ only a service with .clientCert true reads a client certificate (core-publisher)
 - name: {{ .prefix }}KAFKA_TLS_CA_FILE
   value: {{ printf "/etc/distcache/kafka-tls/%s" $k.tls.caKey | quote }}
 {{- end }}
-{{- if and .clientCert $k.tls.existingSecret $k.tls.certKey }}
+{{- if and $k.tls.existingSecret $k.tls.certKey }}
 - name: {{ .prefix }}KAFKA_TLS_CERT_FILE
   value: {{ printf "/etc/distcache/kafka-tls/%s" $k.tls.certKey | quote }}
 - name: {{ .prefix }}KAFKA_TLS_KEY_FILE
@@ -79,34 +78,59 @@ only a service with .clientCert true reads a client certificate (core-publisher)
 {{- end }}
 {{- end }}
 {{- if $k.sasl.mechanism }}
+{{- if and (eq $k.sasl.mechanism "PLAIN") (not $k.tls.enabled) (not $k.sasl.allowPlaintext) }}
+{{- fail "kafka.sasl.mechanism=PLAIN sends the password in clear text: set kafka.tls.enabled, or kafka.sasl.allowPlaintext on a trusted network" }}
+{{- end }}
 - name: {{ .prefix }}KAFKA_SASL_MECHANISM
   value: {{ $k.sasl.mechanism | quote }}
-- name: {{ .saslUserVar }}
+- name: {{ .prefix }}KAFKA_SASL_USERNAME
   value: {{ required "kafka.sasl.username is required with kafka.sasl.mechanism" $k.sasl.username | quote }}
 {{ include "distcache.secretEnv" (dict "name" (printf "%sKAFKA_SASL_PASSWORD" .prefix) "ref" $k.sasl.password "what" "kafka.sasl.password") }}
+{{- if $k.sasl.allowPlaintext }}
+- name: {{ .prefix }}KAFKA_SASL_ALLOW_PLAINTEXT
+  value: "true"
+{{- end }}
 {{- end }}
 {{- end -}}
 
-{{/* distcache.redisEnv: Redis connection for a service whose variables start with .prefix;
-.clusterVar, when set, names the service's explicit cluster switch (cache-producer). */}}
+{{/* distcache.redisEnv: Redis connection for a service whose variables start with .prefix.
+Every service reads the same <PREFIX>_REDIS_* variables (libs/svcconfig/redisconf). */}}
 {{- define "distcache.redisEnv" -}}
 {{- $r := .root.Values.redis -}}
-- name: {{ .prefix }}REDIS_ADDR
-{{- if eq $r.mode "cluster" }}
-{{- if lt (len $r.clusterNodes) 2 }}
-{{- fail "redis.clusterNodes: list at least two seed nodes with redis.mode=cluster (the services take a single address for a plain Redis)" }}
+{{- if eq $r.mode "sentinel" }}
+- name: {{ .prefix }}REDIS_SENTINEL_MASTER
+  value: {{ required "redis.sentinel.masterName is required with redis.mode=sentinel" $r.sentinel.masterName | quote }}
+{{- if not $r.sentinel.addrs }}
+{{- fail "redis.sentinel.addrs: list the sentinels with redis.mode=sentinel" }}
 {{- end }}
+- name: {{ .prefix }}REDIS_SENTINEL_ADDRS
+  value: {{ join "," $r.sentinel.addrs | quote }}
+{{- with $r.sentinel.username }}
+- name: {{ $.prefix }}REDIS_SENTINEL_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- if $r.sentinel.password.existingSecret }}
+{{ include "distcache.secretEnv" (dict "name" (printf "%sREDIS_SENTINEL_PASSWORD" .prefix) "ref" $r.sentinel.password "what" "redis.sentinel.password") }}
+{{- end }}
+{{- else if eq $r.mode "cluster" }}
+{{- if not $r.clusterNodes }}
+{{- fail "redis.clusterNodes: list at least one seed node with redis.mode=cluster" }}
+{{- end }}
+- name: {{ .prefix }}REDIS_ADDRS
   value: {{ join "," $r.clusterNodes | quote }}
-{{- with .clusterVar }}
-- name: {{ . }}
+- name: {{ .prefix }}REDIS_CLUSTER
   value: "true"
-{{- end }}
 {{- else }}
+- name: {{ .prefix }}REDIS_ADDRS
   value: {{ required "redis.primary is required with redis.mode=replicas" $r.primary | quote }}
 {{- end }}
 {{- if $r.tls }}
 - name: {{ .prefix }}REDIS_TLS
   value: "true"
+{{- end }}
+{{- with $r.username }}
+- name: {{ $.prefix }}REDIS_USERNAME
+  value: {{ . | quote }}
 {{- end }}
 {{- if $r.password.existingSecret }}
 {{ include "distcache.secretEnv" (dict "name" (printf "%sREDIS_PASSWORD" .prefix) "ref" $r.password "what" "redis.password") }}
