@@ -56,7 +56,6 @@ type projectionConfig struct {
 type config struct {
 	primary      redis.UniversalClient
 	replicas     []redis.UniversalClient
-	clusterRead  redis.UniversalClient // cluster client with replica reads
 	ownClients   []redis.UniversalClient
 	redisCfg     RedisConfig // the clients New builds (WithAddrs and friends)
 	redisSources []string    // the options that set redisCfg's addresses
@@ -101,14 +100,6 @@ func WithRedis(rdb redis.UniversalClient) Option {
 // rotation, and from the primary when they fail. The caller keeps ownership.
 func WithReplicas(rdbs ...redis.UniversalClient) Option {
 	return func(c *config) { c.replicas = append(c.replicas, rdbs...) }
-}
-
-// WithClusterReadClient sets the cluster client misses are read through
-// first, typically one with ReadOnly and RouteRandomly or RouteByLatency so
-// reads go to replicas; WithRedis's cluster client is the fallback. The
-// caller keeps ownership. WithClusterAddrs builds both itself.
-func WithClusterReadClient(rdb redis.UniversalClient) Option {
-	return func(c *config) { c.clusterRead = rdb }
 }
 
 // WithAddrs makes the Client build its own clients: a primary at primary and

@@ -29,9 +29,6 @@ const readerCooldown = time.Second
 func newReader(cfg *config) *reader {
 	r := &reader{primary: cfg.primary}
 	_, r.cluster = cfg.primary.(*redis.ClusterClient)
-	if cfg.clusterRead != nil {
-		r.readers = append(r.readers, cfg.clusterRead)
-	}
 	r.readers = append(r.readers, cfg.replicas...)
 	r.downUntil = make([]atomic.Int64, len(r.readers))
 	return r
