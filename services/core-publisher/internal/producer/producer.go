@@ -53,13 +53,15 @@ type topicCheck struct {
 	at  time.Time
 }
 
+// recheckRefused is how long a refused topic stays refused before it is
+// checked again (someone may fix its configuration).
+const recheckRefused = 30 * time.Second
+
 type config struct {
 	replicationFactor int16
 	linger            time.Duration
 	log               *slog.Logger
-	recheckRefused    time.Duration
 	transactionalID   string
-	extra             []kgo.Opt
 }
 
 // Option configures a Producer.
@@ -79,10 +81,6 @@ func WithLinger(d time.Duration) Option { return func(c *config) { c.linger = d 
 // WithLogger sets the logger. Default: discard.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 
-// WithRecheckRefused sets how long a refused topic stays refused before it
-// is checked again (someone may fix its configuration). Default 30s.
-func WithRecheckRefused(d time.Duration) Option { return func(c *config) { c.recheckRefused = d } }
-
 // WithTransactionalID makes Produce write each batch in a Kafka
 // transaction under id. Every relay of one outbox uses the same id, so the
 // broker fences a relay that lost its lease: once its successor's producer
@@ -91,18 +89,13 @@ func WithRecheckRefused(d time.Duration) Option { return func(c *config) { c.rec
 // successor's. Default: no transactions (idempotent producer only).
 func WithTransactionalID(id string) Option { return func(c *config) { c.transactionalID = id } }
 
-// WithClientOptions appends raw franz-go options (tests, tuning).
-func WithClientOptions(opts ...kgo.Opt) Option {
-	return func(c *config) { c.extra = append(c.extra, opts...) }
-}
-
 // New makes a producer over the connection conn: the franz-go options that
 // reach the brokers (seed brokers, client id, TLS, SASL), as
 // kafkaconf.Config.Opts builds them from PUBLISHER_KAFKA_*; tests pass
 // kgo.SeedBrokers alone. New adds the producer's own options after them. It
 // does not contact the brokers yet.
 func New(conn []kgo.Opt, opts ...Option) (*Producer, error) {
-	cfg := config{replicationFactor: -1, linger: 2 * time.Millisecond, recheckRefused: 30 * time.Second}
+	cfg := config{replicationFactor: -1, linger: 2 * time.Millisecond}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -124,7 +117,6 @@ func New(conn []kgo.Opt, opts ...Option) (*Producer, error) {
 	if cfg.transactionalID != "" {
 		kopts = append(kopts, kgo.TransactionalID(cfg.transactionalID), kgo.TransactionTimeout(time.Minute))
 	}
-	kopts = append(kopts, cfg.extra...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("producer: new client: %w", err)
@@ -146,12 +138,12 @@ func (p *Producer) Ping(ctx context.Context) error {
 
 // EnsureTopic makes sure topic exists as a compacted single-partition topic,
 // creating it when missing. A successful check is cached for the life of the
-// producer; a refusal (a *TopicError) is cached for the recheck interval.
+// producer; a refusal (a *TopicError) is cached for recheckRefused.
 func (p *Producer) EnsureTopic(ctx context.Context, topic string) error {
 	p.mu.Lock()
 	c, ok := p.checked[topic]
 	p.mu.Unlock()
-	if ok && (c.err == nil || time.Since(c.at) < p.cfg.recheckRefused) {
+	if ok && (c.err == nil || time.Since(c.at) < recheckRefused) {
 		return c.err
 	}
 	err := p.checkTopic(ctx, topic)
