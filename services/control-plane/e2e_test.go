@@ -135,7 +135,7 @@ func TestIssue6EndToEnd(t *testing.T) {
 	env := map[string]string{
 		"CONTROLPLANE_DATABASE_URL":       dbURL,
 		"CONTROLPLANE_MODELS":             "users=id,email,name,status,seq",
-		"CONTROLPLANE_REDIS_ADDR":         r.Addr,
+		"CONTROLPLANE_REDIS_ADDRS":        r.Addr,
 		"CONTROLPLANE_TEMPORAL_HOSTPORT":  tmp.HostPort,
 		"CONTROLPLANE_TEMPORAL_NAMESPACE": tmp.Namespace,
 		"CONTROLPLANE_GRPC_ADDR":          "127.0.0.1:0",
@@ -170,7 +170,7 @@ func TestIssue6EndToEnd(t *testing.T) {
 	prod, err := devstack.StartProgram(ctx, devstack.ProgramConfig{
 		Name: "cache-producer", Dir: t.TempDir(), Args: []string{producerBin}, Mode: devstack.Attached,
 		Env: []string{
-			"PRODUCER_DATABASE_URL=" + dbURL, "PRODUCER_REDIS_ADDR=" + r.Addr, "PRODUCER_KAFKA_BROKERS=" + k.Addr,
+			"PRODUCER_DATABASE_URL=" + dbURL, "PRODUCER_REDIS_ADDRS=" + r.Addr, "PRODUCER_KAFKA_BROKERS=" + k.Addr,
 			"PRODUCER_TEMPORAL_HOSTPORT=" + tmp.HostPort, "PRODUCER_TEMPORAL_NAMESPACE=" + tmp.Namespace,
 			"PRODUCER_HTTP_ADDR=" + prodHTTP,
 		},

@@ -9,7 +9,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +21,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/worker"
@@ -68,7 +66,11 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 	if err != nil {
 		return fmt.Errorf("configuration: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	var h slog.Handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
+	if !cfg.LogJSON {
+		h = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})
+	}
+	log := slog.New(h)
 	log.Info("starting", "config", cfg)
 
 	if err := migrations.Up(ctx, cfg.DatabaseURL); err != nil {
@@ -94,15 +96,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		catalog = append(catalog, modelcatalog.Columns{Pool: core})
 	}
 
-	ropts := &redis.UniversalOptions{Addrs: cfg.RedisAddrs, Password: cfg.RedisPassword}
-	if cfg.RedisTLS {
-		ropts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	var rdb redis.UniversalClient
-	if len(cfg.RedisAddrs) > 1 {
-		rdb = redis.NewClusterClient(ropts.Cluster())
-	} else {
-		rdb = redis.NewClient(ropts.Simple())
+	rdb, err := cfg.Redis.NewClient()
+	if err != nil {
+		return fmt.Errorf("redis: %w", err)
 	}
 	defer rdb.Close()
 	pub, err := distcache.NewPublisher(rdb)

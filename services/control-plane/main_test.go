@@ -137,7 +137,7 @@ func TestServiceEndToEnd(t *testing.T) {
 	env := map[string]string{
 		"CONTROLPLANE_DATABASE_URL":       dbURL,
 		"CONTROLPLANE_MODELS":             "users=id,email,name,status",
-		"CONTROLPLANE_REDIS_ADDR":         r.Addr,
+		"CONTROLPLANE_REDIS_ADDRS":        r.Addr,
 		"CONTROLPLANE_TEMPORAL_HOSTPORT":  tmp.HostPort,
 		"CONTROLPLANE_TEMPORAL_NAMESPACE": tmp.Namespace,
 		"CONTROLPLANE_TEMPORAL_UI_URL":    "http://ui.example",

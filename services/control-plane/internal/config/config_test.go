@@ -8,15 +8,24 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/distcache/distcache/libs/distcache"
 )
 
 const tok = "secret-token-0123456789"
+
+// The Redis connection's variables are redisconf's, under the service's prefix.
+const (
+	envRedisAddrs    = "CONTROLPLANE_REDIS_ADDRS"
+	envRedisPassword = "CONTROLPLANE_REDIS_PASSWORD"
+	envRedisTLS      = "CONTROLPLANE_REDIS_TLS"
+)
 
 func base() map[string]string {
 	return map[string]string{
 		EnvDatabaseURL:      "postgres://cp:dbpass@127.0.0.1:5432/registry",
 		EnvModels:           "users=id,email,status;orgs=id,slug",
-		EnvRedisAddr:        "127.0.0.1:6379",
+		envRedisAddrs:       "127.0.0.1:6379",
 		EnvTemporalHostPort: "127.0.0.1:7233",
 		EnvTokens:           tok,
 	}
@@ -58,9 +67,13 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		{name: "bad database", set: map[string]string{EnvDatabaseURL: "postgres://a b:@@/"}, wantVar: EnvDatabaseURL},
 		{name: "no models", unset: []string{EnvModels}, wantVar: EnvModels},
 		{name: "bad models", set: map[string]string{EnvModels: "users=id,e-mail"}, wantVar: EnvModels},
-		{name: "no redis", unset: []string{EnvRedisAddr}, wantVar: EnvRedisAddr},
-		{name: "bad redis", set: map[string]string{EnvRedisAddr: "localhost"}, wantVar: EnvRedisAddr},
-		{name: "bad redis tls", set: map[string]string{EnvRedisTLS: "maybe"}, wantVar: EnvRedisTLS},
+		{name: "no redis", unset: []string{envRedisAddrs}, wantVar: envRedisAddrs},
+		{name: "bad redis", set: map[string]string{envRedisAddrs: "localhost"}, wantVar: envRedisAddrs},
+		{name: "bad redis tls", set: map[string]string{envRedisTLS: "maybe"}, wantVar: envRedisTLS},
+		{name: "redis replicas", set: map[string]string{"CONTROLPLANE_REDIS_REPLICAS": "127.0.0.1:6380"}, wantVar: "CONTROLPLANE_REDIS_REPLICAS"},
+		{name: "redis client certificate without key", set: map[string]string{envRedisTLS: "true", "CONTROLPLANE_REDIS_TLS_CERT_FILE": "/etc/hostname"}, wantVar: "CONTROLPLANE_REDIS_TLS_CERT_FILE"},
+		{name: "redis sentinel with addrs", set: map[string]string{"CONTROLPLANE_REDIS_SENTINEL_MASTER": "m", "CONTROLPLANE_REDIS_SENTINEL_ADDRS": "127.0.0.1:26379"}, wantVar: envRedisAddrs},
+		{name: "bad log format", set: map[string]string{EnvLogFormat: "xml"}, wantVar: EnvLogFormat},
 		{name: "no temporal", unset: []string{EnvTemporalHostPort}, wantVar: EnvTemporalHostPort},
 		{name: "bad ui url", set: map[string]string{EnvTemporalUIURL: "ftp://x"}, wantVar: EnvTemporalUIURL},
 		{name: "bad grpc addr", set: map[string]string{EnvGRPCAddr: "58090"}, wantVar: EnvGRPCAddr},
@@ -118,7 +131,8 @@ func TestTokensFromFile(t *testing.T) {
 func TestLogValueMasksSecrets(t *testing.T) {
 	t.Parallel()
 	env := base()
-	env[EnvRedisPassword] = "redispass"
+	env[envRedisPassword] = "redispass"
+	env["CONTROLPLANE_REDIS_USERNAME"] = "cp-user"
 	env[EnvCoreDatabaseURL] = "postgres://core:corepass@127.0.0.1/core"
 	c, err := load(env, nil)
 	if err != nil {
@@ -132,9 +146,47 @@ func TestLogValueMasksSecrets(t *testing.T) {
 			t.Errorf("logged config leaks %q: %s", secret, out)
 		}
 	}
-	for _, want := range []string{`"tokens":1`, `"redis_password_set":true`, "127.0.0.1:5432/registry", `"models":["orgs","users"]`} {
+	for _, want := range []string{`"tokens":1`, `"password":"****"`, `"username":"cp-user"`, "127.0.0.1:5432/registry", `"models":["orgs","users"]`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("logged config lacks %s: %s", want, out)
 		}
+	}
+}
+
+// The Redis connection takes the forms redisconf reads: Sentinel (with an ACL user and a
+// sentinel password) and a Cluster, as well as the standalone primary of base.
+func TestRedisModes(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		set  map[string]string
+		want string
+	}{
+		{"standalone", nil, distcache.RedisStandalone},
+		{"cluster", map[string]string{envRedisAddrs: "10.0.0.1:6379,10.0.0.2:6379"}, distcache.RedisCluster},
+		{"sentinel", map[string]string{envRedisAddrs: "", "CONTROLPLANE_REDIS_SENTINEL_MASTER": "distcache",
+			"CONTROLPLANE_REDIS_SENTINEL_ADDRS": "10.0.0.1:26379,10.0.0.2:26379", "CONTROLPLANE_REDIS_SENTINEL_PASSWORD": "sentpass",
+			"CONTROLPLANE_REDIS_USERNAME": "cp", envRedisPassword: "redispass"}, distcache.RedisSentinel},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := base()
+			for k, v := range tt.set {
+				env[k] = v
+			}
+			c, err := load(env, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Redis.Mode(); got != tt.want {
+				t.Errorf("Redis.Mode() = %q, want %q", got, tt.want)
+			}
+			rdb, err := c.Redis.NewClient()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rdb.Close()
+		})
 	}
 }
