@@ -176,7 +176,7 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 	}, cfg.PublisherEnv...))
 	s.Producer = mk(NameProducer, s.ProducerAddr, "/healthz", append([]string{
 		"PRODUCER_DATABASE_URL=" + st.ControlURL,
-		"PRODUCER_REDIS_ADDR=" + st.RedisAddr,
+		"PRODUCER_REDIS_ADDRS=" + st.RedisAddr,
 		"PRODUCER_KAFKA_BROKERS=" + st.KafkaBrokers,
 		"PRODUCER_TEMPORAL_HOSTPORT=" + st.TemporalHostPort,
 		"PRODUCER_HTTP_ADDR=" + s.ProducerAddr,
@@ -184,7 +184,7 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 	control := []string{
 		"CONTROLPLANE_DATABASE_URL=" + st.ControlURL,
 		"CONTROLPLANE_CORE_DATABASE_URL=" + st.CoreURL,
-		"CONTROLPLANE_REDIS_ADDR=" + st.RedisAddr,
+		"CONTROLPLANE_REDIS_ADDRS=" + st.RedisAddr,
 		"CONTROLPLANE_TEMPORAL_HOSTPORT=" + st.TemporalHostPort,
 		"CONTROLPLANE_GRPC_ADDR=" + s.ControlGRPC,
 		"CONTROLPLANE_HTTP_ADDR=" + s.ControlHTTP,
