@@ -6,7 +6,7 @@ GO ?= go
 RUN := $(CURDIR)/.run
 BIN := $(RUN)/bin
 PREFIX := github.com/distcache/distcache
-MODULES := libs/events libs/distcache migrations services/core-publisher services/cache-producer services/control-plane workflows tools examples e2e
+MODULES := libs/events libs/distcache libs/svcconfig migrations services/core-publisher services/cache-producer services/control-plane workflows tools examples e2e
 PKGS := $(foreach m,$(MODULES),$(PREFIX)/$(m)/...)
 TEST_TIMEOUT ?= 20m
 
