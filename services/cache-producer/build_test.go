@@ -14,7 +14,7 @@ import (
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/migrations"
-	"github.com/distcache/distcache/services/cache-producer/internal/testkit"
+	"github.com/distcache/distcache/services/cache-producer/internal/prodtest"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/registry"
@@ -50,7 +50,7 @@ func TestBuildWorkflowEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := testkit.NewProducer(t, k.Addr, "distcache", "users")
+	p := prodtest.NewProducer(t, k.Addr, "distcache", "users")
 	var all []*kgo.Record
 	for i := range 3000 {
 		id := strconv.Itoa(i % 1000)
@@ -111,13 +111,13 @@ func TestBuildWorkflowEndToEnd(t *testing.T) {
 	// After the cutover the live consumer keeps the generation current.
 	all = append(all, p.Upsert("5", map[string]any{"id": "5", "email": "new5@x.io", "status": "active"}))
 	p.Produce(all[len(all)-1])
-	model := testkit.NewModel(t, usersByEmail)
+	model := prodtest.NewModel(t, usersByEmail)
 	for _, rec := range all {
 		model.Apply(rec.Offset, string(rec.Key), rec.Value)
 	}
-	testkit.Eventually(t, 30*time.Second, func() bool {
-		got, err := testkit.ReadGeneration(ctx, rdb, usersByEmail.Name, 1)
-		return err == nil && testkit.Diff(got, model.Live()) == ""
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
+		got, err := prodtest.ReadGeneration(ctx, rdb, usersByEmail.Name, 1)
+		return err == nil && prodtest.Diff(got, model.Live()) == ""
 	}, "live generation equals the model")
 	if n, _ := rdb.Exists(ctx, distcache.ValueKey(usersByEmail.Name, 1, "u5@x.io")).Result(); n != 1 {
 		t.Error("the re-keyed user's old key is gone entirely (want a tombstone)")

@@ -37,8 +37,8 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
 	"github.com/distcache/distcache/services/cache-producer/internal/gctune"
 	"github.com/distcache/distcache/services/cache-producer/internal/httpapi"
-	"github.com/distcache/distcache/services/cache-producer/internal/instrument"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+	"github.com/distcache/distcache/services/cache-producer/internal/prodmetrics"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
 	"github.com/distcache/distcache/services/cache-producer/internal/registrywatch"
 	"github.com/distcache/distcache/workflows"
@@ -124,7 +124,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	}
 	defer admin.Close()
 
-	metrics := instrument.New()
+	metrics := prodmetrics.New()
 	defer metrics.Close()
 	led := ledger.New(rdb, cfg.DeadLetterMaxLen)
 	writer := projector.NewWriter(pub, led, projector.WithLogger(log), projector.WithIndexCache(cfg.IndexCacheEntries))
@@ -263,7 +263,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 // applySnapshot makes the consumers follow the registry, then removes the
 // bookkeeping of generations that ended.
 func applySnapshot(ctx context.Context, log *slog.Logger, prefix string, mgr *fanout.Manager, led *ledger.Ledger,
-	metrics *instrument.Metrics, s registrywatch.Snapshot) {
+	metrics *prodmetrics.Metrics, s registrywatch.Snapshot) {
 	gens := make([]fanout.Generation, 0, len(s.Active))
 	for _, g := range s.Active {
 		t, err := fanout.CompileTarget(g.Projection, g.Generation, g.Definition)

@@ -25,7 +25,7 @@ import (
 	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
-	"github.com/distcache/distcache/services/cache-producer/internal/testkit"
+	"github.com/distcache/distcache/services/cache-producer/internal/prodtest"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/registry"
@@ -162,7 +162,7 @@ func TestServiceEndToEnd(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	defer rdb.Close()
 	led := ledger.New(rdb, 0)
-	p := testkit.NewProducer(t, k.Addr, "distcache", "users")
+	p := prodtest.NewProducer(t, k.Addr, "distcache", "users")
 
 	zero := int64(0)
 	if err := reg.CreateProjection(ctx, usersByEmail); err != nil {
@@ -184,7 +184,7 @@ func TestServiceEndToEnd(t *testing.T) {
 	}
 	svc := startChild(t, env)
 	base := "http://" + httpAddr
-	testkit.Eventually(t, 30*time.Second, func() bool { c, _ := get(base + "/readyz"); return c == 200 }, "/readyz answers 200")
+	devstacktest.Eventually(t, 30*time.Second, func() bool { c, _ := get(base + "/readyz"); return c == 200 }, "/readyz answers 200")
 	if c, body := get(base + "/healthz"); c != 200 || !strings.Contains(body, "ok") {
 		t.Errorf("/healthz = %d %q", c, body)
 	}
@@ -214,25 +214,25 @@ func TestServiceEndToEnd(t *testing.T) {
 	waitAt := func(gen int64) {
 		t.Helper()
 		end := all[len(all)-1].Offset + 1
-		testkit.Eventually(t, 30*time.Second, func() bool {
+		devstacktest.Eventually(t, 30*time.Second, func() bool {
 			off, ok, err := led.Offset(ctx, usersByEmail.Name, gen)
 			return err == nil && ok && off == end
 		}, "generation %d reaches offset %d", gen, end)
 	}
 	check := func(gen int64) {
 		t.Helper()
-		model := testkit.NewModel(t, usersByEmail)
+		model := prodtest.NewModel(t, usersByEmail)
 		for _, rec := range all {
 			model.Apply(rec.Offset, string(rec.Key), rec.Value)
 		}
-		got, err := testkit.ReadGeneration(ctx, rdb, usersByEmail.Name, gen)
+		got, err := prodtest.ReadGeneration(ctx, rdb, usersByEmail.Name, gen)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d := testkit.Diff(got, model.Live()); d != "" {
+		if d := prodtest.Diff(got, model.Live()); d != "" {
 			t.Errorf("generation %d differs from the model:\n%s", gen, d)
 		}
-		if err := testkit.StreamVersionsIncrease(ctx, rdb, usersByEmail.Name, gen); err != nil {
+		if err := prodtest.StreamVersionsIncrease(ctx, rdb, usersByEmail.Name, gen); err != nil {
 			t.Errorf("generation %d: %v", gen, err)
 		}
 	}
@@ -258,7 +258,7 @@ func TestServiceEndToEnd(t *testing.T) {
 		`distcache_producer_dead_letters_total{generation="1",projection="users_by_email",reason="payload_not_json"}`,
 		`distcache_producer_writes_total{generation="2",op="delete",projection="users_by_email"}`,
 	} {
-		testkit.Eventually(t, 10*time.Second, func() bool {
+		devstacktest.Eventually(t, 10*time.Second, func() bool {
 			_, metrics := get(base + "/metrics")
 			return strings.Contains(metrics, want)
 		}, "/metrics shows %s", want)
@@ -286,7 +286,7 @@ func TestServiceEndToEnd(t *testing.T) {
 			all = append(all, recs...)
 		}
 	}()
-	testkit.Eventually(t, 30*time.Second, func() bool {
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
 		off, _, _ := led.Offset(ctx, usersByEmail.Name, gen1)
 		return off > before+500
 	}, "consumption of the new stream started")
@@ -314,7 +314,7 @@ func TestServiceEndToEnd(t *testing.T) {
 	if err := reg.SetState(ctx, usersByEmail.Name, gen1, workflows.StateRetired, nil); err != nil {
 		t.Fatal(err)
 	}
-	testkit.Eventually(t, 20*time.Second, func() bool {
+	devstacktest.Eventually(t, 20*time.Second, func() bool {
 		has, err := led.HasBookkeeping(ctx, usersByEmail.Name, gen1)
 		return err == nil && !has
 	}, "bookkeeping of the retired generation removed")

@@ -24,8 +24,8 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+	"github.com/distcache/distcache/services/cache-producer/internal/prodtest"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
-	"github.com/distcache/distcache/services/cache-producer/internal/testkit"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
 )
@@ -78,7 +78,7 @@ func TestBackfillResumesAfterWorkerCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	led := ledger.New(rdb, 0)
-	p := testkit.NewProducer(t, k.Addr, "distcache", "users")
+	p := prodtest.NewProducer(t, k.Addr, "distcache", "users")
 	var recs []*kgo.Record
 	for i := range 20000 {
 		id := strconv.Itoa(i % 5000)
@@ -134,7 +134,7 @@ func TestBackfillResumesAfterWorkerCrash(t *testing.T) {
 	// Wait until the server holds a heartbeat past the start, then kill the
 	// worker (its activity stays hung, as in a crashed process).
 	var beat workflows.BackfillProgress
-	testkit.Eventually(t, 20*time.Second, func() bool {
+	devstacktest.Eventually(t, 20*time.Second, func() bool {
 		desc, err := tc.DescribeWorkflowExecution(ctx, run.GetID(), run.GetRunID())
 		if err != nil {
 			return false
@@ -176,15 +176,15 @@ func TestBackfillResumesAfterWorkerCrash(t *testing.T) {
 	if off, _, _ := led.Offset(ctx, byEmail.Name, 1); off != end {
 		t.Errorf("stored offset = %d, want %d", off, end)
 	}
-	model := testkit.NewModel(t, byEmail)
+	model := prodtest.NewModel(t, byEmail)
 	for _, rec := range recs {
 		model.Apply(rec.Offset, string(rec.Key), rec.Value)
 	}
-	got, err := testkit.ReadGeneration(ctx, rdb, byEmail.Name, 1)
+	got, err := prodtest.ReadGeneration(ctx, rdb, byEmail.Name, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := testkit.Diff(got, model.Live()); d != "" {
+	if d := prodtest.Diff(got, model.Live()); d != "" {
 		t.Errorf("generation differs from the model:\n%s", d)
 	}
 

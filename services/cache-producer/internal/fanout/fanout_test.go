@@ -18,8 +18,8 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+	"github.com/distcache/distcache/services/cache-producer/internal/prodtest"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
-	"github.com/distcache/distcache/services/cache-producer/internal/testkit"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
 )
@@ -87,7 +87,7 @@ func (s *stack) manager(t *testing.T, w *projector.Writer, batch int) *fanout.Ma
 func (s *stack) waitOffset(t *testing.T, def projection.Definition, gen, want int64) {
 	t.Helper()
 	ctx := context.Background()
-	testkit.Eventually(t, 30*time.Second, func() bool {
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
 		off, ok, err := s.led.Offset(ctx, def.Name, gen)
 		return err == nil && ok && off >= want
 	}, "%s/g%d offset reaches %d", def.Name, gen, want)
@@ -111,7 +111,7 @@ func TestFanOutSemantics(t *testing.T) {
 
 func testFanOutSemantics(t *testing.T, s *stack) {
 	ctx := context.Background()
-	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
+	p := prodtest.NewProducer(t, s.kafka, "distcache", "users")
 	w := projector.NewWriter(s.pub, s.led)
 	m := s.manager(t, w, 100)
 	defer m.Close()
@@ -135,23 +135,23 @@ func testFanOutSemantics(t *testing.T, s *stack) {
 	s.waitOffset(t, byEmail, 1, end)
 	s.waitOffset(t, byID, 1, end)
 
-	got, err := testkit.ReadGeneration(ctx, s.rdb, byEmail.Name, 1)
+	got, err := prodtest.ReadGeneration(ctx, s.rdb, byEmail.Name, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]testkit.Value{
+	want := map[string]prodtest.Value{
 		"ann2@x.io": {Data: `{"id":"7","name":"Imposter","email":"ann2@x.io"}`, Version: 10},
 		"ann3@x.io": {Data: `{"id":"1","name":"Ann","email":"ann3@x.io"}`, Version: 11},
 		"eve@x.io":  {Data: `{"id":"8","name":"Eve","email":"eve@x.io"}`, Version: 12},
 	}
-	if d := testkit.Diff(got, want); d != "" {
+	if d := prodtest.Diff(got, want); d != "" {
 		t.Errorf("users_by_email:\n%s", d)
 	}
-	got, err = testkit.ReadGeneration(ctx, s.rdb, byID.Name, 1)
+	got, err = prodtest.ReadGeneration(ctx, s.rdb, byID.Name, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want = map[string]testkit.Value{
+	want = map[string]prodtest.Value{
 		"user:1": {Data: `{"id":"1","status":"active"}`, Version: 11},
 		"user:3": {Data: `{"id":"3","status":"blocked"}`, Version: 5},
 		"user:4": {Data: `{"id":"4","status":"blocked"}`, Version: 7},
@@ -159,7 +159,7 @@ func testFanOutSemantics(t *testing.T, s *stack) {
 		"user:7": {Data: `{"id":"7","status":"active"}`, Version: 10},
 		"user:8": {Data: `{"id":"8","status":"active"}`, Version: 12},
 	}
-	if d := testkit.Diff(got, want); d != "" {
+	if d := prodtest.Diff(got, want); d != "" {
 		t.Errorf("users_by_id:\n%s", d)
 	}
 
@@ -187,7 +187,7 @@ func testFanOutSemantics(t *testing.T, s *stack) {
 	if deadID != 1 {
 		t.Errorf("users_by_id dead letters = %d, want 1 (the non-JSON payload)", deadID)
 	}
-	if err := testkit.StreamVersionsIncrease(ctx, s.rdb, byEmail.Name, 1); err != nil {
+	if err := prodtest.StreamVersionsIncrease(ctx, s.rdb, byEmail.Name, 1); err != nil {
 		t.Error(err)
 	}
 
@@ -229,7 +229,7 @@ func TestGenerationJoinsLater(t *testing.T) {
 	t.Parallel()
 	s := newStack(t)
 	ctx := context.Background()
-	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
+	p := prodtest.NewProducer(t, s.kafka, "distcache", "users")
 	m := s.manager(t, projector.NewWriter(s.pub, s.led), 10)
 	defer m.Close()
 	g1 := s.gen(t, byID, 1, p.Topic)
@@ -246,7 +246,7 @@ func TestGenerationJoinsLater(t *testing.T) {
 	p.Produce(p.Upsert("99", user("99", "late@x.io", "Late", "active")))
 	s.waitOffset(t, byEmail, 2, 51)
 	s.waitOffset(t, byID, 1, 51)
-	got, err := testkit.ReadGeneration(ctx, s.rdb, byEmail.Name, 2)
+	got, err := prodtest.ReadGeneration(ctx, s.rdb, byEmail.Name, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,14 +272,14 @@ func TestGenerationJoinsLater(t *testing.T) {
 // gen is the random workload of the property test.
 type workload struct {
 	rnd     *rand.Rand
-	p       *testkit.Producer
+	p       *prodtest.Producer
 	sources []string
 	email   map[string]string // source → current email (live upserts only)
 	holder  map[string]string // email → source holding it
 }
 
 // newWorkload is a workload over 60 source keys, drawn from rnd.
-func newWorkload(p *testkit.Producer, rnd *rand.Rand) *workload {
+func newWorkload(p *prodtest.Producer, rnd *rand.Rand) *workload {
 	w := &workload{rnd: rnd, p: p, email: map[string]string{}, holder: map[string]string{}}
 	for i := range 60 {
 		w.sources = append(w.sources, "s"+strconv.Itoa(i))
@@ -358,7 +358,7 @@ func TestPropertyCrashesMatchModel(t *testing.T) {
 	t.Logf("seed %d", seed)
 	s := newStack(t)
 	ctx := context.Background()
-	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
+	p := prodtest.NewProducer(t, s.kafka, "distcache", "users")
 	w := newWorkload(p, rand.New(rand.NewPCG(seed, 7)))
 
 	var crashes atomic.Int32
@@ -465,11 +465,11 @@ func TestPropertyCrashesMatchModel(t *testing.T) {
 		if n := rw.IndexCacheEntries(); n != 0 {
 			t.Errorf("Replay left %d index entries in memory (its live consumer may run elsewhere)", n)
 		}
-		fresh, err := testkit.ReadGeneration(ctx, s.rdb, def.Name, 2)
+		fresh, err := prodtest.ReadGeneration(ctx, s.rdb, def.Name, 2)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d := testkit.Diff(got, fresh); d != "" {
+		if d := prodtest.Diff(got, fresh); d != "" {
 			t.Errorf("%s: crashed generation differs from a fresh replay:\n%s", def.Name, d)
 		}
 	}
@@ -489,7 +489,7 @@ func TestTwoWritersOneGeneration(t *testing.T) {
 	t.Logf("seed %d", seed)
 	s := newStack(t)
 	ctx := context.Background()
-	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
+	p := prodtest.NewProducer(t, s.kafka, "distcache", "users")
 	w := newWorkload(p, rand.New(rand.NewPCG(seed, 3)))
 	gens := []fanout.Generation{s.gen(t, byEmail, 1, p.Topic), s.gen(t, byID, 1, p.Topic)}
 	rnd := rand.New(rand.NewPCG(seed, 5))
@@ -569,21 +569,21 @@ func (c raceCounter) Failure(string)                        { c.failures.Add(1) 
 // same values and versions, every record written once (no version repeats
 // in the change stream) and one dead letter per bad record. It returns what
 // Redis holds.
-func (s *stack) matchesModel(t *testing.T, def projection.Definition, all []*kgo.Record) map[string]testkit.Value {
+func (s *stack) matchesModel(t *testing.T, def projection.Definition, all []*kgo.Record) map[string]prodtest.Value {
 	t.Helper()
 	ctx := context.Background()
-	model := testkit.NewModel(t, def)
+	model := prodtest.NewModel(t, def)
 	for _, r := range all {
 		model.Apply(r.Offset, string(r.Key), r.Value)
 	}
-	got, err := testkit.ReadGeneration(ctx, s.rdb, def.Name, 1)
+	got, err := prodtest.ReadGeneration(ctx, s.rdb, def.Name, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := testkit.Diff(got, model.Live()); d != "" {
+	if d := prodtest.Diff(got, model.Live()); d != "" {
 		t.Errorf("%s differs from the model:\n%s", def.Name, d)
 	}
-	if err := testkit.StreamWrittenOnce(ctx, s.rdb, def.Name, 1); err != nil {
+	if err := prodtest.StreamWrittenOnce(ctx, s.rdb, def.Name, 1); err != nil {
 		t.Errorf("%s: %v", def.Name, err)
 	}
 	dead, _ := s.rdb.XLen(ctx, ledger.DeadLetterKey(def.Name, 1)).Result()
@@ -603,11 +603,11 @@ func TestTopicCreatedLater(t *testing.T) {
 	m := s.manager(t, projector.NewWriter(s.pub, s.led), 100)
 	defer m.Close()
 	m.Update(ctx, []fanout.Generation{s.gen(t, byID, 1, "distcache.users")})
-	testkit.Eventually(t, 10*time.Second, func() bool {
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
 		off, ok, _ := s.led.Offset(ctx, byID.Name, 1)
 		return ok && off == 0
 	}, "offset initialised before the topic exists")
-	p := testkit.NewProducer(t, s.kafka, "distcache", "users")
+	p := prodtest.NewProducer(t, s.kafka, "distcache", "users")
 	p.Produce(p.Upsert("1", user("1", "a@x.io", "A", "active")))
 	s.waitOffset(t, byID, 1, 1)
 	if n, _ := s.rdb.Exists(ctx, distcache.ValueKey(byID.Name, 1, "user:1")).Result(); n != 1 {
@@ -630,7 +630,7 @@ func TestRedisOutage(t *testing.T) {
 	}
 	s := &stack{rdb: rdb, kafka: k.Addr, pub: pub, led: ledger.New(rdb, 0)}
 	ctx := context.Background()
-	p := testkit.NewProducer(t, k.Addr, "distcache", "users")
+	p := prodtest.NewProducer(t, k.Addr, "distcache", "users")
 	m := s.manager(t, projector.NewWriter(pub, s.led), 100)
 	defer m.Close()
 	m.Update(ctx, []fanout.Generation{s.gen(t, byID, 1, p.Topic)})
@@ -644,13 +644,13 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Produce(p.Upsert("2", user("2", "b@x.io", "B", "active")))
-	testkit.Eventually(t, 20*time.Second, func() bool { return !m.Healthy() }, "manager reports the failing writes")
+	devstacktest.Eventually(t, 20*time.Second, func() bool { return !m.Healthy() }, "manager reports the failing writes")
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := r.Restart(rctx); err != nil {
 		t.Fatal(err)
 	}
-	testkit.Eventually(t, 30*time.Second, func() bool { return m.Healthy() }, "manager healthy again")
+	devstacktest.Eventually(t, 30*time.Second, func() bool { return m.Healthy() }, "manager healthy again")
 	s.waitOffset(t, byID, 1, 2)
 	if n, _ := rdb.Exists(ctx, distcache.ValueKey(byID.Name, 1, "user:2")).Result(); n != 1 {
 		t.Error("the record produced during the outage was not written after it")

@@ -12,7 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/distcache/distcache/services/cache-producer/internal/feed"
-	"github.com/distcache/distcache/services/cache-producer/internal/testkit"
+	"github.com/distcache/distcache/services/cache-producer/internal/prodtest"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
 
@@ -27,7 +27,7 @@ func topicWithTransactions(t *testing.T, addr string) (string, []int64, int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p := testkit.NewProducer(t, addr, "distcache", "users")
+	p := prodtest.NewProducer(t, addr, "distcache", "users")
 	var recs []*kgo.Record
 	for i := range 5 {
 		id := strconv.Itoa(i)
@@ -60,7 +60,7 @@ func topicWithTransactions(t *testing.T, addr string) (string, []int64, int64) {
 	}
 	// The committed transaction's marker is the last offset.
 	end := want[len(want)-1] + 2
-	testkit.Eventually(t, 10*time.Second, func() bool {
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
 		o, err := endOffset(ctx, addr, p.Topic)
 		return err == nil && o == end
 	}, "the topic ends at %d", end)
@@ -189,7 +189,7 @@ func TestReader(t *testing.T) {
 func TestReaderStops(t *testing.T) {
 	t.Parallel()
 	addr := devstacktest.Kafka(t).Addr
-	p := testkit.NewProducer(t, addr, "distcache", "users")
+	p := prodtest.NewProducer(t, addr, "distcache", "users")
 	p.Produce(p.Upsert("1", map[string]any{"id": "1"}))
 	reader := func() *feed.Reader {
 		rd, err := feed.NewReader(feed.Config{KafkaOpts: []kgo.Opt{kgo.SeedBrokers(addr)}, Topic: p.Topic})

@@ -1,7 +1,7 @@
-// Package testkit helps the cache-producer's tests: compacted topics on a real
+// Package prodtest helps the cache-producer's tests: compacted topics on a real
 // broker, records in the events contract (and broken ones), a reference model
 // of what a generation must hold, and a reader of what Redis holds.
-package testkit
+package prodtest
 
 import (
 	"context"
@@ -23,18 +23,6 @@ import (
 	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 )
-
-// Eventually polls cond every 10 ms until it holds or timeout passes.
-func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: "+format, append([]any{timeout}, args...)...)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // Producer writes records to a topic of a broker.
 type Producer struct {

@@ -1,7 +1,7 @@
-// Package instrument declares the cache-producer's Prometheus metrics (all
+// Package prodmetrics declares the cache-producer's Prometheus metrics (all
 // named distcache_producer_*) on a registry of its own, and implements the
 // observer interfaces of packages fanout and backfill.
-package instrument
+package prodmetrics
 
 import (
 	"strconv"
