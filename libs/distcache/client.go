@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Entry is a value read from a Client.
@@ -71,6 +73,14 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 	c := &Client{cfg: cfg, log: log, base: time.Now()}
 	if err := c.buildClients(); err != nil {
 		return nil, err
+	}
+	for _, rdb := range append([]redis.UniversalClient{c.cfg.primary}, c.cfg.replicas...) {
+		if !HonoursDeadlines(rdb) {
+			log.Warn("distcache: a Redis client passed in does not honour context deadlines (build it with " +
+				"ContextTimeoutEnabled: true, or use WithAddrs / WithRedisConfig): a hung Redis will hold misses " +
+				"for its ReadTimeout whatever the caller's deadline")
+			break
+		}
 	}
 	c.reader = newReader(&c.cfg)
 	empty := map[string]*projection{}
@@ -138,6 +148,24 @@ func (c *Client) buildClients() error {
 	cfg.ownClients = append(cfg.ownClients, built.Primary)
 	cfg.ownClients = append(cfg.ownClients, built.Replicas...)
 	return nil
+}
+
+// HonoursDeadlines reports whether rdb gives up a call when its context's
+// deadline passes, even while the socket read or write is blocked: a
+// *redis.Client, *redis.ClusterClient or *redis.Ring built with
+// ContextTimeoutEnabled. Clients built by this package (RedisConfig, WithAddrs,
+// WithClusterAddrs, WithSentinel) always do. Other implementations are
+// reported as not honouring deadlines.
+func HonoursDeadlines(rdb redis.UniversalClient) bool {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.Ring:
+		return c.Options().ContextTimeoutEnabled
+	}
+	return false
 }
 
 // Close stops the change-stream tails and background work, waits for them

@@ -91,7 +91,9 @@ func (c *config) projection(name string) *projectionConfig {
 // a replicated setup), a failover client, or a *redis.ClusterClient. Misses
 // that the replicas (WithReplicas) cannot answer go to it, and the change
 // streams are tailed through it. The caller keeps ownership: Close does not
-// close it.
+// close it. Build it with ContextTimeoutEnabled: true (see HonoursDeadlines),
+// or a hung Redis holds a miss for the client's ReadTimeout whatever the
+// caller's deadline; New logs a warning when it is not.
 func WithRedis(rdb redis.UniversalClient) Option {
 	return func(c *config) { c.primary = rdb }
 }

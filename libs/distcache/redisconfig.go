@@ -189,17 +189,21 @@ func (c RedisConfig) primary() redis.UniversalClient {
 	}
 }
 
+// Every client built here has ContextTimeoutEnabled: go-redis otherwise
+// ignores a context's deadline for socket reads and writes, and a call to a
+// Redis that hangs (stopped, or a half-open connection) would wait for the
+// client's own ReadTimeout whatever the caller's deadline.
 func (c RedisConfig) options(addr string) *redis.Options {
 	return &redis.Options{
 		Addr: addr, Username: c.Username, Password: c.Password, TLSConfig: c.TLS,
-		DialerRetries: c.DialerRetries,
+		DialerRetries: c.DialerRetries, ContextTimeoutEnabled: true,
 	}
 }
 
 func (c RedisConfig) clusterOptions() *redis.ClusterOptions {
 	return &redis.ClusterOptions{
 		Addrs: c.Addrs, Username: c.Username, Password: c.Password, TLSConfig: c.TLS,
-		DialerRetries: c.DialerRetries,
+		DialerRetries: c.DialerRetries, ContextTimeoutEnabled: true,
 	}
 }
 
@@ -208,6 +212,6 @@ func (c RedisConfig) failoverOptions() *redis.FailoverOptions {
 		MasterName: c.SentinelMaster, SentinelAddrs: c.SentinelAddrs,
 		SentinelUsername: c.SentinelUsername, SentinelPassword: c.SentinelPassword,
 		Username: c.Username, Password: c.Password, TLSConfig: c.TLS,
-		DialerRetries: c.DialerRetries,
+		DialerRetries: c.DialerRetries, ContextTimeoutEnabled: true,
 	}
 }

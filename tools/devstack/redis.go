@@ -160,7 +160,7 @@ func (r *Redis) Client() *redis.Client {
 }
 
 func (r *Redis) options() *redis.Options {
-	o := &redis.Options{Addr: r.Addr, Password: r.cfg.Password, MaxRetries: -1}
+	o := &redis.Options{Addr: r.Addr, Password: r.cfg.Password, MaxRetries: -1, ContextTimeoutEnabled: true}
 	if r.cfg.TLS != nil {
 		o.TLSConfig, _ = r.cfg.TLS.ClientConfig() // checked when the server was configured
 	}
