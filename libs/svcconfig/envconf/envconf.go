@@ -263,15 +263,6 @@ func (r *Reader) LogLevel(name string, def slog.Level) slog.Level {
 	return l
 }
 
-// Renamed records an error when the variable old, replaced by current, is
-// still set, so that a deployment that was not updated stops at start
-// instead of running without the setting.
-func (r *Reader) Renamed(old, current string) {
-	if r.Set(old) {
-		r.Fail(old, "renamed to %s; set that instead", current)
-	}
-}
-
 // Masked is what Mask and MaskURL show in place of a secret.
 const Masked = "****"
 

@@ -101,20 +101,20 @@ func TestTypedReads(t *testing.T) {
 
 func TestErrorsAreCollected(t *testing.T) {
 	t.Parallel()
-	r := reader(map[string]string{"SVC_A": "x", "SVC_B": "y", "SVC_OLD": "v"})
+	r := reader(map[string]string{"SVC_A": "x", "SVC_B": "y"})
 	r.Int("SVC_A", 0, 0, 1)
 	r.Bool("SVC_B", false)
-	r.Renamed("SVC_OLD", "SVC_NEW")
-	r.Renamed("SVC_UNSET", "SVC_OTHER")
+	r.Fail("SVC_C", "is %s", "odd")
 	r.Add(nil)
+	r.Add(&envconf.VarError{Var: "SVC_D", Reason: "bad"})
 	err := r.Err()
-	for _, want := range []string{"SVC_A: ", "SVC_B: ", "SVC_OLD: renamed to SVC_NEW"} {
+	for _, want := range []string{"SVC_A: ", "SVC_B: ", "SVC_C: is odd", "SVC_D: bad"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Err() = %v, want it to hold %q", err, want)
 		}
 	}
-	if strings.Contains(err.Error(), "SVC_UNSET") {
-		t.Errorf("Err() = %v reports a renamed variable that is not set", err)
+	if n := len(err.(interface{ Unwrap() []error }).Unwrap()); n != 4 {
+		t.Errorf("Err() joins %d errors, want 4 (nil is not one)", n)
 	}
 }
 
