@@ -222,6 +222,6 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		return herr
 	})
 	err = g.Wait()
-	log.Info("stopped", "error", err)
+	log.Info("stopped", "err", err)
 	return err
 }
