@@ -267,8 +267,8 @@ func memoryPerEntry(ctx context.Context, rdb *redis.Client, addr string, n int) 
 }
 
 func partsBench(ctx context.Context, cfg Config, res *Result, say func(string, ...any)) error {
-	lib := filepath.Join(cfg.RepoDir, "libs", "distcache")
-	say("bench: libs/distcache go test -bench (Hit, Miss, Publish; -count %d -benchtime %s)", cfg.Runs, cfg.BenchTime)
+	lib := filepath.Join(cfg.RepoDir, "libs", "distcache", "bench")
+	say("bench: libs/distcache/bench go test -bench (Hit, Miss, Publish; -count %d -benchtime %s)", cfg.Runs, cfg.BenchTime)
 	b, err := goBench(ctx, lib, "^(BenchmarkHit|BenchmarkMiss|BenchmarkPublish)$", cfg.BenchTime, cfg.Runs)
 	if err != nil {
 		return err

@@ -1,5 +1,5 @@
 // Package benchkit holds the benchmarks of issue 3's table, shared by the
-// package's Go benchmarks and the distcache-bench program: distcache next to
+// bench module's Go benchmarks and the distcache-bench program: distcache next to
 // its peers (rueidis client-side caching, raw bigcache, bare go-redis), on the
 // same keys, in the same run.
 package benchkit

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/distcache/distcache/libs/distcache/internal/benchkit"
+	"github.com/distcache/distcache/libs/distcache/bench/internal/benchkit"
 )
 
 func main() {

@@ -1,4 +1,4 @@
-package distcache_test
+package bench_test
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/distcache/distcache/libs/distcache"
-	"github.com/distcache/distcache/libs/distcache/internal/benchkit"
+	"github.com/distcache/distcache/libs/distcache/bench/internal/benchkit"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
 
