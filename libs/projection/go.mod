@@ -1,6 +1,6 @@
 module github.com/distcache/distcache/libs/projection
 
-go 1.26.8
+go 1.26.0
 
 require github.com/distcache/distcache/libs/events v0.0.0
 
@@ -16,8 +16,8 @@ require (
 	golang.org/x/text v0.41.0 // indirect
 )
 
-replace github.com/distcache/distcache/libs/events => ../events
-
-replace github.com/distcache/distcache/migrations => ../../migrations
-
-replace github.com/distcache/distcache/tools => ../../tools
+replace (
+	github.com/distcache/distcache/libs/events => ../events
+	github.com/distcache/distcache/migrations => ../../migrations
+	github.com/distcache/distcache/tools => ../../tools
+)
