@@ -152,14 +152,16 @@ const (
 
 var errBadEncoding = errors.New("malformed value")
 
-func appendVersionHex(b []byte, version int64) []byte {
+// AppendVersionHex appends version as ParseVersionHex reads it: 16
+// lower-case hex digits, big-endian. It is the one writer of that form.
+func AppendVersionHex(b []byte, version int64) []byte {
 	var raw [8]byte
 	binary.BigEndian.PutUint64(raw[:], uint64(version))
 	return hex.AppendEncode(b, raw[:])
 }
 
 func versionHex(version int64) string {
-	return string(appendVersionHex(make([]byte, 0, versionHexLen), version))
+	return string(AppendVersionHex(make([]byte, 0, versionHexLen), version))
 }
 
 // ParseVersionHex parses the version at the start of s: 16 lower-case hex

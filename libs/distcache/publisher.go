@@ -714,7 +714,7 @@ func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string
 		}
 		buf = append(buf, prefix...)
 		buf = append(buf, c.Key...)
-		buf = appendVersionHex(buf, c.Version)
+		buf = AppendVersionHex(buf, c.Version)
 		if c.Op == OpSet {
 			buf = append(buf, opSet)
 			buf = append(buf, c.Value...)

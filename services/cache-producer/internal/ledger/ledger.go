@@ -122,12 +122,7 @@ func (e Entry) Encode() string { return string(e.append(make([]byte, 0, 16+len(e
 
 // append appends e's stored form to b.
 func (e Entry) append(b []byte) []byte {
-	const digits = "0123456789abcdef"
-	v := uint64(e.Version)
-	for shift := 60; shift >= 0; shift -= 4 {
-		b = append(b, digits[(v>>uint(shift))&0xf])
-	}
-	return append(b, e.Key...)
+	return append(distcache.AppendVersionHex(b, e.Version), e.Key...)
 }
 
 // DecodeEntry parses a stored index entry.
