@@ -3,6 +3,7 @@ package distcache_test
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -49,27 +50,31 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("stream length after replay = %d, want 2", got)
 	}
 	mustCutover(t, pub, proj, 1)
-	// CLUSTER SLOTS lists a replica only once it has synced; wait for that so
-	// that the client's slot map has replicas to read from.
-	// (A replica counts as available once its replication offset, gossiped
-	// over the cluster bus, is non-zero: after the first write.) Every node
-	// must list them, since the client asks any one of them.
+	// go-redis builds the client's slot map from CLUSTER SLOTS, which lists a
+	// replica only once it has synced; wait for that so that the map has
+	// replicas to read from. (A replica counts as available once it has not
+	// failed and its replication offset, gossiped over the cluster bus, is
+	// non-zero: after the first write. CLUSTER SHARDS reports that same
+	// condition as the replica's health "online".) Every node must report
+	// them, since the client asks any one of them.
 	devstacktest.Eventually(t, wait, func() bool {
 		for _, addr := range cl.Addrs() {
 			node := redis.NewClient(&redis.Options{Addr: addr})
-			slots, err := node.ClusterSlots(ctx).Result()
+			shards, err := node.ClusterShards(ctx).Result()
 			_ = node.Close()
-			if err != nil || len(slots) == 0 {
+			if err != nil || len(shards) == 0 {
 				return false
 			}
-			for _, s := range slots {
-				if len(s.Nodes) < 2 {
+			for _, s := range shards {
+				if len(s.Slots) > 0 && !slices.ContainsFunc(s.Nodes, func(n redis.Node) bool {
+					return n.Role == "replica" && n.Health == "online"
+				}) {
 					return false
 				}
 			}
 		}
 		return true
-	}, "replicas never listed in CLUSTER SLOTS")
+	}, "replicas never reported online in CLUSTER SHARDS")
 
 	c := newClient(t, distcache.WithClusterAddrs(cl.Addrs()...), distcache.WithProjections(proj))
 	for i := range n {

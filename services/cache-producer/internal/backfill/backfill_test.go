@@ -135,11 +135,11 @@ func TestBackfillResumesAfterWorkerCrash(t *testing.T) {
 	// worker (its activity stays hung, as in a crashed process).
 	var beat workflows.BackfillProgress
 	devstacktest.Eventually(t, 20*time.Second, func() bool {
-		desc, err := tc.DescribeWorkflowExecution(ctx, run.GetID(), run.GetRunID())
+		desc, err := tc.DescribeWorkflow(ctx, run.GetID(), run.GetRunID())
 		if err != nil {
 			return false
 		}
-		for _, pa := range desc.GetPendingActivities() {
+		for _, pa := range desc.RawResponse.GetPendingActivities() {
 			if pa.GetHeartbeatDetails() == nil {
 				continue
 			}
