@@ -1,8 +1,7 @@
-package distcache_test
+package integration_test
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"testing"
 
@@ -59,21 +58,4 @@ func TestUnknownEntryFormRevalidates(t *testing.T) {
 		v, err := c.Get(ctx, proj, keyN(1))
 		return err == nil && bytes.Equal(v, val(keyN(1), 6))
 	}, "a change after the unknown entry was not applied")
-}
-
-// TestEachStreamChangeUnknownForm: the reader names the marker it does not know.
-func TestEachStreamChangeUnknownForm(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		value  string
-		marker int
-	}{{"\x02abc", 2}, {"\xff", 0xff}, {"", -1}} {
-		err := distcache.EachStreamChange(map[string]any{"": tc.value}, func(string, string) {
-			t.Fatalf("a change was read from %q", tc.value)
-		})
-		var uf *distcache.UnknownEntryForm
-		if !errors.Is(err, distcache.ErrUnknownEntryForm) || !errors.As(err, &uf) || uf.Marker != tc.marker {
-			t.Fatalf("EachStreamChange(%q) = %v, want ErrUnknownEntryForm with marker %d", tc.value, err, tc.marker)
-		}
-	}
 }

@@ -1,4 +1,4 @@
-package distcache_test
+package integration_test
 
 import (
 	"bytes"

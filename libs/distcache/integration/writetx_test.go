@@ -1,4 +1,4 @@
-package distcache_test
+package integration_test
 
 import (
 	"bytes"
@@ -127,21 +127,4 @@ func TestWriteTxEqualsWritesInOrder(t *testing.T) {
 	if s := stats(c, proj); s.Updates < 1 {
 		t.Fatalf("stats = %+v; want the update applied from the stream", s)
 	}
-}
-
-// FuzzEachStreamChange: a packed entry decodes to the changes packed into
-// it, in order; any other bytes give an error or changes, never a panic.
-func FuzzEachStreamChange(f *testing.F) {
-	f.Add([]byte("k1"), []byte("0000000000000001s{}"), []byte("\x01\x02ab\x01c"))
-	f.Fuzz(func(t *testing.T, k, v, junk []byte) {
-		packed := append(distcache.PackedForTest(nil, string(k), string(v)), []byte(distcache.PackedForTest(nil, "x", "y")[1:])...)
-		var got []string
-		if err := distcache.EachStreamChange(map[string]any{"": string(packed)}, func(key, value string) { got = append(got, key, value) }); err != nil {
-			t.Fatalf("packed %q: %v", packed, err)
-		}
-		if len(got) != 4 || got[0] != string(k) || got[1] != string(v) || got[2] != "x" || got[3] != "y" {
-			t.Fatalf("packed %q decoded to %q", packed, got)
-		}
-		_ = distcache.EachStreamChange(map[string]any{"": string(junk)}, func(string, string) {})
-	})
 }
