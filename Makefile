@@ -12,7 +12,7 @@ MODULES := $(shell $(GO) work edit -json | sed -n 's/^[[:space:]]*"DiskPath": "\
 PKGS := $(foreach m,$(MODULES),$(PREFIX)/$(m)/...)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build tools setup up down status env migrate test fuzz lint modcheck demo bench proto deploy-check clean help compose-up compose-down chaos
+.PHONY: all build tools setup up down status env migrate test fuzz lint modcheck archcheck demo bench proto deploy-check clean help compose-up compose-down chaos
 
 all: build
 
@@ -64,9 +64,9 @@ migrate: up
 	cd migrations && $(GO) run ./cmd/migrate -database "$$DISTCACHE_CORE_DATABASE_URL" up && \
 	$(GO) run ./cmd/migrate -database "$$DISTCACHE_CONTROL_DATABASE_URL" up
 
-## test: the mechanical checks first (lint, modcheck), then every test, against real components
+## test: the mechanical checks first (lint, modcheck, archcheck), then every test, against real components
 ## the tests start themselves
-test: lint modcheck setup deploy-check
+test: lint modcheck archcheck setup deploy-check
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	$(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) $(PREFIX)/libs/distcache/...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
@@ -95,6 +95,11 @@ lint:
 	$(GO) vet $(PKGS)
 	cd tools/lint && GOWORK=off $(GO) build -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 	$(BIN)/staticcheck $(PKGS)
+
+## archcheck: one proxy, one Eventually, one harness, one rule per contract, no retired names
+## (the architecture rules of docs/architecture.md that a refactor could quietly undo)
+archcheck:
+	@bash .ci/archcheck
 
 ## modcheck: every module of go.work builds, vets and is tidy on its own (GOWORK=off), as another
 ## team's build sees it; a module that declares an older Go than go.work is also built and vetted
