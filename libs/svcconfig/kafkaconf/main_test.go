@@ -1,0 +1,9 @@
+package kafkaconf_test
+
+import (
+	"testing"
+
+	"github.com/distcache/distcache/tools/devstacktest"
+)
+
+func TestMain(m *testing.M) { devstacktest.Main(m) }
