@@ -110,6 +110,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		return err
 	}
 	defer rdb.Close()
+	if err := cfg.Redis.CheckEvictionPolicy(ctx, rdb, log, time.Second); err != nil {
+		return err
+	}
 	pub, err := distcache.NewPublisher(rdb, distcache.WithStreamMaxLen(cfg.StreamMaxLen), distcache.WithTombstoneTTL(cfg.TombstoneTTL))
 	if err != nil {
 		return fmt.Errorf("publisher: %w", err)

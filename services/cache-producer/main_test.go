@@ -344,3 +344,27 @@ func TestServiceEndToEnd(t *testing.T) {
 		t.Fatal("service did not stop within 20s of SIGTERM")
 	}
 }
+
+// TestRunRefusesEvictingRedis: a Redis whose maxmemory-policy may evict keys would drop offsets,
+// indexes and pointers silently; the producer refuses to start on it, naming the policy and the
+// variable that overrides the check.
+func TestRunRefusesEvictingRedis(t *testing.T) {
+	t.Parallel()
+	r := devstacktest.Redis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "allkeys-lru").Err(); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"PRODUCER_DATABASE_URL": "postgres://nobody@127.0.0.1:1/none", "PRODUCER_REDIS_ADDRS": r.Addr,
+		"PRODUCER_KAFKA_BROKERS": "127.0.0.1:1", "PRODUCER_HTTP_ADDR": freeAddr(t),
+	}
+	err := run(ctx, nil, func(k string) string { return env[k] }, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "maxmemory-policy allkeys-lru") ||
+		!strings.Contains(err.Error(), "PRODUCER_REDIS_ALLOW_EVICTION") {
+		t.Fatalf("run on an allkeys-lru Redis = %v; want a refusal naming the policy and PRODUCER_REDIS_ALLOW_EVICTION", err)
+	}
+}

@@ -101,6 +101,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		return fmt.Errorf("redis: %w", err)
 	}
 	defer rdb.Close()
+	if err := cfg.Redis.CheckEvictionPolicy(ctx, rdb, log, time.Second); err != nil {
+		return err
+	}
 	pub, err := distcache.NewPublisher(rdb)
 	if err != nil {
 		return fmt.Errorf("redis publisher: %w", err)

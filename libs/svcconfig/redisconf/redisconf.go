@@ -15,7 +15,11 @@
 package redisconf
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -40,6 +44,10 @@ const (
 	VarTLSCertFile           = "REDIS_TLS_CERT_FILE"
 	VarTLSKeyFile            = "REDIS_TLS_KEY_FILE"
 	VarTLSInsecureSkipVerify = "REDIS_TLS_INSECURE_SKIP_VERIFY"
+	// VarAllowEviction skips the start-up check that Redis's maxmemory-policy is noeviction
+	// (CheckEvictionPolicy): for people who understand that evicted offsets, indexes and
+	// pointers are lost silently, or whose Redis refuses CONFIG GET.
+	VarAllowEviction = "REDIS_ALLOW_EVICTION"
 )
 
 // Config is a Redis connection read from the environment.
@@ -54,6 +62,9 @@ type Config struct {
 	Username         string
 	Password         string // secret
 	TLS              tlsconf.Config
+	AllowEviction    bool // skip CheckEvictionPolicy's refusal
+
+	allowEvictionVar string // the full variable name, for messages
 }
 
 // Option adjusts what Load accepts.
@@ -90,6 +101,8 @@ func Load(r *envconf.Reader, opts ...Option) Config {
 		}),
 	}
 	c.Cluster = r.Bool(cluster, len(c.Addrs) > 1)
+	c.allowEvictionVar = r.Name(VarAllowEviction)
+	c.AllowEviction = r.Bool(c.allowEvictionVar, false)
 	sentinel := c.SentinelMaster != "" || r.Set(sentinels)
 	switch {
 	case sentinel:
@@ -160,6 +173,36 @@ func (c Config) NewClients() (*distcache.RedisClients, error) {
 	return rc.NewClients()
 }
 
+// CheckEvictionPolicy refuses a Redis whose maxmemory-policy may evict keys
+// (distcache.CheckEvictionPolicy), unless <PREFIX>_REDIS_ALLOW_EVICTION is
+// true. While Redis cannot be reached it retries every retry interval until
+// ctx ends, so a writer started before its Redis waits for it; a refused
+// CONFIG GET is an error that names the variable that skips the check.
+func (c Config) CheckEvictionPolicy(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger, retry time.Duration) error {
+	if c.AllowEviction {
+		log.Warn("redis eviction policy not checked", slog.String("because", c.allowEvictionVar+"=true"))
+		return nil
+	}
+	for {
+		err := distcache.CheckEvictionPolicy(ctx, rdb)
+		var rerr redis.Error
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, distcache.ErrEvictionPolicy):
+			return fmt.Errorf("%w (or set %s=true to run anyway)", err, c.allowEvictionVar)
+		case errors.As(err, &rerr):
+			return fmt.Errorf("%w: could not check that Redis never evicts keys; make sure maxmemory-policy is noeviction and set %s=true", err, c.allowEvictionVar)
+		}
+		log.Warn("redis eviction policy: waiting for redis", slog.Any("err", err))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("check redis eviction policy: %w", err)
+		case <-time.After(retry):
+		}
+	}
+}
+
 // Mode returns distcache.RedisStandalone, RedisCluster or RedisSentinel.
 func (c Config) Mode() string {
 	rc := distcache.RedisConfig{Cluster: c.Cluster, SentinelMaster: c.SentinelMaster, SentinelAddrs: c.SentinelAddrs}
@@ -186,5 +229,6 @@ func (c Config) LogValue() slog.Value {
 		slog.String("username", c.Username),
 		slog.String("password", envconf.Mask(c.Password)),
 		slog.Any("tls", c.TLS),
+		slog.Bool("allow_eviction", c.AllowEviction),
 	)...)
 }

@@ -199,3 +199,20 @@ func TestLogValueMasksPasswords(t *testing.T) {
 		})
 	}
 }
+
+// TestAllowEviction: the start-up eviction-policy check is on unless the variable says otherwise,
+// and a non-boolean value names the variable.
+func TestAllowEviction(t *testing.T) {
+	t.Parallel()
+	c, err := load(env("SVC_REDIS_ADDRS", "p:1"))
+	if err != nil || c.AllowEviction {
+		t.Fatalf("default: AllowEviction = %v, err %v; want false", c.AllowEviction, err)
+	}
+	c, err = load(env("SVC_REDIS_ADDRS", "p:1", "SVC_REDIS_ALLOW_EVICTION", "true"))
+	if err != nil || !c.AllowEviction {
+		t.Fatalf("SVC_REDIS_ALLOW_EVICTION=true: AllowEviction = %v, err %v", c.AllowEviction, err)
+	}
+	if _, err := load(env("SVC_REDIS_ADDRS", "p:1", "SVC_REDIS_ALLOW_EVICTION", "maybe")); err == nil || !strings.Contains(err.Error(), "SVC_REDIS_ALLOW_EVICTION") {
+		t.Fatalf("SVC_REDIS_ALLOW_EVICTION=maybe: err %v, want one naming the variable", err)
+	}
+}
