@@ -137,6 +137,15 @@ func (t *Temporal) PID() int { return t.proc.PID() }
 // Stop shuts the server down.
 func (t *Temporal) Stop() error { return t.proc.stop(15 * time.Second) }
 
+// Restart stops the server and starts it again on the same ports and database file (its
+// namespaces and workflows survive), waiting until it is healthy.
+func (t *Temporal) Restart(ctx context.Context) error {
+	if err := t.Stop(); err != nil {
+		return fmt.Errorf("%s: stop: %w", t.cfg.Name, err)
+	}
+	return t.Start(ctx)
+}
+
 // Kill kills the server with SIGKILL.
 func (t *Temporal) Kill() error { return t.proc.kill() }
 

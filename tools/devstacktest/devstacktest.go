@@ -339,6 +339,22 @@ func Temporal(t testing.TB) *devstack.Temporal {
 	return sharedT
 }
 
+// OwnTemporal starts a Temporal dev server (headless) for this test alone, stopped at cleanup.
+// Tests that stop, start or restart Temporal use it instead of the shared one; Start after Stop
+// reuses the same port and database file.
+func OwnTemporal(t testing.TB) *devstack.Temporal {
+	t.Helper()
+	bin := TemporalBin(t)
+	ctx, cancel := startCtx(t, temporalStartTimeout)
+	defer cancel()
+	tmp, err := devstack.StartTemporal(ctx, devstack.TemporalConfig{Bin: bin, Dir: dir(t, "temporal"), Headless: true, Mode: devstack.Attached})
+	if err != nil {
+		t.Fatalf("devstacktest: start temporal: %v", err)
+	}
+	t.Cleanup(func() { _ = tmp.Stop() })
+	return tmp
+}
+
 // Eventually polls cond every 10 ms until it returns true or timeout passes, then fails the test
 // with msg. It never sleeps longer than needed.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {

@@ -214,6 +214,37 @@ func TestTemporalRunsAWorkflow(t *testing.T) {
 	}
 }
 
+// TestOwnTemporalStopsAndStartsAgain: a test's own Temporal can be stopped (its port refuses
+// health checks) and started again on the same port, keeping the default namespace.
+func TestOwnTemporalStopsAndStartsAgain(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	srv := devstacktest.OwnTemporal(t)
+	port := srv.Port()
+	if err := srv.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	err := srv.Health(pctx)
+	pcancel()
+	if err == nil {
+		t.Fatal("health after Stop = nil, want an error")
+	}
+	if err := srv.Start(ctx); err != nil {
+		t.Fatalf("start again: %v", err)
+	}
+	if srv.Port() != port {
+		t.Errorf("port after Start = %d, want %d", srv.Port(), port)
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if err := srv.Health(ctx); err != nil {
+		t.Fatalf("health after Restart: %v", err)
+	}
+}
+
 func kadmCreate(ctx context.Context, addr, topic string) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(addr))
 	if err != nil {
