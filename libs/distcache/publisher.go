@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -273,9 +274,11 @@ func (p *Publisher) DeleteGen(ctx context.Context, proj string, gen int64, key s
 
 func (p *Publisher) applyOne(ctx context.Context, proj string, gen int64, c Change) (bool, error) {
 	var res [1]Result
-	if err := p.apply(ctx, proj, gen, []Change{c}, res[:]); err != nil {
+	changes, over := p.tombstoneOversized([]Change{c})
+	if err := p.apply(ctx, proj, gen, changes, res[:]); err != nil {
 		return false, err
 	}
+	over.mark(res[:])
 	return res[0].Applied, res[0].Err
 }
 
@@ -299,10 +302,52 @@ func (p *Publisher) liveGeneration(ctx context.Context, proj string) (int64, err
 // versions make the repeat harmless.
 func (p *Publisher) Apply(ctx context.Context, proj string, gen int64, changes []Change) ([]Result, error) {
 	res := make([]Result, len(changes))
+	changes, over := p.tombstoneOversized(changes)
 	if err := p.apply(ctx, proj, gen, changes, res); err != nil {
 		return nil, err
 	}
+	over.mark(res)
 	return res, nil
+}
+
+// oversized lists the changes whose value was too large, with their errors.
+type oversized struct {
+	idx  []int
+	errs []error
+}
+
+// tombstoneOversized returns changes with every set whose value exceeds the
+// limit turned into a delete of its key at its version (on a copy: the
+// caller's slice is left alone). The value is refused (Result.Err wraps
+// ErrValueTooLarge, set by mark once the writes are done) but the key's
+// previous value is removed all the same: readers must not go on serving a
+// value that a newer change replaced, and a writer's own bookkeeping (a
+// producer's index) that records the key at this version stays true.
+func (p *Publisher) tombstoneOversized(changes []Change) ([]Change, oversized) {
+	var over oversized
+	for i := range changes {
+		c := &changes[i]
+		if c.Op != OpSet || len(c.Value) <= p.cfg.maxValueBytes || c.Key == "" || len(c.Key) > MaxKeyLen || c.Version <= 0 {
+			continue
+		}
+		if over.idx == nil {
+			changes = slices.Clone(changes)
+			c = &changes[i]
+		}
+		over.idx = append(over.idx, i)
+		over.errs = append(over.errs, fmt.Errorf("key %q: %w: %d bytes > %d (its previous value is removed)",
+			c.Key, ErrValueTooLarge, len(c.Value), p.cfg.maxValueBytes))
+		c.Op, c.Value = OpDelete, nil
+	}
+	return changes, over
+}
+
+// mark records the refusals in res: the tombstone written in their place
+// does not count as applied.
+func (o oversized) mark(res []Result) {
+	for j, i := range o.idx {
+		res[i] = Result{Err: o.errs[j]}
+	}
 }
 
 func (p *Publisher) validateChange(c *Change) error {
@@ -676,6 +721,16 @@ func (p *Publisher) applyBatched(ctx context.Context, proj string, gen int64, st
 // Apply's, in the packed form (see streamentry.go). Not available on Redis Cluster (ErrClusterUnsupported), where the
 // keys of a generation span slots.
 func (p *Publisher) WriteTx(ctx context.Context, tx redis.Pipeliner, proj string, gen int64, changes []Change) ([]Result, error) {
+	changes, over := p.tombstoneOversized(changes)
+	res, err := p.writeTx(ctx, tx, proj, gen, changes)
+	if err != nil {
+		return nil, err
+	}
+	over.mark(res)
+	return res, nil
+}
+
+func (p *Publisher) writeTx(ctx context.Context, tx redis.Pipeliner, proj string, gen int64, changes []Change) ([]Result, error) {
 	if p.cluster != nil {
 		return nil, fmt.Errorf("publish %s/g%d in a transaction: %w", proj, gen, ErrClusterUnsupported)
 	}
