@@ -42,6 +42,7 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
 	"github.com/distcache/distcache/services/cache-producer/internal/registrywatch"
 	"github.com/distcache/distcache/workflows"
+	"github.com/distcache/distcache/workflows/temporalconn"
 )
 
 func main() {
@@ -169,11 +170,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		_ = watcher.Run(watchCtx)
 	}()
 
-	// Temporal activity worker.
-	var tc client.Client
-	var w worker.Worker
+	// Temporal activity worker: attached in the background whenever Temporal answers, so the
+	// data path (registry watch, consumers) never waits for the control path.
+	var temporal *temporalconn.Monitor
+	monCtx, stopMon := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopMon()
+	monDone := make(chan struct{})
 	if cfg.TemporalHostPort != "" {
-		tc, err = client.DialContext(ctx, client.Options{
+		tc, err := client.NewLazyClient(client.Options{
 			HostPort: cfg.TemporalHostPort, Namespace: cfg.TemporalNamespace,
 			Logger: tlog.NewStructuredLogger(log.With("component", "temporal")),
 		})
@@ -184,18 +188,34 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 			return fmt.Errorf("temporal %s: %w", cfg.TemporalHostPort, err)
 		}
 		defer tc.Close()
-		w = worker.New(tc, workflows.CacheProducerTaskQueue, worker.Options{})
-		backfill.Register(w, &backfill.Activities{
-			KafkaOpts: kopts, Writer: writer, BatchSize: cfg.BackfillBatchSize, Observer: metrics, Logger: log,
+		temporal, err = temporalconn.New(temporalconn.Config{
+			Client: tc,
+			NewWorker: func() worker.Worker {
+				w := worker.New(tc, workflows.CacheProducerTaskQueue, worker.Options{})
+				backfill.Register(w, &backfill.Activities{
+					KafkaOpts: kopts, Writer: writer, BatchSize: cfg.BackfillBatchSize, Observer: metrics, Logger: log,
+				})
+				return w
+			},
+			Logger: log.With("component", "temporal"),
 		})
-		if err := w.Start(); err != nil {
+		if err != nil {
 			stopWatch()
 			wg.Wait()
 			mgr.Close()
-			return fmt.Errorf("start activity worker: %w", err)
+			return err
 		}
+		go func() {
+			defer close(monDone)
+			temporal.Run(monCtx)
+		}()
 	} else {
+		close(monDone)
 		log.Warn("PRODUCER_TEMPORAL_HOSTPORT is empty: the Backfill and CaughtUp activities are not served")
+	}
+	stopWorker := func() {
+		stopMon()
+		<-monDone
 	}
 
 	checks := map[string]httpapi.Check{
@@ -214,16 +234,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 			return nil
 		},
 	}
-	if tc != nil {
-		checks["temporal"] = func(ctx context.Context) error {
-			_, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{})
-			return err
-		}
+	// Temporal only serves backfills: while it is down the producer is ready but degraded.
+	optional := map[string]httpapi.Check{}
+	if temporal != nil {
+		optional["temporal"] = func(context.Context) error { return temporal.Err() }
 	}
 	srv := &http.Server{
 		Addr: cfg.HTTPAddr,
 		Handler: httpapi.Handler(httpapi.Config{
-			Registry: metrics.Registry, Checks: checks,
+			Registry: metrics.Registry, Checks: checks, Optional: optional,
 			Status: func() any { return mgr.Statuses() },
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -233,9 +252,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		stopWatch()
 		wg.Wait()
 		mgr.Close()
-		if w != nil {
-			w.Stop()
-		}
+		stopWorker()
 		return fmt.Errorf("listen on PRODUCER_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 	}
 	httpErr := make(chan error, 1)
@@ -251,9 +268,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	stopWatch()
 	wg.Wait()
 	mgr.Close() // each consumer writes its batch in flight
-	if w != nil {
-		w.Stop()
-	}
+	stopWorker()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if serr := srv.Shutdown(sctx); serr != nil && err == nil {

@@ -368,3 +368,80 @@ func TestRunRefusesEvictingRedis(t *testing.T) {
 		t.Fatalf("run on an allkeys-lru Redis = %v; want a refusal naming the policy and PRODUCER_REDIS_ALLOW_EVICTION", err)
 	}
 }
+
+// TestDataPathWithoutTemporal: the producer starts while Temporal is down, is ready but
+// "degraded", and streams a live update of the topic into Redis; once Temporal is started again
+// its activity worker attaches and /readyz says "ready".
+func TestDataPathWithoutTemporal(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tmp := devstacktest.OwnTemporal(t)
+	if err := tmp.Stop(); err != nil {
+		t.Fatalf("stop temporal: %v", err)
+	}
+	dbURL := devstacktest.Database(t)
+	if err := migrations.Up(ctx, dbURL); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	reg := registry.New(pool)
+	r := devstacktest.Redis(t)
+	k := devstacktest.Kafka(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	p := prodtest.NewProducer(t, k.Addr, "distcache", "users")
+	zero := int64(0)
+	if err := reg.CreateProjection(ctx, usersByEmail); err != nil {
+		t.Fatal(err)
+	}
+	gen, _, err := reg.AllocateGeneration(ctx, usersByEmail, "wf-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.SetState(ctx, usersByEmail.Name, gen, workflows.StateTailing, &zero); err != nil {
+		t.Fatal(err)
+	}
+
+	httpAddr := freeAddr(t)
+	svc := startChild(t, []string{
+		"PRODUCER_DATABASE_URL=" + dbURL, "PRODUCER_REDIS_ADDRS=" + r.Addr, "PRODUCER_KAFKA_BROKERS=" + k.Addr,
+		"PRODUCER_HTTP_ADDR=" + httpAddr, "PRODUCER_TEMPORAL_HOSTPORT=" + tmp.HostPort,
+		"PRODUCER_TEMPORAL_NAMESPACE=" + tmp.Namespace, "PRODUCER_LOG_LEVEL=debug",
+	})
+	readyz := "http://" + httpAddr + "/readyz"
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
+		c, body := get(readyz)
+		return c == 200 && strings.Contains(body, `"status":"degraded"`) &&
+			strings.Contains(body, `"name":"temporal","ok":false,"optional":true`)
+	}, "/readyz answers 200 degraded (temporal) while Temporal is down")
+
+	// A live update reaches Redis while Temporal is down.
+	p.Produce(p.Upsert("7", map[string]any{"id": "7", "email": "Live@X.io", "status": "active"}))
+	key := "live@x.io"
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
+		got, err := prodtest.ReadGeneration(ctx, rdb, usersByEmail.Name, gen)
+		return err == nil && strings.Contains(got[key].Data, `"email":"Live@X.io"`)
+	}, "the live update of user 7 reaches generation %d under key %q", gen, key)
+
+	// Temporal comes back: the activity worker attaches.
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if err := tmp.Start(sctx); err != nil {
+		t.Fatalf("start temporal again: %v", err)
+	}
+	devstacktest.Eventually(t, time.Minute, func() bool {
+		c, body := get(readyz)
+		return c == 200 && strings.Contains(body, `"status":"ready"`)
+	}, "/readyz says ready once Temporal is back")
+	// The log reaches the test through a pipe: it may trail /readyz.
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(svc.out.String(), "temporal worker attached")
+	}, "the log says the worker attached")
+	if n := strings.Count(svc.out.String(), "temporal is unavailable; retrying"); n != 1 {
+		t.Errorf("the outage was logged %d times, want once", n)
+	}
+}

@@ -1,7 +1,9 @@
 // Package httpapi serves the cache-producer's operational endpoints:
 // /healthz (the process runs), /readyz (every dependency answers and the
-// consumers are not stuck; a JSON body lists each check) and /metrics
-// (Prometheus), plus /status (each generation's position and lag, JSON).
+// consumers are not stuck; a JSON body lists each check and says "status":
+// "ready", "degraded" — an optional check fails, such as Temporal, which only
+// the control path needs — or "unavailable") and /metrics (Prometheus), plus
+// /status (each generation's position and lag, JSON).
 package httpapi
 
 import (
@@ -15,14 +17,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// Values of /readyz's "status".
+const (
+	StatusReady       = "ready"
+	StatusDegraded    = "degraded"
+	StatusUnavailable = "unavailable"
+)
+
 // Check is one readiness check; nil means ready.
 type Check func(ctx context.Context) error
 
 // Config configures the handler.
 type Config struct {
 	Registry *prometheus.Registry
-	// Checks are run by /readyz, by name.
+	// Checks are run by /readyz, by name; one failing makes the service not ready (503).
 	Checks map[string]Check
+	// Optional checks are run by /readyz too, but one failing only makes the service
+	// "degraded": still ready (200), since the data path does not need it.
+	Optional map[string]Check
 	// Status, when set, is served as JSON at /status.
 	Status func() any
 	// CheckTimeout bounds each check (default 2 s).
@@ -40,30 +52,47 @@ func Handler(cfg Config) http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		names := make([]string, 0, len(cfg.Checks))
-		for n := range cfg.Checks {
-			names = append(names, n)
-		}
-		sort.Strings(names)
 		type result struct {
-			Name  string `json:"name"`
-			OK    bool   `json:"ok"`
-			Error string `json:"error,omitempty"`
+			Name     string `json:"name"`
+			OK       bool   `json:"ok"`
+			Optional bool   `json:"optional,omitempty"`
+			Error    string `json:"error,omitempty"`
 		}
 		out := struct {
 			Ready  bool     `json:"ready"`
+			Status string   `json:"status"`
 			Checks []result `json:"checks"`
-		}{Ready: true}
-		for _, n := range names {
-			ctx, cancel := context.WithTimeout(r.Context(), cfg.CheckTimeout)
-			err := cfg.Checks[n](ctx)
-			cancel()
-			res := result{Name: n, OK: err == nil}
-			if err != nil {
-				res.Error = err.Error()
-				out.Ready = false
+		}{Ready: true, Status: StatusReady}
+		degraded := false
+		run := func(checks map[string]Check, optional bool) {
+			names := make([]string, 0, len(checks))
+			for n := range checks {
+				names = append(names, n)
 			}
-			out.Checks = append(out.Checks, res)
+			sort.Strings(names)
+			for _, n := range names {
+				ctx, cancel := context.WithTimeout(r.Context(), cfg.CheckTimeout)
+				err := checks[n](ctx)
+				cancel()
+				res := result{Name: n, OK: err == nil, Optional: optional}
+				if err != nil {
+					res.Error = err.Error()
+					if optional {
+						degraded = true
+					} else {
+						out.Ready = false
+					}
+				}
+				out.Checks = append(out.Checks, res)
+			}
+		}
+		run(cfg.Checks, false)
+		run(cfg.Optional, true)
+		switch {
+		case !out.Ready:
+			out.Status = StatusUnavailable
+		case degraded:
+			out.Status = StatusDegraded
 		}
 		w.Header().Set("Content-Type", "application/json")
 		if !out.Ready {

@@ -17,7 +17,7 @@ func TestEndpoints(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "distcache_producer_test_total", Help: "t"})
 	reg.MustRegister(c)
 	c.Inc()
-	ready := true
+	ready, temporalUp := true, true
 	h := Handler(Config{
 		Registry: reg,
 		Checks: map[string]Check{
@@ -28,25 +28,37 @@ func TestEndpoints(t *testing.T) {
 				return nil
 			},
 		},
+		Optional: map[string]Check{
+			"temporal": func(context.Context) error {
+				if !temporalUp {
+					return errors.New("temporal is unavailable")
+				}
+				return nil
+			},
+		},
 		Status: func() any { return []string{"g1"} },
 	})
 	tests := []struct {
 		name     string
 		path     string
 		notReady bool
+		noTemp   bool
 		wantCode int
 		wantBody string
 	}{
-		{"healthz", "/healthz", false, 200, "ok"},
-		{"ready", "/readyz", false, 200, `"ready":true`},
-		{"not ready", "/readyz", true, 503, "connection refused"},
-		{"healthz while not ready", "/healthz", true, 200, "ok"},
-		{"metrics", "/metrics", false, 200, "distcache_producer_test_total 1"},
-		{"status", "/status", false, 200, `["g1"]`},
-		{"unknown", "/nope", false, 404, ""},
+		{"healthz", "/healthz", false, false, 200, "ok"},
+		{"ready", "/readyz", false, false, 200, `"ready":true,"status":"ready"`},
+		{"not ready", "/readyz", true, false, 503, "connection refused"},
+		{"degraded without temporal", "/readyz", false, true, 200, `"ready":true,"status":"degraded"`},
+		{"optional error listed", "/readyz", false, true, 200, `"name":"temporal","ok":false,"optional":true,"error":"temporal is unavailable"`},
+		{"unavailable wins over degraded", "/readyz", true, true, 503, `"ready":false,"status":"unavailable"`},
+		{"healthz while not ready", "/healthz", true, false, 200, "ok"},
+		{"metrics", "/metrics", false, false, 200, "distcache_producer_test_total 1"},
+		{"status", "/status", false, false, 200, `["g1"]`},
+		{"unknown", "/nope", false, false, 404, ""},
 	}
 	for _, tt := range tests {
-		ready = !tt.notReady
+		ready, temporalUp = !tt.notReady, !tt.noTemp
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tt.path, nil))
 		if rec.Code != tt.wantCode || !strings.Contains(rec.Body.String(), tt.wantBody) {
