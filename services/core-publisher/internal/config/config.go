@@ -16,6 +16,7 @@ import (
 	"github.com/distcache/distcache/libs/svcconfig/envconf"
 	"github.com/distcache/distcache/libs/svcconfig/kafkaconf"
 	"github.com/distcache/distcache/libs/svcconfig/pgconf"
+	"github.com/distcache/distcache/services/core-publisher/internal/producer"
 )
 
 // Prefix starts every variable of the service.
@@ -42,6 +43,7 @@ const (
 	EnvBackloadChunkSize  = "PUBLISHER_BACKLOAD_CHUNK_SIZE"
 	EnvKafkaTransactions  = "PUBLISHER_KAFKA_TRANSACTIONS"
 	EnvKafkaTxnID         = "PUBLISHER_KAFKA_TRANSACTIONAL_ID"
+	EnvMaxEventBytes      = "PUBLISHER_MAX_EVENT_BYTES"
 	EnvLogLevel           = "PUBLISHER_LOG_LEVEL"
 	EnvLogFormat          = "PUBLISHER_LOG_FORMAT"
 )
@@ -57,6 +59,13 @@ const (
 	DefaultShutdownTimeout    = 15 * time.Second
 	DefaultBackloadChunkSize  = 1000
 	DefaultKafkaClientID      = "distcache-core-publisher"
+	DefaultMaxEventBytes      = events.DefaultMaxEventBytes
+	// MinMaxEventBytes and MaxMaxEventBytes bound PUBLISHER_MAX_EVENT_BYTES:
+	// below 1 KiB hardly an event fits; the upper bound is the producer's
+	// (its record batch limit stays well within franz-go's broker write
+	// limit).
+	MinMaxEventBytes = 1 << 10
+	MaxMaxEventBytes = producer.MaxEventBytesLimit
 )
 
 // ErrInvalid is matched (errors.Is) by every configuration error; each is an
@@ -98,8 +107,13 @@ type Config struct {
 	// CommitFence: read only rows older than every running transaction
 	// (relay.WithCommitFence). Default true.
 	CommitFence bool
-	LogLevel    slog.Level
-	LogJSON     bool
+	// MaxEventBytes is the largest event (events.Envelope.Size) published;
+	// larger rows are dead-lettered. The producer's record batch limit and
+	// the max.message.bytes of topics it creates follow from it
+	// (producer.BatchMaxBytes). Default 1 MiB.
+	MaxEventBytes int
+	LogLevel      slog.Level
+	LogJSON       bool
 }
 
 // FromEnv reads the configuration with getenv (os.Getenv in production; a
@@ -123,6 +137,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		ShutdownTimeout:      r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Millisecond),
 		AutoBackload:         r.Bool(EnvAutoBackload, true),
 		CommitFence:          r.Bool(EnvCommitFence, true),
+		MaxEventBytes:        r.Int(EnvMaxEventBytes, DefaultMaxEventBytes, MinMaxEventBytes, MaxMaxEventBytes),
 		LogLevel:             r.LogLevel(EnvLogLevel, slog.LevelInfo),
 		LogJSON:              r.OneOf(EnvLogFormat, "json", "json", "text") == "json",
 	}
@@ -208,6 +223,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("auto_backload", c.AutoBackload),
 		slog.Bool("commit_fence", c.CommitFence),
 		slog.Int("backload_chunk_size", c.BackloadChunkSize),
+		slog.Int("max_event_bytes", c.MaxEventBytes),
 		slog.String("log_level", c.LogLevel.String()),
 	)
 }

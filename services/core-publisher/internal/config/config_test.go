@@ -47,6 +47,7 @@ func TestFromEnvDefaults(t *testing.T) {
 		{"kafka transactions", c.KafkaTransactions, true},
 		{"kafka client id", c.Kafka.ClientID, DefaultKafkaClientID},
 		{"sasl", c.Kafka.SASLMechanism, ""},
+		{"max event bytes", c.MaxEventBytes, 1 << 20},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
@@ -68,11 +69,12 @@ func TestFromEnvValues(t *testing.T) {
 		"PUBLISHER_KAFKA_SASL_MECHANISM", "scram-sha-512",
 		EnvAutoBackload, "false",
 		EnvCommitFence, "false",
+		EnvMaxEventBytes, "4194304",
 	)...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.TopicPrefix != "prod.core" || c.ReplicationFactor != 3 || c.BatchSize != 500 || c.PollInterval != 250*time.Millisecond || c.AutoBackload || c.CommitFence {
+	if c.TopicPrefix != "prod.core" || c.ReplicationFactor != 3 || c.BatchSize != 500 || c.PollInterval != 250*time.Millisecond || c.AutoBackload || c.CommitFence || c.MaxEventBytes != 4<<20 {
 		t.Errorf("got %+v", c)
 	}
 	want := []Model{{"users", "users", "id"}, {"teams", "app.teams", "slug"}}
@@ -112,6 +114,9 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 		{"bad log format", append(minimal, EnvLogFormat, "xml"), EnvLogFormat},
 		{"bad bool", append(minimal, EnvAutoBackload, "maybe"), EnvAutoBackload},
 		{"bad log level", append(minimal, EnvLogLevel, "loud"), EnvLogLevel},
+		{"max event bytes not a number", append(minimal, EnvMaxEventBytes, "1MiB"), EnvMaxEventBytes},
+		{"max event bytes too small", append(minimal, EnvMaxEventBytes, "100"), EnvMaxEventBytes},
+		{"max event bytes too large", append(minimal, EnvMaxEventBytes, "1073741824"), EnvMaxEventBytes},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

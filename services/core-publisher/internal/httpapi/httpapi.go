@@ -2,7 +2,8 @@
 // readiness, Prometheus metrics and the backload API the control-plane calls.
 //
 //	GET  /healthz                the process is up
-//	GET  /readyz                 active (holding the lease) or a healthy standby, and DB and broker reachable
+//	GET  /readyz                 active (holding the lease) or a healthy standby, and DB and broker reachable;
+//	                             the body lists the models held back ("held_models": model, reason, since)
 //	GET  /metrics                Prometheus
 //	GET  /v1/models              backloadable models
 //	POST /v1/backload/{model}    start a fresh backload: 202, 404 unknown model, 409 already running
@@ -92,7 +93,13 @@ func (d Deps) ready(w http.ResponseWriter, r *http.Request) {
 	if st.Active {
 		role = "active"
 	}
-	body := map[string]any{"role": role}
+	// Held models do not make the publisher unready (the others flow), but
+	// they are listed so an operator sees which model waits and why.
+	held := st.Held
+	if held == nil {
+		held = []relay.HeldModel{}
+	}
+	body := map[string]any{"role": role, "held_models": held}
 	var problems []string
 	if st.Err != nil {
 		problems = append(problems, "relay: "+st.Err.Error())

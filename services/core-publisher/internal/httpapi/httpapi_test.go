@@ -110,3 +110,36 @@ func TestBackloadAPI(t *testing.T) {
 		})
 	}
 }
+
+// TestReadyzHeldModels: a model held back does not make the publisher
+// unready, and /readyz names it with the reason.
+func TestReadyzHeldModels(t *testing.T) {
+	t.Parallel()
+	since := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	st := relay.Status{Active: true, LastOK: time.Now(), Held: []relay.HeldModel{
+		{Aggregate: "orders", Reason: "topic distcache.orders refused: the broker refused to create it", Since: since},
+	}}
+	h := Handler(Deps{Relay: fakeRelay{st}, Backloads: &fakeBackloads{}, DB: pinger{}, Broker: pinger{}, Gatherer: pubmetrics.New().Registry})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	var body struct {
+		Status     string
+		HeldModels []relay.HeldModel `json:"held_models"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatalf("body %s: %v", rec.Body, err)
+	}
+	if rec.Code != http.StatusOK || body.Status != "ready" {
+		t.Errorf("got %d status %q, want 200 ready", rec.Code, body.Status)
+	}
+	if len(body.HeldModels) != 1 || body.HeldModels[0] != st.Held[0] {
+		t.Errorf("held_models: got %+v, want %+v", body.HeldModels, st.Held)
+	}
+
+	h = Handler(Deps{Relay: fakeRelay{relay.Status{Active: true, LastOK: time.Now()}}, Backloads: &fakeBackloads{}, DB: pinger{}, Broker: pinger{}, Gatherer: pubmetrics.New().Registry})
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if !strings.Contains(rec.Body.String(), `"held_models":[]`) {
+		t.Errorf("no held model: got %s, want an empty held_models list", rec.Body)
+	}
+}

@@ -2,6 +2,12 @@
 // idempotent, acks=all, batching producer that creates missing topics as
 // compacted single-partition topics and refuses to write into an existing
 // topic that is not compacted or has more than one partition.
+//
+// Size limits are one number, the largest event (WithMaxEventBytes, the
+// relay's limit too): the client's record batch limit and the max.message.bytes
+// of every topic the producer creates are that number plus BatchOverhead, so
+// an event the relay accepts is never refused for its size by the client or
+// by a topic the producer created.
 package producer
 
 import (
@@ -10,10 +16,12 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/distcache/distcache/libs/events"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -36,6 +44,60 @@ func (e *TopicError) Error() string {
 
 // Is makes errors.Is(err, ErrTopicUnsuitable) true.
 func (e *TopicError) Is(target error) bool { return target == ErrTopicUnsuitable }
+
+// RecordError is returned by Produce when the broker (or the client, before
+// sending) refused a record for what it is rather than for a passing
+// condition: too large, invalid or corrupt. Retrying it would fail again, so
+// the caller should set the record aside (the relay dead-letters it) and
+// produce the others again. With transactions the failed transaction was
+// aborted: none of the batch's records were committed.
+//
+// The broker refuses a whole record batch at once, so Index is the first
+// record of the call's records (in call order) that failed, which may be a
+// record that only shared a batch with the culprit: produce it alone to know.
+type RecordError struct {
+	Index int    // in the records passed to Produce
+	Topic string // the record's topic
+	Err   error  // the refusal, matching a *kerr.Error
+}
+
+func (e *RecordError) Error() string {
+	return fmt.Sprintf("produce to %s: record %d refused: %v", e.Topic, e.Index, e.Err)
+}
+
+func (e *RecordError) Unwrap() error { return e.Err }
+
+// recordRefusal reports whether err refuses a record for what it is: an
+// error that fails again on every retry of the same record.
+func recordRefusal(err error) bool {
+	for _, k := range []*kerr.Error{kerr.MessageTooLarge, kerr.RecordListTooLarge, kerr.InvalidRecord,
+		kerr.CorruptMessage, kerr.InvalidTimestamp} {
+		if errors.Is(err, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// BatchOverhead is added to the largest event to get the record batch limit
+// (kgo.ProducerBatchMaxBytes) and the max.message.bytes of created topics.
+// events.Envelope.Size counts the key, the payload, the aggregate and the
+// user headers; on the wire a record also carries the record batch header
+// (61 bytes), the record's own varint lengths and attributes (under 30
+// bytes), the five dc-* headers (names about 60 bytes, values a version, an
+// op, a UUID, a timestamp and the aggregate: under 300 bytes) and a few
+// varint bytes per user header. 64 KiB covers that with room for a thousand
+// or so user headers; a record over it is still refused cleanly (a
+// *RecordError), never by stalling the relay.
+const BatchOverhead = 64 << 10
+
+// BatchMaxBytes is the record batch limit and topic max.message.bytes for
+// events of up to maxEventBytes: maxEventBytes + BatchOverhead.
+func BatchMaxBytes(maxEventBytes int) int { return maxEventBytes + BatchOverhead }
+
+// MaxEventBytesLimit is the largest WithMaxEventBytes value: the batch limit
+// must stay well within franz-go's 100 MiB broker write limit.
+const MaxEventBytesLimit = 64 << 20
 
 // Producer produces records and waits for their acknowledgement. It is safe
 // for concurrent use.
@@ -62,6 +124,7 @@ type config struct {
 	linger            time.Duration
 	log               *slog.Logger
 	transactionalID   string
+	maxEventBytes     int
 }
 
 // Option configures a Producer.
@@ -89,18 +152,28 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 // successor's. Default: no transactions (idempotent producer only).
 func WithTransactionalID(id string) Option { return func(c *config) { c.transactionalID = id } }
 
+// WithMaxEventBytes sets the largest event (events.Envelope.Size) the
+// producer must carry: the client's record batch limit and the
+// max.message.bytes of topics it creates are BatchMaxBytes(n). Use the same
+// n as the relay. Default events.DefaultMaxEventBytes; at most
+// MaxEventBytesLimit.
+func WithMaxEventBytes(n int) Option { return func(c *config) { c.maxEventBytes = n } }
+
 // New makes a producer over the connection conn: the franz-go options that
 // reach the brokers (seed brokers, client id, TLS, SASL), as
 // kafkaconf.Config.Opts builds them from PUBLISHER_KAFKA_*; tests pass
 // kgo.SeedBrokers alone. New adds the producer's own options after them. It
 // does not contact the brokers yet.
 func New(conn []kgo.Opt, opts ...Option) (*Producer, error) {
-	cfg := config{replicationFactor: -1, linger: 2 * time.Millisecond}
+	cfg := config{replicationFactor: -1, linger: 2 * time.Millisecond, maxEventBytes: events.DefaultMaxEventBytes}
 	for _, o := range opts {
 		o(&cfg)
 	}
 	if len(conn) == 0 {
 		return nil, errors.New("producer: no connection options (at least kgo.SeedBrokers)")
+	}
+	if cfg.maxEventBytes < 1 || cfg.maxEventBytes > MaxEventBytesLimit {
+		return nil, fmt.Errorf("producer: max event bytes %d, want 1..%d", cfg.maxEventBytes, MaxEventBytesLimit)
 	}
 	if cfg.log == nil {
 		cfg.log = slog.New(slog.DiscardHandler)
@@ -109,6 +182,9 @@ func New(conn []kgo.Opt, opts ...Option) (*Producer, error) {
 		kgo.RequiredAcks(kgo.AllISRAcks()), // idempotency (the default) requires acks=all
 		kgo.ProducerLinger(cfg.linger),
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		// The default (1,000,012) is below 1 MiB: events the relay accepts
+		// would be refused here, and the relay would retry them forever.
+		kgo.ProducerBatchMaxBytes(int32(BatchMaxBytes(cfg.maxEventBytes))),
 		kgo.MaxBufferedRecords(200_000),
 		kgo.RetryBackoffFn(func(tries int) time.Duration {
 			return min(time.Duration(tries)*50*time.Millisecond, time.Second)
@@ -212,17 +288,29 @@ func compactOnly(policy string) bool {
 
 func (p *Producer) createTopic(ctx context.Context, topic string) error {
 	compact := "compact"
-	resp, err := p.adm.CreateTopic(ctx, 1, p.cfg.replicationFactor, map[string]*string{"cleanup.policy": &compact}, topic)
+	maxMessage := strconv.Itoa(BatchMaxBytes(p.cfg.maxEventBytes))
+	resp, err := p.adm.CreateTopic(ctx, 1, p.cfg.replicationFactor,
+		map[string]*string{"cleanup.policy": &compact, "max.message.bytes": &maxMessage}, topic)
 	if err == nil {
 		err = resp.Err
 	}
+	var ke *kerr.Error
 	switch {
 	case err == nil:
-		p.cfg.log.Info("created topic", "topic", topic, "replication_factor", p.cfg.replicationFactor)
+		p.cfg.log.Info("created topic", "topic", topic, "replication_factor", p.cfg.replicationFactor, "max_message_bytes", maxMessage)
 		return nil
 	case errors.Is(err, kerr.TopicAlreadyExists):
 		// A concurrent creator won; check what it created.
 		return p.checkTopic(ctx, topic)
+	case errors.As(err, &ke) && !ke.Retriable:
+		// A policy, an ACL, an invalid or colliding name, a replication
+		// factor the cluster cannot meet: asking again gives the same answer
+		// until someone changes the broker, so the model is held back.
+		reason := "the broker refused to create it: " + ke.Message + " (" + ke.Description + ")"
+		if resp.ErrMessage != "" {
+			reason += ": " + resp.ErrMessage
+		}
+		return &TopicError{Topic: topic, Reason: reason}
 	default:
 		return fmt.Errorf("topic %s: create: %w", topic, err)
 	}
@@ -273,18 +361,22 @@ func (p *Producer) produce(ctx context.Context, recs []*kgo.Record) error {
 		firstErr error
 	)
 	wg.Add(len(recs))
-	promise := func(r *kgo.Record, err error) {
-		if err != nil {
-			mu.Lock()
-			if firstErr == nil {
-				firstErr = fmt.Errorf("produce to %s: %w", r.Topic, err)
+	var refused *RecordError
+	for i, r := range recs {
+		p.cl.Produce(ctx, r, func(r *kgo.Record, err error) {
+			if err != nil {
+				mu.Lock()
+				if recordRefusal(err) {
+					if refused == nil || i < refused.Index {
+						refused = &RecordError{Index: i, Topic: r.Topic, Err: err}
+					}
+				} else if firstErr == nil {
+					firstErr = fmt.Errorf("produce to %s: %w", r.Topic, err)
+				}
+				mu.Unlock()
 			}
-			mu.Unlock()
-		}
-		wg.Done()
-	}
-	for _, r := range recs {
-		p.cl.Produce(ctx, r, promise)
+			wg.Done()
+		})
 	}
 	if err := p.cl.Flush(ctx); err != nil {
 		// Promises of unsent records still fire; do not wait for records the
@@ -292,5 +384,13 @@ func (p *Producer) produce(ctx context.Context, recs []*kgo.Record) error {
 		return fmt.Errorf("produce: flush: %w", err)
 	}
 	wg.Wait()
-	return firstErr
+	if firstErr != nil {
+		// Another failure (a retriable one that ran out, a fenced producer)
+		// says nothing about any single record: retry the whole batch.
+		return firstErr
+	}
+	if refused != nil {
+		return refused
+	}
+	return nil
 }

@@ -26,6 +26,10 @@ type Metrics struct {
 	CommitToAck prometheus.Histogram
 	// Errors counts failed relay passes, by stage.
 	Errors *prometheus.CounterVec
+	// ModelsHeld is 1 while a model's events are held back in the outbox
+	// because its topic is refused (unsuitable, or the broker refused to
+	// create it), 0 once they flow again. See the status in /readyz.
+	ModelsHeld *prometheus.GaugeVec
 	// BackloadRows counts rows written by backloads, by model.
 	BackloadRows *prometheus.CounterVec
 	// BackloadProgress is the fraction (0..1) of a model's running or last
@@ -71,6 +75,10 @@ func New() *Metrics {
 			Name: "distcache_publisher_errors_total",
 			Help: "Failed relay passes, by stage (read, produce, commit, lease, topic).",
 		}, []string{"stage"}),
+		ModelsHeld: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "distcache_publisher_models_held",
+			Help: "1 while the model's events are held back in the outbox because its topic is refused, 0 once they flow.",
+		}, []string{"aggregate"}),
 		BackloadRows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "distcache_publisher_backload_rows_total",
 			Help: "Rows written to the outbox by backloads.",
@@ -88,7 +96,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.EventsPublished, m.DeadLetters, m.Lag, m.Active, m.BatchSeconds, m.CommitToAck,
-		m.Errors, m.BackloadRows, m.BackloadProgress, m.BackloadRunning,
+		m.Errors, m.ModelsHeld, m.BackloadRows, m.BackloadProgress, m.BackloadRunning,
 	)
 	return m
 }

@@ -75,11 +75,13 @@ type Reader struct {
 	Events []Event
 }
 
-// NewReader returns a reader of topic on broker addr, closed at cleanup.
-func NewReader(t testing.TB, addr, topic string) *Reader {
+// NewReader returns a reader of topic on broker addr, closed at cleanup;
+// opts are added to the client's (kgo.FetchIsolationLevel(kgo.ReadCommitted())
+// to skip aborted transactions' records, as the cache-producer does).
+func NewReader(t testing.TB, addr, topic string, opts ...kgo.Opt) *Reader {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(100*time.Millisecond))
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(addr), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(100 * time.Millisecond)}, opts...)...)
 	if err != nil {
 		t.Fatalf("reader: %v", err)
 	}

@@ -93,6 +93,7 @@ type batch struct {
 	start      time.Time
 	read       time.Duration
 	recs       []*kgo.Record
+	recID      []int64
 	recAgg     []string
 	recCreated []time.Time
 	done       []int64 // ids to delete once recs are acknowledged: published and dead rows
@@ -219,13 +220,14 @@ func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []in
 		b.full = false
 	}
 	b.recs = make([]*kgo.Record, 0, len(rows))
+	b.recID = make([]int64, 0, len(rows))
 	b.recAgg = make([]string, 0, len(rows))
 	b.recCreated = make([]time.Time, 0, len(rows))
 	b.done = make([]int64, 0, len(rows))
 	topics := map[string]error{}
 	for i := range rows {
 		rw := &rows[i]
-		rec, err := record(rw, events.DefaultMaxEventBytes, r.o.topicPrefix)
+		rec, err := record(rw, r.o.maxEventBytes, r.o.topicPrefix)
 		if err != nil {
 			b.deadIDs = append(b.deadIDs, rw.id)
 			b.deadWhy = append(b.deadWhy, err.Error())
@@ -243,17 +245,41 @@ func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []in
 					return nil, fmt.Errorf("ensure topic: %w", terr)
 				}
 				r.block(rw.aggregate, terr)
+			} else {
+				r.release(rw.aggregate)
 			}
 		}
 		if terr != nil {
 			continue // left in the outbox until the topic is fixed
 		}
 		b.recs = append(b.recs, rec)
+		b.recID = append(b.recID, rw.id)
 		b.recAgg = append(b.recAgg, rw.aggregate)
 		b.recCreated = append(b.recCreated, rw.createdAt)
 		b.done = append(b.done, rw.id)
 	}
 	return b, nil
+}
+
+// refused moves the records the broker refused (by index in b.recs, with
+// the reason) to the batch's dead rows: they are deleted from the outbox and
+// kept in distcache_outbox_dead like rows the relay found invalid.
+func (b *batch) refused(why map[int]string) {
+	if len(why) == 0 {
+		return
+	}
+	keep := 0
+	for i := range b.recs {
+		if reason, ok := why[i]; ok {
+			b.deadIDs = append(b.deadIDs, b.recID[i])
+			b.deadWhy = append(b.deadWhy, reason)
+			b.deadAgg = append(b.deadAgg, b.recAgg[i])
+			continue
+		}
+		b.recs[keep], b.recID[keep], b.recAgg[keep], b.recCreated[keep] = b.recs[i], b.recID[i], b.recAgg[i], b.recCreated[i]
+		keep++
+	}
+	b.recs, b.recID, b.recAgg, b.recCreated = b.recs[:keep], b.recID[:keep], b.recAgg[:keep], b.recCreated[:keep]
 }
 
 // commit deletes a batch's rows after its records were acknowledged at
@@ -285,11 +311,30 @@ func (r *Relay) committed(b *batch, acked time.Time) {
 		"read", b.read, "acked_after", acked.Sub(b.start), "deleted_after", time.Since(b.start))
 }
 
+// block holds aggregate back (its rows are skipped by reads) for 30s, after
+// which its topic is checked again; the model stays listed as held (Status,
+// distcache_publisher_models_held) until its topic is accepted.
 func (r *Relay) block(aggregate string, err error) {
 	r.mu.Lock()
 	r.blocked[aggregate] = time.Now().Add(30 * time.Second)
+	if _, ok := r.held[aggregate]; !ok {
+		r.held[aggregate] = HeldModel{Aggregate: aggregate, Reason: err.Error(), Since: time.Now()}
+	}
 	r.mu.Unlock()
+	r.o.metrics.ModelsHeld.WithLabelValues(aggregate).Set(1)
 	r.o.log.Error("aggregate paused: its topic is refused", "aggregate", aggregate, "err", err)
+}
+
+// release ends the hold of aggregate, if any: its topic was accepted.
+func (r *Relay) release(aggregate string) {
+	r.mu.Lock()
+	_, ok := r.held[aggregate]
+	delete(r.held, aggregate)
+	r.mu.Unlock()
+	if ok {
+		r.o.metrics.ModelsHeld.WithLabelValues(aggregate).Set(0)
+		r.o.log.Info("aggregate released: its topic is accepted", "aggregate", aggregate)
+	}
 }
 
 func (r *Relay) blockedAggregates() []string {

@@ -31,6 +31,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -74,6 +76,16 @@ type Relay struct {
 	mu      sync.Mutex
 	status  Status
 	blocked map[string]time.Time // aggregates whose topic was refused, until
+	held    map[string]HeldModel // aggregates held back until their topic is accepted
+}
+
+// HeldModel is a model whose events wait in the outbox because its topic was
+// refused; the others flow meanwhile. It is released once its topic is
+// accepted (rechecked every 30s).
+type HeldModel struct {
+	Aggregate string    `json:"model"`
+	Reason    string    `json:"reason"`
+	Since     time.Time `json:"since"`
 }
 
 // Status is a snapshot of the relay's state, for readiness checks.
@@ -85,6 +97,8 @@ type Status struct {
 	LastOK time.Time
 	// Err is the last error, nil after a success.
 	Err error
+	// Held are the models held back, by aggregate name.
+	Held []HeldModel
 }
 
 type options struct {
@@ -97,6 +111,7 @@ type options struct {
 	metrics            *pubmetrics.Metrics
 	onActive           func(ctx context.Context)
 	commitFence        bool
+	maxEventBytes      int
 }
 
 // Option configures a Relay.
@@ -148,6 +163,13 @@ func WithOnActive(f func(ctx context.Context)) Option { return func(o *options) 
 // latency.
 func WithCommitFence(on bool) Option { return func(o *options) { o.commitFence = on } }
 
+// WithMaxEventBytes sets the largest event (events.Envelope.Size) the relay
+// publishes; larger rows move to distcache_outbox_dead. Give the producer the
+// same number (producer.WithMaxEventBytes) so that the client and the topics
+// it creates accept every event the relay does. Default
+// events.DefaultMaxEventBytes.
+func WithMaxEventBytes(n int) Option { return func(o *options) { o.maxEventBytes = n } }
+
 // New returns a relay reading the outbox through connections made from
 // connCfg and producing with producers from newProducer.
 func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (*Relay, error) {
@@ -158,6 +180,7 @@ func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (
 		shutdownTimeout:    15 * time.Second,
 		topicPrefix:        events.DefaultTopicPrefix,
 		commitFence:        true,
+		maxEventBytes:      events.DefaultMaxEventBytes,
 	}
 	for _, f := range opts {
 		f(&o)
@@ -171,6 +194,8 @@ func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (
 		return nil, fmt.Errorf("relay: batch size %d, want >= 1", o.batchSize)
 	case o.pollInterval <= 0 || o.leaseRetryInterval <= 0 || o.shutdownTimeout <= 0:
 		return nil, errors.New("relay: intervals must be positive")
+	case o.maxEventBytes < 1:
+		return nil, fmt.Errorf("relay: max event bytes %d, want >= 1", o.maxEventBytes)
 	}
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
@@ -193,14 +218,18 @@ func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (
 		// key index is always right.
 		connCfg.RuntimeParams["enable_seqscan"] = "off"
 	}
-	return &Relay{connCfg: connCfg, newProducer: newProducer, o: o, blocked: map[string]time.Time{}}, nil
+	return &Relay{connCfg: connCfg, newProducer: newProducer, o: o, blocked: map[string]time.Time{}, held: map[string]HeldModel{}}, nil
 }
 
 // Status returns the relay's current state.
 func (r *Relay) Status() Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.status
+	st := r.status
+	for _, a := range slices.Sorted(maps.Keys(r.held)) {
+		st.Held = append(st.Held, r.held[a])
+	}
+	return st
 }
 
 func (r *Relay) setStatus(active bool, err error) {
@@ -340,7 +369,8 @@ func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
 		if len(cur.done) > 0 {
 			produced := make(chan error, 1)
 			recs := cur.recs
-			go func() { produced <- r.prod.Produce(hard, recs) }()
+			refused := map[int]string{}
+			go func() { produced <- r.produceAll(hard, recs, 0, refused) }()
 			var next *batch
 			var nextErr error
 			if cur.full && ctx.Err() == nil {
@@ -350,6 +380,7 @@ func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
 				r.o.metrics.Errors.WithLabelValues("produce").Inc()
 				return err
 			}
+			cur.refused(refused)
 			acked := time.Now()
 			if next == nil && nextErr == nil && ctx.Err() == nil {
 				// Not pipelined: delete and read on in one round trip.
@@ -423,6 +454,43 @@ func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
 			return fmt.Errorf("wait for notification: %w", err)
 		}
 	}
+}
+
+// produceAll produces recs (base is recs[0]'s index in the batch) and
+// records in refused, by batch index, the records the broker refused for
+// what they are (a *producer.RecordError) with its reason, producing the
+// others in order around them. A refused record is produced alone first, to
+// be sure it is the culprit and not a record that shared its broker batch:
+// the records before it are produced (and committed) first, then it alone,
+// then the rest, so every key's order holds. Other errors end the session as
+// before (the batch is read and produced again).
+func (r *Relay) produceAll(ctx context.Context, recs []*kgo.Record, base int, refused map[int]string) error {
+	for len(recs) > 0 {
+		err := r.prod.Produce(ctx, recs)
+		var re *producer.RecordError
+		if err == nil {
+			return nil
+		}
+		if !errors.As(err, &re) || re.Index < 0 || re.Index >= len(recs) {
+			return err
+		}
+		if len(recs) == 1 {
+			refused[base] = "refused by the broker: " + re.Err.Error()
+			return nil
+		}
+		j := re.Index
+		r.o.log.Warn("broker refused a record: isolating it", "topic", re.Topic, "err", re.Err)
+		if j > 0 {
+			if err := r.produceAll(ctx, recs[:j], base, refused); err != nil {
+				return err
+			}
+		}
+		if err := r.produceAll(ctx, recs[j:j+1], base+j, refused); err != nil {
+			return err
+		}
+		recs, base = recs[j+1:], base+j+1
+	}
+	return nil
 }
 
 // Waits between passes while the fence holds committed rows back.
