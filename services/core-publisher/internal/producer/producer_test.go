@@ -99,3 +99,28 @@ func TestEnsureTopicErrors(t *testing.T) {
 		t.Errorf("TopicError: got %v", err)
 	}
 }
+
+func TestNewMaxEventBytes(t *testing.T) {
+	t.Parallel()
+	conn := []kgo.Opt{kgo.SeedBrokers("127.0.0.1:1")}
+	for _, tt := range []struct {
+		n      int
+		wantOK bool
+	}{
+		{1 << 20, true},
+		{MaxEventBytesLimit, true},
+		{MaxEventBytesLimit + 1, false},
+		{0, false},
+	} {
+		p, err := New(conn, WithMaxEventBytes(tt.n))
+		if (err == nil) != tt.wantOK {
+			t.Errorf("New(WithMaxEventBytes(%d)): got err %v, want ok=%v", tt.n, err, tt.wantOK)
+		}
+		if p != nil {
+			p.Close()
+		}
+	}
+	if got, want := BatchMaxBytes(1<<20), 1<<20+64<<10; got != want {
+		t.Errorf("BatchMaxBytes(1 MiB): got %d, want %d", got, want)
+	}
+}

@@ -3,11 +3,13 @@ package relay
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/services/core-publisher/internal/producer"
 	"github.com/distcache/distcache/services/core-publisher/internal/pubmetrics"
 	"github.com/distcache/distcache/services/core-publisher/internal/pubtest"
 	"github.com/distcache/distcache/tools/devstacktest"
@@ -107,6 +109,23 @@ func TestRelayLargeEvents(t *testing.T) {
 	devstacktest.Eventually(t, 10*time.Second, func() bool {
 		return pubtest.Count(t, pool, `SELECT count(*) FROM distcache_outbox`) == 0
 	}, "outbox drained")
+	rcs, err := newAdmin(t, k.Addr).DescribeTopicConfigs(context.Background(), events.Topic("", agg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := rcs.On(events.Topic("", agg), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxMessage := ""
+	for _, c := range rc.Configs {
+		if c.Key == "max.message.bytes" && c.Value != nil {
+			maxMessage = *c.Value
+		}
+	}
+	if want := strconv.Itoa(producer.BatchMaxBytes(events.DefaultMaxEventBytes)); maxMessage != want {
+		t.Errorf("created topic max.message.bytes: got %q, want %s (the event limit plus the batch overhead)", maxMessage, want)
+	}
 	dead := deadLetters(t, pool, agg)
 	if len(dead) != 1 || dead[0].key != "over" || !strings.Contains(dead[0].reason, "limit") {
 		t.Errorf("dead letters: got %+v, want the one over the limit, with the size as reason", dead)
