@@ -132,7 +132,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpo
 		producer.WithReplicationFactor(cfg.ReplicationFactor),
 		producer.WithLinger(cfg.Linger),
 		producer.WithLogger(log),
-		producer.WithMaxEventBytes(cfg.MaxEventBytes),
+		producer.WithMaxEventSize(cfg.MaxEventBytes),
 	}
 	// prod answers readiness pings; each lease term produces with its own
 	// (transactional) producer from newProducer.
@@ -165,7 +165,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpo
 		relay.WithLogger(log),
 		relay.WithMetrics(metrics),
 		relay.WithCommitFence(cfg.CommitFence),
-		relay.WithMaxEventBytes(cfg.MaxEventBytes),
+		relay.WithMaxEventSize(cfg.MaxEventBytes),
 	}
 	if cfg.AutoBackload {
 		ropts = append(ropts, relay.WithOnActive(bl.RunPendingLoop))

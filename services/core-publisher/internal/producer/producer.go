@@ -3,7 +3,7 @@
 // compacted single-partition topics and refuses to write into an existing
 // topic that is not compacted or has more than one partition.
 //
-// Size limits are one number, the largest event (WithMaxEventBytes, the
+// Size limits are one number, the largest event (WithMaxEventSize, the
 // relay's limit too): the client's record batch limit and the max.message.bytes
 // of every topic the producer creates are that number plus BatchOverhead, so
 // an event the relay accepts is never refused for its size by the client or
@@ -95,7 +95,7 @@ const BatchOverhead = 64 << 10
 // events of up to maxEventBytes: maxEventBytes + BatchOverhead.
 func BatchMaxBytes(maxEventBytes int) int { return maxEventBytes + BatchOverhead }
 
-// MaxEventBytesLimit is the largest WithMaxEventBytes value: the batch limit
+// MaxEventBytesLimit is the largest WithMaxEventSize value: the batch limit
 // must stay well within franz-go's 100 MiB broker write limit.
 const MaxEventBytesLimit = 64 << 20
 
@@ -152,12 +152,12 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 // successor's. Default: no transactions (idempotent producer only).
 func WithTransactionalID(id string) Option { return func(c *config) { c.transactionalID = id } }
 
-// WithMaxEventBytes sets the largest event (events.Envelope.Size) the
+// WithMaxEventSize sets the largest event (events.Envelope.Size) the
 // producer must carry: the client's record batch limit and the
 // max.message.bytes of topics it creates are BatchMaxBytes(n). Use the same
 // n as the relay. Default events.DefaultMaxEventBytes; at most
 // MaxEventBytesLimit.
-func WithMaxEventBytes(n int) Option { return func(c *config) { c.maxEventBytes = n } }
+func WithMaxEventSize(n int) Option { return func(c *config) { c.maxEventBytes = n } }
 
 // New makes a producer over the connection conn: the franz-go options that
 // reach the brokers (seed brokers, client id, TLS, SASL), as

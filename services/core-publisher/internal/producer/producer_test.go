@@ -112,9 +112,9 @@ func TestNewMaxEventBytes(t *testing.T) {
 		{MaxEventBytesLimit + 1, false},
 		{0, false},
 	} {
-		p, err := New(conn, WithMaxEventBytes(tt.n))
+		p, err := New(conn, WithMaxEventSize(tt.n))
 		if (err == nil) != tt.wantOK {
-			t.Errorf("New(WithMaxEventBytes(%d)): got err %v, want ok=%v", tt.n, err, tt.wantOK)
+			t.Errorf("New(WithMaxEventSize(%d)): got err %v, want ok=%v", tt.n, err, tt.wantOK)
 		}
 		if p != nil {
 			p.Close()

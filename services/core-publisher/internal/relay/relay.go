@@ -163,12 +163,12 @@ func WithOnActive(f func(ctx context.Context)) Option { return func(o *options) 
 // latency.
 func WithCommitFence(on bool) Option { return func(o *options) { o.commitFence = on } }
 
-// WithMaxEventBytes sets the largest event (events.Envelope.Size) the relay
+// WithMaxEventSize sets the largest event (events.Envelope.Size) the relay
 // publishes; larger rows move to distcache_outbox_dead. Give the producer the
-// same number (producer.WithMaxEventBytes) so that the client and the topics
+// same number (producer.WithMaxEventSize) so that the client and the topics
 // it creates accept every event the relay does. Default
 // events.DefaultMaxEventBytes.
-func WithMaxEventBytes(n int) Option { return func(o *options) { o.maxEventBytes = n } }
+func WithMaxEventSize(n int) Option { return func(o *options) { o.maxEventBytes = n } }
 
 // New returns a relay reading the outbox through connections made from
 // connCfg and producing with producers from newProducer.
