@@ -28,12 +28,22 @@ func TestMain(m *testing.M) { devstacktest.Main(m) }
 // startRelay runs a relay until the test ends (or stop is called).
 func startRelay(t *testing.T, dbURL, broker string, opts ...Option) (r *Relay, stop func()) {
 	t.Helper()
+	return startRelayTxn(t, dbURL, broker, true, opts...)
+}
+
+// startRelayTxn is startRelay with Kafka transactions on or off.
+func startRelayTxn(t *testing.T, dbURL, broker string, txn bool, opts ...Option) (r *Relay, stop func()) {
+	t.Helper()
 	connCfg, err := pgx.ParseConfig(dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	newProducer := func(id string) (Producer, error) {
-		return producer.New([]kgo.Opt{kgo.SeedBrokers(broker)}, producer.WithReplicationFactor(1), producer.WithTransactionalID(id))
+		popts := []producer.Option{producer.WithReplicationFactor(1)}
+		if txn {
+			popts = append(popts, producer.WithTransactionalID(id))
+		}
+		return producer.New([]kgo.Opt{kgo.SeedBrokers(broker)}, popts...)
 	}
 	opts = append([]Option{WithPollInterval(200 * time.Millisecond), WithLeaseRetryInterval(100 * time.Millisecond)}, opts...)
 	r, err = New(connCfg, newProducer, opts...)
