@@ -325,6 +325,18 @@ func (r *Relay) block(aggregate string, err error) {
 	r.o.log.Error("aggregate paused: its topic is refused", "aggregate", aggregate, "err", err)
 }
 
+// releaseAll ends every hold.
+func (r *Relay) releaseAll() {
+	r.mu.Lock()
+	held := slices.Collect(maps.Keys(r.held))
+	clear(r.held)
+	clear(r.blocked)
+	r.mu.Unlock()
+	for _, a := range held {
+		r.o.metrics.ModelsHeld.WithLabelValues(a).Set(0)
+	}
+}
+
 // release ends the hold of aggregate, if any: its topic was accepted.
 func (r *Relay) release(aggregate string) {
 	r.mu.Lock()

@@ -308,6 +308,9 @@ func (r *Relay) session(ctx context.Context) error {
 	r.o.log.Info("relay lease acquired: active")
 	r.setStatus(true, nil)
 	defer r.o.log.Info("relay lease released: standby")
+	// Holds belong to the lease term: a standby holds nothing back, and the
+	// next term checks every topic again with its fresh producer.
+	defer r.releaseAll()
 
 	if _, err := conn.Exec(ctx, `LISTEN `+events.OutboxChannel); err != nil {
 		return fmt.Errorf("listen: %w", err)
