@@ -2,7 +2,9 @@
 // through grpc-gateway on CONTROLPLANE_HTTP_ADDR, with /healthz, /readyz, /metrics and
 // /openapi.json), keeps the projection registry in PostgreSQL (migrated at start) and runs the
 // Temporal worker of the control-plane task queue: the projection workflows and their registry,
-// pointer and retirement activities.
+// pointer and retirement activities. Temporal may be down: the service starts anyway, answers
+// Get, List and Status, refuses the calls that start a workflow with UNAVAILABLE (HTTP 503), and
+// attaches its worker when Temporal answers.
 //
 // Configuration is read from the environment; see internal/config for every variable.
 package main
@@ -38,6 +40,7 @@ import (
 	"github.com/distcache/distcache/services/control-plane/internal/server"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/registry"
+	"github.com/distcache/distcache/workflows/temporalconn"
 )
 
 func main() {
@@ -109,7 +112,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		return fmt.Errorf("redis publisher: %w", err)
 	}
 
-	tc, err := client.DialContext(ctx, client.Options{
+	// Lazy: the service starts, and serves reads, while Temporal is down; the monitor attaches
+	// the worker when Temporal answers.
+	tc, err := client.NewLazyClient(client.Options{
 		HostPort:  cfg.TemporalHostPort,
 		Namespace: cfg.TemporalNamespace,
 		Logger:    tlog.NewStructuredLogger(log.With("component", "temporal")),
@@ -118,16 +123,31 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		return fmt.Errorf("temporal client: %w", err)
 	}
 	defer tc.Close()
-
-	w := worker.New(tc, workflows.ControlPlaneTaskQueue, worker.Options{WorkerStopTimeout: cfg.ShutdownTimeout})
-	workflows.Register(w)
-	workflows.RegisterActivities(w, &workflows.Activities{
-		Registry:    store,
-		Pointer:     pub,
-		Temporal:    tc,
-		RetireDrain: cfg.RetireDrain,
-		Logger:      log.With("component", "activities"),
+	temporal, err := temporalconn.New(temporalconn.Config{
+		Client: tc,
+		NewWorker: func() worker.Worker {
+			w := worker.New(tc, workflows.ControlPlaneTaskQueue, worker.Options{WorkerStopTimeout: cfg.ShutdownTimeout})
+			workflows.Register(w)
+			workflows.RegisterActivities(w, &workflows.Activities{
+				Registry:    store,
+				Pointer:     pub,
+				Temporal:    tc,
+				RetireDrain: cfg.RetireDrain,
+				Logger:      log.With("component", "activities"),
+			})
+			return w
+		},
+		Logger: log.With("component", "temporal"),
 	})
+	if err != nil {
+		return err
+	}
+	temporalDown := func() error {
+		if temporal.Available() {
+			return nil
+		}
+		return temporal.Err()
+	}
 
 	metrics := cpmetrics.New()
 	svc := api.New(store, tc, catalog, api.Settings{
@@ -138,6 +158,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		RetireDrain:    cfg.RetireDrain,
 		MaxLag:         cfg.MaxLag,
 		CatchUpTimeout: cfg.CatchUpTimeout,
+		TemporalErr:    temporalDown,
 	}, log.With("component", "api"))
 	opts := server.Options{
 		Service:  svc,
@@ -153,11 +174,10 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 			if err := rdb.Ping(ctx).Err(); err != nil {
 				return fmt.Errorf("redis: %w", err)
 			}
-			if _, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{}); err != nil {
-				return fmt.Errorf("temporal: %w", err)
-			}
 			return nil
 		},
+		// Temporal down: reads still answer, so the service stays ready, "degraded".
+		Degraded: func(context.Context) error { return temporal.Err() },
 	}
 
 	var lc net.ListenConfig
@@ -183,12 +203,20 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
 
-	if err := w.Start(); err != nil {
-		gl.Close()
-		hl.Close()
-		return fmt.Errorf("temporal worker: %w", err)
-	}
-	defer w.Stop()
+	// One probe before serving: with Temporal up, the worker runs and writes are accepted from
+	// the first call, as when the client was dialled eagerly; with it down, start at once.
+	temporal.Probe(ctx)
+	monCtx, stopMon := context.WithCancel(context.WithoutCancel(ctx))
+	monDone := make(chan struct{})
+	go func() {
+		defer close(monDone)
+		temporal.Run(monCtx)
+	}()
+	// After the servers drained: the worker finishes its running activities.
+	defer func() {
+		stopMon()
+		<-monDone
+	}()
 
 	log.Info("serving", "grpc", gl.Addr().String(), "http", hl.Addr().String(), "task_queue", workflows.ControlPlaneTaskQueue)
 	if onListen != nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
@@ -23,6 +24,7 @@ import (
 	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
+	"github.com/distcache/distcache/workflows/registry"
 )
 
 func TestMain(m *testing.M) { devstacktest.Main(m) }
@@ -279,6 +281,121 @@ func TestServiceEndToEnd(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), testToken) {
 		t.Error("the token appears in the service's logs")
+	}
+}
+
+// TestServiceWithoutTemporal: the control-plane starts while Temporal is down; Get, List and
+// Status answer from the registry, Create and Replay answer 503 UNAVAILABLE naming Temporal (and
+// leave nothing registered), /readyz is 200 "degraded"; once Temporal is started again the worker
+// attaches, /readyz says "ready" and Create starts its workflow.
+func TestServiceWithoutTemporal(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	dbURL := devstacktest.Database(t)
+	r := devstacktest.Redis(t)
+	tmp := devstacktest.OwnTemporal(t)
+	if err := tmp.Stop(); err != nil {
+		t.Fatalf("stop temporal: %v", err)
+	}
+	env := map[string]string{
+		"CONTROLPLANE_DATABASE_URL":       dbURL,
+		"CONTROLPLANE_MODELS":             "users=id,email,name,status",
+		"CONTROLPLANE_REDIS_ADDRS":        r.Addr,
+		"CONTROLPLANE_TEMPORAL_HOSTPORT":  tmp.HostPort,
+		"CONTROLPLANE_TEMPORAL_NAMESPACE": tmp.Namespace,
+		"CONTROLPLANE_GRPC_ADDR":          "127.0.0.1:0",
+		"CONTROLPLANE_HTTP_ADDR":          "127.0.0.1:0",
+		"CONTROLPLANE_TOKENS":             testToken,
+	}
+	addrs := make(chan listeners, 1)
+	onListen = func(l listeners) { addrs <- l }
+	t.Cleanup(func() { onListen = nil })
+	logs := &lockedBuffer{}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- run(runCtx, nil, func(k string) string { return env[k] }, logs) }()
+	var l listeners
+	select {
+	case l = <-addrs:
+	case err := <-done:
+		t.Fatalf("run without Temporal: %v\n%s", err, logs)
+	case <-ctx.Done():
+		t.Fatal("run did not start")
+	}
+	defer func() {
+		stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run returned %v after shutdown", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("run did not return after its context ended")
+		}
+	}()
+
+	// A projection already in the registry (run migrated the database).
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	const name = "offline_users"
+	if err := registry.New(pool).CreateProjection(ctx, projection.Definition{
+		Name: name, Model: "users", KeyTemplate: "{email}", Fields: []string{"id", "email"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	c := restClient{t: t, base: "http://" + l.http.Addr().String()}
+	for _, path := range []string{"/v1/projections/" + name, "/v1/projections", "/v1/projections/" + name + "/status"} {
+		if code, body := c.call("GET", path, nil); code != 200 || !strings.Contains(fmt.Sprint(body), name) {
+			t.Errorf("GET %s while Temporal is down: %d %v, want 200 naming %s", path, code, body, name)
+		}
+	}
+	def := map[string]any{"name": "new_users", "model": "users", "key_template": "{email}", "fields": []string{"id", "email"}}
+	for _, w := range []struct {
+		path string
+		body any
+	}{{"/v1/projections", def}, {"/v1/projections/" + name + ":replay", map[string]any{}}} {
+		code, body := c.call("POST", w.path, w.body)
+		if code != http.StatusServiceUnavailable || fmt.Sprint(body["code"]) != "14" || !strings.Contains(fmt.Sprint(body["message"]), "Temporal") {
+			t.Errorf("POST %s while Temporal is down: %d %v, want 503 UNAVAILABLE naming Temporal", w.path, code, body)
+		}
+	}
+	if code, body := c.call("GET", "/v1/projections/new_users", nil); code != http.StatusNotFound {
+		t.Errorf("the refused create left new_users registered: %d %v", code, body)
+	}
+	readyz := func() (int, string) {
+		resp, err := http.Get(c.base + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := readyz(); code != 200 || !strings.Contains(body, `"status":"degraded"`) || !strings.Contains(body, "temporal") {
+		t.Errorf("/readyz while Temporal is down: %d %s, want 200 degraded naming temporal", code, body)
+	}
+
+	// Temporal comes back: the worker attaches and Create starts its workflow.
+	if err := tmp.Start(ctx); err != nil {
+		t.Fatalf("start temporal again: %v", err)
+	}
+	devstacktest.Eventually(t, time.Minute, func() bool {
+		code, body := readyz()
+		return code == 200 && strings.Contains(body, `"status":"ready"`)
+	}, "/readyz says ready once Temporal is back")
+	code, op := c.call("POST", "/v1/projections", def)
+	if code != 200 {
+		t.Fatalf("create once Temporal is back: %d %v\n%s", code, op, logs)
+	}
+	if wf, _ := op["workflow"].(map[string]any); wf["workflow_id"] != "projection/new_users" {
+		t.Errorf("create once Temporal is back: workflow %v, want projection/new_users", op["workflow"])
+	}
+	if n := strings.Count(logs.String(), "temporal is unavailable; retrying"); n != 1 {
+		t.Errorf("the outage was logged %d times, want once", n)
 	}
 }
 

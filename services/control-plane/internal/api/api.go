@@ -62,7 +62,18 @@ type Settings struct {
 	ProgressInterval time.Duration
 	// PointerWait bounds how long Cutover and Rollback wait for their workflow (default 30s).
 	PointerWait time.Duration
+	// TemporalErr, when set, reports whether Temporal answers (nil: it does). While it returns an
+	// error, the calls that start a workflow answer Unavailable at once and GetStatus leaves out
+	// the running workflow; Get, List and Status read only the registry.
+	TemporalErr func() error
 }
+
+// statusTemporalTimeout bounds GetStatus's calls to Temporal: status is served from the
+// registry, the running workflow's progress is extra.
+const statusTemporalTimeout = 5 * time.Second
+
+// msgTemporalDown ends the Unavailable message of a call that needs Temporal while it is down.
+const msgTemporalDown = "Temporal is unavailable, so projection workflows cannot start; retry when it is back (Get, List and Status still answer)"
 
 // Service implements pb.ControlPlaneServer.
 type Service struct {
@@ -230,6 +241,32 @@ func (s *Service) grpcError(op string, err error) error {
 	return status.Errorf(codes.Internal, "%s failed", op)
 }
 
+// requireTemporal answers Unavailable, naming Temporal, while Settings.TemporalErr reports it down.
+func (s *Service) requireTemporal(op string) error {
+	if s.set.TemporalErr == nil {
+		return nil
+	}
+	if err := s.set.TemporalErr(); err != nil {
+		s.log.Warn("refused: temporal is unavailable", "op", op, "err", err)
+		return status.Errorf(codes.Unavailable, "%s: %s", op, msgTemporalDown)
+	}
+	return nil
+}
+
+// temporalError maps the error of a call that starts a workflow: a failure to reach Temporal
+// (Unavailable, or the SDK's own deadline while the caller's context is still live) is
+// Unavailable naming Temporal; anything else goes through grpcError.
+func (s *Service) temporalError(ctx context.Context, op string, err error) error {
+	var unavailable *serviceerror.Unavailable
+	var deadline *serviceerror.DeadlineExceeded
+	timedOut := errors.As(err, &deadline) || errors.Is(err, context.DeadlineExceeded)
+	if errors.As(err, &unavailable) || (timedOut && ctx.Err() == nil) {
+		s.log.Warn("temporal call failed", "op", op, "err", err)
+		return status.Errorf(codes.Unavailable, "%s: %s", op, msgTemporalDown)
+	}
+	return s.grpcError(op, err)
+}
+
 // appErrorCode finds a workflows.ErrType* application error anywhere in err's chain.
 func appErrorCode(err error) (codes.Code, bool) {
 	for ; err != nil; err = errors.Unwrap(err) {
@@ -316,7 +353,7 @@ func (s *Service) startBuild(ctx context.Context, d projection.Definition, reaso
 		return nil, alreadyRunning(d.Name, id)
 	}
 	if err != nil {
-		return nil, s.grpcError("start workflow", err)
+		return nil, s.temporalError(ctx, "start workflow", err)
 	}
 	s.log.Info("workflow started", "workflow_id", id, "run_id", run.GetRunID(), "reason", reason)
 	return s.workflowPB(id, run.GetRunID()), nil
@@ -333,6 +370,9 @@ func (s *Service) CreateProjection(ctx context.Context, req *pb.CreateProjection
 	}
 	d := fromPB(req.GetProjection())
 	if err := s.checkDefinition(ctx, "projection.", d, v); err != nil {
+		return nil, err
+	}
+	if err := s.requireTemporal("create projection"); err != nil {
 		return nil, err
 	}
 	if err := s.reg.CreateProjection(ctx, d); err != nil {
@@ -412,6 +452,9 @@ func (s *Service) DeleteProjection(ctx context.Context, req *pb.DeleteProjection
 	if err := v.err(); err != nil {
 		return nil, err
 	}
+	if err := s.requireTemporal("delete projection"); err != nil {
+		return nil, err
+	}
 	p, err := s.reg.GetProjection(ctx, req.GetName())
 	if err != nil {
 		return nil, s.grpcError("get projection", err)
@@ -427,7 +470,7 @@ func (s *Service) DeleteProjection(ctx context.Context, req *pb.DeleteProjection
 		return nil, alreadyRunning(p.Name, id)
 	}
 	if err != nil {
-		return nil, s.grpcError("start workflow", err)
+		return nil, s.temporalError(ctx, "start workflow", err)
 	}
 	return &pb.ProjectionOperation{Projection: projectionPB(p), Workflow: s.workflowPB(id, run.GetRunID())}, nil
 }
@@ -453,6 +496,9 @@ func (s *Service) UpdateProjection(ctx context.Context, req *pb.UpdateProjection
 	if err := s.checkDefinition(ctx, "projection.", d, v); err != nil {
 		return nil, err
 	}
+	if err := s.requireTemporal("update projection"); err != nil {
+		return nil, err
+	}
 	p, err := s.reg.GetProjection(ctx, d.Name)
 	if err != nil {
 		return nil, s.grpcError("get projection", err)
@@ -469,6 +515,9 @@ func (s *Service) ReplayProjection(ctx context.Context, req *pb.ReplayProjection
 	v := &violations{}
 	v.name("name", req.GetName())
 	if err := v.err(); err != nil {
+		return nil, err
+	}
+	if err := s.requireTemporal("replay projection"); err != nil {
 		return nil, err
 	}
 	p, err := s.reg.GetProjection(ctx, req.GetName())
@@ -507,6 +556,13 @@ func (s *Service) Rollback(ctx context.Context, req *pb.RollbackRequest) (*pb.Cu
 
 // movePointer runs PointerWorkflow and waits for its result.
 func (s *Service) movePointer(ctx context.Context, p workflows.PointerParams) (*pb.CutoverResponse, error) {
+	op := "cutover"
+	if p.Rollback {
+		op = "rollback"
+	}
+	if err := s.requireTemporal(op); err != nil {
+		return nil, err
+	}
 	if _, err := s.reg.GetProjection(ctx, p.Projection); err != nil {
 		return nil, s.grpcError("get projection", err)
 	}
@@ -522,7 +578,7 @@ func (s *Service) movePointer(ctx context.Context, p workflows.PointerParams) (*
 		return nil, alreadyRunning(p.Projection, id)
 	}
 	if err != nil {
-		return nil, s.grpcError("start workflow", err)
+		return nil, s.temporalError(ctx, "start workflow", err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.set.PointerWait)
 	defer cancel()
@@ -567,12 +623,17 @@ func (s *Service) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.
 			UpdatedAt: timestamppb.New(g.UpdatedAt),
 		})
 	}
-	out.Running = s.runningBuild(ctx, p.Name)
+	if s.set.TemporalErr == nil || s.set.TemporalErr() == nil {
+		tctx, cancel := context.WithTimeout(ctx, statusTemporalTimeout)
+		out.Running = s.runningBuild(tctx, p.Name)
+		cancel()
+	}
 	return out, nil
 }
 
 // runningBuild describes the projection's running build (or delete) workflow and asks it for its
-// progress. Any failure leaves the field unset: status is served from the registry regardless.
+// progress. Any failure leaves the field unset: status is served from the registry regardless,
+// and while Temporal is down GetStatus does not ask.
 func (s *Service) runningBuild(ctx context.Context, name string) *pb.BuildStatus {
 	id := workflows.BuildWorkflowID(name)
 	desc, err := s.tc.DescribeWorkflow(ctx, id, "")

@@ -89,6 +89,8 @@ type fakeTemporal struct {
 	running map[string]bool
 	starts  []client.StartWorkflowOptions
 	args    []any
+	// unavailable makes every start fail as a Temporal that does not answer does.
+	unavailable bool
 }
 
 func newFakeTemporal() *fakeTemporal { return &fakeTemporal{running: map[string]bool{}} }
@@ -96,6 +98,9 @@ func newFakeTemporal() *fakeTemporal { return &fakeTemporal{running: map[string]
 func (f *fakeTemporal) ExecuteWorkflow(_ context.Context, o client.StartWorkflowOptions, _ interface{}, args ...interface{}) (client.WorkflowRun, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.unavailable {
+		return nil, serviceerror.NewUnavailable("connection refused")
+	}
 	if f.running[o.ID] {
 		return nil, serviceerror.NewWorkflowExecutionAlreadyStarted("workflow execution already started", "", "run-1")
 	}

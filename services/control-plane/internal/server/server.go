@@ -1,6 +1,7 @@
 // Package server puts the control-plane's API on the network: a gRPC server (auth, metrics and
 // logging interceptors) and an HTTP handler serving the same API as REST/JSON through
-// grpc-gateway, the OpenAPI document, /healthz, /readyz and /metrics.
+// grpc-gateway, the OpenAPI document, /healthz, /readyz ("ready", "degraded" or "unavailable")
+// and /metrics.
 //
 // The gateway calls the gRPC server over its own client connection, so every REST call passes
 // the same interceptors as a gRPC call; the HTTP layer also refuses a request without a valid
@@ -41,6 +42,10 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// Ready answers /readyz: nil error when the dependencies are reachable.
 	Ready func(ctx context.Context) error
+	// Degraded, when set and returning an error while Ready passes, makes /readyz answer 200
+	// with "status": "degraded" and the error: the service serves reads but not every call
+	// (Temporal down: no workflow can start).
+	Degraded func(ctx context.Context) error
 	// OpenAPI is the OpenAPI document served at /openapi.json (nil: not served).
 	OpenAPI []byte
 }
@@ -124,6 +129,12 @@ func NewHTTP(ctx context.Context, o Options, grpcAddr string) (http.Handler, err
 			if err := o.Ready(rctx); err != nil {
 				o.logger().Warn("not ready", "err", err)
 				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
+				return
+			}
+		}
+		if o.Degraded != nil {
+			if err := o.Degraded(r.Context()); err != nil {
+				writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "error": err.Error()})
 				return
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,6 +66,8 @@ type stack struct {
 	tc      *fakeTemporal
 	logs    *syncBuffer
 	ready   func(context.Context) error
+	// temporalDown makes api.Settings.TemporalErr and the server's Degraded report Temporal down.
+	temporalDown atomic.Bool
 }
 
 // startStack starts the gRPC and HTTP servers on free loopback ports, as run does, with an
@@ -73,7 +76,13 @@ func startStack(t testing.TB) *stack {
 	t.Helper()
 	st := &stack{reg: newMemRegistry(), tc: newFakeTemporal(), logs: &syncBuffer{}}
 	log := slog.New(slog.NewJSONHandler(st.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	svc := api.New(st.reg, st.tc, testModels, api.Settings{Namespace: "default", UIURL: "http://ui.test"}, log)
+	tErr := func() error {
+		if st.temporalDown.Load() {
+			return errors.New("temporal is unavailable: connection refused")
+		}
+		return nil
+	}
+	svc := api.New(st.reg, st.tc, testModels, api.Settings{Namespace: "default", UIURL: "http://ui.test", TemporalErr: tErr}, log)
 	metrics := cpmetrics.New()
 	opts := server.Options{
 		Service: svc, Tokens: auth.NewTokens([]string{goodToken, otherToken}), Logger: log, Metrics: metrics,
@@ -84,6 +93,7 @@ func startStack(t testing.TB) *stack {
 			}
 			return nil
 		},
+		Degraded: func(context.Context) error { return tErr() },
 	}
 	gl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -483,6 +493,71 @@ func TestCreateRollsBackWhenWorkflowCannotStart(t *testing.T) {
 	}
 	if st.reg.has("users_by_email") {
 		t.Error("the projection stayed registered although its workflow never started")
+	}
+}
+
+// TestTemporalDown: while Temporal is reported down, every call that starts a workflow answers
+// 503 UNAVAILABLE naming Temporal without touching the registry, reads answer from the registry,
+// and /readyz is 200 "degraded". A start that fails because Temporal does not answer (the
+// report lagging behind) is UNAVAILABLE too, and the create is taken back.
+func TestTemporalDown(t *testing.T) {
+	t.Parallel()
+	st := startStack(t)
+	authz := "Bearer " + goodToken
+	if _, err := st.client.CreateProjection(withToken(authz), validCreate()); err != nil {
+		t.Fatal(err)
+	}
+	st.tc.reset()
+	st.temporalDown.Store(true)
+	def := `{"name":"other","model":"users","key_template":"{email}","fields":["id","email"]}`
+	writes := []struct{ method, path, body string }{
+		{"POST", "/v1/projections", def},
+		{"PUT", "/v1/projections/users_by_email", `{"name":"users_by_email","model":"users","key_template":"{email}","fields":["id"]}`},
+		{"POST", "/v1/projections/users_by_email:replay", `{}`},
+		{"POST", "/v1/projections/users_by_email:cutover", `{"generation":1}`},
+		{"POST", "/v1/projections/users_by_email:rollback", `{}`},
+		{"DELETE", "/v1/projections/users_by_email", ""},
+	}
+	for _, w := range writes {
+		var body []byte
+		if w.body != "" {
+			body = []byte(w.body)
+		}
+		code, _, b := st.do(t, w.method, w.path, authz, body)
+		var e restError
+		_ = json.Unmarshal(b, &e)
+		if code != http.StatusServiceUnavailable || e.Code != int(codes.Unavailable) || !strings.Contains(e.Message, "Temporal") {
+			t.Errorf("%s %s while Temporal is down: %d %s, want 503 UNAVAILABLE naming Temporal", w.method, w.path, code, b)
+		}
+	}
+	if st.reg.has("other") || len(st.tc.startedIDs()) != 0 {
+		t.Errorf("refused calls left a trace: registered %v, started %v", st.reg.has("other"), st.tc.startedIDs())
+	}
+	for _, path := range []string{"/v1/projections/users_by_email", "/v1/projections", "/v1/projections/users_by_email/status"} {
+		if code, _, b := st.do(t, "GET", path, authz, nil); code != 200 || !strings.Contains(string(b), "users_by_email") {
+			t.Errorf("GET %s while Temporal is down: %d %s, want 200", path, code, b)
+		}
+	}
+	if code, _, b := st.do(t, "GET", "/readyz", "", nil); code != 200 || !strings.Contains(string(b), `"status":"degraded"`) || !strings.Contains(string(b), "temporal") {
+		t.Errorf("/readyz while Temporal is down = %d %s, want 200 degraded naming temporal", code, b)
+	}
+
+	// Temporal reported up, but the start fails to reach it.
+	st.temporalDown.Store(false)
+	st.tc.mu.Lock()
+	st.tc.unavailable = true
+	st.tc.mu.Unlock()
+	_, err := st.client.CreateProjection(withToken(authz), &pb.CreateProjectionRequest{Projection: &pb.ProjectionDefinition{
+		Name: "other", Model: "users", KeyTemplate: "{email}", Fields: []string{"id"},
+	}})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "Temporal") {
+		t.Errorf("create while the start fails to reach Temporal = %v, want Unavailable naming Temporal", err)
+	}
+	if st.reg.has("other") {
+		t.Error("the projection stayed registered although its workflow never started")
+	}
+	if code, _, b := st.do(t, "GET", "/readyz", "", nil); code != 200 || !strings.Contains(string(b), `"status":"ready"`) {
+		t.Errorf("/readyz with Temporal up = %d %s, want 200 ready", code, b)
 	}
 }
 
