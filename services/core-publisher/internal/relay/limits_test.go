@@ -171,7 +171,7 @@ func testBrokerRefusesRecord(t *testing.T, txn bool) {
 		insertRaw(t, pool, "other", fmt.Sprintf("o%d", i), p)
 	}
 	m := pubmetrics.New()
-	r, _ := startRelayTxn(t, dbURL, k.Addr, txn, WithMetrics(m))
+	r, _ := startRelayTxn(t, dbURL, k.Addr, txn, nil, WithMetrics(m))
 
 	for topic, want := range map[string]string{"tight": "[t0 t1 t2 t3]", "other": "[o0 o1 o2 o3 o4]"} {
 		// Aborted attempts leave records on the log; consumers read committed.
@@ -263,5 +263,43 @@ func TestRelayTopicCreationRefused(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(m.ModelsHeld.WithLabelValues("flowing")); n != 0 {
 		t.Errorf("distcache_publisher_models_held{aggregate=flowing}: got %v, want 0", n)
+	}
+}
+
+// TestRelayConfiguredMaxEventSize: with a limit of 3 MiB given to the relay
+// and the producer (as PUBLISHER_MAX_EVENT_BYTES does), a 2.5 MB event,
+// larger than the broker's default message.max.bytes, arrives between normal
+// ones: the topic the relay created carries the same limit.
+func TestRelayConfiguredMaxEventSize(t *testing.T) {
+	t.Parallel()
+	dbURL := devstacktest.Database(t)
+	k := devstacktest.Kafka(t)
+	pool := pubtest.Migrate(t, dbURL)
+	const agg, limit = "roomy", 3 << 20
+	insertRaw(t, pool, agg, "n0", `{"small": true}`)
+	insertRaw(t, pool, agg, "large", sizedPayload(agg, "large", 2_500_000))
+	insertRaw(t, pool, agg, "n1", `{"small": true}`)
+	insertRaw(t, pool, agg, "over", sizedPayload(agg, "over", limit+1))
+	insertRaw(t, pool, agg, "n2", `{"small": true}`)
+	m := pubmetrics.New()
+	startRelayTxn(t, dbURL, k.Addr, true, []producer.Option{producer.WithMaxEventSize(limit)}, WithMetrics(m), WithMaxEventSize(limit))
+
+	reader := pubtest.NewReader(t, k.Addr, events.Topic("", agg))
+	reader.ReadUntil(t, 30*time.Second, func(got []pubtest.Event) bool { return len(got) >= 4 }, "every event within the limit")
+	var keys []string
+	for _, e := range reader.Events {
+		keys = append(keys, e.Key)
+	}
+	if got := fmt.Sprint(keys); got != "[n0 large n1 n2]" {
+		t.Errorf("keys on the topic: got %s, want [n0 large n1 n2]", got)
+	}
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
+		return pubtest.Count(t, pool, `SELECT count(*) FROM distcache_outbox`) == 0
+	}, "outbox drained")
+	if dead := deadLetters(t, pool, agg); len(dead) != 1 || dead[0].key != "over" || !strings.Contains(dead[0].reason, strconv.Itoa(limit)) {
+		t.Errorf("dead letters: got %+v, want over, with the configured limit in the reason", dead)
+	}
+	if n := testutil.ToFloat64(m.Errors.WithLabelValues("produce")); n != 0 {
+		t.Errorf("distcache_publisher_errors_total{stage=produce}: got %v, want 0", n)
 	}
 }

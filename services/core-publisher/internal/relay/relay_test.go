@@ -28,18 +28,19 @@ func TestMain(m *testing.M) { devstacktest.Main(m) }
 // startRelay runs a relay until the test ends (or stop is called).
 func startRelay(t *testing.T, dbURL, broker string, opts ...Option) (r *Relay, stop func()) {
 	t.Helper()
-	return startRelayTxn(t, dbURL, broker, true, opts...)
+	return startRelayTxn(t, dbURL, broker, true, nil, opts...)
 }
 
-// startRelayTxn is startRelay with Kafka transactions on or off.
-func startRelayTxn(t *testing.T, dbURL, broker string, txn bool, opts ...Option) (r *Relay, stop func()) {
+// startRelayTxn is startRelay with Kafka transactions on or off and extra
+// producer options.
+func startRelayTxn(t *testing.T, dbURL, broker string, txn bool, extra []producer.Option, opts ...Option) (r *Relay, stop func()) {
 	t.Helper()
 	connCfg, err := pgx.ParseConfig(dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	newProducer := func(id string) (Producer, error) {
-		popts := []producer.Option{producer.WithReplicationFactor(1)}
+		popts := append([]producer.Option{producer.WithReplicationFactor(1)}, extra...)
 		if txn {
 			popts = append(popts, producer.WithTransactionalID(id))
 		}
