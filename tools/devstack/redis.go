@@ -23,8 +23,12 @@ type RedisConfig struct {
 	ReplicaOf string // "host:port" of the primary, for a replica
 	Password  string // requirepass (and masterauth for replicas); empty for none
 	Cluster   bool   // cluster-enabled yes
-	TLS       *RedisTLS
-	Mode      Mode
+	// Persist keeps the data across restarts: append-only file, fsync every second (what the
+	// local stack of make up runs, so a make down / make up keeps the projections). Default off:
+	// tests' servers start empty and skip the disk writes.
+	Persist bool
+	TLS     *RedisTLS
+	Mode    Mode
 }
 
 // RedisTLS makes the server speak TLS only, on Port (no plaintext port),
@@ -96,11 +100,15 @@ func newRedis(cfg RedisConfig) (*Redis, error) {
 		"--dir", cfg.Dir,
 		"--dbfilename", cfg.Name + ".rdb",
 		"--save", "",
-		"--appendonly", "no",
 		"--daemonize", "no",
 		"--protected-mode", "no",
 		"--loglevel", "warning",
 		"--repl-diskless-sync-delay", "0",
+	}
+	if cfg.Persist {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "everysec", "--appendfilename", cfg.Name+".aof")
+	} else {
+		args = append(args, "--appendonly", "no")
 	}
 	if cfg.Password != "" {
 		args = append(args, "--requirepass", cfg.Password, "--masterauth", cfg.Password)

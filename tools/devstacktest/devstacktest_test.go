@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/distcache/distcache/tools/devstack"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
 
@@ -139,6 +140,34 @@ func TestRedisKillAndRestart(t *testing.T) {
 	}
 	if err := c.Ping(ctx).Err(); err != nil {
 		t.Fatalf("ping after restart: %v", err)
+	}
+}
+
+// TestRedisPersistKeepsData: a server started with Persist (the local stack's) keeps its data
+// across a stop and a start, and one without starts empty: what a second make demo relies on.
+func TestRedisPersistKeepsData(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, persist := range []bool{true, false} {
+		r := devstacktest.RedisWith(t, devstack.RedisConfig{Persist: persist})
+		c := r.Client()
+		if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Stop(); err != nil { // SIGTERM: Redis writes its append-only file out
+			t.Fatalf("stop: %v", err)
+		}
+		if err := r.Start(ctx); err != nil {
+			t.Fatalf("start: %v", err)
+		}
+		got, err := c.Get(ctx, "k").Result()
+		_ = c.Close()
+		if persist && (err != nil || got != "v") {
+			t.Fatalf("Persist: GET k after a restart = %q, %v; want v", got, err)
+		}
+		if !persist && err == nil {
+			t.Fatalf("no Persist: GET k after a restart = %q; want it gone", got)
+		}
 	}
 }
 

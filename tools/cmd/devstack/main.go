@@ -140,13 +140,13 @@ func (s *stack) up(ctx context.Context) error {
 		return err
 	}
 	if err := step("redis-primary", s.addr(s.ports.redisPrimary), func() error {
-		_, err := devstack.StartRedis(ctx, devstack.RedisConfig{Name: "redis-primary", Dir: s.path("redis-primary"), Port: s.ports.redisPrimary, Mode: devstack.Detached})
+		_, err := devstack.StartRedis(ctx, devstack.RedisConfig{Name: "redis-primary", Dir: s.path("redis-primary"), Port: s.ports.redisPrimary, Persist: true, Mode: devstack.Detached})
 		return err
 	}); err != nil {
 		return err
 	}
 	if err := step("redis-replica", s.addr(s.ports.redisReplica), func() error {
-		_, err := devstack.StartRedis(ctx, devstack.RedisConfig{Name: "redis-replica", Dir: s.path("redis-replica"), Port: s.ports.redisReplica, ReplicaOf: s.addr(s.ports.redisPrimary), Mode: devstack.Detached})
+		_, err := devstack.StartRedis(ctx, devstack.RedisConfig{Name: "redis-replica", Dir: s.path("redis-replica"), Port: s.ports.redisReplica, ReplicaOf: s.addr(s.ports.redisPrimary), Persist: true, Mode: devstack.Detached})
 		return err
 	}); err != nil {
 		return err
