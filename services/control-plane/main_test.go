@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -150,21 +151,7 @@ func TestServiceEndToEnd(t *testing.T) {
 		"CONTROLPLANE_RETIRE_DRAIN":       "200ms",
 		"CONTROLPLANE_LOG_LEVEL":          "debug",
 	}
-	addrs := make(chan listeners, 1)
-	onListen = func(l listeners) { addrs <- l }
-	t.Cleanup(func() { onListen = nil })
-	logs := &lockedBuffer{}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- run(runCtx, nil, func(k string) string { return env[k] }, logs) }()
-	var l listeners
-	select {
-	case l = <-addrs:
-	case err := <-done:
-		t.Fatalf("run: %v\n%s", err, logs)
-	case <-ctx.Done():
-		t.Fatal("run did not start")
-	}
+	l, logs, stop := startService(ctx, t, env)
 
 	// The cache-producer side, test-local.
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
@@ -270,18 +257,48 @@ func TestServiceEndToEnd(t *testing.T) {
 		return code == http.StatusNotFound && err == nil && len(keys) == 0
 	}, "projection deleted and its keys unlinked")
 
-	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run returned %v after shutdown", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("run did not return after its context ended")
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 	if strings.Contains(logs.String(), testToken) {
 		t.Error("the token appears in the service's logs")
 	}
+}
+
+// startService runs the service with env until stop, which ends it and reports how it ended;
+// it returns once both listeners are bound.
+func startService(ctx context.Context, t *testing.T, env map[string]string) (listeners, *lockedBuffer, func() error) {
+	t.Helper()
+	addrs := make(chan listeners, 1)
+	onListen = func(l listeners) { addrs <- l }
+	t.Cleanup(func() { onListen = nil })
+	logs := &lockedBuffer{}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- run(runCtx, nil, func(k string) string { return env[k] }, logs) }()
+	var l listeners
+	select {
+	case l = <-addrs:
+	case err := <-done:
+		cancel()
+		t.Fatalf("run: %v\n%s", err, logs)
+	case <-ctx.Done():
+		cancel()
+		t.Fatal("run did not start")
+	}
+	stop := func() error {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				return fmt.Errorf("run returned %w after shutdown", err)
+			}
+			return nil
+		case <-time.After(30 * time.Second):
+			return errors.New("run did not return after its context ended")
+		}
+	}
+	return l, logs, stop
 }
 
 // TestServiceWithoutTemporal: the control-plane starts while Temporal is down; Get, List and
@@ -307,30 +324,10 @@ func TestServiceWithoutTemporal(t *testing.T) {
 		"CONTROLPLANE_HTTP_ADDR":          "127.0.0.1:0",
 		"CONTROLPLANE_TOKENS":             testToken,
 	}
-	addrs := make(chan listeners, 1)
-	onListen = func(l listeners) { addrs <- l }
-	t.Cleanup(func() { onListen = nil })
-	logs := &lockedBuffer{}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- run(runCtx, nil, func(k string) string { return env[k] }, logs) }()
-	var l listeners
-	select {
-	case l = <-addrs:
-	case err := <-done:
-		t.Fatalf("run without Temporal: %v\n%s", err, logs)
-	case <-ctx.Done():
-		t.Fatal("run did not start")
-	}
+	l, logs, stop := startService(ctx, t, env)
 	defer func() {
-		stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run returned %v after shutdown", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("run did not return after its context ended")
+		if err := stop(); err != nil {
+			t.Error(err)
 		}
 	}()
 
