@@ -6,18 +6,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
 	"github.com/distcache/distcache/libs/distcache"
-	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/services/cache-producer/internal/prodtest"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
-	"github.com/distcache/distcache/workflows/registry"
 )
 
 // TestBuildWorkflowEndToEnd runs workflows.BuildWorkflow on a real Temporal
@@ -32,20 +28,8 @@ func TestBuildWorkflowEndToEnd(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	tmp := devstacktest.Temporal(t)
-	dbURL := devstacktest.Database(t)
-	if err := migrations.Up(ctx, dbURL); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	reg := registry.New(pool)
-	r := devstacktest.Redis(t)
-	k := devstacktest.Kafka(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	defer rdb.Close()
+	st := newStack(ctx, t)
+	dbURL, reg, r, k, rdb := st.dbURL, st.reg, st.redis, st.kafka, st.rdb
 	pub, err := distcache.NewPublisher(rdb)
 	if err != nil {
 		t.Fatal(err)

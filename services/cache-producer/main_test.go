@@ -26,6 +26,7 @@ import (
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 	"github.com/distcache/distcache/services/cache-producer/internal/prodtest"
+	"github.com/distcache/distcache/tools/devstack"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/registry"
@@ -147,20 +148,8 @@ var usersByEmail = projection.Definition{
 func TestServiceEndToEnd(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	dbURL := devstacktest.Database(t)
-	if err := migrations.Up(ctx, dbURL); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	reg := registry.New(pool)
-	r := devstacktest.Redis(t)
-	k := devstacktest.Kafka(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	defer rdb.Close()
+	st := newStack(ctx, t)
+	dbURL, reg, r, k, rdb := st.dbURL, st.reg, st.redis, st.kafka, st.rdb
 	led := ledger.New(rdb, 0)
 	p := prodtest.NewProducer(t, k.Addr, "distcache", "users")
 
@@ -379,20 +368,8 @@ func TestDataPathWithoutTemporal(t *testing.T) {
 	if err := tmp.Stop(); err != nil {
 		t.Fatalf("stop temporal: %v", err)
 	}
-	dbURL := devstacktest.Database(t)
-	if err := migrations.Up(ctx, dbURL); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	reg := registry.New(pool)
-	r := devstacktest.Redis(t)
-	k := devstacktest.Kafka(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	defer rdb.Close()
+	st := newStack(ctx, t)
+	dbURL, reg, r, k, rdb := st.dbURL, st.reg, st.redis, st.kafka, st.rdb
 	p := prodtest.NewProducer(t, k.Addr, "distcache", "users")
 	zero := int64(0)
 	if err := reg.CreateProjection(ctx, usersByEmail); err != nil {
@@ -444,4 +421,31 @@ func TestDataPathWithoutTemporal(t *testing.T) {
 	if n := strings.Count(svc.out.String(), "temporal is unavailable; retrying"); n != 1 {
 		t.Errorf("the outage was logged %d times, want once", n)
 	}
+}
+
+// stack is what a service test of the producer runs against: a migrated registry database, a
+// Redis and a broker of its own, stopped when the test ends.
+type stack struct {
+	dbURL string
+	reg   *registry.Store
+	redis *devstack.Redis
+	kafka *devstack.Kafka
+	rdb   *redis.Client
+}
+
+func newStack(ctx context.Context, t *testing.T) stack {
+	t.Helper()
+	dbURL := devstacktest.Database(t)
+	if err := migrations.Up(ctx, dbURL); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	r := devstacktest.Redis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return stack{dbURL: dbURL, reg: registry.New(pool), redis: r, kafka: devstacktest.Kafka(t), rdb: rdb}
 }
