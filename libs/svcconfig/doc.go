@@ -9,8 +9,12 @@
 //     skip-verify) from a group of variables;
 //   - kafkaconf reads <PREFIX>_KAFKA_* and builds franz-go client options;
 //   - redisconf reads <PREFIX>_REDIS_* into a distcache.RedisConfig and builds
-//     go-redis clients through it.
+//     go-redis clients through it;
+//   - apitoken reads <PREFIX>_TOKENS / <PREFIX>_TOKENS_FILE and checks the
+//     bearer tokens of a service's API (digests, constant-time comparison);
+//   - httpserve builds a service's HTTP server with every timeout set.
 //
-// Every service reads its Kafka and Redis connection through these, so the
-// variable names, defaults and rules are the same in all of them.
+// Every service reads its Kafka and Redis connection, its API tokens and its
+// HTTP server settings through these, so the variable names, defaults and
+// rules are the same in all of them.
 package svcconfig
