@@ -6,7 +6,6 @@
 package config
 
 import (
-	"errors"
 	"log/slog"
 	"net/url"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/libs/svcconfig/apitoken"
 	"github.com/distcache/distcache/libs/svcconfig/envconf"
 	"github.com/distcache/distcache/libs/svcconfig/pgconf"
 	"github.com/distcache/distcache/libs/svcconfig/redisconf"
@@ -38,8 +38,8 @@ const (
 	EnvTemporalUIURL     = "CONTROLPLANE_TEMPORAL_UI_URL"
 	EnvGRPCAddr          = "CONTROLPLANE_GRPC_ADDR"
 	EnvHTTPAddr          = "CONTROLPLANE_HTTP_ADDR"
-	EnvTokens            = "CONTROLPLANE_TOKENS"
-	EnvTokensFile        = "CONTROLPLANE_TOKENS_FILE"
+	EnvTokens            = "CONTROLPLANE_TOKENS"      // read by apitoken
+	EnvTokensFile        = "CONTROLPLANE_TOKENS_FILE" // read by apitoken
 	EnvRetireGrace       = "CONTROLPLANE_RETIRE_GRACE"
 	EnvRetireDrain       = "CONTROLPLANE_RETIRE_DRAIN"
 	EnvMaxLag            = "CONTROLPLANE_MAX_LAG"
@@ -61,7 +61,7 @@ const (
 	DefaultCatchUpTimeout    = time.Hour
 	DefaultShutdownTimeout   = 20 * time.Second
 	// MinTokenLen is the shortest API token accepted: a guessable token is refused at start.
-	MinTokenLen = 16
+	MinTokenLen = apitoken.MinLen
 )
 
 // ErrInvalid is matched (errors.Is) by every configuration error.
@@ -147,7 +147,7 @@ func FromEnv(getenv func(string) string, readFile func(string) ([]byte, error)) 
 	if u, err := url.Parse(c.TemporalUIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		r.Fail(EnvTemporalUIURL, "%q is not an http(s) URL", c.TemporalUIURL)
 	}
-	c.Tokens = readTokens(r, readFile)
+	c.Tokens = apitoken.Load(r, readFile).Tokens
 	if err := events.ValidateTopicPrefix(c.TopicPrefix); err != nil {
 		r.Fail(EnvTopicPrefix, "%v", err)
 	}
@@ -155,38 +155,6 @@ func FromEnv(getenv func(string) string, readFile func(string) ([]byte, error)) 
 		return Config{}, err
 	}
 	return c, nil
-}
-
-func readTokens(r *envconf.Reader, readFile func(string) ([]byte, error)) []string {
-	var tokens []string
-	add := func(src, raw string, sep func(rune) bool) {
-		for i, tok := range strings.FieldsFunc(raw, sep) {
-			tok = strings.TrimSpace(tok)
-			switch {
-			case tok == "" || strings.HasPrefix(tok, "#"):
-			case len(tok) < MinTokenLen:
-				// Never echo the token itself.
-				r.Fail(src, "token #%d is shorter than %d bytes", i+1, MinTokenLen)
-			case strings.ContainsFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }):
-				r.Fail(src, "token #%d holds whitespace or control characters", i+1)
-			default:
-				tokens = append(tokens, tok)
-			}
-		}
-	}
-	add(EnvTokens, r.Secret(EnvTokens), func(c rune) bool { return c == ',' })
-	if path := r.String(EnvTokensFile, ""); path != "" {
-		b, err := readFile(path)
-		if err != nil {
-			r.Fail(EnvTokensFile, "read %s: %v", path, errors.Unwrap(err))
-		} else {
-			add(EnvTokensFile, string(b), func(c rune) bool { return c == '\n' || c == '\r' })
-		}
-	}
-	if len(tokens) == 0 {
-		r.Fail(EnvTokens, "at least one API token is required (%s, comma-separated, or %s, one per line)", EnvTokens, EnvTokensFile)
-	}
-	return tokens
 }
 
 // LogValue logs the configuration with secrets masked: passwords as envconf.Masked, tokens as a
