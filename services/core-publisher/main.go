@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/distcache/distcache/libs/svcconfig/apitoken"
+	"github.com/distcache/distcache/libs/svcconfig/httpserve"
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/services/core-publisher/internal/backload"
 	"github.com/distcache/distcache/services/core-publisher/internal/config"
@@ -179,13 +181,14 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpo
 	if err != nil {
 		return fmt.Errorf("%s: listen: %w", config.EnvHTTPAddr, err)
 	}
-	srv := &http.Server{
-		Handler: httpapi.Handler(httpapi.Deps{
-			Relay: rl, Backloads: bl, DB: pool, Broker: prod, Gatherer: metrics.Registry,
-			Log: log, Background: ctx,
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
+	if cfg.API.Insecure {
+		log.Warn("the backload API accepts requests without a token (" + config.EnvInsecureNoAuth + "=true)")
 	}
+	srv := httpserve.New(httpapi.Handler(httpapi.Deps{
+		Tokens: apitoken.New(cfg.API.Tokens),
+		Relay:  rl, Backloads: bl, DB: pool, Broker: prod, Gatherer: metrics.Registry,
+		Log: log, Background: ctx,
+	}), httpserve.WithLogger(log))
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- srv.Serve(ln) }()
 	log.Info("http listening", "addr", ln.Addr().String())

@@ -28,6 +28,9 @@ import (
 
 func TestMain(m *testing.M) { devstacktest.Main(m) }
 
+// testToken is the API token of the tests' services.
+const testToken = "publisher-test-token-0123456789"
+
 // serviceEnv is a test configuration of the service.
 func serviceEnv(t *testing.T, dbURL, broker string, extra ...string) map[string]string {
 	t.Helper()
@@ -44,6 +47,7 @@ func serviceEnv(t *testing.T, dbURL, broker string, extra ...string) map[string]
 		"PUBLISHER_LEASE_RETRY_INTERVAL": "100ms",
 		"PUBLISHER_LOG_FORMAT":           "text",
 		"PUBLISHER_LOG_LEVEL":            "warn",
+		"PUBLISHER_TOKENS":               testToken,
 	}
 	for i := 0; i+1 < len(extra); i += 2 {
 		env[extra[i]] = extra[i+1]
@@ -86,9 +90,19 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// authed sends a request with the test token.
+func authed(method, url string) (*http.Response, error) {
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	return http.DefaultClient.Do(req)
+}
+
 func getJSON(t *testing.T, url string, v any) int {
 	t.Helper()
-	resp, err := http.Get(url)
+	resp, err := authed(http.MethodGet, url)
 	if err != nil {
 		return 0
 	}
@@ -271,7 +285,7 @@ func TestHTTPAndCLI(t *testing.T) {
 	reader.ReadUntil(t, 20*time.Second, func(evs []pubtest.Event) bool { return len(evs) == 30 }, "CLI backload published")
 
 	post := func(model string) int {
-		resp, err := http.Post(base+"/v1/backload/"+model, "", nil)
+		resp, err := authed(http.MethodPost, base+"/v1/backload/"+model)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,10 +9,12 @@ package config
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/libs/svcconfig/apitoken"
 	"github.com/distcache/distcache/libs/svcconfig/envconf"
 	"github.com/distcache/distcache/libs/svcconfig/kafkaconf"
 	"github.com/distcache/distcache/libs/svcconfig/pgconf"
@@ -27,6 +29,8 @@ const Prefix = "PUBLISHER"
 // _KAFKA_TLS_CA_FILE, _KAFKA_TLS_CERT_FILE, _KAFKA_TLS_KEY_FILE,
 // _KAFKA_TLS_INSECURE_SKIP_VERIFY, _KAFKA_SASL_MECHANISM,
 // _KAFKA_SASL_USERNAME, _KAFKA_SASL_PASSWORD, _KAFKA_SASL_ALLOW_PLAINTEXT.
+// The API's bearer tokens are read by apitoken: PUBLISHER_TOKENS,
+// PUBLISHER_TOKENS_FILE and PUBLISHER_INSECURE_NO_AUTH.
 const (
 	EnvDatabaseURL        = "PUBLISHER_DATABASE_URL"
 	EnvTopicPrefix        = "PUBLISHER_TOPIC_PREFIX"
@@ -46,6 +50,9 @@ const (
 	EnvMaxEventBytes      = "PUBLISHER_MAX_EVENT_BYTES"
 	EnvLogLevel           = "PUBLISHER_LOG_LEVEL"
 	EnvLogFormat          = "PUBLISHER_LOG_FORMAT"
+	EnvTokens             = "PUBLISHER_TOKENS"           // read by apitoken
+	EnvTokensFile         = "PUBLISHER_TOKENS_FILE"      // read by apitoken
+	EnvInsecureNoAuth     = "PUBLISHER_INSECURE_NO_AUTH" // read by apitoken
 )
 
 // Defaults.
@@ -94,11 +101,14 @@ type Config struct {
 	TopicPrefix          string
 	ReplicationFactor    int
 	HTTPAddr             string
-	BatchSize            int
-	PollInterval         time.Duration
-	LeaseRetryInterval   time.Duration
-	Linger               time.Duration
-	ShutdownTimeout      time.Duration
+	// API holds the bearer tokens of /v1/ (PUBLISHER_TOKENS, PUBLISHER_TOKENS_FILE), or says
+	// that the API is open (PUBLISHER_INSECURE_NO_AUTH=true, no token).
+	API                apitoken.Config
+	BatchSize          int
+	PollInterval       time.Duration
+	LeaseRetryInterval time.Duration
+	Linger             time.Duration
+	ShutdownTimeout    time.Duration
 	// Models are extra backloadable models (PUBLISHER_MODELS) in addition to
 	// every table the distcache_capture trigger is attached to.
 	Models            []Model
@@ -129,6 +139,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		TopicPrefix:          r.String(EnvTopicPrefix, events.DefaultTopicPrefix),
 		ReplicationFactor:    r.Int(EnvReplicationFactor, DefaultReplicationFactor, -1, 32767),
 		HTTPAddr:             r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
+		API:                  apitoken.Load(r, os.ReadFile, apitoken.AllowInsecure()),
 		BatchSize:            r.Int(EnvBatchSize, DefaultBatchSize, 1, 100_000),
 		BackloadChunkSize:    r.Int(EnvBackloadChunkSize, DefaultBackloadChunkSize, 1, 100_000),
 		PollInterval:         r.Duration(EnvPollInterval, DefaultPollInterval, time.Millisecond),
@@ -214,6 +225,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("topic_prefix", c.TopicPrefix),
 		slog.Int("replication_factor", c.ReplicationFactor),
 		slog.String("http_addr", c.HTTPAddr),
+		slog.Int("api_tokens", len(c.API.Tokens)),
+		slog.Bool("api_insecure_no_auth", c.API.Insecure),
 		slog.Int("batch_size", c.BatchSize),
 		slog.Duration("poll_interval", c.PollInterval),
 		slog.Duration("lease_retry_interval", c.LeaseRetryInterval),

@@ -21,9 +21,12 @@ func envOf(kv ...string) func(string) string {
 
 const envKafkaBrokers = "PUBLISHER_KAFKA_BROKERS"
 
+const apiToken = "publisher-token-0123456789"
+
 var minimal = []string{
 	EnvDatabaseURL, "postgres://app:s3cret@db:5432/core?sslmode=require",
 	envKafkaBrokers, "k1:9092, k2:9092",
+	EnvTokens, apiToken,
 }
 
 func TestFromEnvDefaults(t *testing.T) {
@@ -48,6 +51,8 @@ func TestFromEnvDefaults(t *testing.T) {
 		{"kafka client id", c.Kafka.ClientID, DefaultKafkaClientID},
 		{"sasl", c.Kafka.SASLMechanism, ""},
 		{"max event bytes", c.MaxEventBytes, 1 << 20},
+		{"api tokens", len(c.API.Tokens), 1},
+		{"api insecure", c.API.Insecure, false},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
@@ -93,11 +98,15 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 		env  []string
 		want string
 	}{
-		{"no database", []string{envKafkaBrokers, "k:9092"}, EnvDatabaseURL},
-		{"bad database", []string{EnvDatabaseURL, "postgres://u:pw@host:notaport/db", envKafkaBrokers, "k:9092"}, EnvDatabaseURL},
-		{"missing PG CA file", []string{EnvDatabaseURL, "postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem", envKafkaBrokers, "k:9092"}, EnvDatabaseURL},
-		{"no brokers", []string{EnvDatabaseURL, "postgres://h/db"}, envKafkaBrokers},
-		{"broker without port", append(minimal[:2:2], envKafkaBrokers, "kafka"), envKafkaBrokers},
+		{"no database", []string{envKafkaBrokers, "k:9092", EnvTokens, apiToken}, EnvDatabaseURL},
+		{"bad database", []string{EnvDatabaseURL, "postgres://u:pw@host:notaport/db", envKafkaBrokers, "k:9092", EnvTokens, apiToken}, EnvDatabaseURL},
+		{"missing PG CA file", []string{EnvDatabaseURL, "postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem", envKafkaBrokers, "k:9092", EnvTokens, apiToken}, EnvDatabaseURL},
+		{"no brokers", []string{EnvDatabaseURL, "postgres://h/db", EnvTokens, apiToken}, envKafkaBrokers},
+		{"broker without port", append(minimal[:2:2], envKafkaBrokers, "kafka", EnvTokens, apiToken), envKafkaBrokers},
+		{"no token", minimal[:4:4], EnvTokens},
+		{"short token", append(minimal[:4:4], EnvTokens, "short-token"), EnvTokens},
+		{"missing token file", append(minimal[:4:4], EnvTokensFile, "/nonexistent/tokens"), EnvTokensFile},
+		{"insecure with a token", append(minimal, EnvInsecureNoAuth, "true"), EnvInsecureNoAuth},
 		{"bad prefix", append(minimal, EnvTopicPrefix, ".x"), EnvTopicPrefix},
 		{"bad replication", append(minimal, EnvReplicationFactor, "0"), EnvReplicationFactor},
 		{"bad batch", append(minimal, EnvBatchSize, "lots"), EnvBatchSize},
@@ -134,6 +143,19 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 	}
 }
 
+// TestInsecureNoAuth: without a token the publisher starts only when PUBLISHER_INSECURE_NO_AUTH
+// says so, and then its configuration says the API is open.
+func TestInsecureNoAuth(t *testing.T) {
+	t.Parallel()
+	c, err := FromEnv(envOf(append(minimal[:4:4], EnvInsecureNoAuth, "true")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.API.Insecure || len(c.API.Tokens) != 0 {
+		t.Errorf("got insecure %v with %d tokens, want insecure with none", c.API.Insecure, len(c.API.Tokens))
+	}
+}
+
 func TestLogValueMasksSecrets(t *testing.T) {
 	t.Parallel()
 	c, err := FromEnv(envOf(append(minimal, "PUBLISHER_KAFKA_TLS", "true", "PUBLISHER_KAFKA_SASL_MECHANISM", "PLAIN",
@@ -144,12 +166,12 @@ func TestLogValueMasksSecrets(t *testing.T) {
 	var buf bytes.Buffer
 	slog.New(slog.NewJSONHandler(&buf, nil)).Info("starting", "config", c)
 	out := buf.String()
-	for _, secret := range []string{"s3cret", "hunter2"} {
+	for _, secret := range []string{"s3cret", "hunter2", apiToken} {
 		if strings.Contains(out, secret) {
 			t.Errorf("log contains secret %q: %s", secret, out)
 		}
 	}
-	for _, want := range []string{"app:%2A%2A%2A%2A@db:5432", "sslmode=require", `"sasl_password":"****"`, `"sasl_username":"pub"`} {
+	for _, want := range []string{"app:%2A%2A%2A%2A@db:5432", "sslmode=require", `"sasl_password":"****"`, `"sasl_username":"pub"`, `"api_tokens":1`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q: %s", want, out)
 		}

@@ -1,23 +1,34 @@
 // Package httpapi serves the core-publisher's HTTP endpoints: health,
-// readiness, Prometheus metrics and the backload API the control-plane calls.
+// readiness, Prometheus metrics and the backload API.
 //
 //	GET  /healthz                the process is up
-//	GET  /readyz                 active (holding the lease) or a healthy standby, and DB and broker reachable;
-//	                             the body lists the models held back ("held_models": model, reason, since)
+//	GET  /readyz                 active (holding the lease) or a healthy standby, and DB and broker reachable:
+//	                             200 "status": "ok", or 503 "not ready: <component>, ..." (relay, database,
+//	                             broker); the body gives the role and lists the models held back
+//	                             ("held_models": model, since); error texts go to the log only
 //	GET  /metrics                Prometheus
 //	GET  /v1/models              backloadable models
-//	POST /v1/backload/{model}    start a fresh backload: 202, 404 unknown model, 409 already running
-//	GET  /v1/backload/{model}    the model's backload checkpoint: 200, 404 never backloaded
+//	POST /v1/backload/{model}    start a fresh backload: 202, 400 invalid name, 404 unknown model, 409 already running
+//	GET  /v1/backload/{model}    the model's backload checkpoint: 200, 400 invalid name, 404 never backloaded
+//
+// Everything under /v1/ needs a bearer token (Deps.Tokens): it reveals table and key-column
+// names and starts full re-reads of core tables. A 5xx answer names no internal detail: it says
+// "internal error" with a request id, and the log line with that id holds the error.
 package httpapi
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/libs/svcconfig/apitoken"
 	"github.com/distcache/distcache/services/core-publisher/internal/backload"
 	"github.com/distcache/distcache/services/core-publisher/internal/relay"
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,8 +57,14 @@ var (
 	_ Backloads = (*backload.Backloader)(nil)
 )
 
+// MaxBodyBytes bounds a request body under /v1/ (none of its endpoints reads one).
+const MaxBodyBytes = 1 << 20
+
 // Deps are what the handler needs.
 type Deps struct {
+	// Tokens guard /v1/. apitoken.New(nil) opens the API (PUBLISHER_INSECURE_NO_AUTH); nil
+	// closes it: every /v1/ request is refused.
+	Tokens    *apitoken.Tokens
 	Relay     Relay
 	Backloads Backloads
 	DB        Pinger
@@ -79,10 +96,25 @@ func Handler(d Deps) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", d.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /v1/models", d.models)
-	mux.HandleFunc("POST /v1/backload/{model}", d.startBackload)
-	mux.HandleFunc("GET /v1/backload/{model}", d.backloadState)
+	api := http.NewServeMux()
+	api.HandleFunc("GET /v1/models", d.models)
+	api.HandleFunc("POST /v1/backload/{model}", d.startBackload)
+	api.HandleFunc("GET /v1/backload/{model}", d.backloadState)
+	tokens := d.Tokens
+	if tokens == nil {
+		tokens = closed()
+	}
+	mux.Handle("/v1/", http.MaxBytesHandler(tokens.Middleware("distcache-core-publisher", refuse, api), MaxBodyBytes))
 	return mux
+}
+
+// closed is a token set nobody holds: a random token, never shown.
+func closed() *apitoken.Tokens {
+	return apitoken.New([]string{rand.Text() + rand.Text()})
+}
+
+func refuse(w http.ResponseWriter, err error) {
+	writeJSON(w, http.StatusUnauthorized, map[string]string{"error": err.Error()})
 }
 
 func (d Deps) ready(w http.ResponseWriter, r *http.Request) {
@@ -94,32 +126,41 @@ func (d Deps) ready(w http.ResponseWriter, r *http.Request) {
 		role = "active"
 	}
 	// Held models do not make the publisher unready (the others flow), but
-	// they are listed so an operator sees which model waits and why.
-	held := st.Held
-	if held == nil {
-		held = []relay.HeldModel{}
+	// they are listed so an operator sees which model waits; why is in the log.
+	type held struct {
+		Model string    `json:"model"`
+		Since time.Time `json:"since"`
 	}
-	body := map[string]any{"role": role, "held_models": held}
-	var problems []string
-	if st.Err != nil {
-		problems = append(problems, "relay: "+st.Err.Error())
+	heldModels := make([]held, len(st.Held))
+	for i, h := range st.Held {
+		heldModels[i] = held{Model: h.Aggregate, Since: h.Since}
 	}
-	if st.LastOK.IsZero() || time.Since(st.LastOK) > d.StaleAfter {
-		problems = append(problems, "relay: no successful database round trip recently")
+	body := map[string]any{"role": role, "held_models": heldModels}
+	// The answer names the component at fault, never its error: /readyz is open to anyone who
+	// reaches the port.
+	var down []string
+	fault := func(component string, err error) {
+		down = append(down, component)
+		d.Log.Warn("not ready", "component", component, "err", err)
+	}
+	switch {
+	case st.Err != nil:
+		fault("relay", st.Err)
+	case st.LastOK.IsZero() || time.Since(st.LastOK) > d.StaleAfter:
+		fault("relay", errors.New("no successful database round trip recently"))
 	}
 	if err := d.DB.Ping(ctx); err != nil {
-		problems = append(problems, "database: "+err.Error())
+		fault("database", err)
 	}
 	if err := d.Broker.Ping(ctx); err != nil {
-		problems = append(problems, "broker: "+err.Error())
+		fault("broker", err)
 	}
-	if len(problems) > 0 {
-		body["status"] = "not ready"
-		body["problems"] = problems
+	if len(down) > 0 {
+		body["status"] = "not ready: " + strings.Join(down, ", ")
 		writeJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
-	body["status"] = "ready"
+	body["status"] = "ok"
 	writeJSON(w, http.StatusOK, body)
 }
 
@@ -141,8 +182,22 @@ func (d Deps) models(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"models": out})
 }
 
-func (d Deps) startBackload(w http.ResponseWriter, r *http.Request) {
+// modelOf returns the request's model name, or answers 400 and returns false when it is not
+// a valid model name (events.ValidateAggregateName); the name is not echoed.
+func modelOf(w http.ResponseWriter, r *http.Request) (string, bool) {
 	model := r.PathValue("model")
+	if events.ValidateAggregateName(model) != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid model name: 1 to 200 of A-Z a-z 0-9 _ -"})
+		return "", false
+	}
+	return model, true
+}
+
+func (d Deps) startBackload(w http.ResponseWriter, r *http.Request) {
+	model, ok := modelOf(w, r)
+	if !ok {
+		return
+	}
 	err := d.Backloads.Start(d.Background, model)
 	switch {
 	case errors.Is(err, backload.ErrUnknownModel):
@@ -158,7 +213,10 @@ func (d Deps) startBackload(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d Deps) backloadState(w http.ResponseWriter, r *http.Request) {
-	model := r.PathValue("model")
+	model, ok := modelOf(w, r)
+	if !ok {
+		return
+	}
 	st, ok, err := d.Backloads.State(r.Context(), model)
 	switch {
 	case err != nil:
@@ -170,11 +228,23 @@ func (d Deps) backloadState(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// fail answers an error. A 4xx carries the error's text (this package's sentinels: the caller's
+// mistake); a 5xx carries only "internal error" and a request id, and the error is logged with
+// that id.
 func (d Deps) fail(w http.ResponseWriter, code int, err error) {
-	if code >= 500 {
-		d.Log.Error("http request failed", "err", err)
+	if code < 500 {
+		writeJSON(w, code, map[string]string{"error": err.Error()})
+		return
 	}
-	writeJSON(w, code, map[string]string{"error": err.Error()})
+	id := requestID()
+	d.Log.Error("http request failed", "request_id", id, "err", err)
+	writeJSON(w, code, map[string]string{"error": "internal error", "request_id": id})
+}
+
+func requestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

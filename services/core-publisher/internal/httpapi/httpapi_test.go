@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distcache/distcache/libs/svcconfig/apitoken"
 	"github.com/distcache/distcache/services/core-publisher/internal/backload"
 	"github.com/distcache/distcache/services/core-publisher/internal/pubmetrics"
 	"github.com/distcache/distcache/services/core-publisher/internal/relay"
@@ -47,33 +48,44 @@ func (f *fakeBackloads) State(_ context.Context, m string) (backload.State, bool
 	return st, ok, nil
 }
 
+const token = "publisher-token-0123456789"
+
+// TestReadyz: /readyz answers "ok" or "not ready: <components>" and never the components'
+// error texts (secret-looking strings below).
 func TestReadyz(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
 	tests := []struct {
-		name     string
-		st       relay.Status
-		db, kafk error
-		wantCode int
-		wantRole string
+		name       string
+		st         relay.Status
+		db, kafk   error
+		wantCode   int
+		wantRole   string
+		wantStatus string
 	}{
-		{"active", relay.Status{Active: true, LastOK: now}, nil, nil, 200, "active"},
-		{"healthy standby", relay.Status{LastOK: now}, nil, nil, 200, "standby"},
-		{"relay error", relay.Status{LastOK: now, Err: errors.New("connect: refused")}, nil, nil, 503, "standby"},
-		{"never talked to the database", relay.Status{}, nil, nil, 503, "standby"},
-		{"stale", relay.Status{Active: true, LastOK: now.Add(-time.Hour)}, nil, nil, 503, "active"},
-		{"database down", relay.Status{Active: true, LastOK: now}, errors.New("down"), nil, 503, "active"},
-		{"broker down", relay.Status{Active: true, LastOK: now}, nil, errors.New("down"), 503, "active"},
+		{"active", relay.Status{Active: true, LastOK: now}, nil, nil, 200, "active", "ok"},
+		{"healthy standby", relay.Status{LastOK: now}, nil, nil, 200, "standby", "ok"},
+		{"relay error", relay.Status{LastOK: now, Err: errors.New("connect 10.0.0.7:5432: refused")}, nil, nil, 503, "standby", "not ready: relay"},
+		{"never talked to the database", relay.Status{}, nil, nil, 503, "standby", "not ready: relay"},
+		{"stale", relay.Status{Active: true, LastOK: now.Add(-time.Hour)}, nil, nil, 503, "active", "not ready: relay"},
+		{"database down", relay.Status{Active: true, LastOK: now}, errors.New("password authentication failed for user core_admin"), nil, 503, "active", "not ready: database"},
+		{"broker down", relay.Status{Active: true, LastOK: now}, nil, errors.New("dial kafka-0.internal:9092"), 503, "active", "not ready: broker"},
+		{"both down", relay.Status{Active: true, LastOK: now}, errors.New("down"), errors.New("down"), 503, "active", "not ready: database, broker"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := Handler(Deps{Relay: fakeRelay{tt.st}, Backloads: &fakeBackloads{}, DB: pinger{tt.db}, Broker: pinger{tt.kafk}, Gatherer: pubmetrics.New().Registry})
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
-			var body struct{ Role string }
+			var body struct{ Role, Status string }
 			_ = json.Unmarshal(rec.Body.Bytes(), &body)
-			if rec.Code != tt.wantCode || body.Role != tt.wantRole {
-				t.Errorf("got %d role %q (%s), want %d role %q", rec.Code, body.Role, rec.Body, tt.wantCode, tt.wantRole)
+			if rec.Code != tt.wantCode || body.Role != tt.wantRole || body.Status != tt.wantStatus {
+				t.Errorf("got %d role %q status %q (%s), want %d role %q status %q", rec.Code, body.Role, body.Status, rec.Body, tt.wantCode, tt.wantRole, tt.wantStatus)
+			}
+			for _, leak := range []string{"10.0.0.7", "core_admin", "kafka-0", "refused", "down\""} {
+				if strings.Contains(rec.Body.String(), leak) {
+					t.Errorf("body %s holds error text %q", rec.Body, leak)
+				}
 			}
 		})
 	}
@@ -92,7 +104,9 @@ func TestBackloadAPI(t *testing.T) {
 		{"start", "POST", "/v1/backload/users", nil, http.StatusAccepted, `"status":"started"`},
 		{"unknown", "POST", "/v1/backload/nope", fmt.Errorf("%w: nope", backload.ErrUnknownModel), http.StatusNotFound, "unknown model"},
 		{"running", "POST", "/v1/backload/users", fmt.Errorf("%w: users", backload.ErrRunning), http.StatusConflict, "already running"},
-		{"failure", "POST", "/v1/backload/users", errors.New("db gone"), http.StatusInternalServerError, "db gone"},
+		{"failure", "POST", "/v1/backload/users", errors.New("db gone"), http.StatusInternalServerError, `"error":"internal error"`},
+		{"invalid name", "POST", "/v1/backload/..%2Fetc", nil, http.StatusBadRequest, "invalid model name"},
+		{"invalid name state", "GET", "/v1/backload/a%00b", nil, http.StatusBadRequest, "invalid model name"},
 		{"state", "GET", "/v1/backload/users", nil, http.StatusOK, `"status":"done"`},
 		{"no state", "GET", "/v1/backload/orgs", nil, http.StatusNotFound, "never backloaded"},
 		{"models", "GET", "/v1/models", nil, http.StatusOK, `"key_column":"id"`},
@@ -101,11 +115,16 @@ func TestBackloadAPI(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			bl := &fakeBackloads{startErr: tt.startErr, states: map[string]backload.State{"users": {Model: "users", Status: backload.StatusDone}}}
-			h := Handler(Deps{Relay: fakeRelay{}, Backloads: bl, DB: pinger{}, Broker: pinger{}, Gatherer: pubmetrics.New().Registry})
+			h := Handler(Deps{Tokens: apitoken.New([]string{token}), Relay: fakeRelay{}, Backloads: bl, DB: pinger{}, Broker: pinger{}, Gatherer: pubmetrics.New().Registry})
 			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, httptest.NewRequest(tt.method, tt.path, nil))
+			req := httptest.NewRequest(tt.method, tt.path, nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			h.ServeHTTP(rec, req)
 			if rec.Code != tt.wantCode || !strings.Contains(rec.Body.String(), tt.wantBody) {
 				t.Errorf("got %d %s, want %d containing %q", rec.Code, rec.Body, tt.wantCode, tt.wantBody)
+			}
+			if strings.Contains(rec.Body.String(), "db gone") {
+				t.Errorf("body %s holds the internal error", rec.Body)
 			}
 		})
 	}
@@ -129,11 +148,14 @@ func TestReadyzHeldModels(t *testing.T) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
 		t.Fatalf("body %s: %v", rec.Body, err)
 	}
-	if rec.Code != http.StatusOK || body.Status != "ready" {
-		t.Errorf("got %d status %q, want 200 ready", rec.Code, body.Status)
+	if rec.Code != http.StatusOK || body.Status != "ok" {
+		t.Errorf("got %d status %q, want 200 ok", rec.Code, body.Status)
 	}
-	if len(body.HeldModels) != 1 || body.HeldModels[0] != st.Held[0] {
-		t.Errorf("held_models: got %+v, want %+v", body.HeldModels, st.Held)
+	if len(body.HeldModels) != 1 || body.HeldModels[0].Aggregate != "orders" || !body.HeldModels[0].Since.Equal(since) {
+		t.Errorf("held_models: got %+v, want orders since %v", body.HeldModels, since)
+	}
+	if strings.Contains(rec.Body.String(), "refused") {
+		t.Errorf("body %s holds the reason (error text): it belongs in the log", rec.Body)
 	}
 
 	h = Handler(Deps{Relay: fakeRelay{relay.Status{Active: true, LastOK: time.Now()}}, Backloads: &fakeBackloads{}, DB: pinger{}, Broker: pinger{}, Gatherer: pubmetrics.New().Registry})
@@ -141,5 +163,51 @@ func TestReadyzHeldModels(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
 	if !strings.Contains(rec.Body.String(), `"held_models":[]`) {
 		t.Errorf("no held model: got %s, want an empty held_models list", rec.Body)
+	}
+}
+
+// TestAPINeedsToken: every /v1/ endpoint refuses a request without a valid token with 401 and a
+// Bearer challenge, and never starts a backload then; health, readiness and metrics stay open.
+// A handler built without Tokens refuses every /v1/ request; apitoken.New(nil) opens them.
+func TestAPINeedsToken(t *testing.T) {
+	t.Parallel()
+	bl := &fakeBackloads{}
+	h := Handler(Deps{Tokens: apitoken.New([]string{token}), Relay: fakeRelay{relay.Status{Active: true, LastOK: time.Now()}},
+		Backloads: bl, DB: pinger{}, Broker: pinger{}, Gatherer: pubmetrics.New().Registry})
+	for _, ep := range []struct{ method, path string }{{"GET", "/v1/models"}, {"POST", "/v1/backload/users"}, {"GET", "/v1/backload/users"}} {
+		for _, authz := range []string{"", "Bearer wrong-token-0123456789", "Basic " + token, "Bearer " + token[:10]} {
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest(ep.method, ep.path, nil)
+			if authz != "" {
+				req.Header.Set("Authorization", authz)
+			}
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusUnauthorized || !strings.HasPrefix(rec.Header().Get("WWW-Authenticate"), "Bearer ") {
+				t.Errorf("%s %s with %q: %d (challenge %q), want 401 with a Bearer challenge", ep.method, ep.path, authz, rec.Code, rec.Header().Get("WWW-Authenticate"))
+			}
+		}
+	}
+	if len(bl.started) != 0 {
+		t.Errorf("backloads started without a valid token: %v", bl.started)
+	}
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		if rec.Code != http.StatusOK {
+			t.Errorf("GET %s without a token: %d, want 200", path, rec.Code)
+		}
+	}
+
+	for _, tc := range []struct {
+		name   string
+		tokens *apitoken.Tokens
+		want   int
+	}{{"no Tokens: closed", nil, http.StatusUnauthorized}, {"apitoken.New(nil): open", apitoken.New(nil), http.StatusOK}} {
+		h := Handler(Deps{Tokens: tc.tokens, Relay: fakeRelay{}, Backloads: &fakeBackloads{}, DB: pinger{}, Broker: pinger{}, Gatherer: pubmetrics.New().Registry})
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/models", nil))
+		if rec.Code != tc.want {
+			t.Errorf("%s: GET /v1/models without a token: %d, want %d", tc.name, rec.Code, tc.want)
+		}
 	}
 }
