@@ -53,7 +53,7 @@ type ServicesConfig struct {
 	RunDir string // logs, PID and address files go to RunDir/services
 	Stack  Stack
 	Ports  Ports
-	Token  string // the control-plane's bearer token; required
+	Token  string // the API bearer token of the control-plane and the core-publisher; required
 	// Mode Attached (the zero value) ties the services to this process, which is what tests and
 	// the chaos and bench programs want. Detached lets them outlive it (make demo); a previous
 	// detached run's services, found through their PID files, are stopped first.
@@ -126,7 +126,7 @@ func listenAddr(port int) (string, error) {
 // and waits until each one is healthy. On an error it stops those it started.
 func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *Services, err error) {
 	if cfg.Token == "" {
-		return nil, fmt.Errorf("%w: a control-plane token is required", ErrConfig)
+		return nil, fmt.Errorf("%w: an API token (control-plane, core-publisher) is required", ErrConfig)
 	}
 	say := cfg.Say
 	if say == nil {
@@ -173,6 +173,7 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 		"PUBLISHER_KAFKA_BROKERS=" + st.KafkaBrokers,
 		"PUBLISHER_REPLICATION_FACTOR=1",
 		"PUBLISHER_HTTP_ADDR=" + s.PublisherAddr,
+		"PUBLISHER_TOKENS=" + cfg.Token,
 	}, cfg.PublisherEnv...))
 	s.Producer = mk(NameProducer, s.ProducerAddr, "/healthz", append([]string{
 		"PRODUCER_DATABASE_URL=" + st.ControlURL,

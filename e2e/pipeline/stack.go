@@ -38,7 +38,7 @@ type Config struct {
 	RepoDir string    // the repository root (holds go.work)
 	RunDir  string    // binaries, data and logs; created if missing
 	Items   int       // rows seeded into the sample table (backloaded before the projection is built)
-	Token   string    // control-plane bearer token; a fixed test token when empty
+	Token   string    // API bearer token of the control-plane and the core-publisher; a fixed test token when empty
 	Out     io.Writer // progress lines; nil discards
 	// PublisherEnv and ProducerEnv are extra KEY=VALUE settings for the services.
 	PublisherEnv, ProducerEnv []string

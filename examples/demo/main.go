@@ -95,11 +95,12 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	fmt.Printf(`
 The stack and the services are still running, for exploring:
   make status                                      every component, its address and health
-  curl -s http://127.0.0.1:%d/v1/users_by_email/user42@example.com
-  curl -s -H "Authorization: Bearer $(cat %s)" http://127.0.0.1:%d/v1/projections
-  %s                          the backfill workflows in the Temporal UI
+  curl -s http://127.0.0.1:%[1]d/v1/users_by_email/user42@example.com
+  curl -s -H "Authorization: Bearer $(cat %[2]s)" http://127.0.0.1:%[3]d/v1/projections
+  curl -s -H "Authorization: Bearer $(cat %[2]s)" http://127.0.0.1:%[4]d/v1/models
+  %[5]s                          the backfill workflows in the Temporal UI
 Stop everything with: make down
-`, cfg.Ports.Edge, filepath.Join(abs, "controlplane.token"), cfg.Ports.ControlHTTP, cfg.Stack.TemporalUIURL)
+`, cfg.Ports.Edge, filepath.Join(abs, "controlplane.token"), cfg.Ports.ControlHTTP, cfg.Ports.Publisher, cfg.Stack.TemporalUIURL)
 	return nil
 }
 
@@ -115,7 +116,8 @@ func intEnv(getenv func(string) string, name string, def int) (int, error) {
 	return n, nil
 }
 
-// demoToken returns the control-plane token kept in path, making one on first use.
+// demoToken returns the API token (control-plane and core-publisher) kept in path, making one on
+// first use.
 func demoToken(path string) (string, error) {
 	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
 		return strings.TrimSpace(string(b)), nil
