@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/svcconfig/httpserve"
 	"github.com/distcache/distcache/migrations"
 	pb "github.com/distcache/distcache/services/control-plane/gen/distcache/v1"
 	"github.com/distcache/distcache/services/control-plane/internal/api"
@@ -167,17 +168,12 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		Metrics:  metrics,
 		Gatherer: metrics.Registry,
 		OpenAPI:  pb.OpenAPI,
-		Ready: func(ctx context.Context) error {
-			if err := pool.Ping(ctx); err != nil {
-				return fmt.Errorf("registry database: %w", err)
-			}
-			if err := rdb.Ping(ctx).Err(); err != nil {
-				return fmt.Errorf("redis: %w", err)
-			}
-			return nil
+		Ready: map[string]func(context.Context) error{
+			"registry": pool.Ping,
+			"redis":    func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		},
 		// Temporal down: reads still answer, so the service stays ready, "degraded".
-		Degraded: func(context.Context) error { return temporal.Err() },
+		Degraded: map[string]func(context.Context) error{"temporal": func(context.Context) error { return temporal.Err() }},
 	}
 
 	var lc net.ListenConfig
@@ -200,8 +196,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		return err
 	}
 	// WriteTimeout leaves room for Cutover and Rollback, which wait up to 30 s for their workflow.
-	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
+	hs := httpserve.New(handler, httpserve.WithWriteTimeout(2*time.Minute), httpserve.WithLogger(log))
 
 	// One probe before serving: with Temporal up, the worker runs and writes are accepted from
 	// the first call, as when the client was dialled eagerly; with it down, start at once.

@@ -18,6 +18,8 @@ type Metrics struct {
 	Requests *prometheus.CounterVec
 	// Duration observes API call latency by method.
 	Duration *prometheus.HistogramVec
+	// Panics counts API handlers that panicked (answered INTERNAL; the process lives on).
+	Panics *prometheus.CounterVec
 }
 
 // New creates the metrics on a fresh registry, with the Go and process
@@ -35,11 +37,15 @@ func New() *Metrics {
 			Help:    "API call latency by method.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"method"}),
+		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "distcache_controlplane_panics_total",
+			Help: "API handlers that panicked, by method: answered INTERNAL, logged with the stack; the process lives on.",
+		}, []string{"method"}),
 	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.Requests, m.Duration,
+		m.Requests, m.Duration, m.Panics,
 	)
 	return m
 }

@@ -1,26 +1,42 @@
-// Package server puts the control-plane's API on the network: a gRPC server (auth, metrics and
-// logging interceptors) and an HTTP handler serving the same API as REST/JSON through
-// grpc-gateway, the OpenAPI document, /healthz, /readyz ("ready", "degraded" or "unavailable")
-// and /metrics.
+// Package server puts the control-plane's API on the network: a gRPC server (panic recovery,
+// auth, metrics and logging interceptors) and an HTTP handler serving the same API as REST/JSON
+// through grpc-gateway, the OpenAPI document, /healthz, /readyz ("ok", "degraded: <component>"
+// or "not ready: <component>", never an error's text) and /metrics.
 //
 // The gateway calls the gRPC server over its own client connection, so every REST call passes
 // the same interceptors as a gRPC call; the HTTP layer also refuses a request without a valid
-// token before the gateway sees it.
+// token, or with a body over MaxBodyBytes (413), before the gateway sees it.
+//
+// Internal errors never reach a caller with their text: a handler's panic, or an INTERNAL,
+// UNKNOWN or DATA_LOSS status, is answered "internal error (request id …)" and the text is logged
+// with that id; every call's id travels back in the x-request-id header (REST:
+// Grpc-Metadata-X-Request-Id). A 5xx the gateway makes itself (the gRPC server unreachable) is
+// answered the same way.
 package server
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -40,12 +56,13 @@ type Options struct {
 	Metrics *cpmetrics.Metrics
 	// Gatherer serves /metrics (nil: no /metrics).
 	Gatherer prometheus.Gatherer
-	// Ready answers /readyz: nil error when the dependencies are reachable.
-	Ready func(ctx context.Context) error
-	// Degraded, when set and returning an error while Ready passes, makes /readyz answer 200
-	// with "status": "degraded" and the error: the service serves reads but not every call
-	// (Temporal down: no workflow can start).
-	Degraded func(ctx context.Context) error
+	// Ready are /readyz's checks by component name ("registry", "redis"): one failing makes it
+	// answer 503 "not ready: <component>".
+	Ready map[string]func(ctx context.Context) error
+	// Degraded are the checks of components the service can do without for a while: one
+	// failing while Ready passes makes /readyz answer 200 "degraded: <component>": the service
+	// serves reads but not every call (Temporal down: no workflow can start).
+	Degraded map[string]func(ctx context.Context) error
 	// OpenAPI is the OpenAPI document served at /openapi.json (nil: not served).
 	OpenAPI []byte
 }
@@ -82,12 +99,81 @@ func NewGRPC(o Options) *grpc.Server {
 		observe(ss.Context(), info.FullMethod, start, err)
 		return err
 	}
+	g := guard{log: log, metrics: o.Metrics}
 	s := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(unaryObserve, o.Tokens.UnaryInterceptor()),
-		grpc.ChainStreamInterceptor(streamObserve, o.Tokens.StreamInterceptor()),
+		grpc.ChainUnaryInterceptor(unaryObserve, g.unary, o.Tokens.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(streamObserve, g.stream, o.Tokens.StreamInterceptor()),
 	)
 	pb.RegisterControlPlaneServer(s, o.Service)
 	return s
+}
+
+// HeaderRequestID is the response header (gRPC metadata) that carries a call's request id; the
+// gateway forwards it as Grpc-Metadata-X-Request-Id.
+const HeaderRequestID = "x-request-id"
+
+// msgInternal is what a caller learns of an internal error.
+const msgInternal = "internal error"
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// internal reports whether a status code stands for a failure inside the service, whose message
+// may hold internal detail (addresses, SQL, wrapped errors).
+func internal(c codes.Code) bool {
+	return c == codes.Internal || c == codes.Unknown || c == codes.DataLoss
+}
+
+// guard is the outermost handler wrapper but one (metrics and logging see what it answers): it
+// gives every call a request id (header x-request-id), turns a handler's panic into INTERNAL
+// (logged with the stack, counted in distcache_controlplane_panics_total; the process lives
+// on), and replaces the message of an INTERNAL, UNKNOWN or DATA_LOSS answer with
+// "internal error (request id …)", logging the original with that id.
+type guard struct {
+	log     *slog.Logger
+	metrics *cpmetrics.Metrics
+}
+
+func (g guard) finish(ctx context.Context, method, id string, recovered any, err error) error {
+	if recovered != nil {
+		if g.metrics != nil {
+			g.metrics.Panics.WithLabelValues(method).Inc()
+		}
+		g.log.LogAttrs(ctx, slog.LevelError, "handler panicked", slog.String("method", method),
+			slog.String("request_id", id), slog.Any("panic", recovered), slog.String("stack", string(debug.Stack())))
+		return status.Errorf(codes.Internal, "%s (request id %s)", msgInternal, id)
+	}
+	if st, ok := status.FromError(err); ok && err != nil && internal(st.Code()) {
+		g.log.LogAttrs(ctx, slog.LevelError, "internal error", slog.String("method", method),
+			slog.String("request_id", id), slog.String("code", st.Code().String()), slog.String("err", st.Message()))
+		return status.Errorf(st.Code(), "%s (request id %s)", msgInternal, id)
+	}
+	return err
+}
+
+func (g guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	id := newRequestID()
+	_ = grpc.SetHeader(ctx, metadata.Pairs(HeaderRequestID, id))
+	defer func() {
+		r := recover()
+		if r != nil {
+			resp = nil
+		}
+		err = g.finish(ctx, info.FullMethod, id, r, err)
+	}()
+	return h(ctx, req)
+}
+
+func (g guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	id := newRequestID()
+	_ = ss.SetHeader(metadata.Pairs(HeaderRequestID, id))
+	defer func() {
+		err = g.finish(ss.Context(), info.FullMethod, id, recover(), err)
+	}()
+	return h(srv, ss)
 }
 
 // Marshaler is the gateway's JSON: field names as in the .proto (snake_case), every field
@@ -104,7 +190,8 @@ func Marshaler() runtime.Marshaler {
 // the token middleware, plus the unauthenticated /healthz, /readyz, /metrics and /openapi.json.
 // The gateway's client connection is closed when ctx ends.
 func NewHTTP(ctx context.Context, o Options, grpcAddr string) (http.Handler, error) {
-	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, Marshaler()))
+	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, Marshaler()),
+		runtime.WithErrorHandler(gatewayErrors(o.logger())))
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("gateway client: %w", err)
@@ -118,27 +205,22 @@ func NewHTTP(ctx context.Context, o Options, grpcAddr string) (http.Handler, err
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", http.MaxBytesHandler(o.Tokens.Middleware(gw), MaxBodyBytes))
+	mux.Handle("/v1/", o.Tokens.Middleware(limitBody(gw)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if o.Ready != nil {
-			rctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-			defer cancel()
-			if err := o.Ready(rctx); err != nil {
-				o.logger().Warn("not ready", "err", err)
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
-				return
-			}
+		rctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if down := o.failing(rctx, o.Ready); len(down) > 0 {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready: " + strings.Join(down, ", ")})
+			return
 		}
-		if o.Degraded != nil {
-			if err := o.Degraded(r.Context()); err != nil {
-				writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "error": err.Error()})
-				return
-			}
+		if down := o.failing(rctx, o.Degraded); len(down) > 0 {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "degraded: " + strings.Join(down, ", ")})
+			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	if o.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
@@ -156,4 +238,66 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// failing runs checks in name order and returns the names of those that fail; their errors are
+// logged, never answered.
+func (o Options) failing(ctx context.Context, checks map[string]func(context.Context) error) []string {
+	names := make([]string, 0, len(checks))
+	for n := range checks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var down []string
+	for _, n := range names {
+		if err := checks[n](ctx); err != nil {
+			o.logger().Warn("readiness check failed", "component", n, "err", err)
+			down = append(down, n)
+		}
+	}
+	return down
+}
+
+// limitBody reads a request's body, up to MaxBodyBytes, before the gateway sees it: a larger
+// body (declared or sent in chunks) is answered 413 in the gateway's error shape.
+func limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength <= MaxBodyBytes {
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+			var tooLarge *http.MaxBytesError
+			switch {
+			case errors.As(err, &tooLarge):
+			case err != nil:
+				writeJSON(w, http.StatusBadRequest, map[string]any{"code": int(codes.InvalidArgument), "message": "could not read the request body", "details": []any{}})
+				return
+			default:
+				r.Body = io.NopCloser(bytes.NewReader(body))
+				next.ServeHTTP(w, r)
+				return
+			}
+		}
+		w.Header().Set("Connection", "close")
+		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]any{"code": int(codes.InvalidArgument),
+			"message": fmt.Sprintf("request body over %d bytes", MaxBodyBytes), "details": []any{}})
+	})
+}
+
+// gatewayErrors is the gateway's error handler. An answer of the gRPC server (it carries the
+// x-request-id header) was guarded already and is written as grpc-gateway writes it. An error
+// the gateway made itself (the gRPC server unreachable, a response it could not forward) that
+// maps to a 5xx is answered with the code and "internal error (request id …)" only, and the
+// detail is logged.
+func gatewayErrors(log *slog.Logger) runtime.ErrorHandlerFunc {
+	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+		md, _ := runtime.ServerMetadataFromContext(ctx)
+		fromServer := len(md.HeaderMD.Get(HeaderRequestID)) > 0 || len(md.TrailerMD.Get(HeaderRequestID)) > 0
+		st := status.Convert(err)
+		if !fromServer && runtime.HTTPStatusFromCode(st.Code()) >= 500 {
+			id := newRequestID()
+			log.LogAttrs(ctx, slog.LevelError, "gateway error", slog.String("path", r.URL.Path),
+				slog.String("request_id", id), slog.String("code", st.Code().String()), slog.String("err", st.Message()))
+			err = status.Errorf(st.Code(), "%s (request id %s)", msgInternal, id)
+		}
+		runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+	}
 }

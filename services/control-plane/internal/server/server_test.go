@@ -66,14 +66,29 @@ type stack struct {
 	tc      *fakeTemporal
 	logs    *syncBuffer
 	ready   func(context.Context) error
+	metrics *cpmetrics.Metrics
 	// temporalDown makes api.Settings.TemporalErr and the server's Degraded report Temporal down.
 	temporalDown atomic.Bool
 }
 
+// stackSetup changes what startStack serves (tests of the server's own guards).
+type stackSetup struct {
+	// wrap replaces the API service the servers serve, given the real one.
+	wrap func(pb.ControlPlaneServer) pb.ControlPlaneServer
+	// register adds test-only services to the gRPC server.
+	register func(*grpc.Server)
+	// gatewayTarget, when set, is the address the gateway calls instead of the gRPC server's.
+	gatewayTarget string
+}
+
 // startStack starts the gRPC and HTTP servers on free loopback ports, as run does, with an
 // in-memory registry and a fake Temporal client.
-func startStack(t testing.TB) *stack {
+func startStack(t testing.TB, setups ...func(*stackSetup)) *stack {
 	t.Helper()
+	var setup stackSetup
+	for _, f := range setups {
+		f(&setup)
+	}
 	st := &stack{reg: newMemRegistry(), tc: newFakeTemporal(), logs: &syncBuffer{}}
 	log := slog.New(slog.NewJSONHandler(st.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	tErr := func() error {
@@ -83,17 +98,22 @@ func startStack(t testing.TB) *stack {
 		return nil
 	}
 	svc := api.New(st.reg, st.tc, testModels, api.Settings{Namespace: "default", UIURL: "http://ui.test", TemporalErr: tErr}, log)
-	metrics := cpmetrics.New()
+	var service pb.ControlPlaneServer = svc
+	if setup.wrap != nil {
+		service = setup.wrap(svc)
+	}
+	st.metrics = cpmetrics.New()
+	metrics := st.metrics
 	opts := server.Options{
-		Service: svc, Tokens: auth.NewTokens([]string{goodToken, otherToken}), Logger: log, Metrics: metrics,
+		Service: service, Tokens: auth.NewTokens([]string{goodToken, otherToken}), Logger: log, Metrics: metrics,
 		Gatherer: metrics.Registry, OpenAPI: pb.OpenAPI,
-		Ready: func(ctx context.Context) error {
+		Ready: map[string]func(context.Context) error{"redis": func(ctx context.Context) error {
 			if st.ready != nil {
 				return st.ready(ctx)
 			}
 			return nil
-		},
-		Degraded: func(context.Context) error { return tErr() },
+		}},
+		Degraded: map[string]func(context.Context) error{"temporal": func(context.Context) error { return tErr() }},
 	}
 	gl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -104,8 +124,15 @@ func startStack(t testing.TB) *stack {
 		t.Fatal(err)
 	}
 	gs := server.NewGRPC(opts)
+	if setup.register != nil {
+		setup.register(gs)
+	}
+	target := gl.Addr().String()
+	if setup.gatewayTarget != "" {
+		target = setup.gatewayTarget
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h, err := server.NewHTTP(ctx, opts, gl.Addr().String())
+	h, err := server.NewHTTP(ctx, opts, target)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -538,8 +565,8 @@ func TestTemporalDown(t *testing.T) {
 			t.Errorf("GET %s while Temporal is down: %d %s, want 200", path, code, b)
 		}
 	}
-	if code, _, b := st.do(t, "GET", "/readyz", "", nil); code != 200 || !strings.Contains(string(b), `"status":"degraded"`) || !strings.Contains(string(b), "temporal") {
-		t.Errorf("/readyz while Temporal is down = %d %s, want 200 degraded naming temporal", code, b)
+	if code, _, b := st.do(t, "GET", "/readyz", "", nil); code != 200 || !strings.Contains(string(b), `"status":"degraded: temporal"`) || strings.Contains(string(b), "refused") {
+		t.Errorf("/readyz while Temporal is down = %d %s, want 200 \"degraded: temporal\" without the error's text", code, b)
 	}
 
 	// Temporal reported up, but the start fails to reach it.
@@ -556,8 +583,8 @@ func TestTemporalDown(t *testing.T) {
 	if st.reg.has("other") {
 		t.Error("the projection stayed registered although its workflow never started")
 	}
-	if code, _, b := st.do(t, "GET", "/readyz", "", nil); code != 200 || !strings.Contains(string(b), `"status":"ready"`) {
-		t.Errorf("/readyz with Temporal up = %d %s, want 200 ready", code, b)
+	if code, _, b := st.do(t, "GET", "/readyz", "", nil); code != 200 || !strings.Contains(string(b), `"status":"ok"`) {
+		t.Errorf("/readyz with Temporal up = %d %s, want 200 ok", code, b)
 	}
 }
 
@@ -571,8 +598,8 @@ func TestHealthReadyMetricsOpenAPI(t *testing.T) {
 		t.Errorf("/readyz = %d %s", code, b)
 	}
 	st.ready = func(context.Context) error { return errors.New("redis: connection refused") }
-	if code, _, b := st.do(t, "GET", "/readyz", "", nil); code != 503 || !strings.Contains(string(b), "redis") {
-		t.Errorf("/readyz when redis is down = %d %s, want 503 naming redis", code, b)
+	if code, _, b := st.do(t, "GET", "/readyz", "", nil); code != 503 || !strings.Contains(string(b), `"status":"not ready: redis"`) || strings.Contains(string(b), "refused") {
+		t.Errorf("/readyz when redis is down = %d %s, want 503 \"not ready: redis\" without the error's text", code, b)
 	}
 	// One authenticated and one refused call, then the counter shows both codes.
 	st.do(t, "GET", "/v1/projections/x", "Bearer "+goodToken, nil)
