@@ -75,7 +75,7 @@ func TestUpDownUp(t *testing.T) {
 		"function distcache_capture", "function distcache_outbox_append", "function distcache_registry_notify",
 		"function distcache_touch_updated_at",
 		"table distcache_generations", "table distcache_outbox", "table distcache_outbox_dead",
-		"table distcache_outbox_versions", "table distcache_projections", "table distcache_publisher_state",
+		"table distcache_outbox_published", "table distcache_outbox_versions", "table distcache_projections", "table distcache_publisher_state",
 		"table distcache_schema_migrations",
 	}
 	// Down on an empty database has nothing to do and is not an error.

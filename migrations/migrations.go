@@ -28,7 +28,7 @@ import (
 var FS embed.FS
 
 // LatestVersion is the version Up migrates to (the highest file number).
-const LatestVersion = 3
+const LatestVersion = 4
 
 // MigrationsTable is where golang-migrate records the applied version.
 const MigrationsTable = "distcache_schema_migrations"

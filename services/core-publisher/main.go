@@ -168,6 +168,21 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpo
 		relay.WithMetrics(metrics),
 		relay.WithCommitFence(cfg.CommitFence),
 		relay.WithMaxEventSize(cfg.MaxEventBytes),
+		relay.WithVersionCheck(cfg.VersionCheck),
+		relay.WithDeadLetterRetention(cfg.DeadLetterRetention),
+		relay.WithCatalog(func(ctx context.Context) ([]string, error) {
+			// Only models get topics: tables with the capture trigger, the
+			// configured ones, and the outbox-only ones.
+			ms, err := bl.Models(ctx)
+			if err != nil {
+				return nil, err
+			}
+			names := slices.Clone(cfg.OutboxModels)
+			for _, m := range ms {
+				names = append(names, m.Aggregate)
+			}
+			return names, nil
+		}),
 	}
 	if cfg.AutoBackload {
 		ropts = append(ropts, relay.WithOnActive(bl.RunPendingLoop))

@@ -32,41 +32,45 @@ const Prefix = "PUBLISHER"
 // The API's bearer tokens are read by apitoken: PUBLISHER_TOKENS,
 // PUBLISHER_TOKENS_FILE and PUBLISHER_INSECURE_NO_AUTH.
 const (
-	EnvDatabaseURL        = "PUBLISHER_DATABASE_URL"
-	EnvTopicPrefix        = "PUBLISHER_TOPIC_PREFIX"
-	EnvReplicationFactor  = "PUBLISHER_REPLICATION_FACTOR"
-	EnvHTTPAddr           = "PUBLISHER_HTTP_ADDR"
-	EnvBatchSize          = "PUBLISHER_BATCH_SIZE"
-	EnvPollInterval       = "PUBLISHER_POLL_INTERVAL"
-	EnvLeaseRetryInterval = "PUBLISHER_LEASE_RETRY_INTERVAL"
-	EnvLinger             = "PUBLISHER_KAFKA_LINGER"
-	EnvShutdownTimeout    = "PUBLISHER_SHUTDOWN_TIMEOUT"
-	EnvModels             = "PUBLISHER_MODELS"
-	EnvAutoBackload       = "PUBLISHER_AUTO_BACKLOAD"
-	EnvCommitFence        = "PUBLISHER_COMMIT_FENCE"
-	EnvBackloadChunkSize  = "PUBLISHER_BACKLOAD_CHUNK_SIZE"
-	EnvKafkaTransactions  = "PUBLISHER_KAFKA_TRANSACTIONS"
-	EnvKafkaTxnID         = "PUBLISHER_KAFKA_TRANSACTIONAL_ID"
-	EnvMaxEventBytes      = "PUBLISHER_MAX_EVENT_BYTES"
-	EnvLogLevel           = "PUBLISHER_LOG_LEVEL"
-	EnvLogFormat          = "PUBLISHER_LOG_FORMAT"
-	EnvTokens             = "PUBLISHER_TOKENS"           // read by apitoken
-	EnvTokensFile         = "PUBLISHER_TOKENS_FILE"      // read by apitoken
-	EnvInsecureNoAuth     = "PUBLISHER_INSECURE_NO_AUTH" // read by apitoken
+	EnvDatabaseURL         = "PUBLISHER_DATABASE_URL"
+	EnvTopicPrefix         = "PUBLISHER_TOPIC_PREFIX"
+	EnvReplicationFactor   = "PUBLISHER_REPLICATION_FACTOR"
+	EnvHTTPAddr            = "PUBLISHER_HTTP_ADDR"
+	EnvBatchSize           = "PUBLISHER_BATCH_SIZE"
+	EnvPollInterval        = "PUBLISHER_POLL_INTERVAL"
+	EnvLeaseRetryInterval  = "PUBLISHER_LEASE_RETRY_INTERVAL"
+	EnvLinger              = "PUBLISHER_KAFKA_LINGER"
+	EnvShutdownTimeout     = "PUBLISHER_SHUTDOWN_TIMEOUT"
+	EnvModels              = "PUBLISHER_MODELS"
+	EnvAutoBackload        = "PUBLISHER_AUTO_BACKLOAD"
+	EnvCommitFence         = "PUBLISHER_COMMIT_FENCE"
+	EnvBackloadChunkSize   = "PUBLISHER_BACKLOAD_CHUNK_SIZE"
+	EnvKafkaTransactions   = "PUBLISHER_KAFKA_TRANSACTIONS"
+	EnvKafkaTxnID          = "PUBLISHER_KAFKA_TRANSACTIONAL_ID"
+	EnvMaxEventBytes       = "PUBLISHER_MAX_EVENT_BYTES"
+	EnvOutboxModels        = "PUBLISHER_OUTBOX_MODELS"
+	EnvVersionCheck        = "PUBLISHER_VERSION_CHECK"
+	EnvDeadLetterRetention = "PUBLISHER_DEAD_LETTER_RETENTION"
+	EnvLogLevel            = "PUBLISHER_LOG_LEVEL"
+	EnvLogFormat           = "PUBLISHER_LOG_FORMAT"
+	EnvTokens              = "PUBLISHER_TOKENS"           // read by apitoken
+	EnvTokensFile          = "PUBLISHER_TOKENS_FILE"      // read by apitoken
+	EnvInsecureNoAuth      = "PUBLISHER_INSECURE_NO_AUTH" // read by apitoken
 )
 
 // Defaults.
 const (
-	DefaultHTTPAddr           = "127.0.0.1:58081"
-	DefaultReplicationFactor  = -1 // the broker's default.replication.factor
-	DefaultBatchSize          = 2000
-	DefaultPollInterval       = time.Second
-	DefaultLeaseRetryInterval = time.Second
-	DefaultLinger             = 2 * time.Millisecond
-	DefaultShutdownTimeout    = 15 * time.Second
-	DefaultBackloadChunkSize  = 1000
-	DefaultKafkaClientID      = "distcache-core-publisher"
-	DefaultMaxEventBytes      = events.DefaultMaxEventBytes
+	DefaultHTTPAddr            = "127.0.0.1:58081"
+	DefaultReplicationFactor   = -1 // the broker's default.replication.factor
+	DefaultBatchSize           = 2000
+	DefaultPollInterval        = time.Second
+	DefaultLeaseRetryInterval  = time.Second
+	DefaultLinger              = 2 * time.Millisecond
+	DefaultShutdownTimeout     = 15 * time.Second
+	DefaultBackloadChunkSize   = 1000
+	DefaultKafkaClientID       = "distcache-core-publisher"
+	DefaultMaxEventBytes       = events.DefaultMaxEventBytes
+	DefaultDeadLetterRetention = 7 * 24 * time.Hour
 	// MinMaxEventBytes and MaxMaxEventBytes bound PUBLISHER_MAX_EVENT_BYTES:
 	// below 1 KiB hardly an event fits; the upper bound is the producer's
 	// (its record batch limit stays well within franz-go's broker write
@@ -111,9 +115,21 @@ type Config struct {
 	ShutdownTimeout    time.Duration
 	// Models are extra backloadable models (PUBLISHER_MODELS) in addition to
 	// every table the distcache_capture trigger is attached to.
-	Models            []Model
-	AutoBackload      bool
-	BackloadChunkSize int
+	Models []Model
+	// OutboxModels are models written to the outbox by events.OutboxWriter
+	// only, with no table to backload (PUBLISHER_OUTBOX_MODELS). Rows of an
+	// aggregate that is neither a capture-trigger table, nor in Models, nor
+	// here are dead-lettered as of an unknown model.
+	OutboxModels []string
+	// VersionCheck: dead-letter a row whose version does not exceed its
+	// key's published version (relay.WithVersionCheck). Default true; false
+	// when the writer owns ordering.
+	VersionCheck bool
+	// DeadLetterRetention: dead letters older than this are deleted; 0
+	// keeps them. Default 7 days.
+	DeadLetterRetention time.Duration
+	AutoBackload        bool
+	BackloadChunkSize   int
 	// CommitFence: read only rows older than every running transaction
 	// (relay.WithCommitFence). Default true.
 	CommitFence bool
@@ -149,8 +165,17 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		AutoBackload:         r.Bool(EnvAutoBackload, true),
 		CommitFence:          r.Bool(EnvCommitFence, true),
 		MaxEventBytes:        r.Int(EnvMaxEventBytes, DefaultMaxEventBytes, MinMaxEventBytes, MaxMaxEventBytes),
+		VersionCheck:         r.Bool(EnvVersionCheck, true),
+		DeadLetterRetention:  r.Duration(EnvDeadLetterRetention, DefaultDeadLetterRetention, 0),
 		LogLevel:             r.LogLevel(EnvLogLevel, slog.LevelInfo),
 		LogJSON:              r.OneOf(EnvLogFormat, "json", "json", "text") == "json",
+	}
+	for _, a := range r.List(EnvOutboxModels) {
+		if err := events.ValidateAggregateName(a); err != nil {
+			r.Fail(EnvOutboxModels, "%q: %v", a, err)
+			continue
+		}
+		c.OutboxModels = append(c.OutboxModels, a)
 	}
 	if c.ReplicationFactor == 0 {
 		r.Fail(EnvReplicationFactor, "0: want -1 (the broker's default) or 1..32767")
@@ -233,6 +258,9 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("linger", c.Linger),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
 		slog.Any("models", models),
+		slog.Any("outbox_models", c.OutboxModels),
+		slog.Bool("version_check", c.VersionCheck),
+		slog.Duration("dead_letter_retention", c.DeadLetterRetention),
 		slog.Bool("auto_backload", c.AutoBackload),
 		slog.Bool("commit_fence", c.CommitFence),
 		slog.Int("backload_chunk_size", c.BackloadChunkSize),

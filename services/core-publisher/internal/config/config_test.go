@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -51,6 +52,9 @@ func TestFromEnvDefaults(t *testing.T) {
 		{"kafka client id", c.Kafka.ClientID, DefaultKafkaClientID},
 		{"sasl", c.Kafka.SASLMechanism, ""},
 		{"max event bytes", c.MaxEventBytes, 1 << 20},
+		{"version check", c.VersionCheck, true},
+		{"dead letter retention", c.DeadLetterRetention, 7 * 24 * time.Hour},
+		{"outbox models", len(c.OutboxModels), 0},
 		{"api tokens", len(c.API.Tokens), 1},
 		{"api insecure", c.API.Insecure, false},
 	}
@@ -75,6 +79,9 @@ func TestFromEnvValues(t *testing.T) {
 		EnvAutoBackload, "false",
 		EnvCommitFence, "false",
 		EnvMaxEventBytes, "4194304",
+		EnvOutboxModels, "orders, invoices",
+		EnvVersionCheck, "false",
+		EnvDeadLetterRetention, "72h",
 	)...))
 	if err != nil {
 		t.Fatal(err)
@@ -85,6 +92,10 @@ func TestFromEnvValues(t *testing.T) {
 	want := []Model{{"users", "users", "id"}, {"teams", "app.teams", "slug"}}
 	if len(c.Models) != 2 || c.Models[0] != want[0] || c.Models[1] != want[1] {
 		t.Errorf("models: got %+v, want %+v", c.Models, want)
+	}
+	if fmt.Sprint(c.OutboxModels) != "[orders invoices]" || c.VersionCheck || c.DeadLetterRetention != 72*time.Hour {
+		t.Errorf("outbox models %v, version check %v, dead-letter retention %v; want [orders invoices], false, 72h",
+			c.OutboxModels, c.VersionCheck, c.DeadLetterRetention)
 	}
 	if c.Kafka.SASLMechanism != kafkaconf.SASLScramSHA512 || c.Kafka.SASLUsername != "pub" {
 		t.Errorf("sasl: got %q as %q, want %q as pub", c.Kafka.SASLMechanism, c.Kafka.SASLUsername, kafkaconf.SASLScramSHA512)
@@ -125,6 +136,9 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 		{"bad log level", append(minimal, EnvLogLevel, "loud"), EnvLogLevel},
 		{"max event bytes not a number", append(minimal, EnvMaxEventBytes, "1MiB"), EnvMaxEventBytes},
 		{"max event bytes too small", append(minimal, EnvMaxEventBytes, "100"), EnvMaxEventBytes},
+		{"outbox model with a dot", append(minimal, EnvOutboxModels, "ok,users.v2"), EnvOutboxModels},
+		{"dead-letter retention not a duration", append(minimal, EnvDeadLetterRetention, "7d"), EnvDeadLetterRetention},
+		{"version check not a bool", append(minimal, EnvVersionCheck, "maybe"), EnvVersionCheck},
 		{"max event bytes too large", append(minimal, EnvMaxEventBytes, "1073741824"), EnvMaxEventBytes},
 	}
 	for _, tt := range tests {

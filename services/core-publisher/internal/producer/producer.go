@@ -29,7 +29,10 @@ import (
 
 // ErrTopicUnsuitable is matched (errors.Is) by a *TopicError: the topic exists
 // but cannot carry full-state records (not compacted, or more than one
-// partition, so per-key order or the latest state per key is not kept).
+// partition, so per-key order or the latest state per key is not kept), the
+// broker refused to create it, or (from Produce) the broker refuses writes
+// to it (an ACL, a policy): no record of that topic can be published until
+// someone changes the broker.
 var ErrTopicUnsuitable = errors.New("topic unsuitable for distcache")
 
 // TopicError says why a topic was refused.
@@ -77,6 +80,12 @@ func recordRefusal(err error) bool {
 		}
 	}
 	return false
+}
+
+// topicRefusal reports whether err refuses writes to a whole topic, for
+// every record, until someone changes the broker's ACLs or policies.
+func topicRefusal(err error) bool {
+	return errors.Is(err, kerr.TopicAuthorizationFailed) || errors.Is(err, kerr.PolicyViolation)
 }
 
 // BatchOverhead is added to the largest event to get the record batch limit
@@ -361,12 +370,19 @@ func (p *Producer) produce(ctx context.Context, recs []*kgo.Record) error {
 		firstErr error
 	)
 	wg.Add(len(recs))
-	var refused *RecordError
+	var (
+		refused     *RecordError
+		topicDenied *TopicError
+	)
 	for i, r := range recs {
 		p.cl.Produce(ctx, r, func(r *kgo.Record, err error) {
 			if err != nil {
 				mu.Lock()
-				if recordRefusal(err) {
+				if topicRefusal(err) {
+					if topicDenied == nil {
+						topicDenied = &TopicError{Topic: r.Topic, Reason: "writes refused: " + err.Error()}
+					}
+				} else if recordRefusal(err) {
 					if refused == nil || i < refused.Index {
 						refused = &RecordError{Index: i, Topic: r.Topic, Err: err}
 					}
@@ -388,6 +404,10 @@ func (p *Producer) produce(ctx context.Context, recs []*kgo.Record) error {
 		// Another failure (a retriable one that ran out, a fenced producer)
 		// says nothing about any single record: retry the whole batch.
 		return firstErr
+	}
+	if topicDenied != nil {
+		// Before any record's refusal: the records of that topic all fail.
+		return topicDenied
 	}
 	if refused != nil {
 		return refused

@@ -15,6 +15,8 @@ type Metrics struct {
 	EventsPublished *prometheus.CounterVec
 	// DeadLetters counts outbox rows moved to distcache_outbox_dead, by aggregate.
 	DeadLetters *prometheus.CounterVec
+	// DeadLettersPruned counts dead letters deleted past their retention.
+	DeadLettersPruned prometheus.Counter
 	// Lag is the age of the oldest unpublished outbox row (0 when empty).
 	Lag prometheus.Gauge
 	// Active is 1 while this instance holds the relay lease, 0 in standby.
@@ -51,8 +53,12 @@ func New() *Metrics {
 		}, []string{"aggregate"}),
 		DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "distcache_publisher_dead_letters_total",
-			Help: "Outbox rows moved to distcache_outbox_dead because they were invalid.",
+			Help: "Outbox rows moved to distcache_outbox_dead: invalid, oversized, of an unknown model, older than the published version, or refused by the broker.",
 		}, []string{"aggregate"}),
+		DeadLettersPruned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "distcache_publisher_dead_letters_pruned_total",
+			Help: "Dead letters deleted from distcache_outbox_dead past their retention (PUBLISHER_DEAD_LETTER_RETENTION).",
+		}),
 		Lag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "distcache_publisher_lag_seconds",
 			Help: "Age of the oldest unpublished outbox row, 0 when the outbox is empty.",
@@ -73,7 +79,7 @@ func New() *Metrics {
 		}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "distcache_publisher_errors_total",
-			Help: "Failed relay passes, by stage (read, produce, commit, lease, topic).",
+			Help: "Failed relay passes, by stage (read, produce, commit, lease, topic, catalog, prune).",
 		}, []string{"stage"}),
 		ModelsHeld: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "distcache_publisher_models_held",
@@ -95,7 +101,7 @@ func New() *Metrics {
 	r.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.EventsPublished, m.DeadLetters, m.Lag, m.Active, m.BatchSeconds, m.CommitToAck,
+		m.EventsPublished, m.DeadLetters, m.DeadLettersPruned, m.Lag, m.Active, m.BatchSeconds, m.CommitToAck,
 		m.Errors, m.ModelsHeld, m.BackloadRows, m.BackloadProgress, m.BackloadRunning,
 	)
 	return m

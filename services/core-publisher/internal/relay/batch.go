@@ -28,25 +28,39 @@ type row struct {
 	headers   []byte
 	eventID   string
 	createdAt time.Time
+	published int64 // the key's version in distcache_outbox_published (0: none)
 }
 
 // finalExpr is the commit fence: the row's transaction is older than every
 // transaction still running when the statement took its snapshot.
 const finalExpr = `txid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))`
 
-// Without the fence every visible row counts as final.
-var (
-	fetchSQLNoFence       = strings.Replace(fetchSQL, finalExpr, "true", 1)
-	commitFetchSQLNoFence = strings.Replace(commitFetchSQL, finalExpr, "true", 1)
-)
+// publishedExpr reads the row's key's published version
+// (distcache_outbox_published), 0 when the key was never published.
+const publishedExpr = `COALESCE((SELECT p.version FROM distcache_outbox_published p
+		WHERE p.aggregate = o.aggregate AND p.agg_key = o.agg_key), 0)`
+
+// fetchVariant returns the fetch statement q without the commit fence
+// (every visible row counts as final) and/or without the published version
+// (read as 0: the writer owns ordering).
+func fetchVariant(q string, fence, versionCheck bool) string {
+	if !fence {
+		q = strings.Replace(q, finalExpr, "true", 1)
+	}
+	if !versionCheck {
+		q = strings.Replace(q, publishedExpr, "0", 1)
+	}
+	return q
+}
 
 // fetchSQL reads the oldest rows by id with their finality. COALESCE keeps
 // rows that break the schema's checks (if those were dropped) readable so
 // they can become dead letters instead of stopping the relay.
 const fetchSQL = `SELECT id, txid < (SELECT pg_snapshot_xmin(pg_current_snapshot())),
 	COALESCE(aggregate, ''), COALESCE(agg_key, ''), COALESCE(version, 0), COALESCE(op, ''),
-	payload, COALESCE(headers, '{}'::jsonb), COALESCE(event_id::text, ''), COALESCE(created_at, now())
-FROM distcache_outbox
+	payload, COALESCE(headers, '{}'::jsonb), COALESCE(event_id::text, ''), COALESCE(created_at, now()),
+	` + publishedExpr + `
+FROM distcache_outbox o
 WHERE NOT (COALESCE(aggregate, '') = ANY($2::text[])) AND NOT (id = ANY($3::bigint[]))
 ORDER BY id
 LIMIT $1`
@@ -61,14 +75,25 @@ const commitSQL = `WITH dead AS (
 		o.payload, COALESCE(o.headers, '{}'::jsonb), COALESCE(o.event_id, gen_random_uuid()), COALESCE(o.created_at, now()), d.reason
 	FROM distcache_outbox o JOIN dead d USING (id)
 	ON CONFLICT (id) DO NOTHING
+), published AS (
+	` + upsertPublished + `
 )
 DELETE FROM distcache_outbox WHERE id = ANY($1::bigint[])`
 
-// commitFetchSQL is commitSQL ($1 handled ids, $2/$3 dead ids and reasons)
-// and fetchSQL ($4 limit, $5 blocked aggregates) in one statement: one round
-// trip per batch when the relay is not pipelining. The read sees the
-// statement's snapshot, from before the delete, so it excludes $1.
-const commitFetchSQL = `WITH dead AS (
+// upsertPublished records the highest version published per key: $4
+// aggregates, $5 keys, $6 versions, one entry per key (ON CONFLICT may not
+// touch a row twice in one statement).
+const upsertPublished = `INSERT INTO distcache_outbox_published AS p (aggregate, agg_key, version)
+	SELECT * FROM unnest($4::text[], $5::text[], $6::bigint[])
+	ON CONFLICT (aggregate, agg_key) DO UPDATE SET version = GREATEST(p.version, EXCLUDED.version)`
+
+// commitFetchSQL is commitSQL ($1 handled ids, $2/$3 dead ids and reasons,
+// $6/$7/$8 the published versions) and fetchSQL ($4 limit, $5 blocked
+// aggregates) in one statement: one round trip per batch when the relay is
+// not pipelining. The read sees the statement's snapshot, from before the
+// delete and the published versions' update, so it excludes $1 and the
+// caller overlays the committed batch's versions (batch.versions).
+var commitFetchSQL = `WITH dead AS (
 	SELECT * FROM unnest($2::bigint[], $3::text[]) AS d(id, reason)
 ), moved AS (
 	INSERT INTO distcache_outbox_dead (id, txid, aggregate, agg_key, version, op, payload, headers, event_id, created_at, reason)
@@ -76,16 +101,22 @@ const commitFetchSQL = `WITH dead AS (
 		o.payload, COALESCE(o.headers, '{}'::jsonb), COALESCE(o.event_id, gen_random_uuid()), COALESCE(o.created_at, now()), d.reason
 	FROM distcache_outbox o JOIN dead d USING (id)
 	ON CONFLICT (id) DO NOTHING
+), published AS (
+	` + upsertPublishedAt7 + `
 ), deleted AS (
 	DELETE FROM distcache_outbox WHERE id = ANY($1::bigint[])
 )
 SELECT id, txid < (SELECT pg_snapshot_xmin(pg_current_snapshot())),
 	COALESCE(aggregate, ''), COALESCE(agg_key, ''), COALESCE(version, 0), COALESCE(op, ''),
-	payload, COALESCE(headers, '{}'::jsonb), COALESCE(event_id::text, ''), COALESCE(created_at, now())
-FROM distcache_outbox
+	payload, COALESCE(headers, '{}'::jsonb), COALESCE(event_id::text, ''), COALESCE(created_at, now()),
+	` + publishedExpr + `
+FROM distcache_outbox o
 WHERE NOT (COALESCE(aggregate, '') = ANY($5::text[])) AND NOT (id = ANY($1::bigint[]))
 ORDER BY id
 LIMIT $4`
+
+// upsertPublishedAt7 is upsertPublished with its arrays at $6, $7 and $8.
+var upsertPublishedAt7 = strings.NewReplacer("$4::", "$6::", "$5::", "$7::", "$6::", "$8::").Replace(upsertPublished)
 
 // batch is one prepared batch: the final prefix of the rows read, turned
 // into records and dead letters.
@@ -96,12 +127,19 @@ type batch struct {
 	recID      []int64
 	recAgg     []string
 	recCreated []time.Time
-	done       []int64 // ids to delete once recs are acknowledged: published and dead rows
-	deadIDs    []int64
-	deadWhy    []string
-	deadAgg    []string
-	full       bool // the read returned a full batch: more may be waiting
-	heldBack   bool // a committed row was not final yet
+	recKey     []string // the row's key, for distcache_outbox_published
+	recVer     []int64
+	// versions is the highest version per key (aggregate + "\x00" + key)
+	// among recs: reads that cannot see this batch's update of
+	// distcache_outbox_published yet (pipelined, or in the statement that
+	// commits it) check against it.
+	versions map[string]int64
+	done     []int64 // ids to delete once recs are acknowledged: published and dead rows
+	deadIDs  []int64
+	deadWhy  []string
+	deadAgg  []string
+	full     bool // the read returned a full batch: more may be waiting
+	heldBack bool // a committed row was not final yet
 }
 
 // finalPrefix returns the longest prefix of rows (in id order) that are all
@@ -171,19 +209,26 @@ func record(rw *row, maxBytes int, topicPrefix string) (*kgo.Record, error) {
 	return rec, nil
 }
 
-// readBatch reads the next batch, skipping the rows of exclude (a batch
-// still in flight), and prepares it.
-func (r *Relay) readBatch(ctx context.Context, conn *pgx.Conn, exclude []int64) (*batch, error) {
-	return r.readBatchAfter(ctx, conn, exclude, nil, time.Time{})
+// readBatch reads the next batch, skipping the rows of inflight (a batch
+// still being produced, or nil), and prepares it.
+func (r *Relay) readBatch(ctx context.Context, conn *pgx.Conn, inflight *batch) (*batch, error) {
+	var exclude []int64
+	if inflight != nil {
+		exclude = inflight.done
+	}
+	return r.readBatchAfter(ctx, conn, exclude, inflight, nil, time.Time{})
 }
 
 // commitAndRead deletes done's rows (acknowledged at acked) and reads the
 // next batch in one statement.
 func (r *Relay) commitAndRead(ctx context.Context, conn *pgx.Conn, done *batch, acked time.Time) (*batch, error) {
-	return r.readBatchAfter(ctx, conn, done.done, done, acked)
+	return r.readBatchAfter(ctx, conn, done.done, done, done, acked)
 }
 
-func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []int64, done *batch, acked time.Time) (*batch, error) {
+// readBatchAfter reads and prepares a batch. prev is the batch before it
+// whose published versions the read cannot see (in flight, or committed by
+// the same statement), or nil; done is the batch this statement commits.
+func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []int64, prev, done *batch, acked time.Time) (*batch, error) {
 	b := &batch{start: time.Now()}
 	rows, err := r.fetch(ctx, conn, exclude, done)
 	if err != nil {
@@ -223,17 +268,42 @@ func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []in
 	b.recID = make([]int64, 0, len(rows))
 	b.recAgg = make([]string, 0, len(rows))
 	b.recCreated = make([]time.Time, 0, len(rows))
+	b.recKey = make([]string, 0, len(rows))
+	b.recVer = make([]int64, 0, len(rows))
+	b.versions = make(map[string]int64, len(rows))
 	b.done = make([]int64, 0, len(rows))
+	dead := func(rw *row, reason string) {
+		b.deadIDs = append(b.deadIDs, rw.id)
+		b.deadWhy = append(b.deadWhy, reason)
+		b.deadAgg = append(b.deadAgg, rw.aggregate)
+		b.done = append(b.done, rw.id)
+	}
 	topics := map[string]error{}
+	catalogRead := false
 	for i := range rows {
 		rw := &rows[i]
+		if known, err := r.knownModel(ctx, rw.aggregate, &catalogRead); err != nil {
+			return nil, err
+		} else if !known {
+			dead(rw, fmt.Sprintf("unknown model %q: %s", rw.aggregate, unknownModelHint))
+			continue
+		}
 		rec, err := record(rw, r.o.maxEventBytes, r.o.topicPrefix)
 		if err != nil {
-			b.deadIDs = append(b.deadIDs, rw.id)
-			b.deadWhy = append(b.deadWhy, err.Error())
-			b.deadAgg = append(b.deadAgg, rw.aggregate)
-			b.done = append(b.done, rw.id)
+			dead(rw, err.Error())
 			continue
+		}
+		vkey := rw.aggregate + "\x00" + rw.key
+		if r.o.versionCheck {
+			last := max(rw.published, b.versions[vkey])
+			if prev != nil {
+				last = max(last, prev.versions[vkey])
+			}
+			if rw.version <= last {
+				dead(rw, fmt.Sprintf("%s: version %d does not exceed version %d already published for key %q",
+					ErrVersionNotNewer, rw.version, last, rw.key))
+				continue
+			}
 		}
 		terr, checked := topics[rec.Topic]
 		if !checked {
@@ -245,8 +315,6 @@ func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []in
 					return nil, fmt.Errorf("ensure topic: %w", terr)
 				}
 				r.block(rw.aggregate, terr)
-			} else {
-				r.release(rw.aggregate)
 			}
 		}
 		if terr != nil {
@@ -256,17 +324,48 @@ func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []in
 		b.recID = append(b.recID, rw.id)
 		b.recAgg = append(b.recAgg, rw.aggregate)
 		b.recCreated = append(b.recCreated, rw.createdAt)
+		b.recKey = append(b.recKey, rw.key)
+		b.recVer = append(b.recVer, rw.version)
+		b.versions[vkey] = rw.version
 		b.done = append(b.done, rw.id)
 	}
 	return b, nil
 }
 
-// refused moves the records the broker refused (by index in b.recs, with
-// the reason) to the batch's dead rows: they are deleted from the outbox and
-// kept in distcache_outbox_dead like rows the relay found invalid.
-func (b *batch) refused(why map[int]string) {
-	if len(why) == 0 {
+// unknownModelHint ends the dead-letter reason of a row whose aggregate is no
+// model.
+const unknownModelHint = "no table has the distcache_capture trigger for it and the publisher's configuration does not list it (rows of unregistered models get no topic)"
+
+// published returns the highest version published per key among b's
+// records, as the arrays of upsertPublished (one entry per key).
+func (b *batch) published() (aggs, keys []string, versions []int64) {
+	n := len(b.recs)
+	aggs, keys, versions = make([]string, 0, n), make([]string, 0, n), make([]int64, 0, n)
+	at := make(map[string]int, n)
+	for i := range b.recs {
+		k := b.recAgg[i] + "\x00" + b.recKey[i]
+		if j, ok := at[k]; ok {
+			versions[j] = max(versions[j], b.recVer[i])
+			continue
+		}
+		at[k] = len(keys)
+		aggs, keys, versions = append(aggs, b.recAgg[i]), append(keys, b.recKey[i]), append(versions, b.recVer[i])
+	}
+	return aggs, keys, versions
+}
+
+// settle applies what the broker said of b's records: those it refused
+// (by index in b.recs, with the reason) move to the batch's dead rows, to be
+// deleted from the outbox and kept in distcache_outbox_dead like rows the
+// relay found invalid; those of a held topic (heldTopics) leave the batch
+// and stay in the outbox, unpublished, until the topic takes writes.
+func (b *batch) settle(why map[int]string, heldTopics map[string]error) {
+	if len(why) == 0 && len(heldTopics) == 0 {
 		return
+	}
+	var keepIDs map[int64]bool
+	if len(heldTopics) > 0 {
+		keepIDs = map[int64]bool{}
 	}
 	keep := 0
 	for i := range b.recs {
@@ -276,11 +375,24 @@ func (b *batch) refused(why map[int]string) {
 			b.deadAgg = append(b.deadAgg, b.recAgg[i])
 			continue
 		}
+		if _, held := heldTopics[b.recs[i].Topic]; held {
+			keepIDs[b.recID[i]] = true
+			continue
+		}
 		b.recs[keep], b.recID[keep], b.recAgg[keep], b.recCreated[keep] = b.recs[i], b.recID[i], b.recAgg[i], b.recCreated[i]
+		b.recKey[keep], b.recVer[keep] = b.recKey[i], b.recVer[i]
 		keep++
 	}
 	b.recs, b.recID, b.recAgg, b.recCreated = b.recs[:keep], b.recID[:keep], b.recAgg[:keep], b.recCreated[:keep]
+	b.recKey, b.recVer = b.recKey[:keep], b.recVer[:keep]
+	if len(keepIDs) > 0 {
+		b.done = slices.DeleteFunc(b.done, func(id int64) bool { return keepIDs[id] })
+	}
 }
+
+// holdTopics drops from b (not produced yet) the records of heldTopics,
+// leaving their rows in the outbox.
+func (b *batch) holdTopics(heldTopics map[string]error) { b.settle(nil, heldTopics) }
 
 // commit deletes a batch's rows after its records were acknowledged at
 // acked, moving its dead rows to distcache_outbox_dead.
@@ -288,7 +400,8 @@ func (r *Relay) commit(ctx context.Context, conn *pgx.Conn, b *batch, acked time
 	if len(b.done) == 0 {
 		return nil
 	}
-	if _, err := conn.Exec(ctx, commitSQL, b.done, b.deadIDs, b.deadWhy); err != nil {
+	aggs, keys, vers := b.published()
+	if _, err := conn.Exec(ctx, commitSQL, b.done, b.deadIDs, b.deadWhy, aggs, keys, vers); err != nil {
 		r.o.metrics.Errors.WithLabelValues("commit").Inc()
 		return fmt.Errorf("delete published rows: %w", err)
 	}
@@ -302,6 +415,7 @@ func (r *Relay) committed(b *batch, acked time.Time) {
 		r.o.metrics.EventsPublished.WithLabelValues(b.recAgg[i]).Inc()
 		r.o.metrics.CommitToAck.Observe(acked.Sub(b.recCreated[i]).Seconds())
 	}
+	r.releasePublished(b.recAgg)
 	for i, id := range b.deadIDs {
 		r.o.metrics.DeadLetters.WithLabelValues(b.deadAgg[i]).Inc()
 		r.o.log.Warn("outbox row moved to dead letters", "id", id, "aggregate", b.deadAgg[i], "reason", b.deadWhy[i])
@@ -337,15 +451,25 @@ func (r *Relay) releaseAll() {
 	}
 }
 
-// release ends the hold of aggregate, if any: its topic was accepted.
-func (r *Relay) release(aggregate string) {
+// releasePublished ends the holds of the aggregates in aggs (of a committed
+// batch): their topic took their records.
+func (r *Relay) releasePublished(aggs []string) {
 	r.mu.Lock()
-	_, ok := r.held[aggregate]
-	delete(r.held, aggregate)
+	if len(r.held) == 0 {
+		r.mu.Unlock()
+		return
+	}
+	var released []string
+	for _, a := range aggs {
+		if _, ok := r.held[a]; ok {
+			delete(r.held, a)
+			released = append(released, a)
+		}
+	}
 	r.mu.Unlock()
-	if ok {
-		r.o.metrics.ModelsHeld.WithLabelValues(aggregate).Set(0)
-		r.o.log.Info("aggregate released: its topic is accepted", "aggregate", aggregate)
+	for _, a := range released {
+		r.o.metrics.ModelsHeld.WithLabelValues(a).Set(0)
+		r.o.log.Info("aggregate released: its topic takes its events", "aggregate", a)
 	}
 }
 
@@ -373,14 +497,11 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, exclude []int64, done
 	}
 	var rs pgx.Rows
 	var err error
-	fetch, commitFetch := fetchSQL, commitFetchSQL
-	if !r.o.commitFence {
-		fetch, commitFetch = fetchSQLNoFence, commitFetchSQLNoFence
-	}
 	if done != nil {
-		rs, err = conn.Query(ctx, commitFetch, done.done, done.deadIDs, done.deadWhy, r.o.batchSize, blocked)
+		aggs, keys, vers := done.published()
+		rs, err = conn.Query(ctx, r.commitFetchSQL, done.done, done.deadIDs, done.deadWhy, r.o.batchSize, blocked, aggs, keys, vers)
 	} else {
-		rs, err = conn.Query(ctx, fetch, r.o.batchSize, blocked, exclude)
+		rs, err = conn.Query(ctx, r.fetchSQL, r.o.batchSize, blocked, exclude)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
@@ -389,7 +510,7 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, exclude []int64, done
 	for rs.Next() {
 		var rw row
 		if err := rs.Scan(&rw.id, &rw.final, &rw.aggregate, &rw.key, &rw.version, &rw.op,
-			&rw.payload, &rw.headers, &rw.eventID, &rw.createdAt); err != nil {
+			&rw.payload, &rw.headers, &rw.eventID, &rw.createdAt, &rw.published); err != nil {
 			rs.Close()
 			return nil, fmt.Errorf("read outbox: %w", err)
 		}

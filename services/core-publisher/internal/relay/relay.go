@@ -73,6 +73,15 @@ type Relay struct {
 	prod        Producer // of the current lease term
 	o           options
 
+	// The statements of this relay's options (fetchVariant).
+	fetchSQL, commitFetchSQL string
+
+	// known caches the catalog's models (WithCatalog), read again when a row
+	// of another aggregate shows up (once per batch).
+	known map[string]bool
+
+	lastPrune time.Time // of distcache_outbox_dead (WithDeadLetterRetention)
+
 	mu      sync.Mutex
 	status  Status
 	blocked map[string]time.Time // aggregates whose topic was refused, until
@@ -112,7 +121,20 @@ type options struct {
 	onActive           func(ctx context.Context)
 	commitFence        bool
 	maxEventBytes      int
+	versionCheck       bool
+	catalog            Catalog
+	deadRetention      time.Duration
 }
+
+// Catalog lists the models (aggregate names) whose rows may be published.
+type Catalog func(ctx context.Context) ([]string, error)
+
+// ErrVersionNotNewer starts the dead-letter reason of a row whose version
+// does not exceed the version already published for its key.
+var ErrVersionNotNewer = errors.New("version not newer than the published one")
+
+// deadPruneInterval is how often the active relay prunes old dead letters.
+const deadPruneInterval = 10 * time.Minute
 
 // Option configures a Relay.
 type Option func(*options)
@@ -170,6 +192,28 @@ func WithCommitFence(on bool) Option { return func(o *options) { o.commitFence =
 // events.DefaultMaxEventBytes.
 func WithMaxEventSize(n int) Option { return func(o *options) { o.maxEventBytes = n } }
 
+// WithVersionCheck turns on or off the refusal of rows whose version does
+// not exceed the last version published for their key
+// (distcache_outbox_published): such a row is dead-lettered with both
+// versions and an ErrVersionNotNewer reason instead of overwriting a newer
+// state at every consumer. Turn it off only when the writer owns ordering
+// and means to publish older versions again. Default on.
+func WithVersionCheck(on bool) Option { return func(o *options) { o.versionCheck = on } }
+
+// WithCatalog makes the relay publish only rows of the models c lists:
+// other rows are dead-lettered as of an unknown model, and no topic is
+// created for them. c is read when a row of an aggregate it did not list
+// (yet) shows up, at most once per batch, so a model registered while the
+// relay runs is found. Default: nil, every aggregate
+// is published.
+func WithCatalog(c Catalog) Option { return func(o *options) { o.catalog = c } }
+
+// WithDeadLetterRetention makes the active relay delete dead letters older
+// than d (by failed_at) every 10 minutes; 0 keeps them forever. Default 0.
+func WithDeadLetterRetention(d time.Duration) Option {
+	return func(o *options) { o.deadRetention = d }
+}
+
 // New returns a relay reading the outbox through connections made from
 // connCfg and producing with producers from newProducer.
 func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (*Relay, error) {
@@ -181,6 +225,7 @@ func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (
 		topicPrefix:        events.DefaultTopicPrefix,
 		commitFence:        true,
 		maxEventBytes:      events.DefaultMaxEventBytes,
+		versionCheck:       true,
 	}
 	for _, f := range opts {
 		f(&o)
@@ -196,6 +241,8 @@ func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (
 		return nil, errors.New("relay: intervals must be positive")
 	case o.maxEventBytes < 1:
 		return nil, fmt.Errorf("relay: max event bytes %d, want >= 1", o.maxEventBytes)
+	case o.deadRetention < 0:
+		return nil, fmt.Errorf("relay: dead-letter retention %v, want >= 0", o.deadRetention)
 	}
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
@@ -218,7 +265,64 @@ func New(connCfg *pgx.ConnConfig, newProducer ProducerFactory, opts ...Option) (
 		// key index is always right.
 		connCfg.RuntimeParams["enable_seqscan"] = "off"
 	}
-	return &Relay{connCfg: connCfg, newProducer: newProducer, o: o, blocked: map[string]time.Time{}, held: map[string]HeldModel{}}, nil
+	return &Relay{
+		connCfg: connCfg, newProducer: newProducer, o: o,
+		fetchSQL:       fetchVariant(fetchSQL, o.commitFence, o.versionCheck),
+		commitFetchSQL: fetchVariant(commitFetchSQL, o.commitFence, o.versionCheck),
+		blocked:        map[string]time.Time{}, held: map[string]HeldModel{},
+	}, nil
+}
+
+// knownModel reports whether aggregate is a model of the catalog (always
+// true without one). An aggregate the cached catalog does not list makes it
+// read the catalog again, once per batch (*reread tells whether this batch
+// did), so a model registered a moment ago is never taken for unknown.
+func (r *Relay) knownModel(ctx context.Context, aggregate string, reread *bool) (bool, error) {
+	if r.o.catalog == nil || r.known[aggregate] {
+		return true, nil
+	}
+	if *reread {
+		return false, nil
+	}
+	*reread = true
+	names, err := r.o.catalog(ctx)
+	if err != nil {
+		r.o.metrics.Errors.WithLabelValues("catalog").Inc()
+		return false, fmt.Errorf("read model catalog: %w", err)
+	}
+	r.known = make(map[string]bool, len(names))
+	for _, n := range names {
+		r.known[n] = true
+	}
+	return r.known[aggregate], nil
+}
+
+// pruneDeadLetters deletes dead letters past the retention, in chunks, at
+// most every deadPruneInterval.
+func (r *Relay) pruneDeadLetters(ctx context.Context, conn *pgx.Conn) error {
+	if r.o.deadRetention <= 0 || time.Since(r.lastPrune) < deadPruneInterval {
+		return nil
+	}
+	r.lastPrune = time.Now()
+	var total int64
+	for {
+		tag, err := conn.Exec(ctx, `DELETE FROM distcache_outbox_dead WHERE id IN (
+			SELECT id FROM distcache_outbox_dead WHERE failed_at < now() - $1::interval LIMIT 10000)`,
+			fmt.Sprintf("%d microseconds", r.o.deadRetention.Microseconds()))
+		if err != nil {
+			r.o.metrics.Errors.WithLabelValues("prune").Inc()
+			return fmt.Errorf("prune dead letters: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < 10000 {
+			break
+		}
+	}
+	if total > 0 {
+		r.o.metrics.DeadLettersPruned.Add(float64(total))
+		r.o.log.Info("dead letters past their retention deleted", "deleted", total, "retention", r.o.deadRetention)
+	}
+	return nil
 }
 
 // Status returns the relay's current state.
@@ -371,19 +475,27 @@ func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
 		}
 		if len(cur.done) > 0 {
 			produced := make(chan error, 1)
+			out := &produceOutcome{refused: map[int]string{}, held: map[string]error{}}
 			recs := cur.recs
-			refused := map[int]string{}
-			go func() { produced <- r.produceAll(hard, recs, 0, refused) }()
+			go func() { produced <- r.produceAll(hard, recs, indices(len(recs)), out) }()
 			var next *batch
 			var nextErr error
 			if cur.full && ctx.Err() == nil {
-				next, nextErr = r.readBatch(hard, conn, cur.done)
+				next, nextErr = r.readBatch(hard, conn, cur)
 			}
 			if err := <-produced; err != nil {
 				r.o.metrics.Errors.WithLabelValues("produce").Inc()
 				return err
 			}
-			cur.refused(refused)
+			if len(out.held) > 0 {
+				r.holdTopics(cur, out.held)
+				if next != nil {
+					// Read before the hold: its records of those topics stay
+					// behind the held ones, in the outbox.
+					next.holdTopics(out.held)
+				}
+			}
+			cur.settle(out.refused, out.held)
 			acked := time.Now()
 			if next == nil && nextErr == nil && ctx.Err() == nil {
 				// Not pipelined: delete and read on in one round trip.
@@ -408,6 +520,9 @@ func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
 			}
 		} else {
 			r.setStatus(true, nil)
+		}
+		if err := r.pruneDeadLetters(hard, conn); err != nil {
+			return err
 		}
 		if ctx.Err() != nil {
 			uctx, cancel := context.WithTimeout(hard, 5*time.Second)
@@ -459,41 +574,109 @@ func (r *Relay) relayLoop(ctx, hard context.Context, conn *pgx.Conn) error {
 	}
 }
 
-// produceAll produces recs (base is recs[0]'s index in the batch) and
-// records in refused, by batch index, the records the broker refused for
-// what they are (a *producer.RecordError) with its reason, producing the
-// others in order around them. A refused record is produced alone first, to
-// be sure it is the culprit and not a record that shared its broker batch:
-// the records before it are produced (and committed) first, then it alone,
-// then the rest, so every key's order holds. Other errors end the session as
-// before (the batch is read and produced again).
-func (r *Relay) produceAll(ctx context.Context, recs []*kgo.Record, base int, refused map[int]string) error {
-	for len(recs) > 0 {
-		err := r.prod.Produce(ctx, recs)
-		var re *producer.RecordError
+// produceOutcome is what produceAll learned of a batch's records.
+type produceOutcome struct {
+	// refused holds, by index in the batch, the records the broker refused
+	// for what they are, with the reason: they become dead letters.
+	refused map[int]string
+	// held holds the topics the broker refused writes to (an ACL, a
+	// policy), with the refusal: their records stay in the outbox and their
+	// models are held back.
+	held map[string]error
+}
+
+// indices returns 0, 1, ..., n-1.
+func indices(n int) []int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
+}
+
+// pick returns the records of all at idx (ascending): a subslice of all when
+// they are contiguous.
+func pick(all []*kgo.Record, idx []int) []*kgo.Record {
+	if len(idx) == 0 || idx[len(idx)-1]-idx[0] == len(idx)-1 {
+		if len(idx) == 0 {
+			return nil
+		}
+		return all[idx[0] : idx[len(idx)-1]+1]
+	}
+	out := make([]*kgo.Record, len(idx))
+	for i, j := range idx {
+		out[i] = all[j]
+	}
+	return out
+}
+
+// produceAll produces the records of all at idx, in order, and records in
+// out what the broker refused:
+//   - a record refused for what it is (a *producer.RecordError) goes to
+//     out.refused with the reason, and the others are produced in order
+//     around it. A refused record is produced alone first, to be sure it is
+//     the culprit and not a record that shared its broker batch: the records
+//     before it are produced (and committed) first, then it alone, then the
+//     rest, so every key's order holds;
+//   - a topic that refuses writes (a *producer.TopicError) goes to out.held,
+//     and the records of other topics are produced again without its.
+//
+// Other errors end the session as before (the batch is read and produced
+// again).
+func (r *Relay) produceAll(ctx context.Context, all []*kgo.Record, idx []int, out *produceOutcome) error {
+	for len(idx) > 0 {
+		if len(out.held) > 0 {
+			idx = slices.DeleteFunc(slices.Clone(idx), func(i int) bool { _, held := out.held[all[i].Topic]; return held })
+			if len(idx) == 0 {
+				return nil
+			}
+		}
+		err := r.prod.Produce(ctx, pick(all, idx))
 		if err == nil {
 			return nil
 		}
-		if !errors.As(err, &re) || re.Index < 0 || re.Index >= len(recs) {
+		var te *producer.TopicError
+		if errors.As(err, &te) && te.Topic != "" {
+			if _, again := out.held[te.Topic]; again {
+				return err // a refusal for a topic no longer in the call
+			}
+			out.held[te.Topic] = te
+			r.o.log.Warn("broker refused writes to a topic: holding its records back", "topic", te.Topic, "err", te)
+			continue
+		}
+		var re *producer.RecordError
+		if !errors.As(err, &re) || re.Index < 0 || re.Index >= len(idx) {
 			return err
 		}
-		if len(recs) == 1 {
-			refused[base] = "refused by the broker: " + re.Err.Error()
+		if len(idx) == 1 {
+			out.refused[idx[0]] = "refused by the broker: " + re.Err.Error()
 			return nil
 		}
 		j := re.Index
 		r.o.log.Warn("broker refused a record: isolating it", "topic", re.Topic, "err", re.Err)
 		if j > 0 {
-			if err := r.produceAll(ctx, recs[:j], base, refused); err != nil {
+			if err := r.produceAll(ctx, all, idx[:j], out); err != nil {
 				return err
 			}
 		}
-		if err := r.produceAll(ctx, recs[j:j+1], base+j, refused); err != nil {
+		if err := r.produceAll(ctx, all, idx[j:j+1], out); err != nil {
 			return err
 		}
-		recs, base = recs[j+1:], base+j+1
+		idx = idx[j+1:]
 	}
 	return nil
+}
+
+// holdTopics holds back the models of b's records whose topic refused writes.
+func (r *Relay) holdTopics(b *batch, held map[string]error) {
+	done := map[string]bool{}
+	for i, rec := range b.recs {
+		if err, ok := held[rec.Topic]; ok && !done[b.recAgg[i]] {
+			done[b.recAgg[i]] = true
+			r.o.metrics.Errors.WithLabelValues("topic").Inc()
+			r.block(b.recAgg[i], err)
+		}
+	}
 }
 
 // Waits between passes while the fence holds committed rows back.
