@@ -86,7 +86,7 @@ type Config struct {
 	StreamMaxLen      int64         // PRODUCER_STREAM_MAX_LEN (default distcache.DefaultStreamMaxLen)
 	TombstoneTTL      time.Duration // PRODUCER_TOMBSTONE_TTL (default distcache.DefaultTombstoneTTL)
 	DeadLetterMaxLen  int64         // PRODUCER_DEAD_LETTER_MAX_LEN (default 10000)
-	IndexCacheEntries int           // PRODUCER_INDEX_CACHE_ENTRIES (default 1000000 per generation, 0 disables)
+	IndexCacheEntries int           // PRODUCER_INDEX_CACHE_ENTRIES (default 1000000 over all generations, 0 disables)
 	ReloadInterval    time.Duration // PRODUCER_RELOAD_INTERVAL (default 30s)
 	ShutdownTimeout   time.Duration // PRODUCER_SHUTDOWN_TIMEOUT (default 15s)
 
