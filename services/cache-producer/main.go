@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"sync"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/libs/svcconfig/httpserve"
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
 	"github.com/distcache/distcache/services/cache-producer/internal/config"
@@ -239,14 +239,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	if temporal != nil {
 		optional["temporal"] = func(context.Context) error { return temporal.Err() }
 	}
-	srv := &http.Server{
-		Addr: cfg.HTTPAddr,
-		Handler: httpapi.Handler(httpapi.Config{
-			Registry: metrics.Registry, Checks: checks, Optional: optional,
-			Status: func() any { return mgr.Statuses() },
-		}),
-		ReadHeaderTimeout: 5 * time.Second,
-	}
+	srv := httpserve.New(httpapi.Handler(httpapi.Config{
+		Registry: metrics.Registry, Checks: checks, Optional: optional,
+		Status: func() any { return mgr.Statuses() }, Log: log,
+	}), httpserve.WithLogger(log))
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		stopWatch()

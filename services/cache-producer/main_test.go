@@ -360,7 +360,7 @@ func TestRunRefusesEvictingRedis(t *testing.T) {
 
 // TestDataPathWithoutTemporal: the producer starts while Temporal is down, is ready but
 // "degraded", and streams a live update of the topic into Redis; once Temporal is started again
-// its activity worker attaches and /readyz says "ready".
+// its activity worker attaches and /readyz says "ok".
 func TestDataPathWithoutTemporal(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -392,7 +392,7 @@ func TestDataPathWithoutTemporal(t *testing.T) {
 	readyz := "http://" + httpAddr + "/readyz"
 	devstacktest.Eventually(t, 30*time.Second, func() bool {
 		c, body := get(readyz)
-		return c == 200 && strings.Contains(body, `"status":"degraded"`) &&
+		return c == 200 && strings.Contains(body, `"status":"degraded: temporal"`) &&
 			strings.Contains(body, `"name":"temporal","ok":false,"optional":true`)
 	}, "/readyz answers 200 degraded (temporal) while Temporal is down")
 
@@ -412,8 +412,8 @@ func TestDataPathWithoutTemporal(t *testing.T) {
 	}
 	devstacktest.Eventually(t, time.Minute, func() bool {
 		c, body := get(readyz)
-		return c == 200 && strings.Contains(body, `"status":"ready"`)
-	}, "/readyz says ready once Temporal is back")
+		return c == 200 && strings.Contains(body, `"status":"ok"`)
+	}, "/readyz says ok once Temporal is back")
 	// The log reaches the test through a pipe: it may trail /readyz.
 	devstacktest.Eventually(t, 10*time.Second, func() bool {
 		return strings.Contains(svc.out.String(), "temporal worker attached")

@@ -1,27 +1,31 @@
 // Package httpapi serves the cache-producer's operational endpoints:
 // /healthz (the process runs), /readyz (every dependency answers and the
-// consumers are not stuck; a JSON body lists each check and says "status":
-// "ready", "degraded" — an optional check fails, such as Temporal, which only
-// the control path needs — or "unavailable") and /metrics (Prometheus), plus
-// /status (each generation's position and lag, JSON).
+// consumers are not stuck; a JSON body lists each check by name and says
+// "status": "ok", "degraded: <check>" — an optional check fails, such as
+// Temporal, which only the control path needs — or "not ready: <check>"; a
+// check's error goes to the log, never into the answer) and /metrics
+// (Prometheus), plus /status (each generation's position and lag, JSON).
 package httpapi
 
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Values of /readyz's "status".
+// Values of /readyz's "status": StatusReady, or one of the others followed by ": " and the
+// names of the failing checks.
 const (
-	StatusReady       = "ready"
+	StatusReady       = "ok"
 	StatusDegraded    = "degraded"
-	StatusUnavailable = "unavailable"
+	StatusUnavailable = "not ready"
 )
 
 // Check is one readiness check; nil means ready.
@@ -39,12 +43,17 @@ type Config struct {
 	Status func() any
 	// CheckTimeout bounds each check (default 2 s).
 	CheckTimeout time.Duration
+	// Log receives the errors of failing checks (default: discard).
+	Log *slog.Logger
 }
 
 // Handler returns the HTTP handler.
 func Handler(cfg Config) http.Handler {
 	if cfg.CheckTimeout <= 0 {
 		cfg.CheckTimeout = 2 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -56,14 +65,13 @@ func Handler(cfg Config) http.Handler {
 			Name     string `json:"name"`
 			OK       bool   `json:"ok"`
 			Optional bool   `json:"optional,omitempty"`
-			Error    string `json:"error,omitempty"`
 		}
 		out := struct {
 			Ready  bool     `json:"ready"`
 			Status string   `json:"status"`
 			Checks []result `json:"checks"`
 		}{Ready: true, Status: StatusReady}
-		degraded := false
+		var down, degraded []string
 		run := func(checks map[string]Check, optional bool) {
 			names := make([]string, 0, len(checks))
 			for n := range checks {
@@ -76,11 +84,12 @@ func Handler(cfg Config) http.Handler {
 				cancel()
 				res := result{Name: n, OK: err == nil, Optional: optional}
 				if err != nil {
-					res.Error = err.Error()
+					cfg.Log.Warn("readiness check failed", "check", n, "optional", optional, "err", err)
 					if optional {
-						degraded = true
+						degraded = append(degraded, n)
 					} else {
 						out.Ready = false
+						down = append(down, n)
 					}
 				}
 				out.Checks = append(out.Checks, res)
@@ -90,9 +99,9 @@ func Handler(cfg Config) http.Handler {
 		run(cfg.Optional, true)
 		switch {
 		case !out.Ready:
-			out.Status = StatusUnavailable
-		case degraded:
-			out.Status = StatusDegraded
+			out.Status = StatusUnavailable + ": " + strings.Join(down, ", ")
+		case len(degraded) > 0:
+			out.Status = StatusDegraded + ": " + strings.Join(degraded, ", ")
 		}
 		w.Header().Set("Content-Type", "application/json")
 		if !out.Ready {
