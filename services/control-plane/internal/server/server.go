@@ -29,6 +29,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
@@ -191,7 +192,7 @@ func Marshaler() runtime.Marshaler {
 // The gateway's client connection is closed when ctx ends.
 func NewHTTP(ctx context.Context, o Options, grpcAddr string) (http.Handler, error) {
 	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, Marshaler()),
-		runtime.WithErrorHandler(gatewayErrors(o.logger())))
+		runtime.WithErrorHandler(gatewayErrors(o.logger())), runtime.WithRoutingErrorHandler(routingError))
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("gateway client: %w", err)
@@ -205,7 +206,7 @@ func NewHTTP(ctx context.Context, o Options, grpcAddr string) (http.Handler, err
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", o.Tokens.Middleware(limitBody(gw)))
+	mux.Handle("/v1/", o.Tokens.Middleware(screen(gw)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -258,10 +259,17 @@ func (o Options) failing(ctx context.Context, checks map[string]func(context.Con
 	return down
 }
 
-// limitBody reads a request's body, up to MaxBodyBytes, before the gateway sees it: a larger
-// body (declared or sent in chunks) is answered 413 in the gateway's error shape.
-func limitBody(next http.Handler) http.Handler {
+// screen refuses what the gateway would turn into a 5xx or read without bound, in the
+// gateway's error shape: a path or query that is not UTF-8 (a protobuf string must be; the
+// gateway's client would fail to marshal it, INTERNAL) is answered 400; the body is read, up to
+// MaxBodyBytes, before the gateway sees it, and a larger one (declared or sent in chunks) is
+// answered 413.
+func screen(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !validURL(r) {
+			writeJSON(w, http.StatusBadRequest, map[string]any{"code": int(codes.InvalidArgument), "message": "the request's path or query is not valid UTF-8", "details": []any{}})
+			return
+		}
 		if r.ContentLength <= MaxBodyBytes {
 			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 			var tooLarge *http.MaxBytesError
@@ -280,6 +288,37 @@ func limitBody(next http.Handler) http.Handler {
 		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]any{"code": int(codes.InvalidArgument),
 			"message": fmt.Sprintf("request body over %d bytes", MaxBodyBytes), "details": []any{}})
 	})
+}
+
+// validURL reports whether the request's decoded path and query parameters are UTF-8.
+func validURL(r *http.Request) bool {
+	if !utf8.ValidString(r.URL.Path) {
+		return false
+	}
+	for k, vs := range r.URL.Query() {
+		if !utf8.ValidString(k) {
+			return false
+		}
+		for _, v := range vs {
+			if !utf8.ValidString(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// routingError answers a request no route takes with its own status (404, 405), not the 501
+// grpc-gateway's default makes of a 405.
+func routingError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, _ *http.Request, code int) {
+	c := codes.NotFound
+	switch code {
+	case http.StatusMethodNotAllowed:
+		c = codes.Unimplemented
+	case http.StatusBadRequest:
+		c = codes.InvalidArgument
+	}
+	writeJSON(w, code, map[string]any{"code": int(c), "message": http.StatusText(code), "details": []any{}})
 }
 
 // gatewayErrors is the gateway's error handler. An answer of the gRPC server (it carries the
