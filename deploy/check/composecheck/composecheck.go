@@ -37,6 +37,7 @@ var (
 	ErrVolume           = errors.New("volume rule broken")
 	ErrBuild            = errors.New("build rule broken")
 	ErrDockerfileUser   = errors.New("image runs as root")
+	ErrPublicPort       = errors.New("port published beyond loopback")
 )
 
 // Problem is one broken rule of one service.
@@ -127,6 +128,13 @@ func CheckProject(p *types.Project) error {
 			case types.ServiceConditionCompletedSuccessfully:
 			default:
 				fail(name, ErrDependsCondition, "depends_on %s has condition %q; use service_healthy or service_completed_successfully", dep, cond)
+			}
+		}
+		// Published ports: on loopback only, so a laptop's stack (development tokens, no TLS) is
+		// not reachable from its network.
+		for _, port := range s.Ports {
+			if port.Published != "" && port.HostIP != "127.0.0.1" && port.HostIP != "::1" {
+				fail(name, ErrPublicPort, "port %s publishes on %q: bind it to 127.0.0.1 (\"127.0.0.1:%s:%d\")", port.Published, port.HostIP, port.Published, port.Target)
 			}
 		}
 		// Volumes.

@@ -46,6 +46,7 @@ services:
         condition: service_healthy
       setup:
         condition: service_completed_successfully
+    ports: ["127.0.0.1:8080:8080"]
     healthcheck:
       test: ["CMD", "/usr/local/bin/healthprobe", "http://127.0.0.1:8080/healthz"]
 volumes:
@@ -132,6 +133,18 @@ func TestCheck(t *testing.T) {
 			compose:  strings.Replace(goodCompose, "db-data:/var/lib/postgresql/data", "/var/lib/postgresql/data", 1),
 			want:     ErrVolume,
 			wantText: "anonymous volume",
+		},
+		{
+			name:     "port on every interface",
+			compose:  strings.Replace(goodCompose, `"127.0.0.1:8080:8080"`, `"8080:8080"`, 1),
+			want:     ErrPublicPort,
+			wantText: "bind it to 127.0.0.1",
+		},
+		{
+			name:     "port on a public address",
+			compose:  strings.Replace(goodCompose, `"127.0.0.1:8080:8080"`, `"0.0.0.0:8080:8080"`, 1),
+			want:     ErrPublicPort,
+			wantText: `"0.0.0.0"`,
 		},
 		{
 			name:     "writable bind mount",
