@@ -7,7 +7,8 @@
 #   - helm lint --strict, and helm template with the default values, with every connection
 #     option (Redis Sentinel, ACL users, TLS; Kafka mutual TLS and SASL) and with
 #     values-production.yaml, the output decoded strictly into the Kubernetes API types and
-#     checked for the chart's rules; values.schema.json must reject a misspelt value;
+#     checked for the chart's rules; values.schema.json must reject a misspelt value; the
+#     NetworkPolicies are rendered by default and not with networkPolicy.enabled=false;
 #   - every PUBLISHER_/PRODUCER_/CONTROLPLANE_ variable that compose or the chart sets is one
 #     the service's code actually reads.
 #
@@ -85,6 +86,10 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	@# The ServiceMonitor toggle: absent by default, present when enabled.
 	@if grep -q '^kind: ServiceMonitor' $(OUT)/default.yaml; then echo "FAIL: ServiceMonitor rendered although disabled"; exit 1; fi
 	@grep -q '^kind: ServiceMonitor' $(OUT)/production.yaml || { echo "FAIL: ServiceMonitor missing although enabled"; exit 1; }
+	@# NetworkPolicies: on by default (a default deny and one per service), off on request.
+	@test "$$(grep -c '^kind: NetworkPolicy' $(OUT)/default.yaml)" = 4 || { echo "FAIL: want 4 NetworkPolicies with the defaults"; exit 1; }
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set networkPolicy.enabled=false | grep -q '^kind: NetworkPolicy'; then \
+	  echo "FAIL: NetworkPolicy rendered although networkPolicy.enabled=false"; exit 1; fi
 	@# The values schema must catch a typo and a missing secret reference.
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set corePublisher.replica=3 >/dev/null 2>&1; then \
 	  echo "FAIL: values.schema.json accepted the unknown value corePublisher.replica"; exit 1; fi
@@ -93,5 +98,5 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set kafka.sasl.mechanism=PLAIN \
 	  --set kafka.sasl.username=u --set kafka.sasl.password.existingSecret=s >/dev/null 2>&1; then \
 	  echo "FAIL: the chart rendered SASL PLAIN without TLS and without kafka.sasl.allowPlaintext"; exit 1; fi
-	@echo "ok   helm: lint, template (default, production, every connection option), schema rejects bad values"
+	@echo "ok   helm: lint, template (default, production, every connection option), NetworkPolicy toggle, schema rejects bad values"
 	$(DEPLOYCHECK) env $(ROOT)/services $(COMPOSE_FILE) $(OUT)/default.yaml $(OUT)/production.yaml $(OUT)/options.yaml

@@ -251,9 +251,39 @@ func CheckObjects(objs []Object) error {
 			}
 		case *ServiceMonitor:
 			checkServiceMonitor(o, v, services, fail)
+		case *networkingv1.NetworkPolicy:
+			checkNetworkPolicy(o, v, workloads, fail)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkNetworkPolicy: a policy selects pods of the chart (an empty selector selects them all),
+// and every port it names in an ingress rule is a port those pods declare (a misspelt name
+// would silently allow nothing).
+func checkNetworkPolicy(o Object, np *networkingv1.NetworkPolicy, ws []workload, fail func(Object, error, string, ...any)) {
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	if err != nil {
+		fail(o, ErrPolicy, "podSelector: %v", err)
+		return
+	}
+	matched := matchingPods(ws, sel)
+	if len(matched) == 0 {
+		fail(o, ErrPolicy, "podSelector %s matches no pod template", sel)
+		return
+	}
+	for i, rule := range np.Spec.Ingress {
+		for _, p := range rule.Ports {
+			if p.Port == nil || p.Port.IntValue() != 0 {
+				continue
+			}
+			for _, w := range matched {
+				if !hasNamedPort(w.template.Spec, p.Port.StrVal) {
+					fail(o, ErrPolicy, "ingress rule %d: port %q is not a port of %s", i, p.Port.StrVal, w.obj)
+				}
+			}
+		}
+	}
 }
 
 func checkSelector(o Object, sel *metav1.LabelSelector, podLabels map[string]string, fail func(Object, error, string, ...any)) {

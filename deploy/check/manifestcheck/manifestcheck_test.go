@@ -80,6 +80,28 @@ spec:
     matchLabels: {metrics: "true"}
   endpoints:
     - {port: http, path: /metrics, interval: 30s, scrapeTimeout: 10s}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: default-deny
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: app
+spec:
+  podSelector:
+    matchLabels: {app: web}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    - from: [{podSelector: {}}]
+      ports: [{port: http, protocol: TCP}]
+  egress:
+    - ports: [{port: 5432, protocol: TCP}]
 `
 
 func TestCheck(t *testing.T) {
@@ -91,6 +113,24 @@ func TestCheck(t *testing.T) {
 		wantText string // part of the message naming what is wrong
 	}{
 		{name: "good", manifest: good},
+		{
+			name:     "network policy selecting nothing",
+			manifest: strings.Replace(good, "    matchLabels: {app: web}\n  policyTypes", "    matchLabels: {app: api}\n  policyTypes", 1),
+			want:     ErrPolicy,
+			wantText: "matches no pod template",
+		},
+		{
+			name:     "network policy naming a port the pods lack",
+			manifest: strings.Replace(good, "ports: [{port: http, protocol: TCP}]", "ports: [{port: grpc, protocol: TCP}]", 1),
+			want:     ErrPolicy,
+			wantText: `port "grpc"`,
+		},
+		{
+			name:     "network policy with a misspelt field",
+			manifest: strings.Replace(good, "policyTypes: [Ingress, Egress]\n  ingress:", "policyTypes: [Ingress, Egress]\n  ingres:", 1),
+			want:     ErrDecode,
+			wantText: "ingres",
+		},
 		{
 			name:     "unknown field",
 			manifest: strings.Replace(good, "  replicas: 2\n", "  replicas: 2\n  replica: 2\n", 1),
@@ -251,7 +291,7 @@ func TestDecodeTypes(t *testing.T) {
 	for _, o := range objs {
 		got = append(got, o.GVK.Kind+"/"+o.Name)
 	}
-	want := "ServiceAccount/app Deployment/app Service/app PodDisruptionBudget/app ServiceMonitor/app"
+	want := "ServiceAccount/app Deployment/app Service/app PodDisruptionBudget/app ServiceMonitor/app NetworkPolicy/default-deny NetworkPolicy/app"
 	if strings.Join(got, " ") != want {
 		t.Errorf("decoded %v, want %s", got, want)
 	}

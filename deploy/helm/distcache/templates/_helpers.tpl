@@ -233,3 +233,40 @@ spec:
       {{- include "distcache.selectorLabels" . | nindent 6 }}
 {{- end }}
 {{- end -}}
+
+{{/* distcache.npPortsOf: the distinct ports of "host:port" addresses plus extra, as a JSON array;
+(dict "addrs" (list "kafka-0:9092") "extra" (list 9093)). */}}
+{{- define "distcache.npPortsOf" -}}
+{{- $ports := list -}}
+{{- range .addrs -}}
+{{- $p := regexFind "[0-9]+$" (toString .) -}}
+{{- if $p }}{{ $ports = append $ports (atoi $p) }}{{ end -}}
+{{- end -}}
+{{- range .extra }}{{ $ports = append $ports (int .) }}{{ end -}}
+{{- $ports | uniq | toJson -}}
+{{- end -}}
+
+{{/* distcache.npEgress: an egress rule to (dict "ports" (list 5432) "to" (list ...peers)); no
+"to": any address, on those ports only. */}}
+{{- define "distcache.npEgress" -}}
+{{- if not .ports }}{{ fail "networkPolicy: a dependency has no port (set networkPolicy.egress.<dependency>.ports)" }}{{ end -}}
+- ports:
+    {{- range .ports }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  {{- with .to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/* distcache.npDNS: egress to DNS (UDP and TCP 53) at networkPolicy.egress.dns.to (default: any). */}}
+{{- define "distcache.npDNS" -}}
+- ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+  {{- with .egress.dns.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
