@@ -119,8 +119,9 @@ type Option func(*Writer)
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(w *Writer) { w.log = l } }
 
-// WithIndexCache bounds each generation's in-memory index cache to n
-// entries (default DefaultIndexCacheEntries; 0 disables it).
+// WithIndexCache bounds the in-memory index caches of all generations
+// together to n entries, each generation holding at most an equal share
+// (default DefaultIndexCacheEntries; 0 disables them).
 func WithIndexCache(n int) Option { return func(w *Writer) { w.cacheMax = max(n, 0) } }
 
 // WithFault installs a fault hook (tests only).
