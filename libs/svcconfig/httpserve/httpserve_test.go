@@ -24,20 +24,31 @@ func serve(t *testing.T, h http.Handler, opts ...Option) string {
 	return ln.Addr().String()
 }
 
-// dribble writes parts to c one every interval until a write fails or stop is closed.
-func dribble(c net.Conn, interval time.Duration, stop <-chan struct{}, next func(i int) string) {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for i := 0; ; i++ {
-		if _, err := io.WriteString(c, next(i)); err != nil {
-			return
-		}
-		select {
-		case <-stop:
-			return
-		case <-tick.C:
-		}
+// slowClient connects to addr and sends first, then then every 50 ms, until a write fails or
+// the test ends. It returns the connection.
+func slowClient(t *testing.T, addr, first, then string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
 	}
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop); c.Close() })
+	go func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for part := first; ; part = then {
+			if _, err := io.WriteString(c, part); err != nil {
+				return
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return c
 }
 
 // closedWithin reads c until the server closes it and reports how long that took; it fails the
@@ -72,19 +83,7 @@ func TestSlowlorisCutOff(t *testing.T) {
 	t.Parallel()
 	addr := serve(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
 		WithReadHeaderTimeout(300*time.Millisecond), WithReadTimeout(time.Second))
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	stop := make(chan struct{})
-	defer close(stop)
-	go dribble(c, 50*time.Millisecond, stop, func(i int) string {
-		if i == 0 {
-			return "GET / HTTP/1.1\r\nHost: x\r\n"
-		}
-		return "X-Slow: a\r\n"
-	})
+	c := slowClient(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n", "X-Slow: a\r\n")
 	// The dribble would go on for ever; the server must end it within a few header timeouts.
 	took, got := closedWithin(t, c, 10*time.Second)
 	if strings.Contains(got, "200 OK") {
@@ -113,19 +112,7 @@ func TestSlowBodyCutOff(t *testing.T) {
 		_, err := io.ReadAll(r.Body)
 		readErr <- err
 	}), WithReadHeaderTimeout(300*time.Millisecond), WithReadTimeout(600*time.Millisecond))
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	stop := make(chan struct{})
-	defer close(stop)
-	go dribble(c, 50*time.Millisecond, stop, func(i int) string {
-		if i == 0 {
-			return "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
-		}
-		return "x"
-	})
+	c := slowClient(t, addr, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", "x")
 	closedWithin(t, c, 10*time.Second)
 	select {
 	case err := <-readErr:
