@@ -296,7 +296,22 @@ type RetireWorkflowParams struct {
 type DeleteParams struct {
 	Projection string        `json:"projection"`
 	Drain      time.Duration `json:"drain"`
+	// TerminatedBuild is set when a build of the projection was terminated to start this delete:
+	// its backfill activity may still write until its next heartbeat tells it, so the delete
+	// waits at least BackfillHeartbeatTimeout before it unlinks the keys.
+	TerminatedBuild bool `json:"terminated_build,omitempty"`
 }
+
+// BackfillHeartbeatTimeout is the backfill activity's heartbeat timeout. The SDK sends a
+// heartbeat to the server at most every 80% of it, so it also bounds how long a running backfill
+// takes to learn that its build was cancelled or terminated, and how old the progress the server
+// holds can be.
+const BackfillHeartbeatTimeout = 10 * time.Second
+
+// DeleteAttempts bounds the attempts of each step of DeleteWorkflow (the registry update, the
+// unlink of each generation): a delete that cannot finish fails, shows as delete_failed in
+// GetStatus with the reason, and DeleteProjection starts it again.
+const DeleteAttempts = 8
 
 // Defaults.
 const (

@@ -49,7 +49,7 @@ func backfillOptions(ctx workflow.Context) workflow.Context {
 		TaskQueue:              CacheProducerTaskQueue,
 		ScheduleToCloseTimeout: 24 * time.Hour,
 		StartToCloseTimeout:    24 * time.Hour,
-		HeartbeatTimeout:       time.Minute,
+		HeartbeatTimeout:       BackfillHeartbeatTimeout,
 		RetryPolicy: &temporal.RetryPolicy{
 			InitialInterval:        time.Second,
 			BackoffCoefficient:     2,
@@ -82,6 +82,22 @@ func unlinkOptions(ctx workflow.Context) workflow.Context {
 			InitialInterval:    time.Second,
 			BackoffCoefficient: 2,
 			MaximumInterval:    time.Minute,
+		},
+	})
+}
+
+// deleteOptions are DeleteWorkflow's: like the registry's and unlink's, with bounded attempts
+// (DeleteAttempts): about 4 minutes of retries for a registry step, about 5 for an unlink.
+func deleteOptions(ctx workflow.Context, timeout time.Duration) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           ControlPlaneTaskQueue,
+		StartToCloseTimeout: timeout,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:        time.Second,
+			BackoffCoefficient:     2,
+			MaximumInterval:        time.Minute,
+			MaximumAttempts:        DeleteAttempts,
+			NonRetryableErrorTypes: nonRetryable,
 		},
 	})
 }
@@ -371,7 +387,10 @@ func RetireWorkflow(ctx workflow.Context, p RetireWorkflowParams) (UnlinkResult,
 
 // DeleteWorkflow soft-deletes a projection in the registry (every generation retired, the pointer
 // cleared), waits Drain, and unlinks every generation's keys. Its workflow id is
-// BuildWorkflowID(name), so it cannot run beside a build.
+// BuildWorkflowID(name), so it cannot run beside a build: DeleteProjection terminates a running
+// build to start it (TerminatedBuild). Each step's attempts are bounded (DeleteAttempts); a delete
+// that gives up fails with the step's error, and starting it again is safe (every step is
+// idempotent).
 func DeleteWorkflow(ctx workflow.Context, p DeleteParams) (UnlinkResult, error) {
 	if err := projection.CheckName("projection", p.Projection); err != nil {
 		return UnlinkResult{}, invalid(err)
@@ -379,8 +398,11 @@ func DeleteWorkflow(ctx workflow.Context, p DeleteParams) (UnlinkResult, error) 
 	if p.Drain <= 0 {
 		p.Drain = DefaultDrain
 	}
+	if p.TerminatedBuild {
+		p.Drain = max(p.Drain, BackfillHeartbeatTimeout)
+	}
 	var del DeleteResult
-	if err := workflow.ExecuteActivity(controlPlaneOptions(ctx), ActivityDeleteProjection, RetireParams{
+	if err := workflow.ExecuteActivity(deleteOptions(ctx, 30*time.Second), ActivityDeleteProjection, RetireParams{
 		Projection: p.Projection,
 	}).Get(ctx, &del); err != nil {
 		return UnlinkResult{}, fmt.Errorf("delete projection: %w", err)
@@ -391,7 +413,7 @@ func DeleteWorkflow(ctx workflow.Context, p DeleteParams) (UnlinkResult, error) 
 	var total UnlinkResult
 	for _, gen := range del.Generations {
 		var ur UnlinkResult
-		if err := workflow.ExecuteActivity(unlinkOptions(ctx), ActivityUnlinkGeneration, RetireParams{
+		if err := workflow.ExecuteActivity(deleteOptions(ctx, time.Hour), ActivityUnlinkGeneration, RetireParams{
 			Projection: p.Projection, Generation: gen,
 		}).Get(ctx, &ur); err != nil {
 			return total, fmt.Errorf("unlink generation %d: %w", gen, err)

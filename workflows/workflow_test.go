@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -390,6 +391,64 @@ func TestDeleteWorkflowUnlinksEveryGeneration(t *testing.T) {
 		t.Errorf("keys unlinked = %d, want 11", got.KeysUnlinked)
 	}
 	env.AssertExpectations(t)
+}
+
+// TestDeleteWorkflowGivesUp: an unlink that keeps failing is tried DeleteAttempts times, then the
+// delete fails with the step's error (GetStatus shows it as delete_failed), instead of retrying
+// forever.
+func TestDeleteWorkflowGivesUp(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	env.OnActivity(ActivityDeleteProjection, mock.Anything, RetireParams{Projection: "p"}).
+		Return(DeleteResult{Generations: []int64{2}}, nil).Once()
+	calls := 0
+	env.OnActivity(ActivityUnlinkGeneration, mock.Anything, RetireParams{Projection: "p", Generation: 2}).
+		Return(func(context.Context, RetireParams) (UnlinkResult, error) {
+			calls++
+			return UnlinkResult{}, errors.New("dial tcp 127.0.0.1:6379: connection refused")
+		})
+
+	env.ExecuteWorkflow(WorkflowDelete, DeleteParams{Projection: "p"})
+
+	err := env.GetWorkflowError()
+	if err == nil || !strings.Contains(err.Error(), "unlink generation 2") || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("workflow error = %v, want the unlink's error", err)
+	}
+	if calls != DeleteAttempts {
+		t.Errorf("unlink attempts = %d, want %d", calls, DeleteAttempts)
+	}
+}
+
+// TestDeleteWorkflowDrainsATerminatedBuild: after terminating a build, the delete waits at least
+// BackfillHeartbeatTimeout (the backfill activity learns of the termination at its next heartbeat
+// to the server) before it unlinks, whatever Drain says.
+func TestDeleteWorkflowDrainsATerminatedBuild(t *testing.T) {
+	t.Parallel()
+	for _, terminated := range []bool{false, true} {
+		env := newEnv(t)
+		var deletedAt, unlinkedAt time.Time
+		env.OnActivity(ActivityDeleteProjection, mock.Anything, RetireParams{Projection: "p"}).
+			Return(func(context.Context, RetireParams) (DeleteResult, error) {
+				deletedAt = env.Now()
+				return DeleteResult{Generations: []int64{1}}, nil
+			}).Once()
+		env.OnActivity(ActivityUnlinkGeneration, mock.Anything, RetireParams{Projection: "p", Generation: 1}).
+			Return(func(context.Context, RetireParams) (UnlinkResult, error) {
+				unlinkedAt = env.Now()
+				return UnlinkResult{}, nil
+			}).Once()
+		env.ExecuteWorkflow(WorkflowDelete, DeleteParams{Projection: "p", Drain: time.Second, TerminatedBuild: terminated})
+		if err := env.GetWorkflowError(); err != nil {
+			t.Fatalf("terminated=%v: workflow error: %v", terminated, err)
+		}
+		want := time.Second
+		if terminated {
+			want = BackfillHeartbeatTimeout
+		}
+		if got := unlinkedAt.Sub(deletedAt); got < want {
+			t.Errorf("terminated=%v: unlinked %v after the registry step, want at least %v", terminated, got, want)
+		}
+	}
 }
 
 // hasAppErrorType reports whether any application error in err's chain has type typ (a workflow

@@ -47,6 +47,7 @@ type Temporal interface {
 	ExecuteWorkflow(ctx context.Context, options client.StartWorkflowOptions, workflow interface{}, args ...interface{}) (client.WorkflowRun, error)
 	DescribeWorkflow(ctx context.Context, workflowID, runID string) (*client.WorkflowExecutionDescription, error)
 	QueryWorkflow(ctx context.Context, workflowID, runID, queryType string, args ...interface{}) (converter.EncodedValue, error)
+	GetWorkflow(ctx context.Context, workflowID, runID string) client.WorkflowRun
 }
 
 // Settings are the service's knobs (see package config for their variables and defaults).
@@ -445,7 +446,10 @@ func (s *Service) ListProjections(ctx context.Context, req *pb.ListProjectionsRe
 	return resp, nil
 }
 
-// DeleteProjection implements pb.ControlPlaneServer.
+// DeleteProjection implements pb.ControlPlaneServer. A build of the projection that is running is
+// terminated (its generation is retired and unlinked by the delete); a delete that gave up
+// (phase delete_failed in GetStatus) is started again, even though the registry no longer lists
+// the projection; a delete that is running answers Aborted.
 func (s *Service) DeleteProjection(ctx context.Context, req *pb.DeleteProjectionRequest) (*pb.ProjectionOperation, error) {
 	v := &violations{}
 	v.name("name", req.GetName())
@@ -455,24 +459,96 @@ func (s *Service) DeleteProjection(ctx context.Context, req *pb.DeleteProjection
 	if err := s.requireTemporal("delete projection"); err != nil {
 		return nil, err
 	}
-	p, err := s.reg.GetProjection(ctx, req.GetName())
+	name := req.GetName()
+	id := workflows.BuildWorkflowID(name)
+	last, err := s.lastRun(ctx, id)
 	if err != nil {
+		return nil, s.temporalError(ctx, "describe workflow", err)
+	}
+	proj := &pb.Projection{Definition: &pb.ProjectionDefinition{Name: name}}
+	p, err := s.reg.GetProjection(ctx, name)
+	switch {
+	case err == nil:
+		proj = projectionPB(p)
+	case errors.Is(err, registry.ErrNotFound) && last.isDelete() && last.status == enumspb.WORKFLOW_EXECUTION_STATUS_FAILED:
+		// The registry step may have succeeded before a later step gave up: start it again.
+	default:
 		return nil, s.grpcError("get projection", err)
 	}
-	id := workflows.BuildWorkflowID(p.Name)
-	opts := s.startOptions(id, "delete projection "+p.Name)
-	opts.Memo = map[string]interface{}{"projection": p.Name, "reason": "delete"}
-	run, err := s.tc.ExecuteWorkflow(ctx, opts, workflows.WorkflowDelete, workflows.DeleteParams{
-		Projection: p.Name, Drain: s.set.RetireDrain,
-	})
+	if last.running() && last.isDelete() {
+		return nil, alreadyRunning(name, id)
+	}
+	opts := s.startOptions(id, "delete projection "+name)
+	opts.Memo = map[string]interface{}{"projection": name, "reason": "delete"}
+	params := workflows.DeleteParams{Projection: name, Drain: s.set.RetireDrain}
+	if last.running() {
+		// A build: the delete takes its place in one step (Temporal terminates it), so no new
+		// build can slip in between.
+		opts.WorkflowIDConflictPolicy = enumspb.WORKFLOW_ID_CONFLICT_POLICY_TERMINATE_EXISTING
+		params.TerminatedBuild = true
+		s.log.Info("delete terminates the running build", "projection", name, "workflow_id", id, "run_id", last.runID)
+	}
+	run, err := s.tc.ExecuteWorkflow(ctx, opts, workflows.WorkflowDelete, params)
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
 	if errors.As(err, &started) {
-		return nil, alreadyRunning(p.Name, id)
+		return nil, alreadyRunning(name, id)
 	}
 	if err != nil {
 		return nil, s.temporalError(ctx, "start workflow", err)
 	}
-	return &pb.ProjectionOperation{Projection: projectionPB(p), Workflow: s.workflowPB(id, run.GetRunID())}, nil
+	return &pb.ProjectionOperation{Projection: proj, Workflow: s.workflowPB(id, run.GetRunID())}, nil
+}
+
+// workflowRun is what DescribeWorkflow says of the newest run of a workflow id.
+type workflowRun struct {
+	desc   *client.WorkflowExecutionDescription // nil: no run
+	status enumspb.WorkflowExecutionStatus
+	typ    string
+	runID  string
+}
+
+func (r workflowRun) running() bool { return r.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING }
+func (r workflowRun) isDelete() bool { return r.typ == workflows.WorkflowDelete }
+
+// lastRun describes the newest run of workflow id; no run is not an error.
+func (s *Service) lastRun(ctx context.Context, id string) (workflowRun, error) {
+	desc, err := s.tc.DescribeWorkflow(ctx, id, "")
+	var nf *serviceerror.NotFound
+	if errors.As(err, &nf) {
+		return workflowRun{}, nil
+	}
+	if err != nil {
+		return workflowRun{}, err
+	}
+	info := desc.RawResponse.GetWorkflowExecutionInfo()
+	return workflowRun{desc: desc, status: info.GetStatus(), typ: info.GetType().GetName(), runID: info.GetExecution().GetRunId()}, nil
+}
+
+// Phases of BuildStatus for a delete.
+const (
+	PhaseDeleting     = "deleting"
+	PhaseDeleteFailed = "delete_failed"
+)
+
+// deleteStatus reports a delete run: deleting, with the attempt and last error of its step in
+// progress while that step is retried, or delete_failed with the workflow's error.
+func (s *Service) deleteStatus(ctx context.Context, id string, r workflowRun) *pb.BuildStatus {
+	bs := &pb.BuildStatus{Workflow: s.workflowPB(id, r.runID), Phase: PhaseDeleting}
+	if !r.running() {
+		bs.Phase = PhaseDeleteFailed
+		err := s.tc.GetWorkflow(ctx, id, r.runID).Get(ctx, nil)
+		if err != nil {
+			bs.Error = rootMessage(err)
+		}
+		return bs
+	}
+	for _, a := range r.desc.RawResponse.GetPendingActivities() {
+		if a.GetAttempt() > 1 || a.GetLastFailure() != nil {
+			bs.Attempt = a.GetAttempt()
+			bs.Error = a.GetLastFailure().GetMessage()
+		}
+	}
+	return bs
 }
 
 // UpdateProjection implements pb.ControlPlaneServer.
@@ -601,6 +677,15 @@ func (s *Service) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.
 		return nil, err
 	}
 	p, err := s.reg.GetProjection(ctx, req.GetName())
+	if errors.Is(err, registry.ErrNotFound) && (s.set.TemporalErr == nil || s.set.TemporalErr() == nil) {
+		// Deleted: while its delete runs, or after it gave up, say so.
+		tctx, cancel := context.WithTimeout(ctx, statusTemporalTimeout)
+		bs := s.runningBuild(tctx, req.GetName())
+		cancel()
+		if bs != nil && (bs.Phase == PhaseDeleting || bs.Phase == PhaseDeleteFailed) {
+			return &pb.ProjectionStatus{Projection: &pb.Projection{Definition: &pb.ProjectionDefinition{Name: req.GetName()}}, Running: bs}, nil
+		}
+	}
 	if err != nil {
 		return nil, s.grpcError("get projection", err)
 	}
@@ -631,29 +716,24 @@ func (s *Service) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.
 	return out, nil
 }
 
-// runningBuild describes the projection's running build (or delete) workflow and asks it for its
-// progress. Any failure leaves the field unset: status is served from the registry regardless,
-// and while Temporal is down GetStatus does not ask.
+// runningBuild describes the projection's running build (or running or failed delete) workflow
+// and asks a build for its progress. Any failure leaves the field unset: status is served from
+// the registry regardless, and while Temporal is down GetStatus does not ask.
 func (s *Service) runningBuild(ctx context.Context, name string) *pb.BuildStatus {
 	id := workflows.BuildWorkflowID(name)
-	desc, err := s.tc.DescribeWorkflow(ctx, id, "")
+	r, err := s.lastRun(ctx, id)
 	if err != nil {
-		var nf *serviceerror.NotFound
-		if !errors.As(err, &nf) {
-			s.log.Warn("describe workflow", "workflow_id", id, "err", err)
-		}
+		s.log.Warn("describe workflow", "workflow_id", id, "err", err)
 		return nil
 	}
-	info := desc.RawResponse.GetWorkflowExecutionInfo()
-	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+	if r.isDelete() && r.status == enumspb.WORKFLOW_EXECUTION_STATUS_FAILED || r.isDelete() && r.running() {
+		return s.deleteStatus(ctx, id, r)
+	}
+	if !r.running() || r.typ != workflows.WorkflowBuild {
 		return nil
 	}
-	runID := info.GetExecution().GetRunId()
+	runID := r.runID
 	bs := &pb.BuildStatus{Workflow: s.workflowPB(id, runID)}
-	if info.GetType().GetName() != workflows.WorkflowBuild {
-		bs.Phase = "deleting"
-		return bs
-	}
 	val, err := s.tc.QueryWorkflow(ctx, id, runID, workflows.QueryProgress)
 	if err != nil {
 		s.log.Warn("query workflow progress", "workflow_id", id, "err", err)

@@ -7,7 +7,11 @@ import (
 	"sort"
 	"sync"
 
+	commonpb "go.temporal.io/api/common/v1"
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
+	workflowpb "go.temporal.io/api/workflow/v1"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 
@@ -91,6 +95,30 @@ type fakeTemporal struct {
 	args    []any
 	// unavailable makes every start fail as a Temporal that does not answer does.
 	unavailable bool
+	// described are the runs DescribeWorkflow answers, by workflow id (NotFound otherwise), and
+	// results what GetWorkflow(...).Get returns, by run id.
+	described map[string]*client.WorkflowExecutionDescription
+	results   map[string]error
+}
+
+// describe makes DescribeWorkflow answer a run of id (type typ, status st) with the given
+// pending activities, whose result (once closed) is result.
+func (f *fakeTemporal) describe(id, runID, typ string, st enumspb.WorkflowExecutionStatus, result error, pending ...*workflowpb.PendingActivityInfo) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.described == nil {
+		f.described, f.results = map[string]*client.WorkflowExecutionDescription{}, map[string]error{}
+	}
+	f.described[id] = &client.WorkflowExecutionDescription{RawResponse: &workflowservice.DescribeWorkflowExecutionResponse{
+		WorkflowExecutionInfo: &workflowpb.WorkflowExecutionInfo{
+			Execution: &commonpb.WorkflowExecution{WorkflowId: id, RunId: runID},
+			Type:      &commonpb.WorkflowType{Name: typ},
+			Status:    st,
+		},
+		PendingActivities: pending,
+	}}
+	f.results[runID] = result
+	f.running[id] = st == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING
 }
 
 func newFakeTemporal() *fakeTemporal { return &fakeTemporal{running: map[string]bool{}} }
@@ -101,9 +129,10 @@ func (f *fakeTemporal) ExecuteWorkflow(_ context.Context, o client.StartWorkflow
 	if f.unavailable {
 		return nil, serviceerror.NewUnavailable("connection refused")
 	}
-	if f.running[o.ID] {
+	if f.running[o.ID] && o.WorkflowIDConflictPolicy != enumspb.WORKFLOW_ID_CONFLICT_POLICY_TERMINATE_EXISTING {
 		return nil, serviceerror.NewWorkflowExecutionAlreadyStarted("workflow execution already started", "", "run-1")
 	}
+	delete(f.described, o.ID)
 	f.running[o.ID] = true
 	f.starts = append(f.starts, o)
 	f.args = append(f.args, args...)
@@ -121,6 +150,11 @@ func (f *fakeTemporal) startedIDs() []string {
 }
 
 func (f *fakeTemporal) DescribeWorkflow(_ context.Context, id, _ string) (*client.WorkflowExecutionDescription, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if d, ok := f.described[id]; ok {
+		return d, nil
+	}
 	return nil, serviceerror.NewNotFound("workflow " + id + " not found")
 }
 
@@ -128,12 +162,21 @@ func (f *fakeTemporal) QueryWorkflow(context.Context, string, string, string, ..
 	return nil, serviceerror.NewNotFound("no workflow")
 }
 
-type fakeRun struct{ id, runID string }
+func (f *fakeTemporal) GetWorkflow(_ context.Context, id, runID string) client.WorkflowRun {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return fakeRun{id: id, runID: runID, err: f.results[runID]}
+}
+
+type fakeRun struct {
+	id, runID string
+	err       error
+}
 
 func (r fakeRun) GetID() string                  { return r.id }
 func (r fakeRun) GetRunID() string               { return r.runID }
 func (r fakeRun) GetFirstExecutionRunID() string { return r.runID }
-func (r fakeRun) Get(context.Context, any) error { return nil }
+func (r fakeRun) Get(context.Context, any) error { return r.err }
 func (r fakeRun) GetWithOptions(context.Context, any, client.WorkflowRunGetOptions) error {
 	return nil
 }

@@ -1087,12 +1087,19 @@ func (x *GenerationStatus) GetUpdatedAt() *timestamppb.Timestamp {
 type BuildStatus struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Generation int64                  `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
-	// allocating, backfilling, catching_up, cutting_over, live or failed.
+	// allocating, backfilling, catching_up, cutting_over, live or failed for a build;
+	// deleting while a delete runs, delete_failed once a delete gave up (its retries are bounded:
+	// DeleteProjection starts it again).
 	Phase    string            `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
 	Backfill *BackfillProgress `protobuf:"bytes,3,opt,name=backfill,proto3" json:"backfill,omitempty"`
 	// The live consumer's lag, in records, when it was last found caught up.
-	Lag           int64     `protobuf:"varint,4,opt,name=lag,proto3" json:"lag,omitempty"`
-	Workflow      *Workflow `protobuf:"bytes,5,opt,name=workflow,proto3" json:"workflow,omitempty"`
+	Lag      int64     `protobuf:"varint,4,opt,name=lag,proto3" json:"lag,omitempty"`
+	Workflow *Workflow `protobuf:"bytes,5,opt,name=workflow,proto3" json:"workflow,omitempty"`
+	// The attempt of the step in progress (1 for the first), when a step is being retried.
+	Attempt int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// Why the last attempt of the step in progress failed, or why the workflow failed
+	// (phase delete_failed).
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1160,6 +1167,20 @@ func (x *BuildStatus) GetWorkflow() *Workflow {
 		return x.Workflow
 	}
 	return nil
+}
+
+func (x *BuildStatus) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *BuildStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
 }
 
 type ProjectionStatus struct {
@@ -1317,7 +1338,7 @@ const file_distcache_v1_controlplane_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xc5\x01\n" +
+	"updated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xf5\x01\n" +
 	"\vBuildStatus\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
@@ -1325,7 +1346,9 @@ const file_distcache_v1_controlplane_proto_rawDesc = "" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12:\n" +
 	"\bbackfill\x18\x03 \x01(\v2\x1e.distcache.v1.BackfillProgressR\bbackfill\x12\x10\n" +
 	"\x03lag\x18\x04 \x01(\x03R\x03lag\x122\n" +
-	"\bworkflow\x18\x05 \x01(\v2\x16.distcache.v1.WorkflowR\bworkflow\"\xc3\x01\n" +
+	"\bworkflow\x18\x05 \x01(\v2\x16.distcache.v1.WorkflowR\bworkflow\x12\x18\n" +
+	"\aattempt\x18\x06 \x01(\x05R\aattempt\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\"\xc3\x01\n" +
 	"\x10ProjectionStatus\x128\n" +
 	"\n" +
 	"projection\x18\x01 \x01(\v2\x18.distcache.v1.ProjectionR\n" +
