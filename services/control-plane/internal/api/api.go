@@ -507,7 +507,7 @@ type workflowRun struct {
 	runID  string
 }
 
-func (r workflowRun) running() bool { return r.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING }
+func (r workflowRun) running() bool  { return r.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING }
 func (r workflowRun) isDelete() bool { return r.typ == workflows.WorkflowDelete }
 
 // lastRun describes the newest run of workflow id; no run is not an error.
