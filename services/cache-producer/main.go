@@ -234,8 +234,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 			return nil
 		},
 	}
-	// Temporal only serves backfills: while it is down the producer is ready but degraded.
-	optional := map[string]httpapi.Check{}
+	// Temporal only serves backfills: while it is down the producer is ready but degraded; so
+	// while a generation is rebuilt in place (package rebuild).
+	optional := map[string]httpapi.Check{
+		"rebuilds": func(context.Context) error { return mgr.CheckRebuilds() },
+	}
 	if temporal != nil {
 		optional["temporal"] = func(context.Context) error { return temporal.Err() }
 	}

@@ -9,6 +9,19 @@
 // The set of generations comes from the registry (package registrywatch)
 // through Manager.Update; a topic whose set changed has its consumer
 // restarted, after the batch in flight is written.
+//
+// Before it reads, a consumer checks each generation's position against the
+// topic's bounds (feed.ReadBounds), and it checks again whenever its reader
+// loses the position (feed.ErrPositionLost: the topic was deleted, re-created
+// or truncated under it) or a write finds the offset moved back
+// (projector.ErrPositionMoved). A topic that does not exist is waited for. A
+// stored offset past the topic's end, or counted in an earlier incarnation of
+// the topic (a different topic ID), means the topic was re-created: the
+// generation is rebuilt in place from the topic's start (package rebuild),
+// and Status reports it until the rebuild is swept. A stored offset below the
+// log start means records were deleted before they were read: the consumer
+// logs and counts the offsets skipped (Observer.Skipped) and goes on from
+// the log start. Manager.Rebuild asks for a rebuild for another cause.
 package fanout
 
 import (
@@ -26,8 +39,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/distcache/distcache/libs/projection"
-	"github.com/distcache/distcache/services/cache-producer/internal/feed"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
+	"github.com/distcache/distcache/services/cache-producer/internal/rebuild"
 )
 
 // Generation is one generation to keep up to date.
@@ -54,8 +67,18 @@ type Observer interface {
 	Forget(t projector.Target)
 	// Consumed counts records read from a topic.
 	Consumed(topic string, n int)
-	// Failure counts an error of a stage ("fetch", "write", "offset").
+	// Failure counts an error of a stage ("fetch", "write", "offset",
+	// "rebuild").
 	Failure(stage string)
+	// Rebuilding reports that generation t is being rebuilt in place for
+	// reason (rebuild.Reason*): begun now, or found in progress at start.
+	Rebuilding(t projector.Target, reason string, begun bool)
+	// Rebuilt reports that t's rebuild was swept, removing removed source
+	// keys the re-created topic no longer has.
+	Rebuilt(t projector.Target, removed int)
+	// Skipped counts offsets of t's topic that were deleted before t read
+	// them (the log start passed its offset).
+	Skipped(t projector.Target, offsets int64)
 }
 
 // NopObserver observes nothing.
@@ -66,6 +89,9 @@ func (NopObserver) Position(projector.Target, int64, int64)                {}
 func (NopObserver) Forget(projector.Target)                                {}
 func (NopObserver) Consumed(string, int)                                   {}
 func (NopObserver) Failure(string)                                         {}
+func (NopObserver) Rebuilding(projector.Target, string, bool)              {}
+func (NopObserver) Rebuilt(projector.Target, int)                          {}
+func (NopObserver) Skipped(projector.Target, int64)                        {}
 
 // Config configures a Manager.
 type Config struct {
@@ -87,6 +113,10 @@ type Manager struct {
 	mu     sync.Mutex
 	topics map[string]*runner
 	closed bool
+	// view is the runners as Statuses sees them, published under mu, so
+	// that a status read never waits for an Update stopping a consumer (a
+	// consumer's writes may wait for a Redis that does not answer).
+	view atomic.Pointer[[]*runner]
 
 	failing atomic.Int32 // consumers currently retrying a failed write
 }
@@ -108,7 +138,18 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{cfg: cfg, topics: map[string]*runner{}}, nil
+	m := &Manager{cfg: cfg, topics: map[string]*runner{}}
+	m.publish()
+	return m, nil
+}
+
+// publish makes the current runners what Statuses reads; m.mu is held.
+func (m *Manager) publish() {
+	rs := make([]*runner, 0, len(m.topics))
+	for _, r := range m.topics {
+		rs = append(rs, r)
+	}
+	m.view.Store(&rs)
 }
 
 // Update makes the consumers match gens: topics whose generations changed
@@ -137,6 +178,7 @@ func (m *Manager) Update(ctx context.Context, gens []Generation) {
 		stopping = append(stopping, r)
 		delete(m.topics, topic)
 	}
+	m.publish()
 	for _, r := range stopping {
 		r.stop()
 	}
@@ -158,6 +200,7 @@ func (m *Manager) Update(ctx context.Context, gens []Generation) {
 		go r.run()
 		m.cfg.Logger.Info("consumer started", "topic", topic, "generations", genNames(gs))
 	}
+	m.publish()
 }
 
 // Close stops every consumer, letting each finish its batch in flight.
@@ -169,6 +212,7 @@ func (m *Manager) Close() {
 		rs = append(rs, r)
 	}
 	m.topics = map[string]*runner{}
+	m.publish()
 	m.mu.Unlock()
 	for _, r := range rs {
 		r.stop()
@@ -190,14 +234,27 @@ type Status struct {
 	Next          int64  `json:"next_offset"`
 	HighWatermark int64  `json:"high_watermark"`
 	Lag           int64  `json:"lag"`
+	// Rebuild is set while the generation is rebuilt in place.
+	Rebuild *RebuildStatus `json:"rebuild,omitempty"`
 }
 
-// Statuses lists every consumed generation's position.
+// RebuildStatus describes a generation's rebuild in progress (package
+// rebuild).
+type RebuildStatus struct {
+	Reason string    `json:"reason"` // rebuild.Reason*
+	Detail string    `json:"detail"` // "topic reset: stored offset 1234 > end 56"
+	Since  time.Time `json:"since"`
+	// ReplacedOffset is the stored offset the rebuild replaced; the
+	// rebuild is swept once the generation's offset reaches EndOffset.
+	ReplacedOffset int64 `json:"replaced_offset"`
+	EndOffset      int64 `json:"end_offset"`
+}
+
+// Statuses lists every consumed generation's position. It never waits for
+// a consumer.
 func (m *Manager) Statuses() []Status {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	var out []Status
-	for _, r := range m.topics {
+	for _, r := range *m.view.Load() {
 		out = append(out, r.statuses()...)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -207,6 +264,56 @@ func (m *Manager) Statuses() []Status {
 		return out[i].Generation < out[j].Generation
 	})
 	return out
+}
+
+// Rebuilding lists the generations being rebuilt in place.
+func (m *Manager) Rebuilding() []Status {
+	var out []Status
+	for _, s := range m.Statuses() {
+		if s.Rebuild != nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// ErrRebuilding is wrapped by CheckRebuilds' error.
+var ErrRebuilding = errors.New("rebuilding in place")
+
+// CheckRebuilds returns an error naming every generation being rebuilt in
+// place and why (nil when none is), for a readiness check: the data path
+// works, but those generations serve a mix of old and new content until
+// their rebuild is swept.
+func (m *Manager) CheckRebuilds() error {
+	rs := m.Rebuilding()
+	if len(rs) == 0 {
+		return nil
+	}
+	parts := make([]string, len(rs))
+	for i, s := range rs {
+		parts[i] = fmt.Sprintf("%s/g%d (%s, offset %d of %d)", s.Projection, s.Generation, s.Rebuild.Detail, s.Next, s.Rebuild.EndOffset)
+	}
+	return fmt.Errorf("%w: %s", ErrRebuilding, strings.Join(parts, "; "))
+}
+
+// ErrNotConsumed is returned by Rebuild for a generation no consumer of
+// this Manager keeps up to date.
+var ErrNotConsumed = errors.New("fanout: generation not consumed here")
+
+// Rebuild asks the consumer of generation gen of proj to rebuild it in
+// place from the start of its topic, for cause (package rebuild): the
+// consumer stops reading after the batch in flight, begins the rebuild and
+// reads the topic again. It returns once the request is handed over.
+func (m *Manager) Rebuild(proj string, gen int64, cause rebuild.Cause) error {
+	for _, r := range *m.view.Load() {
+		for i, g := range r.gens {
+			if g.Target.Projection == proj && g.Target.Generation == gen {
+				r.requestRebuild(i, cause)
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("rebuild %s/g%d: %w", proj, gen, ErrNotConsumed)
 }
 
 func sameGenerations(a, b []Generation) bool {
@@ -231,213 +338,6 @@ func genNames(gs []Generation) string {
 		s[i] = g.id()
 	}
 	return strings.Join(s, ",")
-}
-
-// runner is one topic's consumer.
-type runner struct {
-	m     *Manager
-	topic string
-	gens  []Generation
-	log   *slog.Logger
-
-	stopOnce sync.Once
-	stopc    chan struct{}
-	done     chan struct{}
-
-	mu     sync.Mutex
-	states map[string]string
-	next   []int64 // per gen, guarded by mu
-	hwm    atomic.Int64
-}
-
-func newRunner(m *Manager, topic string, gens []Generation) *runner {
-	r := &runner{m: m, topic: topic, gens: gens, log: m.cfg.Logger.With("topic", topic),
-		stopc: make(chan struct{}), done: make(chan struct{}), states: map[string]string{}}
-	r.next = make([]int64, len(gens))
-	for i := range r.next {
-		r.next[i] = -1
-	}
-	r.hwm.Store(-1)
-	r.setStates(gens)
-	return r
-}
-
-func (r *runner) setStates(gs []Generation) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, g := range gs {
-		r.states[g.id()] = g.State
-	}
-}
-
-func (r *runner) stop() { r.stopOnce.Do(func() { close(r.stopc) }) }
-
-func (r *runner) statuses() []Status {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	hwm := r.hwm.Load()
-	out := make([]Status, len(r.gens))
-	for i, g := range r.gens {
-		s := Status{Projection: g.Target.Projection, Generation: g.Target.Generation, Topic: r.topic,
-			State: r.states[g.id()], Next: r.next[i], HighWatermark: hwm}
-		if hwm >= 0 && r.next[i] >= 0 {
-			s.Lag = max(hwm-r.next[i], 0)
-		}
-		out[i] = s
-	}
-	return out
-}
-
-func (r *runner) run() {
-	defer close(r.done)
-	// Polling ends at stop; writes get DrainTimeout more to finish what was
-	// read.
-	pollCtx, cancelPoll := context.WithCancel(context.Background())
-	writeCtx, cancelWrite := context.WithCancel(context.Background())
-	defer cancelPoll()
-	defer cancelWrite()
-	go func() {
-		select {
-		case <-r.stopc:
-		case <-r.done:
-			return
-		}
-		cancelPoll()
-		t := time.NewTimer(r.m.cfg.DrainTimeout)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			cancelWrite()
-		case <-r.done:
-		}
-	}()
-
-	// Each generation's start: its stored offset, or the registry's.
-	start := int64(-1)
-	for i, g := range r.gens {
-		var off int64
-		err := projector.Retry(pollCtx, func() error {
-			var err error
-			off, err = r.m.cfg.Writer.Ledger().InitOffset(pollCtx, g.Target.Projection, g.Target.Generation, g.StartOffset)
-			return err
-		}, func(err error) {
-			r.m.cfg.Observer.Failure("offset")
-			r.log.Warn("read generation offset", "generation", g.id(), "err", err)
-		})
-		if err != nil {
-			return
-		}
-		r.mu.Lock()
-		r.next[i] = off
-		r.mu.Unlock()
-		if start < 0 || off < start {
-			start = off
-		}
-		r.m.cfg.Observer.Position(g.Target, off, r.hwm.Load())
-	}
-
-	targets := make([]*projection.Projection, len(r.gens))
-	for i, g := range r.gens {
-		targets[i] = g.Target.Compiled
-	}
-	rd, err := feed.NewReader(feed.Config{
-		KafkaOpts: r.m.cfg.KafkaOpts, Topic: r.topic, From: start, MaxRecords: r.m.cfg.BatchSize,
-		Fields: feed.FieldsOf(targets...), // a changed definition makes a new runner
-		OnFetchError: func(err error) {
-			r.m.cfg.Observer.Failure("fetch")
-			r.log.Debug("fetch", "err", err)
-		},
-	})
-	if err != nil {
-		r.log.Error("create topic reader", "err", err)
-		r.m.cfg.Observer.Failure("fetch")
-		return
-	}
-	defer rd.Close()
-
-	// One writer pipeline per generation.
-	ins := make([]chan feed.Batch, len(r.gens))
-	var wg sync.WaitGroup
-	for i := range r.gens {
-		ins[i] = make(chan feed.Batch, 1)
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			r.writeGeneration(writeCtx, i, ins[i])
-		}(i)
-	}
-	_ = rd.Run(pollCtx, r.dispatcher(pollCtx, ins)) // ends with pollCtx
-	for _, in := range ins {
-		close(in)
-	}
-	wg.Wait()
-}
-
-// writeGeneration runs generation i's writer over the batches of in.
-func (r *runner) writeGeneration(ctx context.Context, i int, in chan feed.Batch) {
-	g := r.gens[i]
-	failing := false
-	onErr := func(err error) {
-		if !failing {
-			failing = true
-			r.m.failing.Add(1)
-		}
-		r.m.cfg.Observer.Failure("write")
-		r.log.Warn("write batch, retrying", "generation", g.id(), "err", err)
-	}
-	err := r.m.cfg.Writer.Run(ctx, g.Target, in, onErr, func(next int64, st projector.Stats, took time.Duration) {
-		if failing {
-			failing = false
-			r.m.failing.Add(-1)
-		}
-		r.mu.Lock()
-		r.next[i] = next
-		r.mu.Unlock()
-		r.m.cfg.Observer.Batch(g.Target, st, took)
-		r.m.cfg.Observer.Position(g.Target, next, r.hwm.Load())
-	})
-	if failing {
-		r.m.failing.Add(-1)
-	}
-	if err != nil && ctx.Err() == nil {
-		r.log.Error("generation writer stopped", "generation", g.id(), "err", err)
-	}
-	for range in { // let the poller finish
-	}
-}
-
-// dispatcher returns the function that hands each batch the topic's reader
-// emits to every generation, from the generation's own offset on: a
-// generation past the batch skips it, one in its middle gets the records
-// at or past its offset.
-func (r *runner) dispatcher(ctx context.Context, ins []chan feed.Batch) func(feed.Batch) error {
-	dispatched := make([]int64, len(r.gens))
-	r.mu.Lock()
-	copy(dispatched, r.next)
-	r.mu.Unlock()
-	return func(b feed.Batch) error {
-		if b.End >= 0 {
-			r.hwm.Store(b.End)
-		}
-		r.m.cfg.Observer.Consumed(r.topic, len(b.Records))
-		for i := range r.gens {
-			if b.Next <= dispatched[i] {
-				continue // this generation is past the batch
-			}
-			sub := b
-			if len(sub.Records) > 0 && sub.Records[0].Offset < dispatched[i] {
-				j := sort.Search(len(sub.Records), func(j int) bool { return sub.Records[j].Offset >= dispatched[i] })
-				sub.Records = sub.Records[j:]
-			}
-			select {
-			case ins[i] <- sub:
-				dispatched[i] = b.Next
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		return nil
-	}
 }
 
 // CompileTarget compiles a definition into a target.

@@ -555,15 +555,15 @@ func TestTwoWritersOneGeneration(t *testing.T) {
 }
 
 // raceCounter counts what a Manager reports of another writer's work.
-type raceCounter struct{ failures, skipped *atomic.Int64 }
+type raceCounter struct {
+	fanout.NopObserver
+	failures, skipped *atomic.Int64
+}
 
 func (c raceCounter) Batch(_ projector.Target, st projector.Stats, _ time.Duration) {
 	c.skipped.Add(int64(st.Skipped))
 }
-func (raceCounter) Position(projector.Target, int64, int64) {}
-func (raceCounter) Forget(projector.Target)                 {}
-func (raceCounter) Consumed(string, int)                    {}
-func (c raceCounter) Failure(string)                        { c.failures.Add(1) }
+func (c raceCounter) Failure(string) { c.failures.Add(1) }
 
 // matchesModel checks generation 1 of def against the model of all: the
 // same values and versions, every record written once (no version repeats

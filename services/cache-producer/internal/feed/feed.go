@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/distcache/distcache/libs/events"
@@ -119,6 +120,9 @@ const fetchRetryWait = 250 * time.Millisecond
 // Batch is one slice of a topic: its records, decoded, in offset order, and
 // the position after them.
 type Batch struct {
+	// From is the position the batch starts at (the Next of the batch
+	// before, or Config.From): every offset from From to Next was read.
+	From    int64
 	Records []Record
 	// Next is the offset after the batch: every record before it has been
 	// read (control records and offsets compaction removed included).
@@ -172,6 +176,10 @@ func NewReader(cfg Config) (*Reader, error) {
 	}
 	cl, err := kgo.NewClient(append(slices.Clone(cfg.KafkaOpts),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{cfg.Topic: {0: kgo.NewOffset().At(cfg.From)}}),
+		// Never move the position behind the caller's back: an offset out
+		// of range (a topic re-created below it, a log start past it) is
+		// ErrPositionLost, for the caller to decide.
+		kgo.ConsumeResetOffset(kgo.NoResetOffset()),
 		kgo.KeepControlRecords(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.FetchMaxPartitionBytes(FetchBytes),
@@ -185,10 +193,39 @@ func NewReader(cfg Config) (*Reader, error) {
 // Close closes the Reader's Kafka client.
 func (r *Reader) Close() { r.cl.Close() }
 
+// ErrPositionLost is wrapped by the error Run returns when the topic no
+// longer holds the Reader's position: the broker answered that the offset
+// is out of range (the topic was re-created with fewer records, or its log
+// start moved past the position) or that it no longer hosts the topic the
+// Reader was consuming (deleted, perhaps re-created: a new incarnation has a
+// new topic ID). The Reader does not move on by itself; the caller compares
+// its position with the topic's Bounds and decides.
+var ErrPositionLost = errors.New("the topic no longer holds the consumer's position")
+
+// PositionLostError is the error Run returns with ErrPositionLost.
+type PositionLostError struct {
+	Topic  string
+	Offset int64 // the position the Reader was at
+	Err    error // the broker's answer
+}
+
+func (e *PositionLostError) Error() string {
+	return fmt.Sprintf("%s at offset %d: %v: %v", e.Topic, e.Offset, ErrPositionLost, e.Err)
+}
+
+// Unwrap returns ErrPositionLost and the broker's answer.
+func (e *PositionLostError) Unwrap() []error { return []error{ErrPositionLost, e.Err} }
+
+// positionLost reports whether a fetch error means the position is gone.
+func positionLost(err error) bool {
+	return errors.Is(err, kerr.OffsetOutOfRange) || errors.Is(err, kerr.UnknownTopicID)
+}
+
 // Run reads the topic and hands emit each batch that moves the position,
 // in order, until ctx ends (Run returns ctx's error), emit fails (its
-// error), or, with Config.Until, everything before Until is read (nil).
-// emit may keep the batch; its records are not reused.
+// error), the position is lost (a *PositionLostError), or, with
+// Config.Until, everything before Until is read (nil). emit may keep the
+// batch; its records are not reused.
 func (r *Reader) Run(ctx context.Context, emit func(Batch) error) error {
 	until := r.cfg.Until
 	next, hwm := r.cfg.From, int64(-1)
@@ -198,15 +235,22 @@ func (r *Reader) Run(ctx context.Context, emit func(Batch) error) error {
 			return err
 		}
 		failed := false
+		var lost error
 		fs.EachError(func(t string, p int32, err error) {
 			if errors.Is(err, context.Canceled) {
 				return
 			}
 			failed = true
+			if positionLost(err) && lost == nil {
+				lost = err
+			}
 			if r.cfg.OnFetchError != nil {
 				r.cfg.OnFetchError(fmt.Errorf("fetch %s partition %d: %w", t, p, err))
 			}
 		})
+		if lost != nil && fs.NumRecords() == 0 {
+			return &PositionLostError{Topic: r.cfg.Topic, Offset: next, Err: lost}
+		}
 		if failed && fs.NumRecords() == 0 {
 			t := time.NewTimer(fetchRetryWait)
 			select {
@@ -218,7 +262,7 @@ func (r *Reader) Run(ctx context.Context, emit func(Batch) error) error {
 			continue
 		}
 		var raw []*kgo.Record
-		moved := false
+		from, moved := next, false
 		fs.EachPartition(func(p kgo.FetchTopicPartition) {
 			if p.Partition != 0 {
 				return
@@ -243,7 +287,7 @@ func (r *Reader) Run(ctx context.Context, emit func(Batch) error) error {
 		if !moved {
 			continue
 		}
-		b := Batch{Records: DecodeAll(raw, r.cfg.Fields), Next: next, End: hwm}
+		b := Batch{From: from, Records: DecodeAll(raw, r.cfg.Fields), Next: next, End: hwm}
 		if until > 0 {
 			b.End = until
 		}

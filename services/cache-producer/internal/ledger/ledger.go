@@ -11,14 +11,20 @@
 //	dc:P:producer:gN:ix:<skey>   string: 16 hex digits of the version the
 //	                             source key <skey> last wrote, then the
 //	                             projected key it wrote
-//	dc:P:producer:gN:dead        stream: dead letters, entry id <offset+1>-0,
-//	                             fields topic, partition, offset, key, reason
+//	dc:P:producer:gN:dead        stream: dead letters, entry id <version>-0
+//	                             (the record's write version, see
+//	                             VersionBaseKey), fields topic, partition,
+//	                             offset, key, reason
 //	dc:P:producer:gN:ixcount     string, decimal: how many index entries
 //	                             exist (single-node Redis only, kept in the
 //	                             same transaction as the index; absent when
 //	                             unknown, e.g. a generation written before it
 //	                             existed). 0 lets a writer know the index is
 //	                             empty without reading it.
+//	dc:P:producer:gN:vbase       string, decimal: the version base (every
+//	dc:P:producer:gN:topic       write's version is base + offset + 1), the
+//	dc:P:producer:gN:rebuild     topic incarnation and the rebuild in
+//	                             progress: see rebuild.go and package rebuild
 //
 // These keys deliberately do not match distcache.GenerationPattern
 // (dc:P:gN:*): that pattern is SCANned by edge clients' warm start, which
@@ -370,8 +376,12 @@ type DeadLetter struct {
 	Topic     string
 	Partition int32
 	Offset    int64
-	Key       string
-	Reason    string
+	// Version is the version the record writes with (its stream id is
+	// <Version>-0, so a replay does not record it twice and a rebuild,
+	// whose versions are higher, records it again); 0 means Offset + 1.
+	Version int64
+	Key     string
+	Reason  string
 }
 
 // Commit is what a batch leaves behind once its values are written: index
@@ -512,11 +522,15 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 	}
 	dead := DeadLetterKey(proj, gen)
 	for _, d := range c.Dead {
+		id := d.Version
+		if id <= 0 {
+			id = d.Offset + 1
+		}
 		cmd := pipe.XAdd(ctx, &redis.XAddArgs{
 			Stream: dead,
 			MaxLen: l.deadMax,
 			Approx: true,
-			ID:     strconv.FormatInt(d.Offset+1, 10) + "-0",
+			ID:     strconv.FormatInt(id, 10) + "-0",
 			Values: []any{"topic", d.Topic, "partition", strconv.FormatInt(int64(d.Partition), 10),
 				"offset", strconv.FormatInt(d.Offset, 10), "key", d.Key, "reason", d.Reason},
 		})

@@ -37,6 +37,10 @@ type Metrics struct {
 	skipped     *prometheus.CounterVec
 	generations prometheus.Gauge
 	registryOK  prometheus.Gauge
+	rebuilds    *prometheus.CounterVec
+	rebuilding  *prometheus.GaugeVec
+	swept       *prometheus.CounterVec
+	unread      *prometheus.CounterVec
 
 	mu    sync.Mutex
 	rates map[string]*ewma // topic → events/s
@@ -68,7 +72,7 @@ func New() *Metrics {
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "dead_letters_total",
 			Help: "Records sent to a generation's dead-letter stream, by reason."}, []string{"projection", "generation", "reason"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "failures_total",
-			Help: "Errors by stage (fetch, write, offset, registry); writes are retried."}, []string{"stage"}),
+			Help: "Errors by stage (fetch, write, offset, rebuild, registry); writes are retried."}, []string{"stage"}),
 		batchTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: ns + "batch_seconds",
 			Help: "Time to write one batch into one generation.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"kind"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ns + "lag_records",
@@ -85,11 +89,21 @@ func New() *Metrics {
 			Help: "Generations kept up to date by this producer."}),
 		registryOK: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "registry_up",
 			Help: "1 when the last registry load succeeded."}),
+		rebuilds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "generation_rebuilds_total",
+			Help: "In-place rebuilds of a generation from its topic's start begun, by reason (topic_reset: the topic was re-created; data_loss)."},
+			[]string{"projection", "generation", "reason"}),
+		rebuilding: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ns + "generation_rebuilding",
+			Help: "1 while the generation is rebuilt in place (until its re-read reaches the topic's end as of the rebuild's start and is swept)."}, gl),
+		swept: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "rebuild_removed_source_keys_total",
+			Help: "Source keys a rebuild's sweep removed (absent from the re-created topic); their projected keys are deleted."}, gl),
+		unread: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "unread_offsets_skipped_total",
+			Help: "Offsets the topic's log start passed before the generation read them (records deleted unread); consumption went on from the log start."}, gl),
 		rates: map[string]*ewma{},
 		stop:  make(chan struct{}),
 	}
 	reg.MustRegister(m.consumed, m.events, m.writes, m.applied, m.filtered, m.deadLetters, m.failures,
-		m.batchTime, m.lag, m.position, m.rate, m.backfilled, m.generations, m.registryOK, m.skipped)
+		m.batchTime, m.lag, m.position, m.rate, m.backfilled, m.generations, m.registryOK, m.skipped,
+		m.rebuilds, m.rebuilding, m.swept, m.unread)
 	go m.tick()
 	return m
 }
@@ -158,6 +172,28 @@ func (m *Metrics) Forget(t projector.Target) {
 	l := genLabels(t)
 	m.position.DeleteLabelValues(l...)
 	m.lag.DeleteLabelValues(l...)
+	m.rebuilding.DeleteLabelValues(l...)
+}
+
+// Rebuilding implements fanout.Observer.
+func (m *Metrics) Rebuilding(t projector.Target, reason string, begun bool) {
+	l := genLabels(t)
+	if begun {
+		m.rebuilds.WithLabelValues(append(l, reason)...).Inc()
+	}
+	m.rebuilding.WithLabelValues(l...).Set(1)
+}
+
+// Rebuilt implements fanout.Observer.
+func (m *Metrics) Rebuilt(t projector.Target, removed int) {
+	l := genLabels(t)
+	m.rebuilding.WithLabelValues(l...).Set(0)
+	m.swept.WithLabelValues(l...).Add(float64(removed))
+}
+
+// Skipped implements fanout.Observer.
+func (m *Metrics) Skipped(t projector.Target, offsets int64) {
+	m.unread.WithLabelValues(genLabels(t)...).Add(float64(offsets))
 }
 
 // Consumed implements fanout.Observer.

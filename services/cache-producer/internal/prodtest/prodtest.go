@@ -131,6 +131,9 @@ type Model struct {
 	idx   map[string]ledger.Entry // source key → owned key
 	// Dead counts records that could not be projected.
 	Dead int
+	// Base is the generation's version base: a record at offset o writes
+	// version Base + o + 1 (0 until a rebuild, see package rebuild).
+	Base int64
 }
 
 type modelCell struct {
@@ -151,7 +154,7 @@ func NewModel(t testing.TB, def projection.Definition) *Model {
 // Apply applies one record at offset (r.Value nil: tombstone; value not a
 // JSON object or missing a key field: unprojectable).
 func (m *Model) Apply(offset int64, key string, value []byte) {
-	v := offset + 1
+	v := m.Base + offset + 1
 	var newKey string
 	var data []byte
 	keep := false

@@ -53,11 +53,18 @@ func (w *Writer) planCluster(ctx context.Context, t Target, outs []outcome, next
 	index := func(skeys []string) ([]ledger.Entry, error) {
 		return w.ledger.IndexOn(ctx, c, t.Projection, t.Generation, false, skeys)
 	}
+	// The base changes only when a rebuild begins, which stops the
+	// generation's writer first (one producer per topic on a cluster).
+	base, err := w.ledger.VersionBase(ctx, t.Projection, t.Generation)
+	if err != nil {
+		return nil, err
+	}
 	src := groupSources(outs)
 	st, err := readState(outs, &src, pending, index, w.versionsOn(ctx, c, t))
 	if err != nil {
 		return nil, err
 	}
+	st.Base = base
 	return planBatch(t, outs, &src, st, next, true), nil
 }
 

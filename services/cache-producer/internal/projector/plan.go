@@ -138,6 +138,9 @@ type State struct {
 	// Versions is the version each projected key in departures holds now
 	// (0: absent, or not a distcache value); nil when there are none.
 	Versions map[string]int64
+	// Base is the generation's version base: a record at offset o writes
+	// with version Base + o + 1 (see package rebuild).
+	Base int64
 }
 
 // departures are the projected keys the batch may delete without having
@@ -185,6 +188,7 @@ type Plan struct {
 	// plans overlay (the Cluster pipeline, see state.go).
 	written map[string]int64
 	next    int64
+	base    int64 // State.Base
 	stats   Stats
 }
 
@@ -205,7 +209,7 @@ type slot struct {
 // the source key now owns it; a record that cannot be projected is a dead
 // letter.
 func planBatch(t Target, outs []outcome, src *sources, st State, next int64, overlaid bool) *Plan {
-	p := &Plan{t: t, next: next, stats: Stats{Records: len(outs)}, pos: src.pos}
+	p := &Plan{t: t, next: next, base: st.Base, stats: Stats{Records: len(outs)}, pos: src.pos}
 	p.slots = make([]slot, len(src.keys))
 	for j, k := range src.keys {
 		p.slots[j] = slot{skey: k, before: st.Index[j], after: st.Index[j]}
@@ -227,7 +231,7 @@ func planBatch(t Target, outs []outcome, src *sources, st State, next int64, ove
 	for i := range outs {
 		o := &outs[i]
 		r := o.rec
-		v := Version(r.Offset)
+		v := st.Base + Version(r.Offset)
 		if o.filtered {
 			p.stats.Filtered++
 		}
@@ -280,7 +284,8 @@ func (p *Plan) after(k string) (ledger.Entry, bool) {
 }
 
 func (p *Plan) deadLetter(r *feed.Record, err error) {
-	p.dead = append(p.dead, ledger.DeadLetter{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Reason: err.Error()})
+	p.dead = append(p.dead, ledger.DeadLetter{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset,
+		Version: p.base + Version(r.Offset), Key: r.Key, Reason: err.Error()})
 	p.stats.DeadLetters++
 	if p.stats.DeadReasons == nil {
 		p.stats.DeadReasons = map[string]int{}

@@ -28,7 +28,10 @@
 // order every record, survive compaction unchanged and are the same on every
 // replay, so "a write with an older version never wins" holds per projected
 // key whoever owns it, and a replay writes exactly the versions of the first
-// run.
+// run. Precisely, the version is the generation's version base plus offset
+// + 1; the base is 0 until the generation is rebuilt in place from a topic
+// whose offsets restarted (package rebuild), which raises it above every
+// version the generation holds.
 //
 // Exactly-once outcome. On a single Redis node (standalone or replicated) a
 // batch is one optimistic transaction holding its values, index, dead
@@ -60,7 +63,9 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 )
 
-// Version is the version of every write a record makes.
+// Version is the version of every write a record makes, in a generation
+// whose version base is 0 (in general: base + Version(offset), see package
+// rebuild).
 func Version(offset int64) int64 { return offset + 1 }
 
 // Target is one generation of one projection.
@@ -150,7 +155,7 @@ func (w *Writer) transactional() bool { return !w.ledger.Cluster() }
 // nothing is known to be stored and the caller retries the same batch.
 func (w *Writer) WriteBatch(ctx context.Context, t Target, recs []feed.Record, next int64) (Stats, error) {
 	if w.transactional() {
-		st, _, err := w.writeTx(ctx, nil, t, projectAll(t, recs), next, 0)
+		st, _, err := w.writeTx(ctx, nil, t, projectAll(t, recs), -1, next, 0)
 		return st, err
 	}
 	return w.writeCluster(ctx, t, recs, next)

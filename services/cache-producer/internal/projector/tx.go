@@ -58,6 +58,12 @@ const maxTxConflicts = 5
 // offset.
 var errConflict = errors.New("the generation's offset moved under another writer")
 
+// ErrPositionMoved is wrapped by Run's error when a batch starts past the
+// generation's stored offset: someone moved the offset back (a rebuild begun
+// by another producer), so the records in between must be read again. Run
+// stops; the caller starts reading again from the stored offset.
+var ErrPositionMoved = errors.New("the generation's stored offset is before the batch: it was moved back")
+
 // Conflicts counts the transactions that lost to another writer of the
 // same generation (and were planned again).
 func (w *Writer) Conflicts() int64 { return w.conflicts.Load() }
@@ -87,9 +93,9 @@ type txConn struct {
 }
 
 // watchReads are the reads a batch plans with, made under the watch: the
-// generation's offset, index count and index layout mark.
+// generation's offset, index count, index layout mark and version base.
 type watchReads struct {
-	off, cnt, format *redis.StringCmd
+	off, cnt, format, base *redis.StringCmd
 }
 
 func queueReads(ctx context.Context, pipe redis.Pipeliner, t Target) watchReads {
@@ -97,6 +103,7 @@ func queueReads(ctx context.Context, pipe redis.Pipeliner, t Target) watchReads 
 		off:    pipe.Get(ctx, ledger.OffsetKey(t.Projection, t.Generation)),
 		cnt:    pipe.Get(ctx, ledger.IndexCountKey(t.Projection, t.Generation)),
 		format: pipe.Get(ctx, ledger.IndexFormatKey(t.Projection, t.Generation)),
+		base:   pipe.Get(ctx, ledger.VersionBaseKey(t.Projection, t.Generation)),
 	}
 }
 
@@ -251,8 +258,9 @@ type head struct {
 	known    bool  // an offset is stored: something was committed (or InitOffset ran)
 	count    int64 // index entries, when counted
 	counted  bool
-	marked   bool // the bucketed layout's mark exists
-	bucketed bool // the index layout (ledger.Layout)
+	marked   bool  // the bucketed layout's mark exists
+	bucketed bool  // the index layout (ledger.Layout)
+	base     int64 // the version base (0 when none is stored)
 }
 
 // readHead parses the reads of rd.
@@ -269,6 +277,12 @@ func (w *Writer) readHead(t Target, rd watchReads) (head, error) {
 		h.count, h.counted = n, err == nil
 	}
 	h.marked = rd.format.Err() == nil && ledger.IsFormatMark(rd.format.Val())
+	if rd.base.Err() == nil {
+		var err error
+		if h.base, err = ledger.ParseVersionBase(rd.base.Val()); err != nil {
+			return head{}, fmt.Errorf("%s: %w", t, err)
+		}
+	}
 	h.bucketed = w.ledger.Bucketed(ledger.Layout{OffsetKnown: h.known, Marked: h.marked})
 	return h, nil
 }
@@ -283,9 +297,10 @@ func (h head) unwritten(outs []outcome) []outcome {
 
 // writeTx writes one projected batch in one optimistic transaction (see
 // above). It returns what it did and the generation's stored offset after
-// it. end is the topic's end offset if known (else 0). Batches of one
-// generation must not be written concurrently.
-func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outcome, next, end int64) (Stats, int64, error) {
+// it. from is where the batch starts (feed.Batch.From; < 0: unknown), end
+// the topic's end offset if known (else 0). Batches of one generation must
+// not be written concurrently.
+func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outcome, from, next, end int64) (Stats, int64, error) {
 	cache := w.cacheOf(t)
 	cache.mu.Lock()
 	defer cache.mu.Unlock()
@@ -301,6 +316,13 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			if h, err = w.readHead(t, rd); err != nil {
 				return err
 			}
+			if from >= 0 && h.known && h.offset < from {
+				// Records between the stored offset and the batch were
+				// never written here: the offset was moved back (a rebuild
+				// begun by another producer) since this batch was read.
+				_ = tx.Do(ctx, "UNWATCH").Err()
+				return fmt.Errorf("write %s: %w: stored offset %d, batch from %d", t, ErrPositionMoved, h.offset, from)
+			}
 			cache.sync(h, end, w.cacheMax)
 			if todo = h.unwritten(outs); len(todo) == 0 && h.known && next <= h.offset {
 				return tx.Do(ctx, "UNWATCH").Err() // written already (a replay, or another writer)
@@ -310,6 +332,7 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			if err != nil {
 				return err
 			}
+			st.Base = h.base
 			// 2. Plan.
 			p = planBatch(t, todo, &src, st, next, false)
 			// 3. Execute.
@@ -406,6 +429,7 @@ func (w *Writer) execTx(ctx context.Context, exec execFn, t Target, p *Plan, h h
 // prepared is a batch with its records projected.
 type prepared struct {
 	outs []outcome
+	from int64 // feed.Batch.From
 	next int64
 	end  int64 // feed.Batch.End
 	t0   time.Time
@@ -427,7 +451,7 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan feed.Batch, onEr
 				if !ok {
 					return
 				}
-				p := prepared{outs: projectAll(t, b.Records), next: b.Next, end: b.End, t0: time.Now()}
+				p := prepared{outs: projectAll(t, b.Records), from: b.From, next: b.Next, end: b.End, t0: time.Now()}
 				select {
 				case ready <- p:
 				case <-ctx.Done():
@@ -445,11 +469,19 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan feed.Batch, onEr
 			st     Stats
 			stored int64
 		)
+		var moved error
 		err := Retry(ctx, func() error {
 			var err error
-			st, stored, err = w.writeTx(ctx, tc, t, p.outs, p.next, p.end)
+			st, stored, err = w.writeTx(ctx, tc, t, p.outs, p.from, p.next, p.end)
+			if errors.Is(err, ErrPositionMoved) {
+				moved = err // retrying cannot help: the caller reads again
+				return nil
+			}
 			return err
 		}, onErr)
+		if err == nil {
+			err = moved
+		}
 		if err != nil {
 			cancel()
 			for range ready {

@@ -122,14 +122,14 @@ func TestTxErrorsSurface(t *testing.T) {
 	tc := w.newTxConn()
 	defer tc.close()
 
-	if _, _, err := w.writeTx(ctx, tc, tg, projectAll(tg, upserts(0, 10)), 10, 0); err != nil {
+	if _, _, err := w.writeTx(ctx, tc, tg, projectAll(tg, upserts(0, 10)), -1, 10, 0); err != nil {
 		t.Fatal(err)
 	}
 	stream := distcache.StreamKey(tg.Projection, 1)
 	saved := rdb.Dump(ctx, stream).Val()
 	rdb.Del(ctx, stream)
 	rdb.Set(ctx, stream, "not a stream", 0)
-	_, _, err := w.writeTx(ctx, tc, tg, projectAll(tg, upserts(10, 10)), 20, 0)
+	_, _, err := w.writeTx(ctx, tc, tg, projectAll(tg, upserts(10, 10)), -1, 20, 0)
 	if err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
 		t.Fatalf("batch over a broken change stream: %v; want a WRONGTYPE error", err)
 	}
@@ -140,7 +140,7 @@ func TestTxErrorsSurface(t *testing.T) {
 
 	// Another writer commits offset 20 (as if it wrote records 10..19).
 	rdb.Set(ctx, ledger.OffsetKey(tg.Projection, 1), "20", 0)
-	st, stored, err := w.writeTx(ctx, tc, tg, projectAll(tg, upserts(10, 20)), 30, 0)
+	st, stored, err := w.writeTx(ctx, tc, tg, projectAll(tg, upserts(10, 20)), -1, 30, 0)
 	if err != nil || stored != 30 || st.Skipped != 10 || st.Sets != 10 {
 		t.Fatalf("after another writer: stats %+v, stored %d, %v; want 10 skipped, 10 set, stored 30", st, stored, err)
 	}

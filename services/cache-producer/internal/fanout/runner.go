@@ -1,0 +1,467 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/distcache/distcache/libs/projection"
+	"github.com/distcache/distcache/services/cache-producer/internal/feed"
+	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+	"github.com/distcache/distcache/services/cache-producer/internal/projector"
+	"github.com/distcache/distcache/services/cache-producer/internal/rebuild"
+)
+
+// topicPoll is how often a consumer asks whether its topic exists, while it
+// does not.
+const topicPoll = 500 * time.Millisecond
+
+// restartWait is the pause before a consumer that lost its position reads
+// again.
+const restartWait = 100 * time.Millisecond
+
+// runner is one topic's consumer.
+type runner struct {
+	m     *Manager
+	topic string
+	gens  []Generation
+	log   *slog.Logger
+
+	stopOnce sync.Once
+	stopc    chan struct{}
+	done     chan struct{}
+
+	mu       sync.Mutex
+	states   map[string]string
+	next     []int64           // per gen
+	rebuilds []*ledger.Rebuild // per gen: the rebuild in progress
+	requests []*rebuild.Cause  // per gen: a rebuild asked for (Manager.Rebuild)
+	restart  func()            // ends the current read, to start over
+	hwm      atomic.Int64
+}
+
+func newRunner(m *Manager, topic string, gens []Generation) *runner {
+	r := &runner{m: m, topic: topic, gens: gens, log: m.cfg.Logger.With("topic", topic),
+		stopc: make(chan struct{}), done: make(chan struct{}), states: map[string]string{}}
+	r.next = make([]int64, len(gens))
+	for i := range r.next {
+		r.next[i] = -1
+	}
+	r.rebuilds = make([]*ledger.Rebuild, len(gens))
+	r.requests = make([]*rebuild.Cause, len(gens))
+	r.hwm.Store(-1)
+	r.setStates(gens)
+	return r
+}
+
+func (r *runner) setStates(gs []Generation) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, g := range gs {
+		r.states[g.id()] = g.State
+	}
+}
+
+func (r *runner) stop() { r.stopOnce.Do(func() { close(r.stopc) }) }
+
+func (r *runner) statuses() []Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	hwm := r.hwm.Load()
+	out := make([]Status, len(r.gens))
+	for i, g := range r.gens {
+		s := Status{Projection: g.Target.Projection, Generation: g.Target.Generation, Topic: r.topic,
+			State: r.states[g.id()], Next: r.next[i], HighWatermark: hwm}
+		if hwm >= 0 && r.next[i] >= 0 {
+			s.Lag = max(hwm-r.next[i], 0)
+		}
+		if rb := r.rebuilds[i]; rb != nil {
+			s.Rebuild = &RebuildStatus{Reason: rb.Reason, Detail: rb.Detail, Since: rb.Started,
+				ReplacedOffset: rb.From, EndOffset: rb.End}
+		}
+		out[i] = s
+	}
+	return out
+}
+
+// requestRebuild hands generation i a rebuild for cause and makes the
+// consumer start over to begin it.
+func (r *runner) requestRebuild(i int, cause rebuild.Cause) {
+	r.mu.Lock()
+	r.requests[i] = &cause
+	restart := r.restart
+	r.mu.Unlock()
+	if restart != nil {
+		restart()
+	}
+}
+
+// startOver ends the current read so the consumer checks its positions
+// again.
+func (r *runner) startOver() {
+	r.mu.Lock()
+	restart := r.restart
+	r.mu.Unlock()
+	if restart != nil {
+		restart()
+	}
+}
+
+func (r *runner) run() {
+	defer close(r.done)
+	// Polling ends at stop; writes get DrainTimeout more to finish what was
+	// read.
+	pollCtx, cancelPoll := context.WithCancel(context.Background())
+	writeCtx, cancelWrite := context.WithCancel(context.Background())
+	defer cancelPoll()
+	defer cancelWrite()
+	go func() {
+		select {
+		case <-r.stopc:
+		case <-r.done:
+			return
+		}
+		cancelPoll()
+		t := time.NewTimer(r.m.cfg.DrainTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelWrite()
+		case <-r.done:
+		}
+	}()
+	for r.consume(pollCtx, writeCtx) {
+		t := time.NewTimer(restartWait)
+		select {
+		case <-pollCtx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// consume checks every generation's position against the topic (prepare),
+// then reads the topic and writes each generation until the consumer stops
+// (false) or must start over (true): the reader lost its position, a write
+// found an offset moved back, or a rebuild was asked for.
+func (r *runner) consume(pollCtx, writeCtx context.Context) bool {
+	readCtx, stopRead := context.WithCancel(pollCtx)
+	defer stopRead()
+	var again atomic.Bool
+	r.mu.Lock()
+	r.restart = func() {
+		again.Store(true)
+		stopRead()
+	}
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.restart = nil
+		r.mu.Unlock()
+	}()
+
+	start, ok := r.prepare(pollCtx)
+	if !ok {
+		return false
+	}
+	targets := make([]*projection.Projection, len(r.gens))
+	for i, g := range r.gens {
+		targets[i] = g.Target.Compiled
+	}
+	rd, err := feed.NewReader(feed.Config{
+		KafkaOpts: r.m.cfg.KafkaOpts, Topic: r.topic, From: start, MaxRecords: r.m.cfg.BatchSize,
+		Fields: feed.FieldsOf(targets...), // a changed definition makes a new runner
+		OnFetchError: func(err error) {
+			r.m.cfg.Observer.Failure("fetch")
+			r.log.Debug("fetch", "err", err)
+		},
+	})
+	if err != nil {
+		r.log.Error("create topic reader", "err", err)
+		r.m.cfg.Observer.Failure("fetch")
+		return false
+	}
+	defer rd.Close()
+
+	// One writer pipeline per generation.
+	ins := make([]chan feed.Batch, len(r.gens))
+	var wg sync.WaitGroup
+	for i := range r.gens {
+		ins[i] = make(chan feed.Batch, 1)
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r.writeGeneration(writeCtx, i, ins[i])
+		}(i)
+	}
+	err = rd.Run(readCtx, r.dispatcher(readCtx, ins)) // ends with readCtx
+	for _, in := range ins {
+		close(in)
+	}
+	wg.Wait()
+	if errors.Is(err, feed.ErrPositionLost) {
+		r.log.Warn("the topic no longer holds the consumer's position; checking every generation's position again", "err", err)
+		return pollCtx.Err() == nil
+	}
+	return again.Load() && pollCtx.Err() == nil
+}
+
+// prepare reads each generation's stored offset (storing its start offset
+// when it has none), waits for the topic to exist, and checks every
+// position against the topic's bounds: a generation whose offset counts in
+// an earlier incarnation of the topic, or whose rebuild was asked for, is
+// rebuilt (rebuild.Begin), one whose offset the log start passed skips to
+// the log start, one whose rebuild reached its end is swept. It returns
+// where the reader starts; false when ctx ended first.
+func (r *runner) prepare(ctx context.Context) (int64, bool) {
+	led := r.m.cfg.Writer.Ledger()
+	retry := func(stage string, what string, f func() error) bool {
+		return projector.Retry(ctx, f, func(err error) {
+			r.m.cfg.Observer.Failure(stage)
+			r.log.Warn(what, "err", err)
+		}) == nil
+	}
+	// Each generation's start: its stored offset, or the registry's.
+	offs := make([]int64, len(r.gens))
+	for i, g := range r.gens {
+		if !retry("offset", "read generation offset "+g.id(), func() error {
+			var err error
+			offs[i], err = led.InitOffset(ctx, g.Target.Projection, g.Target.Generation, g.StartOffset)
+			return err
+		}) {
+			return 0, false
+		}
+		r.mu.Lock()
+		r.next[i] = offs[i]
+		r.mu.Unlock()
+		r.m.cfg.Observer.Position(g.Target, offs[i], r.hwm.Load())
+	}
+
+	var b feed.Bounds
+	for waited := false; ; waited = true {
+		if !retry("fetch", "read topic bounds", func() error {
+			var err error
+			b, err = feed.ReadBounds(ctx, r.m.cfg.KafkaOpts, r.topic)
+			return err
+		}) {
+			return 0, false
+		}
+		if b.Exists {
+			break
+		}
+		if !waited {
+			r.log.Info("waiting for the topic to exist")
+		}
+		t := time.NewTimer(topicPoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, false
+		case <-t.C:
+		}
+	}
+	r.hwm.Store(b.End)
+
+	start := int64(-1)
+	for i, g := range r.gens {
+		t := g.Target
+		log := r.log.With("generation", g.id())
+		var (
+			rb       ledger.Rebuild
+			has      bool
+			storedID string
+		)
+		if !retry("offset", "read rebuild state of "+g.id(), func() error {
+			var err error
+			if rb, has, err = led.RebuildOf(ctx, t.Projection, t.Generation); err != nil {
+				return err
+			}
+			storedID, err = led.TopicID(ctx, t.Projection, t.Generation)
+			return err
+		}) {
+			return 0, false
+		}
+		cause, reset := rebuild.Check(offs[i], storedID, b)
+		r.mu.Lock()
+		if req := r.requests[i]; req != nil {
+			if !reset {
+				cause, reset = *req, true
+			}
+			r.requests[i] = nil
+		}
+		r.mu.Unlock()
+		switch {
+		case reset:
+			log.Warn("rebuilding the generation in place from the topic's start", "reason", cause.Reason, "detail", cause.Detail,
+				"stored_offset", offs[i], "log_start", b.Start, "end", b.End)
+			if !retry("rebuild", "begin rebuild of "+g.id(), func() error {
+				var err error
+				rb, err = rebuild.Begin(ctx, r.m.cfg.Writer, t, cause, b)
+				return err
+			}) {
+				return 0, false
+			}
+			has, offs[i] = true, rb.Start
+			r.m.cfg.Observer.Rebuilding(t, rb.Reason, true)
+		case offs[i] < b.Start:
+			// Records between the offset and the log start were deleted
+			// before they were read: say so, and go on from the log start.
+			skipped := b.Start - offs[i]
+			log.Warn("the topic's log start passed the generation's offset: records deleted before they were read are skipped",
+				"stored_offset", offs[i], "log_start", b.Start, "skipped_offsets", skipped)
+			var moved bool
+			if !retry("offset", "advance offset of "+g.id(), func() error {
+				var err error
+				moved, err = led.AdvanceOffset(ctx, t.Projection, t.Generation, offs[i], b.Start)
+				return err
+			}) {
+				return 0, false
+			}
+			if moved {
+				r.m.cfg.Observer.Skipped(t, skipped)
+			}
+			offs[i] = b.Start // (if another writer moved it, the write guard sends us here again)
+		}
+		if !reset && storedID == "" && b.ID != "" {
+			if !retry("offset", "store topic id of "+g.id(), func() error {
+				_, err := led.InitTopicID(ctx, t.Projection, t.Generation, b.ID)
+				return err
+			}) {
+				return 0, false
+			}
+		}
+		if has && !reset {
+			r.m.cfg.Observer.Rebuilding(t, rb.Reason, false)
+		}
+		r.mu.Lock()
+		r.next[i] = offs[i]
+		if has {
+			r.rebuilds[i] = &rb
+		} else {
+			r.rebuilds[i] = nil
+		}
+		r.mu.Unlock()
+		if has && rebuild.Due(rb, offs[i]) {
+			if !r.finish(ctx, i) {
+				return 0, false
+			}
+		}
+		r.m.cfg.Observer.Position(t, offs[i], b.End)
+		if start < 0 || offs[i] < start {
+			start = offs[i]
+		}
+	}
+	return start, true
+}
+
+// finish sweeps generation i's rebuild, retrying until it succeeds or ctx
+// ends (false).
+func (r *runner) finish(ctx context.Context, i int) bool {
+	r.mu.Lock()
+	rb := r.rebuilds[i]
+	r.mu.Unlock()
+	if rb == nil {
+		return true
+	}
+	t := r.gens[i].Target
+	var removed int
+	err := projector.Retry(ctx, func() error {
+		var err error
+		removed, err = rebuild.Finish(ctx, r.m.cfg.Writer, t, *rb)
+		return err
+	}, func(err error) {
+		r.m.cfg.Observer.Failure("rebuild")
+		r.log.Warn("finish rebuild", "generation", r.gens[i].id(), "err", err)
+	})
+	if err != nil {
+		return false
+	}
+	r.mu.Lock()
+	r.rebuilds[i] = nil
+	r.mu.Unlock()
+	r.m.cfg.Observer.Rebuilt(t, removed)
+	r.log.Info("rebuild finished", "generation", r.gens[i].id(), "reason", rb.Reason,
+		"end", rb.End, "removed_source_keys", removed, "took", time.Since(rb.Started).Round(time.Millisecond))
+	return true
+}
+
+// writeGeneration runs generation i's writer over the batches of in.
+func (r *runner) writeGeneration(ctx context.Context, i int, in chan feed.Batch) {
+	g := r.gens[i]
+	failing := false
+	onErr := func(err error) {
+		if !failing {
+			failing = true
+			r.m.failing.Add(1)
+		}
+		r.m.cfg.Observer.Failure("write")
+		r.log.Warn("write batch, retrying", "generation", g.id(), "err", err)
+	}
+	err := r.m.cfg.Writer.Run(ctx, g.Target, in, onErr, func(next int64, st projector.Stats, took time.Duration) {
+		if failing {
+			failing = false
+			r.m.failing.Add(-1)
+		}
+		r.mu.Lock()
+		r.next[i] = next
+		rb := r.rebuilds[i]
+		r.mu.Unlock()
+		r.m.cfg.Observer.Batch(g.Target, st, took)
+		r.m.cfg.Observer.Position(g.Target, next, r.hwm.Load())
+		if rb != nil && rebuild.Due(*rb, next) {
+			r.finish(ctx, i) // before the next batch: on a cluster no batch may run meanwhile
+		}
+	})
+	if failing {
+		r.m.failing.Add(-1)
+	}
+	switch {
+	case errors.Is(err, projector.ErrPositionMoved):
+		r.log.Warn("the generation's offset was moved back (a rebuild elsewhere?); reading again", "generation", g.id(), "err", err)
+		r.startOver()
+	case err != nil && ctx.Err() == nil:
+		r.log.Error("generation writer stopped", "generation", g.id(), "err", err)
+	}
+	for range in { // let the poller finish
+	}
+}
+
+// dispatcher returns the function that hands each batch the topic's reader
+// emits to every generation, from the generation's own offset on: a
+// generation past the batch skips it, one in its middle gets the records
+// at or past its offset.
+func (r *runner) dispatcher(ctx context.Context, ins []chan feed.Batch) func(feed.Batch) error {
+	dispatched := make([]int64, len(r.gens))
+	r.mu.Lock()
+	copy(dispatched, r.next)
+	r.mu.Unlock()
+	return func(b feed.Batch) error {
+		if b.End >= 0 {
+			r.hwm.Store(b.End)
+		}
+		r.m.cfg.Observer.Consumed(r.topic, len(b.Records))
+		for i := range r.gens {
+			if b.Next <= dispatched[i] {
+				continue // this generation is past the batch
+			}
+			sub := b
+			sub.From = max(b.From, dispatched[i])
+			if len(sub.Records) > 0 && sub.Records[0].Offset < dispatched[i] {
+				j := sort.Search(len(sub.Records), func(j int) bool { return sub.Records[j].Offset >= dispatched[i] })
+				sub.Records = sub.Records[j:]
+			}
+			select {
+			case ins[i] <- sub:
+				dispatched[i] = b.Next
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+}
