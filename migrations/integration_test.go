@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -72,7 +73,7 @@ func TestUpDownUp(t *testing.T) {
 	conn := connect(t, url)
 
 	wantUp := []string{
-		"function distcache_capture", "function distcache_outbox_append", "function distcache_registry_notify",
+		"function distcache_capture", "function distcache_outbox_append", "function distcache_published_image", "function distcache_registry_notify",
 		"function distcache_touch_updated_at",
 		"table distcache_generations", "table distcache_outbox", "table distcache_outbox_dead",
 		"table distcache_outbox_published", "table distcache_outbox_versions", "table distcache_projections", "table distcache_publisher_state",
@@ -308,7 +309,7 @@ func TestCaptureTriggerMisuse(t *testing.T) {
 	exec(t, conn, `CREATE TABLE c (id int PRIMARY KEY)`)
 	exec(t, conn, `CREATE TRIGGER c_distcache AFTER INSERT ON c FOR EACH ROW EXECUTE FUNCTION distcache_capture('c.d', 'id')`)
 	tests := []struct{ sql, wantIn string }{
-		{`INSERT INTO a VALUES (1)`, "want 2 arguments"},
+		{`INSERT INTO a VALUES (1)`, "want 2 or 3 arguments"},
 		{`INSERT INTO b VALUES (1)`, `key column "nope" is missing or NULL`},
 		{`INSERT INTO c VALUES (1)`, "distcache_outbox_aggregate_name"},
 	}
@@ -317,6 +318,47 @@ func TestCaptureTriggerMisuse(t *testing.T) {
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || !strings.Contains(pgErr.Message+" "+pgErr.ConstraintName, tt.wantIn) {
 			t.Errorf("%s = %v, want an error containing %q", tt.sql, err, tt.wantIn)
+		}
+	}
+}
+
+// TestCaptureTriggerPublishedColumns: a capture trigger's column spec keeps the columns it leaves
+// out (a password hash, an API key) out of the outbox, on insert and on update; 'only' keeps the
+// listed ones; the key is read from the whole row; a malformed spec fails the write with a clear
+// error instead of publishing everything.
+func TestCaptureTriggerPublishedColumns(t *testing.T) {
+	t.Parallel()
+	_, conn := migrated(t)
+	exec(t, conn, `CREATE TABLE accounts (id int PRIMARY KEY, email text, password_hash text, api_key text)`)
+	exec(t, conn, `CREATE TRIGGER accounts_distcache AFTER INSERT OR UPDATE OR DELETE ON accounts
+		FOR EACH ROW EXECUTE FUNCTION distcache_capture('accounts', 'id', 'except:password_hash|api_key')`)
+	exec(t, conn, `CREATE TABLE people (id int PRIMARY KEY, email text, name text, ssn text)`)
+	exec(t, conn, `CREATE TRIGGER people_distcache AFTER INSERT OR UPDATE OR DELETE ON people
+		FOR EACH ROW EXECUTE FUNCTION distcache_capture('people', 'id', 'only:id|name')`)
+	exec(t, conn, `INSERT INTO accounts VALUES (1, 'a@example.com', '$2a$10$secret', 'key-1')`)
+	exec(t, conn, `UPDATE accounts SET password_hash = '$2a$10$other' WHERE id = 1`)
+	exec(t, conn, `INSERT INTO people VALUES (7, 'p@example.com', 'Pat', '123-45-6789')`)
+
+	got, _ := json.Marshal(append(outboxRows(t, conn, "accounts"), outboxRows(t, conn, "people")...))
+	want := `[{"Key":"1","Version":1,"Op":"upsert","Payload":{"email":"a@example.com","id":1},"Headers":{}},` +
+		`{"Key":"1","Version":2,"Op":"upsert","Payload":{"email":"a@example.com","id":1},"Headers":{}},` +
+		`{"Key":"7","Version":1,"Op":"upsert","Payload":{"id":7,"name":"Pat"},"Headers":{}}]`
+	if string(got) != want {
+		t.Errorf("outbox rows\n got %s\nwant %s", got, want)
+	}
+	if strings.Contains(string(got), "secret") || strings.Contains(string(got), "key-1") || strings.Contains(string(got), "6789") {
+		t.Errorf("a left-out column reached the outbox: %s", got)
+	}
+
+	for _, spec := range []string{"everything", "only:", "except:a||b", "hide:password_hash"} {
+		table := "bad" + strconv.Itoa(len(spec))
+		exec(t, conn, `CREATE TABLE `+table+` (id int PRIMARY KEY)`)
+		exec(t, conn, `CREATE TRIGGER `+table+`_distcache AFTER INSERT ON `+table+`
+			FOR EACH ROW EXECUTE FUNCTION distcache_capture('`+table+`', 'id', '`+spec+`')`)
+		_, err := conn.Exec(context.Background(), `INSERT INTO `+table+` VALUES (1)`)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || !strings.Contains(pgErr.Message, `column spec "`+spec+`" must be only:`) {
+			t.Errorf("spec %q: insert = %v, want the column spec error", spec, err)
 		}
 	}
 }

@@ -28,7 +28,7 @@ import (
 var FS embed.FS
 
 // LatestVersion is the version Up migrates to (the highest file number).
-const LatestVersion = 4
+const LatestVersion = 5
 
 // MigrationsTable is where golang-migrate records the applied version.
 const MigrationsTable = "distcache_schema_migrations"

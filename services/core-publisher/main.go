@@ -96,7 +96,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	metrics := pubmetrics.New()
 	models := make([]backload.Model, len(cfg.Models))
 	for i, m := range cfg.Models {
-		models[i] = backload.Model{Aggregate: m.Aggregate, Table: m.Table, KeyColumn: m.KeyColumn}
+		models[i] = backload.Model{Aggregate: m.Aggregate, Table: m.Table, KeyColumn: m.KeyColumn, Columns: m.Columns}
 	}
 	bl, err := backload.New(pool, backload.WithModels(models...), backload.WithChunkSize(cfg.BackloadChunkSize),
 		backload.WithLogger(log), backload.WithMetrics(metrics))
@@ -117,7 +117,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		for _, m := range ms {
-			fmt.Fprintf(stdout, "%s\t%s\t%s\n", m.Aggregate, m.Table, m.KeyColumn)
+			line := m.Aggregate + "\t" + m.Table + "\t" + m.KeyColumn
+			if m.Columns != "" {
+				line += "\t" + m.Columns
+			}
+			fmt.Fprintln(stdout, line)
 		}
 		return nil
 	}

@@ -84,3 +84,34 @@ func TestOnlyModelsGetTopics(t *testing.T) {
 	reader := pubtest.NewReader(t, k.Addr, events.Topic("", "latecomers"))
 	reader.ReadUntil(t, 30*time.Second, func(got []pubtest.Event) bool { return len(got) >= 1 }, "latecomers events")
 }
+
+// TestSecretColumnNeverReachesTheBroker: a table whose capture trigger leaves password_hash out
+// ('except:password_hash') is backloaded (rows from before the trigger) and written live; every
+// record on its topic carries the other columns and no record carries the hash, by name or by
+// value.
+func TestSecretColumnNeverReachesTheBroker(t *testing.T) {
+	t.Parallel()
+	dbURL := devstacktest.Database(t)
+	k := devstacktest.Kafka(t)
+	pool := pubtest.Migrate(t, dbURL)
+	pubtest.Exec(t, pool, `CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL, password_hash text NOT NULL)`)
+	pubtest.Exec(t, pool, `INSERT INTO accounts SELECT g, 'u' || g || '@x.io', 'bcrypt-secret-' || g FROM generate_series(1, 50) g`)
+	pubtest.Exec(t, pool, `CREATE TRIGGER accounts_distcache AFTER INSERT OR UPDATE OR DELETE ON accounts
+		FOR EACH ROW EXECUTE FUNCTION distcache_capture('accounts', 'id', 'except:password_hash')`)
+	startService(t, serviceEnv(t, dbURL, k.Addr)) // the first sight of the model backloads it
+	pubtest.Exec(t, pool, `INSERT INTO accounts SELECT g, 'u' || g || '@x.io', 'bcrypt-secret-' || g FROM generate_series(51, 60) g`)
+	pubtest.Exec(t, pool, `UPDATE accounts SET password_hash = 'bcrypt-secret-new' WHERE id <= 5`)
+
+	reader := pubtest.NewReader(t, k.Addr, events.Topic("", "accounts"))
+	reader.ReadUntil(t, 60*time.Second, func(got []pubtest.Event) bool { return len(pubtest.Latest(got)) >= 60 && len(got) >= 65 },
+		"accounts events (backload, inserts, updates)")
+	for _, e := range reader.Events {
+		if strings.Contains(string(e.Value), "password_hash") || strings.Contains(string(e.Value), "bcrypt-secret") {
+			t.Fatalf("record %s v%d carries the secret column: %s", e.Key, e.Version, e.Value)
+		}
+		if !strings.Contains(string(e.Value), `"email"`) {
+			t.Errorf("record %s v%d lacks the published column email: %s", e.Key, e.Version, e.Value)
+		}
+	}
+	t.Logf("%d records on the topic, none with password_hash", len(reader.Events))
+}

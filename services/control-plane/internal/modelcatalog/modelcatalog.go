@@ -4,10 +4,10 @@
 //
 // Two sources, tried in order (Chain):
 //   - Static: fields listed in configuration (CONTROLPLANE_MODELS="users=id,email,status;orgs=id,slug").
-//   - Columns: the columns of the core database's table of the same name
-//     (information_schema.columns, in the schemas of the connection's search_path). A payload
-//     captured by distcache_capture() is the row's to_jsonb, so its fields are exactly those
-//     columns.
+//   - Columns: the columns the model's capture trigger publishes: those of the table its
+//     distcache_capture() trigger is attached to, limited by the trigger's published-columns
+//     spec (a payload is the row's to_jsonb through that spec, so its fields are exactly those);
+//     without a trigger, the columns of the table of the same name.
 package modelcatalog
 
 import (
@@ -92,16 +92,79 @@ func (s Static) Fields(_ context.Context, model string) ([]string, error) {
 	return slices.Clone(f), nil
 }
 
-// Columns reads a model's fields from the columns of the core database's table of that name.
+// Columns reads a model's fields from the core database: the columns its capture trigger
+// publishes. The table is the one whose distcache_capture trigger names the model (pg_trigger),
+// and its columns are limited by the trigger's published-columns spec (events.ColumnSpec), so a
+// projection can only name columns that leave the core database. A model without a trigger falls
+// back to the table of the same name (information_schema.columns, in the schemas of the
+// connection's search_path), every column published.
 type Columns struct {
 	Pool *pgxpool.Pool
 }
 
+// captureTriggersSQL lists the tables distcache_capture is attached to, with the trigger
+// arguments (aggregate, key column[, column spec]) NUL-separated.
+const captureTriggersSQL = `SELECT t.tgrelid::regclass::text, t.tgargs
+FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE p.proname = 'distcache_capture' AND NOT t.tgisinternal AND t.tgnargs IN (2, 3)`
+
 // Fields implements Catalog.
 func (c Columns) Fields(ctx context.Context, model string) ([]string, error) {
-	rows, err := c.Pool.Query(ctx, `SELECT column_name FROM information_schema.columns
-		WHERE table_name = $1 AND table_schema = ANY (current_schemas(false))
-		ORDER BY ordinal_position`, model)
+	table, spec, found, err := c.trigger(ctx, model)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	if found {
+		out, err = c.columns(ctx, model, `SELECT attname FROM pg_attribute
+			WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, table)
+		out = spec.Published(out)
+	} else {
+		out, err = c.columns(ctx, model, `SELECT column_name FROM information_schema.columns
+			WHERE table_name = $1 AND table_schema = ANY (current_schemas(false))
+			ORDER BY ordinal_position`, model)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w %q (no such table in the core database)", ErrUnknownModel, model)
+	}
+	return out, nil
+}
+
+// trigger finds the capture trigger that names model: its table and column spec.
+func (c Columns) trigger(ctx context.Context, model string) (table string, spec events.ColumnSpec, found bool, err error) {
+	rows, err := c.Pool.Query(ctx, captureTriggersSQL)
+	if err != nil {
+		return "", spec, false, fmt.Errorf("capture triggers: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var tbl string
+		var args []byte
+		if err := rows.Scan(&tbl, &args); err != nil {
+			return "", spec, false, fmt.Errorf("capture triggers: %w", err)
+		}
+		parts := strings.Split(strings.TrimSuffix(string(args), "\x00"), "\x00")
+		if len(parts) < 2 || parts[0] != model {
+			continue
+		}
+		if len(parts) == 3 {
+			if spec, err = events.ParseColumnSpec(parts[2]); err != nil {
+				return "", spec, false, fmt.Errorf("capture trigger of %q on %s: %w", model, tbl, err)
+			}
+		}
+		table, found = tbl, true
+	}
+	if err := rows.Err(); err != nil {
+		return "", spec, false, fmt.Errorf("capture triggers: %w", err)
+	}
+	return table, spec, found, nil
+}
+
+func (c Columns) columns(ctx context.Context, model, query string, arg any) ([]string, error) {
+	rows, err := c.Pool.Query(ctx, query, arg)
 	if err != nil {
 		return nil, fmt.Errorf("columns of %q: %w", model, err)
 	}
@@ -118,9 +181,6 @@ func (c Columns) Fields(ctx context.Context, model string) ([]string, error) {
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("columns of %q: %w", model, err)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%w %q (no such table in the core database)", ErrUnknownModel, model)
 	}
 	return out, nil
 }

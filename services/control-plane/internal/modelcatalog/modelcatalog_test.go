@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/services/control-plane/internal/modelcatalog"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
@@ -79,5 +80,41 @@ func TestColumnsAndChain(t *testing.T) {
 	}
 	if _, err := chain.Fields(ctx, "nope"); !errors.Is(err, modelcatalog.ErrUnknownModel) {
 		t.Errorf("chain nope error = %v, want ErrUnknownModel", err)
+	}
+}
+
+// TestColumnsPublishedByTrigger: a model's fields are the columns its capture trigger publishes:
+// an 'except:' spec hides password_hash, an 'only:' spec keeps the listed columns, and the table
+// is found by the trigger's model name even when the table is named otherwise.
+func TestColumnsPublishedByTrigger(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := devstacktest.Database(t)
+	if err := migrations.Up(ctx, dbURL); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	for _, sql := range []string{
+		`CREATE TABLE accounts (id bigint PRIMARY KEY, email text, password_hash text)`,
+		`CREATE TRIGGER accounts_distcache AFTER INSERT OR UPDATE OR DELETE ON accounts
+			FOR EACH ROW EXECUTE FUNCTION distcache_capture('accounts', 'id', 'except:password_hash')`,
+		`CREATE TABLE members (id bigint PRIMARY KEY, name text, ssn text, email text)`,
+		`CREATE TRIGGER members_distcache AFTER INSERT OR UPDATE OR DELETE ON members
+			FOR EACH ROW EXECUTE FUNCTION distcache_capture('people', 'id', 'only:id|name')`,
+	} {
+		if _, err := pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cols := modelcatalog.Columns{Pool: pool}
+	for model, want := range map[string][]string{"accounts": {"id", "email"}, "people": {"id", "name"}} {
+		got, err := cols.Fields(ctx, model)
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("Columns.Fields(%s) = %v, %v; want %v (the published columns only)", model, got, err, want)
+		}
 	}
 }

@@ -11,7 +11,8 @@
 //     has not committed yet;
 //  3. read the rows again, in a new statement (so a new snapshot that sees
 //     every writer that got its version before ours), and insert one outbox
-//     row per key: an upsert with to_jsonb(row), or a delete when the row is
+//     row per key: an upsert with to_jsonb(row) limited to the model's published
+//     columns (distcache_published_image), or a delete when the row is
 //     gone by now;
 //  4. save the checkpoint (last key, counts) in distcache_publisher_state.
 //
@@ -59,6 +60,16 @@ type Model struct {
 	Aggregate string
 	Table     string // as given or as regclass text, possibly schema-qualified
 	KeyColumn string
+	// Columns limits the published columns, as the capture trigger's third argument does:
+	// "only:a|b" or "except:a|b" (distcache_published_image); empty publishes every column.
+	Columns string
+}
+
+// ValidateColumns checks a published-columns spec ("only:a|b", "except:a|b" or empty): see
+// events.ColumnSpec.
+func ValidateColumns(spec string) error {
+	_, err := events.ParseColumnSpec(spec)
+	return err
 }
 
 // Status values of a State.
@@ -146,10 +157,10 @@ func New(pool *pgxpool.Pool, opts ...Option) (*Backloader, error) {
 }
 
 // triggersSQL lists the tables distcache_capture is attached to, with the
-// trigger arguments (aggregate, key column) NUL-separated.
+// trigger arguments (aggregate, key column[, column spec]) NUL-separated.
 const triggersSQL = `SELECT t.tgrelid::regclass::text, t.tgargs
 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-WHERE p.proname = 'distcache_capture' AND NOT t.tgisinternal AND t.tgnargs = 2`
+WHERE p.proname = 'distcache_capture' AND NOT t.tgisinternal AND t.tgnargs IN (2, 3)`
 
 // Models returns every backloadable model, sorted by aggregate: the tables
 // the distcache_capture trigger is attached to (read from pg_trigger) and the
@@ -169,10 +180,14 @@ func (b *Backloader) Models(ctx context.Context) ([]Model, error) {
 			return nil, fmt.Errorf("list capture triggers: %w", err)
 		}
 		parts := strings.Split(strings.TrimSuffix(string(args), "\x00"), "\x00")
-		if len(parts) != 2 || events.ValidateAggregateName(parts[0]) != nil {
+		if len(parts) < 2 || len(parts) > 3 || events.ValidateAggregateName(parts[0]) != nil {
 			continue
 		}
-		byAgg[parts[0]] = Model{Aggregate: parts[0], Table: table, KeyColumn: parts[1]}
+		m := Model{Aggregate: parts[0], Table: table, KeyColumn: parts[1]}
+		if len(parts) == 3 {
+			m.Columns = parts[2]
+		}
+		byAgg[parts[0]] = m
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list capture triggers: %w", err)
@@ -484,9 +499,9 @@ func (j *job) chunk(ctx context.Context, st *State) (int, error) {
 	_, err = tx.Exec(ctx, `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload)
 		SELECT $1, v.k, v.ver, CASE WHEN t.img IS NULL THEN 'delete' ELSE 'upsert' END, t.img
 		FROM unnest($2::text[], $3::bigint[]) AS v(k, ver)
-		LEFT JOIN (SELECT to_jsonb(x) AS img, to_jsonb(x.`+j.col+`) #>> '{}' AS k FROM `+j.table+` x
+		LEFT JOIN (SELECT distcache_published_image(to_jsonb(x), $4) AS img, to_jsonb(x.`+j.col+`) #>> '{}' AS k FROM `+j.table+` x
 		           WHERE x.`+j.col+` = ANY($2::text[]::`+j.colType+`[])) t ON t.k = v.k
-		ORDER BY v.k`, j.m.Aggregate, vkeys, vers)
+		ORDER BY v.k`, j.m.Aggregate, vkeys, vers, j.m.Columns)
 	if err != nil {
 		return 0, fmt.Errorf("write outbox: %w", err)
 	}

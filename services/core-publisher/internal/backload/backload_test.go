@@ -115,7 +115,7 @@ func TestBackloadModelsAndErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Model{{"ghost", "nope", "id"}, {"orgs", "orgs", "id"}, {"teams", "app.teams", "slug"}}
+	want := []Model{{"ghost", "nope", "id", ""}, {"orgs", "orgs", "id", ""}, {"teams", "app.teams", "slug", ""}}
 	if len(ms) != len(want) {
 		t.Fatalf("models: got %v, want %v", ms, want)
 	}
@@ -160,5 +160,55 @@ func TestBackloadModelsAndErrors(t *testing.T) {
 	}
 	if got := pubtest.Count(t, pool, `SELECT count(*) FROM distcache_outbox WHERE aggregate = 'teams' AND agg_key IN ('a', 'b') AND payload ? 'name'`); got != 2 {
 		t.Errorf("teams outbox rows: got %d, want 2 keyed by slug", got)
+	}
+}
+
+// TestBackloadPublishedColumns: a backload renders rows as the capture trigger does, through
+// the model's column spec: a trigger's 'except:' spec (read from pg_trigger) and a configured
+// model's 'only:' spec keep the left-out columns out of the outbox.
+func TestBackloadPublishedColumns(t *testing.T) {
+	t.Parallel()
+	pool := pubtest.Migrate(t, devstacktest.Database(t))
+	pubtest.Exec(t, pool, `CREATE TABLE accounts (id bigint PRIMARY KEY, email text, password_hash text)`)
+	pubtest.Exec(t, pool, `INSERT INTO accounts SELECT g, 'u' || g || '@x.io', 'hash-' || g FROM generate_series(1, 20) g`)
+	pubtest.Exec(t, pool, `CREATE TRIGGER accounts_distcache AFTER INSERT OR UPDATE OR DELETE ON accounts
+		FOR EACH ROW EXECUTE FUNCTION distcache_capture('accounts', 'id', 'except:password_hash')`)
+	pubtest.Exec(t, pool, `CREATE TABLE people (id bigint PRIMARY KEY, name text, ssn text)`)
+	pubtest.Exec(t, pool, `INSERT INTO people SELECT g, 'n' || g, 'ssn-' || g FROM generate_series(1, 20) g`)
+	b, err := New(pool, WithModels(Model{Aggregate: "people", Table: "people", KeyColumn: "id", Columns: "only:id|name"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := b.Models(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 2 || ms[0].Columns != "except:password_hash" || ms[1].Columns != "only:id|name" {
+		t.Fatalf("models: got %+v, want accounts except:password_hash and people only:id|name", ms)
+	}
+	for _, agg := range []string{"accounts", "people"} {
+		if _, err := b.Run(context.Background(), agg, Fresh); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := pubtest.Count(t, pool, `SELECT count(*) FROM distcache_outbox WHERE op = 'upsert'`); n != 40 {
+		t.Errorf("backloaded rows: got %d, want 40", n)
+	}
+	if n := pubtest.Count(t, pool, `SELECT count(*) FROM distcache_outbox WHERE payload ? 'password_hash' OR payload ? 'ssn'`); n != 0 {
+		t.Errorf("rows with a left-out column: got %d, want 0", n)
+	}
+	if n := pubtest.Count(t, pool, `SELECT count(*) FROM distcache_outbox WHERE aggregate = 'accounts' AND payload ? 'email'
+		OR aggregate = 'people' AND payload ? 'name' AND NOT payload ? 'email'`); n != 40 {
+		t.Errorf("rows with their published columns: got %d, want 40", n)
+	}
+}
+
+func TestValidateColumns(t *testing.T) {
+	t.Parallel()
+	for spec, ok := range map[string]bool{"": true, "only:a": true, "except:a|b": true, "only:": false,
+		"except:a||b": false, "hide:a": false, "a|b": false} {
+		if err := ValidateColumns(spec); (err == nil) != ok {
+			t.Errorf("ValidateColumns(%q) = %v, want ok=%v", spec, err, ok)
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/distcache/distcache/libs/svcconfig/envconf"
 	"github.com/distcache/distcache/libs/svcconfig/kafkaconf"
 	"github.com/distcache/distcache/libs/svcconfig/pgconf"
+	"github.com/distcache/distcache/services/core-publisher/internal/backload"
 	"github.com/distcache/distcache/services/core-publisher/internal/producer"
 )
 
@@ -89,6 +90,9 @@ type Model struct {
 	Aggregate string
 	Table     string // possibly schema-qualified: "public.users"
 	KeyColumn string
+	// Columns limits the published columns ("only:a|b", "except:a|b"; empty: all), as a
+	// capture trigger's third argument does.
+	Columns string
 }
 
 // Config is the whole service configuration.
@@ -198,7 +202,9 @@ func FromEnv(getenv func(string) string) (Config, error) {
 
 // ParseModels parses PUBLISHER_MODELS: a comma-separated list of
 // "table:keycolumn" (the aggregate is the table name without schema) or
-// "aggregate=table:keycolumn".
+// "aggregate=table:keycolumn", each optionally followed by a published-columns
+// spec, ":only:<col>|<col>..." or ":except:<col>|<col>..." (see
+// backload.Model.Columns).
 func ParseModels(v string) ([]Model, error) {
 	var out []Model
 	seen := map[string]bool{}
@@ -213,9 +219,13 @@ func ParseModels(v string) ([]Model, error) {
 			m.Aggregate, rest = strings.TrimSpace(agg), r
 		}
 		table, col, ok := strings.Cut(rest, ":")
-		m.Table, m.KeyColumn = strings.TrimSpace(table), strings.TrimSpace(col)
+		col, spec, _ := strings.Cut(col, ":")
+		m.Table, m.KeyColumn, m.Columns = strings.TrimSpace(table), strings.TrimSpace(col), strings.TrimSpace(spec)
 		if !ok || m.Table == "" || m.KeyColumn == "" {
-			return nil, fmt.Errorf("%q: want table:keycolumn or aggregate=table:keycolumn", item)
+			return nil, fmt.Errorf("%q: want table:keycolumn or aggregate=table:keycolumn, optionally followed by :only:<col>|<col> or :except:<col>|<col>", item)
+		}
+		if err := backload.ValidateColumns(m.Columns); err != nil {
+			return nil, fmt.Errorf("%q: %w", item, err)
 		}
 		if m.Aggregate == "" {
 			m.Aggregate = m.Table
@@ -241,6 +251,9 @@ func (c Config) LogValue() slog.Value {
 	models := make([]string, len(c.Models))
 	for i, m := range c.Models {
 		models[i] = m.Aggregate + "=" + m.Table + ":" + m.KeyColumn
+		if m.Columns != "" {
+			models[i] += ":" + m.Columns
+		}
 	}
 	return slog.GroupValue(
 		slog.String("database_url", envconf.MaskURL(c.DatabaseURL)),

@@ -72,7 +72,7 @@ func TestFromEnvValues(t *testing.T) {
 		EnvReplicationFactor, "3",
 		EnvBatchSize, "500",
 		EnvPollInterval, "250ms",
-		EnvModels, "users:id, teams=app.teams:slug",
+		EnvModels, "users:id, teams=app.teams:slug, accounts:id:except:password_hash|api_key",
 		"PUBLISHER_KAFKA_SASL_USERNAME", "pub",
 		"PUBLISHER_KAFKA_SASL_PASSWORD", "hunter2",
 		"PUBLISHER_KAFKA_SASL_MECHANISM", "scram-sha-512",
@@ -89,8 +89,8 @@ func TestFromEnvValues(t *testing.T) {
 	if c.TopicPrefix != "prod.core" || c.ReplicationFactor != 3 || c.BatchSize != 500 || c.PollInterval != 250*time.Millisecond || c.AutoBackload || c.CommitFence || c.MaxEventBytes != 4<<20 {
 		t.Errorf("got %+v", c)
 	}
-	want := []Model{{"users", "users", "id"}, {"teams", "app.teams", "slug"}}
-	if len(c.Models) != 2 || c.Models[0] != want[0] || c.Models[1] != want[1] {
+	want := []Model{{"users", "users", "id", ""}, {"teams", "app.teams", "slug", ""}, {"accounts", "accounts", "id", "except:password_hash|api_key"}}
+	if len(c.Models) != 3 || c.Models[0] != want[0] || c.Models[1] != want[1] || c.Models[2] != want[2] {
 		t.Errorf("models: got %+v, want %+v", c.Models, want)
 	}
 	if fmt.Sprint(c.OutboxModels) != "[orders invoices]" || c.VersionCheck || c.DeadLetterRetention != 72*time.Hour {
@@ -137,6 +137,7 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 		{"max event bytes not a number", append(minimal, EnvMaxEventBytes, "1MiB"), EnvMaxEventBytes},
 		{"max event bytes too small", append(minimal, EnvMaxEventBytes, "100"), EnvMaxEventBytes},
 		{"outbox model with a dot", append(minimal, EnvOutboxModels, "ok,users.v2"), EnvOutboxModels},
+		{"model with a bad column spec", append(minimal, EnvModels, "users:id:hide:password_hash"), EnvModels},
 		{"dead-letter retention not a duration", append(minimal, EnvDeadLetterRetention, "7d"), EnvDeadLetterRetention},
 		{"version check not a bool", append(minimal, EnvVersionCheck, "maybe"), EnvVersionCheck},
 		{"max event bytes too large", append(minimal, EnvMaxEventBytes, "1073741824"), EnvMaxEventBytes},

@@ -174,10 +174,12 @@ func (d Deps) models(w http.ResponseWriter, r *http.Request) {
 		Model     string `json:"model"`
 		Table     string `json:"table"`
 		KeyColumn string `json:"key_column"`
+		// Columns is the published-columns spec (only:a|b or except:a|b); empty: every column.
+		Columns string `json:"columns,omitempty"`
 	}
 	out := make([]model, len(ms))
 	for i, m := range ms {
-		out[i] = model{m.Aggregate, m.Table, m.KeyColumn}
+		out[i] = model{m.Aggregate, m.Table, m.KeyColumn, m.Columns}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"models": out})
 }
