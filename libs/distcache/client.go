@@ -2,8 +2,10 @@ package distcache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -22,7 +24,9 @@ type Entry struct {
 	// reads return ErrNotFound instead).
 	Found bool
 	// Stale reports that the entry was served from memory while the Client
-	// had lost contact with Redis (within the staleness bound).
+	// had lost contact with Redis (within the staleness bound), or after a
+	// start from a snapshot (WithSnapshot) before the change-stream tail had
+	// caught up.
 	Stale bool
 }
 
@@ -43,12 +47,17 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	closed atomic.Bool
+	// snapshotting: New completed with WithSnapshot, so Close writes a
+	// final snapshot.
+	snapshotting bool
 }
 
 // New starts a Client: it connects, resolves the live generation of each
 // projection named by WithProjections (and friends), starts tailing their
 // change streams, runs the warm starts that are not in the background, and
-// starts the eviction scan. ctx bounds only this start.
+// starts the eviction scan. With WithSnapshot, a projection that has a
+// snapshot is loaded from it instead, without a call to Redis (see
+// WithSnapshot). ctx bounds only this start.
 func New(ctx context.Context, opts ...Option) (*Client, error) {
 	cfg := config{
 		evictEvery:   DefaultEvictionInterval,
@@ -59,6 +68,8 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 		tailBlock:    DefaultTailBlock,
 		tailBatch:    DefaultTailBatch,
 		shards:       256,
+
+		snapshotEvery: DefaultSnapshotInterval,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -71,6 +82,11 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Client{cfg: cfg, log: log, base: time.Now()}
+	if cfg.snapshotDir != "" {
+		if err := os.MkdirAll(cfg.snapshotDir, 0o700); err != nil {
+			return nil, fmt.Errorf("snapshot directory: %w", err)
+		}
+	}
 	if err := c.buildClients(); err != nil {
 		return nil, err
 	}
@@ -99,6 +115,11 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 			continue
 		}
 		p := (*c.projs.Load())[name]
+		if p.fromSnapshot {
+			c.log.Debug("distcache: warm start skipped: the projection was loaded from its snapshot",
+				slog.String(logKeyProjection, name))
+			continue
+		}
 		if pc.warm.Background {
 			c.wg.Add(1)
 			go func() {
@@ -117,6 +138,11 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 	c.wg.Add(2)
 	go c.evictLoop()
 	go c.watchLoop()
+	if cfg.snapshotDir != "" {
+		c.snapshotting = true
+		c.wg.Add(1)
+		go c.snapshotLoop()
+	}
 	return c, nil
 }
 
@@ -169,7 +195,8 @@ func HonoursDeadlines(rdb redis.UniversalClient) bool {
 }
 
 // Close stops the change-stream tails and background work, waits for them
-// (or for ctx), and closes the Redis clients the Client built itself.
+// (or for ctx), writes the final snapshots (WithSnapshot; within ctx), and
+// closes the Redis clients the Client built itself.
 func (c *Client) Close(ctx context.Context) error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
@@ -182,6 +209,11 @@ func (c *Client) Close(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = fmt.Errorf("close: %w", ctx.Err())
+	}
+	if c.snapshotting && ctx.Err() == nil {
+		if serr := c.saveSnapshots(ctx); serr != nil {
+			err = errors.Join(err, fmt.Errorf("close: final snapshot: %w", serr))
+		}
 	}
 	for _, p := range *c.projs.Load() {
 		if st := p.store.Load(); st != nil {
@@ -214,9 +246,12 @@ func (c *Client) startProjection(ctx context.Context, name string) (*projection,
 		return p, nil
 	}
 	p := newProjection(c, name)
-	if err := p.start(ctx); err != nil {
-		return nil, fmt.Errorf("follow projection %s: %w", name, err)
+	if c.cfg.snapshotDir == "" || !p.loadSnapshot() {
+		if err := p.start(ctx); err != nil {
+			return nil, fmt.Errorf("follow projection %s: %w", name, err)
+		}
 	}
+	p.publishSnap()
 	old := *c.projs.Load()
 	next := make(map[string]*projection, len(old)+1)
 	for k, v := range old {

@@ -16,7 +16,10 @@
 // a projection whose stream position was trimmed away, follows cutovers
 // without cold misses, keeps answering from memory while Redis is down (up
 // to a staleness bound, marking such reads Stale), and bounds its memory by
-// MaxTTL, MaxBytes and MaxItems, evicting oldest first.
+// MaxTTL, MaxBytes and MaxItems, evicting oldest first. With WithSnapshot it
+// keeps a local snapshot of what it holds, so that it restarts (even while
+// Redis is down) serving those entries and resumes the change stream where
+// it stopped.
 //
 // Counters are read with Client.Stats; the distcacheprom sub-package exports
 // them to Prometheus.

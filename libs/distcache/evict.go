@@ -192,7 +192,7 @@ func (c *Client) watchLoop() {
 
 func (c *Client) healthOf(p *projection, now int64) int32 {
 	since := time.Duration(now - p.lastContact.Load())
-	if p.connected.Load() && since <= 2*c.cfg.tailBlock+time.Second {
+	if p.connected.Load() && !p.resuming.Load() && since <= 2*c.cfg.tailBlock+time.Second {
 		return healthFresh
 	}
 	if since > c.cfg.staleBound {

@@ -128,3 +128,25 @@ func ExampleClient_GetEntry() {
 	buf, _ = dc.GetAppend(ctx, "users_by_email", "ada@example.com", buf[:0])
 	_ = buf
 }
+
+// An edge that restarts without Redis: its local snapshot is loaded by New,
+// served (as Stale) at once, and brought current from the saved change-stream
+// position once Redis answers.
+func ExampleWithSnapshot() {
+	ctx := context.Background()
+	dc, err := distcache.New(ctx,
+		distcache.WithAddrs("redis-primary:6379"),
+		distcache.WithProjections("users_by_email"),
+		distcache.WithSnapshot("/var/lib/edge-service/distcache"), // one directory per Client
+		distcache.WithSnapshotInterval(30*time.Second),
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer dc.Close(ctx) // writes the final snapshot
+
+	e, err := dc.GetEntry(ctx, "users_by_email", "ada@example.com")
+	if err == nil && e.Stale {
+		log.Print("served from the snapshot (or while Redis is unreachable)")
+	}
+}

@@ -45,6 +45,8 @@ const (
 	DefaultFetchTimeout     = 0
 	DefaultTailBlock        = time.Second
 	DefaultTailBatch        = 1000
+	// DefaultSnapshotInterval is how often WithSnapshot writes its files.
+	DefaultSnapshotInterval = time.Minute
 )
 
 type projectionConfig struct {
@@ -71,7 +73,11 @@ type config struct {
 	tailBatch    int64
 	logger       *slog.Logger
 	shards       int
-	errs         []error
+	// Snapshots (WithSnapshot): snapshotDir is "" when off.
+	snapshotDir   string
+	snapshotSet   bool
+	snapshotEvery time.Duration
+	errs          []error
 }
 
 func (c *config) projection(name string) *projectionConfig {
@@ -265,6 +271,32 @@ func WithWarmStart(proj string, w WarmStart) Option {
 	}
 }
 
+// WithSnapshot makes the Client keep a local snapshot of what it holds in
+// dir (created, mode 0700, if missing): one file per projection,
+// <dir>/<projection>.snapshot (mode 0600), holding its keys, values,
+// versions, generation and change-stream position, written every
+// WithSnapshotInterval and on Close, atomically (a temporary file, fsync,
+// rename, fsync of dir) and with a checksum. New loads the snapshot of each
+// projection it starts instead of asking Redis: its entries are served at
+// once, marked Stale until the change-stream tail has caught up, and the tail
+// resumes from the saved position (a trimmed position or a changed
+// generation costs a revalidation, as on a reconnect). So New succeeds while
+// Redis is down when every projection of WithProjections has a snapshot, and
+// the staleness bound (WithStalenessBound) runs from the last contact with
+// Redis recorded in the file. A projection loaded from a snapshot skips its
+// WithWarmStart. A file that does not verify is ignored (logged with its
+// reason, counted in ProjectionStats.SnapshotRejections) and the projection
+// starts from Redis. A directory belongs to one Client at a time. Default:
+// off.
+func WithSnapshot(dir string) Option {
+	return func(c *config) { c.snapshotDir, c.snapshotSet = dir, true }
+}
+
+// WithSnapshotInterval sets how often WithSnapshot's files are written (each
+// write copies every held entry to disk, so an interval of seconds only
+// suits small caches). Default DefaultSnapshotInterval.
+func WithSnapshotInterval(d time.Duration) Option { return func(c *config) { c.snapshotEvery = d } }
+
 // WithLocalShards sets the number of bigcache shards of each projection's
 // local store (a power of two). Default 256.
 func WithLocalShards(n int) Option { return func(c *config) { c.shards = n } }
@@ -294,6 +326,8 @@ func (c *config) validate() error {
 	check(c.tailBlock >= 10*time.Millisecond, "WithTailBlock(%v) must be >= 10ms", c.tailBlock)
 	check(c.tailBatch > 0, "WithTailBatch(%d) must be > 0", c.tailBatch)
 	check(c.shards > 0 && c.shards&(c.shards-1) == 0, "WithLocalShards(%d) must be a power of two", c.shards)
+	check(!c.snapshotSet || c.snapshotDir != "", "WithSnapshot(%q) needs a directory", c.snapshotDir)
+	check(c.snapshotEvery > 0, "WithSnapshotInterval(%v) must be > 0", c.snapshotEvery)
 	checkLimits := func(what string, l Limits) {
 		check(l.MaxTTL >= 0 && l.MaxTTL <= maxTTLLimit, "%s MaxTTL %v must be within 0..%v", what, l.MaxTTL, maxTTLLimit)
 		check(l.MaxBytes >= 0, "%s MaxBytes %d is negative", what, l.MaxBytes)

@@ -100,6 +100,20 @@ type projection struct {
 	// revalidation; loggedForms remembers the unknown forms already logged.
 	revalidate  bool
 	loggedForms map[int]bool
+
+	// Snapshots (WithSnapshot, snapshotfile.go). resuming: the store was
+	// loaded from a snapshot and the tail has not caught up yet (reads are
+	// Stale). prerollPending and fromSnapshot are set before the tail starts;
+	// the tail owns prerollPending.
+	snap            atomic.Pointer[snapState]
+	resuming        atomic.Bool
+	prerollPending  bool
+	fromSnapshot    bool
+	snapWrites      atomic.Uint64
+	snapWriteErrors atomic.Uint64
+	snapBytes       atomic.Int64
+	snapLoaded      atomic.Uint64
+	snapRejects     [numSnapshotRejectReasons]atomic.Uint64
 }
 
 func newProjection(c *Client, name string) *projection {

@@ -33,7 +33,7 @@ type ProjectionStats struct {
 	Fills       uint64        // entries stored after a miss or warm start
 	StreamLag   time.Duration // gauge: age of the last change applied when it was applied (0 when idle)
 	Gaps        uint64        // times the stream position was trimmed away (each costs a revalidation)
-	Replays     uint64        // changes applied while catching up after a lost connection
+	Replays     uint64        // changes applied while catching up after a lost connection or a start from a snapshot
 	Cutovers    uint64        // generation switches followed
 	Deletes     uint64        // projection deletes followed (local entries dropped)
 	// UnknownEntries counts change-stream entries of a form this library does
@@ -44,6 +44,17 @@ type ProjectionStats struct {
 
 	Connected bool // gauge: the tail is in contact with Redis
 	Stale     bool // gauge: reads are being served stale (or not at all, past the bound)
+
+	// Snapshots (WithSnapshot).
+	SnapshotWrites      uint64 // snapshot files written
+	SnapshotWriteErrors uint64 // snapshot writes that failed (the previous file stays)
+	SnapshotBytes       int64  // gauge: size of the last snapshot file written
+	// SnapshotEntriesLoaded counts the entries loaded from the snapshot when
+	// the projection started.
+	SnapshotEntriesLoaded uint64
+	// SnapshotRejections counts snapshot files found at start but not
+	// loaded, by reason: index it with a SnapshotRejectReason.
+	SnapshotRejections [numSnapshotRejectReasons]uint64
 }
 
 // Evictions returns the eviction count for reason r.
@@ -87,6 +98,14 @@ func (c *Client) Stats() Stats {
 			Compactions:     p.compactions.Load(),
 			Connected:       p.connected.Load(),
 			Stale:           p.health.Load() != healthFresh,
+
+			SnapshotWrites:        p.snapWrites.Load(),
+			SnapshotWriteErrors:   p.snapWriteErrors.Load(),
+			SnapshotBytes:         p.snapBytes.Load(),
+			SnapshotEntriesLoaded: p.snapLoaded.Load(),
+		}
+		for i := range ps.SnapshotRejections {
+			ps.SnapshotRejections[i] = p.snapRejects[i].Load()
 		}
 		if st := p.store.Load(); st != nil {
 			ps.Generation, ps.Bytes, ps.Items = st.gen, st.bytes.Load(), st.items.Load()

@@ -103,17 +103,21 @@ func (p *projection) preroll(ctx context.Context, st *store, pos string) {
 
 // tail follows the projection until ctx is done: the control stream (for
 // cutovers) and the live generation's change stream, resuming from its last
-// position after any error.
+// position after any error (or from a loaded snapshot's position).
 func (p *projection) tail(ctx context.Context) {
 	const minBackoff, maxBackoff = 20 * time.Millisecond, 2 * time.Second
 	backoff := minBackoff
-	catchup, replaying := true, false
+	catchup, replaying := true, p.resuming.Load()
 	for ctx.Err() == nil {
 		var err error
 		if catchup {
 			catchup, err = p.catchup(ctx, replaying)
 			if err == nil && !catchup {
 				replaying = false
+				if p.resuming.Swap(false) {
+					p.c.log.Info("distcache: caught up after a start from a snapshot",
+						slog.String(logKeyProjection, p.name), slog.Int64(logKeyGeneration, p.curGen()))
+				}
 			}
 		} else if p.revalidate {
 			p.revalidate = false
@@ -124,6 +128,7 @@ func (p *projection) tail(ctx context.Context) {
 		} else {
 			catchup, err = p.waitAndApply(ctx)
 		}
+		p.publishSnap()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -142,9 +147,13 @@ func (p *projection) tail(ctx context.Context) {
 			continue
 		}
 		backoff = minBackoff
-		p.lastContact.Store(time.Now().UnixNano())
+		now := time.Now().UnixNano()
+		p.lastContact.Store(now)
 		if !p.connected.Swap(true) {
 			p.c.log.Info("distcache: redis contact restored", slog.String(logKeyProjection, p.name))
+		}
+		if p.health.Load() != healthFresh {
+			p.health.Store(p.c.healthOf(p, now)) // fresh again without waiting for the watch loop
 		}
 	}
 }
@@ -203,6 +212,11 @@ func (p *projection) catchup(ctx context.Context, replaying bool) (bool, error) 
 	}
 	if gen == 0 {
 		return false, nil
+	}
+	if p.prerollPending {
+		// First contact after a start from a snapshot: what start does.
+		p.prerollPending = false
+		p.preroll(ctx, p.store.Load(), p.streamPos)
 	}
 	msgs := changes.Val()
 	gap := false
@@ -417,8 +431,9 @@ func (p *projection) rebuild(ctx context.Context, gen int64, mode rebuildMode) e
 }
 
 type heldEntry struct {
-	key   string
-	value []byte // the local entry (compaction only)
+	key     string
+	value   []byte // the local entry (compaction only)
+	version int64
 }
 
 // copyInto moves old's entries (refetched or copied) into ns, in old's ring
@@ -432,6 +447,9 @@ func (p *projection) copyInto(ctx context.Context, old, ns *store, mode rebuildM
 			continue
 		}
 		he := heldEntry{key: e.Key()}
+		if v := e.Value(); len(v) >= entryHeaderLen {
+			he.version = entryVersion(v)
+		}
 		if mode == rebuildCompact {
 			he.value = e.Value()
 		}
@@ -447,6 +465,7 @@ func (p *projection) copyInto(ctx context.Context, old, ns *store, mode rebuildM
 	}
 	old.ringMu.Unlock()
 
+	sameGen := old.gen == ns.gen
 	type item struct {
 		h uint64
 		t uint32
@@ -479,6 +498,15 @@ func (p *projection) copyInto(ctx context.Context, old, ns *store, mode rebuildM
 			version, op, payload, err := decodeValue(vals[i])
 			if err != nil {
 				continue
+			}
+			if sameGen && version < it.version {
+				// Redis holds an older version than the one held (a Redis
+				// that lost writes, e.g. restarted from an append-only file
+				// fsynced every second): an older version never wins.
+				if oe, ok := old.get(it.key); ok && entryVersion(oe) > version {
+					p.putAt(ns, it.key, it.h, oe, it.t)
+					continue
+				}
 			}
 			var e []byte
 			if op == opDelete {

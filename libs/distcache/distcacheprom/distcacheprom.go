@@ -52,11 +52,18 @@ var (
 	descUnknown      = prometheus.NewDesc("distcache_client_unknown_stream_entries_total", "Change-stream entries of an unknown form (each revalidated the projection).", labels, nil)
 	descGeneration   = prometheus.NewDesc("distcache_client_generation", "Generation read locally.", labels, nil)
 	descConnected    = prometheus.NewDesc("distcache_client_connected", "1 when the change-stream tail is in contact with Redis.", labels, nil)
-	descStale        = prometheus.NewDesc("distcache_client_stale", "1 when local reads are stale (contact lost).", labels, nil)
+	descStale        = prometheus.NewDesc("distcache_client_stale", "1 when local reads are stale (contact lost, or catching up after a start from a snapshot).", labels, nil)
+
+	descSnapWrites      = prometheus.NewDesc("distcache_client_snapshot_writes_total", "Local snapshot files written.", labels, nil)
+	descSnapWriteErrors = prometheus.NewDesc("distcache_client_snapshot_write_errors_total", "Local snapshot writes that failed.", labels, nil)
+	descSnapBytes       = prometheus.NewDesc("distcache_client_snapshot_bytes", "Size of the last local snapshot file written.", labels, nil)
+	descSnapLoaded      = prometheus.NewDesc("distcache_client_snapshot_entries_loaded_total", "Entries loaded from the local snapshot at start.", labels, nil)
+	descSnapRejections  = prometheus.NewDesc("distcache_client_snapshot_load_rejections_total", "Local snapshot files found at start but not loaded, by reason.", []string{"projection", "reason"}, nil)
 
 	allDescs = []*prometheus.Desc{descHits, descMisses, descNegativeHits, descStaleServes, descFetchErrors,
 		descEvictions, descBytes, descItems, descUpdates, descChanges, descFills, descLag, descGaps, descReplays,
-		descCutovers, descDeletes, descUnknown, descGeneration, descConnected, descStale}
+		descCutovers, descDeletes, descUnknown, descGeneration, descConnected, descStale,
+		descSnapWrites, descSnapWriteErrors, descSnapBytes, descSnapLoaded, descSnapRejections}
 )
 
 // Describe implements prometheus.Collector.
@@ -104,5 +111,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descGeneration, float64(p.Generation))
 		gauge(descConnected, b2f(p.Connected))
 		gauge(descStale, b2f(p.Stale))
+		counter(descSnapWrites, p.SnapshotWrites)
+		counter(descSnapWriteErrors, p.SnapshotWriteErrors)
+		gauge(descSnapBytes, float64(p.SnapshotBytes))
+		counter(descSnapLoaded, p.SnapshotEntriesLoaded)
+		for _, r := range distcache.SnapshotRejectReasons {
+			ch <- prometheus.MustNewConstMetric(descSnapRejections, prometheus.CounterValue, float64(p.SnapshotRejections[r]), p.Name, r.String())
+		}
 	}
 }

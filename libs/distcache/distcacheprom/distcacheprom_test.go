@@ -18,7 +18,9 @@ func TestCollector(t *testing.T) {
 	src := fakeSource{distcache.Stats{Projections: []distcache.ProjectionStats{{
 		Name: "users", Hits: 10, Misses: 2, EvictedMaxItems: 3, Items: 7, Generation: 4,
 		StreamLag: 1500 * time.Millisecond, Connected: true,
+		SnapshotWrites: 5, SnapshotBytes: 4096, SnapshotEntriesLoaded: 100,
 	}}}}
+	src.s.Projections[0].SnapshotRejections[distcache.SnapshotRejectChecksum] = 1
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(distcacheprom.NewCollector(src)); err != nil {
 		t.Fatal(err)
@@ -50,6 +52,13 @@ func TestCollector(t *testing.T) {
 		"distcache_client_stream_lag_seconds":         1.5,
 		"distcache_client_connected":                  1,
 		"distcache_client_stale":                      0,
+
+		"distcache_client_snapshot_writes_total":                     5,
+		"distcache_client_snapshot_write_errors_total":               0,
+		"distcache_client_snapshot_bytes":                            4096,
+		"distcache_client_snapshot_entries_loaded_total":             100,
+		"distcache_client_snapshot_load_rejections_total{checksum}":  1,
+		"distcache_client_snapshot_load_rejections_total{truncated}": 0,
 	}
 	for k, w := range want {
 		if g, ok := got[k]; !ok || g != w {
