@@ -27,7 +27,7 @@ func ParseColumnSpec(s string) (ColumnSpec, error) {
 	kind, list, ok := strings.Cut(s, ":")
 	cols := strings.Split(list, "|")
 	if !ok || (kind != "only" && kind != "except") || slices.Contains(cols, "") {
-		return ColumnSpec{}, fmt.Errorf("column spec %q must be only:<column>|<column>... or except:<column>|<column>...", s)
+		return ColumnSpec{}, fmt.Errorf("column spec %q: want only:<column>[|<column>] or except:<column>[|<column>]", s)
 	}
 	return ColumnSpec{Only: kind == "only", Columns: cols}, nil
 }
