@@ -277,6 +277,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	return err
 }
 
+// cleanupBudget bounds applySnapshot's removal of ended generations' bookkeeping.
+const cleanupBudget = 10 * time.Second
+
 // applySnapshot makes the consumers follow the registry, then removes the
 // bookkeeping of generations that ended.
 func applySnapshot(ctx context.Context, log *slog.Logger, prefix string, mgr *fanout.Manager, led *ledger.Ledger,
@@ -294,7 +297,16 @@ func applySnapshot(ctx context.Context, log *slog.Logger, prefix string, mgr *fa
 	}
 	mgr.Update(ctx, gens)
 	metrics.Generations(len(gens))
+	// A Redis that hangs holds each call for its read timeout: bound the whole cleanup, so the
+	// registry watch (new generations) waits for it at most cleanupBudget; what is left is
+	// removed after a later load.
+	ctx, cancel := context.WithTimeout(ctx, cleanupBudget)
+	defer cancel()
 	for _, g := range s.Ended {
+		if ctx.Err() != nil {
+			log.Warn("bookkeeping cleanup postponed to the next registry load", attrErr, ctx.Err())
+			break
+		}
 		has, err := led.HasBookkeeping(ctx, g.Projection, g.Generation)
 		if err != nil {
 			log.Warn("check bookkeeping", attrProjection, g.Projection, attrGeneration, g.Generation, attrErr, err)

@@ -10,6 +10,7 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"sort"
@@ -41,7 +42,10 @@ type Config struct {
 	Optional map[string]Check
 	// Status, when set, is served as JSON at /status.
 	Status func() any
-	// CheckTimeout bounds each check (default 2 s).
+	// CheckTimeout bounds each check (default 2 s). The checks run
+	// concurrently, so /readyz answers within about CheckTimeout even when
+	// several dependencies hang, and a check still running then (one that
+	// ignores its context) counts as failed.
 	CheckTimeout time.Duration
 	// Log receives the errors of failing checks (default: discard).
 	Log *slog.Logger
@@ -72,31 +76,18 @@ func Handler(cfg Config) http.Handler {
 			Checks []result `json:"checks"`
 		}{Ready: true, Status: StatusReady}
 		var down, degraded []string
-		run := func(checks map[string]Check, optional bool) {
-			names := make([]string, 0, len(checks))
-			for n := range checks {
-				names = append(names, n)
-			}
-			sort.Strings(names)
-			for _, n := range names {
-				ctx, cancel := context.WithTimeout(r.Context(), cfg.CheckTimeout)
-				err := checks[n](ctx)
-				cancel()
-				res := result{Name: n, OK: err == nil, Optional: optional}
-				if err != nil {
-					cfg.Log.Warn("readiness check failed", "check", n, "optional", optional, "err", err)
-					if optional {
-						degraded = append(degraded, n)
-					} else {
-						out.Ready = false
-						down = append(down, n)
-					}
+		for _, res := range runChecks(r.Context(), cfg) {
+			if res.err != nil {
+				cfg.Log.Warn("readiness check failed", "check", res.name, "optional", res.optional, "err", res.err)
+				if res.optional {
+					degraded = append(degraded, res.name)
+				} else {
+					out.Ready = false
+					down = append(down, res.name)
 				}
-				out.Checks = append(out.Checks, res)
 			}
+			out.Checks = append(out.Checks, result{Name: res.name, OK: res.err == nil, Optional: res.optional})
 		}
-		run(cfg.Checks, false)
-		run(cfg.Optional, true)
 		switch {
 		case !out.Ready:
 			out.Status = StatusUnavailable + ": " + strings.Join(down, ", ")
@@ -119,4 +110,64 @@ func Handler(cfg Config) http.Handler {
 		})
 	}
 	return mux
+}
+
+// checkResult is one check's outcome.
+type checkResult struct {
+	name     string
+	optional bool
+	err      error
+}
+
+// errNoAnswer is the outcome of a check still running at its deadline.
+var errNoAnswer = errors.New("no answer within the check timeout")
+
+// runChecks runs every check of cfg at once, each under CheckTimeout, and
+// returns their outcomes, required checks first, each group by name. It
+// returns within CheckTimeout and a little more even if a check ignores its
+// context: that check is reported as failed and left to finish on its own.
+func runChecks(ctx context.Context, cfg Config) []checkResult {
+	var out []checkResult
+	for _, group := range []struct {
+		checks   map[string]Check
+		optional bool
+	}{{cfg.Checks, false}, {cfg.Optional, true}} {
+		names := make([]string, 0, len(group.checks))
+		for n := range group.checks {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			out = append(out, checkResult{name: n, optional: group.optional, err: errNoAnswer})
+		}
+	}
+	checks := func(r checkResult) Check {
+		if r.optional {
+			return cfg.Optional[r.name]
+		}
+		return cfg.Checks[r.name]
+	}
+	type done struct {
+		i   int
+		err error
+	}
+	results := make(chan done, len(out)) // buffered: a late check never blocks
+	for i, r := range out {
+		go func() {
+			cctx, cancel := context.WithTimeout(ctx, cfg.CheckTimeout)
+			defer cancel()
+			results <- done{i, checks(r)(cctx)}
+		}()
+	}
+	grace := time.NewTimer(cfg.CheckTimeout + 100*time.Millisecond)
+	defer grace.Stop()
+	for range out {
+		select {
+		case d := <-results:
+			out[d.i].err = d.err
+		case <-grace.C:
+			return out
+		}
+	}
+	return out
 }

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -67,5 +68,40 @@ func TestEndpoints(t *testing.T) {
 		if strings.Contains(rec.Body.String(), "refused") || strings.Contains(rec.Body.String(), "unavailable") {
 			t.Errorf("%s: GET %s answers a check's error text: %s", tt.name, tt.path, rec.Body)
 		}
+	}
+}
+
+// TestReadyzWhenChecksHang: checks run at once, so /readyz answers within about one check
+// timeout when several dependencies hang, including a check that ignores its context (counted as
+// failed), and says which are down.
+func TestReadyzWhenChecksHang(t *testing.T) {
+	t.Parallel()
+	const timeout = 400 * time.Millisecond
+	stuck := make(chan struct{})
+	defer close(stuck)
+	h := Handler(Config{
+		CheckTimeout: timeout,
+		Checks: map[string]Check{
+			"kafka":    func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
+			"redis":    func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
+			"registry": func(context.Context) error { <-stuck; return nil }, // ignores its context
+			"fine":     func(context.Context) error { return nil },
+		},
+		Optional: map[string]Check{
+			"temporal": func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
+		},
+	})
+	start := time.Now()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	took := time.Since(start)
+	// Run one after the other, the checks would take 4 × 400 ms; the margin is for a loaded machine.
+	if limit := 2*timeout + 300*time.Millisecond; took > limit {
+		t.Errorf("/readyz took %v with hanging checks, want within %v", took, limit)
+	}
+	want := `"status":"not ready: kafka, redis, registry","checks":[{"name":"fine","ok":true},{"name":"kafka","ok":false},` +
+		`{"name":"redis","ok":false},{"name":"registry","ok":false},{"name":"temporal","ok":false,"optional":true}]`
+	if rec.Code != 503 || !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("/readyz = %d %s, want 503 containing %s", rec.Code, rec.Body, want)
 	}
 }

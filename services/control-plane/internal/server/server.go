@@ -249,10 +249,43 @@ func (o Options) failing(ctx context.Context, checks map[string]func(context.Con
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	// At once, each with the whole deadline: one after the other, a dependency that hangs (Redis
+	// stopped) would use the deadline up and the next check (the registry) would fail too. A check
+	// still running shortly after the deadline (one that ignores its context) counts as failing.
+	type result struct {
+		i   int
+		err error
+	}
+	results := make(chan result, len(names)) // buffered: a late check never blocks
+	for i, n := range names {
+		go func() { results <- result{i, checks[n](ctx)} }()
+	}
+	failed := make([]bool, len(names))
+	for i := range failed {
+		failed[i] = true
+	}
+	done := ctx.Done()
+	var late <-chan time.Time
+wait:
+	for pending := len(names); pending > 0; {
+		select {
+		case r := <-results:
+			pending--
+			if r.err != nil {
+				o.logger().Warn("readiness check failed", "component", names[r.i], "err", r.err)
+				continue
+			}
+			failed[r.i] = false
+		case <-done:
+			done, late = nil, time.After(100*time.Millisecond)
+		case <-late:
+			o.logger().Warn("readiness checks did not answer within the deadline", "pending", pending)
+			break wait
+		}
+	}
 	var down []string
-	for _, n := range names {
-		if err := checks[n](ctx); err != nil {
-			o.logger().Warn("readiness check failed", "component", n, "err", err)
+	for i, n := range names {
+		if failed[i] {
 			down = append(down, n)
 		}
 	}
