@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -115,11 +116,11 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 
 	// Lazy: the service starts, and serves reads, while Temporal is down; the monitor attaches
 	// the worker when Temporal answers.
-	tc, err := client.NewLazyClient(client.Options{
-		HostPort:  cfg.TemporalHostPort,
-		Namespace: cfg.TemporalNamespace,
-		Logger:    tlog.NewStructuredLogger(log.With("component", "temporal")),
-	})
+	topts, err := cfg.Temporal.ClientOptions(tlog.NewStructuredLogger(log.With("component", "temporal")))
+	if err != nil {
+		return err
+	}
+	tc, err := client.NewLazyClient(topts)
 	if err != nil {
 		return fmt.Errorf("temporal client: %w", err)
 	}
@@ -152,7 +153,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 
 	metrics := cpmetrics.New()
 	svc := api.New(store, tc, catalog, api.Settings{
-		Namespace:      cfg.TemporalNamespace,
+		Namespace:      cfg.Temporal.Namespace,
 		UIURL:          cfg.TemporalUIURL,
 		TopicPrefix:    cfg.TopicPrefix,
 		RetireGrace:    cfg.RetireGrace,
@@ -186,10 +187,28 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		gl.Close()
 		return fmt.Errorf("listen %s (%s): %w", cfg.HTTPAddr, config.EnvHTTPAddr, err)
 	}
+	tlsCfg, err := cfg.TLS.Build()
+	if err != nil {
+		gl.Close()
+		hl.Close()
+		return err
+	}
+	opts.TLS = tlsCfg
 	gs := server.NewGRPC(opts)
 	gwCtx, gwCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer gwCancel()
-	handler, err := server.NewHTTP(gwCtx, opts, gl.Addr().String())
+	var handler http.Handler
+	// With TLS the gateway reaches the service in process (the public gRPC listener wants TLS,
+	// and with a client CA a client certificate): a second gRPC server, the same interceptors.
+	var internal *grpc.Server
+	var internalL *server.MemListener
+	if tlsCfg != nil {
+		internal, internalL = server.NewInternalGRPC(opts), server.NewMemListener()
+		handler, err = server.NewHTTPInProcess(gwCtx, opts, internalL)
+		hl = tls.NewListener(hl, tlsCfg)
+	} else {
+		handler, err = server.NewHTTP(gwCtx, opts, gl.Addr().String())
+	}
 	if err != nil {
 		gl.Close()
 		hl.Close()
@@ -213,7 +232,8 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		<-monDone
 	}()
 
-	log.Info("serving", "grpc", gl.Addr().String(), "http", hl.Addr().String(), "task_queue", workflows.ControlPlaneTaskQueue)
+	log.Info("serving", "grpc", gl.Addr().String(), "http", hl.Addr().String(), "tls", tlsCfg != nil,
+		"mtls", tlsCfg != nil && tlsCfg.ClientCAs != nil, "task_queue", workflows.ControlPlaneTaskQueue)
 	if onListen != nil {
 		onListen(listeners{grpc: gl, http: hl})
 	}
@@ -225,6 +245,14 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		}
 		return nil
 	})
+	if internal != nil {
+		g.Go(func() error {
+			if err := internal.Serve(internalL); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("in-process grpc server: %w", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		if err := hs.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
@@ -245,6 +273,9 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 			gs.Stop()
 		}
 		gwCancel()
+		if internal != nil {
+			internal.Stop() // after the HTTP server drained: nothing calls it any more
+		}
 		return herr
 	})
 	err = g.Wait()

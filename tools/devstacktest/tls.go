@@ -18,8 +18,8 @@ import (
 	"github.com/distcache/distcache/tools/devstack"
 )
 
-// TLSFiles writes a fresh CA and a server certificate for 127.0.0.1 signed by
-// it into the test's directory, and returns their paths.
+// TLSFiles writes a fresh CA and a certificate for 127.0.0.1 signed by it (usable by a server
+// and, for mutual TLS, by a client) into the test's directory, and returns their paths.
 func TLSFiles(t testing.TB) *devstack.RedisTLS {
 	t.Helper()
 	d := dir(t, "tls")
@@ -46,7 +46,7 @@ func TLSFiles(t testing.TB) *devstack.RedisTLS {
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {

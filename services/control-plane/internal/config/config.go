@@ -17,6 +17,8 @@ import (
 	"github.com/distcache/distcache/libs/svcconfig/envconf"
 	"github.com/distcache/distcache/libs/svcconfig/pgconf"
 	"github.com/distcache/distcache/libs/svcconfig/redisconf"
+	"github.com/distcache/distcache/libs/svcconfig/temporalconf"
+	"github.com/distcache/distcache/libs/svcconfig/tlsconf"
 	"github.com/distcache/distcache/services/control-plane/internal/modelcatalog"
 )
 
@@ -33,8 +35,11 @@ const (
 	EnvDatabaseURL       = "CONTROLPLANE_DATABASE_URL"
 	EnvCoreDatabaseURL   = "CONTROLPLANE_CORE_DATABASE_URL"
 	EnvModels            = "CONTROLPLANE_MODELS"
-	EnvTemporalHostPort  = "CONTROLPLANE_TEMPORAL_HOSTPORT"
-	EnvTemporalNamespace = "CONTROLPLANE_TEMPORAL_NAMESPACE"
+	EnvTemporalHostPort  = "CONTROLPLANE_TEMPORAL_HOSTPORT"  // read by temporalconf
+	EnvTemporalNamespace = "CONTROLPLANE_TEMPORAL_NAMESPACE" // read by temporalconf
+	EnvTLSCertFile       = "CONTROLPLANE_TLS_CERT_FILE"
+	EnvTLSKeyFile        = "CONTROLPLANE_TLS_KEY_FILE"
+	EnvTLSClientCAFile   = "CONTROLPLANE_TLS_CLIENT_CA_FILE"
 	EnvTemporalUIURL     = "CONTROLPLANE_TEMPORAL_UI_URL"
 	EnvGRPCAddr          = "CONTROLPLANE_GRPC_ADDR"
 	EnvHTTPAddr          = "CONTROLPLANE_HTTP_ADDR"
@@ -52,7 +57,7 @@ const (
 
 // Defaults.
 const (
-	DefaultTemporalNamespace = "default"
+	DefaultTemporalNamespace = temporalconf.DefaultNamespace
 	DefaultTemporalUIURL     = "http://127.0.0.1:58233"
 	DefaultGRPCAddr          = "127.0.0.1:58090"
 	DefaultHTTPAddr          = "127.0.0.1:58091"
@@ -87,9 +92,13 @@ type Config struct {
 	// primary.
 	Redis redisconf.Config
 
-	TemporalHostPort  string
-	TemporalNamespace string
-	TemporalUIURL     string
+	// Temporal is the Temporal connection (CONTROLPLANE_TEMPORAL_*: host:port, namespace, TLS,
+	// mutual TLS, API key; see temporalconf).
+	Temporal      temporalconf.Config
+	TemporalUIURL string
+	// TLS is the gRPC and HTTP listeners' TLS (CONTROLPLANE_TLS_CERT_FILE, _TLS_KEY_FILE; with
+	// _TLS_CLIENT_CA_FILE every client must present a certificate that CA signed).
+	TLS tlsconf.Server
 
 	GRPCAddr string
 	HTTPAddr string
@@ -117,8 +126,8 @@ func FromEnv(getenv func(string) string, readFile func(string) ([]byte, error)) 
 		DatabaseURL:       pgconf.URL(r, EnvDatabaseURL, true, "a PostgreSQL URL such as postgres://user:pass@host:5432/db"),
 		CoreDatabaseURL:   pgconf.URL(r, EnvCoreDatabaseURL, false, ""),
 		Redis:             redisconf.Load(r),
-		TemporalHostPort:  r.HostPort(EnvTemporalHostPort, ""),
-		TemporalNamespace: r.String(EnvTemporalNamespace, DefaultTemporalNamespace),
+		Temporal:          temporalconf.Load(r),
+		TLS:               tlsconf.LoadServer(r, tlsconf.ServerVars{CertFile: "TLS_CERT_FILE", KeyFile: "TLS_KEY_FILE", ClientCAFile: "TLS_CLIENT_CA_FILE"}),
 		TemporalUIURL:     strings.TrimRight(r.String(EnvTemporalUIURL, DefaultTemporalUIURL), "/"),
 		GRPCAddr:          r.HostPort(EnvGRPCAddr, DefaultGRPCAddr),
 		HTTPAddr:          r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
@@ -141,7 +150,7 @@ func FromEnv(getenv func(string) string, readFile func(string) ([]byte, error)) 
 	if len(c.Models) == 0 && c.CoreDatabaseURL == "" {
 		r.Fail(EnvModels, "set %s (model=field,field;...) or %s (columns of the core tables), so that definitions can be checked against the model's fields", EnvModels, EnvCoreDatabaseURL)
 	}
-	if c.TemporalHostPort == "" {
+	if c.Temporal.HostPort == "" {
 		r.Fail(EnvTemporalHostPort, "required (the Temporal frontend, host:port)")
 	}
 	if u, err := url.Parse(c.TemporalUIURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -165,8 +174,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("core_database_url", envconf.MaskURL(c.CoreDatabaseURL)),
 		slog.Any("models", c.Models.Names()),
 		slog.Any("redis", c.Redis),
-		slog.String("temporal_hostport", c.TemporalHostPort),
-		slog.String("temporal_namespace", c.TemporalNamespace),
+		slog.Any("temporal", c.Temporal),
+		slog.Any("tls", c.TLS),
 		slog.String("temporal_ui_url", c.TemporalUIURL),
 		slog.String("grpc_addr", c.GRPCAddr),
 		slog.String("http_addr", c.HTTPAddr),

@@ -46,7 +46,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.GRPCAddr != "127.0.0.1:58090" || c.HTTPAddr != "127.0.0.1:58091" || c.TemporalNamespace != "default" ||
+	if c.GRPCAddr != "127.0.0.1:58090" || c.HTTPAddr != "127.0.0.1:58091" || c.Temporal.Namespace != "default" ||
 		c.RetireGrace != 10*time.Minute || c.TopicPrefix != "distcache" || c.MaxLag != 0 || len(c.Tokens) != 1 {
 		t.Errorf("defaults = %+v", c)
 	}
@@ -76,6 +76,9 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		{name: "bad log format", set: map[string]string{EnvLogFormat: "xml"}, wantVar: EnvLogFormat},
 		{name: "no temporal", unset: []string{EnvTemporalHostPort}, wantVar: EnvTemporalHostPort},
 		{name: "bad ui url", set: map[string]string{EnvTemporalUIURL: "ftp://x"}, wantVar: EnvTemporalUIURL},
+		{name: "temporal api key without tls", set: map[string]string{"CONTROLPLANE_TEMPORAL_API_KEY": "k"}, wantVar: "CONTROLPLANE_TEMPORAL_API_KEY"},
+		{name: "tls cert without key", set: map[string]string{EnvTLSCertFile: "/etc/hostname"}, wantVar: EnvTLSCertFile},
+		{name: "client CA without tls", set: map[string]string{EnvTLSClientCAFile: "/etc/hostname"}, wantVar: EnvTLSClientCAFile},
 		{name: "bad grpc addr", set: map[string]string{EnvGRPCAddr: "58090"}, wantVar: EnvGRPCAddr},
 		{name: "bad http addr", set: map[string]string{EnvHTTPAddr: "x:y"}, wantVar: EnvHTTPAddr},
 		{name: "no tokens", unset: []string{EnvTokens}, wantVar: EnvTokens},

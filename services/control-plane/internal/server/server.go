@@ -18,12 +18,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"sort"
@@ -36,6 +38,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -66,6 +69,10 @@ type Options struct {
 	Degraded map[string]func(ctx context.Context) error
 	// OpenAPI is the OpenAPI document served at /openapi.json (nil: not served).
 	OpenAPI []byte
+	// TLS, when set, is the gRPC server's TLS configuration (NewGRPC); with it, the REST gateway
+	// reaches the gRPC service in process (NewInternalGRPC) instead of over the network. The
+	// HTTP listener's TLS is the caller's (a tls.Listener over the same configuration).
+	TLS *tls.Config
 }
 
 func (o Options) logger() *slog.Logger {
@@ -101,12 +108,25 @@ func NewGRPC(o Options) *grpc.Server {
 		return err
 	}
 	g := guard{log: log, metrics: o.Metrics}
-	s := grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unaryObserve, g.unary, o.Tokens.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(streamObserve, g.stream, o.Tokens.StreamInterceptor()),
-	)
+	}
+	if o.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(o.TLS)))
+	}
+	s := grpc.NewServer(opts...)
 	pb.RegisterControlPlaneServer(s, o.Service)
 	return s
+}
+
+// NewInternalGRPC returns the gRPC server the REST gateway calls when the public one serves TLS
+// (Options.TLS): the same service and interceptors (the caller's bearer token is still checked),
+// without TLS, served on an in-process listener (NewMemListener) that nothing outside the
+// process can reach.
+func NewInternalGRPC(o Options) *grpc.Server {
+	o.TLS = nil
+	return NewGRPC(o)
 }
 
 // HeaderRequestID is the response header (gRPC metadata) that carries a call's request id; the
@@ -191,9 +211,21 @@ func Marshaler() runtime.Marshaler {
 // the token middleware, plus the unauthenticated /healthz, /readyz, /metrics and /openapi.json.
 // The gateway's client connection is closed when ctx ends.
 func NewHTTP(ctx context.Context, o Options, grpcAddr string) (http.Handler, error) {
+	return newHTTP(ctx, o, grpcAddr)
+}
+
+// NewHTTPInProcess is NewHTTP with the gateway calling the gRPC server served on l
+// (NewMemListener), for a service whose public gRPC listener serves TLS.
+func NewHTTPInProcess(ctx context.Context, o Options, l *MemListener) (http.Handler, error) {
+	return newHTTP(ctx, o, "passthrough:///in-process", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+		return l.DialContext(ctx)
+	}))
+}
+
+func newHTTP(ctx context.Context, o Options, grpcAddr string, dial ...grpc.DialOption) (http.Handler, error) {
 	gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, Marshaler()),
 		runtime.WithErrorHandler(gatewayErrors(o.logger())), runtime.WithRoutingErrorHandler(routingError))
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(grpcAddr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, dial...)...)
 	if err != nil {
 		return nil, fmt.Errorf("gateway client: %w", err)
 	}
