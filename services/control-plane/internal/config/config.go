@@ -123,22 +123,22 @@ func FromEnv(getenv func(string) string, readFile func(string) ([]byte, error)) 
 	}
 	r := envconf.New(Prefix, getenv)
 	c := Config{
-		DatabaseURL:       pgconf.URL(r, EnvDatabaseURL, true, "a PostgreSQL URL such as postgres://user:pass@host:5432/db"),
-		CoreDatabaseURL:   pgconf.URL(r, EnvCoreDatabaseURL, false, ""),
-		Redis:             redisconf.Load(r),
-		Temporal:          temporalconf.Load(r),
-		TLS:               tlsconf.LoadServer(r, tlsconf.ServerVars{CertFile: "TLS_CERT_FILE", KeyFile: "TLS_KEY_FILE", ClientCAFile: "TLS_CLIENT_CA_FILE"}),
-		TemporalUIURL:     strings.TrimRight(r.String(EnvTemporalUIURL, DefaultTemporalUIURL), "/"),
-		GRPCAddr:          r.HostPort(EnvGRPCAddr, DefaultGRPCAddr),
-		HTTPAddr:          r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
-		RetireGrace:       r.Duration(EnvRetireGrace, DefaultRetireGrace, 0),
-		RetireDrain:       r.Duration(EnvRetireDrain, DefaultRetireDrain, time.Millisecond),
-		MaxLag:            r.Int64(EnvMaxLag, 0, 0, 1<<62),
-		CatchUpTimeout:    r.Duration(EnvCatchUpTimeout, DefaultCatchUpTimeout, time.Second),
-		TopicPrefix:       r.String(EnvTopicPrefix, events.DefaultTopicPrefix),
-		ShutdownTimeout:   r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Millisecond),
-		LogLevel:          r.LogLevel(EnvLogLevel, slog.LevelInfo),
-		LogJSON:           r.OneOf(EnvLogFormat, "json", "json", "text") == "json",
+		DatabaseURL:     pgconf.URL(r, EnvDatabaseURL, true, "a PostgreSQL URL such as postgres://user:pass@host:5432/db"),
+		CoreDatabaseURL: pgconf.URL(r, EnvCoreDatabaseURL, false, ""),
+		Redis:           redisconf.Load(r),
+		Temporal:        temporalconf.Load(r),
+		TLS:             tlsconf.LoadServer(r, tlsconf.ServerVars{CertFile: "TLS_CERT_FILE", KeyFile: "TLS_KEY_FILE", ClientCAFile: "TLS_CLIENT_CA_FILE"}),
+		TemporalUIURL:   strings.TrimRight(r.String(EnvTemporalUIURL, DefaultTemporalUIURL), "/"),
+		GRPCAddr:        r.HostPort(EnvGRPCAddr, DefaultGRPCAddr),
+		HTTPAddr:        r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
+		RetireGrace:     r.Duration(EnvRetireGrace, DefaultRetireGrace, 0),
+		RetireDrain:     r.Duration(EnvRetireDrain, DefaultRetireDrain, time.Millisecond),
+		MaxLag:          r.Int64(EnvMaxLag, 0, 0, 1<<62),
+		CatchUpTimeout:  r.Duration(EnvCatchUpTimeout, DefaultCatchUpTimeout, time.Second),
+		TopicPrefix:     r.String(EnvTopicPrefix, events.DefaultTopicPrefix),
+		ShutdownTimeout: r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Millisecond),
+		LogLevel:        r.LogLevel(EnvLogLevel, slog.LevelInfo),
+		LogJSON:         r.OneOf(EnvLogFormat, "json", "json", "text") == "json",
 	}
 	if v := r.String(EnvModels, ""); v != "" {
 		m, err := modelcatalog.ParseStatic(v)
