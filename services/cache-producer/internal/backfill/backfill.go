@@ -113,7 +113,7 @@ func (a *Activities) Backfill(ctx context.Context, p workflows.BackfillParams) (
 	}
 	last := time.Now()
 	out, err := Replay(ctx, ReplayConfig{
-		KafkaOpts: a.KafkaOpts, Writer: a.Writer, BatchSize: a.BatchSize, Observer: a.Observer,
+		KafkaOpts: a.KafkaOpts, Writer: a.Writer, BatchSize: a.BatchSize, Observer: a.Observer, Logger: log,
 	}, t, p.Topic, pr, func(cur workflows.BackfillProgress) {
 		if time.Since(last) >= every {
 			last = time.Now()
@@ -159,6 +159,9 @@ type ReplayConfig struct {
 	Writer    *projector.Writer
 	BatchSize int
 	Observer  Observer
+	// Logger hears of offsets skipped because the topic's log start passed
+	// them (default: discard).
+	Logger *slog.Logger
 }
 
 // Replay writes the records of topic from from.Offset up to (not including)
@@ -172,6 +175,17 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 	// index cache for it here (a million entries are ~100 MB).
 	defer cfg.Writer.Forget(t)
 	pr := from
+	// Records below the log start are gone: start there (the reader never
+	// moves its position by itself, see feed.ErrPositionLost).
+	if pr.Offset < pr.EndOffset {
+		if b, err := feed.ReadBounds(ctx, cfg.KafkaOpts, topic); err == nil && b.Exists && pr.Offset < b.Start {
+			if cfg.Logger != nil {
+				cfg.Logger.Warn("the topic's log start passed the backfill's offset: records deleted before they were read are skipped",
+					"projection", t.Projection, "generation", t.Generation, "offset", pr.Offset, "log_start", b.Start)
+			}
+			pr.Offset = b.Start
+		}
+	}
 	if pr.Offset >= pr.EndOffset {
 		pr.Offset = max(pr.Offset, pr.EndOffset)
 		if err := storeOffset(ctx, cfg.Writer, t, pr.EndOffset); err != nil {
@@ -217,8 +231,13 @@ func Replay(ctx context.Context, cfg ReplayConfig, t projector.Target, topic str
 		}
 	})
 	cancel()
-	if rerr := <-readErr; err == nil && rerr != nil && ctx.Err() != nil {
-		err = rerr
+	// The writer drains what the reader sent and then returns nil even when the reader stopped
+	// early (a lost position): its error is the outcome then.
+	if rerr := <-readErr; err == nil && rerr != nil {
+		err = fmt.Errorf("read %s: %w", topic, rerr)
+	}
+	if err == nil && pr.Offset < pr.EndOffset {
+		err = fmt.Errorf("read %s: stopped at offset %d before the end offset %d", topic, pr.Offset, pr.EndOffset)
 	}
 	if err != nil {
 		return pr, err
