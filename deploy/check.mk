@@ -34,7 +34,11 @@ OPTIONS_VALUES := --set redis.mode=sentinel --set redis.sentinel.masterName=dist
   --set redis.sentinel.password.existingSecret=redis-sentinel --set redis.username=distcache --set redis.tls=true \
   --set redis.password.existingSecret=redis --set kafka.tls.enabled=true --set kafka.tls.existingSecret=kafka-tls \
   --set kafka.tls.certKey=tls.crt --set kafka.tls.keyKey=tls.key --set kafka.sasl.mechanism=PLAIN \
-  --set kafka.sasl.username=distcache --set kafka.sasl.password.existingSecret=kafka-user
+  --set kafka.sasl.username=distcache --set kafka.sasl.password.existingSecret=kafka-user \
+  --set temporal.tls.enabled=true --set temporal.tls.existingSecret=temporal-tls --set temporal.tls.caKey=ca.crt \
+  --set temporal.tls.certKey=tls.crt --set temporal.tls.keyKey=tls.key \
+  --set temporal.tls.serverName=distcache.a1b2c.tmprl.cloud --set temporal.apiKey.existingSecret=temporal-api-key \
+  --set controlPlane.tls.existingSecret=control-plane-tls --set controlPlane.tls.clientCAKey=ca.crt
 
 # compose-go and Kubernetes dependencies must never touch the workspace's graph.
 export GOWORK := off
@@ -95,6 +99,11 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	  echo "FAIL: values.schema.json accepted the unknown value corePublisher.replica"; exit 1; fi
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set postgres.core.existingSecret= >/dev/null 2>&1; then \
 	  echo "FAIL: the chart rendered without the core database secret"; exit 1; fi
+	@# A Temporal API key without TLS would travel in clear text: the chart refuses it.
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set temporal.apiKey.existingSecret=k >/dev/null 2>&1; then \
+	  echo "FAIL: the chart rendered a Temporal API key without TLS"; exit 1; fi
+	@# Control-plane TLS: its probes switch to HTTPS.
+	@grep -q 'scheme: HTTPS' $(OUT)/options.yaml || { echo "FAIL: control-plane TLS without HTTPS probes"; exit 1; }
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set kafka.sasl.mechanism=PLAIN \
 	  --set kafka.sasl.username=u --set kafka.sasl.password.existingSecret=s >/dev/null 2>&1; then \
 	  echo "FAIL: the chart rendered SASL PLAIN without TLS and without kafka.sasl.allowPlaintext"; exit 1; fi

@@ -155,22 +155,78 @@ Every service reads the same <PREFIX>_REDIS_* variables (libs/svcconfig/rediscon
 {{- end -}}
 
 {{/* distcache.httpProbes: liveness on /healthz, readiness on /readyz, a startup probe that gives
-migrations time; (dict "port" "http"). */}}
+migrations time; (dict "port" "http" ["scheme" "HTTPS"]). */}}
 {{- define "distcache.httpProbes" -}}
+{{- $scheme := .scheme | default "HTTP" -}}
 startupProbe:
-  httpGet: {path: /healthz, port: {{ .port }}}
+  httpGet: {path: /healthz, port: {{ .port }}, scheme: {{ $scheme }}}
   periodSeconds: 2
   failureThreshold: 60
 livenessProbe:
-  httpGet: {path: /healthz, port: {{ .port }}}
+  httpGet: {path: /healthz, port: {{ .port }}, scheme: {{ $scheme }}}
   periodSeconds: 10
   timeoutSeconds: 3
   failureThreshold: 3
 readinessProbe:
-  httpGet: {path: /readyz, port: {{ .port }}}
+  httpGet: {path: /readyz, port: {{ .port }}, scheme: {{ $scheme }}}
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 3
+{{- end -}}
+
+{{/* distcache.temporalEnv: the Temporal connection variables under a prefix; (dict "root" $
+"prefix" "CONTROLPLANE_"). */}}
+{{- define "distcache.temporalEnv" -}}
+{{- $t := .root.Values.temporal -}}
+- name: {{ .prefix }}TEMPORAL_HOSTPORT
+  value: {{ required "temporal.hostPort is required" $t.hostPort | quote }}
+- name: {{ .prefix }}TEMPORAL_NAMESPACE
+  value: {{ $t.namespace | quote }}
+{{- if $t.tls.enabled }}
+- name: {{ .prefix }}TEMPORAL_TLS
+  value: "true"
+{{- with $t.tls.serverName }}
+- name: {{ $.prefix }}TEMPORAL_TLS_SERVER_NAME
+  value: {{ . | quote }}
+{{- end }}
+{{- if $t.tls.existingSecret }}
+{{- with $t.tls.caKey }}
+- name: {{ $.prefix }}TEMPORAL_TLS_CA_FILE
+  value: {{ printf "/etc/distcache/temporal-tls/%s" . | quote }}
+{{- end }}
+{{- if and $t.tls.certKey $t.tls.keyKey }}
+- name: {{ $.prefix }}TEMPORAL_TLS_CERT_FILE
+  value: {{ printf "/etc/distcache/temporal-tls/%s" $t.tls.certKey | quote }}
+- name: {{ $.prefix }}TEMPORAL_TLS_KEY_FILE
+  value: {{ printf "/etc/distcache/temporal-tls/%s" $t.tls.keyKey | quote }}
+{{- else if or $t.tls.certKey $t.tls.keyKey }}
+{{- fail "temporal.tls: set certKey and keyKey together" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $t.apiKey.existingSecret }}
+{{- if not $t.tls.enabled }}
+{{- fail "temporal.apiKey needs temporal.tls.enabled: the key would travel in clear text" }}
+{{- end }}
+- name: {{ $.prefix }}TEMPORAL_API_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ . | quote }}, key: {{ $t.apiKey.key | quote }}}
+{{- end }}
+{{- end -}}
+{{- define "distcache.temporalTLSVolume" -}}
+{{- if and .Values.temporal.tls.enabled .Values.temporal.tls.existingSecret -}}
+- name: temporal-tls
+  secret:
+    secretName: {{ .Values.temporal.tls.existingSecret | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+{{- define "distcache.temporalTLSMount" -}}
+{{- if and .Values.temporal.tls.enabled .Values.temporal.tls.existingSecret -}}
+- name: temporal-tls
+  mountPath: /etc/distcache/temporal-tls
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* distcache.podSpecCommon: what every pod shares; call with (dict "root" $ "c" .Values.<component>). */}}
