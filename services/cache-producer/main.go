@@ -95,10 +95,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		return nil
 	}
 
-	if cfg.Migrate {
-		if err := migrations.Up(ctx, cfg.DatabaseURL); err != nil {
-			return fmt.Errorf("migrate registry: %w", err)
-		}
+	// The registry's schema is the control-plane's (the control set, applied by `make migrate` or
+	// the chart's migration Job); the producer checks it (PRODUCER_MIGRATE=true applies it).
+	if err := migrations.Ensure(ctx, cfg.DatabaseURL, migrations.Control, cfg.Migrate); err != nil {
+		return fmt.Errorf("registry schema (%s): %w (or set %s=true to apply it at start)", config.EnvDatabaseURL, err, config.EnvMigrate)
 	}
 	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {
@@ -176,16 +176,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	monCtx, stopMon := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopMon()
 	monDone := make(chan struct{})
-	if cfg.TemporalHostPort != "" {
-		tc, err := client.NewLazyClient(client.Options{
-			HostPort: cfg.TemporalHostPort, Namespace: cfg.TemporalNamespace,
-			Logger: tlog.NewStructuredLogger(log.With("component", "temporal")),
-		})
+	if cfg.Temporal.HostPort != "" {
+		topts, err := cfg.Temporal.ClientOptions(tlog.NewStructuredLogger(log.With("component", "temporal")))
+		var tc client.Client
+		if err == nil {
+			tc, err = client.NewLazyClient(topts)
+		}
 		if err != nil {
 			stopWatch()
 			wg.Wait()
 			mgr.Close()
-			return fmt.Errorf("temporal %s: %w", cfg.TemporalHostPort, err)
+			return fmt.Errorf("temporal %s: %w", cfg.Temporal.HostPort, err)
 		}
 		defer tc.Close()
 		temporal, err = temporalconn.New(temporalconn.Config{

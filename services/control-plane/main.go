@@ -78,8 +78,10 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 	log := slog.New(h)
 	log.Info("starting", "config", cfg)
 
-	if err := migrations.Up(ctx, cfg.DatabaseURL); err != nil {
-		return fmt.Errorf("migrate registry: %w", err)
+	// The registry's schema is applied by `make migrate` or the chart's migration Job, with
+	// credentials of its own; the service only checks it (CONTROLPLANE_MIGRATE=true applies it).
+	if err := migrations.Ensure(ctx, cfg.DatabaseURL, migrations.Control, cfg.Migrate); err != nil {
+		return fmt.Errorf("registry schema (%s): %w (or set %s=true to apply it at start)", config.EnvDatabaseURL, err, config.EnvMigrate)
 	}
 	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {
@@ -205,7 +207,10 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 	if tlsCfg != nil {
 		internal, internalL = server.NewInternalGRPC(opts), server.NewMemListener()
 		handler, err = server.NewHTTPInProcess(gwCtx, opts, internalL)
-		hl = tls.NewListener(hl, tlsCfg)
+		if tlsCfg.ClientCAs != nil {
+			handler = server.RequireClientCert(handler)
+		}
+		hl = tls.NewListener(hl, server.HTTPTLS(tlsCfg))
 	} else {
 		handler, err = server.NewHTTP(gwCtx, opts, gl.Addr().String())
 	}

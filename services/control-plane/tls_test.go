@@ -19,8 +19,9 @@ import (
 
 // TestMutualTLS: with CONTROLPLANE_TLS_CERT_FILE, _KEY_FILE and _CLIENT_CA_FILE the control-plane
 // serves gRPC and REST over TLS and requires a client certificate: a client with the certificate
-// (and the token) is served on both, a client without it is refused at the handshake, and the REST
-// gateway still reaches the service (in process).
+// (and the token) is served on both; without it gRPC is refused at the handshake and REST /v1/
+// answers 401, while /healthz and /readyz (Kubernetes' probes present no certificate) answer; the
+// REST gateway still reaches the service (in process).
 func TestMutualTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -71,8 +72,21 @@ func TestMutualTLS(t *testing.T) {
 	if code, err := get(withCert); err != nil || code != http.StatusOK {
 		t.Fatalf("REST over mutual TLS: %d, %v; want 200\n%s", code, err, logs)
 	}
-	if code, err := get(noCert); err == nil {
-		t.Errorf("REST without a client certificate answered %d, want the handshake refused", code)
+	if code, err := get(noCert); err != nil || code != http.StatusUnauthorized {
+		t.Errorf("REST /v1/ without a client certificate: %d, %v; want 401", code, err)
+	}
+	// Kubernetes' probes present no certificate: /healthz and /readyz stay reachable.
+	probe := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: noCert}}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := probe.Get("https://" + l.http.Addr().String() + path)
+		if err != nil {
+			t.Errorf("%s without a client certificate: %v, want it answered", path, err)
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s without a client certificate: %d, want 200", path, resp.StatusCode)
+		}
 	}
 	if resp, err := http.Get("http://" + l.http.Addr().String() + "/healthz"); err == nil {
 		resp.Body.Close()

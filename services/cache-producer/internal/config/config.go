@@ -16,6 +16,7 @@ import (
 	"github.com/distcache/distcache/libs/svcconfig/kafkaconf"
 	"github.com/distcache/distcache/libs/svcconfig/pgconf"
 	"github.com/distcache/distcache/libs/svcconfig/redisconf"
+	"github.com/distcache/distcache/libs/svcconfig/temporalconf"
 )
 
 // Prefix starts every variable of the service.
@@ -29,8 +30,8 @@ const (
 	EnvDatabaseURL       = "PRODUCER_DATABASE_URL"
 	EnvMigrate           = "PRODUCER_MIGRATE"
 	EnvTopicPrefix       = "PRODUCER_TOPIC_PREFIX"
-	EnvTemporalHostPort  = "PRODUCER_TEMPORAL_HOSTPORT"
-	EnvTemporalNamespace = "PRODUCER_TEMPORAL_NAMESPACE"
+	EnvTemporalHostPort  = "PRODUCER_TEMPORAL_HOSTPORT"  // read by temporalconf
+	EnvTemporalNamespace = "PRODUCER_TEMPORAL_NAMESPACE" // read by temporalconf
 	EnvHTTPAddr          = "PRODUCER_HTTP_ADDR"
 	EnvBatchSize         = "PRODUCER_BATCH_SIZE"
 	EnvBackfillBatchSize = "PRODUCER_BACKFILL_BATCH_SIZE"
@@ -52,7 +53,7 @@ var ErrInvalid = envconf.ErrInvalid
 const (
 	DefaultHTTPAddr          = "127.0.0.1:58082"
 	DefaultTopicPrefix       = "distcache"
-	DefaultTemporalNamespace = "default"
+	DefaultTemporalNamespace = temporalconf.DefaultNamespace
 	DefaultBatchSize         = 5000
 	DefaultBackfillBatchSize = 5000
 	DefaultDeadLetterMaxLen  = 10_000
@@ -76,8 +77,9 @@ type Config struct {
 	Kafka       kafkaconf.Config
 	TopicPrefix string // PRODUCER_TOPIC_PREFIX (default distcache)
 
-	TemporalHostPort  string // PRODUCER_TEMPORAL_HOSTPORT; empty: no activity worker
-	TemporalNamespace string // PRODUCER_TEMPORAL_NAMESPACE (default "default")
+	// Temporal is the Temporal connection (PRODUCER_TEMPORAL_*: host:port, namespace, TLS, mutual
+	// TLS, API key; see temporalconf); an empty HostPort runs no activity worker.
+	Temporal temporalconf.Config
 
 	HTTPAddr string // PRODUCER_HTTP_ADDR (default 127.0.0.1:58082)
 
@@ -105,8 +107,7 @@ func Load(getenv func(string) string) (Config, error) {
 		Redis:             redisconf.Load(r),
 		Kafka:             kafkaconf.Load(r, DefaultKafkaClientID),
 		TopicPrefix:       r.String(EnvTopicPrefix, DefaultTopicPrefix),
-		TemporalHostPort:  r.HostPort(EnvTemporalHostPort, ""),
-		TemporalNamespace: r.String(EnvTemporalNamespace, DefaultTemporalNamespace),
+		Temporal:          temporalconf.Load(r),
 		HTTPAddr:          r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
 		BatchSize:         r.Int(EnvBatchSize, DefaultBatchSize, 1, 100_000),
 		BackfillBatchSize: r.Int(EnvBackfillBatchSize, DefaultBackfillBatchSize, 1, 100_000),
@@ -133,8 +134,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Any("redis", c.Redis),
 		slog.Any("kafka", c.Kafka),
 		slog.String("topic_prefix", c.TopicPrefix),
-		slog.String("temporal_hostport", c.TemporalHostPort),
-		slog.String("temporal_namespace", c.TemporalNamespace),
+		slog.Any("temporal", c.Temporal),
 		slog.String("http_addr", c.HTTPAddr),
 		slog.Int("batch_size", c.BatchSize),
 		slog.Int("backfill_batch_size", c.BackfillBatchSize),

@@ -32,7 +32,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"TopicPrefix", c.TopicPrefix, "distcache"},
 		{"BatchSize", c.BatchSize, 5000},
 		{"BackfillBatchSize", c.BackfillBatchSize, 5000},
-		{"TemporalNamespace", c.TemporalNamespace, "default"},
+		{"TemporalNamespace", c.Temporal.Namespace, "default"},
 		{"Redis.Cluster", c.Redis.Cluster, false},
 		{"Redis.Addrs", strings.Join(c.Redis.Addrs, ","), "redis:6379"},
 		{"Kafka.Brokers", strings.Join(c.Kafka.Brokers, ","), "k1:9092,k2:9092"},
