@@ -44,14 +44,28 @@ func EnsureInstalled(ctx context.Context) error {
 		return nil
 	}
 	sort.Strings(missing)
+	if err := aptInstall(ctx, missing); err != nil {
+		return err
+	}
+	for prog := range debianPackages {
+		if _, err := findProgram(prog); err != nil {
+			return fmt.Errorf("%w: %s still not found after installing %v", ErrMissing, prog, missing)
+		}
+	}
+	return nil
+}
+
+// aptInstall installs Debian packages with apt-get when running as root, or returns an error
+// that names them.
+func aptInstall(ctx context.Context, pkgs []string) error {
 	if os.Geteuid() != 0 {
-		return fmt.Errorf("%w: install the Debian packages %v (apt-get install -y %s)", ErrMissing, missing, joinWords(missing))
+		return fmt.Errorf("%w: install the Debian packages %v (apt-get install -y %s)", ErrMissing, pkgs, joinWords(pkgs))
 	}
 	if _, err := exec.LookPath("apt-get"); err != nil {
-		return fmt.Errorf("%w: no apt-get on this system; install %v with the system's package manager", ErrMissing, missing)
+		return fmt.Errorf("%w: no apt-get on this system; install %v with the system's package manager", ErrMissing, pkgs)
 	}
 	env := append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	for _, args := range [][]string{{"update", "-qq"}, append([]string{"install", "-y", "-qq"}, missing...)} {
+	for _, args := range [][]string{{"update", "-qq"}, append([]string{"install", "-y", "-qq"}, pkgs...)} {
 		cmd := exec.CommandContext(ctx, "apt-get", args...)
 		cmd.Env = env
 		var out bytes.Buffer
@@ -60,12 +74,36 @@ func EnsureInstalled(ctx context.Context) error {
 			return fmt.Errorf("apt-get %s: %w\n%s", args[0], err, out.String())
 		}
 	}
-	for prog := range debianPackages {
-		if _, err := findProgram(prog); err != nil {
-			return fmt.Errorf("%w: %s still not found after installing %v", ErrMissing, prog, missing)
-		}
-	}
 	return nil
+}
+
+// chromiumNames are the names a Chromium-based browser is installed under.
+var chromiumNames = []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"}
+
+// EnsureChromium returns the path of a headless-capable Chromium (for screenshots of the Temporal
+// UI), installing Debian's chromium package as EnsureInstalled installs PostgreSQL and Redis
+// when none is found: with apt-get when running as root, otherwise an error naming the package.
+func EnsureChromium(ctx context.Context) (string, error) {
+	installMu.Lock()
+	defer installMu.Unlock()
+	find := func() (string, bool) {
+		for _, n := range chromiumNames {
+			if p, err := exec.LookPath(n); err == nil {
+				return p, true
+			}
+		}
+		return "", false
+	}
+	if p, ok := find(); ok {
+		return p, nil
+	}
+	if err := aptInstall(ctx, []string{"chromium"}); err != nil {
+		return "", err
+	}
+	if p, ok := find(); ok {
+		return p, nil
+	}
+	return "", fmt.Errorf("%w: chromium still not found after installing it", ErrMissing)
 }
 
 func joinWords(ws []string) string {

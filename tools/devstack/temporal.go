@@ -9,8 +9,26 @@ import (
 	"strconv"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/sdk/client"
 )
+
+// SearchAttribute is a custom search attribute registered on a dev server: its name and its
+// type as `temporal server start-dev --search-attribute` spells it (Keyword, Int, ...).
+type SearchAttribute struct {
+	Name, Type string
+}
+
+// SearchAttributes are the custom search attributes distcache's workflows set, so that builds
+// can be filtered in the Temporal UI (`DistcachePhase = "failed"`). The contract is
+// workflows.SearchAttributes; a test in workflows keeps the two lists equal. Every dev server
+// of `make up` and of the tests (devstacktest) registers them.
+var SearchAttributes = []SearchAttribute{
+	{"DistcacheProjection", "Keyword"},
+	{"DistcacheGeneration", "Int"},
+	{"DistcachePhase", "Keyword"},
+}
 
 // TemporalConfig says where and how to run Temporal's dev server (`temporal server start-dev`).
 type TemporalConfig struct {
@@ -21,6 +39,9 @@ type TemporalConfig struct {
 	UIPort   int    // Web UI port; 0 picks a free port
 	Headless bool   // no Web UI (tests)
 	Mode     Mode
+	// SearchAttributes are registered in the default namespace at start (--search-attribute);
+	// an already running server that a Detached start adopts gets the missing ones added.
+	SearchAttributes []SearchAttribute
 }
 
 // Temporal is one running Temporal dev server.
@@ -75,6 +96,9 @@ func StartTemporal(ctx context.Context, cfg TemporalConfig) (*Temporal, error) {
 		"--db-filename", filepath.Join(cfg.Dir, "temporal.db"),
 		"--log-level", "warn",
 	}
+	for _, sa := range cfg.SearchAttributes {
+		args = append(args, "--search-attribute", sa.Name+"="+sa.Type)
+	}
 	if cfg.Headless {
 		args = append(args, "--headless")
 	} else {
@@ -92,7 +116,8 @@ func StartTemporal(ctx context.Context, cfg TemporalConfig) (*Temporal, error) {
 func (t *Temporal) Start(ctx context.Context) error {
 	if t.cfg.Mode == Detached && t.proc.adopt() {
 		if err := t.Health(ctx); err == nil {
-			return nil
+			// Started before its configuration named these attributes (an older `make up`).
+			return EnsureSearchAttributes(ctx, t.HostPort, t.Namespace, t.cfg.SearchAttributes)
 		}
 	}
 	if !portFree(t.cfg.Port) {
@@ -126,6 +151,43 @@ func ProbeTemporal(ctx context.Context, hostPort, namespace string) error {
 	defer nc.Close()
 	_, err = nc.Describe(ctx, namespace)
 	return err
+}
+
+// EnsureSearchAttributes registers in namespace the attributes of attrs that the server at
+// hostPort does not have yet (`temporal operator search-attribute create`).
+func EnsureSearchAttributes(ctx context.Context, hostPort, namespace string, attrs []SearchAttribute) error {
+	if len(attrs) == 0 {
+		return nil
+	}
+	c, err := client.DialContext(ctx, client.Options{HostPort: hostPort, Namespace: namespace, Logger: quietLogger{}})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	have, err := c.OperatorService().ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: namespace})
+	if err != nil {
+		return fmt.Errorf("list search attributes: %w", err)
+	}
+	add := map[string]enumspb.IndexedValueType{}
+	for _, sa := range attrs {
+		if _, ok := have.GetCustomAttributes()[sa.Name]; ok {
+			continue
+		}
+		typ, err := enumspb.IndexedValueTypeFromString(sa.Type)
+		if err != nil || typ == enumspb.INDEXED_VALUE_TYPE_UNSPECIFIED {
+			return fmt.Errorf("search attribute %s: unknown type %q", sa.Name, sa.Type)
+		}
+		add[sa.Name] = typ
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	if _, err := c.OperatorService().AddSearchAttributes(ctx, &operatorservice.AddSearchAttributesRequest{
+		Namespace: namespace, SearchAttributes: add,
+	}); err != nil {
+		return fmt.Errorf("add search attributes: %w", err)
+	}
+	return nil
 }
 
 // Port returns the frontend port.

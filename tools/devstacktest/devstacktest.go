@@ -319,8 +319,9 @@ func buildBinary(root, modDir, name, pkg string) (string, error) {
 	return dst, nil
 }
 
-// Temporal returns the package's shared Temporal dev server (headless), starting it on first
-// use. Tests isolate themselves with their own task queues and workflow ids.
+// Temporal returns the package's shared Temporal dev server (headless, distcache's search
+// attributes registered), starting it on first use. Tests isolate themselves with their own task
+// queues and workflow ids.
 func Temporal(t testing.TB) *devstack.Temporal {
 	t.Helper()
 	bin := TemporalBin(t)
@@ -329,7 +330,8 @@ func Temporal(t testing.TB) *devstack.Temporal {
 	if sharedT == nil {
 		ctx, cancel := startCtx(t, temporalStartTimeout)
 		defer cancel()
-		tmp, err := devstack.StartTemporal(ctx, devstack.TemporalConfig{Bin: bin, Dir: dir(t, "temporal"), Headless: true, Mode: devstack.Attached})
+		tmp, err := devstack.StartTemporal(ctx, devstack.TemporalConfig{Bin: bin, Dir: dir(t, "temporal"), Headless: true,
+			Mode: devstack.Attached, SearchAttributes: devstack.SearchAttributes})
 		if err != nil {
 			t.Fatalf("devstacktest: start temporal: %v", err)
 		}
@@ -339,15 +341,35 @@ func Temporal(t testing.TB) *devstack.Temporal {
 	return sharedT
 }
 
-// OwnTemporal starts a Temporal dev server (headless) for this test alone, stopped at cleanup.
-// Tests that stop, start or restart Temporal use it instead of the shared one; Start after Stop
-// reuses the same port and database file.
-func OwnTemporal(t testing.TB) *devstack.Temporal {
+// TemporalOption changes a test's own Temporal dev server (OwnTemporal).
+type TemporalOption func(*devstack.TemporalConfig)
+
+// WithoutSearchAttributes starts the server without distcache's search attributes
+// (devstack.SearchAttributes), as a cluster where nobody registered them.
+func WithoutSearchAttributes() TemporalOption {
+	return func(c *devstack.TemporalConfig) { c.SearchAttributes = nil }
+}
+
+// WithUI starts the server with its Web UI (Temporal.UIURL) on a free port.
+func WithUI() TemporalOption {
+	return func(c *devstack.TemporalConfig) { c.Headless = false }
+}
+
+// OwnTemporal starts a Temporal dev server for this test alone, stopped at cleanup: headless and
+// with distcache's search attributes registered unless opts say otherwise. Tests that stop, start
+// or restart Temporal use it instead of the shared one; Start after Stop reuses the same port and
+// database file.
+func OwnTemporal(t testing.TB, opts ...TemporalOption) *devstack.Temporal {
 	t.Helper()
 	bin := TemporalBin(t)
 	ctx, cancel := startCtx(t, temporalStartTimeout)
 	defer cancel()
-	tmp, err := devstack.StartTemporal(ctx, devstack.TemporalConfig{Bin: bin, Dir: dir(t, "temporal"), Headless: true, Mode: devstack.Attached})
+	cfg := devstack.TemporalConfig{Bin: bin, Dir: dir(t, "temporal"), Headless: true, Mode: devstack.Attached,
+		SearchAttributes: devstack.SearchAttributes}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	tmp, err := devstack.StartTemporal(ctx, cfg)
 	if err != nil {
 		t.Fatalf("devstacktest: start temporal: %v", err)
 	}

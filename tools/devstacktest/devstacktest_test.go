@@ -1,8 +1,15 @@
 package devstacktest_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
@@ -286,4 +295,90 @@ func kadmCreate(ctx context.Context, addr, topic string) error {
 		return err
 	}
 	return resp.Err
+}
+
+// customAttributes lists the custom search attributes of srv's namespace (name → type).
+func customAttributes(ctx context.Context, t *testing.T, srv *devstack.Temporal) map[string]string {
+	t.Helper()
+	c, err := client.Dial(client.Options{HostPort: srv.HostPort, Namespace: srv.Namespace})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	resp, err := c.OperatorService().ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: srv.Namespace})
+	if err != nil {
+		t.Fatalf("list search attributes: %v", err)
+	}
+	out := map[string]string{}
+	for name, typ := range resp.GetCustomAttributes() {
+		if strings.HasPrefix(name, "Distcache") {
+			out[name] = typ.String()
+		}
+	}
+	return out
+}
+
+// TestTemporalSearchAttributes: the tests' dev servers register distcache's search attributes
+// (devstack.SearchAttributes, through --search-attribute), one started WithoutSearchAttributes
+// has none, and EnsureSearchAttributes adds what is missing, twice without harm.
+func TestTemporalSearchAttributes(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	want := map[string]string{}
+	for _, sa := range devstack.SearchAttributes {
+		typ, err := enumspb.IndexedValueTypeFromString(sa.Type)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[sa.Name] = typ.String()
+	}
+	if got := customAttributes(ctx, t, devstacktest.Temporal(t)); !maps.Equal(got, want) {
+		t.Errorf("shared dev server: search attributes %v, want %v", got, want)
+	}
+	bare := devstacktest.OwnTemporal(t, devstacktest.WithoutSearchAttributes())
+	if got := customAttributes(ctx, t, bare); len(got) != 0 {
+		t.Errorf("dev server WithoutSearchAttributes: search attributes %v, want none", got)
+	}
+	for range 2 {
+		if err := devstack.EnsureSearchAttributes(ctx, bare.HostPort, bare.Namespace, devstack.SearchAttributes); err != nil {
+			t.Fatalf("EnsureSearchAttributes: %v", err)
+		}
+	}
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
+		return maps.Equal(customAttributes(ctx, t, bare), want)
+	}, "EnsureSearchAttributes registered %v", want)
+}
+
+// TestChromiumReadsAPage: EnsureChromium finds (or installs) a browser, which runs a page's
+// script before DumpDOM reads it and writes a PNG with Screenshot.
+func TestChromiumReadsAPage(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	path, err := devstack.EnsureChromium(ctx)
+	if err != nil {
+		t.Fatalf("EnsureChromium: %v", err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, `<html><body><div id="x">static</div><script>
+setTimeout(function(){document.getElementById("x").textContent="rendered by script"}, 500)</script></body></html>`)
+	}))
+	defer srv.Close()
+	br := devstack.Chromium{Path: path, VirtualTimeMS: 2000, Width: 640, Height: 480}
+	dom, err := br.DumpDOM(ctx, srv.URL)
+	if err != nil {
+		t.Fatalf("DumpDOM: %v", err)
+	}
+	if !strings.Contains(dom, "rendered by script") {
+		t.Errorf("DumpDOM = %q, want the text the script wrote", dom)
+	}
+	png := filepath.Join(t.TempDir(), "page.png")
+	if err := br.Screenshot(ctx, srv.URL, png); err != nil {
+		t.Fatalf("Screenshot: %v", err)
+	}
+	b, err := os.ReadFile(png)
+	if err != nil || !bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) {
+		t.Errorf("screenshot is not a PNG (%d bytes, %v)", len(b), err)
+	}
 }

@@ -158,7 +158,8 @@ func (s *stack) up(ctx context.Context) error {
 		return err
 	}
 	if err := step("temporal", s.addr(s.ports.temporal), func() error {
-		_, err := devstack.StartTemporal(ctx, devstack.TemporalConfig{Bin: s.path("bin", "temporal"), Dir: s.path("temporal"), Port: s.ports.temporal, UIPort: s.ports.temporalUI, Mode: devstack.Detached})
+		_, err := devstack.StartTemporal(ctx, devstack.TemporalConfig{Bin: s.path("bin", "temporal"), Dir: s.path("temporal"),
+			Port: s.ports.temporal, UIPort: s.ports.temporalUI, Mode: devstack.Detached, SearchAttributes: devstack.SearchAttributes})
 		return err
 	}); err != nil {
 		return err

@@ -15,6 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/api/operatorservice/v1"
+	"go.temporal.io/sdk/client"
+
+	"github.com/distcache/distcache/tools/devstack"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
 
@@ -39,7 +43,8 @@ func TestUpStatusDown(t *testing.T) {
 	}
 	// An offset that moves the stack below the kernel's ephemeral port range (32768 and up), where
 	// the free ports other tests pick and outgoing connections live, so nothing else takes them.
-	offset := strconv.Itoa(freeOffset(t))
+	off := freeOffset(t)
+	offset := strconv.Itoa(off)
 	cli := func(args ...string) string {
 		t.Helper()
 		var out bytes.Buffer
@@ -68,6 +73,21 @@ func TestUpStatusDown(t *testing.T) {
 	env := cli("env")
 	if !strings.Contains(env, "DISTCACHE_KAFKA_BROKERS=127.0.0.1:") {
 		t.Errorf("env lacks the broker address:\n%s", env)
+	}
+	// make up registers distcache's search attributes, so builds can be filtered in the UI.
+	tc, err := client.Dial(client.Options{HostPort: fmt.Sprintf("127.0.0.1:%d", defaultPorts.temporal+off), Namespace: "default"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sas, err := tc.OperatorService().ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: "default"})
+	tc.Close()
+	if err != nil {
+		t.Fatalf("list search attributes: %v", err)
+	}
+	for _, sa := range devstack.SearchAttributes {
+		if typ, ok := sas.GetCustomAttributes()[sa.Name]; !ok || !strings.EqualFold(typ.String(), sa.Type) {
+			t.Errorf("search attribute %s after up: %v (registered: %t), want %s", sa.Name, typ, ok, sa.Type)
+		}
 	}
 	cli("down")
 	for name, pid := range first {
