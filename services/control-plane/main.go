@@ -39,6 +39,7 @@ import (
 	"github.com/distcache/distcache/services/control-plane/internal/config"
 	"github.com/distcache/distcache/services/control-plane/internal/cpmetrics"
 	"github.com/distcache/distcache/services/control-plane/internal/modelcatalog"
+	"github.com/distcache/distcache/services/control-plane/internal/reconcile"
 	"github.com/distcache/distcache/services/control-plane/internal/server"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/registry"
@@ -236,6 +237,23 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		stopMon()
 		<-monDone
 	}()
+	if cfg.PointerReconcile > 0 {
+		rec := &reconcile.Reconciler{
+			Registry: store, Pointer: pub, Interval: cfg.PointerReconcile,
+			Restores: metrics.PointerRestores, Failures: metrics.PointerReconcileFailures,
+			Logger: log.With("component", "reconcile"),
+		}
+		recCtx, stopRec := context.WithCancel(context.WithoutCancel(ctx))
+		recDone := make(chan struct{})
+		go func() {
+			defer close(recDone)
+			rec.Run(recCtx)
+		}()
+		defer func() {
+			stopRec()
+			<-recDone
+		}()
+	}
 
 	log.Info("serving", "grpc", gl.Addr().String(), "http", hl.Addr().String(), "tls", tlsCfg != nil,
 		"mtls", tlsCfg != nil && tlsCfg.ClientCAs != nil, "task_queue", workflows.ControlPlaneTaskQueue)

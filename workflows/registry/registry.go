@@ -458,6 +458,40 @@ func (s *Store) Cutover(ctx context.Context, name string, gen int64, rollback bo
 	return current, previous, nil
 }
 
+// ReadFunc reads the Redis pointer of a projection (distcache.Publisher.CurrentGeneration): 0
+// when there is none.
+type ReadFunc func(ctx context.Context, projection string) (int64, error)
+
+// ReconcilePointer makes the Redis pointer of a projection agree with the registry: under the
+// projection's row lock (so no cutover, rollback or delete runs meanwhile) it reads the pointer
+// and, when the projection has a current generation and the pointer is missing or names another
+// one (Redis lost its data, or someone wrote the key), calls swap to restore it. It reports the
+// pointer it found and whether it restored it. A deleted projection is ErrNotFound.
+func (s *Store) ReconcilePointer(ctx context.Context, name string, read ReadFunc, swap SwapFunc) (found int64, restored bool, err error) {
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		p, err := lockProjection(ctx, tx, name)
+		if err != nil {
+			return err
+		}
+		if p.Current == 0 {
+			return nil
+		}
+		if found, err = read(ctx, name); err == nil && found == p.Current {
+			return nil
+		}
+		// A pointer that cannot be read as a generation is as wrong as a missing one.
+		if err := swap(ctx, name, p.Current); err != nil {
+			return fmt.Errorf("restore pointer to generation %d: %w", p.Current, err)
+		}
+		restored = true
+		return nil
+	})
+	if err != nil {
+		return found, false, fmt.Errorf("reconcile pointer of %q: %w", name, err)
+	}
+	return found, restored, nil
+}
+
 // MarkRetired moves a retiring generation that readers no longer use to retired (cache-producers
 // then stop consuming it) and forgets it as the previous generation. It reports false, changing
 // nothing, when the generation is current again (a rollback), or not retiring.

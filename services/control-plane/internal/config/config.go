@@ -53,6 +53,7 @@ const (
 	EnvShutdownTimeout   = "CONTROLPLANE_SHUTDOWN_TIMEOUT"
 	EnvLogLevel          = "CONTROLPLANE_LOG_LEVEL"
 	EnvLogFormat         = "CONTROLPLANE_LOG_FORMAT"
+	EnvPointerReconcile  = "CONTROLPLANE_POINTER_RECONCILE_INTERVAL"
 )
 
 // Defaults.
@@ -63,6 +64,7 @@ const (
 	DefaultHTTPAddr          = "127.0.0.1:58091"
 	DefaultRetireGrace       = 10 * time.Minute
 	DefaultRetireDrain       = 5 * time.Second
+	DefaultPointerReconcile  = 10 * time.Second
 	DefaultCatchUpTimeout    = time.Hour
 	DefaultShutdownTimeout   = 20 * time.Second
 	// MinTokenLen is the shortest API token accepted: a guessable token is refused at start.
@@ -112,6 +114,10 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	LogLevel        slog.Level
 	LogJSON         bool
+	// PointerReconcile is how often every projection's Redis pointer is checked against the
+	// registry and restored when missing or wrong (CONTROLPLANE_POINTER_RECONCILE_INTERVAL,
+	// default 10 s; 0 turns it off).
+	PointerReconcile time.Duration
 }
 
 // FromEnv reads the configuration with getenv (os.Getenv in production, a map lookup in tests)
@@ -123,22 +129,23 @@ func FromEnv(getenv func(string) string, readFile func(string) ([]byte, error)) 
 	}
 	r := envconf.New(Prefix, getenv)
 	c := Config{
-		DatabaseURL:     pgconf.URL(r, EnvDatabaseURL, true, "a PostgreSQL URL such as postgres://user:pass@host:5432/db"),
-		CoreDatabaseURL: pgconf.URL(r, EnvCoreDatabaseURL, false, ""),
-		Redis:           redisconf.Load(r),
-		Temporal:        temporalconf.Load(r),
-		TLS:             tlsconf.LoadServer(r, tlsconf.ServerVars{CertFile: "TLS_CERT_FILE", KeyFile: "TLS_KEY_FILE", ClientCAFile: "TLS_CLIENT_CA_FILE"}),
-		TemporalUIURL:   strings.TrimRight(r.String(EnvTemporalUIURL, DefaultTemporalUIURL), "/"),
-		GRPCAddr:        r.HostPort(EnvGRPCAddr, DefaultGRPCAddr),
-		HTTPAddr:        r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
-		RetireGrace:     r.Duration(EnvRetireGrace, DefaultRetireGrace, 0),
-		RetireDrain:     r.Duration(EnvRetireDrain, DefaultRetireDrain, time.Millisecond),
-		MaxLag:          r.Int64(EnvMaxLag, 0, 0, 1<<62),
-		CatchUpTimeout:  r.Duration(EnvCatchUpTimeout, DefaultCatchUpTimeout, time.Second),
-		TopicPrefix:     r.String(EnvTopicPrefix, events.DefaultTopicPrefix),
-		ShutdownTimeout: r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Millisecond),
-		LogLevel:        r.LogLevel(EnvLogLevel, slog.LevelInfo),
-		LogJSON:         r.OneOf(EnvLogFormat, "json", "json", "text") == "json",
+		DatabaseURL:      pgconf.URL(r, EnvDatabaseURL, true, "a PostgreSQL URL such as postgres://user:pass@host:5432/db"),
+		CoreDatabaseURL:  pgconf.URL(r, EnvCoreDatabaseURL, false, ""),
+		Redis:            redisconf.Load(r),
+		Temporal:         temporalconf.Load(r),
+		TLS:              tlsconf.LoadServer(r, tlsconf.ServerVars{CertFile: "TLS_CERT_FILE", KeyFile: "TLS_KEY_FILE", ClientCAFile: "TLS_CLIENT_CA_FILE"}),
+		TemporalUIURL:    strings.TrimRight(r.String(EnvTemporalUIURL, DefaultTemporalUIURL), "/"),
+		GRPCAddr:         r.HostPort(EnvGRPCAddr, DefaultGRPCAddr),
+		HTTPAddr:         r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
+		RetireGrace:      r.Duration(EnvRetireGrace, DefaultRetireGrace, 0),
+		RetireDrain:      r.Duration(EnvRetireDrain, DefaultRetireDrain, time.Millisecond),
+		MaxLag:           r.Int64(EnvMaxLag, 0, 0, 1<<62),
+		CatchUpTimeout:   r.Duration(EnvCatchUpTimeout, DefaultCatchUpTimeout, time.Second),
+		TopicPrefix:      r.String(EnvTopicPrefix, events.DefaultTopicPrefix),
+		ShutdownTimeout:  r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Millisecond),
+		LogLevel:         r.LogLevel(EnvLogLevel, slog.LevelInfo),
+		LogJSON:          r.OneOf(EnvLogFormat, "json", "json", "text") == "json",
+		PointerReconcile: r.Duration(EnvPointerReconcile, DefaultPointerReconcile, 0),
 	}
 	if v := r.String(EnvModels, ""); v != "" {
 		m, err := modelcatalog.ParseStatic(v)
@@ -188,5 +195,6 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.Bool("log_json", c.LogJSON),
+		slog.Duration("pointer_reconcile_interval", c.PointerReconcile),
 	)
 }

@@ -20,6 +20,10 @@ type Metrics struct {
 	Duration *prometheus.HistogramVec
 	// Panics counts API handlers that panicked (answered INTERNAL; the process lives on).
 	Panics *prometheus.CounterVec
+	// PointerRestores counts Redis pointers restored from the registry, by projection.
+	PointerRestores *prometheus.CounterVec
+	// PointerReconcileFailures counts reconcile steps that failed (Redis or the registry down).
+	PointerReconcileFailures prometheus.Counter
 }
 
 // New creates the metrics on a fresh registry, with the Go and process
@@ -41,11 +45,19 @@ func New() *Metrics {
 			Name: "distcache_controlplane_panics_total",
 			Help: "API handlers that panicked, by method: answered INTERNAL, logged with the stack; the process lives on.",
 		}, []string{"method"}),
+		PointerRestores: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "distcache_controlplane_pointer_restores_total",
+			Help: "Redis generation pointers found missing or wrong and restored from the registry, by projection.",
+		}, []string{"projection"}),
+		PointerReconcileFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "distcache_controlplane_pointer_reconcile_failures_total",
+			Help: "Pointer reconcile steps that failed (Redis or the registry unreachable).",
+		}),
 	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.Requests, m.Duration, m.Panics,
+		m.Requests, m.Duration, m.Panics, m.PointerRestores, m.PointerReconcileFailures,
 	)
 	return m
 }
