@@ -58,11 +58,13 @@ status: $(BIN)/devstack
 env: $(BIN)/devstack
 	@$(BIN)/devstack -dir $(RUN) env
 
-## migrate: apply migrations/ to the stack's databases
+## migrate: apply migrations/ to the stack's databases: the core set (outbox, capture trigger) to
+## the core database, the control set (registry) to the control-plane's. The services only check
+## them at start (make demo applies them too).
 migrate: up
 	set -a; source $(RUN)/stack.env; set +a; \
-	cd migrations && $(GO) run ./cmd/migrate -database "$$DISTCACHE_CORE_DATABASE_URL" up && \
-	$(GO) run ./cmd/migrate -database "$$DISTCACHE_CONTROL_DATABASE_URL" up
+	cd migrations && $(GO) run ./cmd/migrate -database "$$DISTCACHE_CORE_DATABASE_URL" up core && \
+	$(GO) run ./cmd/migrate -database "$$DISTCACHE_CONTROL_DATABASE_URL" up control
 
 ## test: the mechanical checks first (lint, modcheck, archcheck), then every test, against real components
 ## the tests start themselves

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,13 +21,15 @@ import (
 
 func TestMain(m *testing.M) { devstacktest.Main(m) }
 
-// migrated returns a fresh database with every migration applied and a
-// connection to it.
+// migrated returns a fresh database with both sets applied (the registry in the core database,
+// as a deployment that uses one database for both may have it) and a connection to it.
 func migrated(t *testing.T) (string, *pgx.Conn) {
 	t.Helper()
 	url := devstacktest.Database(t)
-	if err := migrations.Up(context.Background(), url); err != nil {
-		t.Fatalf("Up: %v", err)
+	for _, set := range migrations.Sets() {
+		if err := migrations.Up(context.Background(), url, set); err != nil {
+			t.Fatalf("Up %s: %v", set, err)
+		}
 	}
 	return url, connect(t, url)
 }
@@ -66,57 +69,87 @@ func distcacheObjects(t *testing.T, conn *pgx.Conn) []string {
 	return names
 }
 
+// objectsOf are the objects each set creates, its version table included.
+var objectsOf = map[string][]string{
+	"core": {
+		"function distcache_capture", "function distcache_outbox_append", "function distcache_published_image",
+		"table distcache_core_schema_migrations", "table distcache_outbox", "table distcache_outbox_dead",
+		"table distcache_outbox_published", "table distcache_outbox_versions", "table distcache_publisher_state",
+	},
+	"control": {
+		"function distcache_registry_notify", "function distcache_touch_updated_at",
+		"table distcache_control_schema_migrations", "table distcache_generations", "table distcache_projections",
+	},
+}
+
+// TestUpDownUp applies each set alone in its own database (core database, registry database) and
+// both in one, twice over: Up, Up again (no change), Down, with exactly the set's objects present
+// after Up and only its version table after Down; user tables survive Down.
 func TestUpDownUp(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	url := devstacktest.Database(t)
-	conn := connect(t, url)
-
-	wantUp := []string{
-		"function distcache_capture", "function distcache_outbox_append", "function distcache_published_image", "function distcache_registry_notify",
-		"function distcache_touch_updated_at",
-		"table distcache_generations", "table distcache_outbox", "table distcache_outbox_dead",
-		"table distcache_outbox_published", "table distcache_outbox_versions", "table distcache_projections", "table distcache_publisher_state",
-		"table distcache_schema_migrations",
-	}
-	// Down on an empty database has nothing to do and is not an error.
-	if err := migrations.Down(ctx, url); err != nil {
-		t.Fatalf("Down on an empty database: %v", err)
-	}
-	for round := 1; round <= 2; round++ {
-		if err := migrations.Up(ctx, url); err != nil {
-			t.Fatalf("round %d: Up: %v", round, err)
-		}
-		if err := migrations.Up(ctx, url); err != nil {
-			t.Fatalf("round %d: second Up (no change) = %v, want nil", round, err)
-		}
-		v, dirty, err := migrations.Version(ctx, url)
-		if err != nil || v != migrations.LatestVersion || dirty {
-			t.Fatalf("round %d: Version after Up = %d, %v, %v; want %d, clean", round, v, dirty, err, migrations.LatestVersion)
-		}
-		if got := distcacheObjects(t, conn); fmt.Sprint(got) != fmt.Sprint(wantUp) {
-			t.Fatalf("round %d: after Up objects\n got %v\nwant %v", round, got, wantUp)
-		}
-		// A table with the capture trigger attached must not block Down.
-		exec(t, conn, `CREATE TABLE IF NOT EXISTS things (id int PRIMARY KEY)`)
-		exec(t, conn, `CREATE TRIGGER things_distcache AFTER INSERT OR UPDATE OR DELETE ON things
-			FOR EACH ROW EXECUTE FUNCTION distcache_capture('things', 'id')`)
-		exec(t, conn, `INSERT INTO things VALUES ($1)`, round)
-
-		if err := migrations.Down(ctx, url); err != nil {
-			t.Fatalf("round %d: Down: %v", round, err)
-		}
-		v, _, err = migrations.Version(ctx, url)
-		if err != nil || v != 0 {
-			t.Fatalf("round %d: Version after Down = %d, %v; want 0", round, v, err)
-		}
-		if got := distcacheObjects(t, conn); fmt.Sprint(got) != "[table distcache_schema_migrations]" {
-			t.Fatalf("round %d: after Down objects %v, want only the migrations table", round, got)
-		}
-		var n int
-		if err := conn.QueryRow(ctx, `SELECT count(*) FROM things`).Scan(&n); err != nil || n != round {
-			t.Fatalf("round %d: things has %d rows (%v) after Down, want %d: Down must keep user tables", round, n, err, round)
-		}
+	for _, sets := range [][]migrations.Set{{migrations.Core}, {migrations.Control}, {migrations.Core, migrations.Control}} {
+		t.Run(fmt.Sprint(sets), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			url := devstacktest.Database(t)
+			conn := connect(t, url)
+			var wantUp, wantDown []string
+			for _, set := range sets {
+				wantUp = append(wantUp, objectsOf[set.Name()]...)
+				wantDown = append(wantDown, "table "+set.Table())
+				// Down on an empty database has nothing to do and is not an error.
+				if err := migrations.Down(ctx, url, set); err != nil {
+					t.Fatalf("Down %s on an empty database: %v", set, err)
+				}
+			}
+			slices.Sort(wantUp)
+			slices.Sort(wantDown)
+			for round := 1; round <= 2; round++ {
+				for _, set := range sets {
+					if err := migrations.Up(ctx, url, set); err != nil {
+						t.Fatalf("round %d: Up %s: %v", round, set, err)
+					}
+					if err := migrations.Up(ctx, url, set); err != nil {
+						t.Fatalf("round %d: second Up %s (no change) = %v, want nil", round, set, err)
+					}
+					v, dirty, err := migrations.Version(ctx, url, set)
+					if err != nil || v != set.LatestVersion() || dirty {
+						t.Fatalf("round %d: %s Version after Up = %d, %v, %v; want %d, clean", round, set, v, dirty, err, set.LatestVersion())
+					}
+					if err := migrations.Check(ctx, url, set); err != nil {
+						t.Fatalf("round %d: Check %s after Up: %v", round, set, err)
+					}
+				}
+				if got := distcacheObjects(t, conn); fmt.Sprint(got) != fmt.Sprint(wantUp) {
+					t.Fatalf("round %d: after Up objects\n got %v\nwant %v", round, got, wantUp)
+				}
+				if slices.Contains(sets, migrations.Core) {
+					// A table with the capture trigger attached must not block Down.
+					exec(t, conn, `CREATE TABLE IF NOT EXISTS things (id int PRIMARY KEY)`)
+					exec(t, conn, `CREATE TRIGGER things_distcache AFTER INSERT OR UPDATE OR DELETE ON things
+						FOR EACH ROW EXECUTE FUNCTION distcache_capture('things', 'id')`)
+					exec(t, conn, `INSERT INTO things VALUES ($1)`, round)
+				}
+				for _, set := range slices.Backward(sets) {
+					if err := migrations.Down(ctx, url, set); err != nil {
+						t.Fatalf("round %d: Down %s: %v", round, set, err)
+					}
+					v, _, err := migrations.Version(ctx, url, set)
+					if err != nil || v != 0 {
+						t.Fatalf("round %d: %s Version after Down = %d, %v; want 0", round, set, v, err)
+					}
+				}
+				if got := distcacheObjects(t, conn); fmt.Sprint(got) != fmt.Sprint(wantDown) {
+					t.Fatalf("round %d: after Down objects %v, want only %v", round, got, wantDown)
+				}
+				if slices.Contains(sets, migrations.Core) {
+					var n int
+					if err := conn.QueryRow(ctx, `SELECT count(*) FROM things`).Scan(&n); err != nil || n != round {
+						t.Fatalf("round %d: things has %d rows (%v) after Down, want %d: Down must keep user tables", round, n, err, round)
+					}
+				}
+			}
+		})
 	}
 }
 
@@ -124,19 +157,22 @@ func TestConcurrentUp(t *testing.T) {
 	t.Parallel()
 	url := devstacktest.Database(t)
 	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	for i := range errs {
-		wg.Go(func() { errs[i] = migrations.Up(context.Background(), url) })
+	sets := []migrations.Set{migrations.Core, migrations.Control, migrations.Core, migrations.Control, migrations.Core}
+	errs := make([]error, len(sets))
+	for i, set := range sets {
+		wg.Go(func() { errs[i] = migrations.Up(context.Background(), url, set) })
 	}
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			t.Errorf("concurrent Up %d: %v", i, err)
+			t.Errorf("concurrent Up %d (%s): %v", i, sets[i], err)
 		}
 	}
-	v, dirty, err := migrations.Version(context.Background(), url)
-	if err != nil || v != migrations.LatestVersion || dirty {
-		t.Fatalf("Version = %d, %v, %v; want %d, clean", v, dirty, err, migrations.LatestVersion)
+	for _, set := range migrations.Sets() {
+		v, dirty, err := migrations.Version(context.Background(), url, set)
+		if err != nil || v != set.LatestVersion() || dirty {
+			t.Fatalf("%s Version = %d, %v, %v; want %d, clean", set, v, dirty, err, set.LatestVersion())
+		}
 	}
 }
 

@@ -112,7 +112,7 @@ func newEnv(t *testing.T) (*env, error) {
 	ctx := context.Background()
 	// Components shared by the package; they live until devstacktest.Main stops them.
 	dbURL := devstacktest.Database(t)
-	if err := migrations.Up(ctx, dbURL); err != nil {
+	if err := migrations.Up(ctx, dbURL, migrations.Control); err != nil {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
 	pool, err := pgxpool.New(ctx, dbURL)

@@ -115,8 +115,13 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		return nil, buildErr
 	}
 
-	for _, u := range []string{p.CoreURL, p.ControlURL} {
-		if err := migrations.Up(ctx, u); err != nil {
+	// As `make migrate` does: the core set on the core database, the control set on the
+	// registry's. The services only check them.
+	for _, db := range []struct {
+		url string
+		set migrations.Set
+	}{{p.CoreURL, migrations.Core}, {p.ControlURL, migrations.Control}} {
+		if err := migrations.Up(ctx, db.url, db.set); err != nil {
 			return nil, fmt.Errorf("migrations: %w", err)
 		}
 	}

@@ -90,8 +90,13 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
 
 	say("[1/5] migrations and the sample core schema")
-	for _, u := range []string{cfg.Stack.CoreURL, cfg.Stack.ControlURL} {
-		if err := migrations.Up(ctx, u); err != nil {
+	// As `make migrate` does: the core set on the core database, the control set on the
+	// registry's. The services only check them.
+	for _, db := range []struct {
+		url string
+		set migrations.Set
+	}{{cfg.Stack.CoreURL, migrations.Core}, {cfg.Stack.ControlURL, migrations.Control}} {
+		if err := migrations.Up(ctx, db.url, db.set); err != nil {
 			return sum, fmt.Errorf("PostgreSQL migrations: %w", err)
 		}
 	}

@@ -20,7 +20,7 @@ import (
 func BenchmarkOutboxWrite(b *testing.B) {
 	ctx := context.Background()
 	url := devstacktest.Database(b)
-	if err := migrations.Up(ctx, url); err != nil {
+	if err := migrations.Up(ctx, url, migrations.Core); err != nil {
 		b.Fatal(err)
 	}
 	conn, err := pgx.Connect(ctx, url)

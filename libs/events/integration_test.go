@@ -27,7 +27,7 @@ func outboxDB(t *testing.T) (string, *pgx.Conn) {
 	t.Helper()
 	ctx := context.Background()
 	url := devstacktest.Database(t)
-	if err := migrations.Up(ctx, url); err != nil {
+	if err := migrations.Up(ctx, url, migrations.Core); err != nil {
 		t.Fatalf("migrations.Up: %v", err)
 	}
 	conn, err := pgx.Connect(ctx, url)

@@ -95,10 +95,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		return nil
 	}
 
-	// The registry's schema is the control-plane's (the control set, applied by `make migrate` or
-	// the chart's migration Job); the producer checks it (PRODUCER_MIGRATE=true applies it).
-	if err := migrations.Ensure(ctx, cfg.DatabaseURL, migrations.Control, cfg.Migrate); err != nil {
-		return fmt.Errorf("registry schema (%s): %w (or set %s=true to apply it at start)", config.EnvDatabaseURL, err, config.EnvMigrate)
+	if err := checkRegistrySchema(ctx, cfg, log); err != nil {
+		return err
 	}
 	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {
@@ -276,6 +274,32 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	}
 	log.Info("stopped")
 	return err
+}
+
+// schemaCheckTimeout bounds the registry schema check at start (not PRODUCER_MIGRATE's Up, which
+// may wait for another migration's lock).
+const schemaCheckTimeout = 10 * time.Second
+
+// checkRegistrySchema: the registry's schema is the control-plane's (the control set, applied by
+// `make migrate` or the chart's migration Job); the producer checks it, or applies it with
+// PRODUCER_MIGRATE=true. A registry that lacks a migration stops the start. One that cannot be
+// reached does not: as before the check existed, the producer starts, the registry watch retries
+// and /readyz says "not ready: registry" until it answers.
+func checkRegistrySchema(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	cctx, cancel := context.WithCancel(ctx)
+	if !cfg.Migrate {
+		cctx, cancel = context.WithTimeout(ctx, schemaCheckTimeout)
+	}
+	defer cancel()
+	err := migrations.Ensure(cctx, cfg.DatabaseURL, migrations.Control, cfg.Migrate)
+	switch {
+	case err == nil:
+		return nil
+	case cfg.Migrate || errors.Is(err, migrations.ErrSchemaNotReady):
+		return fmt.Errorf("registry schema (%s): %w (or set %s=true to apply it at start)", config.EnvDatabaseURL, err, config.EnvMigrate)
+	}
+	log.Warn("registry schema not checked: the registry does not answer; the registry watch retries", attrErr, err)
+	return nil
 }
 
 // cleanupBudget bounds applySnapshot's removal of ended generations' bookkeeping.

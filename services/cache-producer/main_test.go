@@ -436,7 +436,7 @@ type stack struct {
 func newStack(ctx context.Context, t *testing.T) stack {
 	t.Helper()
 	dbURL := devstacktest.Database(t)
-	if err := migrations.Up(ctx, dbURL); err != nil {
+	if err := migrations.Up(ctx, dbURL, migrations.Control); err != nil {
 		t.Fatal(err)
 	}
 	pool, err := pgxpool.New(ctx, dbURL)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/events"
+	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/tools/devstack"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
@@ -143,6 +144,9 @@ func TestIssue6EndToEnd(t *testing.T) {
 		"CONTROLPLANE_TOKENS":             testToken,
 		"CONTROLPLANE_RETIRE_GRACE":       e2eGrace.String(),
 		"CONTROLPLANE_RETIRE_DRAIN":       "500ms",
+	}
+	if err := migrations.Up(ctx, dbURL, migrations.Control); err != nil {
+		t.Fatalf("migrate the registry: %v", err)
 	}
 	addrs := make(chan listeners, 1)
 	onListen = func(l listeners) { addrs <- l }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/projection"
+	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/registry"
@@ -272,6 +273,13 @@ func startService(ctx context.Context, t *testing.T, env map[string]string) (lis
 	addrs := make(chan listeners, 1)
 	onListen = func(l listeners) { addrs <- l }
 	t.Cleanup(func() { onListen = nil })
+	// The registry is migrated before the service starts, as `make migrate` or the chart's Job
+	// does; with CONTROLPLANE_MIGRATE=true the service applies it itself.
+	if u := env["CONTROLPLANE_DATABASE_URL"]; u != "" && env["CONTROLPLANE_MIGRATE"] != "true" {
+		if err := migrations.Up(ctx, u, migrations.Control); err != nil {
+			t.Fatalf("migrate the registry: %v", err)
+		}
+	}
 	logs := &lockedBuffer{}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)

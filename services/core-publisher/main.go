@@ -85,8 +85,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := slog.New(h).With("service", "core-publisher")
 
-	if err := migrations.Up(ctx, cfg.DatabaseURL); err != nil {
-		return fmt.Errorf("apply migrations: %w", err)
+	// The outbox's schema is applied by `make migrate` or the chart's migration Job, with
+	// credentials of its own; the service only checks it (PUBLISHER_MIGRATE=true applies it).
+	if err := migrations.Ensure(ctx, cfg.DatabaseURL, migrations.Core, cfg.Migrate); err != nil {
+		return fmt.Errorf("outbox schema (%s): %w (or set %s=true to apply it at start)", config.EnvDatabaseURL, err, config.EnvMigrate)
 	}
 	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {

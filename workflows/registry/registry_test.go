@@ -23,7 +23,7 @@ func newStore(t *testing.T) (*registry.Store, *pgxpool.Pool) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	url := devstacktest.Database(t)
-	if err := migrations.Up(ctx, url); err != nil {
+	if err := migrations.Up(ctx, url, migrations.Control); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
 	pool, err := pgxpool.New(context.Background(), url)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -23,11 +24,15 @@ func TestRunRejectsBadInvocations(t *testing.T) {
 		wantIn string
 	}{
 		{"no command", nil, map[string]string{"DATABASE_URL": "postgres://h/db"}, "usage"},
-		{"two commands", []string{"up", "down"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, "usage"},
-		{"unknown command", []string{"sideways"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, `unknown command "sideways"`},
-		{"no database", []string{"up"}, nil, "DATABASE_URL: not set"},
-		{"bad scheme", []string{"up"}, map[string]string{"DATABASE_URL": "mysql://u:pw@h/db"}, "DATABASE_URL: bad database URL"},
-		{"bad flag", []string{"-nope", "up"}, nil, "usage"},
+		{"no set", []string{"up"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, "usage"},
+		{"two commands", []string{"up", "down", "core"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, "usage"},
+		{"unknown command", []string{"sideways", "core"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, `unknown command "sideways"`},
+		{"unknown set", []string{"up", "registry"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, `unknown migration set "registry"`},
+		{"force without version", []string{"force", "core"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, "usage"},
+		{"force past the last", []string{"force", "control", "2"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, "want 0..1"},
+		{"no database", []string{"up", "core"}, nil, "DATABASE_URL: not set"},
+		{"bad scheme", []string{"up", "core"}, map[string]string{"DATABASE_URL": "mysql://u:pw@h/db"}, "DATABASE_URL: bad database URL"},
+		{"bad flag", []string{"-nope", "up", "core"}, nil, "usage"},
 	}
 	for _, tt := range tests {
 		var log bytes.Buffer
@@ -38,29 +43,47 @@ func TestRunRejectsBadInvocations(t *testing.T) {
 	}
 }
 
-func TestRunUpVersionDown(t *testing.T) {
+// TestRunUpCheckDown runs the CLI as make migrate and the chart's Jobs do: up each set on its own
+// database, check (fails before up, passes after), version, down.
+func TestRunUpCheckDown(t *testing.T) {
 	t.Parallel()
-	url := devstacktest.Database(t)
 	ctx := context.Background()
-	var log bytes.Buffer
-	if err := run(ctx, []string{"up"}, env(map[string]string{"DATABASE_URL": url}), &log); err != nil {
-		t.Fatalf("run up: %v\n%s", err, log.String())
-	}
-	if v, _, err := migrations.Version(ctx, url); err != nil || v != migrations.LatestVersion {
-		t.Fatalf("after up: version %d, %v; want %d", v, err, migrations.LatestVersion)
-	}
-	// The flag wins over the environment.
-	if err := run(ctx, []string{"-database", url, "down"}, env(map[string]string{"DATABASE_URL": "postgres://nowhere/x"}), &log); err != nil {
-		t.Fatalf("run down: %v\n%s", err, log.String())
-	}
-	if v, _, err := migrations.Version(ctx, url); err != nil || v != 0 {
-		t.Fatalf("after down: version %d, %v; want 0", v, err)
-	}
-	if err := run(ctx, []string{"version"}, env(map[string]string{"DATABASE_URL": url}), &log); err != nil {
-		t.Fatalf("run version: %v", err)
-	}
-	if strings.Contains(log.String(), "distcache@") || !strings.Contains(log.String(), "version=0") {
-		t.Fatalf("log leaks the password or lacks the version:\n%s", log.String())
+	for _, set := range migrations.Sets() {
+		url := devstacktest.Database(t)
+		var log bytes.Buffer
+		e := env(map[string]string{"DATABASE_URL": url})
+		if err := run(ctx, []string{"check", set.Name()}, e, &log); !errors.Is(err, migrations.ErrSchemaNotReady) {
+			t.Fatalf("check %s before up = %v, want ErrSchemaNotReady", set, err)
+		}
+		if err := run(ctx, []string{"up", set.Name()}, e, &log); err != nil {
+			t.Fatalf("run up %s: %v\n%s", set, err, log.String())
+		}
+		if err := run(ctx, []string{"check", set.Name()}, e, &log); err != nil {
+			t.Fatalf("check %s after up: %v", set, err)
+		}
+		for _, other := range migrations.Sets() {
+			v, _, err := migrations.Version(ctx, url, other)
+			want := uint(0)
+			if other == set {
+				want = set.LatestVersion()
+			}
+			if err != nil || v != want {
+				t.Fatalf("after up %s: %s version %d, %v; want %d", set, other, v, err, want)
+			}
+		}
+		// The flag wins over the environment.
+		if err := run(ctx, []string{"-database", url, "down", set.Name()}, env(map[string]string{"DATABASE_URL": "postgres://nowhere/x"}), &log); err != nil {
+			t.Fatalf("run down %s: %v\n%s", set, err, log.String())
+		}
+		if v, _, err := migrations.Version(ctx, url, set); err != nil || v != 0 {
+			t.Fatalf("after down: %s version %d, %v; want 0", set, v, err)
+		}
+		if err := run(ctx, []string{"version", set.Name()}, e, &log); err != nil {
+			t.Fatalf("run version: %v", err)
+		}
+		if strings.Contains(log.String(), "distcache@") || !strings.Contains(log.String(), "version=0") || !strings.Contains(log.String(), "set="+set.Name()) {
+			t.Fatalf("log leaks the password or lacks the set or version:\n%s", log.String())
+		}
 	}
 }
 

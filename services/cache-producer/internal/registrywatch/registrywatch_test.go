@@ -28,7 +28,7 @@ func TestWatcherFollowsRegistry(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	url := devstacktest.Database(t)
-	if err := migrations.Up(ctx, url); err != nil {
+	if err := migrations.Up(ctx, url, migrations.Control); err != nil {
 		t.Fatal(err)
 	}
 	pool, err := pgxpool.New(ctx, url)

@@ -54,6 +54,7 @@ const (
 	EnvLogLevel          = "CONTROLPLANE_LOG_LEVEL"
 	EnvLogFormat         = "CONTROLPLANE_LOG_FORMAT"
 	EnvPointerReconcile  = "CONTROLPLANE_POINTER_RECONCILE_INTERVAL"
+	EnvMigrate           = "CONTROLPLANE_MIGRATE"
 )
 
 // Defaults.
@@ -118,6 +119,9 @@ type Config struct {
 	// registry and restored when missing or wrong (CONTROLPLANE_POINTER_RECONCILE_INTERVAL,
 	// default 10 s; 0 turns it off).
 	PointerReconcile time.Duration
+	// Migrate applies the control set of migrations to DatabaseURL at start
+	// (CONTROLPLANE_MIGRATE, default false: the service only checks that they are applied).
+	Migrate bool
 }
 
 // FromEnv reads the configuration with getenv (os.Getenv in production, a map lookup in tests)
@@ -146,6 +150,7 @@ func FromEnv(getenv func(string) string, readFile func(string) ([]byte, error)) 
 		LogLevel:         r.LogLevel(EnvLogLevel, slog.LevelInfo),
 		LogJSON:          r.OneOf(EnvLogFormat, "json", "json", "text") == "json",
 		PointerReconcile: r.Duration(EnvPointerReconcile, DefaultPointerReconcile, 0),
+		Migrate:          r.Bool(EnvMigrate, false),
 	}
 	if v := r.String(EnvModels, ""); v != "" {
 		m, err := modelcatalog.ParseStatic(v)
@@ -196,5 +201,6 @@ func (c Config) LogValue() slog.Value {
 		slog.String("log_level", c.LogLevel.String()),
 		slog.Bool("log_json", c.LogJSON),
 		slog.Duration("pointer_reconcile_interval", c.PointerReconcile),
+		slog.Bool("migrate", c.Migrate),
 	)
 }

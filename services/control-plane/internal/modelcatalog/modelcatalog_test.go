@@ -90,7 +90,7 @@ func TestColumnsPublishedByTrigger(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	dbURL := devstacktest.Database(t)
-	if err := migrations.Up(ctx, dbURL); err != nil {
+	if err := migrations.Up(ctx, dbURL, migrations.Core); err != nil {
 		t.Fatal(err)
 	}
 	pool, err := pgxpool.New(ctx, dbURL)

@@ -215,7 +215,7 @@ func freshDB(ctx context.Context, pg *devstack.Postgres, name string) (string, *
 		return "", nil, err
 	}
 	url := pg.URL(name)
-	if err := migrations.Up(ctx, url); err != nil {
+	if err := migrations.Up(ctx, url, migrations.Core); err != nil {
 		return "", nil, err
 	}
 	pool, err := pgxpool.New(ctx, url)

@@ -54,6 +54,7 @@ const (
 	EnvDeadLetterRetention = "PUBLISHER_DEAD_LETTER_RETENTION"
 	EnvLogLevel            = "PUBLISHER_LOG_LEVEL"
 	EnvLogFormat           = "PUBLISHER_LOG_FORMAT"
+	EnvMigrate             = "PUBLISHER_MIGRATE"
 	EnvTokens              = "PUBLISHER_TOKENS"           // read by apitoken
 	EnvTokensFile          = "PUBLISHER_TOKENS_FILE"      // read by apitoken
 	EnvInsecureNoAuth      = "PUBLISHER_INSECURE_NO_AUTH" // read by apitoken
@@ -144,6 +145,9 @@ type Config struct {
 	MaxEventBytes int
 	LogLevel      slog.Level
 	LogJSON       bool
+	// Migrate applies the core set of migrations to DatabaseURL at start
+	// (PUBLISHER_MIGRATE, default false: the service only checks that they are applied).
+	Migrate bool
 }
 
 // FromEnv reads the configuration with getenv (os.Getenv in production; a
@@ -173,6 +177,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		DeadLetterRetention:  r.Duration(EnvDeadLetterRetention, DefaultDeadLetterRetention, 0),
 		LogLevel:             r.LogLevel(EnvLogLevel, slog.LevelInfo),
 		LogJSON:              r.OneOf(EnvLogFormat, "json", "json", "text") == "json",
+		Migrate:              r.Bool(EnvMigrate, false),
 	}
 	for _, a := range r.List(EnvOutboxModels) {
 		if err := events.ValidateAggregateName(a); err != nil {
@@ -278,6 +283,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("commit_fence", c.CommitFence),
 		slog.Int("backload_chunk_size", c.BackloadChunkSize),
 		slog.Int("max_event_bytes", c.MaxEventBytes),
+		slog.Bool("migrate", c.Migrate),
 		slog.String("log_level", c.LogLevel.String()),
 	)
 }

@@ -31,7 +31,7 @@ func Migrate(t testing.TB, dbURL string) *pgxpool.Pool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := migrations.Up(ctx, dbURL); err != nil {
+	if err := migrations.Up(ctx, dbURL, migrations.Core); err != nil {
 		t.Fatalf("migrations.Up: %v", err)
 	}
 	pool, err := pgxpool.New(context.Background(), dbURL)
