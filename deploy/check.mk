@@ -8,7 +8,9 @@
 #     option (Redis Sentinel, ACL users, TLS; Kafka mutual TLS and SASL) and with
 #     values-production.yaml, the output decoded strictly into the Kubernetes API types and
 #     checked for the chart's rules; values.schema.json must reject a misspelt value; the
-#     NetworkPolicies are rendered by default and not with networkPolicy.enabled=false;
+#     NetworkPolicies are rendered by default and not with networkPolicy.enabled=false; the
+#     migration hook Jobs are rendered per enabled set, each with its set's Secret, and the
+#     control-plane never gets the core-publisher's database Secret;
 #   - every PUBLISHER_/PRODUCER_/CONTROLPLANE_ variable that compose or the chart sets is one
 #     the service's code actually reads.
 #
@@ -90,8 +92,26 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	@# The ServiceMonitor toggle: absent by default, present when enabled.
 	@if grep -q '^kind: ServiceMonitor' $(OUT)/default.yaml; then echo "FAIL: ServiceMonitor rendered although disabled"; exit 1; fi
 	@grep -q '^kind: ServiceMonitor' $(OUT)/production.yaml || { echo "FAIL: ServiceMonitor missing although enabled"; exit 1; }
-	@# NetworkPolicies: on by default (a default deny and one per service), off on request.
-	@test "$$(grep -c '^kind: NetworkPolicy' $(OUT)/default.yaml)" = 4 || { echo "FAIL: want 4 NetworkPolicies with the defaults"; exit 1; }
+	@# NetworkPolicies: on by default (a default deny, one per service, one for the migration
+	@# Jobs), off on request.
+	@test "$$(grep -c '^kind: NetworkPolicy' $(OUT)/default.yaml)" = 5 || { echo "FAIL: want 5 NetworkPolicies with the defaults"; exit 1; }
+	@# Migrations: a pre-install,pre-upgrade hook Job per set, none when both are disabled.
+	@test "$$(grep -c '^kind: Job' $(OUT)/default.yaml)" = 2 || { echo "FAIL: want 2 migration Jobs with the defaults"; exit 1; }
+	@test "$$(grep -c 'helm.sh/hook: pre-install,pre-upgrade' $(OUT)/default.yaml)" = 3 || { echo "FAIL: want the 2 migration Jobs and their NetworkPolicy as pre-install,pre-upgrade hooks"; exit 1; }
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set migrations.core.enabled=false \
+	  --set migrations.control.enabled=false | grep -q '^kind: Job\|-migrations$$'; then \
+	  echo "FAIL: migration Jobs or their NetworkPolicy rendered although both sets are disabled"; exit 1; fi
+	@# Least privilege: each Job takes its set's Secret (its own when given); the control-plane
+	@# never gets the core-publisher's core database Secret, and has none without coreDatabase.
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set postgres.core.existingSecret=publisher-rw \
+	  --show-only templates/control-plane.yaml | grep -q '"publisher-rw"'; then \
+	  echo "FAIL: the control-plane gets the core-publisher's database Secret"; exit 1; fi
+	@$(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set postgres.core.existingSecret=publisher-rw \
+	  --set migrations.core.database.existingSecret=core-owner --show-only templates/migrations.yaml > $(OUT)/migrations.yaml
+	@grep -q '"core-owner"' $(OUT)/migrations.yaml && grep -q '"distcache-registry-database"' $(OUT)/migrations.yaml && \
+	  ! grep -q '"publisher-rw"' $(OUT)/migrations.yaml || { echo "FAIL: the migration Jobs do not use their sets' Secrets"; exit 1; }
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set controlPlane.coreDatabase.existingSecret= >/dev/null 2>&1; then \
+	  echo "FAIL: the chart rendered modelsFromCoreDatabase without controlPlane.coreDatabase"; exit 1; fi
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set networkPolicy.enabled=false | grep -q '^kind: NetworkPolicy'; then \
 	  echo "FAIL: NetworkPolicy rendered although networkPolicy.enabled=false"; exit 1; fi
 	@# The values schema must catch a typo and a missing secret reference.
@@ -107,5 +127,5 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set kafka.sasl.mechanism=PLAIN \
 	  --set kafka.sasl.username=u --set kafka.sasl.password.existingSecret=s >/dev/null 2>&1; then \
 	  echo "FAIL: the chart rendered SASL PLAIN without TLS and without kafka.sasl.allowPlaintext"; exit 1; fi
-	@echo "ok   helm: lint, template (default, production, every connection option), NetworkPolicy toggle, schema rejects bad values"
+	@echo "ok   helm: lint, template (default, production, every connection option), NetworkPolicy toggle, migration Jobs and their Secrets, schema rejects bad values"
 	$(DEPLOYCHECK) env $(ROOT)/services $(COMPOSE_FILE) $(OUT)/default.yaml $(OUT)/production.yaml $(OUT)/options.yaml

@@ -8,6 +8,10 @@
 # The binary is static (CGO_ENABLED=0) and runs as the distroless "nonroot" user (65532) on a
 # base with no shell or package manager; healthprobe is the container's health check, since
 # there is no curl either. core-publisher.Dockerfile.dockerignore keeps .git and .run out of the context.
+#
+# The image also carries distcache-migrate (migrations/cmd/migrate), the one program that applies
+# the schema: the chart's migration Jobs run it (`distcache-migrate up core`, `... up control`)
+# with credentials of their own, so the services' roles need no DDL rights.
 
 ARG GO_VERSION=1.26.8
 
@@ -20,10 +24,11 @@ RUN --mount=type=bind,target=/src \
     --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     go build -trimpath -ldflags='-s -w' -o /out/core-publisher ./services/core-publisher && \
+    go build -trimpath -ldflags='-s -w' -o /out/distcache-migrate ./migrations/cmd/migrate && \
     cd deploy/healthprobe && GOWORK=off go build -trimpath -ldflags='-s -w' -o /out/healthprobe .
 
 FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /out/core-publisher /out/healthprobe /usr/local/bin/
+COPY --from=build /out/core-publisher /out/distcache-migrate /out/healthprobe /usr/local/bin/
 # Inside a container the service listens on every interface (its default is loopback only).
 ENV PUBLISHER_HTTP_ADDR=:58081
 EXPOSE 58081

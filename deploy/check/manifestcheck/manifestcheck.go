@@ -186,6 +186,9 @@ func CheckObjects(objs []Object) error {
 		if msgs := validation.IsDNS1123Subdomain(o.Name); len(msgs) > 0 {
 			fail(o, ErrPolicy, "name %q: %s", o.Name, strings.Join(msgs, "; "))
 		}
+		if meta, ok := o.Obj.(metav1.Object); ok {
+			checkHook(o, meta.GetAnnotations(), fail)
+		}
 		switch v := o.Obj.(type) {
 		case *appsv1.Deployment:
 			workloads = append(workloads, workload{o, v.Spec.Template, true})
@@ -198,6 +201,7 @@ func CheckObjects(objs []Object) error {
 			checkSelector(o, v.Spec.Selector, v.Spec.Template.Labels, fail)
 		case *batchv1.Job:
 			workloads = append(workloads, workload{o, v.Spec.Template, false})
+			checkJob(o, v, fail)
 		case *corev1.Service:
 			services = append(services, v)
 			serviceObjs = append(serviceObjs, o)
@@ -256,6 +260,37 @@ func CheckObjects(objs []Object) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkJob: a Job is bounded in time and in retries (a hung or failing migration would otherwise
+// hold a Helm install or upgrade for as long as Helm waits, or retry six times with back-off),
+// and its pods never restart in place.
+func checkJob(o Object, j *batchv1.Job, fail func(Object, error, string, ...any)) {
+	if j.Spec.ActiveDeadlineSeconds == nil {
+		fail(o, ErrPolicy, "no activeDeadlineSeconds: a hung Job runs (and holds a Helm hook) forever")
+	}
+	if j.Spec.BackoffLimit == nil {
+		fail(o, ErrPolicy, "no backoffLimit: a failing Job is retried six times by default")
+	}
+	if rp := j.Spec.Template.Spec.RestartPolicy; rp != corev1.RestartPolicyNever && rp != corev1.RestartPolicyOnFailure {
+		fail(o, ErrPolicy, "restartPolicy %q, want Never or OnFailure", rp)
+	}
+}
+
+// checkHook: a Helm hook resource (helm.sh/hook) outlives its release's upgrade: without
+// helm.sh/hook-delete-policy before-hook-creation the next install or upgrade fails, the object
+// being there already.
+func checkHook(o Object, annotations map[string]string, fail func(Object, error, string, ...any)) {
+	if annotations["helm.sh/hook"] == "" {
+		return
+	}
+	policies := strings.Split(annotations["helm.sh/hook-delete-policy"], ",")
+	for i := range policies {
+		policies[i] = strings.TrimSpace(policies[i])
+	}
+	if !slices.Contains(policies, "before-hook-creation") {
+		fail(o, ErrPolicy, "Helm hook without helm.sh/hook-delete-policy before-hook-creation: the next upgrade would find it and fail")
+	}
 }
 
 // checkNetworkPolicy: a policy selects pods of the chart (an empty selector selects them all),

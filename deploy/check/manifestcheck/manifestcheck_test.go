@@ -102,6 +102,35 @@ spec:
       ports: [{port: http, protocol: TCP}]
   egress:
     - ports: [{port: 5432, protocol: TCP}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: migrate
+  annotations:
+    helm.sh/hook: pre-install,pre-upgrade
+    helm.sh/hook-delete-policy: before-hook-creation
+spec:
+  backoffLimit: 1
+  activeDeadlineSeconds: 600
+  template:
+    metadata:
+      labels: {app: migrate}
+    spec:
+      restartPolicy: Never
+      securityContext:
+        runAsNonRoot: true
+      containers:
+        - name: migrate
+          image: registry.example.com/web:1.2.3
+          command: [/usr/local/bin/distcache-migrate]
+          args: [up, core]
+          resources:
+            requests: {cpu: 50m, memory: 64Mi}
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {drop: [ALL]}
 `
 
 func TestCheck(t *testing.T) {
@@ -252,6 +281,36 @@ func TestCheck(t *testing.T) {
 			wantText: "same kind and name",
 		},
 		{
+			name:     "Job without a deadline",
+			manifest: strings.Replace(good, "  activeDeadlineSeconds: 600\n", "", 1),
+			want:     ErrPolicy,
+			wantText: "no activeDeadlineSeconds",
+		},
+		{
+			name:     "Job without a backoff limit",
+			manifest: strings.Replace(good, "  backoffLimit: 1\n", "", 1),
+			want:     ErrPolicy,
+			wantText: "no backoffLimit",
+		},
+		{
+			name:     "Job restarting in place",
+			manifest: strings.Replace(good, "restartPolicy: Never", "restartPolicy: Always", 1),
+			want:     ErrPolicy,
+			wantText: `restartPolicy "Always"`,
+		},
+		{
+			name:     "hook that is never replaced",
+			manifest: strings.Replace(good, "    helm.sh/hook-delete-policy: before-hook-creation\n", "", 1),
+			want:     ErrPolicy,
+			wantText: "before-hook-creation",
+		},
+		{
+			name:     "hook deleted only on success",
+			manifest: strings.Replace(good, "hook-delete-policy: before-hook-creation", "hook-delete-policy: hook-succeeded", 1),
+			want:     ErrPolicy,
+			wantText: "Job migrate",
+		},
+		{
 			name:     "empty stream",
 			manifest: "---\n# nothing\n",
 			want:     ErrDecode,
@@ -291,7 +350,7 @@ func TestDecodeTypes(t *testing.T) {
 	for _, o := range objs {
 		got = append(got, o.GVK.Kind+"/"+o.Name)
 	}
-	want := "ServiceAccount/app Deployment/app Service/app PodDisruptionBudget/app ServiceMonitor/app NetworkPolicy/default-deny NetworkPolicy/app"
+	want := "ServiceAccount/app Deployment/app Service/app PodDisruptionBudget/app ServiceMonitor/app NetworkPolicy/default-deny NetworkPolicy/app Job/migrate"
 	if strings.Join(got, " ") != want {
 		t.Errorf("decoded %v, want %s", got, want)
 	}
