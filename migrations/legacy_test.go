@@ -217,8 +217,8 @@ func TestLegacyDirtyDatabase(t *testing.T) {
 		!strings.Contains(err.Error(), "000003_outbox_published failed half-way") || !strings.Contains(err.Error(), "force core 2") {
 		t.Fatalf("Check core = %v, want dirty at 3 naming 000003_outbox_published and the repair", err)
 	}
-	if err := migrations.Check(ctx, dbURL, migrations.Control); err != nil {
-		t.Fatalf("Check control = %v, want nil (the registry migration completed before)", err)
+	if v, dirty, err := migrations.Version(ctx, dbURL, migrations.Control); err != nil || v != 1 || dirty {
+		t.Fatalf("Version control = %d, %v, %v, want 1, clean (the registry migration completed before)", v, dirty, err)
 	}
 	if err := migrations.Up(ctx, dbURL, migrations.Core); err == nil || !strings.Contains(err.Error(), "Dirty") {
 		t.Fatalf("Up core on a dirty history = %v, want golang-migrate's dirty error", err)

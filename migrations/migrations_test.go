@@ -60,7 +60,7 @@ func TestEmbeddedFilesArePairedAndNumbered(t *testing.T) {
 		if err != nil || first != 1 {
 			t.Fatalf("%s Source().First() = %d, %v, want 1", set, first, err)
 		}
-		if len(legacyVersions[set.Name()]) != latest {
+		if len(legacyVersions[set.Name()]) > latest {
 			t.Errorf("%s: %d legacy versions for %d migrations", set, len(legacyVersions[set.Name()]), latest)
 		}
 	}

@@ -19,7 +19,7 @@ import (
 // Registry is the part of the projection registry the activities use; *registry.Store
 // implements it.
 type Registry interface {
-	AllocateGeneration(ctx context.Context, d Definition, workflowID string) (gen, current int64, err error)
+	AllocateGenerationForRun(ctx context.Context, d Definition, workflowID, runID string) (gen, current int64, err error)
 	SetState(ctx context.Context, name string, gen int64, state string, offset *int64) error
 	RecordProgress(ctx context.Context, name string, gen, recordsDone, offset, endOffset int64) error
 	Cutover(ctx context.Context, name string, gen int64, rollback bool, swap registry.SwapFunc) (current, previous int64, err error)
@@ -92,7 +92,7 @@ func (a *Activities) AllocateGeneration(ctx context.Context, p AllocateParams) (
 	if err := p.Definition.Validate(); err != nil {
 		return AllocateResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidDefinition, err)
 	}
-	gen, current, err := a.Registry.AllocateGeneration(ctx, p.Definition, p.WorkflowID)
+	gen, current, err := a.Registry.AllocateGenerationForRun(ctx, p.Definition, p.WorkflowID, p.RunID)
 	if err != nil {
 		return AllocateResult{}, appError(err)
 	}
@@ -204,12 +204,17 @@ func (a *Activities) ScheduleRetire(ctx context.Context, p ScheduleRetireParams)
 	if drain <= 0 {
 		drain = DefaultDrain
 	}
-	_, err := a.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+	opts := client.StartWorkflowOptions{
 		ID:                       RetireWorkflowID(p.Projection, p.Generation),
 		TaskQueue:                ControlPlaneTaskQueue,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_TERMINATE_EXISTING,
-	}, WorkflowRetire, RetireWorkflowParams{
+		StaticSummary:            fmt.Sprintf("retire %s generation %d", p.Projection, p.Generation),
+	}
+	if p.SearchAttributes {
+		opts.TypedSearchAttributes = StartSearchAttributes(p.Projection, p.Generation, "")
+	}
+	_, err := a.Temporal.ExecuteWorkflow(ctx, opts, WorkflowRetire, RetireWorkflowParams{
 		Projection: p.Projection, Generation: p.Generation, Grace: p.Grace, Drain: drain,
 	})
 	if err != nil {

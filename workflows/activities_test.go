@@ -22,7 +22,7 @@ type fakeRegistry struct {
 	progress [3]int64
 }
 
-func (f *fakeRegistry) AllocateGeneration(context.Context, Definition, string) (int64, int64, error) {
+func (f *fakeRegistry) AllocateGenerationForRun(context.Context, Definition, string, string) (int64, int64, error) {
 	return 1, 0, f.err
 }
 func (f *fakeRegistry) SetState(context.Context, string, int64, string, *int64) error { return f.err }

@@ -18,8 +18,15 @@
 package workflows
 
 import (
+	"fmt"
+	"math"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/distcache/distcache/libs/projection"
 )
@@ -108,6 +115,35 @@ type BackfillProgress struct {
 	RecordsDone int64 `json:"records_done"`
 	// RatePerSec is the recent rate of records per second.
 	RatePerSec float64 `json:"rate_per_sec"`
+	// Phase and ETASeconds are set in heartbeats (Heartbeat), so the activity's details in the
+	// Temporal UI read like the workflow's: PhaseBackfilling, and the seconds left at RatePerSec.
+	Phase      string  `json:"phase,omitempty"`
+	ETASeconds float64 `json:"eta_seconds,omitempty"`
+}
+
+// Heartbeat returns p as a heartbeat detail: Phase backfilling and ETASeconds estimated.
+func (p BackfillProgress) Heartbeat() BackfillProgress {
+	p.Phase = PhaseBackfilling
+	p.ETASeconds = p.ETA().Seconds()
+	return p
+}
+
+// ETA estimates the time left: the offsets still to read at RatePerSec (records and offsets
+// differ on a compacted topic, so it is an estimate); 0 when done or when the rate is unknown.
+func (p BackfillProgress) ETA() time.Duration {
+	left := p.EndOffset - p.Offset
+	if left <= 0 || p.RatePerSec <= 0 {
+		return 0
+	}
+	return time.Duration(math.Ceil(float64(left)/p.RatePerSec)) * time.Second
+}
+
+// Fraction is the share of the offsets read, in [0, 1] (1 for an empty topic).
+func (p BackfillProgress) Fraction() float64 {
+	if p.EndOffset <= 0 {
+		return 1
+	}
+	return min(max(float64(p.Offset)/float64(p.EndOffset), 0), 1)
 }
 
 // CaughtUpParams is the input of ActivityCaughtUp.
@@ -131,6 +167,9 @@ type CaughtUpResult struct {
 type AllocateParams struct {
 	Definition Definition `json:"definition"`
 	WorkflowID string     `json:"workflow_id"`
+	// RunID is the build's run, recorded with the generation so links to it open that run
+	// rather than the newest run of WorkflowID.
+	RunID string `json:"run_id,omitempty"`
 }
 
 // AllocateResult is ActivityAllocateGeneration's result.
@@ -211,7 +250,7 @@ type Progress struct {
 	UpdatedAt  time.Time        `json:"updated_at"`
 }
 
-// Phases reported in Progress.Phase.
+// Phases reported in Progress.Phase and in the DistcachePhase search attribute.
 const (
 	PhaseAllocating  = "allocating"
 	PhaseBackfilling = "backfilling"
@@ -219,7 +258,95 @@ const (
 	PhaseCuttingOver = "cutting_over"
 	PhaseLive        = "live"
 	PhaseFailed      = "failed"
+	// DeleteWorkflow's.
+	PhaseDeleting     = "deleting"
+	PhaseDeleted      = "deleted"
+	PhaseDeleteFailed = "delete_failed"
 )
+
+// Search attributes of distcache's workflows, so that the Temporal UI's list filters them:
+// DistcacheProjection = 'users_by_email', DistcachePhase = 'failed'. They must be registered in
+// the namespace (SearchAttributes lists them with their types; `make up` and the tests' dev
+// servers register them, a cluster needs `temporal operator search-attribute create`, see
+// docs/operations.md). A workflow sets them only when its parameters say they are registered
+// (BuildParams.SearchAttributes, ...): the server fails every workflow task that upserts an
+// attribute it does not know, which would hold the workflow forever.
+const (
+	SearchAttrProjectionName = "DistcacheProjection"
+	SearchAttrGenerationName = "DistcacheGeneration"
+	SearchAttrPhaseName      = "DistcachePhase"
+)
+
+// Typed keys of the search attributes.
+var (
+	// SearchAttrProjection: the projection's name (every workflow of it).
+	SearchAttrProjection = temporal.NewSearchAttributeKeyKeyword(SearchAttrProjectionName)
+	// SearchAttrGeneration: the generation a build builds, a cutover targets, a retirement retires.
+	SearchAttrGeneration = temporal.NewSearchAttributeKeyInt64(SearchAttrGenerationName)
+	// SearchAttrPhase: a build's or a delete's phase (Phase*), kept current as it moves.
+	SearchAttrPhase = temporal.NewSearchAttributeKeyKeyword(SearchAttrPhaseName)
+)
+
+// SearchAttributes are the search attributes distcache's workflows set, with their types.
+var SearchAttributes = map[string]enumspb.IndexedValueType{
+	SearchAttrProjectionName: enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+	SearchAttrGenerationName: enumspb.INDEXED_VALUE_TYPE_INT,
+	SearchAttrPhaseName:      enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+}
+
+// MissingSearchAttributes names the attributes of SearchAttributes that registered (a
+// namespace's custom attributes, as ListSearchAttributes answers them) lacks or has with another
+// type, sorted; none means the workflows may set them.
+func MissingSearchAttributes(registered map[string]enumspb.IndexedValueType) []string {
+	var out []string
+	for name, typ := range SearchAttributes {
+		if got, ok := registered[name]; !ok {
+			out = append(out, name)
+		} else if got != typ {
+			out = append(out, fmt.Sprintf("%s (registered as %s, want %s)", name, got, typ))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// StartSearchAttributes are the attributes a workflow of projection starts with (generation and
+// phase only when not zero).
+func StartSearchAttributes(projection string, generation int64, phase string) temporal.SearchAttributes {
+	u := []temporal.SearchAttributeUpdate{SearchAttrProjection.ValueSet(projection)}
+	if generation > 0 {
+		u = append(u, SearchAttrGeneration.ValueSet(generation))
+	}
+	if phase != "" {
+		u = append(u, SearchAttrPhase.ValueSet(phase))
+	}
+	return temporal.NewSearchAttributes(u...)
+}
+
+// Details renders p as a workflow's current details (Temporal markdown, shown on the workflow's
+// page in the UI): phase, generation, records done, offset of end offset, rate and ETA.
+func (p Progress) Details() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "**%s** · projection %s", p.Phase, p.Projection)
+	if p.Generation > 0 {
+		fmt.Fprintf(&b, " · generation %d", p.Generation)
+	}
+	bf := p.Backfill
+	if bf != (BackfillProgress{}) {
+		fmt.Fprintf(&b, "\n\nrecords done: %d · offset %d of %d (%.0f%%) · %.0f records/s",
+			bf.RecordsDone, bf.Offset, bf.EndOffset, 100*bf.Fraction(), bf.RatePerSec)
+		if eta := bf.ETA(); eta > 0 && p.Phase == PhaseBackfilling {
+			fmt.Fprintf(&b, " · ETA %s", eta)
+		}
+	}
+	if p.Lag > 0 {
+		fmt.Fprintf(&b, "\n\nlag: %d", p.Lag)
+	}
+	if !p.UpdatedAt.IsZero() {
+		fmt.Fprintf(&b, "\n\nupdated %s", p.UpdatedAt.UTC().Format(time.RFC3339))
+	}
+	return b.String()
+}
 
 // QueryProgress is the name of the progress query handler of BuildWorkflow.
 const QueryProgress = "progress"
@@ -265,6 +392,10 @@ type BuildParams struct {
 	// ProgressInterval is how often the backfill's heartbeat is copied into the registry, the
 	// memo and the progress query (0: DefaultProgressInterval).
 	ProgressInterval time.Duration `json:"progress_interval"`
+	// SearchAttributes: the namespace has SearchAttributes registered (the control-plane checked
+	// before it started the workflow), so the workflow keeps DistcacheProjection,
+	// DistcacheGeneration and DistcachePhase current. False: it sets none.
+	SearchAttributes bool `json:"search_attributes,omitempty"`
 }
 
 // BuildResult is BuildWorkflow's result.
@@ -280,6 +411,8 @@ type PointerParams struct {
 	Generation  int64         `json:"generation"`
 	Rollback    bool          `json:"rollback"`
 	RetireGrace time.Duration `json:"retire_grace"`
+	// SearchAttributes: as BuildParams.SearchAttributes; the retirement it schedules gets them.
+	SearchAttributes bool `json:"search_attributes,omitempty"`
 }
 
 // RetireWorkflowParams is the input of RetireWorkflow.
@@ -300,13 +433,23 @@ type DeleteParams struct {
 	// its backfill activity may still write until its next heartbeat tells it, so the delete
 	// waits at least BackfillHeartbeatTimeout before it unlinks the keys.
 	TerminatedBuild bool `json:"terminated_build,omitempty"`
+	// SearchAttributes: as BuildParams.SearchAttributes; the delete keeps DistcachePhase current
+	// (deleting, deleted, delete_failed).
+	SearchAttributes bool `json:"search_attributes,omitempty"`
 }
 
 // BackfillHeartbeatTimeout is the backfill activity's heartbeat timeout. The SDK sends a
-// heartbeat to the server at most every 80% of it, so it also bounds how long a running backfill
-// takes to learn that its build was cancelled or terminated, and how old the progress the server
-// holds can be.
+// heartbeat to the server at most every 80% of it unless the worker's
+// MaxHeartbeatThrottleInterval is lower (BackfillHeartbeatThrottle), so it also bounds how long a
+// running backfill takes to learn that its build was cancelled or terminated.
 const BackfillHeartbeatTimeout = 10 * time.Second
+
+// BackfillHeartbeatThrottle is the worker.Options.MaxHeartbeatThrottleInterval of every worker on
+// CacheProducerTaskQueue: the most time between a heartbeat of the backfill and its arrival at
+// the server, where the build's progress poll reads it (DescribeWorkflow). Without it the SDK
+// holds heartbeats back for 80% of BackfillHeartbeatTimeout (8 s), and a build of a few seconds
+// showed no progress at all until it ended.
+const BackfillHeartbeatThrottle = time.Second
 
 // DeleteAttempts bounds the attempts of each step of DeleteWorkflow (the registry update, the
 // unlink of each generation): a delete that cannot finish fails, shows as delete_failed in
@@ -317,7 +460,7 @@ const DeleteAttempts = 8
 const (
 	DefaultRetireGrace      = 10 * time.Minute
 	DefaultCatchUpTimeout   = time.Hour
-	DefaultProgressInterval = 5 * time.Second
+	DefaultProgressInterval = time.Second
 	DefaultDrain            = 5 * time.Second
 	DefaultMaxLag           = 0
 )

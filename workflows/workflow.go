@@ -107,10 +107,13 @@ func invalid(err error) error {
 }
 
 // buildState is BuildWorkflow's progress, answered by the "progress" query and mirrored in the
-// "progress" memo.
+// "progress" memo, the workflow's current details and (searchAttrs) its search attributes.
 type buildState struct {
 	ctx      workflow.Context
 	progress Progress
+	// searchAttrs: BuildParams.SearchAttributes; sa is what was upserted last.
+	searchAttrs bool
+	sa          searchAttrState
 }
 
 func (s *buildState) set(phase string) {
@@ -120,10 +123,44 @@ func (s *buildState) set(phase string) {
 
 func (s *buildState) publish() {
 	s.progress.UpdatedAt = workflow.Now(s.ctx)
+	workflow.SetCurrentDetails(s.ctx, s.progress.Details())
 	// A memo update is best effort: progress stays queryable when it fails.
 	if err := workflow.UpsertMemo(s.ctx, map[string]interface{}{MemoProgress: s.progress}); err != nil {
 		workflow.GetLogger(s.ctx).Warn("upsert progress memo", "err", err)
 	}
+	if s.searchAttrs {
+		s.sa.upsert(s.ctx, s.progress.Projection, s.progress.Generation, s.progress.Phase)
+	}
+}
+
+// searchAttrState upserts a workflow's search attributes when they change (each upsert is a
+// history event, so progress updates that leave them alone add none).
+type searchAttrState struct {
+	projection string
+	generation int64
+	phase      string
+}
+
+func (s *searchAttrState) upsert(ctx workflow.Context, projection string, generation int64, phase string) {
+	var u []temporal.SearchAttributeUpdate
+	if projection != s.projection {
+		u = append(u, SearchAttrProjection.ValueSet(projection))
+	}
+	if generation != s.generation && generation > 0 {
+		u = append(u, SearchAttrGeneration.ValueSet(generation))
+	}
+	if phase != s.phase && phase != "" {
+		u = append(u, SearchAttrPhase.ValueSet(phase))
+	}
+	if len(u) == 0 {
+		return
+	}
+	// Best effort, as the memo: the error is the SDK's own validation, never the server's.
+	if err := workflow.UpsertTypedSearchAttributes(ctx, u...); err != nil {
+		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
+		return
+	}
+	s.projection, s.generation, s.phase = projection, max(generation, s.generation), phase
 }
 
 // BuildWorkflow builds a new generation of a projection (create, update or replay) and cuts
@@ -150,7 +187,7 @@ func BuildWorkflow(ctx workflow.Context, p BuildParams) (BuildResult, error) {
 		p.RetireGrace = 0
 	}
 	name := p.Definition.Name
-	st := &buildState{ctx: ctx, progress: Progress{Projection: name}}
+	st := &buildState{ctx: ctx, progress: Progress{Projection: name}, searchAttrs: p.SearchAttributes}
 	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (Progress, error) { return st.progress, nil }); err != nil {
 		return BuildResult{}, fmt.Errorf("set query handler: %w", err)
 	}
@@ -160,7 +197,7 @@ func BuildWorkflow(ctx workflow.Context, p BuildParams) (BuildResult, error) {
 	info := workflow.GetInfo(ctx)
 	var alloc AllocateResult
 	if err := workflow.ExecuteActivity(cp, ActivityAllocateGeneration, AllocateParams{
-		Definition: p.Definition, WorkflowID: info.WorkflowExecution.ID,
+		Definition: p.Definition, WorkflowID: info.WorkflowExecution.ID, RunID: info.WorkflowExecution.RunID,
 	}).Get(ctx, &alloc); err != nil {
 		st.set(PhaseFailed)
 		return BuildResult{}, fmt.Errorf("allocate generation: %w", err)
@@ -186,7 +223,7 @@ func BuildWorkflow(ctx workflow.Context, p BuildParams) (BuildResult, error) {
 	res.Previous = cut.Previous
 	st.set(PhaseLive)
 	if cut.Previous != 0 && cut.Previous != gen {
-		if err := scheduleRetire(ctx, name, cut.Previous, p.RetireGrace); err != nil {
+		if err := scheduleRetire(ctx, name, cut.Previous, p.RetireGrace, p.SearchAttributes); err != nil {
 			// The new generation is live; a retirement that could not be scheduled leaves the old
 			// keys behind, which the registry shows as retiring. Report it as the workflow's error.
 			return res, fmt.Errorf("schedule retirement of generation %d: %w", cut.Previous, err)
@@ -316,15 +353,18 @@ type ScheduleRetireParams struct {
 	Projection string        `json:"projection"`
 	Generation int64         `json:"generation"`
 	Grace      time.Duration `json:"grace"`
+	// SearchAttributes: start the retirement with DistcacheProjection and DistcacheGeneration
+	// (they are registered; see BuildParams.SearchAttributes).
+	SearchAttributes bool `json:"search_attributes,omitempty"`
 }
 
 // ActivityScheduleRetire starts RetireWorkflow for a generation (replacing a pending one of the
 // same generation, whose grace then starts over).
 const ActivityScheduleRetire = "distcache.ScheduleRetire"
 
-func scheduleRetire(ctx workflow.Context, name string, gen int64, grace time.Duration) error {
+func scheduleRetire(ctx workflow.Context, name string, gen int64, grace time.Duration, searchAttrs bool) error {
 	return workflow.ExecuteActivity(controlPlaneOptions(ctx), ActivityScheduleRetire, ScheduleRetireParams{
-		Projection: name, Generation: gen, Grace: grace,
+		Projection: name, Generation: gen, Grace: grace, SearchAttributes: searchAttrs,
 	}).Get(ctx, nil)
 }
 
@@ -345,7 +385,7 @@ func PointerWorkflow(ctx workflow.Context, p PointerParams) (CutoverResult, erro
 		return CutoverResult{}, fmt.Errorf("cutover: %w", err)
 	}
 	if cut.Previous != 0 && cut.Previous != cut.Current {
-		if err := scheduleRetire(ctx, p.Projection, cut.Previous, max(p.RetireGrace, 0)); err != nil {
+		if err := scheduleRetire(ctx, p.Projection, cut.Previous, max(p.RetireGrace, 0), p.SearchAttributes); err != nil {
 			return cut, fmt.Errorf("schedule retirement of generation %d: %w", cut.Previous, err)
 		}
 	}
@@ -401,17 +441,38 @@ func DeleteWorkflow(ctx workflow.Context, p DeleteParams) (UnlinkResult, error) 
 	if p.TerminatedBuild {
 		p.Drain = max(p.Drain, BackfillHeartbeatTimeout)
 	}
+	var sa searchAttrState
+	phase := func(ph, details string) {
+		workflow.SetCurrentDetails(ctx, fmt.Sprintf("**%s** · projection %s\n\n%s", ph, p.Projection, details))
+		if p.SearchAttributes {
+			sa.upsert(ctx, p.Projection, 0, ph)
+		}
+	}
+	phase(PhaseDeleting, "clearing the pointer and retiring every generation")
+	total, err := deleteSteps(ctx, p, phase)
+	if err != nil {
+		phase(PhaseDeleteFailed, err.Error())
+		return total, err
+	}
+	phase(PhaseDeleted, fmt.Sprintf("%d keys unlinked", total.KeysUnlinked))
+	return total, nil
+}
+
+// deleteSteps runs DeleteWorkflow's steps, reporting each through phase.
+func deleteSteps(ctx workflow.Context, p DeleteParams, phase func(ph, details string)) (UnlinkResult, error) {
 	var del DeleteResult
 	if err := workflow.ExecuteActivity(deleteOptions(ctx, 30*time.Second), ActivityDeleteProjection, RetireParams{
 		Projection: p.Projection,
 	}).Get(ctx, &del); err != nil {
 		return UnlinkResult{}, fmt.Errorf("delete projection: %w", err)
 	}
+	phase(PhaseDeleting, fmt.Sprintf("draining for %s before unlinking generations %v", p.Drain, del.Generations))
 	if err := workflow.Sleep(ctx, p.Drain); err != nil {
 		return UnlinkResult{}, err
 	}
 	var total UnlinkResult
-	for _, gen := range del.Generations {
+	for i, gen := range del.Generations {
+		phase(PhaseDeleting, fmt.Sprintf("unlinking generation %d (%d of %d), %d keys so far", gen, i+1, len(del.Generations), total.KeysUnlinked))
 		var ur UnlinkResult
 		if err := workflow.ExecuteActivity(deleteOptions(ctx, time.Hour), ActivityUnlinkGeneration, RetireParams{
 			Projection: p.Projection, Generation: gen,

@@ -71,6 +71,7 @@ type Generation struct {
 	Definition  projection.Definition
 	State       string
 	WorkflowID  string
+	RunID       string // the run of WorkflowID that built it ("" if allocated before runs were recorded)
 	RecordsDone int64
 	Offset      int64
 	EndOffset   int64
@@ -198,12 +199,12 @@ func (s *Store) ListProjections(ctx context.Context, after string, limit int) ([
 }
 
 const generationColumns = `projection, generation, definition, state, coalesce(workflow_id, ''),
-	records_done, backfill_offset, end_offset, created_at, updated_at`
+	coalesce(run_id, ''), records_done, backfill_offset, end_offset, created_at, updated_at`
 
 func scanGeneration(row pgx.Row) (Generation, error) {
 	var g Generation
 	var def []byte
-	err := row.Scan(&g.Projection, &g.Generation, &def, &g.State, &g.WorkflowID,
+	err := row.Scan(&g.Projection, &g.Generation, &def, &g.State, &g.WorkflowID, &g.RunID,
 		&g.RecordsDone, &g.Offset, &g.EndOffset, &g.CreatedAt, &g.UpdatedAt)
 	if err != nil {
 		return Generation{}, err
@@ -302,12 +303,18 @@ func lockProjection(ctx context.Context, tx pgx.Tx, name string) (Projection, er
 	return p, err
 }
 
-// AllocateGeneration makes the definition the projection's definition of record and allocates a
-// generation for it (one more than any generation the projection ever had), in state allocated.
-// It is idempotent for one workflow: when the newest generation is still allocated and belongs to
-// workflowID, that one is returned (an activity retry after a lost reply). current is the
-// generation readers use now (0: none).
+// AllocateGeneration is AllocateGenerationForRun without a run id.
 func (s *Store) AllocateGeneration(ctx context.Context, d projection.Definition, workflowID string) (gen, current int64, err error) {
+	return s.AllocateGenerationForRun(ctx, d, workflowID, "")
+}
+
+// AllocateGenerationForRun makes the definition the projection's definition of record and
+// allocates a generation for it (one more than any generation the projection ever had), in state
+// allocated, recording the workflow and run that build it (links then open that run, not the
+// newest of the workflow id). It is idempotent for one workflow: when the newest generation is
+// still allocated and belongs to workflowID, that one is returned (an activity retry after a lost
+// reply) and runID recorded. current is the generation readers use now (0: none).
+func (s *Store) AllocateGenerationForRun(ctx context.Context, d projection.Definition, workflowID, runID string) (gen, current int64, err error) {
 	def, err := json.Marshal(d)
 	if err != nil {
 		return 0, 0, fmt.Errorf("allocate generation: %w", err)
@@ -331,13 +338,13 @@ func (s *Store) AllocateGeneration(ctx context.Context, d projection.Definition,
 		}
 		if lastState == StateAllocated && lastWF == workflowID && workflowID != "" {
 			gen = last
-			_, err = tx.Exec(ctx, `UPDATE distcache_generations SET definition = $3 WHERE projection = $1 AND generation = $2`,
-				d.Name, gen, def)
+			_, err = tx.Exec(ctx, `UPDATE distcache_generations SET definition = $3, run_id = nullif($4, '')
+				WHERE projection = $1 AND generation = $2`, d.Name, gen, def, runID)
 			return err
 		}
 		gen = last + 1
-		if _, err := tx.Exec(ctx, `INSERT INTO distcache_generations (projection, generation, definition, state, workflow_id)
-			VALUES ($1, $2, $3, $4, $5)`, d.Name, gen, def, StateAllocated, workflowID); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO distcache_generations (projection, generation, definition, state, workflow_id, run_id)
+			VALUES ($1, $2, $3, $4, $5, nullif($6, ''))`, d.Name, gen, def, StateAllocated, workflowID, runID); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `UPDATE distcache_projections SET model = $2, key_template = $3, lowercase_key = $4,
@@ -394,8 +401,9 @@ type SwapFunc func(ctx context.Context, projection string, generation int64) err
 // ClearFunc removes the Redis pointer of a deleted projection (distcache.Publisher.DeletePointer).
 type ClearFunc func(ctx context.Context, projection string) error
 
-// cutoverStates are the states of a generation that is kept up to date, and so may be cut over to.
-var cutoverStates = []string{StateTailing, StateLive, StateRetiring}
+// CutoverStates are the states of a generation that is kept up to date, and so may be cut over
+// to (a rollback's target, the previous generation, is retiring).
+var CutoverStates = []string{StateTailing, StateLive, StateRetiring}
 
 // Cutover makes gen the projection's current generation: under the projection's row lock it
 // checks the target, calls swap (the Redis pointer swap and control event), and records the
@@ -412,7 +420,7 @@ func (s *Store) Cutover(ctx context.Context, name string, gen int64, rollback bo
 		target := gen
 		if rollback {
 			if p.Previous == 0 {
-				return fmt.Errorf("%w: no previous generation to roll back to", ErrPrecondition)
+				return fmt.Errorf("%w: nothing to roll back to: no previous generation is retained", ErrPrecondition)
 			}
 			target = p.Previous
 		}
@@ -426,13 +434,13 @@ func (s *Store) Cutover(ctx context.Context, name string, gen int64, rollback bo
 		err = tx.QueryRow(ctx, `SELECT state FROM distcache_generations WHERE projection = $1 AND generation = $2`,
 			name, target).Scan(&state)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("generation %d: %w", target, ErrNotFound)
+			return fmt.Errorf("%w: generation %d does not exist", ErrNotFound, target)
 		}
 		if err != nil {
 			return err
 		}
-		if !slices.Contains(cutoverStates, state) {
-			return fmt.Errorf("%w: generation %d is %s (a cutover needs one of %v)", ErrPrecondition, target, state, cutoverStates)
+		if !slices.Contains(CutoverStates, state) {
+			return fmt.Errorf("%w: generation %d is %s (a cutover needs one of %v)", ErrPrecondition, target, state, CutoverStates)
 		}
 		if err := swap(ctx, name, target); err != nil {
 			return fmt.Errorf("swap pointer: %w", err)

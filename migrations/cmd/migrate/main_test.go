@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -29,7 +30,8 @@ func TestRunRejectsBadInvocations(t *testing.T) {
 		{"unknown command", []string{"sideways", "core"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, `unknown command "sideways"`},
 		{"unknown set", []string{"up", "registry"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, `unknown migration set "registry"`},
 		{"force without version", []string{"force", "core"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, "usage"},
-		{"force past the last", []string{"force", "control", "2"}, map[string]string{"DATABASE_URL": "postgres://h/db"}, "want 0..1"},
+		{"force past the last", []string{"force", "control", strconv.Itoa(migrations.LatestControlVersion + 1)}, map[string]string{"DATABASE_URL": "postgres://h/db"},
+			"want 0.." + strconv.Itoa(migrations.LatestControlVersion)},
 		{"no database", []string{"up", "core"}, nil, "DATABASE_URL: not set"},
 		{"bad scheme", []string{"up", "core"}, map[string]string{"DATABASE_URL": "mysql://u:pw@h/db"}, "DATABASE_URL: bad database URL"},
 		{"bad flag", []string{"-nope", "up", "core"}, nil, "usage"},

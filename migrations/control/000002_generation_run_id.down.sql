@@ -1,0 +1,1 @@
+ALTER TABLE distcache_generations DROP COLUMN run_id;
