@@ -18,10 +18,11 @@ var ErrMissing = errors.New("missing program")
 
 // debianPackages maps each program the stack runs to the Debian package that ships it.
 var debianPackages = map[string]string{
-	"redis-server": "redis-server",
-	"redis-cli":    "redis-server",
-	"initdb":       "postgresql",
-	"postgres":     "postgresql",
+	"redis-server":   "redis-server",
+	"redis-cli":      "redis-server",
+	"redis-sentinel": "redis-sentinel",
+	"initdb":         "postgresql",
+	"postgres":       "postgresql",
 }
 
 var installMu sync.Mutex

@@ -238,6 +238,28 @@ func RedisReplicated(t testing.TB) (primary, replica *devstack.Redis) {
 	return primary, replica
 }
 
+// RedisSentinels starts a primary, one replica and n sentinels (quorum n/2+1, the primary down
+// after 1 s) monitoring them as master set master, for this test; it returns once every sentinel
+// sees the replica up.
+func RedisSentinels(t testing.TB, master string, n int) (primary, replica *devstack.Redis, sentinels []*devstack.Sentinel) {
+	t.Helper()
+	primary, replica = RedisReplicated(t)
+	ctx, cancel := startCtx(t, startTimeout)
+	defer cancel()
+	for range n {
+		s, err := devstack.StartSentinel(ctx, devstack.SentinelConfig{
+			Dir: dir(t, "sentinel"), Master: master, Primary: primary.Addr, Quorum: n/2 + 1,
+			DownAfter: time.Second, FailoverTimeout: 10 * time.Second, Replicas: 1, Mode: devstack.Attached,
+		})
+		if err != nil {
+			t.Fatalf("devstacktest: start sentinel: %v", err)
+		}
+		t.Cleanup(func() { _ = s.Stop() })
+		sentinels = append(sentinels, s)
+	}
+	return primary, replica, sentinels
+}
+
 // RedisCluster starts a Redis Cluster of 3 masters with one replica each, stopped at cleanup.
 func RedisCluster(t testing.TB) *devstack.RedisCluster {
 	t.Helper()

@@ -1,20 +1,14 @@
 package integration_test
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/distcache/distcache/libs/distcache"
-	"github.com/distcache/distcache/tools/devstack"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
 
@@ -165,65 +159,14 @@ func TestNewRejectsBadRedisOptions(t *testing.T) {
 	}
 }
 
-// startSentinel starts a redis-server in sentinel mode monitoring primary as
-// master set name, and waits until it knows the primary and sees replicas
-// of its replicas up.
-func startSentinel(t *testing.T, name, primary string, replicas int) string {
-	t.Helper()
-	port, err := devstack.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, pport, _ := strings.Cut(primary, ":")
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "sentinel.conf") // sentinel rewrites its config: it must be writable
-	body := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %s\nsentinel monitor %s %s %s 1\nsentinel down-after-milliseconds %s 2000\n",
-		port, dir, name, host, pport, name)
-	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	sc := redis.NewSentinelClient(&redis.Options{Addr: addr})
-	defer sc.Close()
-	p, err := devstack.StartProgram(ctx, devstack.ProgramConfig{
-		Name: "sentinel", Dir: dir, Args: []string{"redis-server", conf, "--sentinel"}, Mode: devstack.Attached,
-		Ready: func(ctx context.Context) error {
-			if _, err := sc.GetMasterAddrByName(ctx, name).Result(); err != nil {
-				return err
-			}
-			got, err := sc.Replicas(ctx, name).Result()
-			if err != nil {
-				return err
-			}
-			up := 0 // replicas the sentinel has connected to and sees up
-			for _, r := range got {
-				if r["flags"] == "slave" {
-					up++
-				}
-			}
-			if up < replicas {
-				return fmt.Errorf("sentinel sees %d replicas up, want %d", up, replicas)
-			}
-			return nil
-		},
-	})
-	if err != nil {
-		t.Fatalf("start sentinel: %v", err)
-	}
-	t.Cleanup(func() { _ = p.Stop(10 * time.Second) })
-	return addr
-}
-
 // A Client built with WithSentinel finds the primary through a real
 // sentinel, reads a miss and receives pushed updates; a Publisher on the
 // clients RedisConfig.NewClients builds writes through the same path.
 func TestSentinel(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
-	primary, replica := devstacktest.RedisReplicated(t)
-	sentinel := startSentinel(t, "edge-master", primary.Addr, 1)
+	_, replica, sentinels := devstacktest.RedisSentinels(t, "edge-master", 1)
+	sentinel := sentinels[0].Addr
 
 	rc := distcache.RedisConfig{SentinelMaster: "edge-master", SentinelAddrs: []string{sentinel}}
 	clients, err := rc.NewClients()

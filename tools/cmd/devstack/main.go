@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -37,9 +38,14 @@ func main() {
 // ports are the stack's fixed loopback ports (docs/architecture.md, "The local stack").
 type ports struct {
 	postgres, redisPrimary, redisReplica, kafka, temporal, temporalUI int
+	sentinels                                                         [3]int
 }
 
-var defaultPorts = ports{postgres: 55432, redisPrimary: 56379, redisReplica: 56380, kafka: 59092, temporal: 57233, temporalUI: 58233}
+var defaultPorts = ports{postgres: 55432, redisPrimary: 56379, redisReplica: 56380, kafka: 59092, temporal: 57233, temporalUI: 58233,
+	sentinels: [3]int{56381, 56382, 56383}}
+
+// sentinelMaster is the master set name the local stack's sentinels monitor.
+const sentinelMaster = "distcache"
 
 // databases are created by `up` when missing: the sample core service's and the control-plane's.
 var databases = []string{"core", "controlplane"}
@@ -70,7 +76,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	p := defaultPorts
-	for _, port := range []*int{&p.postgres, &p.redisPrimary, &p.redisReplica, &p.kafka, &p.temporal, &p.temporalUI} {
+	for _, port := range []*int{&p.postgres, &p.redisPrimary, &p.redisReplica, &p.kafka, &p.temporal, &p.temporalUI,
+		&p.sentinels[0], &p.sentinels[1], &p.sentinels[2]} {
 		*port += *offset
 	}
 	s := &stack{dir: abs, ports: p, out: out}
@@ -151,6 +158,16 @@ func (s *stack) up(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	for i, port := range s.ports.sentinels {
+		name := fmt.Sprintf("sentinel-%d", i+1)
+		if err := step(name, s.addr(port), func() error {
+			_, err := devstack.StartSentinel(ctx, devstack.SentinelConfig{Name: name, Dir: s.path(name), Port: port,
+				Master: sentinelMaster, Primary: s.addr(s.ports.redisPrimary), Quorum: 2, Mode: devstack.Detached})
+			return err
+		}); err != nil {
+			return err
+		}
+	}
 	if err := step("kafka", s.addr(s.ports.kafka), func() error {
 		_, err := devstack.StartKafka(ctx, devstack.KafkaConfig{Bin: s.path("bin", "kafkad"), Dir: s.path("kafka"), Port: s.ports.kafka, Mode: devstack.Detached})
 		return err
@@ -176,11 +193,21 @@ func (s *stack) env() string {
 DISTCACHE_CONTROL_DATABASE_URL=%s
 DISTCACHE_REDIS_ADDR=%s
 DISTCACHE_REDIS_REPLICA_ADDRS=%s
+DISTCACHE_REDIS_SENTINEL_MASTER=%s
+DISTCACHE_REDIS_SENTINEL_ADDRS=%s
 DISTCACHE_KAFKA_BROKERS=%s
 DISTCACHE_TEMPORAL_HOSTPORT=%s
 DISTCACHE_TEMPORAL_UI_URL=http://%s
 `, s.pgURL("core"), s.pgURL("controlplane"), s.addr(s.ports.redisPrimary), s.addr(s.ports.redisReplica),
-		s.addr(s.ports.kafka), s.addr(s.ports.temporal), s.addr(s.ports.temporalUI))
+		sentinelMaster, s.sentinelAddrs(), s.addr(s.ports.kafka), s.addr(s.ports.temporal), s.addr(s.ports.temporalUI))
+}
+
+func (s *stack) sentinelAddrs() string {
+	var a []string
+	for _, p := range s.ports.sentinels {
+		a = append(a, s.addr(p))
+	}
+	return strings.Join(a, ",")
 }
 
 func (s *stack) printEnv() error {
@@ -209,6 +236,7 @@ func (s *stack) components() []component {
 			func(ctx context.Context) error {
 				return devstack.ProbeRedis(ctx, s.addr(s.ports.redisReplica), "", true)
 			}},
+		s.sentinel(0), s.sentinel(1), s.sentinel(2),
 		{"kafka", s.path("kafka", "kafka.pid"), s.addr(s.ports.kafka), syscall.SIGTERM,
 			func(ctx context.Context) error { return devstack.ProbeKafka(ctx, s.addr(s.ports.kafka)) }},
 		{"temporal", s.path("temporal", "temporal.pid"), s.addr(s.ports.temporal), syscall.SIGTERM,
@@ -216,6 +244,13 @@ func (s *stack) components() []component {
 				return devstack.ProbeTemporal(ctx, s.addr(s.ports.temporal), "default")
 			}},
 	}
+}
+
+func (s *stack) sentinel(i int) component {
+	name := fmt.Sprintf("sentinel-%d", i+1)
+	addr := s.addr(s.ports.sentinels[i])
+	return component{name, s.path(name, name+".pid"), addr, syscall.SIGTERM,
+		func(ctx context.Context) error { return devstack.ProbeSentinel(ctx, addr, sentinelMaster, 0) }}
 }
 
 func (s *stack) status(ctx context.Context) error {

@@ -24,7 +24,7 @@ import (
 
 func TestMain(m *testing.M) { devstacktest.Main(m) }
 
-var pidRE = regexp.MustCompile(`(?m)^(postgres|redis-primary|redis-replica|kafka|temporal)\s+\S+\s+(\d+)\s+healthy`)
+var pidRE = regexp.MustCompile(`(?m)^(postgres|redis-primary|redis-replica|sentinel-[123]|kafka|temporal)\s+\S+\s+(\d+)\s+healthy`)
 
 // TestUpStatusDown runs the stack CLI as make up / make status / make down do, on ports shifted
 // away from the default stack's: up starts every component healthy, a second up reuses them,
@@ -60,8 +60,8 @@ func TestUpStatusDown(t *testing.T) {
 
 	cli("up")
 	first := pids(t, cli("status"))
-	if len(first) != 5 {
-		t.Fatalf("status shows %d healthy components; want 5", len(first))
+	if len(first) != 8 { // PostgreSQL, a Redis primary and replica, three sentinels, the broker, Temporal
+		t.Fatalf("status shows %d healthy components; want 8:\n%s", len(first), cli("status"))
 	}
 	cli("up") // idempotent: reuses what runs
 	second := pids(t, cli("status"))
@@ -71,8 +71,8 @@ func TestUpStatusDown(t *testing.T) {
 		}
 	}
 	env := cli("env")
-	if !strings.Contains(env, "DISTCACHE_KAFKA_BROKERS=127.0.0.1:") {
-		t.Errorf("env lacks the broker address:\n%s", env)
+	if !strings.Contains(env, "DISTCACHE_KAFKA_BROKERS=127.0.0.1:") || !strings.Contains(env, "DISTCACHE_REDIS_SENTINEL_MASTER=distcache") {
+		t.Errorf("env lacks the broker address or the sentinels:\n%s", env)
 	}
 	// make up registers distcache's search attributes, so builds can be filtered in the UI.
 	tc, err := client.Dial(client.Options{HostPort: fmt.Sprintf("127.0.0.1:%d", defaultPorts.temporal+off), Namespace: "default"})
@@ -120,7 +120,8 @@ func freeOffset(t *testing.T) int {
 	for try := 0; try < 50; try++ {
 		off := -50000 + rand.IntN(23000)
 		free := true
-		for _, p := range []int{defaultPorts.postgres, defaultPorts.redisPrimary, defaultPorts.redisReplica, defaultPorts.kafka, defaultPorts.temporal, defaultPorts.temporalUI} {
+		for _, p := range []int{defaultPorts.postgres, defaultPorts.redisPrimary, defaultPorts.redisReplica, defaultPorts.kafka,
+			defaultPorts.temporal, defaultPorts.temporalUI, defaultPorts.sentinels[0], defaultPorts.sentinels[1], defaultPorts.sentinels[2]} {
 			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+off))
 			if err != nil {
 				free = false
