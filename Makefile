@@ -12,7 +12,7 @@ MODULES := $(shell $(GO) work edit -json | sed -n 's/^[[:space:]]*"DiskPath": "\
 PKGS := $(foreach m,$(MODULES),$(PREFIX)/$(m)/...)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build tools setup up down status env migrate test fuzz lint modcheck archcheck demo bench proto deploy-check clean help compose-up compose-down chaos
+.PHONY: all build tools setup up down status env migrate test fuzz lint openapi-lint modcheck archcheck demo bench proto deploy-check clean help compose-up compose-down chaos
 
 all: build
 
@@ -97,6 +97,21 @@ lint:
 	$(GO) vet $(PKGS)
 	cd tools/lint && GOWORK=off $(GO) build -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 	$(BIN)/staticcheck $(PKGS)
+	@$(MAKE) --no-print-directory openapi-lint
+
+## openapi-lint: the control-plane's OpenAPI document passes Redocly's recommended rules with no
+## warning (Redocly's CLI from the npm registry, pinned, under $(RUN)/node; Node.js from Debian
+## when missing)
+REDOCLY_VERSION := 2.77.0
+REDOCLY := $(RUN)/node/node_modules/.bin/redocly
+OPENAPI_DOC := services/control-plane/gen/distcache/v1/controlplane.swagger.json
+openapi-lint:
+	@command -v npm >/dev/null || { echo "installing nodejs and npm (Debian)"; apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
+	@if [ ! -x $(REDOCLY) ] || [ "$$(cat $(RUN)/node/.version 2>/dev/null)" != "$(REDOCLY_VERSION)" ]; then \
+	  mkdir -p $(RUN)/node && npm install --prefix $(RUN)/node --no-audit --no-fund --silent @redocly/cli@$(REDOCLY_VERSION) && \
+	  echo $(REDOCLY_VERSION) > $(RUN)/node/.version; fi
+	@out=$$($(REDOCLY) lint --format=summary $(OPENAPI_DOC) 2>&1 | grep -v '[║╔╚]'); status=$$?; echo "$$out" | tail -6; \
+	  if echo "$$out" | grep -q 'warning\|error'; then echo "openapi-lint: $(OPENAPI_DOC) has lint problems (run $(REDOCLY) lint $(OPENAPI_DOC))"; exit 1; fi
 
 ## archcheck: one proxy, one Eventually, one harness, one rule per contract, no retired names
 ## (the architecture rules of docs/architecture.md that a refactor could quietly undo)

@@ -33,5 +33,7 @@ controlplane-proto: controlplane-protoc-plugins
 		--openapiv2_out=$(CP_GEN_DIR) \
 		--openapiv2_opt=grpc_api_configuration=$(CP_HTTP_RULES) \
 		--openapiv2_opt=json_names_for_fields=false \
+		--openapiv2_opt=use_allof_for_refs=true \
 		--openapiv2_opt=openapi_configuration=$(CP_PROTO_DIR)/distcache/v1/controlplane_openapi.yaml \
 		$(CP_PROTO_DIR)/distcache/v1/controlplane.proto
+	cd tools && go run ./cmd/openapitidy $(abspath $(CP_GEN_DIR))/distcache/v1/controlplane.swagger.json
