@@ -42,6 +42,7 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
 	"github.com/distcache/distcache/services/cache-producer/internal/registrywatch"
 	"github.com/distcache/distcache/workflows"
+	"github.com/distcache/distcache/workflows/registry"
 	"github.com/distcache/distcache/workflows/temporalconn"
 )
 
@@ -193,6 +194,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 				w := worker.New(tc, workflows.CacheProducerTaskQueue, worker.Options{})
 				backfill.Register(w, &backfill.Activities{
 					KafkaOpts: kopts, Writer: writer, BatchSize: cfg.BackfillBatchSize, Observer: metrics, Logger: log,
+					Registry: registry.New(pool), TopicPrefix: cfg.TopicPrefix,
 				})
 				return w
 			},

@@ -15,6 +15,13 @@
 //     for the generation's stored position to reach E − MaxLag. The position is
 //     the next offset to read, so a compacted log whose last offsets hold no
 //     records is never mistaken for lag (the HWM − 1 trap).
+//
+// Neither trusts a parameter it can check (verify.go): before it reads or
+// writes anything, each reads the generation from the registry and refuses,
+// with a non-retryable error naming what does not match, a generation the
+// registry does not list, one not in the activity's state (backfilling,
+// tailing), a topic that is not <topic prefix>.<the registry's model>, and
+// (Backfill) a definition that is not the one the registry recorded for it.
 package backfill
 
 import (
@@ -53,8 +60,14 @@ type Activities struct {
 	// CaughtUpWait is how long one CaughtUp attempt waits for the position
 	// to reach the end offset before answering NotCaughtUp (default 10 s).
 	CaughtUpWait time.Duration
-	Observer     Observer
-	Logger       *slog.Logger
+	// Registry is where the activities check their parameters (workflows/registry.Store):
+	// required; without it every call is refused.
+	Registry Registry
+	// TopicPrefix is the producer's topic prefix (default events.DefaultTopicPrefix): a
+	// generation's topic is <prefix>.<the registry's model>.
+	TopicPrefix string
+	Observer    Observer
+	Logger      *slog.Logger
 }
 
 // Register registers the activities on w under their workflows.Activity*
@@ -86,6 +99,11 @@ func (a *Activities) Backfill(ctx context.Context, p workflows.BackfillParams) (
 	if p.Topic == "" || p.Generation <= 0 || p.Projection == "" {
 		err := fmt.Errorf("backfill: projection, generation and topic are required (got %q, %d, %q)", p.Projection, p.Generation, p.Topic)
 		return workflows.BackfillProgress{}, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeInvalidDefinition, err)
+	}
+	// Nothing is read or written for a generation the registry does not list as backfilling
+	// with this topic and definition.
+	if err := a.verify(ctx, "backfill", p.Projection, p.Generation, p.Topic, workflows.StateBackfilling, &def); err != nil {
+		return workflows.BackfillProgress{}, err
 	}
 	t := projector.Target{Projection: p.Projection, Generation: p.Generation, Compiled: compiled}
 
@@ -277,6 +295,9 @@ func (a *Activities) CaughtUp(ctx context.Context, p workflows.CaughtUpParams) (
 	if p.Projection == "" || p.Generation <= 0 || p.Topic == "" || p.MaxLag < 0 {
 		err := fmt.Errorf("caught up: projection, generation, topic and max_lag >= 0 are required")
 		return workflows.CaughtUpResult{}, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeInvalidDefinition, err)
+	}
+	if err := a.verify(ctx, "caught up", p.Projection, p.Generation, p.Topic, workflows.StateTailing, nil); err != nil {
+		return workflows.CaughtUpResult{}, err
 	}
 	end, err := EndOffset(ctx, a.KafkaOpts, p.Topic)
 	if err != nil {

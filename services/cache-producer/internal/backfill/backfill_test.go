@@ -3,12 +3,15 @@ package backfill_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.temporal.io/sdk/activity"
@@ -21,6 +24,7 @@ import (
 
 	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/projection"
+	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
@@ -28,6 +32,7 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
 	"github.com/distcache/distcache/tools/devstacktest"
 	"github.com/distcache/distcache/workflows"
+	"github.com/distcache/distcache/workflows/registry"
 )
 
 func TestMain(m *testing.M) { devstacktest.Main(m) }
@@ -101,6 +106,7 @@ func TestBackfillResumesAfterWorkerCrash(t *testing.T) {
 	defer ww.Stop()
 
 	kopts := []kgo.Opt{kgo.SeedBrokers(k.Addr)}
+	reg := registered(t, byEmail, workflows.StateBackfilling)
 	hung := make(chan struct{})
 	release := make(chan struct{})
 	var batches atomic.Int32
@@ -115,7 +121,7 @@ func TestBackfillResumesAfterWorkerCrash(t *testing.T) {
 	}))
 	defer close(release)
 	w1 := worker.New(tc, workflows.CacheProducerTaskQueue, worker.Options{WorkerStopTimeout: time.Millisecond})
-	backfill.Register(w1, &backfill.Activities{KafkaOpts: kopts, Writer: w1Writer, BatchSize: 1000, HeartbeatEvery: time.Millisecond})
+	backfill.Register(w1, &backfill.Activities{KafkaOpts: kopts, Writer: w1Writer, BatchSize: 1000, HeartbeatEvery: time.Millisecond, Registry: reg})
 	if err := w1.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +161,7 @@ func TestBackfillResumesAfterWorkerCrash(t *testing.T) {
 
 	c := &counter{}
 	w2 := worker.New(tc, workflows.CacheProducerTaskQueue, worker.Options{})
-	acts := &backfill.Activities{KafkaOpts: kopts, Writer: projector.NewWriter(pub, led), BatchSize: 1000, Observer: c}
+	acts := &backfill.Activities{KafkaOpts: kopts, Writer: projector.NewWriter(pub, led), BatchSize: 1000, Observer: c, Registry: reg}
 	backfill.Register(w2, acts)
 	if err := w2.Start(); err != nil {
 		t.Fatal(err)
@@ -189,6 +195,10 @@ func TestBackfillResumesAfterWorkerCrash(t *testing.T) {
 	}
 
 	// CaughtUp: one record past the backfill's end and no live consumer yet.
+	end64 := end
+	if err := reg.SetState(ctx, byEmail.Name, 1, workflows.StateTailing, &end64); err != nil {
+		t.Fatal(err)
+	}
 	var ts testsuite.WorkflowTestSuite
 	env := ts.NewTestActivityEnvironment()
 	acts.CaughtUpWait = 200 * time.Millisecond
@@ -245,5 +255,144 @@ func TestBackfillRejectsInvalidDefinition(t *testing.T) {
 	var appErr *temporal.ApplicationError
 	if !errors.As(err, &appErr) || appErr.Type() != workflows.ErrTypeInvalidDefinition || !appErr.NonRetryable() {
 		t.Fatalf("err = %v, want a non-retryable %s", err, workflows.ErrTypeInvalidDefinition)
+	}
+}
+
+// registered returns a registry on a database of its own in which def has generation 1, in
+// state.
+func registered(t *testing.T, def projection.Definition, state string) *registry.Store {
+	t.Helper()
+	ctx := context.Background()
+	dbURL := devstacktest.Database(t)
+	if err := migrations.Up(ctx, dbURL, migrations.Control); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	reg := registry.New(pool)
+	if err := reg.CreateProjection(ctx, def); err != nil {
+		t.Fatal(err)
+	}
+	gen, _, err := reg.AllocateGeneration(ctx, def, "wf-"+def.Name)
+	if err != nil || gen != 1 {
+		t.Fatalf("allocate: %d, %v", gen, err)
+	}
+	if state != workflows.StateAllocated {
+		if err := reg.SetState(ctx, def.Name, 1, state, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return reg
+}
+
+// TestActivitiesCheckTheRegistry: Backfill and CaughtUp trust no parameter they can check. With
+// the real registry (PostgreSQL), each refuses with a non-retryable error of the right type that
+// names what does not match: a generation or projection the registry does not list, a
+// generation in another state, a topic that is not the registry model's under the producer's
+// prefix, a definition (key template, fields, filter, model, name) that is not the one recorded;
+// and a worker without a registry refuses everything. The broker is unreachable and there is no
+// writer: a call that got past the check would fail otherwise (retryably).
+func TestActivitiesCheckTheRegistry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reg := registered(t, byEmail, workflows.StateBackfilling)
+	orgs := projection.Definition{Name: "org_by_slug", Model: "orgs", KeyTemplate: "{slug}", Fields: []string{"slug"}}
+	if err := reg.CreateProjection(ctx, orgs); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := reg.AllocateGeneration(ctx, orgs, "wf-orgs"); err != nil { // stays allocated
+		t.Fatal(err)
+	}
+	unreachable := []kgo.Opt{kgo.SeedBrokers("127.0.0.1:1"), kgo.DialTimeout(time.Second), kgo.RequestRetries(1), kgo.RetryTimeout(2 * time.Second)}
+	acts := &backfill.Activities{KafkaOpts: unreachable, Registry: reg, TopicPrefix: "distcache", CaughtUpWait: time.Millisecond}
+	var ts testsuite.WorkflowTestSuite
+	env := ts.NewTestActivityEnvironment()
+	env.RegisterActivityWithOptions(acts.Backfill, activityOpts(workflows.ActivityBackfill))
+	env.RegisterActivityWithOptions(acts.CaughtUp, activityOpts(workflows.ActivityCaughtUp))
+	noRegistry := ts.NewTestActivityEnvironment()
+	bare := &backfill.Activities{KafkaOpts: acts.KafkaOpts}
+	noRegistry.RegisterActivityWithOptions(bare.Backfill, activityOpts(workflows.ActivityBackfill))
+
+	with := func(f func(*projection.Definition)) projection.Definition {
+		d := byEmail
+		d.Fields = slices.Clone(byEmail.Fields)
+		f(&d)
+		return d
+	}
+	good := workflows.BackfillParams{Projection: byEmail.Name, Generation: 1, Topic: "distcache.users", Definition: byEmail}
+	tests := []struct {
+		name     string
+		env      *testsuite.TestActivityEnvironment
+		activity string
+		params   any
+		wantType string
+		wantText string
+	}{
+		{"generation not listed", env, workflows.ActivityBackfill,
+			workflows.BackfillParams{Projection: byEmail.Name, Generation: 2, Topic: good.Topic, Definition: byEmail},
+			workflows.ErrTypeNotFound, "users_by_email/g2: the registry lists no such generation"},
+		{"projection not listed", env, workflows.ActivityBackfill,
+			workflows.BackfillParams{Projection: "ghost", Generation: 1, Topic: good.Topic, Definition: with(func(d *projection.Definition) { d.Name = "ghost" })},
+			workflows.ErrTypeNotFound, "ghost/g1"},
+		{"generation not backfilling", env, workflows.ActivityBackfill,
+			workflows.BackfillParams{Projection: orgs.Name, Generation: 1, Topic: "distcache.orgs", Definition: orgs},
+			workflows.ErrTypePrecondition, "in state allocated, not backfilling"},
+		{"another model's topic", env, workflows.ActivityBackfill,
+			workflows.BackfillParams{Projection: byEmail.Name, Generation: 1, Topic: "distcache.orgs", Definition: byEmail},
+			workflows.ErrTypeInvalidDefinition, `topic "distcache.orgs" is not the registry's "distcache.users"`},
+		{"another prefix", env, workflows.ActivityBackfill,
+			workflows.BackfillParams{Projection: byEmail.Name, Generation: 1, Topic: "other.users", Definition: byEmail},
+			workflows.ErrTypeInvalidDefinition, `topic "other.users" is not the registry's "distcache.users"`},
+		{"another key template", env, workflows.ActivityBackfill,
+			workflows.BackfillParams{Projection: byEmail.Name, Generation: 1, Topic: good.Topic, Definition: with(func(d *projection.Definition) { d.KeyTemplate = "{id}" })},
+			workflows.ErrTypeInvalidDefinition, `key_template "{id}", the registry's "{email}"`},
+		{"more fields", env, workflows.ActivityBackfill,
+			workflows.BackfillParams{Projection: byEmail.Name, Generation: 1, Topic: good.Topic, Definition: with(func(d *projection.Definition) { d.Fields = append(d.Fields, "password_hash") })},
+			workflows.ErrTypeInvalidDefinition, `fields ["id" "email" "password_hash"], the registry's ["id" "email"]`},
+		{"a filter added", env, workflows.ActivityBackfill,
+			workflows.BackfillParams{Projection: byEmail.Name, Generation: 1, Topic: good.Topic, Definition: with(func(d *projection.Definition) {
+				d.Filter = &projection.Filter{Field: "id", Op: projection.OpEq, Values: []string{"1"}}
+			})},
+			workflows.ErrTypeInvalidDefinition, `filter id eq ["1"], the registry's none`},
+		{"another model, same topic", env, workflows.ActivityBackfill,
+			workflows.BackfillParams{Projection: byEmail.Name, Generation: 1, Topic: good.Topic, Definition: with(func(d *projection.Definition) { d.Model = "orgs" })},
+			workflows.ErrTypeInvalidDefinition, `model "orgs", the registry's "users"`},
+		{"another projection's definition", env, workflows.ActivityBackfill,
+			workflows.BackfillParams{Projection: byEmail.Name, Generation: 1, Topic: good.Topic, Definition: with(func(d *projection.Definition) { d.Name = "org_by_slug" })},
+			workflows.ErrTypeInvalidDefinition, `name "org_by_slug", the registry's "users_by_email"`},
+		{"no registry", noRegistry, workflows.ActivityBackfill, good,
+			workflows.ErrTypePrecondition, "no registry"},
+		{"caught up: generation not tailing", env, workflows.ActivityCaughtUp,
+			workflows.CaughtUpParams{Projection: byEmail.Name, Generation: 1, Topic: good.Topic},
+			workflows.ErrTypePrecondition, "in state backfilling, not tailing"},
+		{"caught up: generation not listed", env, workflows.ActivityCaughtUp,
+			workflows.CaughtUpParams{Projection: byEmail.Name, Generation: 9, Topic: good.Topic},
+			workflows.ErrTypeNotFound, "users_by_email/g9"},
+	}
+	for _, tt := range tests {
+		_, err := tt.env.ExecuteActivity(tt.activity, tt.params)
+		var appErr *temporal.ApplicationError
+		if !errors.As(err, &appErr) || appErr.Type() != tt.wantType || !appErr.NonRetryable() || !strings.Contains(err.Error(), tt.wantText) {
+			t.Errorf("%s: %v, want a non-retryable %s containing %q", tt.name, err, tt.wantType, tt.wantText)
+		}
+	}
+
+	// CaughtUp of a tailing generation with another model's topic.
+	if err := reg.SetState(ctx, byEmail.Name, 1, workflows.StateTailing, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := env.ExecuteActivity(workflows.ActivityCaughtUp, workflows.CaughtUpParams{Projection: byEmail.Name, Generation: 1, Topic: "distcache.orgs"})
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || appErr.Type() != workflows.ErrTypeInvalidDefinition || !strings.Contains(err.Error(), `topic "distcache.orgs"`) {
+		t.Errorf("caught up with another model's topic: %v, want a non-retryable %s", err, workflows.ErrTypeInvalidDefinition)
+	}
+	// The parameters the registry agrees with get past the check (and fail on the unreachable
+	// broker, retryably).
+	_, err = env.ExecuteActivity(workflows.ActivityCaughtUp, workflows.CaughtUpParams{Projection: byEmail.Name, Generation: 1, Topic: good.Topic})
+	if err == nil || (errors.As(err, &appErr) && appErr.NonRetryable()) {
+		t.Errorf("caught up with the registry's parameters: %v, want past the check", err)
 	}
 }
