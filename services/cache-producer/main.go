@@ -191,7 +191,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		temporal, err = temporalconn.New(temporalconn.Config{
 			Client: tc,
 			NewWorker: func() worker.Worker {
-				w := worker.New(tc, workflows.CacheProducerTaskQueue, worker.Options{})
+				w := worker.New(tc, workflows.CacheProducerTaskQueue, worker.Options{MaxHeartbeatThrottleInterval: workflows.BackfillHeartbeatThrottle})
 				backfill.Register(w, &backfill.Activities{
 					KafkaOpts: kopts, Writer: writer, BatchSize: cfg.BackfillBatchSize, Observer: metrics, Logger: log,
 					Registry: registry.New(pool), TopicPrefix: cfg.TopicPrefix,

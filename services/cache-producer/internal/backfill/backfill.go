@@ -123,7 +123,7 @@ func (a *Activities) Backfill(ctx context.Context, p workflows.BackfillParams) (
 	}
 	log := a.log().With("projection", p.Projection, "generation", p.Generation, "topic", p.Topic)
 	log.Info("backfill starting", "offset", pr.Offset, "end_offset", pr.EndOffset, "resumed", resumed)
-	activity.RecordHeartbeat(ctx, pr)
+	activity.RecordHeartbeat(ctx, pr.Heartbeat())
 
 	every := a.HeartbeatEvery
 	if every <= 0 {
@@ -135,13 +135,13 @@ func (a *Activities) Backfill(ctx context.Context, p workflows.BackfillParams) (
 	}, t, p.Topic, pr, func(cur workflows.BackfillProgress) {
 		if time.Since(last) >= every {
 			last = time.Now()
-			activity.RecordHeartbeat(ctx, cur)
+			activity.RecordHeartbeat(ctx, cur.Heartbeat())
 		}
 	})
 	if err != nil {
 		return out, fmt.Errorf("backfill %s: %w", t, err)
 	}
-	activity.RecordHeartbeat(ctx, out)
+	activity.RecordHeartbeat(ctx, out.Heartbeat())
 	log.Info("backfill done", "records", out.RecordsDone, "end_offset", out.EndOffset)
 	return out, nil
 }
