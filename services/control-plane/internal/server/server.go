@@ -28,8 +28,10 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -374,16 +376,107 @@ func validURL(r *http.Request) bool {
 }
 
 // routingError answers a request no route takes with its own status (404, 405), not the 501
-// grpc-gateway's default makes of a 405.
-func routingError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, _ *http.Request, code int) {
+// grpc-gateway's default makes of a 405; a 405 carries the Allow header RFC 9110 asks for
+// (grpc-gateway sets none), naming the methods the path's routes take.
+func routingError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
 	c := codes.NotFound
 	switch code {
 	case http.StatusMethodNotAllowed:
 		c = codes.Unimplemented
+		w.Header().Set("Allow", strings.Join(AllowedMethods(r.URL.Path), ", "))
 	case http.StatusBadRequest:
 		c = codes.InvalidArgument
 	}
 	writeJSON(w, code, map[string]any{"code": int(c), "message": http.StatusText(code), "details": []any{}})
+}
+
+// restRoute is one path template of the REST API with the methods it takes.
+type restRoute struct {
+	segments []string // "{name}" matches any one segment
+	verb     string   // after ':' in the last segment ("cutover"), or ""
+	methods  []string
+}
+
+// restRoutes are the gateway's routes, read from the OpenAPI document (pb.OpenAPI), which
+// protoc-gen-openapiv2 generates from the same HTTP rules as the gateway's code, so the two
+// cannot disagree.
+var restRoutes = sync.OnceValues(func() ([]restRoute, error) {
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(pb.OpenAPI, &doc); err != nil {
+		return nil, fmt.Errorf("read the OpenAPI document's paths: %w", err)
+	}
+	var out []restRoute
+	for path, ops := range doc.Paths {
+		rt := restRoute{segments: strings.Split(strings.TrimPrefix(path, "/"), "/")}
+		last := &rt.segments[len(rt.segments)-1]
+		if i := strings.LastIndex(*last, "}:"); i >= 0 {
+			*last, rt.verb = (*last)[:i+1], (*last)[i+2:]
+		}
+		for m := range ops {
+			if m := strings.ToUpper(m); slices.Contains(methodOrder, m) {
+				rt.methods = append(rt.methods, m)
+			}
+		}
+		out = append(out, rt)
+	}
+	return out, nil
+})
+
+// methodOrder is the order methods are listed in an Allow header.
+var methodOrder = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions}
+
+// match reports whether path takes rt, as grpc-gateway matches: a template with a verb needs the
+// last segment to end in ":verb", one without takes the whole segment (colon included).
+func (rt restRoute) match(segments []string) bool {
+	if len(segments) != len(rt.segments) {
+		return false
+	}
+	if rt.verb != "" {
+		last, ok := strings.CutSuffix(segments[len(segments)-1], ":"+rt.verb)
+		if !ok || last == "" {
+			return false
+		}
+		segments = append(slices.Clone(segments[:len(segments)-1]), last)
+	}
+	for i, s := range rt.segments {
+		if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
+			if segments[i] == "" {
+				return false
+			}
+			continue
+		}
+		if segments[i] != s {
+			return false
+		}
+	}
+	return true
+}
+
+// AllowedMethods returns the methods the REST API takes on path, in a fixed order; none for a
+// path no route takes.
+func AllowedMethods(path string) []string {
+	routes, err := restRoutes()
+	if err != nil {
+		return nil
+	}
+	segments := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	seen := map[string]bool{}
+	for _, rt := range routes {
+		if rt.match(segments) {
+			for _, m := range rt.methods {
+				seen[m] = true
+			}
+		}
+	}
+	var out []string
+	for _, m := range methodOrder {
+		if seen[m] {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // gatewayErrors is the gateway's error handler. An answer of the gRPC server (it carries the
