@@ -170,16 +170,17 @@ func (e *Envelope) validateJSON(maxBytes int, forOutbox, checkJSON bool) error {
 	default:
 		return invalid(FieldOp, fmt.Sprintf("unknown op %q (want upsert or delete)", string(e.Op)))
 	}
+	// Of several bad headers the first by name is reported, so that one event (or record) is
+	// always refused for the same reason whatever the map's order (FuzzRecordHeaders).
+	var badHeader string
+	var headerErr error
 	for k, v := range e.Headers {
-		if k == "" {
-			return invalid(FieldHeaders, "empty header name")
+		if err := checkHeader(k, v); err != nil && (headerErr == nil || k < badHeader) {
+			badHeader, headerErr = k, err
 		}
-		if strings.HasPrefix(k, ReservedHeaderPrefix) {
-			return invalid(FieldHeaders, fmt.Sprintf("header %q uses the reserved prefix %q", k, ReservedHeaderPrefix))
-		}
-		if !utf8.ValidString(k) || !utf8.ValidString(v) || strings.IndexByte(k, 0) >= 0 || strings.IndexByte(v, 0) >= 0 {
-			return invalid(FieldHeaders, fmt.Sprintf("header %q is not valid UTF-8 text without NUL bytes", k))
-		}
+	}
+	if headerErr != nil {
+		return headerErr
 	}
 	if e.EventID != "" || !forOutbox {
 		if err := validateEventID(e.EventID); err != nil {
@@ -193,6 +194,20 @@ func (e *Envelope) validateJSON(maxBytes int, forOutbox, checkJSON bool) error {
 		if n := e.size(); n > maxBytes {
 			return invalid(FieldSize, fmt.Sprintf("%d bytes, limit %d", n, maxBytes))
 		}
+	}
+	return nil
+}
+
+// checkHeader checks one envelope header.
+func checkHeader(k, v string) error {
+	if k == "" {
+		return invalid(FieldHeaders, "empty header name")
+	}
+	if strings.HasPrefix(k, ReservedHeaderPrefix) {
+		return invalid(FieldHeaders, fmt.Sprintf("header %q uses the reserved prefix %q", k, ReservedHeaderPrefix))
+	}
+	if !utf8.ValidString(k) || !utf8.ValidString(v) || strings.IndexByte(k, 0) >= 0 || strings.IndexByte(v, 0) >= 0 {
+		return invalid(FieldHeaders, fmt.Sprintf("header %q is not valid UTF-8 text without NUL bytes", k))
 	}
 	return nil
 }
