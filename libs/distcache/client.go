@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"sync"
@@ -39,6 +40,10 @@ type Client struct {
 	log    *slog.Logger
 	base   time.Time
 	reader *reader
+	// tailReplicas are the replicas the change-stream tails may read from
+	// (tailnode.go); seed spreads projections, and Clients, over them.
+	tailReplicas []redis.UniversalClient
+	seed         uint64
 
 	mu    sync.Mutex                             // serialises projection starts
 	projs atomic.Pointer[map[string]*projection] // copy on write
@@ -70,6 +75,7 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 		shards:       256,
 
 		snapshotEvery: DefaultSnapshotInterval,
+		replicaTail:   true,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -99,6 +105,7 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 		}
 	}
 	c.reader = newReader(&c.cfg)
+	c.tailReplicas, c.seed = tailReplicas(&c.cfg), rand.Uint64()
 	empty := map[string]*projection{}
 	c.projs.Store(&empty)
 	c.ctx, c.cancel = context.WithCancel(context.Background())

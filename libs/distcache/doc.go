@@ -15,8 +15,11 @@
 // of a write. It resumes its tail after a lost connection, revalidates only
 // a projection whose stream position was trimmed away, follows cutovers
 // without cold misses, keeps answering from memory while Redis is down (up
-// to a staleness bound, marking such reads Stale), and bounds its memory by
-// MaxTTL, MaxBytes and MaxItems, evicting oldest first. With WithSnapshot it
+// to a staleness bound, marking such reads Stale) and while Redis is
+// recovering from a loss of its data (a restart without persistence, a
+// FLUSHALL: never replacing a held value by an absence read from it), tails
+// the change streams from a read replica when there is one, and bounds its
+// memory by MaxTTL, MaxBytes and MaxItems, evicting oldest first. With WithSnapshot it
 // keeps a local snapshot of what it holds, so that it restarts (even while
 // Redis is down) serving those entries and resumes the change stream where
 // it stopped.

@@ -11,6 +11,12 @@ var (
 	// ErrUnavailable: Redis could not be reached in time to answer a miss.
 	// The wrapped chain also holds the underlying network or context error.
 	ErrUnavailable = errors.New("distcache: redis unavailable")
+	// ErrRedisDataLost: Redis lost the projection's data and has not given
+	// it all back yet, so an absence read from it is not an answer: a miss
+	// that finds a key absent meanwhile fails with this error (wrapped
+	// together with ErrUnavailable) instead of ErrNotFound. See
+	// ProjectionStats.InLoss.
+	ErrRedisDataLost = errors.New("distcache: redis lost its data")
 	// ErrNoGeneration: the projection has no live generation (its pointer is
 	// not set).
 	ErrNoGeneration = errors.New("distcache: projection has no live generation")

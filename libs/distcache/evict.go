@@ -192,7 +192,10 @@ func (c *Client) watchLoop() {
 
 func (c *Client) healthOf(p *projection, now int64) int32 {
 	since := time.Duration(now - p.lastContact.Load())
-	if p.connected.Load() && !p.resuming.Load() && since <= 2*c.cfg.tailBlock+time.Second {
+	if loss := p.lossSince.Load(); loss != 0 {
+		// Redis lost the data: never fresh, and the bound runs from the loss.
+		since = max(since, time.Duration(now-loss))
+	} else if p.connected.Load() && !p.resuming.Load() && since <= 2*c.cfg.tailBlock+time.Second {
 		return healthFresh
 	}
 	if since > c.cfg.staleBound {

@@ -77,6 +77,7 @@ type config struct {
 	snapshotDir   string
 	snapshotSet   bool
 	snapshotEvery time.Duration
+	replicaTail   bool // tail change streams from replicas (WithReplicaTail)
 	errs          []error
 }
 
@@ -96,7 +97,7 @@ func (c *config) projection(name string) *projectionConfig {
 // WithRedis reads through rdb: a *redis.Client (standalone, or the primary of
 // a replicated setup), a failover client, or a *redis.ClusterClient. Misses
 // that the replicas (WithReplicas) cannot answer go to it, and the change
-// streams are tailed through it. The caller keeps ownership: Close does not
+// streams are tailed through it (or through a replica, see WithReplicaTail). The caller keeps ownership: Close does not
 // close it. Build it with ContextTimeoutEnabled: true (see HonoursDeadlines),
 // or a hung Redis holds a miss for the client's ReadTimeout whatever the
 // caller's deadline; New logs a warning when it is not.
@@ -105,15 +106,18 @@ func WithRedis(rdb redis.UniversalClient) Option {
 }
 
 // WithReplicas adds read replicas: misses are read from them first, in
-// rotation, and from the primary when they fail. The caller keeps ownership.
+// rotation, and from the primary when they fail. Single-node clients
+// (*redis.Client) also carry the change-stream tails (WithReplicaTail). The
+// caller keeps ownership.
 func WithReplicas(rdbs ...redis.UniversalClient) Option {
 	return func(c *config) { c.replicas = append(c.replicas, rdbs...) }
 }
 
 // WithAddrs makes the Client build its own clients: a primary at primary and
 // replicas at replicaAddrs; misses read the replicas first, in rotation, and
-// the primary when they fail. WithAuth and WithTLS apply to them. Close
-// closes them.
+// the primary when they fail, and the change-stream tails read the replicas
+// too (WithReplicaTail). WithAuth and WithTLS apply to them. Close closes
+// them.
 func WithAddrs(primary string, replicaAddrs ...string) Option {
 	return func(c *config) {
 		c.redisSource("WithAddrs")
@@ -238,7 +242,11 @@ func WithNegativeTTL(d time.Duration) Option { return func(c *config) { c.negati
 // WithStalenessBound sets how long, after the Client lost contact with Redis,
 // it keeps answering from memory (marking those reads Stale). Past it, local
 // entries of that projection are not served and reads go to Redis (and fail
-// if it is still down). Default DefaultStalenessBound.
+// if it is still down). It is also the loss grace: after Redis lost a
+// projection's data (a restart without persistence, a FLUSHALL), held
+// entries are served Stale from the last contact before the loss until Redis
+// has given each of them back, for at most this long; then the ones it never
+// gave back are dropped. Default DefaultStalenessBound.
 func WithStalenessBound(d time.Duration) Option { return func(c *config) { c.staleBound = d } }
 
 // WithMaxValueBytes refuses values larger than n bytes (ErrValueTooLarge)
@@ -296,6 +304,18 @@ func WithSnapshot(dir string) Option {
 // write copies every held entry to disk, so an interval of seconds only
 // suits small caches). Default DefaultSnapshotInterval.
 func WithSnapshotInterval(d time.Duration) Option { return func(c *config) { c.snapshotEvery = d } }
+
+// WithReplicaTail sets whether the change-stream tails read from read
+// replicas. When on and the Client has replicas of a standalone primary
+// (WithAddrs(primary, replica...), a RedisConfig with Replicas, or
+// WithReplicas given single-node *redis.Client values), each projection tails
+// from one replica (chosen by a hash of its name and a number drawn per
+// Client, so edges spread over the replicas), as long as its replication
+// link is up; when the replica fails or hangs, the tail falls back to the
+// primary at once and tries the replica again every five tail blocks (at
+// least a second). Replication lag only delays updates: nothing is skipped.
+// Sentinel and Cluster replicas are never tailed. Default: on.
+func WithReplicaTail(on bool) Option { return func(c *config) { c.replicaTail = on } }
 
 // WithLocalShards sets the number of bigcache shards of each projection's
 // local store (a power of two). Default 256.

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Health of a projection's local copy, from the tail's contact with Redis.
@@ -114,10 +116,47 @@ type projection struct {
 	snapBytes       atomic.Int64
 	snapLoaded      atomic.Uint64
 	snapRejects     [numSnapshotRejectReasons]atomic.Uint64
+
+	// The tail's node (tailnode.go), tail goroutine only: the primary, or the
+	// replica replicaIdx (-1: none) while onReplica. replicaAt: when to try
+	// the replica again; behindSince: since when the replica has been found
+	// behind the tail's positions (zero: it is not). tailReplica and
+	// tailFallbacks are for Stats.
+	node          redis.UniversalClient
+	onReplica     bool
+	replicaIdx    int
+	replicaAt     time.Time
+	behindSince   time.Time
+	tailReplica   atomic.Bool
+	tailFallbacks atomic.Uint64
+
+	// Loss of Redis's data (loss.go). lossSince (unix nanos, 0: no loss) and
+	// pendingCount are read by any goroutine; the rest is the tail's.
+	// pointerSeen: the pointer was there at the tail's last look; verifyAt:
+	// when the tail next checks that the pointer and stream still exist;
+	// runID, runIDAt, needRunID: the primary's run_id and when to read it
+	// again. pending: held keys Redis has not given back yet, with their held
+	// versions.
+	lossSince       atomic.Int64
+	losses          [numLossReasons]atomic.Uint64
+	pendingCount    atomic.Int64
+	pointerSeen     bool
+	verifyAt        time.Time
+	runID           string
+	runIDAt         time.Time
+	needRunID       bool
+	runIDRefused    bool // INFO is refused (logged once)
+	pending         map[string]int64
+	lossRevalidated bool // the held keys were refetched since the pointer came back
+	lossFinal       bool // the loss grace is over: absent keys are dropped
+	lossRetryAt     time.Time
+	lossBackoff     time.Duration
+	lossDropped     int
 }
 
 func newProjection(c *Client, name string) *projection {
 	p := &projection{c: c, name: name, flights: map[string]*call{}}
+	p.node, p.replicaIdx, p.needRunID = c.cfg.primary, c.pickReplica(name), true
 	p.limits = Limits{MaxTTL: c.cfg.global.MaxTTL}
 	if pc, ok := c.cfg.projections[name]; ok && pc.hasLimits {
 		p.limits = pc.limits
@@ -287,6 +326,15 @@ func (p *projection) fill(st *store, key string, raw string, found bool, cl *cal
 	if p.recentVersion(h) > version {
 		store = false // a lagging replica answered; keep nothing
 	}
+	if !found && version == 0 && p.inLoss() {
+		// An absence read from a Redis that lost its data is not an answer:
+		// a held value stays (served stale within the staleness bound), and
+		// nothing is remembered as absent.
+		if old, ok := st.get(key); ok && !entryNegative(old) && p.health.Load() != healthExpired {
+			return Entry{Value: old[entryHeaderLen:], Version: entryVersion(old), Found: true, Stale: true}, nil
+		}
+		return Entry{}, p.lostData(key)
+	}
 	var entry []byte
 	if store {
 		old, ok := st.get(key)
@@ -296,7 +344,8 @@ func (p *projection) fill(st *store, key string, raw string, found bool, cl *cal
 			if entryNegative(old) {
 				return Entry{}, notFound(p.name, key)
 			}
-			return Entry{Value: old[entryHeaderLen:], Version: entryVersion(old), Found: true}, nil
+			return Entry{Value: old[entryHeaderLen:], Version: entryVersion(old), Found: true,
+				Stale: p.health.Load() != healthFresh}, nil
 		case deleted:
 			if ttl := p.c.cfg.negativeTTL; ttl > 0 {
 				entry = makeNegative(version, time.Now().Add(ttl).UnixNano())
@@ -406,6 +455,9 @@ func (p *projection) applyChange(st *store, key string, version int64, op byte, 
 	s.Lock()
 	defer s.Unlock()
 	p.recordRecent(h, version)
+	if p.pending != nil {
+		p.settlePending(key, version)
+	}
 	if old, ok := st.get(key); ok {
 		if entryVersion(old) >= version {
 			return

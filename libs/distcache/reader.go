@@ -96,12 +96,6 @@ func getOne(ctx context.Context, rdb redis.UniversalClient, key string) (string,
 	return s, true, nil
 }
 
-// fetchPrimary reads from the primary only (used where reads must not lag
-// the change stream read from it).
-func (r *reader) fetchPrimary(ctx context.Context, keys []string) ([]string, []bool, error) {
-	return fetchFrom(ctx, r.primary, keys, r.cluster)
-}
-
 func fetchFrom(ctx context.Context, rdb redis.UniversalClient, keys []string, cluster bool) ([]string, []bool, error) {
 	vals := make([]string, len(keys))
 	found := make([]bool, len(keys))

@@ -118,9 +118,10 @@ func (c RedisConfig) Validate() error {
 
 // RedisClients are the clients NewClients builds. Close closes them.
 type RedisClients struct {
-	// Primary takes writes, the change-stream reads and every read that
-	// must not lag: a *redis.Client (standalone, or through Sentinel) or a
-	// *redis.ClusterClient.
+	// Primary takes writes and every read that must not lag: a
+	// *redis.Client (standalone, or through Sentinel) or a
+	// *redis.ClusterClient. The Client's change-stream tails read it, or a
+	// standalone replica (WithReplicaTail).
 	Primary redis.UniversalClient
 	// Replicas serve reads that may lag, tried before Primary: one client
 	// per listed replica (standalone); one cluster client with ReadOnly and

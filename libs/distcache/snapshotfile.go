@@ -314,6 +314,7 @@ func (p *projection) loadSnapshot() bool {
 	p.connected.Store(false)
 	p.resuming.Store(true)
 	p.prerollPending = true
+	p.pointerSeen = true // it named this generation: missing at the first contact, it was lost
 	p.fromSnapshot = true
 	p.snapLoaded.Add(uint64(loaded))
 	p.health.Store(p.c.healthOf(p, time.Now().UnixNano()))

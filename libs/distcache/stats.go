@@ -45,6 +45,24 @@ type ProjectionStats struct {
 	Connected bool // gauge: the tail is in contact with Redis
 	Stale     bool // gauge: reads are being served stale (or not at all, past the bound)
 
+	// Losses of Redis's data (see WithStalenessBound and the package README's
+	// "When Redis loses data"). Losses counts them by how they were found:
+	// index it with a LossReason.
+	Losses [numLossReasons]uint64
+	// InLoss (gauge): the Client is recovering from a loss: held entries are
+	// served Stale, and an absence read from Redis is not an answer.
+	InLoss bool
+	// LossPendingKeys (gauge): held keys Redis has not given back yet since
+	// the pointer came back.
+	LossPendingKeys int64
+
+	// TailFromReplica (gauge): the change-stream tail reads from a replica
+	// (WithReplicaTail).
+	TailFromReplica bool
+	// TailReplicaFallbacks counts the tail's moves to the primary because its
+	// replica failed or hung.
+	TailReplicaFallbacks uint64
+
 	// Snapshots (WithSnapshot).
 	SnapshotWrites      uint64 // snapshot files written
 	SnapshotWriteErrors uint64 // snapshot writes that failed (the previous file stays)
@@ -55,6 +73,16 @@ type ProjectionStats struct {
 	// SnapshotRejections counts snapshot files found at start but not
 	// loaded, by reason: index it with a SnapshotRejectReason.
 	SnapshotRejections [numSnapshotRejectReasons]uint64
+}
+
+// LossesTotal returns the number of losses of Redis's data found, whatever
+// the reason.
+func (s ProjectionStats) LossesTotal() uint64 {
+	var n uint64
+	for _, v := range s.Losses {
+		n += v
+	}
+	return n
 }
 
 // Evictions returns the eviction count for reason r.
@@ -99,10 +127,18 @@ func (c *Client) Stats() Stats {
 			Connected:       p.connected.Load(),
 			Stale:           p.health.Load() != healthFresh,
 
+			InLoss:               p.inLoss(),
+			LossPendingKeys:      p.pendingCount.Load(),
+			TailFromReplica:      p.tailReplica.Load(),
+			TailReplicaFallbacks: p.tailFallbacks.Load(),
+
 			SnapshotWrites:        p.snapWrites.Load(),
 			SnapshotWriteErrors:   p.snapWriteErrors.Load(),
 			SnapshotBytes:         p.snapBytes.Load(),
 			SnapshotEntriesLoaded: p.snapLoaded.Load(),
+		}
+		for i := range ps.Losses {
+			ps.Losses[i] = p.losses[i].Load()
 		}
 		for i := range ps.SnapshotRejections {
 			ps.SnapshotRejections[i] = p.snapRejects[i].Load()

@@ -1,6 +1,7 @@
 package distcache
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -41,8 +42,9 @@ func (p *projection) start(ctx context.Context) error {
 			return err
 		}
 	}
+	p.pointerSeen = gen > 0
 	if gen > 0 {
-		pos, err := p.lastStreamID(ctx, gen)
+		pos, err := p.lastStreamID(ctx, rdb, gen)
 		if err != nil {
 			return err
 		}
@@ -59,8 +61,8 @@ func (p *projection) start(ctx context.Context) error {
 	return nil
 }
 
-func (p *projection) lastStreamID(ctx context.Context, gen int64) (string, error) {
-	msgs, err := p.c.cfg.primary.XRevRangeN(ctx, StreamKey(p.name, gen), "+", "-", 1).Result()
+func (p *projection) lastStreamID(ctx context.Context, rdb redis.UniversalClient, gen int64) (string, error) {
+	msgs, err := rdb.XRevRangeN(ctx, StreamKey(p.name, gen), "+", "-", 1).Result()
 	if err != nil {
 		return "", fmt.Errorf("read change stream position: %w", err)
 	}
@@ -84,7 +86,7 @@ func (p *projection) preroll(ctx context.Context, st *store, pos string) {
 		return
 	}
 	from := strconv.FormatInt(max(t-prerollWindow.Milliseconds(), 0), 10)
-	msgs, err := p.c.cfg.primary.XRangeN(ctx, StreamKey(p.name, st.gen), from, pos, prerollMax).Result()
+	msgs, err := p.node.XRangeN(ctx, StreamKey(p.name, st.gen), from, pos, prerollMax).Result()
 	if err != nil {
 		return
 	}
@@ -109,6 +111,9 @@ func (p *projection) tail(ctx context.Context) {
 	backoff := minBackoff
 	catchup, replaying := true, p.resuming.Load()
 	for ctx.Err() == nil {
+		if !p.onReplica && p.replicaIdx >= 0 && !p.inLoss() && !time.Now().Before(p.replicaAt) {
+			p.tryReplica(ctx)
+		}
 		var err error
 		if catchup {
 			catchup, err = p.catchup(ctx, replaying)
@@ -122,17 +127,29 @@ func (p *projection) tail(ctx context.Context) {
 		} else if p.revalidate {
 			p.revalidate = false
 			err = p.rebuild(ctx, p.curGen(), rebuildRefetch)
+		} else if p.lossDue(time.Now()) {
+			err = p.lossStep(ctx)
 		} else if p.wantCompact.Load() {
 			p.wantCompact.Store(false)
 			err = p.rebuild(ctx, p.curGen(), rebuildCompact)
 		} else {
 			catchup, err = p.waitAndApply(ctx)
 		}
+		if err == nil {
+			p.maybeEndLoss()
+		}
 		p.publishSnap()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			if p.onReplica {
+				// The replica failed or hung: on to the primary at once.
+				p.toPrimary("a call failed", err, true)
+				catchup, replaying = true, true
+				continue
+			}
+			p.needRunID = true // a reconnect: was it a restart?
 			if p.connected.Swap(false) {
 				p.c.log.Warn("distcache: lost contact with redis; serving from memory",
 					slog.String(logKeyProjection, p.name), slog.Any(logKeyError, err))
@@ -173,20 +190,61 @@ func rangeStart(pos string) string {
 }
 
 // catchup reads what follows the last positions without blocking, checks
-// the pointer and detects gaps. It reports whether more remains to read.
+// the pointer, detects gaps and losses of Redis's data (loss.go). It reports
+// whether more remains to read. On a replica, it decides nothing the replica
+// may be wrong about: anything but a plain read moves the tail to the
+// primary, which decides (tailnode.go).
 func (p *projection) catchup(ctx context.Context, replaying bool) (bool, error) {
-	rdb := p.c.cfg.primary
+	rdb := p.node
 	gen := p.curGen()
+	restarted := false
+	if !p.onReplica && (p.needRunID || !time.Now().Before(p.runIDAt)) {
+		changed, err := p.checkRunID(ctx)
+		if err != nil {
+			return true, err
+		}
+		restarted = changed
+	}
 	batch := p.c.cfg.tailBatch
 	pipe := rdb.Pipeline()
 	ctrl := pipe.XRangeN(ctx, ControlKey(p.name), rangeStart(p.ctrlPos), "+", 100)
+	ctrlLast := pipe.XRevRangeN(ctx, ControlKey(p.name), "+", "-", 1)
 	ptr := pipe.Get(ctx, PointerKey(p.name))
-	var changes *redis.XMessageSliceCmd
+	var changes, last *redis.XMessageSliceCmd
+	var exists *redis.IntCmd
 	if gen > 0 {
 		changes = pipe.XRangeN(ctx, StreamKey(p.name, gen), rangeStart(p.streamPos), "+", batch+1)
+		last = pipe.XRevRangeN(ctx, StreamKey(p.name, gen), "+", "-", 1)
+		exists = pipe.Exists(ctx, StreamKey(p.name, gen))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return true, err
+	}
+	streamGone := gen > 0 && p.streamPos != zeroID && exists.Val() == 0
+	var live int64
+	if s, err := ptr.Result(); err == nil {
+		live, _ = parsePointer(p.name, s)
+	}
+	if p.onReplica {
+		switch {
+		case streamGone, p.ctrlPos != zeroID && lastID(ctrlLast) == "", p.pointerSeen && live == 0:
+			// Gone on the replica: lost, or not replicated yet.
+			p.toPrimary("a stream or the pointer is missing on the replica", nil, false)
+			return true, nil
+		case behind(lastID(ctrlLast), p.ctrlPos) || (gen > 0 && behind(lastID(last), p.streamPos)):
+			// Behind the tail's positions (taken on the primary): XREAD
+			// waits for it, for a while.
+			now := time.Now()
+			if p.behindSince.IsZero() {
+				p.behindSince = now
+			}
+			if now.Sub(p.behindSince) > p.replicaRetry() {
+				p.toPrimary("the replica stays behind the tail's position", nil, false)
+				return true, nil
+			}
+			return false, nil
+		}
+		p.behindSince = time.Time{}
 	}
 	deleted := false
 	if msgs := ctrl.Val(); len(msgs) > 0 {
@@ -197,21 +255,45 @@ func (p *projection) catchup(ctx context.Context, replaying bool) (bool, error) 
 			}
 		}
 	}
-	var live int64
-	if s, err := ptr.Result(); err == nil {
-		live, _ = parsePointer(p.name, s)
+	if p.onReplica && live > 0 && live != gen {
+		p.toPrimary("the pointer names another generation on the replica", nil, false)
+		return true, nil
 	}
 	if live > 0 && live != gen {
-		return true, p.switchGeneration(ctx, gen, live)
+		if err := p.switchGeneration(ctx, gen, live); err != nil {
+			return true, err
+		}
+		p.pointerSeen = true
+		if p.inLoss() {
+			p.lossRevalidated = true // refetched from the generation the pointer names
+			p.lossRetryAt = time.Now().Add(p.lossBackoff)
+		}
+		return true, nil
 	}
 	// Only an explicit delete event drops what the client holds: a pointer that
 	// is merely missing may be a Redis that lost its data.
 	if live == 0 && deleted && gen > 0 {
 		p.dropGeneration()
+		p.pointerSeen = false
+		p.endLoss("the projection was deleted")
 		return false, nil
 	}
 	if gen == 0 {
+		p.pointerSeen = live > 0
 		return false, nil
+	}
+	if moved := p.detectLoss(restarted, streamGone, live, lastID(last), lastID(ctrlLast)); moved {
+		return true, nil // read again from the positions the loss left
+	}
+	if p.inLoss() && live == gen && !p.lossRevalidated {
+		// The pointer is back: refetch what is held, keeping what Redis
+		// does not give back yet.
+		if err := p.rebuild(ctx, gen, rebuildRefetch); err != nil {
+			return true, err
+		}
+		p.lossRevalidated = true
+		p.lossRetryAt = time.Now().Add(p.lossBackoff)
+		return true, nil
 	}
 	if p.prerollPending {
 		// First contact after a start from a snapshot: what start does.
@@ -232,6 +314,10 @@ func (p *projection) catchup(ctx context.Context, replaying bool) (bool, error) 
 		}
 		gap = info.EntriesAdded > info.Length
 	}
+	if gap && p.onReplica {
+		p.toPrimary("a gap on the replica", nil, false)
+		return true, nil
+	}
 	if gap {
 		p.gaps.Add(1)
 		p.c.log.Warn("distcache: change stream gap; revalidating projection",
@@ -240,6 +326,40 @@ func (p *projection) catchup(ctx context.Context, replaying bool) (bool, error) 
 	}
 	p.applyMessages(msgs, replaying)
 	return int64(len(msgs)) >= batch, nil
+}
+
+// detectLoss classifies what catchup read on the primary (see loss.go): a
+// restart, a change stream that vanished or ends before the tail's position,
+// or a pointer that vanished without a delete event. On a loss it moves the
+// positions to what the streams now hold, reporting whether it did.
+func (p *projection) detectLoss(restarted, streamGone bool, live int64, streamLast, ctrlLast string) bool {
+	reason := noLoss
+	switch {
+	case restarted:
+		reason = LossRestart
+	case streamGone:
+		reason = LossStreamVanished
+	case p.streamPos != zeroID && streamLast != "" && idLess(streamLast, p.streamPos):
+		reason = LossStreamRewound
+	case p.pointerSeen && live == 0:
+		reason = LossPointerVanished
+	}
+	p.pointerSeen = live > 0
+	if reason == noLoss {
+		return false
+	}
+	p.enterLoss(reason)
+	moved := false
+	switch {
+	case streamGone:
+		p.streamPos, moved = zeroID, true
+	case p.streamPos != zeroID && streamLast != "" && idLess(streamLast, p.streamPos):
+		p.streamPos, moved = streamLast, true
+	}
+	if p.ctrlPos != zeroID && behind(ctrlLast, p.ctrlPos) {
+		p.ctrlPos, moved = cmp.Or(ctrlLast, zeroID), true
+	}
+	return moved
 }
 
 func (p *projection) applyMessages(msgs []redis.XMessage, replaying bool) {
@@ -277,13 +397,43 @@ func (p *projection) applyMessages(msgs []redis.XMessage, replaying bool) {
 // next (a cutover, or a full batch that may hide a gap).
 func (p *projection) waitAndApply(ctx context.Context) (bool, error) {
 	gen := p.curGen()
+	if now := time.Now(); !now.Before(p.verifyAt) {
+		// Once per tail block: is the data still there (a FLUSHALL, or a
+		// restart go-redis reconnected through, shows no error)?
+		p.verifyAt = now.Add(p.c.cfg.tailBlock)
+		if p.inLoss() || (!p.onReplica && !now.Before(p.runIDAt)) {
+			return true, nil // catchup checks the pointer, the streams and the run_id
+		}
+		var keys []string
+		if p.pointerSeen {
+			keys = append(keys, PointerKey(p.name))
+		}
+		if gen > 0 && p.streamPos != zeroID {
+			keys = append(keys, StreamKey(p.name, gen)) // same slot as the pointer
+		}
+		if len(keys) > 0 {
+			cctx, cancel := context.WithTimeout(ctx, p.callSlack())
+			n, err := p.node.Exists(cctx, keys...).Result()
+			cancel()
+			if err != nil {
+				return true, err
+			}
+			if n < int64(len(keys)) {
+				return true, nil
+			}
+		}
+	}
 	streams := []string{ControlKey(p.name)}
 	ids := []string{p.ctrlPos}
 	if gen > 0 {
 		streams = append(streams, StreamKey(p.name, gen))
 		ids = append(ids, p.streamPos)
 	}
-	res, err := p.c.cfg.primary.XRead(ctx, &redis.XReadArgs{
+	// Bounded, so that a hung node (a stopped replica) fails the call soon
+	// after the block instead of after go-redis's block + 10 s.
+	cctx, cancel := context.WithTimeout(ctx, p.c.cfg.tailBlock+p.callSlack())
+	defer cancel()
+	res, err := p.node.XRead(cctx, &redis.XReadArgs{
 		Streams: append(streams, ids...),
 		Count:   p.c.cfg.tailBatch,
 		Block:   p.c.cfg.tailBlock,
@@ -305,6 +455,8 @@ func (p *projection) waitAndApply(ctx context.Context) (bool, error) {
 					g, _ := m.Values["gen"].(string)
 					if live, err := strconv.ParseInt(g, 10, 64); err == nil && live > 0 && live != gen {
 						return true, p.switchGeneration(ctx, gen, live)
+					} else if p.inLoss() {
+						return true, nil // the pointer is back: catchup revalidates
 					}
 				case controlDelete:
 					if gen > 0 {
@@ -392,7 +544,7 @@ func (p *projection) rebuild(ctx context.Context, gen int64, mode rebuildMode) e
 	pos := p.streamPos
 	if mode == rebuildRefetch {
 		var err error
-		if pos, err = p.lastStreamID(ctx, gen); err != nil {
+		if pos, err = p.lastStreamID(ctx, p.node, gen); err != nil {
 			return err
 		}
 	}
@@ -400,11 +552,19 @@ func (p *projection) rebuild(ctx context.Context, gen int64, mode rebuildMode) e
 	if err != nil {
 		return err
 	}
+	// While Redis is recovering from a loss, a key it does not give back is
+	// kept (pending), not dropped.
+	keepAbsent := mode == rebuildRefetch && p.inLoss() && !p.lossFinal
+	var pending map[string]int64
 	if old != nil {
-		if err := p.copyInto(ctx, old, ns, mode); err != nil {
+		if pending, err = p.copyInto(ctx, old, ns, mode, keepAbsent); err != nil {
 			ns.close()
 			return err
 		}
+	}
+	if mode == rebuildRefetch && p.inLoss() {
+		p.pending = pending
+		p.pendingCount.Store(int64(len(pending)))
 	}
 	// Count before the swap, so that whoever sees the new store sees it
 	// counted.
@@ -437,8 +597,14 @@ type heldEntry struct {
 }
 
 // copyInto moves old's entries (refetched or copied) into ns, in old's ring
-// order with their original fill times.
-func (p *projection) copyInto(ctx context.Context, old, ns *store, mode rebuildMode) error {
+// order with their original fill times. With keepAbsent, a held value whose
+// key Redis does not hold, or holds at an older version, is kept; those keys
+// are returned with their held versions.
+func (p *projection) copyInto(ctx context.Context, old, ns *store, mode rebuildMode, keepAbsent bool) (map[string]int64, error) {
+	var pending map[string]int64
+	if keepAbsent {
+		pending = map[string]int64{}
+	}
 	held := make(map[uint64]heldEntry, old.items.Load())
 	it := old.cache.Iterator()
 	for it.SetNext() {
@@ -487,12 +653,18 @@ func (p *projection) copyInto(ctx context.Context, old, ns *store, mode rebuildM
 		for i, it := range batch {
 			rkeys[i] = ValueKey(p.name, ns.gen, it.key)
 		}
-		vals, found, err := p.c.reader.fetchPrimary(ctx, rkeys)
+		// From the tail's node, where the position was just taken: the
+		// values are at least as new as that position.
+		vals, found, err := fetchFrom(ctx, p.node, rkeys, p.c.reader.cluster)
 		if err != nil {
 			return fmt.Errorf("refetch %d keys: %w", len(rkeys), err)
 		}
 		for i, it := range batch {
 			if !found[i] {
+				if oe, ok := old.get(it.key); ok && keepAbsent && !entryNegative(oe) {
+					p.putAt(ns, it.key, it.h, oe, it.t)
+					pending[it.key] = entryVersion(oe)
+				}
 				continue
 			}
 			version, op, payload, err := decodeValue(vals[i])
@@ -505,6 +677,9 @@ func (p *projection) copyInto(ctx context.Context, old, ns *store, mode rebuildM
 				// fsynced every second): an older version never wins.
 				if oe, ok := old.get(it.key); ok && entryVersion(oe) > version {
 					p.putAt(ns, it.key, it.h, oe, it.t)
+					if keepAbsent && !entryNegative(oe) {
+						pending[it.key] = entryVersion(oe)
+					}
 					continue
 				}
 			}
@@ -530,11 +705,14 @@ func (p *projection) copyInto(ctx context.Context, old, ns *store, mode rebuildM
 		batch = append(batch, item{h: h, t: times[i], heldEntry: he})
 		if len(batch) == rebuildBatch {
 			if err := flush(); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
-	return flush()
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	return pending, nil
 }
 
 // putAt inserts a new entry with a given fill time (rebuilds only; ns is not

@@ -60,10 +60,17 @@ var (
 	descSnapLoaded      = prometheus.NewDesc("distcache_client_snapshot_entries_loaded_total", "Entries loaded from the local snapshot at start.", labels, nil)
 	descSnapRejections  = prometheus.NewDesc("distcache_client_snapshot_load_rejections_total", "Local snapshot files found at start but not loaded, by reason.", []string{"projection", "reason"}, nil)
 
+	descLosses        = prometheus.NewDesc("distcache_client_redis_losses_total", "Losses of Redis's data found (restart, stream or pointer vanished, stream rewound), by how they were found.", []string{"projection", "reason"}, nil)
+	descInLoss        = prometheus.NewDesc("distcache_client_redis_loss", "1 while recovering from a loss of Redis's data (held entries served stale).", labels, nil)
+	descLossPending   = prometheus.NewDesc("distcache_client_redis_loss_pending_keys", "Held keys Redis has not given back yet since the pointer came back.", labels, nil)
+	descTailReplica   = prometheus.NewDesc("distcache_client_tail_from_replica", "1 when the change-stream tail reads from a replica.", labels, nil)
+	descTailFallbacks = prometheus.NewDesc("distcache_client_tail_replica_fallbacks_total", "Moves of the change-stream tail to the primary because its replica failed or hung.", labels, nil)
+
 	allDescs = []*prometheus.Desc{descHits, descMisses, descNegativeHits, descStaleServes, descFetchErrors,
 		descEvictions, descBytes, descItems, descUpdates, descChanges, descFills, descLag, descGaps, descReplays,
 		descCutovers, descDeletes, descUnknown, descGeneration, descConnected, descStale,
-		descSnapWrites, descSnapWriteErrors, descSnapBytes, descSnapLoaded, descSnapRejections}
+		descSnapWrites, descSnapWriteErrors, descSnapBytes, descSnapLoaded, descSnapRejections,
+		descLosses, descInLoss, descLossPending, descTailReplica, descTailFallbacks}
 )
 
 // Describe implements prometheus.Collector.
@@ -118,5 +125,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for _, r := range distcache.SnapshotRejectReasons {
 			ch <- prometheus.MustNewConstMetric(descSnapRejections, prometheus.CounterValue, float64(p.SnapshotRejections[r]), p.Name, r.String())
 		}
+		for _, r := range distcache.LossReasons {
+			ch <- prometheus.MustNewConstMetric(descLosses, prometheus.CounterValue, float64(p.Losses[r]), p.Name, r.String())
+		}
+		gauge(descInLoss, b2f(p.InLoss))
+		gauge(descLossPending, float64(p.LossPendingKeys))
+		gauge(descTailReplica, b2f(p.TailFromReplica))
+		counter(descTailFallbacks, p.TailReplicaFallbacks)
 	}
 }

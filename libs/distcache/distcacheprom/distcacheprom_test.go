@@ -21,6 +21,9 @@ func TestCollector(t *testing.T) {
 		SnapshotWrites: 5, SnapshotBytes: 4096, SnapshotEntriesLoaded: 100,
 	}}}}
 	src.s.Projections[0].SnapshotRejections[distcache.SnapshotRejectChecksum] = 1
+	src.s.Projections[0].Losses[distcache.LossRestart] = 2
+	src.s.Projections[0].InLoss, src.s.Projections[0].LossPendingKeys = true, 12
+	src.s.Projections[0].TailFromReplica, src.s.Projections[0].TailReplicaFallbacks = true, 3
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(distcacheprom.NewCollector(src)); err != nil {
 		t.Fatal(err)
@@ -59,6 +62,13 @@ func TestCollector(t *testing.T) {
 		"distcache_client_snapshot_entries_loaded_total":             100,
 		"distcache_client_snapshot_load_rejections_total{checksum}":  1,
 		"distcache_client_snapshot_load_rejections_total{truncated}": 0,
+
+		"distcache_client_redis_losses_total{restart}":          2,
+		"distcache_client_redis_losses_total{pointer_vanished}": 0,
+		"distcache_client_redis_loss":                           1,
+		"distcache_client_redis_loss_pending_keys":              12,
+		"distcache_client_tail_from_replica":                    1,
+		"distcache_client_tail_replica_fallbacks_total":         3,
 	}
 	for k, w := range want {
 		if g, ok := got[k]; !ok || g != w {
