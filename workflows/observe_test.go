@@ -48,17 +48,6 @@ func (u *upserts) list() []string {
 	return slices.Clone(u.got)
 }
 
-// phases returns the DistcachePhase values upserted, in order.
-func (u *upserts) phases() []string {
-	var out []string
-	for _, s := range u.list() {
-		if v, ok := strings.CutPrefix(s, SearchAttrPhaseName+"="); ok {
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
 func mockBuild(env *testsuite.TestWorkflowEnvironment, backfillErr error) {
 	env.OnActivity(ActivityAllocateGeneration, mock.Anything, mock.Anything).Return(AllocateResult{Generation: 7}, nil)
 	env.OnActivity(ActivitySetGenerationState, mock.Anything, mock.Anything).Return(nil)
