@@ -236,9 +236,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		},
 	}
 	// Temporal only serves backfills: while it is down the producer is ready but degraded; so
-	// while a generation is rebuilt in place (package rebuild).
+	// while a generation is rebuilt in place (package rebuild), and while one is rebuilt because
+	// Redis lost its data (its keys are missing until then).
 	optional := map[string]httpapi.Check{
-		"rebuilds": func(context.Context) error { return mgr.CheckRebuilds() },
+		"rebuilds":  func(context.Context) error { return mgr.CheckRebuilds() },
+		"data_loss": func(context.Context) error { return mgr.CheckDataLoss() },
 	}
 	if temporal != nil {
 		optional["temporal"] = func(context.Context) error { return temporal.Err() }

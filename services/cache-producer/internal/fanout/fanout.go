@@ -22,6 +22,17 @@
 // log start means records were deleted before they were read: the consumer
 // logs and counts the offsets skipped (Observer.Skipped) and goes on from
 // the log start. Manager.Rebuild asks for a rebuild for another cause.
+//
+// Redis losing a generation's data (a restart without persistence, a
+// FLUSHALL) is noticed by the next batch, which finds the generation's
+// offset or epoch not what it committed (projector.ErrBookkeepingLost), by
+// a check of every generation's offset and epoch each LossCheckInterval
+// while no record arrives, and, for a producer that starts with no memory of
+// the generation, by the registry's record of its backfill; the consumer
+// then rebuilds the generation in place from the topic's start (reason
+// rebuild.ReasonDataLoss) instead of starting over from where the registry
+// says its backfill ended. CheckDataLoss reports those rebuilds for
+// readiness.
 package fanout
 
 import (
@@ -103,8 +114,13 @@ type Config struct {
 	// DrainTimeout bounds how long a stopping consumer may take to finish
 	// its batch in flight (default 10 s).
 	DrainTimeout time.Duration
-	Observer     Observer
-	Logger       *slog.Logger
+	// LossCheckInterval is how often a consumer compares its generations'
+	// offset and epoch in Redis with what it committed, besides every
+	// batch, so that Redis losing data is noticed while no record arrives
+	// (default 1 s).
+	LossCheckInterval time.Duration
+	Observer          Observer
+	Logger            *slog.Logger
 }
 
 // Manager owns the topic consumers.
@@ -131,6 +147,9 @@ func NewManager(cfg Config) (*Manager, error) {
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 10 * time.Second
+	}
+	if cfg.LossCheckInterval <= 0 {
+		cfg.LossCheckInterval = time.Second
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = NopObserver{}
@@ -294,6 +313,26 @@ func (m *Manager) CheckRebuilds() error {
 		parts[i] = fmt.Sprintf("%s/g%d (%s, offset %d of %d)", s.Projection, s.Generation, s.Rebuild.Detail, s.Next, s.Rebuild.EndOffset)
 	}
 	return fmt.Errorf("%w: %s", ErrRebuilding, strings.Join(parts, "; "))
+}
+
+// ErrDataLoss is wrapped by CheckDataLoss's error.
+var ErrDataLoss = errors.New("data lost from Redis, rebuilding")
+
+// CheckDataLoss returns an error naming every generation being rebuilt
+// because Redis lost its data (reason rebuild.ReasonDataLoss), nil when none
+// is, for a readiness check: until the rebuild reaches the topic's end as of
+// its start, keys of those generations are missing from Redis.
+func (m *Manager) CheckDataLoss() error {
+	var parts []string
+	for _, s := range m.Rebuilding() {
+		if s.Rebuild.Reason == rebuild.ReasonDataLoss {
+			parts = append(parts, fmt.Sprintf("%s/g%d (offset %d of %d)", s.Projection, s.Generation, s.Next, s.Rebuild.EndOffset))
+		}
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrDataLoss, strings.Join(parts, "; "))
 }
 
 // ErrNotConsumed is returned by Rebuild for a generation no consumer of

@@ -40,8 +40,11 @@ type runner struct {
 	next     []int64           // per gen
 	rebuilds []*ledger.Rebuild // per gen: the rebuild in progress
 	requests []*rebuild.Cause  // per gen: a rebuild asked for (Manager.Rebuild)
-	restart  func()            // ends the current read, to start over
-	hwm      atomic.Int64
+	// supersede, per gen being rebuilt: the records before the rebuild's
+	// end that a later record of their source key replaces, which it skips
+	supersede []*feed.Superseded
+	restart   func() // ends the current read, to start over
+	hwm       atomic.Int64
 }
 
 func newRunner(m *Manager, topic string, gens []Generation) *runner {
@@ -53,6 +56,7 @@ func newRunner(m *Manager, topic string, gens []Generation) *runner {
 	}
 	r.rebuilds = make([]*ledger.Rebuild, len(gens))
 	r.requests = make([]*rebuild.Cause, len(gens))
+	r.supersede = make([]*feed.Superseded, len(gens))
 	r.hwm.Store(-1)
 	r.setStates(gens)
 	return r
@@ -199,7 +203,13 @@ func (r *runner) consume(pollCtx, writeCtx context.Context) bool {
 			r.writeGeneration(writeCtx, i, ins[i])
 		}(i)
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.watchBookkeeping(readCtx)
+	}()
 	err = rd.Run(readCtx, r.dispatcher(readCtx, ins)) // ends with readCtx
+	stopRead()                                        // and so does watchBookkeeping
 	for _, in := range ins {
 		close(in)
 	}
@@ -226,14 +236,13 @@ func (r *runner) prepare(ctx context.Context) (int64, bool) {
 			r.log.Warn(what, "err", err)
 		}) == nil
 	}
-	// Each generation's start: its stored offset, or the registry's.
+	// Each generation's start: its stored offset, or the registry's; or a
+	// rebuild, when Redis lost the generation's data.
 	offs := make([]int64, len(r.gens))
+	losses := make([]*rebuild.Cause, len(r.gens))
 	for i, g := range r.gens {
-		if !retry("offset", "read generation offset "+g.id(), func() error {
-			var err error
-			offs[i], err = led.InitOffset(ctx, g.Target.Projection, g.Target.Generation, g.StartOffset)
-			return err
-		}) {
+		var ok bool
+		if offs[i], losses[i], ok = r.position(ctx, g, retry); !ok {
 			return 0, false
 		}
 		r.mu.Lock()
@@ -287,6 +296,9 @@ func (r *runner) prepare(ctx context.Context) (int64, bool) {
 			return 0, false
 		}
 		cause, reset := rebuild.Check(offs[i], storedID, b)
+		if !reset && losses[i] != nil {
+			cause, reset = *losses[i], true
+		}
 		r.mu.Lock()
 		if req := r.requests[i]; req != nil {
 			if !reset {
@@ -356,7 +368,147 @@ func (r *runner) prepare(ctx context.Context) (int64, bool) {
 			start = offs[i]
 		}
 	}
+	r.readSuperseded(ctx, offs)
 	return start, true
+}
+
+// readSuperseded reads, for the generations being rebuilt, which records
+// between their offset and their rebuild's end a later record of the same
+// source key replaces (feed.Superseded), once per end: a rebuild applies
+// each source key's last record of that range only, so that readers go
+// from the old content to the new one without seeing the history in
+// between. Without it (the read failed) a rebuild applies every record: the
+// same result, through the history.
+func (r *runner) readSuperseded(ctx context.Context, offs []int64) {
+	from := map[int64]int64{} // rebuild end → the smallest offset of a generation rebuilt to it
+	r.mu.Lock()
+	for i, rb := range r.rebuilds {
+		if rb == nil || offs[i] >= rb.End {
+			continue
+		}
+		if f, ok := from[rb.End]; !ok || offs[i] < f {
+			from[rb.End] = offs[i]
+		}
+	}
+	r.mu.Unlock()
+	byEnd := map[int64]*feed.Superseded{}
+	for end, f := range from {
+		t0 := time.Now()
+		s, err := feed.ReadSuperseded(ctx, r.m.cfg.KafkaOpts, r.topic, f, end)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn("reading which records the rebuild may skip failed: it applies every record", "from", f, "end", end, "err", err)
+			}
+			continue
+		}
+		byEnd[end] = s
+		r.log.Info("the rebuild applies each source key's last record before its end", "from", f, "end", end,
+			"keys_with_several_records", s.Keys(), "took", time.Since(t0).Round(time.Millisecond))
+	}
+	r.mu.Lock()
+	for i, rb := range r.rebuilds {
+		r.supersede[i] = nil
+		if rb != nil {
+			r.supersede[i] = byEnd[rb.End]
+		}
+	}
+	r.mu.Unlock()
+}
+
+// position reads generation g's stored position and decides where it
+// starts (rebuild.Lost): a generation whose data Redis lost returns the
+// cause of its rebuild (which prepare begins); one that has no offset yet
+// gets the registry's start offset and a new epoch; one whose bookkeeping
+// predates epochs gets an epoch. The Writer's Mark of g is then what is
+// stored. false when ctx ended first.
+func (r *runner) position(ctx context.Context, g Generation, retry func(stage, what string, f func() error) bool) (int64, *rebuild.Cause, bool) {
+	w, t := r.m.cfg.Writer, g.Target
+	led := w.Ledger()
+	var (
+		pos        ledger.Position
+		base       int64
+		rb         ledger.Rebuild
+		rebuilding bool
+	)
+	if !retry("offset", "read the position of "+g.id(), func() error {
+		var err error
+		if pos, err = led.Position(ctx, t.Projection, t.Generation); err != nil {
+			return err
+		}
+		if base, err = led.VersionBase(ctx, t.Projection, t.Generation); err != nil {
+			return err
+		}
+		rb, rebuilding, err = led.RebuildOf(ctx, t.Projection, t.Generation)
+		return err
+	}) {
+		return 0, nil, false
+	}
+	mark, marked := w.Mark(t)
+	if cause, lost := rebuild.Lost(t, mark, marked, pos, rb, rebuilding, g.StartOffset); lost {
+		r.log.Error("Redis lost the generation's data: rebuilding it from the topic's start", "generation", g.id(),
+			"detail", cause.Detail, "registry_start_offset", g.StartOffset)
+		return pos.Offset, &cause, true
+	}
+	switch {
+	case !pos.OffsetKnown:
+		if !retry("offset", "init the offset of "+g.id(), func() error {
+			var err error
+			pos, _, err = led.InitPosition(ctx, t.Projection, t.Generation, g.StartOffset, ledger.NewEpoch())
+			return err
+		}) {
+			return 0, nil, false
+		}
+	case pos.Epoch == "":
+		if !retry("offset", "store the epoch of "+g.id(), func() error {
+			var err error
+			pos, err = led.AdoptEpoch(ctx, t.Projection, t.Generation, ledger.NewEpoch())
+			return err
+		}) {
+			return 0, nil, false
+		}
+	}
+	if marked && mark.Epoch != pos.Epoch {
+		// Another producer rebuilt the generation: what this one cached of
+		// its index is not what is stored.
+		r.log.Info("the generation was rebuilt elsewhere: taking its new epoch", "generation", g.id(),
+			"epoch", pos.Epoch, "was", mark.Epoch)
+		w.Forget(t)
+	}
+	w.SetMark(t, projector.Mark{Epoch: pos.Epoch, Offset: pos.Offset, Base: base})
+	return pos.Offset, nil, true
+}
+
+// watchBookkeeping checks, every Config.LossCheckInterval until ctx ends,
+// that every generation's offset and epoch in Redis are what the Writer's
+// Mark says, so that a loss is noticed while no record arrives (a batch
+// checks them too); on a difference the consumer starts over and prepare
+// decides.
+func (r *runner) watchBookkeeping(ctx context.Context) {
+	w := r.m.cfg.Writer
+	tick := time.NewTicker(r.m.cfg.LossCheckInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, g := range r.gens {
+			mark, ok := w.Mark(g.Target) // before the read: commits only move it forward
+			if !ok {
+				continue
+			}
+			pos, err := w.Ledger().Position(ctx, g.Target.Projection, g.Target.Generation)
+			if err != nil {
+				continue // Redis down: the writes say so
+			}
+			if why := mark.Differs(pos.OffsetKnown, pos.Offset, pos.Epoch); why != "" {
+				r.log.Warn("the generation's bookkeeping is not what this producer committed; checking it", "generation", g.id(), "detail", why)
+				r.startOver()
+				return
+			}
+		}
+	}
 }
 
 // finish sweeps generation i's rebuild, retrying until it succeeds or ctx
@@ -383,6 +535,7 @@ func (r *runner) finish(ctx context.Context, i int) bool {
 	}
 	r.mu.Lock()
 	r.rebuilds[i] = nil
+	r.supersede[i] = nil
 	r.mu.Unlock()
 	r.m.cfg.Observer.Rebuilt(t, removed)
 	r.log.Info("rebuild finished", "generation", r.gens[i].id(), "reason", rb.Reason,
@@ -424,6 +577,9 @@ func (r *runner) writeGeneration(ctx context.Context, i int, in chan feed.Batch)
 	case errors.Is(err, projector.ErrPositionMoved):
 		r.log.Warn("the generation's offset was moved back (a rebuild elsewhere?); reading again", "generation", g.id(), "err", err)
 		r.startOver()
+	case errors.Is(err, projector.ErrBookkeepingLost):
+		r.log.Warn("the generation's bookkeeping is not what this producer committed; checking it", "generation", g.id(), "err", err)
+		r.startOver()
 	case err != nil && ctx.Err() == nil:
 		r.log.Error("generation writer stopped", "generation", g.id(), "err", err)
 	}
@@ -437,6 +593,7 @@ func (r *runner) writeGeneration(ctx context.Context, i int, in chan feed.Batch)
 // at or past its offset.
 func (r *runner) dispatcher(ctx context.Context, ins []chan feed.Batch) func(feed.Batch) error {
 	dispatched := make([]int64, len(r.gens))
+	supersede := make([]*feed.Superseded, len(r.gens))
 	r.mu.Lock()
 	copy(dispatched, r.next)
 	r.mu.Unlock()
@@ -445,6 +602,9 @@ func (r *runner) dispatcher(ctx context.Context, ins []chan feed.Batch) func(fee
 			r.hwm.Store(b.End)
 		}
 		r.m.cfg.Observer.Consumed(r.topic, len(b.Records))
+		r.mu.Lock()
+		copy(supersede, r.supersede)
+		r.mu.Unlock()
 		for i := range r.gens {
 			if b.Next <= dispatched[i] {
 				continue // this generation is past the batch
@@ -454,6 +614,15 @@ func (r *runner) dispatcher(ctx context.Context, ins []chan feed.Batch) func(fee
 			if len(sub.Records) > 0 && sub.Records[0].Offset < dispatched[i] {
 				j := sort.Search(len(sub.Records), func(j int) bool { return sub.Records[j].Offset >= dispatched[i] })
 				sub.Records = sub.Records[j:]
+			}
+			if s := supersede[i]; s != nil && len(sub.Records) > 0 && sub.Records[0].Offset < s.Until {
+				kept := make([]feed.Record, 0, len(sub.Records)) // the batch is shared: a copy
+				for j := range sub.Records {
+					if !s.Has(&sub.Records[j]) {
+						kept = append(kept, sub.Records[j])
+					}
+				}
+				sub.Records = kept
 			}
 			select {
 			case ins[i] <- sub:

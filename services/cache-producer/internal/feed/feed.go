@@ -150,6 +150,9 @@ type Config struct {
 	MaxRecords int
 	// Fields are the payload fields decoded (nil: every field).
 	Fields Fields
+	// KeysOnly leaves records undecoded: each Record holds its offset,
+	// partition, topic and key only (LastOffsets).
+	KeysOnly bool
 	// OnFetchError is called with each failed fetch; the Reader keeps
 	// polling (default: nothing is called).
 	OnFetchError func(error)
@@ -287,7 +290,16 @@ func (r *Reader) Run(ctx context.Context, emit func(Batch) error) error {
 		if !moved {
 			continue
 		}
-		b := Batch{From: from, Records: DecodeAll(raw, r.cfg.Fields), Next: next, End: hwm}
+		var recs []Record
+		if r.cfg.KeysOnly {
+			recs = make([]Record, len(raw))
+			for i, rec := range raw {
+				recs[i] = Record{Offset: rec.Offset, Partition: rec.Partition, Topic: rec.Topic, Key: string(rec.Key)}
+			}
+		} else {
+			recs = DecodeAll(raw, r.cfg.Fields)
+		}
+		b := Batch{From: from, Records: recs, Next: next, End: hwm}
 		if until > 0 {
 			b.End = until
 		}

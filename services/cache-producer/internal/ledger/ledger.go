@@ -25,6 +25,8 @@
 //	dc:P:producer:gN:topic       write's version is base + offset + 1), the
 //	dc:P:producer:gN:rebuild     topic incarnation and the rebuild in
 //	                             progress: see rebuild.go and package rebuild
+//	dc:P:producer:gN:epoch{…}    string: the identity of the generation's
+//	                             bookkeeping, in the offset's slot (epoch.go)
 //
 // These keys deliberately do not match distcache.GenerationPattern
 // (dc:P:gN:*): that pattern is SCANned by edge clients' warm start, which
@@ -189,34 +191,13 @@ func (l *Ledger) OffsetOn(ctx context.Context, c redis.Cmdable, proj string, gen
 }
 
 // InitOffset stores offset as generation gen's next offset unless one is
-// stored already, and returns the stored one. On a single Redis node a
-// generation it creates gets an index count of 0 and the bucketed index
-// layout, in the same atomic step.
+// stored already, and returns the stored one. A generation it creates gets a
+// fresh epoch and, on a single Redis node, an index count of 0 and the
+// bucketed index layout, in the same atomic step (InitPosition).
 func (l *Ledger) InitOffset(ctx context.Context, proj string, gen, offset int64) (int64, error) {
-	key := OffsetKey(proj, gen)
-	if l.cluster {
-		if err := l.rdb.SetNX(ctx, key, strconv.FormatInt(offset, 10), 0).Err(); err != nil {
-			return 0, fmt.Errorf("init offset of %s/g%d: %w", proj, gen, err)
-		}
-	} else {
-		err := initScript.Run(ctx, l.rdb, []string{key, IndexCountKey(proj, gen), IndexFormatKey(proj, gen)},
-			strconv.FormatInt(offset, 10), formatBucketed).Err()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return 0, fmt.Errorf("init offset of %s/g%d: %w", proj, gen, err)
-		}
-	}
-	got, _, err := l.Offset(ctx, proj, gen)
-	return got, err
+	p, _, err := l.InitPosition(ctx, proj, gen, offset, NewEpoch())
+	return p.Offset, err
 }
-
-// initScript creates a generation's offset, index count and layout mark
-// together, unless the offset exists.
-var initScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], '0')
-redis.call('SET', KEYS[3], ARGV[2])
-return 1`)
 
 // Layout is what decides a generation's index layout, read together with
 // its offset: whether the offset and the bucketed-layout mark exist.
@@ -396,6 +377,10 @@ type Commit struct {
 	Delete []string      // source keys that own nothing any more
 	Dead   []DeadLetter
 	Next   int64 // new next offset; < 0 leaves the offset alone
+	// Epoch, when not empty, is stored as the generation's epoch (a
+	// generation's first commit, or one whose bookkeeping predates epochs),
+	// next to the offset.
+	Epoch string
 	// Count maintains IndexCountKey: it is increased by CountDelta, or set
 	// to CountDelta with CountFresh (a generation nothing was written to).
 	Count      bool
@@ -545,6 +530,9 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 	}
 	if c.Mark && bucketed {
 		add(pipe.Set(ctx, IndexFormatKey(proj, gen), formatBucketed, 0))
+	}
+	if c.Epoch != "" {
+		add(pipe.Set(ctx, EpochKey(proj, gen), c.Epoch, 0))
 	}
 	if c.Next >= 0 {
 		add(pipe.Set(ctx, OffsetKey(proj, gen), strconv.FormatInt(c.Next, 10), 0))

@@ -32,7 +32,7 @@ func TestDecodeEntryRejects(t *testing.T) {
 func TestKeysOutsideGenerationPattern(t *testing.T) {
 	t.Parallel()
 	// dc:P:gN:* is scanned by edges as values; the ledger's keys must never match it.
-	for _, k := range []string{OffsetKey("p", 3), IndexKey("p", 3, "s"), IndexBucketKey("p", 3, "s"), IndexFormatKey("p", 3), IndexCountKey("p", 3), DeadLetterKey("p", 3)} {
+	for _, k := range []string{OffsetKey("p", 3), IndexKey("p", 3, "s"), IndexBucketKey("p", 3, "s"), IndexFormatKey("p", 3), IndexCountKey("p", 3), DeadLetterKey("p", 3), EpochKey("p", 3)} {
 		if strings.HasPrefix(k, "dc:p:g3:") {
 			t.Errorf("%q lies under the generation's value pattern", k)
 		}
@@ -56,5 +56,41 @@ func TestIndexBucketIsStable(t *testing.T) {
 	}
 	if got := IndexBucketKey("p", 3, "1"); got != "dc:p:producer:g3:ixh:12" {
 		t.Errorf("IndexBucketKey = %q", got)
+	}
+}
+
+// TestEpochKeySharesTheOffsetSlot: on Redis Cluster the epoch must live in the offset's slot (one
+// MGET reads both, one script creates both): its hash tag is the offset key's whole name, which
+// has no tag of its own.
+func TestEpochKeySharesTheOffsetSlot(t *testing.T) {
+	t.Parallel()
+	off, ep := OffsetKey("users.by-email_1", 12), EpochKey("users.by-email_1", 12)
+	if strings.ContainsAny(off, "{}") {
+		t.Fatalf("the offset key %q has a hash tag of its own", off)
+	}
+	if got := hashTag(ep); got != off {
+		t.Errorf("hash tag of %q = %q, want the offset key %q", ep, got, off)
+	}
+	if ep != "dc:users.by-email_1:producer:g12:epoch{dc:users.by-email_1:producer:g12:offset}" {
+		t.Errorf("EpochKey = %q", ep)
+	}
+}
+
+// hashTag is what Redis Cluster hashes of key: the part between the first { and the next }, when
+// not empty; else the whole key.
+func hashTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
+}
+
+func TestNewEpoch(t *testing.T) {
+	t.Parallel()
+	a, b := NewEpoch(), NewEpoch()
+	if len(a) != 16 || a == b {
+		t.Errorf("NewEpoch = %q, %q; want 16 hex digits, different each time", a, b)
 	}
 }

@@ -22,7 +22,7 @@ import (
 //	                           absent when unknown.
 //	dc:P:producer:gN:rebuild   hash: the rebuild in progress (fields
 //	                           reason, detail, from, start, end, base,
-//	                           started); absent when none.
+//	                           started, epoch); absent when none.
 
 // VersionBaseKey holds generation gen's version base.
 func VersionBaseKey(proj string, gen int64) string { return genPrefix(proj, gen) + "vbase" }
@@ -47,6 +47,9 @@ type Rebuild struct {
 	// at or below it was written before the rebuild.
 	Base    int64
 	Started time.Time
+	// Epoch is the generation's epoch the rebuild began (epoch.go); "" for
+	// a rebuild begun before epochs.
+	Epoch string
 }
 
 // SweepVersion is the version the sweep's deletes carry: above every
@@ -65,6 +68,9 @@ type BeginRebuild struct {
 	// plus the stored offset (the highest version found in the
 	// generation's change stream, for a generation whose offset was lost).
 	Floor int64
+	// Epoch, when not empty, replaces the generation's epoch (EpochKey) in
+	// the same step as the offset: the bookkeeping is new.
+	Epoch string
 	Now   time.Time
 }
 
@@ -79,11 +85,27 @@ type BeginRebuild struct {
 // crash in between leaves).
 func (l *Ledger) BeginRebuild(ctx context.Context, proj string, gen int64, b BeginRebuild) (Rebuild, error) {
 	offKey, baseKey := OffsetKey(proj, gen), VersionBaseKey(proj, gen)
-	rb := Rebuild{Reason: b.Reason, Detail: b.Detail, Start: b.Start, End: b.End, Started: b.Now.UTC()}
+	rb := Rebuild{Reason: b.Reason, Detail: b.Detail, Start: b.Start, End: b.End, Started: b.Now.UTC(), Epoch: b.Epoch}
+	fresh := false // single node: no bookkeeping left at all, create the bucketed layout
 	plan := func(c redis.Cmdable) error {
-		off, _, err := l.OffsetOn(ctx, c, proj, gen)
+		off, known, err := l.OffsetOn(ctx, c, proj, gen)
 		if err != nil {
 			return err
+		}
+		if fresh = false; !known && !l.cluster {
+			// Redis lost the generation's bookkeeping: if nothing of its
+			// index is left either, it starts again in the bucketed layout
+			// with a count (else the layout of what is left stays, and the
+			// count stays unknown).
+			keys := []string{IndexFormatKey(proj, gen), IndexCountKey(proj, gen)}
+			for b := range IndexBuckets {
+				keys = append(keys, bucketKey(genPrefix(proj, gen), b))
+			}
+			n, err := c.Exists(ctx, keys...).Result()
+			if err != nil {
+				return fmt.Errorf("read index layout of %s/g%d: %w", proj, gen, err)
+			}
+			fresh = n == 0
 		}
 		base, err := l.versionBaseOn(ctx, c, proj, gen)
 		if err != nil {
@@ -93,10 +115,17 @@ func (l *Ledger) BeginRebuild(ctx context.Context, proj string, gen int64, b Beg
 		return nil
 	}
 	marker := []any{"reason", b.Reason, "detail", b.Detail, "start", b.Start, "end", b.End,
-		"started", rb.Started.Format(time.RFC3339Nano)}
+		"started", rb.Started.Format(time.RFC3339Nano), "epoch", b.Epoch}
 	queue := func(pipe redis.Pipeliner) {
 		pipe.Set(ctx, baseKey, strconv.FormatInt(rb.Base, 10), 0)
 		pipe.Set(ctx, offKey, strconv.FormatInt(rb.Start, 10), 0)
+		if b.Epoch != "" {
+			pipe.Set(ctx, EpochKey(proj, gen), b.Epoch, 0)
+		}
+		if fresh {
+			pipe.Set(ctx, IndexCountKey(proj, gen), "0", 0)
+			pipe.Set(ctx, IndexFormatKey(proj, gen), formatBucketed, 0)
+		}
 		mk := RebuildKey(proj, gen)
 		pipe.Del(ctx, mk)
 		pipe.HSet(ctx, mk, append(marker, "from", rb.From, "base", rb.Base)...)
@@ -111,7 +140,11 @@ func (l *Ledger) BeginRebuild(ctx context.Context, proj string, gen int64, b Beg
 			err = l.rdb.Set(ctx, baseKey, strconv.FormatInt(rb.Base, 10), 0).Err()
 		}
 		if err == nil {
-			err = l.rdb.Set(ctx, offKey, strconv.FormatInt(rb.Start, 10), 0).Err()
+			if b.Epoch != "" { // one slot: offset and epoch in one step
+				err = l.rdb.MSet(ctx, offKey, strconv.FormatInt(rb.Start, 10), EpochKey(proj, gen), b.Epoch).Err()
+			} else {
+				err = l.rdb.Set(ctx, offKey, strconv.FormatInt(rb.Start, 10), 0).Err()
+			}
 		}
 		if err == nil {
 			mk := RebuildKey(proj, gen)
@@ -167,7 +200,8 @@ func (l *Ledger) RebuildOf(ctx context.Context, proj string, gen int64) (rb Rebu
 		}
 		return n
 	}
-	rb = Rebuild{Reason: m["reason"], Detail: m["detail"], From: num("from"), Start: num("start"), End: num("end"), Base: num("base")}
+	rb = Rebuild{Reason: m["reason"], Detail: m["detail"], From: num("from"), Start: num("start"), End: num("end"), Base: num("base"),
+		Epoch: m["epoch"]}
 	if rb.Started, err = time.Parse(time.RFC3339Nano, m["started"]); err != nil {
 		bad = append(bad, "started")
 	}

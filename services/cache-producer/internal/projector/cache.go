@@ -111,13 +111,14 @@ func (w *Writer) IndexCacheEntries() int64 {
 	return n
 }
 
-// Forget drops what the Writer keeps in memory for t (its index cache),
-// when t is retired or no longer written by this process. A batch of t in
+// Forget drops what the Writer keeps in memory for t (its index cache and
+// its Mark), when t is retired or no longer written by this process. A batch of t in
 // flight finishes first; its cache then holds nothing.
 func (w *Writer) Forget(t Target) {
 	w.mu.Lock()
 	c := w.caches[t.String()]
 	delete(w.caches, t.String())
+	delete(w.marks, t.String())
 	w.mu.Unlock()
 	if c == nil {
 		return

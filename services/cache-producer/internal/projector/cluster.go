@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -42,6 +43,9 @@ func (w *Writer) writeCluster(ctx context.Context, t Target, recs []feed.Record,
 	if err := w.commit(ctx, p); err != nil {
 		return p.stats, err
 	}
+	if next >= 0 {
+		w.advanceMark(t, p.epoch, next, p.base)
+	}
 	return p.stats, nil
 }
 
@@ -54,10 +58,22 @@ func (w *Writer) planCluster(ctx context.Context, t Target, outs []outcome, next
 		return w.ledger.IndexOn(ctx, c, t.Projection, t.Generation, false, skeys)
 	}
 	// The base changes only when a rebuild begins, which stops the
-	// generation's writer first (one producer per topic on a cluster).
+	// generation's writer first (one producer per topic on a cluster). The
+	// offset and epoch are checked against the Writer's Mark as it was
+	// before they are read: commits only move the offset forward.
+	mark, marked := w.Mark(t)
 	base, err := w.ledger.VersionBase(ctx, t.Projection, t.Generation)
 	if err != nil {
 		return nil, err
+	}
+	pos, err := w.ledger.Position(ctx, t.Projection, t.Generation)
+	if err != nil {
+		return nil, err
+	}
+	if marked {
+		if why := mark.Differs(pos.OffsetKnown, pos.Offset, pos.Epoch); why != "" {
+			return nil, fmt.Errorf("write %s: %w: %s", t, ErrBookkeepingLost, why)
+		}
 	}
 	src := groupSources(outs)
 	st, err := readState(outs, &src, pending, index, w.versionsOn(ctx, c, t))
@@ -65,7 +81,9 @@ func (w *Writer) planCluster(ctx context.Context, t Target, outs []outcome, next
 		return nil, err
 	}
 	st.Base = base
-	return planBatch(t, outs, &src, st, next, true), nil
+	p := planBatch(t, outs, &src, st, next, true)
+	p.epoch = pos.Epoch
+	return p, nil
 }
 
 // applyValues writes the plan's values through the Publisher. It may be
@@ -131,14 +149,22 @@ func (w *Writer) runCluster(ctx context.Context, t Target, in <-chan feed.Batch,
 			t0 := time.Now()
 			outs := projectAll(t, b.Records)
 			var p *Plan
+			var lost error
 			err := Retry(ctx, func() error {
 				mu.Lock()
 				snap := append([]*Plan(nil), pending...)
 				mu.Unlock()
 				var err error
 				p, err = w.planCluster(ctx, t, outs, b.Next, snap)
+				if errors.Is(err, ErrBookkeepingLost) {
+					lost = err // retrying cannot help: the caller looks again
+					return nil
+				}
 				return err
 			}, onErr)
+			if err == nil {
+				err = lost
+			}
 			if err != nil {
 				errc <- err
 				return
@@ -179,6 +205,9 @@ func (w *Writer) runCluster(ctx context.Context, t Target, in <-chan feed.Batch,
 		mu.Lock()
 		pending = pending[1:]
 		mu.Unlock()
+		if x.p.next >= 0 {
+			w.advanceMark(t, x.p.epoch, x.p.next, x.p.base)
+		}
 		if committed != nil {
 			committed(x.p.next, x.p.stats, time.Since(x.t0))
 		}

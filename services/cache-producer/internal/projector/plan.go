@@ -188,7 +188,8 @@ type Plan struct {
 	// plans overlay (the Cluster pipeline, see state.go).
 	written map[string]int64
 	next    int64
-	base    int64 // State.Base
+	base    int64  // State.Base
+	epoch   string // the generation's epoch as read when planned (Cluster; mark.go)
 	stats   Stats
 }
 

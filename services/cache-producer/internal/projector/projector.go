@@ -116,6 +116,7 @@ type Writer struct {
 
 	mu     sync.Mutex
 	caches map[string]*indexCache // by Target.String()
+	marks  map[string]Mark        // by Target.String() (mark.go)
 }
 
 // Option configures a Writer.

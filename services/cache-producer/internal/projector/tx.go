@@ -20,8 +20,9 @@ import (
 // optimistic transaction instead of the three version-guarded steps that a
 // Redis Cluster needs:
 //
-//	WATCH <offset key>; GET <offset key>, <index count>, <layout mark>
-//	                                      → S; records before S are written already
+//	WATCH <offset key>; GET <offset key>, <index count>, <layout mark>, <version base>, <epoch>
+//	                                      → S; records before S are written already;
+//	                                      the epoch and S checked against the Writer's Mark
 //	[HMGET/MGET <index>, GETRANGE <values>] only what the in-memory index
 //	                                      cache cannot answer, under the WATCH
 //	                                      (steps 1 and 2: read the state, plan)
@@ -93,9 +94,10 @@ type txConn struct {
 }
 
 // watchReads are the reads a batch plans with, made under the watch: the
-// generation's offset, index count, index layout mark and version base.
+// generation's offset, index count, index layout mark, version base and
+// epoch.
 type watchReads struct {
-	off, cnt, format, base *redis.StringCmd
+	off, cnt, format, base, epoch *redis.StringCmd
 }
 
 func queueReads(ctx context.Context, pipe redis.Pipeliner, t Target) watchReads {
@@ -104,6 +106,7 @@ func queueReads(ctx context.Context, pipe redis.Pipeliner, t Target) watchReads 
 		cnt:    pipe.Get(ctx, ledger.IndexCountKey(t.Projection, t.Generation)),
 		format: pipe.Get(ctx, ledger.IndexFormatKey(t.Projection, t.Generation)),
 		base:   pipe.Get(ctx, ledger.VersionBaseKey(t.Projection, t.Generation)),
+		epoch:  pipe.Get(ctx, ledger.EpochKey(t.Projection, t.Generation)),
 	}
 }
 
@@ -261,6 +264,10 @@ type head struct {
 	marked   bool  // the bucketed layout's mark exists
 	bucketed bool  // the index layout (ledger.Layout)
 	base     int64 // the version base (0 when none is stored)
+	epoch    string
+	// newEpoch, when not empty, is stored as the epoch by the batch's
+	// commit (none is stored).
+	newEpoch string
 }
 
 // readHead parses the reads of rd.
@@ -282,6 +289,9 @@ func (w *Writer) readHead(t Target, rd watchReads) (head, error) {
 		if h.base, err = ledger.ParseVersionBase(rd.base.Val()); err != nil {
 			return head{}, fmt.Errorf("%s: %w", t, err)
 		}
+	}
+	if rd.epoch.Err() == nil {
+		h.epoch = rd.epoch.Val()
 	}
 	h.bucketed = w.ledger.Bucketed(ledger.Layout{OffsetKnown: h.known, Marked: h.marked})
 	return h, nil
@@ -316,6 +326,10 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			if h, err = w.readHead(t, rd); err != nil {
 				return err
 			}
+			if err := w.checkMark(t, h.known, h.offset, h.epoch); err != nil {
+				_ = tx.Do(ctx, "UNWATCH").Err()
+				return err
+			}
 			if from >= 0 && h.known && h.offset < from {
 				// Records between the stored offset and the batch were
 				// never written here: the offset was moved back (a rebuild
@@ -326,6 +340,9 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			cache.sync(h, end, w.cacheMax)
 			if todo = h.unwritten(outs); len(todo) == 0 && h.known && next <= h.offset {
 				return tx.Do(ctx, "UNWATCH").Err() // written already (a replay, or another writer)
+			}
+			if h.epoch == "" && next >= 0 {
+				h.newEpoch = ledger.NewEpoch() // a first commit, or bookkeeping from before epochs
 			}
 			src := groupSources(todo)
 			st, err := readState(todo, &src, nil, cache.reader(ctx, w.ledger, tx, t, h), w.versionsOn(ctx, tx, t))
@@ -348,14 +365,19 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 		}
 		// 4. Record the outcome.
 		stored, st := h.offset, Stats{Records: len(outs), Skipped: len(outs)}
+		epoch := h.epoch
 		if p != nil {
 			if next >= 0 {
 				stored = next
+			}
+			if h.newEpoch != "" {
+				epoch = h.newEpoch
 			}
 			cache.apply(p, stored, w.cacheMax)
 			st = p.stats
 			st.Records, st.Skipped = len(outs), len(outs)-len(todo)
 		}
+		w.advanceMark(t, epoch, stored, h.base)
 		if w.fault != nil {
 			if err := w.fault(ctx, t, AfterValues); err != nil {
 				return Stats{}, 0, err
@@ -391,6 +413,7 @@ func (w *Writer) execTx(ctx context.Context, exec execFn, t Target, p *Plan, h h
 		}
 		c := p.commit()
 		c.Bucketed, c.Mark = h.bucketed, h.bucketed && !h.marked
+		c.Epoch = h.newEpoch
 		if fresh := !h.known; fresh || h.counted {
 			c.Count, c.CountFresh = true, fresh
 			for _, sl := range p.slots {
@@ -473,7 +496,7 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan feed.Batch, onEr
 		err := Retry(ctx, func() error {
 			var err error
 			st, stored, err = w.writeTx(ctx, tc, t, p.outs, p.from, p.next, p.end)
-			if errors.Is(err, ErrPositionMoved) {
+			if errors.Is(err, ErrPositionMoved) || errors.Is(err, ErrBookkeepingLost) {
 				moved = err // retrying cannot help: the caller reads again
 				return nil
 			}

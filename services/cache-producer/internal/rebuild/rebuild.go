@@ -7,8 +7,10 @@
 //     offset counts in the old topic, so it is past the new topic's end (the
 //     consumer would wait there forever while its lag reads 0) or, worse,
 //     inside it (the consumer would skip the new topic's first records);
-//   - Redis lost a generation's offset or index (ReasonDataLoss, for the
-//     high-availability work of issue #15).
+//   - Redis lost the generation's data (ReasonDataLoss, issue #15): a
+//     restart without persistence, a FLUSHALL, a failover to an empty or
+//     older replica. Lost tells it from a generation nothing was written to
+//     yet (see "Data loss" below).
 //
 // # Versions
 //
@@ -58,6 +60,27 @@
 // a marker, which the topic ID check starts again on brokers with topic IDs
 // (without them, keys the new topic lacks would stay until the next
 // rebuild).
+//
+// # Data loss
+//
+// Each generation's bookkeeping has an epoch (ledger.EpochKey), created with
+// its offset and replaced by every Begin; the producer remembers the epoch
+// and the offset it committed (projector.Mark) and every batch reads both,
+// in the round trip that reads the offset. Lost decides: the offset gone,
+// the epoch gone or another one (unless another producer's rebuild stored
+// it: its marker names that epoch), or the offset below what this producer
+// committed, is a loss. A producer that starts with no memory of the
+// generation relies on the registry: a generation in tailing, live or
+// retiring whose registry row records a backfill (a backfill offset above
+// 0) must have an offset in Redis, since the backfill stored it; none means
+// the data was lost, and starting at the registry's backfill offset would
+// skip every record before it without a word. Either way the generation is
+// rebuilt from the log start with a new epoch, and its base is raised above
+// every version it may have held: the change stream's last version is lost
+// with the rest, so Begin also takes the Writer's Mark (base + committed
+// offset) and, for a data loss, ClockFloor, which exceeds every base an
+// earlier rebuild can have set unless the clock went back or two losses come
+// less than about a second apart per million offsets.
 //
 // The generation's number, its registry row and its pointer do not change:
 // nobody else takes part. Its consumer does (package fanout): it detects a
@@ -116,22 +139,71 @@ func Check(offset int64, storedID string, b feed.Bounds) (Cause, bool) {
 	return Cause{}, false
 }
 
+// Lost tells whether generation t's bookkeeping as stored (pos, and its
+// rebuild in progress rb when rebuilding) shows that Redis lost its data,
+// given what this producer knows of it (mark, when marked) and the
+// registry's backfill offset of the generation (backfilled; 0 when it
+// records none). See "Data loss" above.
+func Lost(t projector.Target, mark projector.Mark, marked bool, pos ledger.Position, rb ledger.Rebuild, rebuilding bool, backfilled int64) (Cause, bool) {
+	lost := func(format string, args ...any) (Cause, bool) {
+		return Cause{Reason: ReasonDataLoss, Detail: "data loss: " + fmt.Sprintf(format, args...)}, true
+	}
+	if marked {
+		why := mark.Differs(pos.OffsetKnown, pos.Offset, pos.Epoch)
+		switch {
+		case why == "":
+			return Cause{}, false
+		case pos.OffsetKnown && pos.Epoch != "" && rebuilding && rb.Epoch == pos.Epoch:
+			return Cause{}, false // another producer rebuilt it: its new epoch
+		}
+		return lost("%s: %s", t, why)
+	}
+	switch {
+	case !pos.OffsetKnown && backfilled > 0:
+		return lost("%s has no offset in Redis, but the registry records its backfill to offset %d", t, backfilled)
+	case !pos.OffsetKnown && pos.Epoch != "":
+		return lost("%s: its offset is gone (its epoch %s is left)", t, pos.Epoch)
+	}
+	return Cause{}, false
+}
+
+// ClockFloor is a version base that grows with the clock: the time in
+// milliseconds, times 2^20. A data-loss rebuild raises the base to at least
+// it, because what bounded the versions the generation held (its base, its
+// offset, its change stream) may be lost with the rest. It stays below
+// 2^63 until the year 2248.
+func ClockFloor(now time.Time) int64 { return now.UnixMilli() << 20 }
+
 // Begin starts rebuilding generation t from the start of its topic, whose
 // bounds are b: it raises the version base above every version the
-// generation holds, sets the offset to b.Start, stores the rebuild
+// generation holds (its stored base and offset, the change stream's last
+// version, what w's Mark says it committed, and ClockFloor for a data
+// loss), sets the offset to b.Start under a new epoch, stores the rebuild
 // (ledger.Rebuild, ending at b.End) and b.ID as the generation's topic
-// incarnation, and drops w's in-memory index of t. The generation's writer
-// in this process must be stopped.
+// incarnation, drops w's in-memory index of t and marks the new
+// bookkeeping in w. The generation's writer in this process must be
+// stopped.
 func Begin(ctx context.Context, w *projector.Writer, t projector.Target, c Cause, b feed.Bounds) (ledger.Rebuild, error) {
 	floor, err := streamVersion(ctx, w.Ledger().Client(), t)
 	if err != nil {
 		return ledger.Rebuild{}, fmt.Errorf("begin rebuild of %s: %w", t, err)
 	}
+	if m, ok := w.Mark(t); ok {
+		floor = max(floor, m.Base+m.Offset)
+	}
+	now := time.Now()
+	if c.Reason == ReasonDataLoss {
+		floor = max(floor, ClockFloor(now))
+	}
 	w.Forget(t)
 	rb, err := w.Ledger().BeginRebuild(ctx, t.Projection, t.Generation, ledger.BeginRebuild{
-		Reason: c.Reason, Detail: c.Detail, Start: b.Start, End: b.End, TopicID: b.ID, Floor: floor, Now: time.Now(),
+		Reason: c.Reason, Detail: c.Detail, Start: b.Start, End: b.End, TopicID: b.ID, Floor: floor,
+		Epoch: ledger.NewEpoch(), Now: now,
 	})
 	w.Forget(t)
+	if err == nil {
+		w.SetMark(t, projector.Mark{Epoch: rb.Epoch, Offset: rb.Start, Base: rb.Base})
+	}
 	return rb, err
 }
 
