@@ -9,6 +9,11 @@
 //     workflows.BackfillProgress. When it returns, the workflow moves the
 //     generation to state tailing and the live consumers (package fanout)
 //     continue from the offset the backfill stored in Redis.
+//     A retried attempt resumes at its last heartbeat only while Redis
+//     holds the generation's offset at or past it; otherwise Redis lost what
+//     the attempts before wrote and the backfill starts over (a batch that
+//     finds the generation's bookkeeping gone fails the attempt:
+//     projector.ErrBookkeepingLost).
 //   - workflows.ActivityCaughtUp tells whether a tailing generation has
 //     consumed everything that was in the topic when the check started: it
 //     captures the end offset E (ListEndOffsets) first, then waits a little
@@ -122,6 +127,21 @@ func (a *Activities) Backfill(ctx context.Context, p workflows.BackfillParams) (
 		pr = workflows.BackfillProgress{Offset: max(p.StartOffset, 0), EndOffset: end}
 	}
 	log := a.log().With("projection", p.Projection, "generation", p.Generation, "topic", p.Topic)
+	if start := max(p.StartOffset, 0); resumed && pr.Offset > start {
+		// The last heartbeat counts only if Redis still holds what the attempts before wrote:
+		// each heartbeat follows a commit, so an offset gone or behind it means Redis lost the
+		// generation's data (a restart without persistence, a FLUSHALL), and resuming would
+		// leave out every record before the heartbeat.
+		pos, err := a.Writer.Ledger().Position(ctx, p.Projection, p.Generation)
+		if err != nil {
+			return pr, err
+		}
+		if !pos.OffsetKnown || pos.Offset < pr.Offset {
+			log.Warn("the generation's offset in Redis is gone or behind the last heartbeat (Redis lost data): the backfill starts over",
+				"heartbeat_offset", pr.Offset, "stored_offset", pos.Offset, "stored", pos.OffsetKnown)
+			pr = workflows.BackfillProgress{Offset: start, EndOffset: pr.EndOffset}
+		}
+	}
 	log.Info("backfill starting", "offset", pr.Offset, "end_offset", pr.EndOffset, "resumed", resumed)
 	activity.RecordHeartbeat(ctx, pr.Heartbeat())
 
