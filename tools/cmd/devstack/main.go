@@ -3,7 +3,8 @@
 // project's own loopback ports under a run directory (default .run), with logs and PID files.
 //
 //	devstack up       start what is not running yet (idempotent), wait until healthy
-//	devstack status   print each component with its address, pid and health
+//	devstack status   print each component with its address, pid and health (a service's
+//	                  readiness, and the generations the cache-producer is rebuilding)
 //	devstack down     stop what the stack started (only processes named in its PID files)
 //	devstack env      print the stack's connection settings as shell variables
 //	devstack install  install PostgreSQL and Redis when missing (apt-get, as root on Debian)
@@ -261,7 +262,11 @@ func (s *stack) status(ctx context.Context) error {
 		if pid == 0 {
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.name, c.addr, pid, "running")
+		rep := reportService(ctx, c.addr)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.name, c.addr, pid, rep.health)
+		for _, r := range rep.rebuilds {
+			fmt.Fprintf(tw, "\t\t\t%s\n", r)
+		}
 	}
 	for _, c := range s.components() {
 		pid := devstack.RunningPID(c.pidFile)
