@@ -84,7 +84,7 @@ type Store struct {
 	pool *pgxpool.Pool
 }
 
-// New returns a Store over pool. The schema must be migrated (migrations.Up).
+// New returns a Store over pool. The schema must be migrated (the control set of migrations).
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
 // Ping checks the database.
