@@ -350,8 +350,9 @@ func TestTemporalSearchAttributes(t *testing.T) {
 	}, "EnsureSearchAttributes registered %v", want)
 }
 
-// TestChromiumReadsAPage: EnsureChromium finds (or installs) a browser, which runs a page's
-// script before DumpDOM reads it and writes a PNG with Screenshot.
+// TestChromiumReadsAPage: EnsureChromium finds (or installs) a browser; a Page waits until the
+// text a script writes late is there (and reads a sandboxed frame's, as the Temporal UI renders
+// markdown), reads the DOM and writes a PNG.
 func TestChromiumReadsAPage(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -361,24 +362,35 @@ func TestChromiumReadsAPage(t *testing.T) {
 		t.Fatalf("EnsureChromium: %v", err)
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprint(w, `<html><body><div id="x">static</div><script>
-setTimeout(function(){document.getElementById("x").textContent="rendered by script"}, 500)</script></body></html>`)
+		fmt.Fprint(w, `<html><body><div id="x">static</div><iframe sandbox srcdoc="<p>inside a sandboxed frame</p>"></iframe><script>
+setTimeout(function(){document.getElementById("x").textContent="rendered by script"}, 1500)</script></body></html>`)
 	}))
 	defer srv.Close()
-	br := devstack.Chromium{Path: path, VirtualTimeMS: 2000, Width: 640, Height: 480}
-	dom, err := br.DumpDOM(ctx, srv.URL)
+	page, err := devstack.Chromium{Path: path, Width: 640, Height: 480}.Open(ctx, srv.URL)
 	if err != nil {
-		t.Fatalf("DumpDOM: %v", err)
+		t.Fatalf("Open: %v", err)
 	}
-	if !strings.Contains(dom, "rendered by script") {
-		t.Errorf("DumpDOM = %q, want the text the script wrote", dom)
+	defer page.Close()
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if _, err := page.WaitForText(wctx, "rendered by script", "inside a sandboxed frame"); err != nil {
+		t.Fatalf("WaitForText: %v", err)
+	}
+	html, err := page.HTML(ctx)
+	if err != nil || !strings.Contains(html, `<div id="x">rendered by script</div>`) {
+		t.Errorf("HTML = %q, %v; want the text the script wrote", html, err)
 	}
 	png := filepath.Join(t.TempDir(), "page.png")
-	if err := br.Screenshot(ctx, srv.URL, png); err != nil {
+	if err := page.Screenshot(ctx, png); err != nil {
 		t.Fatalf("Screenshot: %v", err)
 	}
 	b, err := os.ReadFile(png)
 	if err != nil || !bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) {
 		t.Errorf("screenshot is not a PNG (%d bytes, %v)", len(b), err)
+	}
+	short, scancel := context.WithTimeout(ctx, time.Second)
+	defer scancel()
+	if _, err := page.WaitForText(short, "never written"); err == nil || !strings.Contains(err.Error(), "never written") {
+		t.Errorf("WaitForText of absent text = %v, want an error naming it", err)
 	}
 }

@@ -62,7 +62,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	dir := fs.String("dir", ".run", "run directory for data, logs and PID files")
 	offset := fs.Int("port-offset", 0, "added to every default port (to run a second stack beside the first)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: devstack [-dir .run] [-port-offset N] up|down|status|env|install")
+		fmt.Fprintln(fs.Output(), "usage: devstack [-dir .run] [-port-offset N] up|down|status|env|install|install-chromium")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
-		return errors.New("want exactly one command: up, down, status, env or install")
+		return errors.New("want exactly one command: up, down, status, env, install or install-chromium")
 	}
 	abs, err := filepath.Abs(*dir)
 	if err != nil {
@@ -93,6 +93,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return s.printEnv()
 	case "install":
 		return devstack.EnsureInstalled(ctx)
+	case "install-chromium":
+		// The headless browser of `make screenshot` (not needed by the stack itself).
+		path, err := devstack.EnsureChromium(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, "chromium:", path)
+		return nil
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", fs.Arg(0))
