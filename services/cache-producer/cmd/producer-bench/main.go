@@ -7,7 +7,12 @@
 //   - fan-out: events/s from the broker into Redis for one topic feeding two
 //     projections (fanout.Manager, new generations each run);
 //   - replay: a topic replayed into a new generation (backfill.Replay), the
-//     Backfill activity's path.
+//     Backfill activity's path;
+//   - rebuild: a generation built by a replay and kept by a live consumer
+//     (fanout.Manager), then Redis emptied (FLUSHALL): the time from the
+//     FLUSHALL until the consumer has noticed the loss and rebuilt the
+//     generation in place (issue #15), with the replay of the same records
+//     in the same run as its peer.
 //
 // It starts its own redis-server and kafkad (tools/devstack) unless -redis
 // and -kafka name running ones. -n sets the topic size of the fan-out runs;
@@ -133,7 +138,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	redisAddr := fs.String("redis", "", "use this Redis instead of starting one")
 	kafkaAddr := fs.String("kafka", "", "use this broker instead of starting one")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
-	only := fs.String("only", "", "run only this measurement: raw, apply, multi, fanout, read, replay")
+	only := fs.String("only", "", "run only this measurement: raw, apply, multi, fanout, read, replay, rebuild (with replay, its peer)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -197,7 +202,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	want := func(name string) bool { return *only == "" || *only == name || name == "raw" }
+	want := func(name string) bool {
+		return *only == "" || *only == name || name == "raw" || *only == "rebuild" && name == "replay"
+	}
 
 	var results []result
 	// The peer runs as a plain go-redis program would, with Go's default
@@ -412,6 +419,31 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		results = append(results, rep)
 	}
 
+	// Each rebuild run first builds its generation with a replay of the same records, timed: the
+	// peer measured next to it, so a machine whose speed drifts affects both alike.
+	pairedReplay := result{name: "replay into a new generation (paired)", n: *replayN, note: "the replay each rebuild run starts from"}
+	reb := result{name: "rebuild after FLUSHALL (data loss)", n: *replayN, note: "FLUSHALL → rebuilt, noticing included"}
+	var detects, rebuildOnly []time.Duration
+	var rebuildPaired, rebuildSelfPaired []float64
+	for run := range *runs {
+		if !want("rebuild") {
+			break
+		}
+		replayed, took, detect, err := rebuildRun(ctx, rdb, pub, led, kopts, replayTopic, *replayN, *replayBatch, *batch, int64(200+run), out)
+		if err != nil {
+			return err
+		}
+		pairedReplay.times = append(pairedReplay.times, replayed)
+		reb.times = append(reb.times, took)
+		detects = append(detects, detect)
+		rebuildOnly = append(rebuildOnly, took-detect)
+		rebuildPaired = append(rebuildPaired, replayed.Seconds()/took.Seconds())
+		rebuildSelfPaired = append(rebuildSelfPaired, replayed.Seconds()/(took-detect).Seconds())
+	}
+	if len(reb.times) > 0 {
+		results = append(results, pairedReplay, reb)
+	}
+
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "measurement\trecords\truns\tmedian time\tmedian rate (/s)\tratio to raw SET\tRedis CPU µs/record\tnote\t")
 	for _, r := range results {
@@ -433,7 +465,119 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(rep.times) > 0 {
 		fmt.Fprintf(out, "replay of %d records: median %v (goal for 1,000,000: <= 10s)\n", *replayN, rep.median().Round(time.Millisecond))
 	}
+	if len(reb.times) > 0 {
+		d, r := result{times: detects}, result{n: *replayN, times: rebuildOnly}
+		fmt.Fprintf(out, "rebuild of %d records after FLUSHALL: median %v = %.0f records/s (goal for 1,000,000: <= 20s); loss noticed after %v (median), rebuild itself %v = %.0f records/s",
+			*replayN, reb.median().Round(time.Millisecond), reb.rate(), d.median().Round(time.Millisecond), r.median().Round(time.Millisecond), r.rate())
+		ratios := func(rs []float64) (float64, string) {
+			sorted := slices.Clone(rs)
+			slices.Sort(sorted)
+			parts := make([]string, len(rs))
+			for i, r := range rs {
+				parts[i] = fmt.Sprintf("%.2f", r)
+			}
+			return sorted[len(sorted)/2], strings.Join(parts, " ")
+		}
+		all, allRuns := ratios(rebuildPaired)
+		self, selfRuns := ratios(rebuildSelfPaired)
+		fmt.Fprintf(out, "; against the paired replay (median ratio of rates): %.2f× with the noticing (runs %s), %.2f× the rebuild itself (runs %s)\n",
+			all, allRuns, self, selfRuns)
+	}
 	return nil
+}
+
+// rebuildRun builds generation gen of byEmail from topic (n records) with a replay, lets a live
+// consumer take it over, empties Redis (FLUSHALL) and returns the time until the consumer has
+// rebuilt the generation (its rebuild swept, its offset back at n), and the part of it before the
+// consumer noticed the loss. The generation's index count before and after must agree.
+func rebuildRun(ctx context.Context, rdb *redis.Client, pub *distcache.Publisher, led *ledger.Ledger, kopts []kgo.Opt,
+	topic string, n, replayBatch, batch int, gen int64, out io.Writer) (replayed, took, detect time.Duration, err error) {
+	took, detect, err = func() (time.Duration, time.Duration, error) {
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			return 0, 0, err
+		}
+		runtime.GC()
+		t0 := time.Now()
+		t, err := fanout.CompileTarget(byEmail.Name, gen, byEmail)
+		if err != nil {
+			return 0, 0, err
+		}
+		w := projector.NewWriter(pub, led)
+		if _, err := backfill.Replay(ctx, backfill.ReplayConfig{KafkaOpts: kopts, Writer: w, BatchSize: replayBatch},
+			t, topic, workflows.BackfillProgress{EndOffset: int64(n)}, nil); err != nil {
+			return 0, 0, err
+		}
+		replayed = time.Since(t0)
+		return rebuildAfterLoss(ctx, rdb, w, t, kopts, topic, n, batch, gen, out)
+	}()
+	return replayed, took, detect, err
+}
+
+// rebuildAfterLoss is the rest of rebuildRun, once generation t is replayed through w.
+func rebuildAfterLoss(ctx context.Context, rdb *redis.Client, w *projector.Writer, t projector.Target, kopts []kgo.Opt,
+	topic string, n, batch int, gen int64, out io.Writer) (took, detect time.Duration, err error) {
+	countKey := ledger.IndexCountKey(byEmail.Name, gen)
+	before, err := rdb.Get(ctx, countKey).Result()
+	if err != nil {
+		return 0, 0, fmt.Errorf("index count after the replay: %w", err)
+	}
+	m, err := fanout.NewManager(fanout.Config{KafkaOpts: kopts, Writer: w, BatchSize: batch})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer m.Close()
+	m.Update(ctx, []fanout.Generation{{Target: t, Topic: topic, State: workflows.StateLive, StartOffset: int64(n)}})
+	status := func() fanout.Status {
+		for _, s := range m.Statuses() {
+			if s.Generation == gen {
+				return s
+			}
+		}
+		return fanout.Status{}
+	}
+	poll := func(what string, limit time.Duration, cond func(fanout.Status) bool) error {
+		deadline := time.Now().Add(limit)
+		for !cond(status()) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: not within %v (status %+v)", what, limit, status())
+			}
+			time.Sleep(2 * time.Millisecond) // polling a benchmark's end, not a test
+		}
+		return nil
+	}
+	if err := poll("the live consumer takes the generation", time.Minute, func(s fanout.Status) bool { return s.Next == int64(n) }); err != nil {
+		return 0, 0, err
+	}
+	t0 := time.Now()
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		return 0, 0, err
+	}
+	if err := poll("the loss noticed", time.Minute, func(s fanout.Status) bool { return s.Rebuild != nil }); err != nil {
+		return 0, 0, err
+	}
+	detect = time.Since(t0)
+	if err := poll("the generation rebuilt", 10*time.Minute, func(s fanout.Status) bool { return s.Rebuild == nil && s.Next == int64(n) }); err != nil {
+		return 0, 0, err
+	}
+	took = time.Since(t0)
+	after, err := rdb.Get(ctx, countKey).Result()
+	if err != nil {
+		return 0, 0, fmt.Errorf("index count after the rebuild: %w", err)
+	}
+	if after != before {
+		return 0, 0, fmt.Errorf("the rebuilt generation has %s index entries, the replayed one had %s", after, before)
+	}
+	fmt.Fprintf(out, "rebuild run g%d: %d index entries before and after; FLUSHALL noticed after %v, rebuilt after %v\n",
+		gen, mustAtoi(after), detect.Round(time.Millisecond), took.Round(time.Millisecond))
+	return took, detect, nil
+}
+
+func mustAtoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }
 
 // benchFields is what the fan-out decodes of each payload: the fields the
