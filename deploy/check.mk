@@ -34,7 +34,8 @@ KUBE_VERSION ?= 1.33.0
 OPTIONS_VALUES := --set redis.mode=sentinel --set redis.sentinel.masterName=distcache \
   --set 'redis.sentinel.addrs={sentinel-0:26379,sentinel-1:26379}' --set redis.sentinel.username=watcher \
   --set redis.sentinel.password.existingSecret=redis-sentinel --set redis.username=distcache --set redis.tls=true \
-  --set redis.password.existingSecret=redis --set kafka.tls.enabled=true --set kafka.tls.existingSecret=kafka-tls \
+  --set redis.password.existingSecret=redis --set redis.tlsSecret.existingSecret=redis-tls --set redis.tlsSecret.certKey=tls.crt \
+  --set redis.tlsSecret.keyKey=tls.key --set kafka.tls.enabled=true --set kafka.tls.existingSecret=kafka-tls \
   --set kafka.tls.certKey=tls.crt --set kafka.tls.keyKey=tls.key --set kafka.sasl.mechanism=PLAIN \
   --set kafka.sasl.username=distcache --set kafka.sasl.password.existingSecret=kafka-user \
   --set temporal.tls.enabled=true --set temporal.tls.existingSecret=temporal-tls --set temporal.tls.caKey=ca.crt \

@@ -127,6 +127,22 @@ Every service reads the same <PREFIX>_REDIS_* variables (libs/svcconfig/rediscon
 {{- if $r.tls }}
 - name: {{ .prefix }}REDIS_TLS
   value: "true"
+{{- if $r.tlsSecret.existingSecret }}
+{{- with $r.tlsSecret.caKey }}
+- name: {{ $.prefix }}REDIS_TLS_CA_FILE
+  value: {{ printf "/etc/distcache/redis-tls/%s" . | quote }}
+{{- end }}
+{{- if and $r.tlsSecret.certKey $r.tlsSecret.keyKey }}
+- name: {{ .prefix }}REDIS_TLS_CERT_FILE
+  value: {{ printf "/etc/distcache/redis-tls/%s" $r.tlsSecret.certKey | quote }}
+- name: {{ .prefix }}REDIS_TLS_KEY_FILE
+  value: {{ printf "/etc/distcache/redis-tls/%s" $r.tlsSecret.keyKey | quote }}
+{{- else if or $r.tlsSecret.certKey $r.tlsSecret.keyKey }}
+{{- fail "redis.tlsSecret: set certKey and keyKey together" }}
+{{- end }}
+{{- end }}
+{{- else if $r.tlsSecret.existingSecret }}
+{{- fail "redis.tlsSecret needs redis.tls: true" }}
 {{- end }}
 {{- with $r.username }}
 - name: {{ $.prefix }}REDIS_USERNAME
@@ -211,6 +227,21 @@ readinessProbe:
 - name: {{ $.prefix }}TEMPORAL_API_KEY
   valueFrom:
     secretKeyRef: {name: {{ . | quote }}, key: {{ $t.apiKey.key | quote }}}
+{{- end }}
+{{- end -}}
+{{- define "distcache.redisTLSVolume" -}}
+{{- if and .Values.redis.tls .Values.redis.tlsSecret.existingSecret -}}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.redis.tlsSecret.existingSecret | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+{{- define "distcache.redisTLSMount" -}}
+{{- if and .Values.redis.tls .Values.redis.tlsSecret.existingSecret -}}
+- name: redis-tls
+  mountPath: /etc/distcache/redis-tls
+  readOnly: true
 {{- end }}
 {{- end -}}
 {{- define "distcache.temporalTLSVolume" -}}
