@@ -12,14 +12,14 @@ MODULES := $(shell $(GO) work edit -json | sed -n 's/^[[:space:]]*"DiskPath": "\
 PKGS := $(foreach m,$(MODULES),$(PREFIX)/$(m)/...)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build tools setup up down status env migrate test fuzz lint openapi-lint modcheck archcheck demo bench proto deploy-check clean help compose-up compose-down chaos
+.PHONY: all build tools setup up down status env migrate test fuzz lint openapi-lint modcheck archcheck demo bench proto deploy-check clean help compose-up compose-down chaos screenshot
 
 all: build
 
 help:
 	@echo "make demo    run the whole pipeline on the embedded local stack"
 	@echo "make test    run every test (installs and starts what it needs)"
-	@echo "make up | down | status | migrate | lint | modcheck | bench | chaos | fuzz | proto | deploy-check | compose-up | compose-down"
+	@echo "make up | down | status | migrate | lint | modcheck | bench | chaos | fuzz | proto | deploy-check | compose-up | compose-down | screenshot"
 
 ## build: compile every module
 build:
@@ -129,6 +129,14 @@ modcheck:
 demo:
 	$(MAKE) --no-print-directory up
 	$(GO) run ./examples/demo -run-dir $(RUN)
+
+## screenshot: a running backfill's page in the Temporal UI (User Metadata: its current details),
+## opened and photographed by a headless Chromium (installed with apt-get when missing, as setup
+## installs PostgreSQL and Redis) -> docs/img/temporal-backfill.png; the test checks the page's text
+SCREENSHOT ?= $(CURDIR)/docs/img/temporal-backfill.png
+screenshot: setup
+	$(BIN)/devstack install-chromium
+	set -o pipefail; DISTCACHE_SCREENSHOT=$(SCREENSHOT) $(GO) test -count=1 -run '^TestTemporalUIShowsBackfill$$' -v $(PREFIX)/services/control-plane | grep -E '^(--- |ok|FAIL)|screenshot of'
 
 ## bench: one table of the pipeline and its parts -> bench/results/latest.md + latency.png,
 ## compared with e2e/baseline.json (BENCH_FLAGS=-quick for a short run, -strict to fail on a >20% regression)

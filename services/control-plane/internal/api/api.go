@@ -10,10 +10,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
@@ -50,6 +54,15 @@ type Temporal interface {
 	GetWorkflow(ctx context.Context, workflowID, runID string) client.WorkflowRun
 }
 
+// Operator is implemented by client.Client: the API asks its operator service which search
+// attributes the namespace has before it starts a workflow that would set them. A Temporal
+// without it counts as a namespace without them.
+type Operator interface {
+	OperatorService() operatorservice.OperatorServiceClient
+}
+
+var _ Operator = client.Client(nil)
+
 // Settings are the service's knobs (see package config for their variables and defaults).
 type Settings struct {
 	Namespace      string
@@ -84,6 +97,11 @@ type Service struct {
 	catalog modelcatalog.Catalog
 	set     Settings
 	log     *slog.Logger
+
+	saMu      sync.Mutex
+	saOK      bool      // the namespace had workflows.SearchAttributes at saChecked
+	saChecked time.Time // zero: never checked
+	saMissing string    // what the last warning named ("": none given)
 }
 
 var _ pb.ControlPlaneServer = (*Service)(nil)
@@ -308,6 +326,48 @@ func alreadyRunning(name, id string) error {
 
 // ---- workflows ----
 
+// searchAttrsTTL is how long the answer of a search attribute check holds: a namespace whose
+// attributes are registered while the service runs gets them on its next workflows within it.
+const searchAttrsTTL = time.Minute
+
+// searchAttributes reports whether the namespace has workflows.SearchAttributes registered (with
+// their types), asking Temporal's operator service at most once per searchAttrsTTL. Workflows
+// are given them only then: the server fails every workflow task that upserts an attribute it
+// does not know, and refuses a start that names one. Missing attributes are logged once, with
+// what to run.
+func (s *Service) searchAttributes(ctx context.Context) bool {
+	s.saMu.Lock()
+	defer s.saMu.Unlock()
+	if !s.saChecked.IsZero() && time.Since(s.saChecked) < searchAttrsTTL {
+		return s.saOK
+	}
+	op, ok := s.tc.(Operator)
+	if !ok {
+		s.saOK, s.saChecked = false, time.Now()
+		return false
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	resp, err := op.OperatorService().ListSearchAttributes(cctx, &operatorservice.ListSearchAttributesRequest{Namespace: s.set.Namespace})
+	if err != nil {
+		// Not cached: the next start asks again.
+		s.log.Warn("list search attributes; starting the workflow without them", "err", err)
+		return false
+	}
+	missing := workflows.MissingSearchAttributes(resp.GetCustomAttributes())
+	s.saOK, s.saChecked = len(missing) == 0, time.Now()
+	if m := strings.Join(missing, ", "); m != s.saMissing {
+		s.saMissing = m
+		if m != "" {
+			s.log.Warn("the Temporal namespace lacks distcache's search attributes: workflows start without them, so the UI cannot filter builds by projection or phase; register them (docs/operations.md)",
+				"namespace", s.set.Namespace, "missing", m)
+		} else {
+			s.log.Info("the Temporal namespace has distcache's search attributes", "namespace", s.set.Namespace)
+		}
+	}
+	return s.saOK
+}
+
 func (s *Service) workflowPB(id, runID string) *pb.Workflow {
 	return &pb.Workflow{WorkflowId: id, RunId: runID, UiUrl: s.uiURL(id, runID)}
 }
@@ -340,6 +400,10 @@ func (s *Service) startBuild(ctx context.Context, d projection.Definition, reaso
 	id := workflows.BuildWorkflowID(d.Name)
 	opts := s.startOptions(id, reason+" projection "+d.Name)
 	opts.Memo = map[string]interface{}{"projection": d.Name, "reason": reason}
+	sa := s.searchAttributes(ctx)
+	if sa {
+		opts.TypedSearchAttributes = workflows.StartSearchAttributes(d.Name, 0, workflows.PhaseAllocating)
+	}
 	run, err := s.tc.ExecuteWorkflow(ctx, opts, workflows.WorkflowBuild, workflows.BuildParams{
 		Definition:       d,
 		Topic:            events.Topic(s.set.TopicPrefix, d.Model),
@@ -348,6 +412,7 @@ func (s *Service) startBuild(ctx context.Context, d projection.Definition, reaso
 		MaxLag:           s.set.MaxLag,
 		CatchUpTimeout:   s.set.CatchUpTimeout,
 		ProgressInterval: s.set.ProgressInterval,
+		SearchAttributes: sa,
 	})
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
 	if errors.As(err, &started) {
@@ -480,7 +545,10 @@ func (s *Service) DeleteProjection(ctx context.Context, req *pb.DeleteProjection
 	}
 	opts := s.startOptions(id, "delete projection "+name)
 	opts.Memo = map[string]interface{}{"projection": name, "reason": "delete"}
-	params := workflows.DeleteParams{Projection: name, Drain: s.set.RetireDrain}
+	params := workflows.DeleteParams{Projection: name, Drain: s.set.RetireDrain, SearchAttributes: s.searchAttributes(ctx)}
+	if params.SearchAttributes {
+		opts.TypedSearchAttributes = workflows.StartSearchAttributes(name, 0, workflows.PhaseDeleting)
+	}
 	if last.running() {
 		// A build: the delete takes its place in one step (Temporal terminates it), so no new
 		// build can slip in between.
@@ -630,7 +698,10 @@ func (s *Service) Rollback(ctx context.Context, req *pb.RollbackRequest) (*pb.Cu
 	return s.movePointer(ctx, workflows.PointerParams{Projection: req.GetName(), Rollback: true})
 }
 
-// movePointer runs PointerWorkflow and waits for its result.
+// movePointer runs PointerWorkflow and waits for its result. A request the registry shows to be
+// impossible (no such generation, one that is not kept up to date, nothing to roll back to) is
+// refused before any workflow starts; the workflow's own checks, under the projection's row
+// lock, still catch a change in between.
 func (s *Service) movePointer(ctx context.Context, p workflows.PointerParams) (*pb.CutoverResponse, error) {
 	op := "cutover"
 	if p.Rollback {
@@ -639,16 +710,29 @@ func (s *Service) movePointer(ctx context.Context, p workflows.PointerParams) (*
 	if err := s.requireTemporal(op); err != nil {
 		return nil, err
 	}
-	if _, err := s.reg.GetProjection(ctx, p.Projection); err != nil {
+	proj, err := s.reg.GetProjection(ctx, p.Projection)
+	if errors.Is(err, registry.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "projection %q does not exist", p.Projection)
+	}
+	if err != nil {
 		return nil, s.grpcError("get projection", err)
 	}
+	target, err := s.checkPointerMove(ctx, proj, p)
+	if err != nil {
+		return nil, err
+	}
 	p.RetireGrace = s.set.RetireGrace
+	p.SearchAttributes = s.searchAttributes(ctx)
 	id := workflows.PointerWorkflowID(p.Projection)
 	summary := fmt.Sprintf("cutover %s to generation %d", p.Projection, p.Generation)
 	if p.Rollback {
-		summary = "rollback " + p.Projection
+		summary = fmt.Sprintf("rollback %s to generation %d", p.Projection, target)
 	}
-	run, err := s.tc.ExecuteWorkflow(ctx, s.startOptions(id, summary), workflows.WorkflowPointer, p)
+	opts := s.startOptions(id, summary)
+	if p.SearchAttributes {
+		opts.TypedSearchAttributes = workflows.StartSearchAttributes(p.Projection, target, "")
+	}
+	run, err := s.tc.ExecuteWorkflow(ctx, opts, workflows.WorkflowPointer, p)
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
 	if errors.As(err, &started) {
 		return nil, alreadyRunning(p.Projection, id)
@@ -667,6 +751,50 @@ func (s *Service) movePointer(ctx context.Context, p workflows.PointerParams) (*
 		PreviousGeneration: res.Previous,
 		Workflow:           s.workflowPB(id, run.GetRunID()),
 	}, nil
+}
+
+// checkPointerMove refuses, from the registry, a pointer move that cannot succeed, with a
+// message saying what is missing; it returns the generation the move targets.
+func (s *Service) checkPointerMove(ctx context.Context, proj registry.Projection, p workflows.PointerParams) (int64, error) {
+	target := p.Generation
+	if p.Rollback {
+		if proj.Previous == 0 {
+			return 0, status.Error(codes.FailedPrecondition, "nothing to roll back to: no previous generation is retained")
+		}
+		target = proj.Previous
+	}
+	if target == proj.Current {
+		return target, nil // cutting over to the current generation changes nothing, and succeeds
+	}
+	gens, err := s.reg.Generations(ctx, proj.Name)
+	if err != nil {
+		return 0, s.grpcError("generations", err)
+	}
+	var kept []string
+	state := ""
+	for _, g := range slices.Backward(gens) { // oldest first
+		if slices.Contains(registry.CutoverStates, g.State) {
+			kept = append(kept, strconv.FormatInt(g.Generation, 10))
+		}
+		if g.Generation == target {
+			state = g.State
+		}
+	}
+	keptList := "none"
+	if len(kept) > 0 {
+		keptList = strings.Join(kept, ", ")
+	}
+	switch {
+	case state == "" && p.Rollback:
+		return 0, status.Errorf(codes.FailedPrecondition, "nothing to roll back to: the previous generation %d no longer exists (kept: %s)", target, keptList)
+	case state == "":
+		return 0, status.Errorf(codes.NotFound, "generation %d does not exist (kept: %s)", target, keptList)
+	case !slices.Contains(registry.CutoverStates, state) && p.Rollback:
+		return 0, status.Errorf(codes.FailedPrecondition, "nothing to roll back to: the previous generation %d is %s (kept: %s)", target, state, keptList)
+	case !slices.Contains(registry.CutoverStates, state):
+		return 0, status.Errorf(codes.FailedPrecondition, "generation %d is %s: a cutover needs a generation that is kept up to date (kept: %s)", target, state, keptList)
+	}
+	return target, nil
 }
 
 // GetStatus implements pb.ControlPlaneServer.
@@ -694,8 +822,9 @@ func (s *Service) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.
 		return nil, s.grpcError("generations", err)
 	}
 	out := &pb.ProjectionStatus{Projection: projectionPB(p)}
+	rebuilds := s.rebuilds(ctx, p.Name)
 	for _, g := range gens {
-		out.Generations = append(out.Generations, &pb.GenerationStatus{
+		gs := &pb.GenerationStatus{
 			Generation: g.Generation,
 			State:      g.State,
 			Definition: toPB(g.Definition),
@@ -703,10 +832,14 @@ func (s *Service) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.
 				RecordsDone: g.RecordsDone, Offset: g.Offset, EndOffset: g.EndOffset,
 				Lag: max(g.EndOffset-g.Offset, 0),
 			},
-			Workflow:  s.workflowPB(g.WorkflowID, ""),
+			Workflow:  s.workflowPB(g.WorkflowID, g.RunID),
 			CreatedAt: timestamppb.New(g.CreatedAt),
 			UpdatedAt: timestamppb.New(g.UpdatedAt),
-		})
+		}
+		if r, ok := rebuilds[g.Generation]; ok {
+			gs.Rebuild = &pb.GenerationRebuild{Reason: r.Reason, Detail: r.Detail, Since: timestamppb.New(r.Since)}
+		}
+		out.Generations = append(out.Generations, gs)
 	}
 	if s.set.TemporalErr == nil || s.set.TemporalErr() == nil {
 		tctx, cancel := context.WithTimeout(ctx, statusTemporalTimeout)
@@ -714,6 +847,30 @@ func (s *Service) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.
 		cancel()
 	}
 	return out, nil
+}
+
+// RebuildReader is implemented by registry.Store: the generations the cache-producer reports it
+// is rebuilding in place (its topic re-created, or Redis lost their data). A Registry without it
+// shows none.
+type RebuildReader interface {
+	Rebuilds(ctx context.Context, name string) (map[int64]registry.Rebuild, error)
+}
+
+var _ RebuildReader = (*registry.Store)(nil)
+
+// rebuilds reads the rebuilds reported for projection name's generations; a failure leaves them
+// out (logged): the rest of the status still holds.
+func (s *Service) rebuilds(ctx context.Context, name string) map[int64]registry.Rebuild {
+	rr, ok := s.reg.(RebuildReader)
+	if !ok {
+		return nil
+	}
+	m, err := rr.Rebuilds(ctx, name)
+	if err != nil {
+		s.log.Warn("read the generations' rebuilds", "projection", name, "err", err)
+		return nil
+	}
+	return m
 }
 
 // runningBuild describes the projection's running build (or running or failed delete) workflow
