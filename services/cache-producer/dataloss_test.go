@@ -295,6 +295,25 @@ func testRedisDataLoss(t *testing.T, loss func(t *testing.T, ctx context.Context
 		lose()
 		svc = startChild(t, env)
 	}
+	// The producer reports its rebuilds in the registry (GetStatus reads it), each second: a short
+	// rebuild may end before a report, so what the registry showed is logged, not required.
+	stopReg, regDone := make(chan struct{}), make(chan struct{})
+	var regSeen string
+	go func() {
+		defer close(regDone)
+		for {
+			select {
+			case <-stopReg:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if rs, err := reg.Rebuilds(ctx, proj); err == nil && regSeen == "" {
+				if r, ok := rs[gen]; ok {
+					regSeen = r.Reason + ": " + r.Detail
+				}
+			}
+		}
+	}()
 	loss(t, ctx, st, restartProducer)
 	lostAt := time.Now()
 
@@ -317,6 +336,13 @@ func testRedisDataLoss(t *testing.T, loss func(t *testing.T, ctx context.Context
 		return err == nil && rerr == nil && ok && off == last && !rebuilding
 	}, "the generation is rebuilt and reaches offset %d", last)
 	t.Logf("rebuilt %d records %v after the loss", last, time.Since(lostAt).Round(time.Millisecond))
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
+		rs, err := reg.Rebuilds(ctx, proj)
+		return err == nil && len(rs) == 0
+	}, "the registry shows no rebuild once it is done")
+	close(stopReg)
+	<-regDone
+	t.Logf("the registry showed the rebuild: %q", regSeen)
 	close(stopPointer)
 	<-pointerDone
 	close(stopEdge)

@@ -40,6 +40,7 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 	"github.com/distcache/distcache/services/cache-producer/internal/prodmetrics"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
+	"github.com/distcache/distcache/services/cache-producer/internal/rebuildreport"
 	"github.com/distcache/distcache/services/cache-producer/internal/registrywatch"
 	"github.com/distcache/distcache/workflows"
 	"github.com/distcache/distcache/workflows/registry"
@@ -163,10 +164,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	var wg sync.WaitGroup
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		_ = watcher.Run(watchCtx)
+	}()
+	// GetStatus reads the registry: the rebuilds in place go there too.
+	go func() {
+		defer wg.Done()
+		(&rebuildreport.Reporter{Source: mgr, Sink: registry.New(pool), Logger: log}).Run(watchCtx)
 	}()
 
 	// Temporal activity worker: attached in the background whenever Temporal answers, so the

@@ -1,7 +1,7 @@
 // Package registry is the projection registry in PostgreSQL: the tables distcache_projections and
 // distcache_generations that migrations/ creates (docs/architecture.md, "Projection registry").
-// The control-plane's API and its workflow activities are its only writers; cache-producers read
-// it and follow its NOTIFY channel.
+// The control-plane's API and its workflow activities are its writers; cache-producers read it,
+// follow its NOTIFY channel, and report the generations they rebuild in place (rebuild.go).
 //
 // Every state change that must agree with Redis (a cutover) runs in one transaction that holds the
 // projection's row lock, so concurrent cutovers, rollbacks and retirements of one projection

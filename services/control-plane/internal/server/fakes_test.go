@@ -24,6 +24,9 @@ import (
 type memRegistry struct {
 	mu    sync.Mutex
 	projs map[string]registry.Projection
+	// gens and rebuilds are what Generations and Rebuilds answer, by projection.
+	gens     map[string][]registry.Generation
+	rebuilds map[string]map[int64]registry.Rebuild
 }
 
 func newMemRegistry() *memRegistry { return &memRegistry{projs: map[string]registry.Projection{}} }
@@ -75,8 +78,16 @@ func (m *memRegistry) ListProjections(_ context.Context, after string, limit int
 	return out, nil
 }
 
-func (m *memRegistry) Generations(context.Context, string) ([]registry.Generation, error) {
-	return nil, nil
+func (m *memRegistry) Generations(_ context.Context, name string) ([]registry.Generation, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.gens[name], nil
+}
+
+func (m *memRegistry) Rebuilds(_ context.Context, name string) (map[int64]registry.Rebuild, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.rebuilds[name], nil
 }
 
 func (m *memRegistry) has(name string) bool {

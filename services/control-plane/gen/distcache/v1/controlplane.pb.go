@@ -989,6 +989,73 @@ func (x *BackfillProgress) GetLag() int64 {
 	return 0
 }
 
+// GenerationRebuild is a generation the cache-producer is rebuilding in place, from its topic's
+// start into the same generation number, as the producer reports it in the registry.
+type GenerationRebuild struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// topic_reset: the topic was deleted and re-created; data_loss: Redis lost the generation's
+	// data (a restart without persistence, a FLUSHALL): until the rebuild is done, its keys are
+	// missing from Redis, and edges serve what they hold.
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// In words, e.g. "data loss: users_by_email/g3: its offset is gone (offset 1200 was committed
+	// under epoch 5f0c...)".
+	Detail        string                 `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationRebuild) Reset() {
+	*x = GenerationRebuild{}
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationRebuild) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationRebuild) ProtoMessage() {}
+
+func (x *GenerationRebuild) ProtoReflect() protoreflect.Message {
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationRebuild.ProtoReflect.Descriptor instead.
+func (*GenerationRebuild) Descriptor() ([]byte, []int) {
+	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GenerationRebuild) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *GenerationRebuild) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *GenerationRebuild) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
 type GenerationStatus struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Generation int64                  `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
@@ -997,16 +1064,19 @@ type GenerationStatus struct {
 	Definition *ProjectionDefinition `protobuf:"bytes,3,opt,name=definition,proto3" json:"definition,omitempty"`
 	Backfill   *BackfillProgress     `protobuf:"bytes,4,opt,name=backfill,proto3" json:"backfill,omitempty"`
 	// The workflow that built the generation.
-	Workflow      *Workflow              `protobuf:"bytes,5,opt,name=workflow,proto3" json:"workflow,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	Workflow  *Workflow              `protobuf:"bytes,5,opt,name=workflow,proto3" json:"workflow,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// Set while the cache-producer rebuilds the generation in place: a live generation whose data
+	// Redis lost says so here (reason data_loss) until its data is back.
+	Rebuild       *GenerationRebuild `protobuf:"bytes,8,opt,name=rebuild,proto3" json:"rebuild,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerationStatus) Reset() {
 	*x = GenerationStatus{}
-	mi := &file_distcache_v1_controlplane_proto_msgTypes[17]
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1088,7 @@ func (x *GenerationStatus) String() string {
 func (*GenerationStatus) ProtoMessage() {}
 
 func (x *GenerationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_distcache_v1_controlplane_proto_msgTypes[17]
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1101,7 @@ func (x *GenerationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationStatus.ProtoReflect.Descriptor instead.
 func (*GenerationStatus) Descriptor() ([]byte, []int) {
-	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{17}
+	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GenerationStatus) GetGeneration() int64 {
@@ -1083,6 +1153,13 @@ func (x *GenerationStatus) GetUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *GenerationStatus) GetRebuild() *GenerationRebuild {
+	if x != nil {
+		return x.Rebuild
+	}
+	return nil
+}
+
 // BuildStatus is the live progress of a running build workflow (its "progress" query).
 type BuildStatus struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -1106,7 +1183,7 @@ type BuildStatus struct {
 
 func (x *BuildStatus) Reset() {
 	*x = BuildStatus{}
-	mi := &file_distcache_v1_controlplane_proto_msgTypes[18]
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1195,7 @@ func (x *BuildStatus) String() string {
 func (*BuildStatus) ProtoMessage() {}
 
 func (x *BuildStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_distcache_v1_controlplane_proto_msgTypes[18]
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1208,7 @@ func (x *BuildStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildStatus.ProtoReflect.Descriptor instead.
 func (*BuildStatus) Descriptor() ([]byte, []int) {
-	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{18}
+	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BuildStatus) GetGeneration() int64 {
@@ -1196,7 +1273,7 @@ type ProjectionStatus struct {
 
 func (x *ProjectionStatus) Reset() {
 	*x = ProjectionStatus{}
-	mi := &file_distcache_v1_controlplane_proto_msgTypes[19]
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1285,7 @@ func (x *ProjectionStatus) String() string {
 func (*ProjectionStatus) ProtoMessage() {}
 
 func (x *ProjectionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_distcache_v1_controlplane_proto_msgTypes[19]
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1298,7 @@ func (x *ProjectionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProjectionStatus.ProtoReflect.Descriptor instead.
 func (*ProjectionStatus) Descriptor() ([]byte, []int) {
-	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{19}
+	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ProjectionStatus) GetProjection() *Projection {
@@ -1324,7 +1401,11 @@ const file_distcache_v1_controlplane_proto_rawDesc = "" +
 	"end_offset\x18\x03 \x01(\x03R\tendOffset\x12 \n" +
 	"\frate_per_sec\x18\x04 \x01(\x01R\n" +
 	"ratePerSec\x12\x10\n" +
-	"\x03lag\x18\x05 \x01(\x03R\x03lag\"\xf2\x02\n" +
+	"\x03lag\x18\x05 \x01(\x03R\x03lag\"u\n" +
+	"\x11GenerationRebuild\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xad\x03\n" +
 	"\x10GenerationStatus\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
@@ -1338,7 +1419,8 @@ const file_distcache_v1_controlplane_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xf5\x01\n" +
+	"updated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x129\n" +
+	"\arebuild\x18\b \x01(\v2\x1f.distcache.v1.GenerationRebuildR\arebuild\"\xf5\x01\n" +
 	"\vBuildStatus\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
@@ -1378,7 +1460,7 @@ func file_distcache_v1_controlplane_proto_rawDescGZIP() []byte {
 	return file_distcache_v1_controlplane_proto_rawDescData
 }
 
-var file_distcache_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_distcache_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_distcache_v1_controlplane_proto_goTypes = []any{
 	(*Filter)(nil),                  // 0: distcache.v1.Filter
 	(*ProjectionDefinition)(nil),    // 1: distcache.v1.ProjectionDefinition
@@ -1397,55 +1479,58 @@ var file_distcache_v1_controlplane_proto_goTypes = []any{
 	(*CutoverResponse)(nil),         // 14: distcache.v1.CutoverResponse
 	(*GetStatusRequest)(nil),        // 15: distcache.v1.GetStatusRequest
 	(*BackfillProgress)(nil),        // 16: distcache.v1.BackfillProgress
-	(*GenerationStatus)(nil),        // 17: distcache.v1.GenerationStatus
-	(*BuildStatus)(nil),             // 18: distcache.v1.BuildStatus
-	(*ProjectionStatus)(nil),        // 19: distcache.v1.ProjectionStatus
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
+	(*GenerationRebuild)(nil),       // 17: distcache.v1.GenerationRebuild
+	(*GenerationStatus)(nil),        // 18: distcache.v1.GenerationStatus
+	(*BuildStatus)(nil),             // 19: distcache.v1.BuildStatus
+	(*ProjectionStatus)(nil),        // 20: distcache.v1.ProjectionStatus
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
 }
 var file_distcache_v1_controlplane_proto_depIdxs = []int32{
 	0,  // 0: distcache.v1.ProjectionDefinition.filter:type_name -> distcache.v1.Filter
 	1,  // 1: distcache.v1.Projection.definition:type_name -> distcache.v1.ProjectionDefinition
-	20, // 2: distcache.v1.Projection.created_at:type_name -> google.protobuf.Timestamp
-	20, // 3: distcache.v1.Projection.updated_at:type_name -> google.protobuf.Timestamp
+	21, // 2: distcache.v1.Projection.created_at:type_name -> google.protobuf.Timestamp
+	21, // 3: distcache.v1.Projection.updated_at:type_name -> google.protobuf.Timestamp
 	2,  // 4: distcache.v1.ProjectionOperation.projection:type_name -> distcache.v1.Projection
 	3,  // 5: distcache.v1.ProjectionOperation.workflow:type_name -> distcache.v1.Workflow
 	1,  // 6: distcache.v1.CreateProjectionRequest.projection:type_name -> distcache.v1.ProjectionDefinition
 	2,  // 7: distcache.v1.ListProjectionsResponse.projections:type_name -> distcache.v1.Projection
 	1,  // 8: distcache.v1.UpdateProjectionRequest.projection:type_name -> distcache.v1.ProjectionDefinition
 	3,  // 9: distcache.v1.CutoverResponse.workflow:type_name -> distcache.v1.Workflow
-	1,  // 10: distcache.v1.GenerationStatus.definition:type_name -> distcache.v1.ProjectionDefinition
-	16, // 11: distcache.v1.GenerationStatus.backfill:type_name -> distcache.v1.BackfillProgress
-	3,  // 12: distcache.v1.GenerationStatus.workflow:type_name -> distcache.v1.Workflow
-	20, // 13: distcache.v1.GenerationStatus.created_at:type_name -> google.protobuf.Timestamp
-	20, // 14: distcache.v1.GenerationStatus.updated_at:type_name -> google.protobuf.Timestamp
-	16, // 15: distcache.v1.BuildStatus.backfill:type_name -> distcache.v1.BackfillProgress
-	3,  // 16: distcache.v1.BuildStatus.workflow:type_name -> distcache.v1.Workflow
-	2,  // 17: distcache.v1.ProjectionStatus.projection:type_name -> distcache.v1.Projection
-	17, // 18: distcache.v1.ProjectionStatus.generations:type_name -> distcache.v1.GenerationStatus
-	18, // 19: distcache.v1.ProjectionStatus.running:type_name -> distcache.v1.BuildStatus
-	5,  // 20: distcache.v1.ControlPlane.CreateProjection:input_type -> distcache.v1.CreateProjectionRequest
-	6,  // 21: distcache.v1.ControlPlane.GetProjection:input_type -> distcache.v1.GetProjectionRequest
-	7,  // 22: distcache.v1.ControlPlane.ListProjections:input_type -> distcache.v1.ListProjectionsRequest
-	9,  // 23: distcache.v1.ControlPlane.DeleteProjection:input_type -> distcache.v1.DeleteProjectionRequest
-	10, // 24: distcache.v1.ControlPlane.UpdateProjection:input_type -> distcache.v1.UpdateProjectionRequest
-	11, // 25: distcache.v1.ControlPlane.ReplayProjection:input_type -> distcache.v1.ReplayProjectionRequest
-	12, // 26: distcache.v1.ControlPlane.Cutover:input_type -> distcache.v1.CutoverRequest
-	13, // 27: distcache.v1.ControlPlane.Rollback:input_type -> distcache.v1.RollbackRequest
-	15, // 28: distcache.v1.ControlPlane.GetStatus:input_type -> distcache.v1.GetStatusRequest
-	4,  // 29: distcache.v1.ControlPlane.CreateProjection:output_type -> distcache.v1.ProjectionOperation
-	2,  // 30: distcache.v1.ControlPlane.GetProjection:output_type -> distcache.v1.Projection
-	8,  // 31: distcache.v1.ControlPlane.ListProjections:output_type -> distcache.v1.ListProjectionsResponse
-	4,  // 32: distcache.v1.ControlPlane.DeleteProjection:output_type -> distcache.v1.ProjectionOperation
-	4,  // 33: distcache.v1.ControlPlane.UpdateProjection:output_type -> distcache.v1.ProjectionOperation
-	4,  // 34: distcache.v1.ControlPlane.ReplayProjection:output_type -> distcache.v1.ProjectionOperation
-	14, // 35: distcache.v1.ControlPlane.Cutover:output_type -> distcache.v1.CutoverResponse
-	14, // 36: distcache.v1.ControlPlane.Rollback:output_type -> distcache.v1.CutoverResponse
-	19, // 37: distcache.v1.ControlPlane.GetStatus:output_type -> distcache.v1.ProjectionStatus
-	29, // [29:38] is the sub-list for method output_type
-	20, // [20:29] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	21, // 10: distcache.v1.GenerationRebuild.since:type_name -> google.protobuf.Timestamp
+	1,  // 11: distcache.v1.GenerationStatus.definition:type_name -> distcache.v1.ProjectionDefinition
+	16, // 12: distcache.v1.GenerationStatus.backfill:type_name -> distcache.v1.BackfillProgress
+	3,  // 13: distcache.v1.GenerationStatus.workflow:type_name -> distcache.v1.Workflow
+	21, // 14: distcache.v1.GenerationStatus.created_at:type_name -> google.protobuf.Timestamp
+	21, // 15: distcache.v1.GenerationStatus.updated_at:type_name -> google.protobuf.Timestamp
+	17, // 16: distcache.v1.GenerationStatus.rebuild:type_name -> distcache.v1.GenerationRebuild
+	16, // 17: distcache.v1.BuildStatus.backfill:type_name -> distcache.v1.BackfillProgress
+	3,  // 18: distcache.v1.BuildStatus.workflow:type_name -> distcache.v1.Workflow
+	2,  // 19: distcache.v1.ProjectionStatus.projection:type_name -> distcache.v1.Projection
+	18, // 20: distcache.v1.ProjectionStatus.generations:type_name -> distcache.v1.GenerationStatus
+	19, // 21: distcache.v1.ProjectionStatus.running:type_name -> distcache.v1.BuildStatus
+	5,  // 22: distcache.v1.ControlPlane.CreateProjection:input_type -> distcache.v1.CreateProjectionRequest
+	6,  // 23: distcache.v1.ControlPlane.GetProjection:input_type -> distcache.v1.GetProjectionRequest
+	7,  // 24: distcache.v1.ControlPlane.ListProjections:input_type -> distcache.v1.ListProjectionsRequest
+	9,  // 25: distcache.v1.ControlPlane.DeleteProjection:input_type -> distcache.v1.DeleteProjectionRequest
+	10, // 26: distcache.v1.ControlPlane.UpdateProjection:input_type -> distcache.v1.UpdateProjectionRequest
+	11, // 27: distcache.v1.ControlPlane.ReplayProjection:input_type -> distcache.v1.ReplayProjectionRequest
+	12, // 28: distcache.v1.ControlPlane.Cutover:input_type -> distcache.v1.CutoverRequest
+	13, // 29: distcache.v1.ControlPlane.Rollback:input_type -> distcache.v1.RollbackRequest
+	15, // 30: distcache.v1.ControlPlane.GetStatus:input_type -> distcache.v1.GetStatusRequest
+	4,  // 31: distcache.v1.ControlPlane.CreateProjection:output_type -> distcache.v1.ProjectionOperation
+	2,  // 32: distcache.v1.ControlPlane.GetProjection:output_type -> distcache.v1.Projection
+	8,  // 33: distcache.v1.ControlPlane.ListProjections:output_type -> distcache.v1.ListProjectionsResponse
+	4,  // 34: distcache.v1.ControlPlane.DeleteProjection:output_type -> distcache.v1.ProjectionOperation
+	4,  // 35: distcache.v1.ControlPlane.UpdateProjection:output_type -> distcache.v1.ProjectionOperation
+	4,  // 36: distcache.v1.ControlPlane.ReplayProjection:output_type -> distcache.v1.ProjectionOperation
+	14, // 37: distcache.v1.ControlPlane.Cutover:output_type -> distcache.v1.CutoverResponse
+	14, // 38: distcache.v1.ControlPlane.Rollback:output_type -> distcache.v1.CutoverResponse
+	20, // 39: distcache.v1.ControlPlane.GetStatus:output_type -> distcache.v1.ProjectionStatus
+	31, // [31:40] is the sub-list for method output_type
+	22, // [22:31] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_distcache_v1_controlplane_proto_init() }
@@ -1459,7 +1544,7 @@ func file_distcache_v1_controlplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_distcache_v1_controlplane_proto_rawDesc), len(file_distcache_v1_controlplane_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
