@@ -10,7 +10,8 @@
 #     checked for the chart's rules; values.schema.json must reject a misspelt value; the
 #     NetworkPolicies are rendered by default and not with networkPolicy.enabled=false; the
 #     migration hook Jobs are rendered per enabled set, each with its set's Secret, and the
-#     control-plane never gets the core-publisher's database Secret;
+#     control-plane never gets the core-publisher's database Secret; the search attribute Job
+#     is rendered unless turned off, with the Temporal TLS and API key settings;
 #   - every PUBLISHER_/PRODUCER_/CONTROLPLANE_ variable that compose or the chart sets is one
 #     the service's code actually reads.
 #
@@ -94,13 +95,19 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	@if grep -q '^kind: ServiceMonitor' $(OUT)/default.yaml; then echo "FAIL: ServiceMonitor rendered although disabled"; exit 1; fi
 	@grep -q '^kind: ServiceMonitor' $(OUT)/production.yaml || { echo "FAIL: ServiceMonitor missing although enabled"; exit 1; }
 	@# NetworkPolicies: on by default (a default deny, one per service, one for the migration
-	@# Jobs), off on request.
-	@test "$$(grep -c '^kind: NetworkPolicy' $(OUT)/default.yaml)" = 5 || { echo "FAIL: want 5 NetworkPolicies with the defaults"; exit 1; }
-	@# Migrations: a pre-install,pre-upgrade hook Job per set, none when both are disabled.
-	@test "$$(grep -c '^kind: Job' $(OUT)/default.yaml)" = 2 || { echo "FAIL: want 2 migration Jobs with the defaults"; exit 1; }
+	@# Jobs, one for the search attribute Job), off on request.
+	@test "$$(grep -c '^kind: NetworkPolicy' $(OUT)/default.yaml)" = 6 || { echo "FAIL: want 6 NetworkPolicies with the defaults"; exit 1; }
+	@# Migrations: a pre-install,pre-upgrade hook Job per set, none when both are disabled; the
+	@# search attribute Job a post-install,post-upgrade hook, none without temporal.searchAttributes.create.
+	@test "$$(grep -c '^kind: Job' $(OUT)/default.yaml)" = 3 || { echo "FAIL: want 2 migration Jobs and the search attribute Job with the defaults"; exit 1; }
+	@test "$$(grep -c 'helm.sh/hook: post-install,post-upgrade' $(OUT)/default.yaml)" = 2 || { echo "FAIL: want the search attribute Job and its NetworkPolicy as post-install,post-upgrade hooks"; exit 1; }
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set temporal.searchAttributes.create=false \
+	  | grep -q 'search-attributes'; then echo "FAIL: the search attribute Job rendered although temporal.searchAttributes.create=false"; exit 1; fi
+	@grep -q 'name: DISTCACHE_TEMPORAL_API_KEY' $(OUT)/options.yaml && grep -q 'name: DISTCACHE_TEMPORAL_TLS_CERT_FILE' $(OUT)/options.yaml || \
+	  { echo "FAIL: the search attribute Job does not take the Temporal TLS and API key settings"; exit 1; }
 	@test "$$(grep -c 'helm.sh/hook: pre-install,pre-upgrade' $(OUT)/default.yaml)" = 3 || { echo "FAIL: want the 2 migration Jobs and their NetworkPolicy as pre-install,pre-upgrade hooks"; exit 1; }
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set migrations.core.enabled=false \
-	  --set migrations.control.enabled=false | grep -q '^kind: Job\|-migrations$$'; then \
+	  --set migrations.control.enabled=false --set temporal.searchAttributes.create=false | grep -q '^kind: Job\|-migrations$$'; then \
 	  echo "FAIL: migration Jobs or their NetworkPolicy rendered although both sets are disabled"; exit 1; fi
 	@# Least privilege: each Job takes its set's Secret (its own when given); the control-plane
 	@# never gets the core-publisher's core database Secret, and has none without coreDatabase.
@@ -128,5 +135,5 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set kafka.sasl.mechanism=PLAIN \
 	  --set kafka.sasl.username=u --set kafka.sasl.password.existingSecret=s >/dev/null 2>&1; then \
 	  echo "FAIL: the chart rendered SASL PLAIN without TLS and without kafka.sasl.allowPlaintext"; exit 1; fi
-	@echo "ok   helm: lint, template (default, production, every connection option), NetworkPolicy toggle, migration Jobs and their Secrets, schema rejects bad values"
+	@echo "ok   helm: lint, template (default, production, every connection option), NetworkPolicy toggle, migration Jobs and their Secrets, search attribute Job, schema rejects bad values"
 	$(DEPLOYCHECK) env $(ROOT)/services $(COMPOSE_FILE) $(OUT)/default.yaml $(OUT)/production.yaml $(OUT)/options.yaml

@@ -2,6 +2,8 @@ package workflows
 
 import (
 	"context"
+	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -234,6 +236,29 @@ func TestSearchAttributesMatchDevstack(t *testing.T) {
 	}
 	if missing := MissingSearchAttributes(got); len(missing) != 0 || len(got) != len(SearchAttributes) {
 		t.Errorf("devstack.SearchAttributes = %v, workflows.SearchAttributes = %v", got, SearchAttributes)
+	}
+}
+
+// TestSearchAttributesInDeployments: the chart's Job and the compose stack's namespace job
+// register exactly workflows.SearchAttributes, with their types.
+func TestSearchAttributesInDeployments(t *testing.T) {
+	t.Parallel()
+	var want []string
+	for name, typ := range SearchAttributes {
+		want = append(want, name+"="+typ.String())
+	}
+	slices.Sort(want)
+	re := regexp.MustCompile(`Distcache[A-Za-z]+=[A-Za-z]+`)
+	for _, f := range []string{"../deploy/helm/distcache/templates/search-attributes.yaml", "../deploy/compose/temporal/create-namespace.sh"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := re.FindAllString(string(b), -1)
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s registers %v, want %v", f, got, want)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # One-shot job of deploy/compose (temporalio/admin-tools): registers the namespace the
-# control-plane uses, once the server answers its health check. Idempotent.
+# control-plane uses and distcache's search attributes, once the server answers its health check.
+# Idempotent.
 set -eu
 ns="${NAMESPACE:-default}"
 addr="${TEMPORAL_ADDRESS:?TEMPORAL_ADDRESS is required}"
@@ -16,3 +17,9 @@ else
   temporal operator namespace create --address "$addr" -n "$ns" --retention 72h
   echo "namespace $ns created"
 fi
+# distcache's search attributes (workflows.SearchAttributes), so the UI filters builds by projection,
+# generation and phase. Creating one that exists with the same type changes nothing; a namespace
+# just created may take a moment to accept them (the job is restarted on failure).
+for sa in DistcacheProjection=Keyword DistcacheGeneration=Int DistcachePhase=Keyword; do
+  temporal operator search-attribute create --address "$addr" -n "$ns" --name "${sa%%=*}" --type "${sa#*=}"
+done
