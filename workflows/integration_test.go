@@ -20,6 +20,7 @@ import (
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 	tlog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/worker"
@@ -290,6 +291,8 @@ func testCreateUpdateRetire(t *testing.T, e *env) {
 	def2 := def
 	def2.Fields = []string{"id", "email", "name"}
 	params.Definition, params.Reason = def2, workflows.ReasonUpdate
+	// The update keeps its search attributes current (the shared dev server has them).
+	params.SearchAttributes = true
 	run2, err := startBuild(ctx, e.tc, params)
 	if err != nil {
 		t.Fatal(err)
@@ -297,6 +300,20 @@ func testCreateUpdateRetire(t *testing.T, e *env) {
 	if err := run2.Get(ctx, &res); err != nil {
 		t.Fatalf("update build: %v", err)
 	}
+	desc, err = e.tc.DescribeWorkflow(ctx, run2.GetID(), run2.GetRunID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa := desc.RawResponse.GetWorkflowExecutionInfo().GetSearchAttributes().GetIndexedFields()
+	var phase string
+	var gen int64
+	if err := converter.GetDefaultDataConverter().FromPayload(sa[workflows.SearchAttrPhaseName], &phase); err != nil || phase != workflows.PhaseLive {
+		t.Errorf("update build's %s = %q, %v; want %s", workflows.SearchAttrPhaseName, phase, err, workflows.PhaseLive)
+	}
+	if err := converter.GetDefaultDataConverter().FromPayload(sa[workflows.SearchAttrGenerationName], &gen); err != nil || gen != 2 {
+		t.Errorf("update build's %s = %d, %v; want 2", workflows.SearchAttrGenerationName, gen, err)
+	}
+	recordHistory(t, e.tc, run2, "build_update_search_attributes.json")
 	if res.Generation != 2 || res.Previous != 1 {
 		t.Errorf("update result = %+v, want generation 2, previous 1", res)
 	}
@@ -382,7 +399,7 @@ func testRollbackAndDelete(t *testing.T, e *env) {
 
 	drun, err := e.tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: workflows.BuildWorkflowID(name), TaskQueue: workflows.ControlPlaneTaskQueue,
-	}, workflows.WorkflowDelete, workflows.DeleteParams{Projection: name, Drain: 200 * time.Millisecond})
+	}, workflows.WorkflowDelete, workflows.DeleteParams{Projection: name, Drain: 200 * time.Millisecond, SearchAttributes: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -390,6 +407,7 @@ func testRollbackAndDelete(t *testing.T, e *env) {
 	if err := drun.Get(ctx, &un); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
+	recordHistory(t, e.tc, drun, "delete_search_attributes.json")
 	if un.KeysUnlinked != 20 {
 		t.Errorf("delete unlinked %d keys, want 20", un.KeysUnlinked)
 	}
