@@ -594,8 +594,8 @@ func (s *Service) lastRun(ctx context.Context, id string) (workflowRun, error) {
 
 // Phases of BuildStatus for a delete.
 const (
-	PhaseDeleting     = "deleting"
-	PhaseDeleteFailed = "delete_failed"
+	PhaseDeleting     = workflows.PhaseDeleting
+	PhaseDeleteFailed = workflows.PhaseDeleteFailed
 )
 
 // deleteStatus reports a delete run: deleting, with the attempt and last error of its step in
