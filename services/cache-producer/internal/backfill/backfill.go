@@ -117,6 +117,7 @@ func (a *Activities) Backfill(ctx context.Context, p workflows.BackfillParams) (
 	if activity.HasHeartbeatDetails(ctx) {
 		if err := activity.GetHeartbeatDetails(ctx, &pr); err == nil {
 			resumed = true
+			pr.Phase, pr.ETASeconds = "", 0 // heartbeat-only fields (Heartbeat), not the result's
 		}
 	}
 	if !resumed {
