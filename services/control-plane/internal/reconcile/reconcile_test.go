@@ -82,10 +82,12 @@ func TestReconcilerRestoresLostPointers(t *testing.T) {
 		if err := damage(); err != nil {
 			t.Fatal(err)
 		}
+		// The pointer is back once the swap ran; the counter once the registry transaction
+		// committed, a moment later.
 		devstacktest.Eventually(t, 10*time.Second, func() bool {
 			g, err := pub.CurrentGeneration(ctx, name)
-			return err == nil && g == gen
-		}, "pointer restored to generation %d (damage %d)", gen, i)
+			return err == nil && g == gen && testutil.ToFloat64(restores.WithLabelValues(name)) >= float64(i+1)
+		}, "pointer restored to generation %d and counted (damage %d)", gen, i)
 		if got := testutil.ToFloat64(restores.WithLabelValues(name)); got != float64(i+1) {
 			t.Errorf("restores after damage %d: got %v, want %d", i, got, i+1)
 		}
