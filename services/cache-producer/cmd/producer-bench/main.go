@@ -26,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -521,7 +522,9 @@ func rebuildAfterLoss(ctx context.Context, rdb *redis.Client, w *projector.Write
 	if err != nil {
 		return 0, 0, fmt.Errorf("index count after the replay: %w", err)
 	}
-	m, err := fanout.NewManager(fanout.Config{KafkaOpts: kopts, Writer: w, BatchSize: batch})
+	// The consumer's own account of the rebuild (noticed, the superseded records read, finished).
+	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	m, err := fanout.NewManager(fanout.Config{KafkaOpts: kopts, Writer: w, BatchSize: batch, Logger: log})
 	if err != nil {
 		return 0, 0, err
 	}

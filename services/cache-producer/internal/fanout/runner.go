@@ -615,7 +615,7 @@ func (r *runner) dispatcher(ctx context.Context, ins []chan feed.Batch) func(fee
 				j := sort.Search(len(sub.Records), func(j int) bool { return sub.Records[j].Offset >= dispatched[i] })
 				sub.Records = sub.Records[j:]
 			}
-			if s := supersede[i]; s != nil && len(sub.Records) > 0 && sub.Records[0].Offset < s.Until {
+			if s := supersede[i]; s.Keys() > 0 && len(sub.Records) > 0 && sub.Records[0].Offset < s.Until {
 				kept := make([]feed.Record, 0, len(sub.Records)) // the batch is shared: a copy
 				for j := range sub.Records {
 					if !s.Has(&sub.Records[j]) {
