@@ -133,18 +133,11 @@ func TestIssue6EndToEnd(t *testing.T) {
 	}
 
 	// The control-plane.
-	env := map[string]string{
-		"CONTROLPLANE_DATABASE_URL":       dbURL,
-		"CONTROLPLANE_MODELS":             "users=id,email,name,status,seq",
-		"CONTROLPLANE_REDIS_ADDRS":        r.Addr,
-		"CONTROLPLANE_TEMPORAL_HOSTPORT":  tmp.HostPort,
-		"CONTROLPLANE_TEMPORAL_NAMESPACE": tmp.Namespace,
-		"CONTROLPLANE_GRPC_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_HTTP_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_TOKENS":             testToken,
-		"CONTROLPLANE_RETIRE_GRACE":       e2eGrace.String(),
-		"CONTROLPLANE_RETIRE_DRAIN":       "500ms",
-	}
+	env := serviceEnv(dbURL, r.Addr, tmp.HostPort,
+		"CONTROLPLANE_MODELS", "users=id,email,name,status,seq",
+		"CONTROLPLANE_RETIRE_GRACE", e2eGrace.String(),
+		"CONTROLPLANE_RETIRE_DRAIN", "500ms",
+	)
 	if err := migrations.Up(ctx, dbURL, migrations.Control); err != nil {
 		t.Fatalf("migrate the registry: %v", err)
 	}

@@ -26,16 +26,7 @@ func TestRedisHangs(t *testing.T) {
 	defer cancel()
 	dbURL := devstacktest.Database(t)
 	r := devstacktest.Redis(t)
-	env := map[string]string{
-		"CONTROLPLANE_DATABASE_URL":       dbURL,
-		"CONTROLPLANE_MODELS":             "users=id,email,name,status",
-		"CONTROLPLANE_REDIS_ADDRS":        r.Addr,
-		"CONTROLPLANE_TEMPORAL_HOSTPORT":  freeAddr(t), // nothing listens there
-		"CONTROLPLANE_TEMPORAL_NAMESPACE": "default",
-		"CONTROLPLANE_GRPC_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_HTTP_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_TOKENS":             testToken,
-	}
+	env := serviceEnv(dbURL, r.Addr, freeAddr(t)) // nothing listens there
 	l, logs, stop := startService(ctx, t, env)
 	defer func() {
 		if err := stop(); err != nil {

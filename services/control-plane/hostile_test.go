@@ -26,16 +26,7 @@ func TestHostileREST(t *testing.T) {
 	dbURL := devstacktest.Database(t)
 	r := devstacktest.Redis(t)
 	tmp := devstacktest.Temporal(t)
-	env := map[string]string{
-		"CONTROLPLANE_DATABASE_URL":       dbURL,
-		"CONTROLPLANE_MODELS":             "users=id,email,name,status",
-		"CONTROLPLANE_REDIS_ADDRS":        r.Addr,
-		"CONTROLPLANE_TEMPORAL_HOSTPORT":  tmp.HostPort,
-		"CONTROLPLANE_TEMPORAL_NAMESPACE": tmp.Namespace,
-		"CONTROLPLANE_GRPC_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_HTTP_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_TOKENS":             testToken,
-	}
+	env := serviceEnv(dbURL, r.Addr, tmp.HostPort)
 	l, logs, stop := startService(ctx, t, env)
 	defer func() {
 		if err := stop(); err != nil {

@@ -138,20 +138,12 @@ func TestServiceEndToEnd(t *testing.T) {
 	dbURL := devstacktest.Database(t)
 	r := devstacktest.Redis(t)
 	tmp := devstacktest.Temporal(t)
-	env := map[string]string{
-		"CONTROLPLANE_DATABASE_URL":       dbURL,
-		"CONTROLPLANE_MODELS":             "users=id,email,name,status",
-		"CONTROLPLANE_REDIS_ADDRS":        r.Addr,
-		"CONTROLPLANE_TEMPORAL_HOSTPORT":  tmp.HostPort,
-		"CONTROLPLANE_TEMPORAL_NAMESPACE": tmp.Namespace,
-		"CONTROLPLANE_TEMPORAL_UI_URL":    "http://ui.example",
-		"CONTROLPLANE_GRPC_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_HTTP_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_TOKENS":             testToken,
-		"CONTROLPLANE_RETIRE_GRACE":       "1h",
-		"CONTROLPLANE_RETIRE_DRAIN":       "200ms",
-		"CONTROLPLANE_LOG_LEVEL":          "debug",
-	}
+	env := serviceEnv(dbURL, r.Addr, tmp.HostPort,
+		"CONTROLPLANE_TEMPORAL_UI_URL", "http://ui.example",
+		"CONTROLPLANE_RETIRE_GRACE", "1h",
+		"CONTROLPLANE_RETIRE_DRAIN", "200ms",
+		"CONTROLPLANE_LOG_LEVEL", "debug",
+	)
 	l, logs, stop := startService(ctx, t, env)
 
 	// The cache-producer side, test-local.
@@ -322,16 +314,7 @@ func TestServiceWithoutTemporal(t *testing.T) {
 	if err := tmp.Stop(); err != nil {
 		t.Fatalf("stop temporal: %v", err)
 	}
-	env := map[string]string{
-		"CONTROLPLANE_DATABASE_URL":       dbURL,
-		"CONTROLPLANE_MODELS":             "users=id,email,name,status",
-		"CONTROLPLANE_REDIS_ADDRS":        r.Addr,
-		"CONTROLPLANE_TEMPORAL_HOSTPORT":  tmp.HostPort,
-		"CONTROLPLANE_TEMPORAL_NAMESPACE": tmp.Namespace,
-		"CONTROLPLANE_GRPC_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_HTTP_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_TOKENS":             testToken,
-	}
+	env := serviceEnv(dbURL, r.Addr, tmp.HostPort)
 	l, logs, stop := startService(ctx, t, env)
 	defer func() {
 		if err := stop(); err != nil {
@@ -431,4 +414,25 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// serviceEnv is the environment of a control-plane under test: the registry database dbURL,
+// Redis at redisAddr, the Temporal frontend temporalHostPort (namespace default), the model
+// users=id,email,name,status, listeners on free ports and the test token. extra holds variable,
+// value pairs that add to or override these.
+func serviceEnv(dbURL, redisAddr, temporalHostPort string, extra ...string) map[string]string {
+	env := map[string]string{
+		"CONTROLPLANE_DATABASE_URL":       dbURL,
+		"CONTROLPLANE_MODELS":             "users=id,email,name,status",
+		"CONTROLPLANE_REDIS_ADDRS":        redisAddr,
+		"CONTROLPLANE_TEMPORAL_HOSTPORT":  temporalHostPort,
+		"CONTROLPLANE_TEMPORAL_NAMESPACE": "default",
+		"CONTROLPLANE_GRPC_ADDR":          "127.0.0.1:0",
+		"CONTROLPLANE_HTTP_ADDR":          "127.0.0.1:0",
+		"CONTROLPLANE_TOKENS":             testToken,
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
+	}
+	return env
 }

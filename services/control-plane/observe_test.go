@@ -138,20 +138,12 @@ type observeStack struct {
 func startObserveStack(ctx context.Context, t *testing.T, tmp *devstack.Temporal, uiURL string, prod *pacedProducer) *observeStack {
 	t.Helper()
 	r := devstacktest.Redis(t)
-	env := map[string]string{
-		"CONTROLPLANE_DATABASE_URL":       devstacktest.Database(t),
-		"CONTROLPLANE_MIGRATE":            "true",
-		"CONTROLPLANE_MODELS":             "users=id,email,name,status",
-		"CONTROLPLANE_REDIS_ADDRS":        r.Addr,
-		"CONTROLPLANE_TEMPORAL_HOSTPORT":  tmp.HostPort,
-		"CONTROLPLANE_TEMPORAL_NAMESPACE": tmp.Namespace,
-		"CONTROLPLANE_TEMPORAL_UI_URL":    uiURL,
-		"CONTROLPLANE_GRPC_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_HTTP_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_TOKENS":             testToken,
-		"CONTROLPLANE_RETIRE_GRACE":       "1h",
-		"CONTROLPLANE_RETIRE_DRAIN":       "200ms",
-	}
+	env := serviceEnv(devstacktest.Database(t), r.Addr, tmp.HostPort,
+		"CONTROLPLANE_MIGRATE", "true",
+		"CONTROLPLANE_TEMPORAL_UI_URL", uiURL,
+		"CONTROLPLANE_RETIRE_GRACE", "1h",
+		"CONTROLPLANE_RETIRE_DRAIN", "200ms",
+	)
 	l, logs, stop := startService(ctx, t, env)
 	t.Cleanup(func() {
 		if err := stop(); err != nil {

@@ -22,15 +22,9 @@ func TestStartChecksRegistrySchema(t *testing.T) {
 	defer cancel()
 	dbURL := devstacktest.Database(t)
 	r := devstacktest.Redis(t)
-	env := map[string]string{
-		"CONTROLPLANE_DATABASE_URL":      dbURL,
-		"CONTROLPLANE_MODELS":            "users=id,email",
-		"CONTROLPLANE_REDIS_ADDRS":       r.Addr,
-		"CONTROLPLANE_TEMPORAL_HOSTPORT": freeAddr(t), // nothing listens there: reads only
-		"CONTROLPLANE_GRPC_ADDR":         "127.0.0.1:0",
-		"CONTROLPLANE_HTTP_ADDR":         "127.0.0.1:0",
-		"CONTROLPLANE_TOKENS":            testToken,
-	}
+	env := serviceEnv(dbURL, r.Addr, freeAddr(t), // nothing listens there: reads only
+		"CONTROLPLANE_MODELS", "users=id,email",
+	)
 	err := run(ctx, nil, func(k string) string { return env[k] }, io.Discard)
 	for _, want := range []string{"registry schema", "CONTROLPLANE_DATABASE_URL", "000001_registry", "make migrate", "migrate-control Job", "CONTROLPLANE_MIGRATE=true"} {
 		if err == nil || !strings.Contains(err.Error(), want) {

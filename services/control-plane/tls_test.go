@@ -26,18 +26,12 @@ func TestMutualTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	files := devstacktest.TLSFiles(t)
-	env := map[string]string{
-		"CONTROLPLANE_DATABASE_URL":       devstacktest.Database(t),
-		"CONTROLPLANE_MODELS":             "users=id,email",
-		"CONTROLPLANE_REDIS_ADDRS":        devstacktest.Redis(t).Addr,
-		"CONTROLPLANE_TEMPORAL_HOSTPORT":  "127.0.0.1:1", // down: reads still answer
-		"CONTROLPLANE_GRPC_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_HTTP_ADDR":          "127.0.0.1:0",
-		"CONTROLPLANE_TOKENS":             testToken,
-		"CONTROLPLANE_TLS_CERT_FILE":      files.CertFile,
-		"CONTROLPLANE_TLS_KEY_FILE":       files.KeyFile,
-		"CONTROLPLANE_TLS_CLIENT_CA_FILE": files.CAFile,
-	}
+	env := serviceEnv(devstacktest.Database(t), devstacktest.Redis(t).Addr, "127.0.0.1:1", // down: reads still answer
+		"CONTROLPLANE_MODELS", "users=id,email",
+		"CONTROLPLANE_TLS_CERT_FILE", files.CertFile,
+		"CONTROLPLANE_TLS_KEY_FILE", files.KeyFile,
+		"CONTROLPLANE_TLS_CLIENT_CA_FILE", files.CAFile,
+	)
 	l, logs, stop := startService(ctx, t, env)
 	defer func() {
 		if err := stop(); err != nil {
