@@ -133,8 +133,16 @@ func testDataLoss(t *testing.T, s *stack, cluster bool) {
 	devstacktest.Eventually(t, 20*time.Second, func() bool {
 		var ok bool
 		st, ok = statusOf(m, byEmail.Name, 1)
-		return ok && st.Rebuild != nil
-	}, "Status reports the rebuild")
+		other, ok2 := statusOf(m, byID.Name, 1)
+		// Both generations of the topic lost their bookkeeping; each is noticed on its own, and
+		// counted once its rebuild began.
+		counted := true
+		for _, proj := range []string{byEmail.Name, byID.Name} {
+			counted = counted && metricValue(t, metrics, "distcache_producer_generation_rebuilds_total",
+				map[string]string{"projection": proj, "generation": "1", "reason": rebuild.ReasonDataLoss}) == 1
+		}
+		return ok && st.Rebuild != nil && ok2 && other.Rebuild != nil && counted
+	}, "Status reports and the metric counts the rebuild of both generations")
 	t.Logf("loss noticed %v after the FLUSHALL", time.Since(lostAt).Round(time.Millisecond))
 	if st.Rebuild.Reason != rebuild.ReasonDataLoss || !strings.Contains(st.Rebuild.Detail, "data loss: users_by_email/g1: its offset is gone") ||
 		st.Rebuild.EndOffset != end {
