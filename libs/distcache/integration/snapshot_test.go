@@ -26,7 +26,7 @@ import (
 )
 
 // The edge process of TestSnapshotRestartAfterKill9WithRedisDown: the test binary run again with
-// -test.run=^TestHelperEdgeProcess$ and these variables.
+// edgeEnv=1 and these variables (TestMain then runs runEdgeProcess).
 const (
 	edgeEnv      = "DISTCACHE_TEST_EDGE"      // "1" in the edge process
 	edgeAddrEnv  = "DISTCACHE_TEST_EDGE_ADDR" // Redis
@@ -37,14 +37,12 @@ const (
 	edgeLifetime = 2 * time.Minute // it exits on its own if nobody kills it
 )
 
-// TestHelperEdgeProcess is not a test: it is the edge process that
-// TestSnapshotRestartAfterKill9WithRedisDown starts and kills with SIGKILL. It follows a projection
-// with snapshots every 50 ms, reads keyN(0..n-1) so that it holds them, prints "EDGE held n", then
-// prints "EDGE snapshot <writes> <changes seen>" after each snapshot it writes.
-func TestHelperEdgeProcess(t *testing.T) {
-	if os.Getenv(edgeEnv) != "1" {
-		t.Skip("the edge process of TestSnapshotRestartAfterKill9WithRedisDown")
-	}
+// runEdgeProcess is the edge process that TestSnapshotRestartAfterKill9WithRedisDown starts (the
+// test binary again, with edgeEnv set: TestMain runs this instead of the tests) and kills with
+// SIGKILL. It follows a projection with snapshots every 50 ms, reads keyN(0..n-1) so that it holds
+// them, prints "EDGE held n", then prints "EDGE snapshot <writes> <changes seen>" after each
+// snapshot it writes. It never returns.
+func runEdgeProcess() {
 	fail := func(format string, args ...any) {
 		fmt.Printf(edgeLinePfx+"error "+format+"\n", args...)
 		os.Exit(2)
@@ -88,7 +86,7 @@ func TestHelperEdgeProcess(t *testing.T) {
 	}
 }
 
-// edgeProcess is a running TestHelperEdgeProcess.
+// edgeProcess is a running runEdgeProcess.
 type edgeProcess struct {
 	cmd   *exec.Cmd
 	lines chan string // its "EDGE ..." lines, without the prefix
@@ -96,7 +94,7 @@ type edgeProcess struct {
 
 func startEdge(t *testing.T, addr, dir string, keys int) *edgeProcess {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperEdgeProcess$", "-test.count=1")
+	cmd := exec.Command(os.Args[0]) // TestMain sees edgeEnv and runs runEdgeProcess
 	cmd.Env = append(os.Environ(), edgeEnv+"=1", edgeAddrEnv+"="+addr, edgeDirEnv+"="+dir,
 		edgeProjEnv+"="+proj, edgeKeysEnv+"="+strconv.Itoa(keys))
 	cmd.Stderr = os.Stderr
