@@ -270,7 +270,9 @@ func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []in
 	b.recCreated = make([]time.Time, 0, len(rows))
 	b.recKey = make([]string, 0, len(rows))
 	b.recVer = make([]int64, 0, len(rows))
-	b.versions = make(map[string]int64, len(rows))
+	if r.o.versionCheck {
+		b.versions = make(map[string]int64, len(rows))
+	}
 	b.done = make([]int64, 0, len(rows))
 	dead := func(rw *row, reason string) {
 		b.deadIDs = append(b.deadIDs, rw.id)
@@ -293,8 +295,9 @@ func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []in
 			dead(rw, err.Error())
 			continue
 		}
-		vkey := rw.aggregate + "\x00" + rw.key
+		var vkey string
 		if r.o.versionCheck {
+			vkey = rw.aggregate + "\x00" + rw.key
 			last := max(rw.published, b.versions[vkey])
 			if prev != nil {
 				last = max(last, prev.versions[vkey])
@@ -326,7 +329,9 @@ func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []in
 		b.recCreated = append(b.recCreated, rw.createdAt)
 		b.recKey = append(b.recKey, rw.key)
 		b.recVer = append(b.recVer, rw.version)
-		b.versions[vkey] = rw.version
+		if b.versions != nil {
+			b.versions[vkey] = rw.version
+		}
 		b.done = append(b.done, rw.id)
 	}
 	return b, nil
@@ -337,8 +342,12 @@ func (r *Relay) readBatchAfter(ctx context.Context, conn *pgx.Conn, exclude []in
 const unknownModelHint = "no table has the distcache_capture trigger for it and the publisher's configuration does not list it (rows of unregistered models get no topic)"
 
 // published returns the highest version published per key among b's
-// records, as the arrays of upsertPublished (one entry per key).
+// records, as the arrays of upsertPublished (one entry per key); none
+// without the version check, which then keeps no published versions.
 func (b *batch) published() (aggs, keys []string, versions []int64) {
+	if b.versions == nil {
+		return []string{}, []string{}, []int64{}
+	}
 	n := len(b.recs)
 	aggs, keys, versions = make([]string, 0, n), make([]string, 0, n), make([]int64, 0, n)
 	at := make(map[string]int, n)

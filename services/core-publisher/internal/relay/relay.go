@@ -197,7 +197,9 @@ func WithMaxEventSize(n int) Option { return func(o *options) { o.maxEventBytes 
 // (distcache_outbox_published): such a row is dead-lettered with both
 // versions and an ErrVersionNotNewer reason instead of overwriting a newer
 // state at every consumer. Turn it off only when the writer owns ordering
-// and means to publish older versions again. Default on.
+// and means to publish older versions again: the relay then neither checks
+// nor records published versions (turning it on later checks against what
+// was recorded while it was on). Default on.
 func WithVersionCheck(on bool) Option { return func(o *options) { o.versionCheck = on } }
 
 // WithCatalog makes the relay publish only rows of the models c lists:
@@ -597,10 +599,10 @@ func indices(n int) []int {
 // pick returns the records of all at idx (ascending): a subslice of all when
 // they are contiguous.
 func pick(all []*kgo.Record, idx []int) []*kgo.Record {
-	if len(idx) == 0 || idx[len(idx)-1]-idx[0] == len(idx)-1 {
-		if len(idx) == 0 {
-			return nil
-		}
+	if len(idx) == 0 {
+		return nil
+	}
+	if idx[len(idx)-1]-idx[0] == len(idx)-1 {
 		return all[idx[0] : idx[len(idx)-1]+1]
 	}
 	out := make([]*kgo.Record, len(idx))
