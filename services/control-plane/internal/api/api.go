@@ -535,7 +535,7 @@ func (s *Service) DeleteProjection(ctx context.Context, req *pb.DeleteProjection
 	switch {
 	case err == nil:
 		proj = projectionPB(p)
-	case errors.Is(err, registry.ErrNotFound) && last.isDelete() && last.status == enumspb.WORKFLOW_EXECUTION_STATUS_FAILED:
+	case errors.Is(err, registry.ErrNotFound) && last.isDelete() && last.failed():
 		// The registry step may have succeeded before a later step gave up: start it again.
 	default:
 		return nil, s.grpcError("get projection", err)
@@ -576,6 +576,7 @@ type workflowRun struct {
 }
 
 func (r workflowRun) running() bool  { return r.status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING }
+func (r workflowRun) failed() bool   { return r.status == enumspb.WORKFLOW_EXECUTION_STATUS_FAILED }
 func (r workflowRun) isDelete() bool { return r.typ == workflows.WorkflowDelete }
 
 // lastRun describes the newest run of workflow id; no run is not an error.
@@ -883,7 +884,7 @@ func (s *Service) runningBuild(ctx context.Context, name string) *pb.BuildStatus
 		s.log.Warn("describe workflow", "workflow_id", id, "err", err)
 		return nil
 	}
-	if r.isDelete() && r.status == enumspb.WORKFLOW_EXECUTION_STATUS_FAILED || r.isDelete() && r.running() {
+	if r.isDelete() && (r.failed() || r.running()) {
 		return s.deleteStatus(ctx, id, r)
 	}
 	if !r.running() || r.typ != workflows.WorkflowBuild {
