@@ -69,18 +69,7 @@ func StartKafka(ctx context.Context, cfg KafkaConfig) (*Kafka, error) {
 
 // Start starts the broker (again) and waits until it is healthy.
 func (k *Kafka) Start(ctx context.Context) error {
-	if k.cfg.Mode == Detached && k.proc.adopt() {
-		if err := k.Health(ctx); err == nil {
-			return nil
-		}
-	}
-	if !portFree(k.cfg.Port) {
-		return fmt.Errorf("%s: port %d is already in use by another program", k.cfg.Name, k.cfg.Port)
-	}
-	if err := k.proc.start(); err != nil {
-		return err
-	}
-	return k.proc.waitUntil(ctx, "answering metadata requests", k.Health)
+	return k.proc.startServer(ctx, k.cfg.Port, "answering metadata requests", k.Health)
 }
 
 // Health asks the broker for cluster metadata.

@@ -376,3 +376,20 @@ func RunningPID(path string) int {
 	}
 	return 0
 }
+
+// startServer starts the server p runs on port and waits until health passes (what names the
+// state in an error); a detached server already running and healthy is adopted instead.
+func (p *process) startServer(ctx context.Context, port int, what string, health func(context.Context) error) error {
+	if p.mode == Detached && p.adopt() {
+		if err := health(ctx); err == nil {
+			return nil
+		}
+	}
+	if !portFree(port) {
+		return fmt.Errorf("%s: port %d is already in use by another program", p.name, port)
+	}
+	if err := p.start(); err != nil {
+		return err
+	}
+	return p.waitUntil(ctx, what, health)
+}

@@ -147,18 +147,7 @@ func newRedis(cfg RedisConfig) (*Redis, error) {
 
 // Start starts the server (again) on its port and waits until it is healthy.
 func (r *Redis) Start(ctx context.Context) error {
-	if r.cfg.Mode == Detached && r.proc.adopt() {
-		if err := r.Health(ctx); err == nil {
-			return nil
-		}
-	}
-	if !portFree(r.cfg.Port) {
-		return fmt.Errorf("%s: port %d is already in use by another program", r.cfg.Name, r.cfg.Port)
-	}
-	if err := r.proc.start(); err != nil {
-		return err
-	}
-	return r.proc.waitUntil(ctx, "healthy", r.Health)
+	return r.proc.startServer(ctx, r.cfg.Port, "healthy", r.Health)
 }
 
 // Client returns a new go-redis client for this server (over TLS when it

@@ -108,18 +108,7 @@ func newSentinel(cfg SentinelConfig) (*Sentinel, error) {
 
 // Start starts the sentinel (again) and waits until it is healthy.
 func (s *Sentinel) Start(ctx context.Context) error {
-	if s.cfg.Mode == Detached && s.proc.adopt() {
-		if err := s.Health(ctx); err == nil {
-			return nil
-		}
-	}
-	if !portFree(s.cfg.Port) {
-		return fmt.Errorf("%s: port %d is already in use by another program", s.cfg.Name, s.cfg.Port)
-	}
-	if err := s.proc.start(); err != nil {
-		return err
-	}
-	return s.proc.waitUntil(ctx, "healthy", s.Health)
+	return s.proc.startServer(ctx, s.cfg.Port, "healthy", s.Health)
 }
 
 // Health checks that the sentinel knows its master and sees the wanted replicas up.
