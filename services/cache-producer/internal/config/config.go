@@ -8,6 +8,7 @@ package config
 
 import (
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/distcache/distcache/libs/distcache"
@@ -43,6 +44,12 @@ const (
 	EnvShutdownTimeout   = "PRODUCER_SHUTDOWN_TIMEOUT"
 	EnvLogLevel          = "PRODUCER_LOG_LEVEL"
 	EnvLogFormat         = "PRODUCER_LOG_FORMAT"
+
+	EnvReplicaName           = "PRODUCER_REPLICA_NAME"
+	EnvGroupID               = "PRODUCER_GROUP_ID"
+	EnvGroupSessionTimeout   = "PRODUCER_GROUP_SESSION_TIMEOUT"
+	EnvGroupHeartbeat        = "PRODUCER_GROUP_HEARTBEAT_INTERVAL"
+	EnvGroupRebalanceTimeout = "PRODUCER_GROUP_REBALANCE_TIMEOUT"
 )
 
 // ErrInvalid is matched (errors.Is) by every configuration error; each is an
@@ -61,6 +68,12 @@ const (
 	DefaultReloadInterval    = 30 * time.Second
 	DefaultShutdownTimeout   = 15 * time.Second
 	DefaultKafkaClientID     = "distcache-cache-producer"
+	DefaultGroupID           = "distcache-cache-producer"
+	// DefaultGroupSessionTimeout is how long the broker waits for a replica's heartbeat
+	// before its topics go to the others (a kill -9 is taken over within about this).
+	DefaultGroupSessionTimeout   = 10 * time.Second
+	DefaultGroupHeartbeat        = time.Second
+	DefaultGroupRebalanceTimeout = 30 * time.Second
 )
 
 // Config is the service's configuration.
@@ -92,8 +105,25 @@ type Config struct {
 	ReloadInterval    time.Duration // PRODUCER_RELOAD_INTERVAL (default 30s)
 	ShutdownTimeout   time.Duration // PRODUCER_SHUTDOWN_TIMEOUT (default 15s)
 
+	// ReplicaName names this replica in status reports and in the writer
+	// claim it stores per generation (PRODUCER_REPLICA_NAME; default the host
+	// name, which is the pod name on Kubernetes).
+	ReplicaName string
+	// Group is the Kafka consumer group the replicas share the topics through
+	// (assignment only: offsets stay in Redis).
+	Group GroupConfig
+
 	LogLevel  slog.Level // PRODUCER_LOG_LEVEL: debug, info, warn, error (default info)
 	LogFormat string     // PRODUCER_LOG_FORMAT: json or text (default json)
+}
+
+// GroupConfig configures the consumer group the replicas share the topics
+// through.
+type GroupConfig struct {
+	ID                string        // PRODUCER_GROUP_ID (default distcache-cache-producer)
+	SessionTimeout    time.Duration // PRODUCER_GROUP_SESSION_TIMEOUT (default 10s, 1s..5m)
+	HeartbeatInterval time.Duration // PRODUCER_GROUP_HEARTBEAT_INTERVAL (default 1s; below the session timeout)
+	RebalanceTimeout  time.Duration // PRODUCER_GROUP_REBALANCE_TIMEOUT (default 30s): how long a replica may take to hand over a revoked topic
 }
 
 // Load reads the configuration through getenv (os.Getenv in production; a
@@ -117,13 +147,39 @@ func Load(getenv func(string) string) (Config, error) {
 		IndexCacheEntries: r.Int(EnvIndexCacheEntries, DefaultIndexCacheEntries, 0, 1<<31),
 		ReloadInterval:    r.Duration(EnvReloadInterval, DefaultReloadInterval, 100*time.Millisecond),
 		ShutdownTimeout:   r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Second),
-		LogLevel:          r.LogLevel(EnvLogLevel, slog.LevelInfo),
-		LogFormat:         r.OneOf(EnvLogFormat, "json", "json", "text"),
+		ReplicaName:       r.String(EnvReplicaName, defaultReplicaName()),
+		Group: GroupConfig{
+			ID:                r.String(EnvGroupID, DefaultGroupID),
+			SessionTimeout:    r.Duration(EnvGroupSessionTimeout, DefaultGroupSessionTimeout, time.Second),
+			HeartbeatInterval: r.Duration(EnvGroupHeartbeat, DefaultGroupHeartbeat, 100*time.Millisecond),
+			RebalanceTimeout:  r.Duration(EnvGroupRebalanceTimeout, DefaultGroupRebalanceTimeout, time.Second),
+		},
+		LogLevel:  r.LogLevel(EnvLogLevel, slog.LevelInfo),
+		LogFormat: r.OneOf(EnvLogFormat, "json", "json", "text"),
+	}
+	if c.Group.SessionTimeout > 5*time.Minute {
+		r.Fail(EnvGroupSessionTimeout, "%s is over 5m", c.Group.SessionTimeout)
+	}
+	if c.Group.HeartbeatInterval >= c.Group.SessionTimeout {
+		r.Fail(EnvGroupHeartbeat, "%s must be below %s (%s)", c.Group.HeartbeatInterval, EnvGroupSessionTimeout, c.Group.SessionTimeout)
+	}
+	if c.ReplicaName == "" {
+		r.Fail(EnvReplicaName, "empty, and the host name is unknown")
 	}
 	if err := events.ValidateTopicPrefix(c.TopicPrefix); err != nil {
 		r.Fail(EnvTopicPrefix, "%v", err)
 	}
 	return c, r.Err()
+}
+
+// defaultReplicaName is the host name (the pod name on Kubernetes), or ""
+// when it is unknown.
+func defaultReplicaName() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	return h
 }
 
 // LogValue logs the configuration with its secrets masked.
@@ -144,6 +200,11 @@ func (c Config) LogValue() slog.Value {
 		slog.Int64("dead_letter_max_len", c.DeadLetterMaxLen),
 		slog.Duration("reload_interval", c.ReloadInterval),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.String("replica_name", c.ReplicaName),
+		slog.String("group_id", c.Group.ID),
+		slog.Duration("group_session_timeout", c.Group.SessionTimeout),
+		slog.Duration("group_heartbeat_interval", c.Group.HeartbeatInterval),
+		slog.Duration("group_rebalance_timeout", c.Group.RebalanceTimeout),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_format", c.LogFormat),
 	)

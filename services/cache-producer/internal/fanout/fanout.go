@@ -119,8 +119,11 @@ type Config struct {
 	// batch, so that Redis losing data is noticed while no record arrives
 	// (default 500 ms: an MGET of two keys per generation).
 	LossCheckInterval time.Duration
-	Observer          Observer
-	Logger            *slog.Logger
+	// Replica names this producer replica (config PRODUCER_REPLICA_NAME):
+	// Status.Owner, and the writer claim it stores per generation.
+	Replica  string
+	Observer Observer
+	Logger   *slog.Logger
 }
 
 // Manager owns the topic consumers.
@@ -253,6 +256,15 @@ type Status struct {
 	Next          int64  `json:"next_offset"`
 	HighWatermark int64  `json:"high_watermark"`
 	Lag           int64  `json:"lag"`
+	// Owner is the replica that writes the generation (Config.Replica).
+	Owner string `json:"owner"`
+	// NewestSourceTime is the source time (the envelope's dc-source-ts) of
+	// the newest record the generation applied since this replica took it;
+	// zero when none yet.
+	NewestSourceTime time.Time `json:"newest_source_time,omitzero"`
+	// DeadLettersLastHour counts the records this replica dead-lettered for
+	// the generation in the last hour.
+	DeadLettersLastHour int `json:"dead_letters_last_hour"`
 	// Rebuild is set while the generation is rebuilt in place.
 	Rebuild *RebuildStatus `json:"rebuild,omitempty"`
 }

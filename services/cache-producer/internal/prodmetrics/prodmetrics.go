@@ -41,6 +41,9 @@ type Metrics struct {
 	rebuilding  *prometheus.GaugeVec
 	swept       *prometheus.CounterVec
 	unread      *prometheus.CounterVec
+	owned       prometheus.Gauge
+	rebalances  *prometheus.CounterVec
+	fenced      *prometheus.CounterVec
 
 	mu    sync.Mutex
 	rates map[string]*ewma // topic → events/s
@@ -98,12 +101,18 @@ func New() *Metrics {
 			Help: "Source keys a rebuild's sweep removed (absent from the re-created topic); their projected keys are deleted."}, gl),
 		unread: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "unread_offsets_skipped_total",
 			Help: "Offsets the topic's log start passed before the generation read them (records deleted unread); consumption went on from the log start."}, gl),
+		owned: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "topics_owned",
+			Help: "Topics this replica is assigned by the consumer group (it writes their generations)."}),
+		rebalances: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "rebalances_total",
+			Help: "Consumer group assignment changes seen by this replica, by kind (assigned, revoked, lost)."}, []string{"kind"}),
+		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ns + "fenced_writes_total",
+			Help: "Batches refused because another replica had claimed the generation (this replica's writes were fenced)."}, gl),
 		rates: map[string]*ewma{},
 		stop:  make(chan struct{}),
 	}
 	reg.MustRegister(m.consumed, m.events, m.writes, m.applied, m.filtered, m.deadLetters, m.failures,
 		m.batchTime, m.lag, m.position, m.rate, m.backfilled, m.generations, m.registryOK, m.skipped,
-		m.rebuilds, m.rebuilding, m.swept, m.unread)
+		m.rebuilds, m.rebuilding, m.swept, m.unread, m.owned, m.rebalances, m.fenced)
 	go m.tick()
 	return m
 }
@@ -174,6 +183,16 @@ func (m *Metrics) Forget(t projector.Target) {
 	m.lag.DeleteLabelValues(l...)
 	m.rebuilding.DeleteLabelValues(l...)
 }
+
+// TopicsOwned sets the number of topics assigned to this replica.
+func (m *Metrics) TopicsOwned(n int) { m.owned.Set(float64(n)) }
+
+// Rebalanced counts an assignment change of kind "assigned", "revoked" or
+// "lost" (a lost assignment: the session expired before a revoke).
+func (m *Metrics) Rebalanced(kind string) { m.rebalances.WithLabelValues(kind).Inc() }
+
+// Fenced counts a batch of t refused because another replica claimed t.
+func (m *Metrics) Fenced(t projector.Target) { m.fenced.WithLabelValues(genLabels(t)...).Inc() }
 
 // Rebuilding implements fanout.Observer.
 func (m *Metrics) Rebuilding(t projector.Target, reason string, begun bool) {
