@@ -179,8 +179,12 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 		return nil, err
 	}
 	mk := func(name, addr, health string, env []string) *Program {
+		bin := bins[name]
+		if strings.HasPrefix(name, NameProducer) {
+			bin = bins[NameProducer] // every replica runs the one binary
+		}
 		return NewProgram(devstack.ProgramConfig{
-			Name: name, Dir: s.dir, Args: []string{bins[name]}, Env: env, Mode: cfg.Mode,
+			Name: name, Dir: s.dir, Args: []string{bin}, Env: env, Mode: cfg.Mode,
 			Ready: HTTPReady("http://" + addr + health),
 		}, addr)
 	}
