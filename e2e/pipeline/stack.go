@@ -64,6 +64,10 @@ type Pipeline struct {
 	ControlURL string
 	Redis      *Program // redis-server with an fsync'd append-only file: a crash loses nothing acknowledged
 	RedisAddr  string
+	// RedisReplica is a replica of Redis (no persistence: a restart resyncs from the primary),
+	// which edges read first.
+	RedisReplica     *Program
+	RedisReplicaAddr string
 	Kafka      *devstack.Kafka
 	Temporal   *devstack.Temporal
 
@@ -199,6 +203,26 @@ func (p *Pipeline) startStack(ctx context.Context) error {
 		return err
 	}
 	p.stops = append(p.stops, p.Redis.Stop)
+	rport, err := devstack.FreePort()
+	if err != nil {
+		return err
+	}
+	p.RedisReplicaAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(rport))
+	rrdir := filepath.Join(dir, "redis-replica")
+	if err := os.MkdirAll(rrdir, 0o755); err != nil {
+		return err
+	}
+	p.RedisReplica = NewProgram(devstack.ProgramConfig{
+		Name: "redis replica", Dir: rrdir, Mode: devstack.Attached,
+		Args: []string{bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(rport), "--dir", rrdir,
+			"--replicaof", "127.0.0.1", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--daemonize", "no",
+			"--protected-mode", "no", "--loglevel", "warning"},
+		Ready: func(ctx context.Context) error { return replicaSynced(ctx, p.RedisReplicaAddr) },
+	}, "")
+	if err := p.RedisReplica.Start(ctx); err != nil {
+		return err
+	}
+	p.stops = append(p.stops, p.RedisReplica.Stop)
 
 	kbin, err := p.toolBin(ctx, "kafkad", filepath.Join(p.cfg.RepoDir, "tools"), "./cmd/kafkad", false)
 	if err != nil {
@@ -249,6 +273,20 @@ func lookRedis() (string, error) {
 	return "", fmt.Errorf("%w: redis-server", devstack.ErrMissing)
 }
 
+// replicaSynced answers nil once the replica at addr has finished its sync with the primary.
+func replicaSynced(ctx context.Context, addr string) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer c.Close()
+	info, err := c.Info(ctx, "replication").Result()
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(info, "master_link_status:up") || strings.Contains(info, "master_sync_in_progress:1") {
+		return errors.New("replica not in sync yet")
+	}
+	return nil
+}
+
 func pingRedis(ctx context.Context, addr string) error {
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 	defer c.Close()
@@ -267,10 +305,10 @@ func (p *Pipeline) Stop() {
 }
 
 // Components returns the parts the chaos run crashes, in its order: publisher, the producer
-// replica that writes the sample projection, Redis, broker, PostgreSQL, and Redis losing its
-// data while it runs (FLUSHALL; nobody acts).
+// replica that writes the sample projection, the Redis primary, its replica (edges read it
+// first), broker, PostgreSQL, and Redis losing its data while it runs (FLUSHALL; nobody acts).
 func (p *Pipeline) Components() []Component {
-	return []Component{p.Publisher, &ownerComponent{p: p}, p.Redis, kafkaComponent{p.Kafka}, pgComponent{p.PG},
+	return []Component{p.Publisher, &ownerComponent{p: p}, p.Redis, p.RedisReplica, kafkaComponent{p.Kafka}, pgComponent{p.PG},
 		flushComponent{addr: p.RedisAddr}}
 }
 
