@@ -272,13 +272,18 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		name    string
 		kill    func() error
 		restore func(context.Context) error
+		instant bool // nothing is held down: no -down pause
 	}
 	var steps []step
 	for _, c := range p.Components() {
-		steps = append(steps, step{c.Name(), c.Kill, c.Start})
+		s := step{name: c.Name(), kill: c.Kill, restore: c.Start}
+		if i, ok := c.(interface{ Instant() bool }); ok && i.Instant() {
+			s.instant = true // a wipe: recovery counts from it
+		}
+		steps = append(steps, s)
 	}
-	steps = append(steps, step{"edge A's Redis connection (cut)", func() error { proxy.Cut(); return nil },
-		func(context.Context) error { proxy.Restore(); return nil }})
+	steps = append(steps, step{name: "edge A's Redis connection (cut)", kill: func() error { proxy.Cut(); return nil },
+		restore: func(context.Context) error { proxy.Restore(); return nil }})
 
 	for _, s := range steps {
 		c0, e0 := ld.committed.Load(), ld.errs.Load()
@@ -288,9 +293,11 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			stopAll()
 			return fail(fmt.Errorf("kill %s: %w", s.name, err))
 		}
-		if err := hold(cfg.Down); err != nil {
-			stopAll()
-			return fail(err)
+		if !s.instant {
+			if err := hold(cfg.Down); err != nil {
+				stopAll()
+				return fail(err)
+			}
 		}
 		setPhase(s.name + " restarting")
 		if err := s.restore(ctx); err != nil {

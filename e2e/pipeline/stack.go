@@ -68,8 +68,8 @@ type Pipeline struct {
 	// which edges read first.
 	RedisReplica     *Program
 	RedisReplicaAddr string
-	Kafka      *devstack.Kafka
-	Temporal   *devstack.Temporal
+	Kafka            *devstack.Kafka
+	Temporal         *devstack.Temporal
 
 	// Services are the three services (Publisher, Producer, Control and their addresses).
 	*Services
@@ -354,6 +354,9 @@ func (c flushComponent) Kill() error {
 	return rdb.FlushAll(context.Background()).Err()
 }
 func (c flushComponent) Start(context.Context) error { return nil }
+
+// Instant says the fault is over when Kill returns: there is nothing to hold down.
+func (c flushComponent) Instant() bool { return true }
 
 type kafkaComponent struct{ k *devstack.Kafka }
 
