@@ -4,8 +4,9 @@
 // a Prometheus Operator ServiceMonitor, whose Go types are not vendored, is checked against the
 // structure of monitoring.coreos.com/v1 the same way. Then the rules distcache's chart
 // promises are checked across documents: pinned images, probes, resources, a non-root
-// read-only security context, Services and PodDisruptionBudgets that select pods, and
-// ServiceMonitors that select Services with the named port.
+// read-only security context, no environment value in exponent notation, Services and
+// PodDisruptionBudgets that select pods, and ServiceMonitors that select Services with the named
+// port.
 package manifestcheck
 
 import (
@@ -378,6 +379,11 @@ func checkPod(w workload, fail func(Object, error, string, ...any)) {
 		if len(c.Resources.Requests) == 0 {
 			fail(o, ErrPolicy, "%s: no resource requests", where)
 		}
+		for _, e := range c.Env {
+			if exponentNumber.MatchString(e.Value) {
+				fail(o, ErrPolicy, "%s: env %s is %q, a number in exponent notation that no service parses as an integer (helm printed a float: pipe the value through int64)", where, e.Name, e.Value)
+			}
+		}
 		if !w.longRunning || isInit {
 			continue
 		}
@@ -397,6 +403,10 @@ func checkPod(w workload, fail func(Object, error, string, ...any)) {
 		}
 	}
 }
+
+// exponentNumber matches what Helm renders for a large integer value that it decoded as a float
+// and printed without int64 ("1e+06" for 1000000).
+var exponentNumber = regexp.MustCompile(`^[+-]?[0-9]+(\.[0-9]+)?[eE][+-]?[0-9]+$`)
 
 func checkContainerSecurity(o Object, where string, sc *corev1.SecurityContext, podNonRoot bool, fail func(Object, error, string, ...any)) {
 	if !podNonRoot && (sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot) {

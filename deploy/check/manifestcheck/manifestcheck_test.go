@@ -245,6 +245,12 @@ func TestCheck(t *testing.T) {
 			wantText: "resource requests",
 		},
 		{
+			name:     "env number in exponent notation",
+			manifest: strings.Replace(good, "          env:\n", "          env:\n            - name: INDEX_CACHE_ENTRIES\n              value: \"1e+06\"\n", 1),
+			want:     ErrPolicy,
+			wantText: `env INDEX_CACHE_ENTRIES is "1e+06"`,
+		},
+		{
 			name:     "Service selects nothing",
 			manifest: strings.Replace(good, "  selector: {app: web}\n", "  selector: {app: wbe}\n", 1),
 			want:     ErrPolicy,
