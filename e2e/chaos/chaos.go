@@ -272,13 +272,17 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		name    string
 		kill    func() error
 		restore func(context.Context) error
-		instant bool // nothing is held down: no -down pause
+		instant bool          // nothing is held down: no -down pause
+		minDown time.Duration // held down at least this long
 	}
 	var steps []step
 	for _, c := range p.Components() {
 		s := step{name: c.Name(), kill: c.Kill, restore: c.Start}
 		if i, ok := c.(interface{ Instant() bool }); ok && i.Instant() {
 			s.instant = true // a wipe: recovery counts from it
+		}
+		if m, ok := c.(interface{ MinDown() time.Duration }); ok {
+			s.minDown = m.MinDown()
 		}
 		steps = append(steps, s)
 	}
@@ -294,7 +298,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			return fail(fmt.Errorf("kill %s: %w", s.name, err))
 		}
 		if !s.instant {
-			if err := hold(cfg.Down); err != nil {
+			if err := hold(max(cfg.Down, s.minDown)); err != nil {
 				stopAll()
 				return fail(err)
 			}
