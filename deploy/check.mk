@@ -12,6 +12,9 @@
 #     migration hook Jobs are rendered per enabled set, each with its set's Secret, and the
 #     control-plane never gets the core-publisher's database Secret; the search attribute Job
 #     is rendered unless turned off, with the Temporal TLS and API key settings;
+#   - the alert rules and dashboards: the chart's copies (files/) equal deploy/prometheus and
+#     deploy/grafana; the PrometheusRule and the dashboard ConfigMaps render only when enabled;
+#     promtool check rules when promtool is installed (make setup installs it);
 #   - every PUBLISHER_/PRODUCER_/CONTROLPLANE_/EDGE_ variable that compose or the chart sets is
 #     one the service's (or the example edge service's) code actually reads.
 #
@@ -94,6 +97,16 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	@# The ServiceMonitor toggle: absent by default, present when enabled.
 	@if grep -q '^kind: ServiceMonitor' $(OUT)/default.yaml; then echo "FAIL: ServiceMonitor rendered although disabled"; exit 1; fi
 	@grep -q '^kind: ServiceMonitor' $(OUT)/production.yaml || { echo "FAIL: ServiceMonitor missing although enabled"; exit 1; }
+	@# Alerts and dashboards: one source each (deploy/prometheus, deploy/grafana), copied into the
+	@# chart (it cannot read outside itself); rendered only when enabled.
+	@diff -r $(ROOT)/deploy/prometheus $(CHART)/files/prometheus && diff -r $(ROOT)/deploy/grafana $(CHART)/files/grafana || \
+	  { echo "FAIL: the chart's files/ differ from deploy/prometheus or deploy/grafana (edit those, then cp deploy/prometheus/* $(CHART)/files/prometheus/ and cp deploy/grafana/* $(CHART)/files/grafana/)"; exit 1; }
+	@if command -v promtool >/dev/null; then promtool check rules $(ROOT)/deploy/prometheus/distcache-rules.yaml >/dev/null || exit 1; \
+	  else echo "note: promtool not installed (make setup installs it); rules not checked by promtool"; fi
+	@if grep -q '^kind: PrometheusRule\|grafana_dashboard:' $(OUT)/default.yaml; then echo "FAIL: PrometheusRule or dashboards rendered although disabled"; exit 1; fi
+	@grep -q '^kind: PrometheusRule' $(OUT)/production.yaml || { echo "FAIL: PrometheusRule missing although enabled"; exit 1; }
+	@test "$$(grep -c 'grafana_dashboard: "1"' $(OUT)/production.yaml)" = "$$(ls $(CHART)/files/grafana/*.json | wc -l)" || \
+	  { echo "FAIL: want one dashboard ConfigMap per files/grafana/*.json when enabled"; exit 1; }
 	@# NetworkPolicies: on by default (a default deny, one per service, one for the migration
 	@# Jobs, one for the search attribute Job), off on request.
 	@test "$$(grep -c '^kind: NetworkPolicy' $(OUT)/default.yaml)" = 6 || { echo "FAIL: want 6 NetworkPolicies with the defaults"; exit 1; }
