@@ -1,13 +1,15 @@
 // Package chaos runs distcache's fault-injection scenario: the whole pipeline (package pipeline,
-// with two cache-producer replicas) under a steady write load into the core database, with two
-// in-process edges (one reaching Redis through a TCP proxy), while the core-publisher, the
-// cache-producer replica that writes the projection (the other takes over), the Redis primary,
-// its replica (which the other edge reads first), the broker and PostgreSQL are each killed with
-// SIGKILL and restarted in turn, Redis loses all its data (FLUSHALL) while it runs, and the
-// proxied edge's connection is cut. It then checks that nothing was lost: the final core rows, Redis's values
-// and every edge's values agree (seq, and the edges' versions with Redis's); no edge ever returned an older version
-// of a key than it had returned before; and the edges served their cached keys with zero errors
-// throughout, Redis's outage included.
+// with two cache-producer replicas and three redis-sentinels watching a Redis primary and its
+// replica) under a steady write load into the core database, with two in-process edges (one
+// reaching Redis through a TCP proxy, the other through the sentinels), while the core-publisher,
+// the cache-producer replica that writes the projection (the other takes over; then it is paused
+// past the group's session timeout and resumed), the Redis primary (a Sentinel failover), its
+// replica, the broker and PostgreSQL are each killed with SIGKILL and restarted in turn, Redis
+// loses all its data (FLUSHALL) while it runs, the primary restarts with its data removed, and the
+// proxied edge's connection is cut. It then checks that nothing was lost: the final core rows,
+// Redis's values and every edge's values agree (seq, and the edges' versions with Redis's); no
+// edge ever returned an older version of a key than it had returned before; and the edges served
+// their cached keys with zero errors throughout, Redis's outage included.
 package chaos
 
 import (
@@ -53,6 +55,9 @@ func Short(repo, run string) Config {
 type Fault struct {
 	Component string
 	Down      time.Duration // killed → restarted and healthy (or connection restored)
+	// Served is, for a fault the pipeline must ride through while it lasts (a producer takeover,
+	// a Sentinel failover), killed → a fresh commit visible at both edges, before the restart.
+	Served    time.Duration
 	Recovery  time.Duration // healthy → a fresh commit visible at both edges
 	Writes    int64         // updates committed while it was down
 	WriteErrs int64         // updates that failed while it was down
@@ -93,9 +98,13 @@ func (r Report) OK() bool {
 // Print writes the report as counts.
 func (r Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "\nchaos: what was done\n")
-	fmt.Fprintf(w, "  %-28s %10s %10s %10s %10s\n", "fault (kill -9, restart)", "down", "recovery", "writes", "write errs")
+	fmt.Fprintf(w, "  %-42s %10s %12s %10s %10s %10s\n", "fault (kill -9, restart)", "down", "served down", "recovery", "writes", "write errs")
 	for _, f := range r.Faults {
-		fmt.Fprintf(w, "  %-28s %10s %10s %10d %10d\n", f.Component, f.Down.Round(10*time.Millisecond), f.Recovery.Round(10*time.Millisecond), f.Writes, f.WriteErrs)
+		sv := "-"
+		if f.Served > 0 {
+			sv = f.Served.Round(10 * time.Millisecond).String()
+		}
+		fmt.Fprintf(w, "  %-42s %10s %12s %10s %10d %10d\n", f.Component, f.Down.Round(10*time.Millisecond), sv, f.Recovery.Round(10*time.Millisecond), f.Writes, f.WriteErrs)
 	}
 	fmt.Fprintf(w, "  updates committed %d, failed (during outages) %d, over %v\n", r.Committed, r.WriteErrors, r.Duration.Round(time.Second))
 	fmt.Fprintf(w, "\nchaos: what was verified\n")
@@ -190,8 +199,11 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		// Two producer replicas: killing the one that writes the projection is a takeover. The
 		// broker's smallest session timeout keeps it short; the pointer is reconciled each second.
 		ProducerReplicas: 2,
-		ProducerEnv:      []string{"PRODUCER_GROUP_SESSION_TIMEOUT=6s"},
-		ControlEnv:       []string{"CONTROLPLANE_POINTER_RECONCILE_INTERVAL=1s"},
+		// Three sentinels watch the primary and its replica: the services and edge B find the
+		// primary through them, so killing the primary is a failover.
+		Sentinel:    true,
+		ProducerEnv: []string{"PRODUCER_GROUP_SESSION_TIMEOUT=6s"},
+		ControlEnv:  []string{"CONTROLPLANE_POINTER_RECONCILE_INTERVAL=1s"},
 	})
 	if err != nil {
 		return rep, err
@@ -216,22 +228,22 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		return fail(fmt.Errorf("edge A: %w", err))
 	}
 	defer edgeA.Close(context.Background())
-	// Edge B reads the replica first (and tails its change stream there), the primary when the
-	// replica is down.
-	edgeB, err := pipeline.NewEdge(ctx, p.RedisAddr, keys, append(edgeOpts, distcache.WithAddrs(p.RedisAddr, p.RedisReplicaAddr))...)
+	// Edge B finds the primary and its replica through the sentinels, reads the replica first
+	// (and tails its change stream there), the primary when the replica is down.
+	edgeB, err := pipeline.NewEdgeOn(ctx, distcache.WithSentinel(pipeline.SentinelMaster, p.SentinelAddrs...), keys, edgeOpts...)
 	if err != nil {
 		return fail(fmt.Errorf("edge B: %w", err))
 	}
 	defer edgeB.Close(context.Background())
 	edges := []*distcache.Client{edgeA, edgeB}
-	say("chaos: edges up, each holding %d keys (edge A reaches the primary through a cuttable proxy %s; edge B reads the replica %s first)", cfg.Items, proxy.Addr(), p.RedisReplicaAddr)
+	say("chaos: edges up, each holding %d keys (edge A reaches the first primary's node through a cuttable proxy %s; edge B finds the nodes through the sentinels %v and reads the replica first)", cfg.Items, proxy.Addr(), p.SentinelAddrs)
 
 	pool, err := pgxpool.New(ctx, p.CoreURL)
 	if err != nil {
 		return fail(err)
 	}
 	defer pool.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: p.RedisAddr})
+	rdb := p.PrimaryClient()
 	defer rdb.Close()
 
 	watchers := []*pipeline.Watcher{
@@ -274,6 +286,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		restore func(context.Context) error
 		instant bool          // nothing is held down: no -down pause
 		minDown time.Duration // held down at least this long
+		served  bool          // the pipeline must serve fresh commits while it is down
+		// servedBy are the edges that must see them: edge A's node may be the one down
+		servedBy []*distcache.Client
 	}
 	var steps []step
 	for _, c := range p.Components() {
@@ -283,6 +298,12 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		}
 		if m, ok := c.(interface{ MinDown() time.Duration }); ok {
 			s.minDown = m.MinDown()
+		}
+		if sv, ok := c.(interface{ ServedWhileDown() bool }); ok {
+			s.served, s.servedBy = sv.ServedWhileDown(), edges
+		}
+		if nd, ok := c.(interface{ NodeDown() bool }); ok && nd.NodeDown() {
+			s.servedBy = []*distcache.Client{edgeB} // edge A reads a fixed node, the one down
 		}
 		steps = append(steps, s)
 	}
@@ -297,8 +318,18 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			stopAll()
 			return fail(fmt.Errorf("kill %s: %w", s.name, err))
 		}
+		var served time.Duration
+		if s.served {
+			// The others take over (or the sentinels promote the replica): a fresh commit must
+			// reach both edges while the component stays down.
+			if err := probe(ctx, pool, s.servedBy, 2*time.Minute); err != nil {
+				stopAll()
+				return fail(fmt.Errorf("while %s is down: %w", s.name, err))
+			}
+			served = time.Since(start)
+		}
 		if !s.instant {
-			if err := hold(max(cfg.Down, s.minDown)); err != nil {
+			if err := hold(max(cfg.Down, s.minDown) - time.Since(start)); err != nil {
 				stopAll()
 				return fail(err)
 			}
@@ -308,7 +339,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			stopAll()
 			return fail(fmt.Errorf("restart %s: %w", s.name, err))
 		}
-		f := Fault{Component: s.name, Down: time.Since(start), Writes: ld.committed.Load() - c0, WriteErrs: ld.errs.Load() - e0}
+		f := Fault{Component: s.name, Down: time.Since(start), Served: served, Writes: ld.committed.Load() - c0, WriteErrs: ld.errs.Load() - e0}
 		setPhase("after " + s.name)
 		healthy := time.Now()
 		if err := probe(ctx, pool, edges, 3*time.Minute); err != nil {
@@ -317,8 +348,12 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		}
 		f.Recovery = time.Since(healthy)
 		rep.Faults = append(rep.Faults, f)
-		say("chaos: %-32s down %-8v recovered (fresh commit at both edges) in %v; %d writes committed, %d failed meanwhile",
-			s.name, f.Down.Round(10*time.Millisecond), f.Recovery.Round(10*time.Millisecond), f.Writes, f.WriteErrs)
+		servedNote := ""
+		if f.Served > 0 {
+			servedNote = fmt.Sprintf(" (while down, a fresh commit reached the edges that can see it %v after the fault)", f.Served.Round(10*time.Millisecond))
+		}
+		say("chaos: %-32s down %-8v recovered (fresh commit at both edges) in %v%s; %d writes committed, %d failed meanwhile",
+			s.name, f.Down.Round(10*time.Millisecond), f.Recovery.Round(10*time.Millisecond), servedNote, f.Writes, f.WriteErrs)
 		if err := hold(cfg.Settle); err != nil {
 			stopAll()
 			return fail(err)

@@ -35,8 +35,13 @@ func Seq(v []byte) (int64, bool) {
 // NewEdge starts an in-process edge: a distcache.Client on the sample projection through addr,
 // with keys preloaded into its local cache.
 func NewEdge(ctx context.Context, addr string, keys []string, opts ...distcache.Option) (*distcache.Client, error) {
+	return NewEdgeOn(ctx, distcache.WithAddrs(addr), keys, opts...)
+}
+
+// NewEdgeOn is NewEdge with the connection option conn (WithAddrs, WithSentinel, ...).
+func NewEdgeOn(ctx context.Context, conn distcache.Option, keys []string, opts ...distcache.Option) (*distcache.Client, error) {
 	o := append([]distcache.Option{
-		distcache.WithAddrs(addr),
+		conn,
 		distcache.WithProjections(Projection.Name),
 		distcache.WithWarmStart(Projection.Name, distcache.WarmStart{Keys: keys}),
 	}, opts...)

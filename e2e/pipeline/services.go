@@ -38,9 +38,13 @@ type Stack struct {
 	ControlURL        string   // the control-plane's registry
 	RedisAddr         string   // the primary
 	RedisReplicaAddrs []string // read replicas, for edges; may be empty
-	KafkaBrokers      string
-	TemporalHostPort  string
-	TemporalUIURL     string // links printed by the control-plane; empty when headless
+	// RedisSentinelMaster and RedisSentinelAddrs, when set, make the services find the primary
+	// through Sentinel instead of RedisAddr.
+	RedisSentinelMaster string
+	RedisSentinelAddrs  []string
+	KafkaBrokers        string
+	TemporalHostPort    string
+	TemporalUIURL       string // links printed by the control-plane; empty when headless
 }
 
 // Ports are the services' listen ports; 0 picks a free one.
@@ -189,6 +193,13 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 		}, addr)
 	}
 	st := cfg.Stack
+	redisEnv := func(prefix string) []string {
+		if st.RedisSentinelMaster != "" {
+			return []string{prefix + "_REDIS_SENTINEL_MASTER=" + st.RedisSentinelMaster,
+				prefix + "_REDIS_SENTINEL_ADDRS=" + strings.Join(st.RedisSentinelAddrs, ",")}
+		}
+		return []string{prefix + "_REDIS_ADDRS=" + st.RedisAddr}
+	}
 	s.Publisher = mk(NamePublisher, s.PublisherAddr, "/readyz", append([]string{
 		"PUBLISHER_DATABASE_URL=" + st.CoreURL,
 		"PUBLISHER_KAFKA_BROKERS=" + st.KafkaBrokers,
@@ -201,26 +212,25 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 		if i > 0 {
 			name = fmt.Sprintf("%s-%d", NameProducer, i+1)
 		}
-		s.Producers = append(s.Producers, mk(name, addr, "/healthz", append([]string{
+		s.Producers = append(s.Producers, mk(name, addr, "/healthz", append(append([]string{
 			"PRODUCER_DATABASE_URL=" + st.ControlURL,
-			"PRODUCER_REDIS_ADDRS=" + st.RedisAddr,
 			"PRODUCER_KAFKA_BROKERS=" + st.KafkaBrokers,
 			"PRODUCER_TEMPORAL_HOSTPORT=" + st.TemporalHostPort,
 			"PRODUCER_HTTP_ADDR=" + addr,
 			"PRODUCER_REPLICA_NAME=" + name,
-		}, cfg.ProducerEnv...)))
+		}, redisEnv("PRODUCER")...), cfg.ProducerEnv...)))
 	}
 	s.Producer = s.Producers[0]
 	control := []string{
 		"CONTROLPLANE_DATABASE_URL=" + st.ControlURL,
 		"CONTROLPLANE_CORE_DATABASE_URL=" + st.CoreURL,
-		"CONTROLPLANE_REDIS_ADDRS=" + st.RedisAddr,
 		"CONTROLPLANE_TEMPORAL_HOSTPORT=" + st.TemporalHostPort,
 		"CONTROLPLANE_GRPC_ADDR=" + s.ControlGRPC,
 		"CONTROLPLANE_HTTP_ADDR=" + s.ControlHTTP,
 		"CONTROLPLANE_TOKENS=" + cfg.Token,
 		"CONTROLPLANE_RETIRE_GRACE=30s",
 	}
+	control = append(control, redisEnv("CONTROLPLANE")...)
 	if st.TemporalUIURL != "" {
 		control = append(control, "CONTROLPLANE_TEMPORAL_UI_URL="+st.TemporalUIURL)
 	}

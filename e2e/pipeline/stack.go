@@ -46,7 +46,14 @@ type Config struct {
 	PublisherEnv, ProducerEnv, ControlEnv []string
 	// ProducerReplicas is how many cache-producer replicas run; 0 means 1.
 	ProducerReplicas int
+	// Sentinel runs three redis-sentinels watching the primary and its replica (master set
+	// SentinelMaster); the services and Client find the primary through them, and the Redis
+	// components of the chaos run kill whichever node is the primary or the replica then.
+	Sentinel bool
 }
+
+// SentinelMaster is the master set the pipeline's sentinels watch.
+const SentinelMaster = "distcache-chaos"
 
 // Component is a part of the pipeline that can crash and come back.
 type Component interface {
@@ -69,8 +76,11 @@ type Pipeline struct {
 	// which edges read first.
 	RedisReplica     *Program
 	RedisReplicaAddr string
-	Kafka            *devstack.Kafka
-	Temporal         *devstack.Temporal
+	// Sentinels watch Redis and RedisReplica when Config.Sentinel is set.
+	Sentinels     []*devstack.Sentinel
+	SentinelAddrs []string
+	Kafka         *devstack.Kafka
+	Temporal      *devstack.Temporal
 
 	// Services are the three services (Publisher, Producer, Control and their addresses).
 	*Services
@@ -141,6 +151,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		RunDir: cfg.RunDir, Token: cfg.Token,
 		Stack: Stack{
 			CoreURL: p.CoreURL, ControlURL: p.ControlURL, RedisAddr: p.RedisAddr,
+			RedisSentinelMaster: map[bool]string{true: SentinelMaster}[p.cfg.Sentinel], RedisSentinelAddrs: p.SentinelAddrs,
 			KafkaBrokers: p.Kafka.Addr, TemporalHostPort: p.Temporal.HostPort,
 		},
 		PublisherEnv: cfg.PublisherEnv, ProducerEnv: cfg.ProducerEnv, ControlEnv: cfg.ControlEnv,
@@ -193,11 +204,14 @@ func (p *Pipeline) startStack(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Each node reads a config file of its own: the sentinels rewrite it (CONFIG REWRITE) when
+	// they change the node's role, so a node restarted after a failover keeps its new role.
+	pconf, err := writeRedisConf(rdir, port, "")
+	if err != nil {
+		return err
+	}
 	p.Redis = NewProgram(devstack.ProgramConfig{
-		Name: "redis", Dir: rdir, Mode: devstack.Attached,
-		Args: []string{bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", rdir,
-			"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
-			"--protected-mode", "no", "--loglevel", "warning"},
+		Name: "redis", Dir: rdir, Mode: devstack.Attached, Args: []string{bin, pconf},
 		Ready: func(ctx context.Context) error { return pingRedis(ctx, p.RedisAddr) },
 	}, "")
 	if err := p.Redis.Start(ctx); err != nil {
@@ -213,17 +227,32 @@ func (p *Pipeline) startStack(ctx context.Context) error {
 	if err := os.MkdirAll(rrdir, 0o755); err != nil {
 		return err
 	}
+	rconf, err := writeRedisConf(rrdir, rport, p.RedisAddr)
+	if err != nil {
+		return err
+	}
 	p.RedisReplica = NewProgram(devstack.ProgramConfig{
-		Name: "redis replica", Dir: rrdir, Mode: devstack.Attached,
-		Args: []string{bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(rport), "--dir", rrdir,
-			"--replicaof", "127.0.0.1", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--daemonize", "no",
-			"--protected-mode", "no", "--loglevel", "warning"},
+		Name: "redis replica", Dir: rrdir, Mode: devstack.Attached, Args: []string{bin, rconf},
 		Ready: func(ctx context.Context) error { return replicaSynced(ctx, p.RedisReplicaAddr) },
 	}, "")
 	if err := p.RedisReplica.Start(ctx); err != nil {
 		return err
 	}
 	p.stops = append(p.stops, p.RedisReplica.Stop)
+	if p.cfg.Sentinel {
+		for i := range 3 {
+			sn, err := devstack.StartSentinel(ctx, devstack.SentinelConfig{
+				Dir: filepath.Join(dir, "sentinel-"+strconv.Itoa(i+1)), Master: SentinelMaster, Primary: p.RedisAddr,
+				Quorum: 2, DownAfter: time.Second, FailoverTimeout: 10 * time.Second, Replicas: 1, Mode: devstack.Attached,
+			})
+			if err != nil {
+				return fmt.Errorf("start sentinel: %w", err)
+			}
+			p.stops = append(p.stops, sn.Stop)
+			p.Sentinels = append(p.Sentinels, sn)
+			p.SentinelAddrs = append(p.SentinelAddrs, sn.Addr)
+		}
+	}
 
 	kbin, err := p.toolBin(ctx, "kafkad", filepath.Join(p.cfg.RepoDir, "tools"), "./cmd/kafkad", false)
 	if err != nil {
@@ -288,6 +317,51 @@ func replicaSynced(ctx context.Context, addr string) error {
 	return nil
 }
 
+// writeRedisConf writes dir/redis.conf for a node on port (a replica of primary when not empty):
+// append-only with fsync always, so a killed node loses nothing it acknowledged.
+func writeRedisConf(dir string, port int, primary string) (string, error) {
+	body := fmt.Sprintf("bind 127.0.0.1\nport %d\ndir %s\nsave \"\"\nappendonly yes\nappendfsync always\n"+
+		"daemonize no\nprotected-mode no\nloglevel warning\n", port, dir)
+	if primary != "" {
+		host, pport, err := net.SplitHostPort(primary)
+		if err != nil {
+			return "", err
+		}
+		body += fmt.Sprintf("replicaof %s %s\n", host, pport)
+	}
+	conf := filepath.Join(dir, "redis.conf")
+	if _, err := os.Stat(conf); err == nil {
+		return conf, nil // kept across restarts of the pipeline's run directory: it holds the node's role
+	}
+	return conf, os.WriteFile(conf, []byte(body), 0o644)
+}
+
+// PrimaryClient returns a client of the Redis primary: through the sentinels when they run.
+func (p *Pipeline) PrimaryClient() *redis.Client {
+	if len(p.SentinelAddrs) > 0 {
+		return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: SentinelMaster, SentinelAddrs: p.SentinelAddrs})
+	}
+	return redis.NewClient(&redis.Options{Addr: p.RedisAddr})
+}
+
+// roles returns the Redis node programs as the sentinels see them now: the primary, then the
+// replica (Redis, RedisReplica without sentinels).
+func (p *Pipeline) roles(ctx context.Context) (primary, replica *Program, primaryAddr string) {
+	if len(p.Sentinels) > 0 {
+		for _, sn := range p.Sentinels {
+			a, err := sn.MasterAddr(ctx)
+			if err != nil {
+				continue
+			}
+			if a == p.RedisReplicaAddr {
+				return p.RedisReplica, p.Redis, a
+			}
+			return p.Redis, p.RedisReplica, p.RedisAddr
+		}
+	}
+	return p.Redis, p.RedisReplica, p.RedisAddr
+}
+
 func pingRedis(ctx context.Context, addr string) error {
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 	defer c.Close()
@@ -307,12 +381,13 @@ func (p *Pipeline) Stop() {
 
 // Components returns the parts the chaos run crashes, in its order: publisher, the producer
 // replica that writes the sample projection (killed; then paused past the group's session
-// timeout and resumed), the Redis primary, its replica (edges read it first), broker,
-// PostgreSQL, Redis losing its data while it runs (FLUSHALL) and Redis restarting empty (its
-// append-only file gone; the replica resyncs to the empty primary). Nobody acts on the losses.
+// timeout and resumed), the Redis primary (with sentinels, a failover), its replica (edges read
+// it first), broker, PostgreSQL, Redis losing its data while it runs (FLUSHALL) and the primary
+// restarting empty (its append-only file gone). Nobody acts on the losses.
 func (p *Pipeline) Components() []Component {
-	return []Component{p.Publisher, &ownerComponent{p: p}, &ownerComponent{p: p, pause: true}, p.Redis, p.RedisReplica,
-		kafkaComponent{p.Kafka}, pgComponent{p.PG}, flushComponent{addr: p.RedisAddr}, emptyRestartComponent{p: p}}
+	return []Component{p.Publisher, &ownerComponent{p: p}, &ownerComponent{p: p, pause: true},
+		&redisComponent{p: p}, &redisComponent{p: p, replica: true},
+		kafkaComponent{p.Kafka}, pgComponent{p.PG}, flushComponent{p: p}, &redisComponent{p: p, empty: true}}
 }
 
 // ownerComponent is the cache-producer replica that writes the sample projection when it is
@@ -356,6 +431,10 @@ func (c *ownerComponent) Kill() error {
 // when it resumes.
 const PauseFor = 9 * time.Second
 
+// ServedWhileDown: with several replicas, another one takes the topic over while this one is
+// down.
+func (c *ownerComponent) ServedWhileDown() bool { return len(c.p.Producers) > 1 }
+
 // MinDown is how long the fault must last: a pause lasts PauseFor.
 func (c *ownerComponent) MinDown() time.Duration {
 	if c.pause {
@@ -371,18 +450,89 @@ func (c *ownerComponent) Start(ctx context.Context) error {
 	return c.killed.Start(ctx)
 }
 
-// emptyRestartComponent is the Redis primary restarting empty (a restart without persistence):
-// Kill kills it and removes its data; Start starts it empty, and the replica resyncs to it.
-type emptyRestartComponent struct{ p *Pipeline }
+// redisComponent is a Redis node killed with SIGKILL and started again: the primary (with
+// sentinels: they promote the replica meanwhile, and the old primary comes back as a replica),
+// the replica, or, with empty, the primary with its data removed before it starts again (a
+// restart without persistence; with sentinels it comes back empty as a replica and resyncs).
+type redisComponent struct {
+	p       *Pipeline
+	replica bool
+	empty   bool
+	killed  *Program
+}
 
-func (c emptyRestartComponent) Name() string { return "Redis restarts empty" }
-func (c emptyRestartComponent) Kill() error {
-	if err := c.p.Redis.Kill(); err != nil {
+func (c *redisComponent) Name() string {
+	switch {
+	case c.empty && len(c.p.Sentinels) > 0:
+		return "Redis primary restarts empty (failover)"
+	case c.empty:
+		return "Redis restarts empty"
+	case c.replica:
+		return "redis replica"
+	case len(c.p.Sentinels) > 0:
+		return "redis primary (Sentinel failover)"
+	}
+	return "redis"
+}
+
+// ServedWhileDown: with sentinels, a killed primary is replaced by its promoted replica.
+func (c *redisComponent) ServedWhileDown() bool { return len(c.p.Sentinels) > 0 && !c.replica }
+
+// NodeDown: a Redis node is down (an edge that reads that node alone waits for its restart).
+func (c *redisComponent) NodeDown() bool { return true }
+
+func (c *redisComponent) Kill() error {
+	primary, replica, _ := c.p.roles(context.Background())
+	c.killed = primary
+	if c.replica {
+		c.killed = replica
+	}
+	if err := c.killed.Kill(); err != nil {
 		return err
 	}
-	return removeRedisData(c.p.Redis.cfg.Dir)
+	if c.empty {
+		return removeRedisData(c.killed.cfg.Dir)
+	}
+	return nil
 }
-func (c emptyRestartComponent) Start(ctx context.Context) error { return c.p.Redis.Start(ctx) }
+
+func (c *redisComponent) Start(ctx context.Context) error {
+	if err := c.killed.Start(ctx); err != nil {
+		return err
+	}
+	if len(c.p.Sentinels) == 0 {
+		return nil
+	}
+	// The node is back; wait until the sentinels see one primary and the other node as its
+	// replica again, in sync.
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		_, _, paddr := c.p.roles(ctx)
+		raddr := c.p.RedisReplicaAddr
+		if paddr == c.p.RedisReplicaAddr {
+			raddr = c.p.RedisAddr
+		}
+		err := replicaSynced(ctx, raddr)
+		if err == nil {
+			for _, sn := range c.p.Sentinels {
+				if err = sn.Health(ctx); err != nil {
+					break
+				}
+			}
+		}
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: the pair did not settle: %w", c.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond): // polling the replication state
+		}
+	}
+}
 
 // removeRedisData removes the append-only files and dump of the Redis whose directory is dir.
 func removeRedisData(dir string) error {
@@ -394,14 +544,14 @@ func removeRedisData(dir string) error {
 	return nil
 }
 
-// flushComponent is Redis losing everything while it runs: Kill is a FLUSHALL, Start does
-// nothing (the producers rebuild from the topics, the control-plane restores the pointer, the
-// edges serve what they hold meanwhile).
-type flushComponent struct{ addr string }
+// flushComponent is Redis losing everything while it runs: Kill is a FLUSHALL of the primary,
+// Start does nothing (the producers rebuild from the topics, the control-plane restores the
+// pointer, the edges serve what they hold meanwhile).
+type flushComponent struct{ p *Pipeline }
 
 func (c flushComponent) Name() string { return "Redis loses its data (FLUSHALL)" }
 func (c flushComponent) Kill() error {
-	rdb := redis.NewClient(&redis.Options{Addr: c.addr})
+	rdb := c.p.PrimaryClient()
 	defer rdb.Close()
 	return rdb.FlushAll(context.Background()).Err()
 }
