@@ -32,7 +32,7 @@ const (
 // Row is one line of the status table.
 type Row struct {
 	Projection, Generation, State, Progress, Lag, Newest, Owner, DeadLetters, Note string
-	Health                                                                        Health
+	Health                                                                         Health
 }
 
 // shownStates are the generation states the table lists: those being built and those kept up to
