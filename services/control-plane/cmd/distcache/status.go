@@ -80,13 +80,18 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 	if *tokenFile == "" {
 		*tokenFile = getenv(EnvTokenFile)
 	}
-	token, err := readToken(getenv(EnvToken), *tokenFile)
-	if err != nil {
-		return err
+	token, tokenErr := readToken(getenv(EnvToken), *tokenFile)
+	if tokenErr != nil && !errors.Is(tokenErr, os.ErrNotExist) {
+		return tokenErr
 	}
 	c, err := newClient(*baseURL, token, *caFile)
 	if err != nil {
 		return err
+	}
+	if tokenErr != nil {
+		// A missing token file matters only if the API answers (and then it refuses): -if-up
+		// against a stack that is not running must not fail on it.
+		c.noToken = tokenErr.Error()
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -144,6 +149,8 @@ type client struct {
 	base  string
 	token string
 	http  *http.Client
+	// noToken says why there is no token, for a refusal's message ("" when none is missing).
+	noToken string
 }
 
 func newClient(base, token, caFile string) (*client, error) {
@@ -240,7 +247,10 @@ func (c *client) get(ctx context.Context, path string, into proto.Message) error
 		if json.Unmarshal(body, &st) == nil && st.Message != "" {
 			msg = st.Message // a google.rpc.Status
 		}
-		if resp.StatusCode == http.StatusUnauthorized && c.token == "" {
+		switch {
+		case resp.StatusCode == http.StatusUnauthorized && c.noToken != "":
+			msg += " (no token: " + c.noToken + ")"
+		case resp.StatusCode == http.StatusUnauthorized && c.token == "":
 			msg += " (no token: set " + EnvToken + " or -token-file)"
 		}
 		return &apiError{code: resp.StatusCode, msg: msg}
