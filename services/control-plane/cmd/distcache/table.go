@@ -115,11 +115,13 @@ func generationRow(name string, g *pb.GenerationStatus, run *pb.BuildStatus, th 
 				r.Newest = formatAge(age) + " ago"
 			}
 			if c.GetState() != "reporting" {
+				// The figures are the last report's: records that arrived since are not counted.
+				r.Lag += "?"
 				msg := c.GetMessage()
 				if msg == "" {
 					msg = "consumer " + c.GetState()
 				}
-				flag(Failing, msg)
+				flag(Failing, msg+"; lag as of that report")
 			}
 			if lag > 0 && c.GetNewestChangeTime() != nil && age > th.MaxAge {
 				flag(Failing, fmt.Sprintf("%d records wait behind a change %s old", lag, formatAge(age)))
