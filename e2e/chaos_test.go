@@ -13,8 +13,9 @@ import (
 )
 
 // TestChaosShort runs the chaos scenario in its short form on its own stack: the publisher, the
-// producer, Redis, the broker and PostgreSQL are each killed with SIGKILL and restarted under a
-// steady write load, and an edge's connection is cut. It asserts the invariants themselves: every
+// producer replica that writes the projection (the other of two takes over), Redis, the broker
+// and PostgreSQL are each killed with SIGKILL and restarted under a steady write load, Redis
+// loses its data (FLUSHALL), and an edge's connection is cut. It asserts the invariants themselves: every
 // committed change is in Redis and at both edges (by version and seq), no edge returned a
 // version older than one it had returned, zero read errors for cached keys, and every fault was
 // injected and recovered from.
@@ -48,7 +49,7 @@ func TestChaosShort(t *testing.T) {
 	if err != nil {
 		t.Fatalf("chaos: %v", err)
 	}
-	if got, want := len(rep.Faults), 6; got != want {
+	if got, want := len(rep.Faults), 7; got != want {
 		t.Errorf("faults injected = %d, want %d", got, want)
 	}
 	if rep.Checked != cfg.Items || rep.RedisMismatch != 0 {

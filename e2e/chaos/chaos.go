@@ -1,8 +1,9 @@
-// Package chaos runs distcache's fault-injection scenario: the whole pipeline (package pipeline)
-// under a steady write load into the core database, with two in-process edges (one reaching Redis
-// through a TCP proxy), while the core-publisher, the cache-producer, the Redis primary, the
-// broker and PostgreSQL are each killed with SIGKILL and restarted in turn and the proxied edge's
-// connection is cut. It then checks that nothing was lost: the final core rows, Redis's values
+// Package chaos runs distcache's fault-injection scenario: the whole pipeline (package pipeline,
+// with two cache-producer replicas) under a steady write load into the core database, with two
+// in-process edges (one reaching Redis through a TCP proxy), while the core-publisher, the
+// cache-producer replica that writes the projection (the other takes over), the Redis primary,
+// the broker and PostgreSQL are each killed with SIGKILL and restarted in turn, Redis loses all
+// its data (FLUSHALL) while it runs, and the proxied edge's connection is cut. It then checks that nothing was lost: the final core rows, Redis's values
 // and every edge's values agree (seq, and the edges' versions with Redis's); no edge ever returned an older version
 // of a key than it had returned before; and the edges served their cached keys with zero errors
 // throughout, Redis's outage included.
@@ -184,7 +185,13 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	say := func(f string, a ...any) { fmt.Fprintf(out, f+"\n", a...) }
 	t0 := time.Now()
 	say("chaos: starting the pipeline under %s", cfg.RunDir)
-	p, err := pipeline.Start(ctx, pipeline.Config{RepoDir: cfg.RepoDir, RunDir: cfg.RunDir, Items: cfg.Items, Out: out})
+	p, err := pipeline.Start(ctx, pipeline.Config{RepoDir: cfg.RepoDir, RunDir: cfg.RunDir, Items: cfg.Items, Out: out,
+		// Two producer replicas: killing the one that writes the projection is a takeover. The
+		// broker's smallest session timeout keeps it short; the pointer is reconciled each second.
+		ProducerReplicas: 2,
+		ProducerEnv:      []string{"PRODUCER_GROUP_SESSION_TIMEOUT=6s"},
+		ControlEnv:       []string{"CONTROLPLANE_POINTER_RECONCILE_INTERVAL=1s"},
+	})
 	if err != nil {
 		return rep, err
 	}

@@ -58,8 +58,11 @@ type ServicesConfig struct {
 	// the chaos and bench programs want. Detached lets them outlive it (make demo); a previous
 	// detached run's services, found through their PID files, are stopped first.
 	Mode devstack.Mode
-	// PublisherEnv and ProducerEnv are extra KEY=VALUE settings for the services.
-	PublisherEnv, ProducerEnv []string
+	// PublisherEnv, ProducerEnv and ControlEnv are extra KEY=VALUE settings for the services.
+	PublisherEnv, ProducerEnv, ControlEnv []string
+	// ProducerReplicas is how many cache-producer replicas run (they share the topics through
+	// their consumer group); 0 means 1.
+	ProducerReplicas int
 	// Say receives progress lines; nil discards them.
 	Say func(format string, args ...any)
 }
@@ -69,7 +72,11 @@ type Services struct {
 	Publisher, Producer, Control *Program
 	PublisherAddr, ProducerAddr  string // HTTP: health and metrics
 	ControlGRPC, ControlHTTP     string
-	dir                          string
+	// Producers are every cache-producer replica (Producer is the first), ProducerAddrs their
+	// HTTP addresses.
+	Producers     []*Program
+	ProducerAddrs []string
+	dir           string
 }
 
 // Binaries are built programs' paths, by program name.
@@ -152,9 +159,19 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 	if s.PublisherAddr, err = listenAddr(cfg.Ports.Publisher); err != nil {
 		return nil, err
 	}
-	if s.ProducerAddr, err = listenAddr(cfg.Ports.Producer); err != nil {
-		return nil, err
+	replicas := max(cfg.ProducerReplicas, 1)
+	for i := range replicas {
+		port := 0
+		if i == 0 {
+			port = cfg.Ports.Producer
+		}
+		addr, err := listenAddr(port)
+		if err != nil {
+			return nil, err
+		}
+		s.ProducerAddrs = append(s.ProducerAddrs, addr)
 	}
+	s.ProducerAddr = s.ProducerAddrs[0]
 	if s.ControlGRPC, err = listenAddr(cfg.Ports.ControlGRPC); err != nil {
 		return nil, err
 	}
@@ -162,8 +179,12 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 		return nil, err
 	}
 	mk := func(name, addr, health string, env []string) *Program {
+		bin := bins[name]
+		if strings.HasPrefix(name, NameProducer) {
+			bin = bins[NameProducer] // every replica runs the one binary
+		}
 		return NewProgram(devstack.ProgramConfig{
-			Name: name, Dir: s.dir, Args: []string{bins[name]}, Env: env, Mode: cfg.Mode,
+			Name: name, Dir: s.dir, Args: []string{bin}, Env: env, Mode: cfg.Mode,
 			Ready: HTTPReady("http://" + addr + health),
 		}, addr)
 	}
@@ -175,13 +196,21 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 		"PUBLISHER_HTTP_ADDR=" + s.PublisherAddr,
 		"PUBLISHER_TOKENS=" + cfg.Token,
 	}, cfg.PublisherEnv...))
-	s.Producer = mk(NameProducer, s.ProducerAddr, "/healthz", append([]string{
-		"PRODUCER_DATABASE_URL=" + st.ControlURL,
-		"PRODUCER_REDIS_ADDRS=" + st.RedisAddr,
-		"PRODUCER_KAFKA_BROKERS=" + st.KafkaBrokers,
-		"PRODUCER_TEMPORAL_HOSTPORT=" + st.TemporalHostPort,
-		"PRODUCER_HTTP_ADDR=" + s.ProducerAddr,
-	}, cfg.ProducerEnv...))
+	for i, addr := range s.ProducerAddrs {
+		name := NameProducer // the first keeps the plain name: `make status` reads cache-producer.addr
+		if i > 0 {
+			name = fmt.Sprintf("%s-%d", NameProducer, i+1)
+		}
+		s.Producers = append(s.Producers, mk(name, addr, "/healthz", append([]string{
+			"PRODUCER_DATABASE_URL=" + st.ControlURL,
+			"PRODUCER_REDIS_ADDRS=" + st.RedisAddr,
+			"PRODUCER_KAFKA_BROKERS=" + st.KafkaBrokers,
+			"PRODUCER_TEMPORAL_HOSTPORT=" + st.TemporalHostPort,
+			"PRODUCER_HTTP_ADDR=" + addr,
+			"PRODUCER_REPLICA_NAME=" + name,
+		}, cfg.ProducerEnv...)))
+	}
+	s.Producer = s.Producers[0]
 	control := []string{
 		"CONTROLPLANE_DATABASE_URL=" + st.ControlURL,
 		"CONTROLPLANE_CORE_DATABASE_URL=" + st.CoreURL,
@@ -195,8 +224,8 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 	if st.TemporalUIURL != "" {
 		control = append(control, "CONTROLPLANE_TEMPORAL_UI_URL="+st.TemporalUIURL)
 	}
-	s.Control = mk(NameControl, s.ControlHTTP, "/healthz", control)
-	for _, p := range []*Program{s.Publisher, s.Producer, s.Control} {
+	s.Control = mk(NameControl, s.ControlHTTP, "/healthz", append(control, cfg.ControlEnv...))
+	for _, p := range s.all() {
 		if err := p.Start(ctx); err != nil {
 			return nil, err
 		}
@@ -205,11 +234,17 @@ func StartServices(ctx context.Context, cfg ServicesConfig, bins Binaries) (_ *S
 	return s, nil
 }
 
+// all lists the services in their start order.
+func (s *Services) all() []*Program {
+	return append(append([]*Program{s.Publisher}, s.Producers...), s.Control)
+}
+
 // Stop stops the services gracefully, in the reverse order of their start.
 func (s *Services) Stop() {
-	for _, p := range []*Program{s.Control, s.Producer, s.Publisher} {
-		if p != nil {
-			_ = p.Stop()
+	ps := s.all()
+	for i := len(ps) - 1; i >= 0; i-- {
+		if ps[i] != nil {
+			_ = ps[i].Stop()
 		}
 	}
 }
@@ -217,7 +252,7 @@ func (s *Services) Stop() {
 // LogTails returns the tail of each service's log, for failure reports.
 func (s *Services) LogTails() string {
 	var b strings.Builder
-	for _, p := range []*Program{s.Publisher, s.Producer, s.Control} {
+	for _, p := range s.all() {
 		if p != nil {
 			fmt.Fprintf(&b, "--- %s ---\n%s\n", p.name, p.LogTail())
 		}
@@ -284,4 +319,19 @@ func Metric(ctx context.Context, addr, name string) (float64, error) {
 		return 0, fmt.Errorf("read metrics: %w", err)
 	}
 	return sum, nil
+}
+
+// getBody returns the body of a GET of url (any status).
+func getBody(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }

@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,8 +41,10 @@ type Config struct {
 	Items   int       // rows seeded into the sample table (backloaded before the projection is built)
 	Token   string    // API bearer token of the control-plane and the core-publisher; a fixed test token when empty
 	Out     io.Writer // progress lines; nil discards
-	// PublisherEnv and ProducerEnv are extra KEY=VALUE settings for the services.
-	PublisherEnv, ProducerEnv []string
+	// PublisherEnv, ProducerEnv and ControlEnv are extra KEY=VALUE settings for the services.
+	PublisherEnv, ProducerEnv, ControlEnv []string
+	// ProducerReplicas is how many cache-producer replicas run; 0 means 1.
+	ProducerReplicas int
 }
 
 // Component is a part of the pipeline that can crash and come back.
@@ -135,8 +138,9 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 			CoreURL: p.CoreURL, ControlURL: p.ControlURL, RedisAddr: p.RedisAddr,
 			KafkaBrokers: p.Kafka.Addr, TemporalHostPort: p.Temporal.HostPort,
 		},
-		PublisherEnv: cfg.PublisherEnv, ProducerEnv: cfg.ProducerEnv,
-		Say: func(f string, a ...any) { p.say("  "+f, a...) },
+		PublisherEnv: cfg.PublisherEnv, ProducerEnv: cfg.ProducerEnv, ControlEnv: cfg.ControlEnv,
+		ProducerReplicas: cfg.ProducerReplicas,
+		Say:              func(f string, a ...any) { p.say("  "+f, a...) },
 	}, bins)
 	if err != nil {
 		return nil, err
@@ -262,11 +266,56 @@ func (p *Pipeline) Stop() {
 	p.stops = nil
 }
 
-// Components returns the parts the chaos run crashes, in its order: publisher, producer, Redis,
-// broker, PostgreSQL.
+// Components returns the parts the chaos run crashes, in its order: publisher, the producer
+// replica that writes the sample projection, Redis, broker, PostgreSQL, and Redis losing its
+// data while it runs (FLUSHALL; nobody acts).
 func (p *Pipeline) Components() []Component {
-	return []Component{p.Publisher, p.Producer, p.Redis, kafkaComponent{p.Kafka}, pgComponent{p.PG}}
+	return []Component{p.Publisher, &ownerComponent{p: p}, p.Redis, kafkaComponent{p.Kafka}, pgComponent{p.PG},
+		flushComponent{addr: p.RedisAddr}}
 }
+
+// ownerComponent is the cache-producer replica that writes the sample projection when it is
+// killed: with several replicas the others take its topic over (the consumer group's session
+// timeout); Start starts it again as a replica.
+type ownerComponent struct {
+	p      *Pipeline
+	killed *Program
+}
+
+func (c *ownerComponent) Name() string {
+	if len(c.p.Producers) > 1 {
+		return "cache-producer (the owner)"
+	}
+	return NameProducer
+}
+
+// Kill kills the replica whose /status lists the projection (the first replica when none does).
+func (c *ownerComponent) Kill() error {
+	c.killed = c.p.Producers[0]
+	for i, addr := range c.p.ProducerAddrs {
+		body, err := getBody(context.Background(), "http://"+addr+"/status")
+		if err == nil && strings.Contains(body, `"projection":"`+Projection.Name+`"`) {
+			c.killed = c.p.Producers[i]
+			break
+		}
+	}
+	return c.killed.Kill()
+}
+
+func (c *ownerComponent) Start(ctx context.Context) error { return c.killed.Start(ctx) }
+
+// flushComponent is Redis losing everything while it runs: Kill is a FLUSHALL, Start does
+// nothing (the producers rebuild from the topics, the control-plane restores the pointer, the
+// edges serve what they hold meanwhile).
+type flushComponent struct{ addr string }
+
+func (c flushComponent) Name() string { return "Redis loses its data (FLUSHALL)" }
+func (c flushComponent) Kill() error {
+	rdb := redis.NewClient(&redis.Options{Addr: c.addr})
+	defer rdb.Close()
+	return rdb.FlushAll(context.Background()).Err()
+}
+func (c flushComponent) Start(context.Context) error { return nil }
 
 type kafkaComponent struct{ k *devstack.Kafka }
 

@@ -39,6 +39,7 @@ import (
 	"github.com/distcache/distcache/services/cache-producer/internal/gctune"
 	"github.com/distcache/distcache/services/cache-producer/internal/httpapi"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+	"github.com/distcache/distcache/services/cache-producer/internal/membership"
 	"github.com/distcache/distcache/services/cache-producer/internal/prodmetrics"
 	"github.com/distcache/distcache/services/cache-producer/internal/projector"
 	"github.com/distcache/distcache/services/cache-producer/internal/rebuildreport"
@@ -136,10 +137,46 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	metrics.WatchConflicts(writer)
 	mgr, err := fanout.NewManager(fanout.Config{
 		KafkaOpts: kopts, Writer: writer, BatchSize: cfg.BatchSize, Observer: metrics, Logger: log,
-		Replica: cfg.ReplicaName,
+		Replica: cfg.ReplicaName, Assigned: true,
 	})
 	if err != nil {
 		return err
+	}
+	// The replicas share the topics through a consumer group (assignment only): this replica
+	// consumes the topics the group assigns it.
+	var member *membership.Member
+	member, err = membership.New(membership.Config{
+		KafkaOpts: kopts, Group: cfg.Group.ID, SessionTimeout: cfg.Group.SessionTimeout,
+		HeartbeatInterval: cfg.Group.HeartbeatInterval, RebalanceTimeout: cfg.Group.RebalanceTimeout,
+		Assigned: func(topics []string) {
+			metrics.Rebalanced("assigned")
+			mgr.Assign(topics)
+			metrics.TopicsOwned(len(member.Owned()))
+		},
+		Revoked: func(topics []string, lost bool) {
+			metrics.Rebalanced(map[bool]string{false: "revoked", true: "lost"}[lost])
+			mgr.Revoke(topics)
+			metrics.TopicsOwned(len(member.Owned()))
+		},
+		Logger: log.With("component", "group"),
+	})
+	if err != nil {
+		mgr.Close()
+		return err
+	}
+	memberCtx, stopMember := context.WithCancel(context.WithoutCancel(ctx))
+	memberDone := make(chan struct{})
+	go func() {
+		defer close(memberDone)
+		member.Run(memberCtx)
+	}()
+	// leave hands this replica's topics to the others: each consumer writes its batch in
+	// flight, then the replica leaves the group.
+	leave := func() {
+		stopMember()
+		<-memberDone
+		member.Close()
+		metrics.TopicsOwned(0)
 	}
 
 	var registryErr atomic.Pointer[error]
@@ -151,6 +188,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		Logger:   log,
 		Apply: func(ctx context.Context, s registrywatch.Snapshot) {
 			applySnapshot(ctx, log, cfg.TopicPrefix, mgr, led, metrics, s)
+			member.SetTopics(mgr.Topics())
 		},
 		OnLoad: func(err error) {
 			if err != nil {
@@ -198,6 +236,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		if err != nil {
 			stopWatch()
 			wg.Wait()
+			leave()
 			mgr.Close()
 			return fmt.Errorf("temporal %s: %w", cfg.Temporal.HostPort, err)
 		}
@@ -217,6 +256,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 		if err != nil {
 			stopWatch()
 			wg.Wait()
+			leave()
 			mgr.Close()
 			return err
 		}
@@ -267,6 +307,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	if err != nil {
 		stopWatch()
 		wg.Wait()
+		leave()
 		mgr.Close()
 		stopWorker()
 		return fmt.Errorf("listen on PRODUCER_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
@@ -283,7 +324,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	log.Info("shutting down")
 	stopWatch()
 	wg.Wait()
-	mgr.Close() // each consumer writes its batch in flight
+	leave()     // the topics go to the other replicas once their consumers wrote their batch in flight
+	mgr.Close() // (nothing left to stop, unless the group never assigned)
 	stopWorker()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()

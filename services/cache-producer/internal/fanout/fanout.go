@@ -90,6 +90,9 @@ type Observer interface {
 	// Skipped counts offsets of t's topic that were deleted before t read
 	// them (the log start passed its offset).
 	Skipped(t projector.Target, offsets int64)
+	// Fenced counts a consumer stopped because another replica claimed
+	// its generation t.
+	Fenced(t projector.Target)
 }
 
 // NopObserver observes nothing.
@@ -103,6 +106,7 @@ func (NopObserver) Failure(string)                                         {}
 func (NopObserver) Rebuilding(projector.Target, string, bool)              {}
 func (NopObserver) Rebuilt(projector.Target, int)                          {}
 func (NopObserver) Skipped(projector.Target, int64)                        {}
+func (NopObserver) Fenced(projector.Target)                                {}
 
 // Config configures a Manager.
 type Config struct {
@@ -121,7 +125,11 @@ type Config struct {
 	LossCheckInterval time.Duration
 	// Replica names this producer replica (config PRODUCER_REPLICA_NAME):
 	// Status.Owner, and the writer claim it stores per generation.
-	Replica  string
+	Replica string
+	// Assigned consumes only the topics assigned to this replica (Assign,
+	// Revoke: a Kafka consumer group shares the topics among the
+	// replicas); without it every topic the registry lists is consumed.
+	Assigned bool
 	Observer Observer
 	Logger   *slog.Logger
 }
@@ -132,6 +140,12 @@ type Manager struct {
 	mu     sync.Mutex
 	topics map[string]*runner
 	closed bool
+	// wanted is every topic's generations as the registry last listed them
+	// (Update); owned, with Config.Assigned, the topics the consumer group
+	// assigned to this replica (Assign, Revoke). A topic is consumed when
+	// it is wanted and (without Config.Assigned, always) owned.
+	wanted map[string][]Generation
+	owned  map[string]bool
 	// view is the runners as Statuses sees them, published under mu, so
 	// that a status read never waits for an Update stopping a consumer (a
 	// consumer's writes may wait for a Redis that does not answer).
@@ -160,7 +174,10 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{cfg: cfg, topics: map[string]*runner{}}
+	if cfg.Replica == "" {
+		cfg.Replica = "cache-producer"
+	}
+	m := &Manager{cfg: cfg, topics: map[string]*runner{}, wanted: map[string][]Generation{}, owned: map[string]bool{}}
 	m.publish()
 	return m, nil
 }
@@ -178,6 +195,8 @@ func (m *Manager) publish() {
 // are restarted (their batch in flight written first), topics no longer
 // listed are stopped. It returns once every stopped consumer has stopped, so
 // a caller may then remove the bookkeeping of the generations dropped.
+// With Config.Assigned only the topics assigned to this replica are
+// consumed.
 func (m *Manager) Update(ctx context.Context, gens []Generation) {
 	byTopic := map[string][]Generation{}
 	for _, g := range gens {
@@ -191,38 +210,133 @@ func (m *Manager) Update(ctx context.Context, gens []Generation) {
 	if m.closed {
 		return
 	}
+	m.wanted = byTopic
+	m.reconcile()
+}
+
+// Topics lists the topics the registry wants consumed (Update), sorted: the
+// topics the replicas' consumer group shares.
+func (m *Manager) Topics() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, 0, len(m.wanted))
+	for t := range m.wanted {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Assign hands topics to this replica (the consumer group assigned them):
+// each is consumed once the registry wants it, under a new writer claim
+// that takes its generations over from whichever replica wrote them. A
+// consumer of one of them that was fenced is replaced.
+func (m *Manager) Assign(topics []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	var fenced []*runner
+	for _, t := range topics {
+		m.owned[t] = true
+		if r, ok := m.topics[t]; ok && r.fenced.Load() {
+			fenced = append(fenced, r)
+			delete(m.topics, t)
+		}
+	}
+	m.stopAll(fenced)
+	m.reconcile()
+}
+
+// Revoke takes topics from this replica (the consumer group revoked them,
+// or the replica lost its membership): their consumers write their batch in
+// flight and stop, and what the Writer cached of their generations is
+// dropped (another replica writes them next). It returns once they have
+// stopped.
+func (m *Manager) Revoke(topics []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, t := range topics {
+		delete(m.owned, t)
+	}
+	if m.closed {
+		return
+	}
+	m.reconcile()
+}
+
+// Owned lists the topics assigned to this replica (with Config.Assigned;
+// otherwise every wanted topic), sorted.
+func (m *Manager) Owned() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for t := range m.wanted {
+		if m.owns(t) {
+			out = append(out, t)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// owns reports whether topic is this replica's; m.mu is held.
+func (m *Manager) owns(topic string) bool { return !m.cfg.Assigned || m.owned[topic] }
+
+// reconcile stops the consumers of topics that are not wanted and owned any
+// more, or whose generations changed, and starts the missing ones; m.mu is
+// held. A consumer restarted because its generations changed keeps its
+// writer claim.
+func (m *Manager) reconcile() {
 	var stopping []*runner
+	inherit := map[string]string{} // topic → claim to continue
 	for topic, r := range m.topics {
-		if gs, ok := byTopic[topic]; ok && sameGenerations(r.gens, gs) {
+		gs, ok := m.wanted[topic]
+		if ok && m.owns(topic) && !r.fenced.Load() && sameGenerations(r.gens, gs) {
 			r.setStates(gs)
 			continue
+		}
+		if ok && m.owns(topic) && !r.fenced.Load() {
+			inherit[topic] = r.claim
 		}
 		stopping = append(stopping, r)
 		delete(m.topics, topic)
 	}
 	m.publish()
-	for _, r := range stopping {
-		r.stop()
-	}
-	for _, r := range stopping {
-		<-r.done
-		for _, g := range r.gens {
-			if !containsGen(byTopic[r.topic], g) {
-				m.cfg.Observer.Forget(g.Target)
-				m.cfg.Writer.Forget(g.Target)
-			}
-		}
-	}
-	for topic, gs := range byTopic {
-		if _, ok := m.topics[topic]; ok {
+	m.stopAll(stopping)
+	for topic, gs := range m.wanted {
+		if _, ok := m.topics[topic]; ok || !m.owns(topic) {
 			continue
 		}
-		r := newRunner(m, topic, gs)
+		r := newRunner(m, topic, gs, inherit[topic])
 		m.topics[topic] = r
 		go r.run()
 		m.cfg.Logger.Info("consumer started", "topic", topic, "generations", genNames(gs))
 	}
 	m.publish()
+}
+
+// stopAll stops rs and waits for them; the generations none of the
+// consumers left keeps are forgotten (metrics, the Writer's cache, mark and
+// claim). m.mu is held.
+func (m *Manager) stopAll(rs []*runner) {
+	for _, r := range rs {
+		r.stop()
+	}
+	for _, r := range rs {
+		<-r.done
+		keep := m.wanted[r.topic]
+		if !m.owns(r.topic) {
+			keep = nil
+		}
+		for _, g := range r.gens {
+			if !containsGen(keep, g) {
+				m.cfg.Observer.Forget(g.Target)
+				m.cfg.Writer.Forget(g.Target)
+			}
+		}
+	}
 }
 
 // Close stops every consumer, letting each finish its batch in flight.
@@ -286,6 +400,9 @@ type RebuildStatus struct {
 func (m *Manager) Statuses() []Status {
 	var out []Status
 	for _, r := range *m.view.Load() {
+		if r.fenced.Load() {
+			continue // another replica writes the topic now
+		}
 		out = append(out, r.statuses()...)
 	}
 	sort.Slice(out, func(i, j int) bool {

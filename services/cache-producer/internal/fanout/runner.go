@@ -46,11 +46,35 @@ type runner struct {
 	restart   func() // ends the current read, to start over
 	hwm       atomic.Int64
 	fresh     *freshness // newest source time and dead letters per gen (freshness.go)
+
+	// claim is this consumer's writer claim (ledger.WriterKey) of its
+	// generations; claimed[i] is set once generation i holds it (or, for a
+	// consumer that took over its predecessor's claim, from the start:
+	// it then claims only generations that hold no claim).
+	claim   string
+	claimed []bool
+	// fenced is set when another replica claimed one of the generations:
+	// the consumer stops and does not claim them back (Manager.Assign
+	// starts a new one).
+	fenced atomic.Bool
 }
 
-func newRunner(m *Manager, topic string, gens []Generation) *runner {
+// newRunner returns topic's consumer of gens. claim "" gives it a new
+// claim, which it stores over any other (the topic was just assigned to
+// this replica); otherwise it continues its predecessor's claim (the
+// generations of a topic this replica owns changed).
+func newRunner(m *Manager, topic string, gens []Generation, claim string) *runner {
 	r := &runner{m: m, topic: topic, gens: gens, log: m.cfg.Logger.With("topic", topic),
 		stopc: make(chan struct{}), done: make(chan struct{}), states: map[string]string{}}
+	r.claim = claim
+	r.claimed = make([]bool, len(gens))
+	if claim == "" {
+		r.claim = ledger.NewClaim(m.cfg.Replica)
+	} else {
+		for i := range r.claimed {
+			r.claimed[i] = true
+		}
+	}
 	r.next = make([]int64, len(gens))
 	for i := range r.next {
 		r.next[i] = -1
@@ -218,11 +242,33 @@ func (r *runner) consume(pollCtx, writeCtx context.Context) bool {
 		close(in)
 	}
 	wg.Wait()
+	if r.fenced.Load() {
+		return false
+	}
 	if errors.Is(err, feed.ErrPositionLost) {
 		r.log.Warn("the topic no longer holds the consumer's position; checking every generation's position again", "err", err)
 		return pollCtx.Err() == nil
 	}
 	return again.Load() && pollCtx.Err() == nil
+}
+
+// fence stops the consumer for good: another replica claimed generation
+// i (this one was paused past the group's session timeout, or the group
+// moved the topic while this replica did not hear of it). What the Writer
+// cached of the topic's generations is dropped; the consumer does not
+// claim them back.
+func (r *runner) fence(i int, detail string) {
+	if r.fenced.Swap(true) {
+		return
+	}
+	g := r.gens[i]
+	r.m.cfg.Observer.Fenced(g.Target)
+	r.log.Warn("another replica claimed the generation: this replica stops writing the topic", "generation", g.id(), "detail", detail)
+	for _, g := range r.gens {
+		r.m.cfg.Writer.Forget(g.Target)
+		r.m.cfg.Observer.Forget(g.Target)
+	}
+	r.startOver()
 }
 
 // prepare reads each generation's stored offset (storing its start offset
@@ -246,7 +292,7 @@ func (r *runner) prepare(ctx context.Context) (int64, bool) {
 	losses := make([]*rebuild.Cause, len(r.gens))
 	for i, g := range r.gens {
 		var ok bool
-		if offs[i], losses[i], ok = r.position(ctx, g, retry); !ok {
+		if offs[i], losses[i], ok = r.position(ctx, i, retry); !ok {
 			return 0, false
 		}
 		r.mu.Lock()
@@ -425,7 +471,8 @@ func (r *runner) readSuperseded(ctx context.Context, offs []int64) {
 // gets the registry's start offset and a new epoch; one whose bookkeeping
 // predates epochs gets an epoch. The Writer's Mark of g is then what is
 // stored. false when ctx ended first.
-func (r *runner) position(ctx context.Context, g Generation, retry func(stage, what string, f func() error) bool) (int64, *rebuild.Cause, bool) {
+func (r *runner) position(ctx context.Context, i int, retry func(stage, what string, f func() error) bool) (int64, *rebuild.Cause, bool) {
+	g := r.gens[i]
 	w, t := r.m.cfg.Writer, g.Target
 	led := w.Ledger()
 	var (
@@ -451,6 +498,9 @@ func (r *runner) position(ctx context.Context, g Generation, retry func(stage, w
 	if cause, lost := rebuild.Lost(t, mark, marked, pos, rb, rebuilding, g.StartOffset); lost {
 		r.log.Error("Redis lost the generation's data: rebuilding it from the topic's start", "generation", g.id(),
 			"detail", cause.Detail, "registry_start_offset", g.StartOffset)
+		if !r.takeClaim(ctx, i, pos.Writer, retry) {
+			return 0, nil, false
+		}
 		return pos.Offset, &cause, true
 	}
 	switch {
@@ -479,7 +529,48 @@ func (r *runner) position(ctx context.Context, g Generation, retry func(stage, w
 		w.Forget(t)
 	}
 	w.SetMark(t, projector.Mark{Epoch: pos.Epoch, Offset: pos.Offset, Base: base})
+	if !r.takeClaim(ctx, i, pos.Writer, retry) {
+		return 0, nil, false
+	}
 	return pos.Offset, nil, true
+}
+
+// takeClaim makes generation i's writer claim this consumer's (stored is
+// the claim read with its position): the first time, over any other claim
+// (the topic was assigned to this replica); after that only where none is
+// stored (a new generation, or Redis lost the claim). Another claim stored
+// since fences the consumer. false when ctx ended or the consumer is
+// fenced.
+func (r *runner) takeClaim(ctx context.Context, i int, stored string, retry func(stage, what string, f func() error) bool) bool {
+	g := r.gens[i]
+	t := g.Target
+	led := r.m.cfg.Writer.Ledger()
+	switch {
+	case stored == r.claim:
+	case r.claimed[i] && stored != "":
+		r.fence(i, "its writer is "+ledger.ClaimReplica(stored))
+		return false
+	default:
+		var prev string
+		onlyIfFree := r.claimed[i]
+		if !retry("offset", "claim "+g.id(), func() error {
+			var err error
+			prev, err = led.ClaimIf(ctx, t.Projection, t.Generation, r.claim, onlyIfFree)
+			return err
+		}) {
+			return false
+		}
+		if onlyIfFree && prev != "" && prev != r.claim {
+			r.fence(i, "its writer is "+ledger.ClaimReplica(prev))
+			return false
+		}
+		if prev != "" && prev != r.claim {
+			r.log.Info("took over the generation", "generation", g.id(), "from", ledger.ClaimReplica(prev))
+		}
+	}
+	r.claimed[i] = true
+	r.m.cfg.Writer.SetClaim(t, r.claim)
+	return true
 }
 
 // watchBookkeeping checks, every Config.LossCheckInterval until ctx ends,
@@ -497,7 +588,7 @@ func (r *runner) watchBookkeeping(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		for _, g := range r.gens {
+		for i, g := range r.gens {
 			mark, ok := w.Mark(g.Target) // before the read: commits only move it forward
 			if !ok {
 				continue
@@ -509,6 +600,10 @@ func (r *runner) watchBookkeeping(ctx context.Context) {
 			if why := mark.Differs(pos.OffsetKnown, pos.Offset, pos.Epoch); why != "" {
 				r.log.Warn("the generation's bookkeeping is not what this producer committed; checking it", "generation", g.id(), "detail", why)
 				r.startOver()
+				return
+			}
+			if pos.Writer != "" && pos.Writer != r.claim {
+				r.fence(i, "its writer is "+ledger.ClaimReplica(pos.Writer))
 				return
 			}
 		}
@@ -585,6 +680,8 @@ func (r *runner) writeGeneration(ctx context.Context, i int, in chan feed.Batch)
 	case errors.Is(err, projector.ErrBookkeepingLost):
 		r.log.Warn("the generation's bookkeeping is not what this producer committed; checking it", "generation", g.id(), "err", err)
 		r.startOver()
+	case errors.Is(err, projector.ErrFenced):
+		r.fence(i, err.Error())
 	case err != nil && ctx.Err() == nil:
 		r.log.Error("generation writer stopped", "generation", g.id(), "err", err)
 	}

@@ -48,12 +48,13 @@ type Position struct {
 	Offset      int64
 	OffsetKnown bool   // the offset key exists
 	Epoch       string // "" when none is stored
+	Writer      string // the writer claim (claim.go); "" when none is stored
 }
 
-// Position reads generation gen's offset and epoch in one round trip (one
-// MGET: the keys share a slot on Cluster).
+// Position reads generation gen's offset, epoch and writer claim in one
+// round trip (one MGET: the keys share a slot on Cluster).
 func (l *Ledger) Position(ctx context.Context, proj string, gen int64) (Position, error) {
-	vals, err := l.rdb.MGet(ctx, OffsetKey(proj, gen), EpochKey(proj, gen)).Result()
+	vals, err := l.rdb.MGet(ctx, OffsetKey(proj, gen), EpochKey(proj, gen), WriterKey(proj, gen)).Result()
 	if err != nil {
 		return Position{}, fmt.Errorf("read position of %s/g%d: %w", proj, gen, err)
 	}
@@ -67,6 +68,9 @@ func (l *Ledger) Position(ctx context.Context, proj string, gen int64) (Position
 	}
 	if s, ok := vals[1].(string); ok {
 		p.Epoch = s
+	}
+	if s, ok := vals[2].(string); ok {
+		p.Writer = s
 	}
 	return p, nil
 }

@@ -386,6 +386,10 @@ type Commit struct {
 	Count      bool
 	CountFresh bool
 	CountDelta int64
+	// Claim, on Redis Cluster, stores the offset only while Claim is the
+	// generation's writer (WriterKey); a commit refused for it fails with
+	// ErrFenced. Off a cluster the caller's transaction guards the claim.
+	Claim string
 }
 
 // SourceEntry is a source key's index entry.
@@ -434,6 +438,9 @@ func (q Queued) Check(proj string, gen int64) error {
 		}
 		if q.dead[cmd] && strings.HasPrefix(cerr.Error(), errStreamIDTooSmall) {
 			continue
+		}
+		if isFencedReply(cerr) {
+			return fmt.Errorf("commit %s/g%d: %w", proj, gen, ErrFenced)
 		}
 		return fmt.Errorf("commit %s/g%d: %w", proj, gen, cerr)
 	}
@@ -534,7 +541,11 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 	if c.Epoch != "" {
 		add(pipe.Set(ctx, EpochKey(proj, gen), c.Epoch, 0))
 	}
-	if c.Next >= 0 {
+	switch {
+	case c.Next >= 0 && c.Claim != "" && l.cluster:
+		add(fencedOffsetScript.Eval(ctx, pipe, []string{OffsetKey(proj, gen), WriterKey(proj, gen)},
+			strconv.FormatInt(c.Next, 10), c.Claim))
+	case c.Next >= 0:
 		add(pipe.Set(ctx, OffsetKey(proj, gen), strconv.FormatInt(c.Next, 10), 0))
 	}
 	return q

@@ -119,6 +119,7 @@ func (w *Writer) Forget(t Target) {
 	c := w.caches[t.String()]
 	delete(w.caches, t.String())
 	delete(w.marks, t.String())
+	// The claim stays: a batch of t still in flight must keep checking it.
 	w.mu.Unlock()
 	if c == nil {
 		return

@@ -75,6 +75,10 @@ func (w *Writer) planCluster(ctx context.Context, t Target, outs []outcome, next
 			return nil, fmt.Errorf("write %s: %w: %s", t, ErrBookkeepingLost, why)
 		}
 	}
+	claim := w.claimOf(t)
+	if err := w.checkClaim(t, pos.Writer); err != nil {
+		return nil, err
+	}
 	src := groupSources(outs)
 	st, err := readState(outs, &src, pending, index, w.versionsOn(ctx, c, t))
 	if err != nil {
@@ -83,6 +87,7 @@ func (w *Writer) planCluster(ctx context.Context, t Target, outs []outcome, next
 	st.Base = base
 	p := planBatch(t, outs, &src, st, next, true)
 	p.epoch = pos.Epoch
+	p.claim = claim
 	return p, nil
 }
 
@@ -113,7 +118,9 @@ func (w *Writer) applyValues(ctx context.Context, p *Plan) error {
 // follow applyValues, and the commits of one generation must follow each
 // other in plan order.
 func (w *Writer) commit(ctx context.Context, p *Plan) error {
-	return w.ledger.Write(ctx, p.t.Projection, p.t.Generation, p.commit())
+	c := p.commit()
+	c.Claim = p.claim
+	return w.ledger.Write(ctx, p.t.Projection, p.t.Generation, c)
 }
 
 // runCluster is Run on Redis Cluster: three stages (plan, write values,
@@ -156,7 +163,7 @@ func (w *Writer) runCluster(ctx context.Context, t Target, in <-chan feed.Batch,
 				mu.Unlock()
 				var err error
 				p, err = w.planCluster(ctx, t, outs, b.Next, snap)
-				if errors.Is(err, ErrBookkeepingLost) {
+				if errors.Is(err, ErrBookkeepingLost) || errors.Is(err, ErrFenced) {
 					lost = err // retrying cannot help: the caller looks again
 					return nil
 				}
@@ -199,7 +206,19 @@ func (w *Writer) runCluster(ctx context.Context, t Target, in <-chan feed.Batch,
 	}()
 	var err error
 	for x := range toCommit { // commit
-		if err = Retry(ctx, func() error { return w.commit(ctx, x.p) }, onErr); err != nil {
+		var fenced error
+		err = Retry(ctx, func() error {
+			err := w.commit(ctx, x.p)
+			if errors.Is(err, ErrFenced) {
+				fenced = err // another replica writes the generation now
+				return nil
+			}
+			return err
+		}, onErr)
+		if err == nil {
+			err = fenced
+		}
+		if err != nil {
 			break
 		}
 		mu.Lock()

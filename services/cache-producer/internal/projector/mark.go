@@ -3,6 +3,8 @@ package projector
 import (
 	"errors"
 	"fmt"
+
+	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 )
 
 // Marks: what a Writer knows of each generation's bookkeeping, so that a
@@ -105,4 +107,50 @@ func (m Mark) Differs(known bool, offset int64, epoch string) string {
 		return fmt.Sprintf("its offset %d is below the offset %d committed under epoch %s", offset, m.Offset, m.Epoch)
 	}
 	return ""
+}
+
+// ErrFenced is wrapped by Run's error when another replica claimed the
+// generation (ledger.WriterKey): this Writer's claim (SetClaim) is no longer
+// the generation's writer, so nothing of the batch was written (on Redis
+// Cluster: no offset; its values are version-guarded and the same the new
+// writer writes). Run stops; the caller must not claim the generation back.
+var ErrFenced = ledger.ErrFenced
+
+// SetClaim makes every batch of t this Writer commits check that claim is
+// t's writer in Redis (ledger.Claim stored it); "" checks nothing (a
+// backfill's writes).
+func (w *Writer) SetClaim(t Target, claim string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.claims == nil {
+		w.claims = map[string]string{}
+	}
+	if claim == "" {
+		delete(w.claims, t.String())
+		return
+	}
+	w.claims[t.String()] = claim
+}
+
+// claimOf returns the claim SetClaim set for t ("" when none).
+func (w *Writer) claimOf(t Target) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.claims[t.String()]
+}
+
+// checkClaim returns an error wrapping ErrFenced when the Writer holds a
+// claim of t and stored is another one, and one wrapping ErrBookkeepingLost
+// when stored is "" (Redis lost the claim: the caller claims it again where
+// none is stored). Forget keeps the claim: once a Writer claimed a
+// generation, its batches are checked until SetClaim replaces the claim.
+func (w *Writer) checkClaim(t Target, stored string) error {
+	claim := w.claimOf(t)
+	switch {
+	case claim == "" || stored == claim:
+		return nil
+	case stored == "":
+		return fmt.Errorf("write %s: %w: its writer claim is gone", t, ErrBookkeepingLost)
+	}
+	return fmt.Errorf("write %s: %w: its writer is %s", t, ErrFenced, ledger.ClaimReplica(stored))
 }

@@ -175,6 +175,7 @@ func departures(outs []outcome, src *sources, index []ledger.Entry) map[string]i
 // with or after them.
 type Plan struct {
 	t       Target
+	claim   string // the writer claim the plan was checked under (Cluster: its commit checks it again)
 	changes []distcache.Change
 	origin  []*feed.Record // the record of each change
 	dead    []ledger.DeadLetter

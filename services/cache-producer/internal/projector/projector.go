@@ -117,6 +117,7 @@ type Writer struct {
 	mu     sync.Mutex
 	caches map[string]*indexCache // by Target.String()
 	marks  map[string]Mark        // by Target.String() (mark.go)
+	claims map[string]string      // by Target.String(): the writer claim batches check (mark.go)
 }
 
 // Option configures a Writer.

@@ -97,7 +97,7 @@ type txConn struct {
 // generation's offset, index count, index layout mark, version base and
 // epoch.
 type watchReads struct {
-	off, cnt, format, base, epoch *redis.StringCmd
+	off, cnt, format, base, epoch, writer *redis.StringCmd
 }
 
 func queueReads(ctx context.Context, pipe redis.Pipeliner, t Target) watchReads {
@@ -107,6 +107,7 @@ func queueReads(ctx context.Context, pipe redis.Pipeliner, t Target) watchReads 
 		format: pipe.Get(ctx, ledger.IndexFormatKey(t.Projection, t.Generation)),
 		base:   pipe.Get(ctx, ledger.VersionBaseKey(t.Projection, t.Generation)),
 		epoch:  pipe.Get(ctx, ledger.EpochKey(t.Projection, t.Generation)),
+		writer: pipe.Get(ctx, ledger.WriterKey(t.Projection, t.Generation)),
 	}
 }
 
@@ -145,7 +146,7 @@ func (w *Writer) watched(ctx context.Context, tc *txConn, t Target, fn func(tx t
 			}
 			exec := func(queue func(redis.Pipeliner) error) ([]redis.Cmder, error) { return tx.TxPipelined(ctx, queue) }
 			return fn(tx, exec, rd)
-		}, offKey)
+		}, offKey, ledger.WriterKey(t.Projection, t.Generation))
 	}
 	if tc.conn == nil {
 		tc.conn = tc.rdb.Conn()
@@ -156,7 +157,7 @@ func (w *Writer) watched(ctx context.Context, tc *txConn, t Target, fn func(tx t
 		if tc.watching != "" {
 			pipe.Do(ctx, "unwatch")
 		}
-		watch := pipe.Do(ctx, "watch", offKey)
+		watch := pipe.Do(ctx, "watch", offKey, ledger.WriterKey(t.Projection, t.Generation))
 		rd := queueReads(ctx, pipe, t)
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) || watch.Err() != nil {
 			tc.close()
@@ -201,7 +202,7 @@ func (c *txConn) multiExec(ctx context.Context, t Target, queue func(redis.Pipel
 	}
 	n := pipe.Len()
 	exec := pipe.Do(ctx, "exec")
-	watch := pipe.Do(ctx, "watch", offKey)
+	watch := pipe.Do(ctx, "watch", offKey, ledger.WriterKey(t.Projection, t.Generation))
 	rd := queueReads(ctx, pipe, t)
 	cmds := pipe.Cmds()
 	for _, cmd := range cmds[1:n] {
@@ -265,6 +266,7 @@ type head struct {
 	bucketed bool  // the index layout (ledger.Layout)
 	base     int64 // the version base (0 when none is stored)
 	epoch    string
+	writer   string // the writer claim ("" when none)
 	// newEpoch, when not empty, is stored as the epoch by the batch's
 	// commit (none is stored).
 	newEpoch string
@@ -292,6 +294,9 @@ func (w *Writer) readHead(t Target, rd watchReads) (head, error) {
 	}
 	if rd.epoch.Err() == nil {
 		h.epoch = rd.epoch.Val()
+	}
+	if rd.writer.Err() == nil {
+		h.writer = rd.writer.Val()
 	}
 	h.bucketed = w.ledger.Bucketed(ledger.Layout{OffsetKnown: h.known, Marked: h.marked})
 	return h, nil
@@ -327,6 +332,10 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 				return err
 			}
 			if err := w.checkMark(t, h.known, h.offset, h.epoch); err != nil {
+				_ = tx.Do(ctx, "UNWATCH").Err()
+				return err
+			}
+			if err := w.checkClaim(t, h.writer); err != nil {
 				_ = tx.Do(ctx, "UNWATCH").Err()
 				return err
 			}
@@ -496,7 +505,7 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan feed.Batch, onEr
 		err := Retry(ctx, func() error {
 			var err error
 			st, stored, err = w.writeTx(ctx, tc, t, p.outs, p.from, p.next, p.end)
-			if errors.Is(err, ErrPositionMoved) || errors.Is(err, ErrBookkeepingLost) {
+			if errors.Is(err, ErrPositionMoved) || errors.Is(err, ErrBookkeepingLost) || errors.Is(err, ErrFenced) {
 				moved = err // retrying cannot help: the caller reads again
 				return nil
 			}

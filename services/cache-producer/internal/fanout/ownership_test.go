@@ -1,0 +1,234 @@
+package fanout_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
+	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
+	"github.com/distcache/distcache/services/cache-producer/internal/prodmetrics"
+	"github.com/distcache/distcache/services/cache-producer/internal/prodtest"
+	"github.com/distcache/distcache/services/cache-producer/internal/projector"
+	"github.com/distcache/distcache/services/cache-producer/internal/rebuild"
+	"github.com/distcache/distcache/tools/devstacktest"
+)
+
+// assignedManager is a Manager of replica name that consumes only the topics assigned to it
+// (as the consumer group does in the service), following gens.
+func (s *stack) assignedManager(t *testing.T, name string, w *projector.Writer, metrics *prodmetrics.Metrics, gens ...fanout.Generation) *fanout.Manager {
+	t.Helper()
+	m, err := fanout.NewManager(fanout.Config{
+		KafkaOpts: []kgo.Opt{kgo.SeedBrokers(s.kafka)}, Writer: w, BatchSize: 3, DrainTimeout: time.Millisecond,
+		LossCheckInterval: 50 * time.Millisecond, Observer: metrics, Replica: name, Assigned: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	m.Update(context.Background(), gens)
+	return m
+}
+
+// TestAssignedTopicsOnly: a Manager of a consumer group's member consumes a topic only while it
+// is assigned; Revoke stops the consumer and Assign starts one again, which goes on from the
+// generation's stored offset; the claim names the replica.
+func TestAssignedTopicsOnly(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	ctx := context.Background()
+	p := prodtest.NewProducer(t, s.kafka, "distcache", "users")
+	metrics := prodmetrics.New()
+	defer metrics.Close()
+	m := s.assignedManager(t, "replica-a", projector.NewWriter(s.pub, s.led), metrics, s.gen(t, byID, 1, p.Topic))
+	if got := m.Topics(); !slices.Equal(got, []string{p.Topic}) {
+		t.Fatalf("Topics() = %v, want [%s]", got, p.Topic)
+	}
+	recs := history(p)
+	p.Produce(recs[:6]...)
+	if sts := m.Statuses(); len(sts) != 0 || len(m.Owned()) != 0 {
+		t.Fatalf("before Assign: statuses %v, owned %v; want none", sts, m.Owned())
+	}
+	if _, ok, err := s.led.Offset(ctx, byID.Name, 1); err != nil || ok {
+		t.Fatalf("before Assign the generation has an offset (%v, %v): something consumed an unassigned topic", ok, err)
+	}
+
+	m.Assign([]string{p.Topic})
+	s.waitOffset(t, byID, 1, 6)
+	st, ok := statusOf(m, byID.Name, 1)
+	if !ok || st.Owner != "replica-a" {
+		t.Errorf("status after Assign: %+v (found %v), want owner replica-a", st, ok)
+	}
+	if w, err := s.led.Writer(ctx, byID.Name, 1); err != nil || ledger.ClaimReplica(w) != "replica-a" {
+		t.Errorf("writer claim = %q (%v), want replica-a's", w, err)
+	}
+
+	m.Revoke([]string{p.Topic})
+	if sts := m.Statuses(); len(sts) != 0 {
+		t.Fatalf("after Revoke: statuses %v, want none", sts)
+	}
+	p.Produce(recs[6:]...)
+	// Nothing consumes it: the offset stays for a second (twenty loss-check intervals; a
+	// consumer reads a produced batch within a few milliseconds).
+	for end := time.Now().Add(time.Second); time.Now().Before(end); {
+		if off, _, _ := s.led.Offset(ctx, byID.Name, 1); off != 6 {
+			t.Fatalf("after Revoke the offset moved to %d: the revoked topic is still consumed", off)
+		}
+		<-time.After(50 * time.Millisecond)
+	}
+	m.Assign([]string{p.Topic})
+	s.waitOffset(t, byID, 1, int64(len(recs)))
+}
+
+// TestZombieIsFenced, on a single Redis node and on Redis Cluster (issue #15 §1): replica A owns
+// the topic and is stopped in the middle of a batch (as a process paused past the group's
+// session timeout); the group gives the topic to replica B, which claims the generation and
+// writes on. When A resumes, its batch is refused: it writes nothing, counts a fenced write,
+// stops consuming the topic and does not claim it back; B keeps writing. When the group gives
+// the topic back to A, A takes it over again from where B left it, and the generation equals
+// the topic's projection.
+func TestZombieIsFenced(t *testing.T) {
+	t.Parallel()
+	t.Run("standalone", func(t *testing.T) { t.Parallel(); testZombieIsFenced(t, newStack(t)) })
+	t.Run("cluster", func(t *testing.T) { t.Parallel(); testZombieIsFenced(t, newStackOn(t, true)) })
+}
+
+func testZombieIsFenced(t *testing.T, s *stack) {
+	ctx := context.Background()
+	p := prodtest.NewProducer(t, s.kafka, "distcache", "users")
+	gen := s.gen(t, byID, 1, p.Topic)
+	g := newGate()
+	aMetrics, bMetrics := prodmetrics.New(), prodmetrics.New()
+	defer aMetrics.Close()
+	defer bMetrics.Close()
+	a := s.assignedManager(t, "replica-a", projector.NewWriter(s.pub, s.led, projector.WithFault(g.fault)), aMetrics, gen)
+	b := s.assignedManager(t, "replica-b", projector.NewWriter(s.pub, s.led), bMetrics, gen)
+	recs := history(p)
+	a.Assign([]string{p.Topic})
+	p.Produce(recs[:3]...)
+	s.waitOffset(t, byID, 1, 3)
+	writesOf := func(m *prodmetrics.Metrics) float64 {
+		return metricValue(t, m, "distcache_producer_events_total", map[string]string{"projection": byID.Name, "generation": "1"})
+	}
+	devstacktest.Eventually(t, 10*time.Second, func() bool { return writesOf(aMetrics) == 3 }, "replica A counted its first batch")
+	aBefore := writesOf(aMetrics)
+
+	g.closed.Store(true) // A's next batch stops before it writes anything
+	p.Produce(recs[3:6]...)
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
+		st, ok := statusOf(a, byID.Name, 1)
+		return ok && st.HighWatermark >= 6
+	}, "replica A read the next batch")
+
+	b.Assign([]string{p.Topic}) // A's session expired: the group gave the topic to B
+	s.waitOffset(t, byID, 1, 6)
+	if w, _ := s.led.Writer(ctx, byID.Name, 1); ledger.ClaimReplica(w) != "replica-b" {
+		t.Fatalf("writer after the takeover = %q, want replica-b's claim", w)
+	}
+
+	g.open() // A resumes
+	labels := map[string]string{"projection": byID.Name, "generation": "1"}
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
+		return metricValue(t, aMetrics, "distcache_producer_fenced_writes_total", labels) == 1
+	}, "replica A counts its batch fenced")
+	devstacktest.Eventually(t, 10*time.Second, func() bool {
+		_, ok := statusOf(a, byID.Name, 1)
+		return !ok
+	}, "replica A stops consuming the topic")
+	if got := writesOf(aMetrics); got != aBefore {
+		t.Errorf("replica A wrote %v records after it was fenced (before %v)", got-aBefore, aBefore)
+	}
+	p.Produce(recs[6:]...)
+	s.waitOffset(t, byID, 1, int64(len(recs)))
+	if w, _ := s.led.Writer(ctx, byID.Name, 1); ledger.ClaimReplica(w) != "replica-b" {
+		t.Errorf("writer after A resumed = %q: the zombie claimed the generation back", w)
+	}
+	if got := writesOf(aMetrics); got != aBefore {
+		t.Errorf("replica A wrote %v records after it was fenced", got-aBefore)
+	}
+
+	// The group moves the topic back to A (B revoked first, as cooperative rebalancing does).
+	b.Revoke([]string{p.Topic})
+	a.Revoke([]string{p.Topic})
+	a.Assign([]string{p.Topic})
+	more := []*kgo.Record{p.Upsert("9", user("9", "nine@x.io", "Nine", "active"))}
+	p.Produce(more...)
+	s.waitOffset(t, byID, 1, int64(len(recs)+1))
+	if w, _ := s.led.Writer(ctx, byID.Name, 1); ledger.ClaimReplica(w) != "replica-a" {
+		t.Errorf("writer after the topic came back = %q, want replica-a's", w)
+	}
+	model := prodtest.NewModel(t, byID)
+	for _, r := range append(recs, more...) {
+		model.Apply(r.Offset, string(r.Key), r.Value)
+	}
+	got, err := prodtest.ReadGeneration(ctx, s.rdb, byID.Name, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := prodtest.Diff(got, model.Live()); d != "" {
+		t.Errorf("the generation after two takeovers:\n%s", d)
+	}
+}
+
+// TestTakeoverMidRebuildIsNotALoss: replica A begins rebuilding a generation in place (a new
+// epoch) and loses the topic before the rebuild ends; replica B, taking it over, finds the
+// rebuild's marker naming the stored epoch and finishes that rebuild instead of counting a data
+// loss and beginning another.
+func TestTakeoverMidRebuildIsNotALoss(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	ctx := context.Background()
+	p := prodtest.NewProducer(t, s.kafka, "distcache", "users")
+	gen := s.gen(t, byID, 1, p.Topic)
+	g := newGate()
+	aMetrics, bMetrics := prodmetrics.New(), prodmetrics.New()
+	defer aMetrics.Close()
+	defer bMetrics.Close()
+	a := s.assignedManager(t, "replica-a", projector.NewWriter(s.pub, s.led, projector.WithFault(g.fault)), aMetrics, gen)
+	b := s.assignedManager(t, "replica-b", projector.NewWriter(s.pub, s.led), bMetrics, gen)
+	recs := history(p)
+	p.Produce(recs...)
+	a.Assign([]string{p.Topic})
+	s.waitOffset(t, byID, 1, int64(len(recs)))
+
+	g.closed.Store(true) // A's rebuild stays in progress
+	if err := a.Rebuild(byID.Name, 1, rebuild.Cause{Reason: rebuild.ReasonDataLoss, Detail: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	devstacktest.Eventually(t, 20*time.Second, func() bool {
+		_, rebuilding, err := s.led.RebuildOf(ctx, byID.Name, 1)
+		return err == nil && rebuilding
+	}, "replica A began the rebuild")
+	a.Revoke([]string{p.Topic})
+	b.Assign([]string{p.Topic})
+	devstacktest.Eventually(t, 30*time.Second, func() bool {
+		_, rebuilding, err := s.led.RebuildOf(ctx, byID.Name, 1)
+		return err == nil && !rebuilding
+	}, "replica B finishes the rebuild")
+	labels := map[string]string{"projection": byID.Name, "generation": "1", "reason": rebuild.ReasonDataLoss}
+	if v := metricValue(t, aMetrics, "distcache_producer_generation_rebuilds_total", labels); v != 1 {
+		t.Errorf("replica A: rebuilds begun = %v, want 1", v)
+	}
+	if v := metricValue(t, bMetrics, "distcache_producer_generation_rebuilds_total", labels); v > 0 {
+		t.Errorf("replica B: rebuilds begun = %v, want none (it finishes A's)", v)
+	}
+	base, err := s.led.VersionBase(ctx, byID.Name, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := prodtest.NewModel(t, byID)
+	model.Base = base
+	for _, r := range recs {
+		model.Apply(r.Offset, string(r.Key), r.Value)
+	}
+	got, err := prodtest.ReadGeneration(ctx, s.rdb, byID.Name, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := prodtest.Diff(got, model.Live()); d != "" {
+		t.Errorf("the generation after the takeover mid-rebuild:\n%s", d)
+	}
+}
