@@ -30,14 +30,17 @@ type consumerView struct {
 }
 
 // TestFreshnessThroughThePipeline runs the whole pipeline on its own stack (PostgreSQL, Redis, the
-// broker, Temporal, the three services as processes) and follows what GetStatus and
-// `distcache status` say of the live generation:
-//   - a change committed in the core database: the consumer is reporting, owned by the producer's
-//     replica name, with lag 0 and a newest change no older than that commit;
-//   - the producer killed (SIGKILL) while changes are committed: after
-//     CONTROLPLANE_CONSUMER_REPORT_STALE (10 s) GetStatus says "no replica reporting", and the
-//     command prints the row and exits 2;
-//   - the producer started again: reporting, lag 0, the newest change the last one committed; the
+// broker, Temporal, the three services as processes, two cache-producer replicas sharing the topic
+// through their consumer group) and follows what GetStatus and `distcache status` say of the live
+// generation:
+//   - a change committed in the core database: the consumer is reporting, owned by one replica,
+//     with lag 0 and a newest change no older than that commit, and the command exits 0;
+//   - the owner killed (SIGKILL): the other replica takes the topic over, and GetStatus names it
+//     as the owner once it applied the next change;
+//   - that one killed too, while changes are committed: after CONTROLPLANE_CONSUMER_REPORT_STALE
+//     (3 s here) GetStatus says "no replica reporting", and the command prints the row and exits
+//     2;
+//   - a replica started again: reporting, lag 0, the newest change the last one committed; the
 //     command exits 0.
 func TestFreshnessThroughThePipeline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -58,7 +61,10 @@ func TestFreshnessThroughThePipeline(t *testing.T) {
 	const token = "e2e-freshness-token-0123456789"
 	var out strings.Builder
 	p, err := pipeline.Start(ctx, pipeline.Config{RepoDir: root, RunDir: dir, Items: 200, Token: token, Out: &out,
-		ProducerEnv: []string{"PRODUCER_REPLICA_NAME=e2e-producer", "PRODUCER_STATUS_REPORT_INTERVAL=200ms"}})
+		ProducerReplicas: 2,
+		ProducerEnv: []string{"PRODUCER_STATUS_REPORT_INTERVAL=200ms",
+			"PRODUCER_GROUP_SESSION_TIMEOUT=6s"}, // the broker's least (kfake)
+		ControlEnv: []string{"CONTROLPLANE_CONSUMER_REPORT_STALE=3s"}})
 	if err != nil {
 		t.Fatalf("pipeline: %v\n%s", err, out.String())
 	}
@@ -129,49 +135,70 @@ func TestFreshnessThroughThePipeline(t *testing.T) {
 		at, _ := time.Parse(time.RFC3339Nano, c.NewestChangeTime)
 		return at
 	}
+	replica := map[string]*pipeline.Program{}
+	for _, pr := range p.Producers {
+		replica[pr.Name()] = pr
+	}
+	applied := func(since time.Time, owner func(string) bool) func() bool {
+		return func() bool {
+			c, ok := live()
+			return ok && c.State == "reporting" && c.LagRecords == "0" && !newest(c).Before(since.Add(-time.Second)) && owner(c.Owner)
+		}
+	}
+	anyOwner := func(o string) bool { return replica[o] != nil }
 
 	committed := bump()
-	var c consumerView
-	devstacktest.Eventually(t, time.Minute, func() bool {
-		var ok bool
-		c, ok = live()
-		return ok && c.State == "reporting" && c.LagRecords == "0" && !newest(c).Before(committed.Add(-time.Second))
-	}, "GetStatus shows the change committed at %v applied", committed)
-	if c.Owner != "e2e-producer" || c.NewestChangeAge > 30 {
-		t.Errorf("consumer = %+v; want owner e2e-producer, a newest change seconds old", c)
+	devstacktest.Eventually(t, time.Minute, applied(committed, anyOwner), "GetStatus shows the change committed at %v applied", committed)
+	first, _ := live()
+	if first.NewestChangeAge > 30 {
+		t.Errorf("consumer = %+v; want a newest change seconds old", first)
 	}
-	if text, code := status(); code != 0 || !strings.Contains(text, "e2e-producer") {
-		t.Errorf("distcache status exited %d:\n%s\nwant 0 and a row owned by e2e-producer", code, text)
+	if text, code := status(); code != 0 || !strings.Contains(text, first.Owner) {
+		t.Errorf("distcache status exited %d:\n%s\nwant 0 and a row owned by %s", code, text, first.Owner)
 	}
 
-	if err := p.Producer.Kill(); err != nil {
+	// The owner killed: the other replica takes over.
+	if err := replica[first.Owner].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	committed = bump()
+	devstacktest.Eventually(t, time.Minute, applied(committed, func(o string) bool { return anyOwner(o) && o != first.Owner }),
+		"GetStatus names the other replica as the owner once it applied the next change")
+	second, _ := live()
+	text, code := status()
+	if code != 0 || !strings.Contains(text, second.Owner) {
+		t.Errorf("distcache status exited %d:\n%s\nwant 0 and a row owned by %s", code, text, second.Owner)
+	}
+	t.Logf("%s killed, %s took over:\n%s", first.Owner, second.Owner, text)
+
+	// No replica left.
+	if err := replica[second.Owner].Kill(); err != nil {
 		t.Fatal(err)
 	}
 	bump()
+	var c consumerView
 	devstacktest.Eventually(t, time.Minute, func() bool {
 		c, _ = live()
 		return c.State == "not_reporting"
-	}, "GetStatus says no replica reports once the producer is gone")
-	if !strings.Contains(c.Message, "no replica reporting for") || c.Owner != "e2e-producer" {
-		t.Errorf("consumer = %+v; want \"no replica reporting for ...\", last owner e2e-producer", c)
+	}, "GetStatus says no replica reports once both are gone")
+	if !strings.Contains(c.Message, "no replica reporting for") || c.Owner != second.Owner {
+		t.Errorf("consumer = %+v; want \"no replica reporting for ...\", last owner %s", c, second.Owner)
 	}
-	text, code := status()
+	text, code = status()
 	if code != 2 || !strings.Contains(text, "no replica reporting for") {
 		t.Errorf("distcache status exited %d:\n%s\nwant 2 and the row saying no replica reports", code, text)
 	}
-	t.Logf("producer killed:\n%s", text)
+	t.Logf("both replicas killed:\n%s", text)
 
-	if err := p.Producer.Start(ctx); err != nil {
+	if err := replica[first.Owner].Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	last := bump()
-	devstacktest.Eventually(t, time.Minute, func() bool {
-		c, _ = live()
-		return c.State == "reporting" && c.LagRecords == "0" && !newest(c).Before(last.Add(-time.Second))
-	}, "GetStatus shows the producer back, caught up")
+	devstacktest.Eventually(t, time.Minute, applied(last, func(o string) bool { return o == first.Owner }),
+		"GetStatus shows %s back, caught up", first.Owner)
 	devstacktest.Eventually(t, 30*time.Second, func() bool {
 		text, code = status()
 		return code == 0
 	}, "distcache status exits 0 again")
-	t.Logf("producer back:\n%s", text)
+	t.Logf("%s back:\n%s", first.Owner, text)
 }
