@@ -42,7 +42,8 @@ $(BIN)/temporal: tools/temporal/go.mod tools/temporal/go.sum
 	@echo "building Temporal's CLI from the Go module proxy (a few minutes the first time)"
 	cd tools/temporal && GOWORK=off $(GO) build -o $@ github.com/temporalio/cli/cmd/temporal
 
-## setup: install PostgreSQL and Redis when missing (apt-get as root on Debian) and build the tools
+## setup: install PostgreSQL, Redis and Prometheus (server and promtool, for the dashboard and alert
+## tests) when missing (apt-get as root on Debian) and build the tools
 setup: tools
 	$(BIN)/devstack install
 

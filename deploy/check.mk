@@ -12,8 +12,11 @@
 #     migration hook Jobs are rendered per enabled set, each with its set's Secret, and the
 #     control-plane never gets the core-publisher's database Secret; the search attribute Job
 #     is rendered unless turned off, with the Temporal TLS and API key settings;
-#   - every PUBLISHER_/PRODUCER_/CONTROLPLANE_ variable that compose or the chart sets is one
-#     the service's code actually reads.
+#   - the alert rules and dashboards: the chart's copies (files/) equal deploy/prometheus and
+#     deploy/grafana; the PrometheusRule and the dashboard ConfigMaps render only when enabled;
+#     promtool check rules when promtool is installed (make setup installs it);
+#   - every PUBLISHER_/PRODUCER_/CONTROLPLANE_/EDGE_ variable that compose or the chart sets is
+#     one the service's (or the example edge service's) code actually reads.
 #
 # helm and deploycheck are built from deploy/check (its own module, GOWORK=off) into
 # .run/bin and rebuilt only when that module changes, so runs after the first take seconds.
@@ -94,6 +97,16 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	@# The ServiceMonitor toggle: absent by default, present when enabled.
 	@if grep -q '^kind: ServiceMonitor' $(OUT)/default.yaml; then echo "FAIL: ServiceMonitor rendered although disabled"; exit 1; fi
 	@grep -q '^kind: ServiceMonitor' $(OUT)/production.yaml || { echo "FAIL: ServiceMonitor missing although enabled"; exit 1; }
+	@# Alerts and dashboards: one source each (deploy/prometheus, deploy/grafana), copied into the
+	@# chart (it cannot read outside itself); rendered only when enabled.
+	@diff -r $(ROOT)/deploy/prometheus $(CHART)/files/prometheus && diff -r $(ROOT)/deploy/grafana $(CHART)/files/grafana || \
+	  { echo "FAIL: the chart's files/ differ from deploy/prometheus or deploy/grafana (edit those, then cp deploy/prometheus/* $(CHART)/files/prometheus/ and cp deploy/grafana/* $(CHART)/files/grafana/)"; exit 1; }
+	@if command -v promtool >/dev/null; then promtool check rules $(ROOT)/deploy/prometheus/distcache-rules.yaml >/dev/null || exit 1; \
+	  else echo "note: promtool not installed (make setup installs it); rules not checked by promtool"; fi
+	@if grep -q '^kind: PrometheusRule\|grafana_dashboard:' $(OUT)/default.yaml; then echo "FAIL: PrometheusRule or dashboards rendered although disabled"; exit 1; fi
+	@grep -q '^kind: PrometheusRule' $(OUT)/production.yaml || { echo "FAIL: PrometheusRule missing although enabled"; exit 1; }
+	@test "$$(grep -c 'grafana_dashboard: "1"' $(OUT)/production.yaml)" = "$$(ls $(CHART)/files/grafana/*.json | wc -l)" || \
+	  { echo "FAIL: want one dashboard ConfigMap per files/grafana/*.json when enabled"; exit 1; }
 	@# NetworkPolicies: on by default (a default deny, one per service, one for the migration
 	@# Jobs, one for the search attribute Job), off on request.
 	@test "$$(grep -c '^kind: NetworkPolicy' $(OUT)/default.yaml)" = 6 || { echo "FAIL: want 6 NetworkPolicies with the defaults"; exit 1; }
@@ -135,5 +148,30 @@ helm-check: $(HELM) $(DEPLOYCHECK)
 	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set kafka.sasl.mechanism=PLAIN \
 	  --set kafka.sasl.username=u --set kafka.sasl.password.existingSecret=s >/dev/null 2>&1; then \
 	  echo "FAIL: the chart rendered SASL PLAIN without TLS and without kafka.sasl.allowPlaintext"; exit 1; fi
-	@echo "ok   helm: lint, template (default, production, every connection option), NetworkPolicy toggle, migration Jobs and their Secrets, search attribute Job, schema rejects bad values"
+	@# cache-producer replicas: two by default, sharing the topics through a consumer group, each
+	@# named by its pod; a PodDisruptionBudget keeping one; the grace period above the shutdown
+	@# timeout; the schema no longer caps the replicas.
+	@$(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --show-only templates/cache-producer.yaml > $(OUT)/producer.yaml
+	@grep -q '^  replicas: 2$$' $(OUT)/producer.yaml || { echo "FAIL: want 2 cache-producer replicas by default"; exit 1; }
+	@grep -A3 'name: PRODUCER_REPLICA_NAME' $(OUT)/producer.yaml | grep -q 'fieldPath: metadata.name' || \
+	  { echo "FAIL: PRODUCER_REPLICA_NAME is not the pod's name (fieldRef metadata.name)"; exit 1; }
+	@grep -A1 'name: PRODUCER_GROUP_ID' $(OUT)/producer.yaml | grep -q '"distcache-cache-producer"' || \
+	  { echo "FAIL: PRODUCER_GROUP_ID is not distcache-cache-producer for a release named distcache"; exit 1; }
+	@awk '/^kind: PodDisruptionBudget/{p=1} p&&/minAvailable: 1$$/{f=1} END{exit !f}' $(OUT)/producer.yaml || \
+	  { echo "FAIL: no cache-producer PodDisruptionBudget with minAvailable 1"; exit 1; }
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set cacheProducer.pdb.enabled=false \
+	  --show-only templates/cache-producer.yaml | grep -q '^kind: PodDisruptionBudget'; then \
+	  echo "FAIL: cache-producer PodDisruptionBudget rendered although cacheProducer.pdb.enabled=false"; exit 1; fi
+	@grep -q 'podAntiAffinity' $(OUT)/producer.yaml || { echo "FAIL: cache-producer pods not spread over nodes by default"; exit 1; }
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set cacheProducer.spreadAcrossNodes=false \
+	  --show-only templates/cache-producer.yaml | grep -q 'podAntiAffinity'; then \
+	  echo "FAIL: cache-producer anti-affinity rendered although cacheProducer.spreadAcrossNodes=false"; exit 1; fi
+	@$(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set cacheProducer.replicas=5 >/dev/null || \
+	  { echo "FAIL: values.schema.json refused cacheProducer.replicas=5"; exit 1; }
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set cacheProducer.shutdownTimeout=1m \
+	  --set cacheProducer.terminationGracePeriodSeconds=45 >/dev/null 2>&1; then \
+	  echo "FAIL: the chart rendered a grace period (45 s) below the producer's shutdown timeout (1m)"; exit 1; fi
+	@if $(HELM) template distcache $(CHART) --kube-version $(KUBE_VERSION) --set cacheProducer.group.heartbeatInterval=10s >/dev/null 2>&1; then \
+	  echo "FAIL: the chart rendered a group heartbeat interval not below the session timeout"; exit 1; fi
+	@echo "ok   helm: lint, template (default, production, every connection option), NetworkPolicy toggle, migration Jobs and their Secrets, search attribute Job, producer replicas (group, names, PDB, grace, spread), schema rejects bad values"
 	$(DEPLOYCHECK) env $(ROOT)/services $(COMPOSE_FILE) $(OUT)/default.yaml $(OUT)/production.yaml $(OUT)/options.yaml

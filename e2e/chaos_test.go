@@ -13,9 +13,11 @@ import (
 )
 
 // TestChaosShort runs the chaos scenario in its short form on its own stack: the publisher, the
-// producer replica that writes the projection (the other of two takes over), Redis, the broker
-// and PostgreSQL are each killed with SIGKILL and restarted under a steady write load, Redis
-// loses its data (FLUSHALL), and an edge's connection is cut. It asserts the invariants themselves: every
+// producer replica that writes the projection (the other of two takes over; then the owner is
+// paused past the session timeout and resumed), the Redis primary, its replica, the broker and
+// PostgreSQL are each killed with SIGKILL and restarted under a steady write load, Redis loses
+// its data (FLUSHALL) and restarts empty, and an edge's connection is cut. It asserts the
+// invariants themselves: every
 // committed change is in Redis and at both edges (by version and seq), no edge returned a
 // version older than one it had returned, zero read errors for cached keys, and every fault was
 // injected and recovered from.
@@ -49,7 +51,7 @@ func TestChaosShort(t *testing.T) {
 	if err != nil {
 		t.Fatalf("chaos: %v", err)
 	}
-	if got, want := len(rep.Faults), 7; got != want {
+	if got, want := len(rep.Faults), 10; got != want {
 		t.Errorf("faults injected = %d, want %d", got, want)
 	}
 	if rep.Checked != cfg.Items || rep.RedisMismatch != 0 {

@@ -54,8 +54,18 @@ type Activities struct {
 	UnlinkBatch int
 	// RetireDrain is RetireWorkflowParams.Drain for scheduled retirements (0: DefaultDrain).
 	RetireDrain time.Duration
-	Logger      *slog.Logger
+	// BuildEnded, when set, is told each generation that ends a build: outcome BuildLive when a
+	// cutover (not a rollback) made it current, BuildFailed when it was marked failed. An
+	// activity retried after its registry write committed reports twice.
+	BuildEnded func(projection, outcome string)
+	Logger     *slog.Logger
 }
+
+// Build outcomes reported to Activities.BuildEnded.
+const (
+	BuildLive   = "live"
+	BuildFailed = "failed"
+)
 
 // RegisterActivities registers a's activities on w under their Activity* names.
 func RegisterActivities(w interface {
@@ -101,7 +111,13 @@ func (a *Activities) AllocateGeneration(ctx context.Context, p AllocateParams) (
 
 // SetGenerationState implements ActivitySetGenerationState.
 func (a *Activities) SetGenerationState(ctx context.Context, p SetStateParams) error {
-	return appError(a.Registry.SetState(ctx, p.Projection, p.Generation, p.State, p.Offset))
+	if err := a.Registry.SetState(ctx, p.Projection, p.Generation, p.State, p.Offset); err != nil {
+		return appError(err)
+	}
+	if p.State == StateFailed && a.BuildEnded != nil {
+		a.BuildEnded(p.Projection, BuildFailed)
+	}
+	return nil
 }
 
 // RecordProgress implements ActivityRecordProgress. Without p.Progress it reads the last
@@ -155,6 +171,9 @@ func (a *Activities) Cutover(ctx context.Context, p CutoverParams) (CutoverResul
 		return CutoverResult{}, appError(err)
 	}
 	a.log().Info("cutover", "projection", p.Projection, "generation", current, "previous", previous, "rollback", p.Rollback)
+	if !p.Rollback && a.BuildEnded != nil {
+		a.BuildEnded(p.Projection, BuildLive)
+	}
 	return CutoverResult{Current: current, Previous: previous}, nil
 }
 

@@ -162,3 +162,30 @@ func (nopPointer) RetireGeneration(context.Context, string, int64, int) (int64, 
 	return 0, nil
 }
 func (nopPointer) DeletePointer(context.Context, string) error { return nil }
+
+func TestBuildEndedReportsOutcomes(t *testing.T) {
+	t.Parallel()
+	var got []string
+	a := &Activities{Registry: &fakeRegistry{}, Pointer: nopPointer{},
+		BuildEnded: func(p, outcome string) { got = append(got, p+":"+outcome) }}
+	ctx := context.Background()
+	for _, st := range []string{StateBackfilling, StateTailing, StateFailed} {
+		if err := a.SetGenerationState(ctx, SetStateParams{Projection: "p", Generation: 2, State: st}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Cutover(ctx, CutoverParams{Projection: "q", Generation: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Cutover(ctx, CutoverParams{Projection: "q", Rollback: true}); err != nil {
+		t.Fatal(err)
+	}
+	// A registry write that failed reports nothing.
+	a.Registry = &fakeRegistry{err: errors.New("connection reset")}
+	_ = a.SetGenerationState(ctx, SetStateParams{Projection: "r", Generation: 1, State: StateFailed})
+	_, _ = a.Cutover(ctx, CutoverParams{Projection: "r", Generation: 1})
+	want := []string{"p:" + BuildFailed, "q:" + BuildLive}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("BuildEnded saw %v, want %v (no rollback, no intermediate state, no failed write)", got, want)
+	}
+}

@@ -2,8 +2,9 @@
 // with two cache-producer replicas) under a steady write load into the core database, with two
 // in-process edges (one reaching Redis through a TCP proxy), while the core-publisher, the
 // cache-producer replica that writes the projection (the other takes over), the Redis primary,
-// the broker and PostgreSQL are each killed with SIGKILL and restarted in turn, Redis loses all
-// its data (FLUSHALL) while it runs, and the proxied edge's connection is cut. It then checks that nothing was lost: the final core rows, Redis's values
+// its replica (which the other edge reads first), the broker and PostgreSQL are each killed with
+// SIGKILL and restarted in turn, Redis loses all its data (FLUSHALL) while it runs, and the
+// proxied edge's connection is cut. It then checks that nothing was lost: the final core rows, Redis's values
 // and every edge's values agree (seq, and the edges' versions with Redis's); no edge ever returned an older version
 // of a key than it had returned before; and the edges served their cached keys with zero errors
 // throughout, Redis's outage included.
@@ -215,13 +216,15 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		return fail(fmt.Errorf("edge A: %w", err))
 	}
 	defer edgeA.Close(context.Background())
-	edgeB, err := pipeline.NewEdge(ctx, p.RedisAddr, keys, edgeOpts...)
+	// Edge B reads the replica first (and tails its change stream there), the primary when the
+	// replica is down.
+	edgeB, err := pipeline.NewEdge(ctx, p.RedisAddr, keys, append(edgeOpts, distcache.WithAddrs(p.RedisAddr, p.RedisReplicaAddr))...)
 	if err != nil {
 		return fail(fmt.Errorf("edge B: %w", err))
 	}
 	defer edgeB.Close(context.Background())
 	edges := []*distcache.Client{edgeA, edgeB}
-	say("chaos: edges up, each holding %d keys (edge A reaches Redis through a cuttable proxy %s)", cfg.Items, proxy.Addr())
+	say("chaos: edges up, each holding %d keys (edge A reaches the primary through a cuttable proxy %s; edge B reads the replica %s first)", cfg.Items, proxy.Addr(), p.RedisReplicaAddr)
 
 	pool, err := pgxpool.New(ctx, p.CoreURL)
 	if err != nil {
@@ -269,13 +272,22 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		name    string
 		kill    func() error
 		restore func(context.Context) error
+		instant bool          // nothing is held down: no -down pause
+		minDown time.Duration // held down at least this long
 	}
 	var steps []step
 	for _, c := range p.Components() {
-		steps = append(steps, step{c.Name(), c.Kill, c.Start})
+		s := step{name: c.Name(), kill: c.Kill, restore: c.Start}
+		if i, ok := c.(interface{ Instant() bool }); ok && i.Instant() {
+			s.instant = true // a wipe: recovery counts from it
+		}
+		if m, ok := c.(interface{ MinDown() time.Duration }); ok {
+			s.minDown = m.MinDown()
+		}
+		steps = append(steps, s)
 	}
-	steps = append(steps, step{"edge A's Redis connection (cut)", func() error { proxy.Cut(); return nil },
-		func(context.Context) error { proxy.Restore(); return nil }})
+	steps = append(steps, step{name: "edge A's Redis connection (cut)", kill: func() error { proxy.Cut(); return nil },
+		restore: func(context.Context) error { proxy.Restore(); return nil }})
 
 	for _, s := range steps {
 		c0, e0 := ld.committed.Load(), ld.errs.Load()
@@ -285,9 +297,11 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			stopAll()
 			return fail(fmt.Errorf("kill %s: %w", s.name, err))
 		}
-		if err := hold(cfg.Down); err != nil {
-			stopAll()
-			return fail(err)
+		if !s.instant {
+			if err := hold(max(cfg.Down, s.minDown)); err != nil {
+				stopAll()
+				return fail(err)
+			}
 		}
 		setPhase(s.name + " restarting")
 		if err := s.restore(ctx); err != nil {

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -64,8 +65,12 @@ type Pipeline struct {
 	ControlURL string
 	Redis      *Program // redis-server with an fsync'd append-only file: a crash loses nothing acknowledged
 	RedisAddr  string
-	Kafka      *devstack.Kafka
-	Temporal   *devstack.Temporal
+	// RedisReplica is a replica of Redis (no persistence: a restart resyncs from the primary),
+	// which edges read first.
+	RedisReplica     *Program
+	RedisReplicaAddr string
+	Kafka            *devstack.Kafka
+	Temporal         *devstack.Temporal
 
 	// Services are the three services (Publisher, Producer, Control and their addresses).
 	*Services
@@ -199,6 +204,26 @@ func (p *Pipeline) startStack(ctx context.Context) error {
 		return err
 	}
 	p.stops = append(p.stops, p.Redis.Stop)
+	rport, err := devstack.FreePort()
+	if err != nil {
+		return err
+	}
+	p.RedisReplicaAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(rport))
+	rrdir := filepath.Join(dir, "redis-replica")
+	if err := os.MkdirAll(rrdir, 0o755); err != nil {
+		return err
+	}
+	p.RedisReplica = NewProgram(devstack.ProgramConfig{
+		Name: "redis replica", Dir: rrdir, Mode: devstack.Attached,
+		Args: []string{bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(rport), "--dir", rrdir,
+			"--replicaof", "127.0.0.1", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--daemonize", "no",
+			"--protected-mode", "no", "--loglevel", "warning"},
+		Ready: func(ctx context.Context) error { return replicaSynced(ctx, p.RedisReplicaAddr) },
+	}, "")
+	if err := p.RedisReplica.Start(ctx); err != nil {
+		return err
+	}
+	p.stops = append(p.stops, p.RedisReplica.Stop)
 
 	kbin, err := p.toolBin(ctx, "kafkad", filepath.Join(p.cfg.RepoDir, "tools"), "./cmd/kafkad", false)
 	if err != nil {
@@ -249,6 +274,20 @@ func lookRedis() (string, error) {
 	return "", fmt.Errorf("%w: redis-server", devstack.ErrMissing)
 }
 
+// replicaSynced answers nil once the replica at addr has finished its sync with the primary.
+func replicaSynced(ctx context.Context, addr string) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer c.Close()
+	info, err := c.Info(ctx, "replication").Result()
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(info, "master_link_status:up") || strings.Contains(info, "master_sync_in_progress:1") {
+		return errors.New("replica not in sync yet")
+	}
+	return nil
+}
+
 func pingRedis(ctx context.Context, addr string) error {
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 	defer c.Close()
@@ -267,23 +306,30 @@ func (p *Pipeline) Stop() {
 }
 
 // Components returns the parts the chaos run crashes, in its order: publisher, the producer
-// replica that writes the sample projection, Redis, broker, PostgreSQL, and Redis losing its
-// data while it runs (FLUSHALL; nobody acts).
+// replica that writes the sample projection (killed; then paused past the group's session
+// timeout and resumed), the Redis primary, its replica (edges read it first), broker,
+// PostgreSQL, Redis losing its data while it runs (FLUSHALL) and Redis restarting empty (its
+// append-only file gone; the replica resyncs to the empty primary). Nobody acts on the losses.
 func (p *Pipeline) Components() []Component {
-	return []Component{p.Publisher, &ownerComponent{p: p}, p.Redis, kafkaComponent{p.Kafka}, pgComponent{p.PG},
-		flushComponent{addr: p.RedisAddr}}
+	return []Component{p.Publisher, &ownerComponent{p: p}, &ownerComponent{p: p, pause: true}, p.Redis, p.RedisReplica,
+		kafkaComponent{p.Kafka}, pgComponent{p.PG}, flushComponent{addr: p.RedisAddr}, emptyRestartComponent{p: p}}
 }
 
 // ownerComponent is the cache-producer replica that writes the sample projection when it is
-// killed: with several replicas the others take its topic over (the consumer group's session
-// timeout); Start starts it again as a replica.
+// killed (or, with pause, stopped with SIGSTOP): with several replicas the others take its topic
+// over (the consumer group's session timeout); Start starts it again as a replica (SIGCONT: a
+// zombie whose writes are fenced).
 type ownerComponent struct {
 	p      *Pipeline
+	pause  bool
 	killed *Program
 }
 
 func (c *ownerComponent) Name() string {
-	if len(c.p.Producers) > 1 {
+	switch {
+	case c.pause:
+		return "cache-producer owner (SIGSTOP)"
+	case len(c.p.Producers) > 1:
 		return "cache-producer (the owner)"
 	}
 	return NameProducer
@@ -299,10 +345,54 @@ func (c *ownerComponent) Kill() error {
 			break
 		}
 	}
+	if c.pause {
+		return c.killed.Signal(syscall.SIGSTOP)
+	}
 	return c.killed.Kill()
 }
 
-func (c *ownerComponent) Start(ctx context.Context) error { return c.killed.Start(ctx) }
+// PauseFor is how long the chaos run keeps a paused owner stopped: past the session timeout
+// the chaos pipeline gives the producers (PRODUCER_GROUP_SESSION_TIMEOUT=6s), so it is a zombie
+// when it resumes.
+const PauseFor = 9 * time.Second
+
+// MinDown is how long the fault must last: a pause lasts PauseFor.
+func (c *ownerComponent) MinDown() time.Duration {
+	if c.pause {
+		return PauseFor
+	}
+	return 0
+}
+
+func (c *ownerComponent) Start(ctx context.Context) error {
+	if c.pause {
+		return c.killed.Signal(syscall.SIGCONT)
+	}
+	return c.killed.Start(ctx)
+}
+
+// emptyRestartComponent is the Redis primary restarting empty (a restart without persistence):
+// Kill kills it and removes its data; Start starts it empty, and the replica resyncs to it.
+type emptyRestartComponent struct{ p *Pipeline }
+
+func (c emptyRestartComponent) Name() string { return "Redis restarts empty" }
+func (c emptyRestartComponent) Kill() error {
+	if err := c.p.Redis.Kill(); err != nil {
+		return err
+	}
+	return removeRedisData(c.p.Redis.cfg.Dir)
+}
+func (c emptyRestartComponent) Start(ctx context.Context) error { return c.p.Redis.Start(ctx) }
+
+// removeRedisData removes the append-only files and dump of the Redis whose directory is dir.
+func removeRedisData(dir string) error {
+	for _, name := range []string{"appendonlydir", "appendonly.aof", "dump.rdb"} {
+		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // flushComponent is Redis losing everything while it runs: Kill is a FLUSHALL, Start does
 // nothing (the producers rebuild from the topics, the control-plane restores the pointer, the
@@ -316,6 +406,9 @@ func (c flushComponent) Kill() error {
 	return rdb.FlushAll(context.Background()).Err()
 }
 func (c flushComponent) Start(context.Context) error { return nil }
+
+// Instant says the fault is over when Kill returns: there is nothing to hold down.
+func (c flushComponent) Instant() bool { return true }
 
 type kafkaComponent struct{ k *devstack.Kafka }
 
@@ -390,6 +483,17 @@ func (s *Program) Stop() error {
 		return nil
 	}
 	return pr.Stop(20 * time.Second)
+}
+
+// Signal sends sig to the program (SIGSTOP and SIGCONT pause and resume it).
+func (s *Program) Signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	pr := s.prog
+	s.mu.Unlock()
+	if pr == nil {
+		return nil
+	}
+	return pr.Signal(sig)
 }
 
 // LogTail returns the last lines of the program's log.

@@ -3,6 +3,7 @@
 //
 //	GET /v1/{projection}/{key}   the projected record (JSON), from local memory when cached
 //	GET /stats                   the client's counters per projection (JSON)
+//	GET /metrics                 the same counters for Prometheus (distcache_client_*, package distcacheprom)
 //	GET /healthz                 liveness
 //
 // Configuration comes from the environment: EDGE_REDIS_ADDR (primary), EDGE_REDIS_REPLICAS
@@ -25,7 +26,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/libs/distcache/distcacheprom"
 )
 
 func main() {
@@ -154,6 +160,10 @@ var _ lookup = (*distcache.Client)(nil)
 
 func newHandler(dc lookup) http.Handler {
 	mux := http.NewServeMux()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		distcacheprom.NewCollector(dc))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

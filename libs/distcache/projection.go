@@ -97,6 +97,8 @@ type projection struct {
 	lagNanos                            atomic.Int64
 	cutovers, rebuilds, compactions     atomic.Uint64
 	deletes                             atomic.Uint64 // delete events that dropped the local store
+	reconnects                          atomic.Uint64 // tail contact restored after a loss
+	fetchLatency                        latencyHist   // Redis fetches of misses (success or not)
 	unknownEntries                      atomic.Uint64 // change-stream entries of an unknown form
 	// Tail goroutine only: an unreadable change-stream entry asks for a
 	// revalidation; loggedForms remembers the unknown forms already logged.
@@ -248,7 +250,9 @@ func (p *projection) miss(ctx context.Context, key string) (Entry, error) {
 	p.flightMu.Unlock()
 
 	fctx, cancel := p.fetchCtx(ctx)
+	t0 := time.Now()
 	raw, found, err := p.c.reader.fetchOne(fctx, ValueKey(p.name, st.gen, key))
+	p.fetchLatency.observe(time.Since(t0))
 	cancel()
 	if err != nil {
 		p.fetchErrors.Add(1)
@@ -415,7 +419,9 @@ func (p *projection) missMany(ctx context.Context, keys []string, idx []int, out
 			rkeys[j] = ValueKey(p.name, st.gen, keys[w.i])
 		}
 		fctx, cancel := p.fetchCtx(ctx)
+		t0 := time.Now()
 		vals, found, err := p.c.reader.fetch(fctx, rkeys)
+		p.fetchLatency.observe(time.Since(t0))
 		cancel()
 		if err != nil {
 			p.fetchErrors.Add(1)

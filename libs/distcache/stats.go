@@ -41,6 +41,13 @@ type ProjectionStats struct {
 	UnknownEntries uint64
 	Rebuilds       uint64 // refetches of the held keys (gap revalidations and cutovers)
 	Compactions    uint64 // local stores rebuilt to reclaim dead space
+	// Reconnects counts the times the change-stream tail got back in contact
+	// with Redis after losing it (each resumes from the last position).
+	Reconnects uint64
+	// FetchLatency is the latency of the Redis fetches of misses (one per
+	// Get miss or GetMany batch, shared by concurrent misses of a key),
+	// failed ones included.
+	FetchLatency Histogram
 
 	Connected bool // gauge: the tail is in contact with Redis
 	Stale     bool // gauge: reads are being served stale (or not at all, past the bound)
@@ -124,6 +131,8 @@ func (c *Client) Stats() Stats {
 			UnknownEntries:  p.unknownEntries.Load(),
 			Rebuilds:        p.rebuilds.Load(),
 			Compactions:     p.compactions.Load(),
+			Reconnects:      p.reconnects.Load(),
+			FetchLatency:    p.fetchLatency.snapshot(),
 			Connected:       p.connected.Load(),
 			Stale:           p.health.Load() != healthFresh,
 

@@ -167,6 +167,7 @@ func (p *projection) tail(ctx context.Context) {
 		now := time.Now().UnixNano()
 		p.lastContact.Store(now)
 		if !p.connected.Swap(true) {
+			p.reconnects.Add(1)
 			p.c.log.Info("distcache: redis contact restored", slog.String(logKeyProjection, p.name))
 		}
 		if p.health.Load() != healthFresh {

@@ -314,6 +314,8 @@ func testTakeOver(t *testing.T, cluster bool) {
 		v, _ := strconv.ParseFloat(m[1], 64)
 		return v
 	}
+	caughtUp(0, "before the SIGSTOP")
+	devstacktest.Eventually(t, 30*time.Second, func() bool { return eventsOf(zombie) > 0 }, "%s writes users before it is stopped", zombie.name)
 	before := eventsOf(zombie)
 	stoppedAt := time.Now()
 	_ = zombie.c.cmd.Process.Signal(syscall.SIGSTOP)

@@ -128,6 +128,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		return fmt.Errorf("temporal client: %w", err)
 	}
 	defer tc.Close()
+	metrics := cpmetrics.New()
 	temporal, err := temporalconn.New(temporalconn.Config{
 		Client: tc,
 		NewWorker: func() worker.Worker {
@@ -138,7 +139,10 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 				Pointer:     pub,
 				Temporal:    tc,
 				RetireDrain: cfg.RetireDrain,
-				Logger:      log.With("component", "activities"),
+				BuildEnded: func(projection, outcome string) {
+					metrics.BuildOutcomes.WithLabelValues(projection, outcome).Inc()
+				},
+				Logger: log.With("component", "activities"),
 			})
 			return w
 		},
@@ -154,7 +158,6 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		return temporal.Err()
 	}
 
-	metrics := cpmetrics.New()
 	svc := api.New(store, tc, catalog, api.Settings{
 		Namespace:      cfg.Temporal.Namespace,
 		UIURL:          cfg.TemporalUIURL,

@@ -107,6 +107,49 @@ func EnsureChromium(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("%w: chromium still not found after installing it", ErrMissing)
 }
 
+// Prometheus is where Prometheus's server and promtool are installed.
+type Prometheus struct {
+	Server, Promtool string
+}
+
+// EnsurePrometheus returns the paths of Prometheus's server and promtool (for the tests that
+// evaluate the dashboards' queries and the alert rules), installing Debian's prometheus package
+// as EnsureInstalled installs PostgreSQL and Redis when either is missing: with apt-get when
+// running as root, otherwise an error naming the package. The package's own service is not
+// left running: the tests start their own server on a free port.
+func EnsurePrometheus(ctx context.Context) (Prometheus, error) {
+	installMu.Lock()
+	defer installMu.Unlock()
+	find := func() (Prometheus, bool) {
+		s, err1 := exec.LookPath("prometheus")
+		t, err2 := exec.LookPath("promtool")
+		return Prometheus{Server: s, Promtool: t}, err1 == nil && err2 == nil
+	}
+	if p, ok := find(); ok {
+		return p, nil
+	}
+	if err := aptInstall(ctx, []string{"prometheus"}); err != nil {
+		return Prometheus{}, err
+	}
+	stopPackageService(ctx, "prometheus")
+	if p, ok := find(); ok {
+		return p, nil
+	}
+	return Prometheus{}, fmt.Errorf("%w: prometheus or promtool still not found after installing the prometheus package", ErrMissing)
+}
+
+// stopPackageService stops a service a Debian package may have started on installing (with
+// systemd as PID 1; elsewhere nothing started it). Best effort: a failure changes nothing the
+// tests rely on, since they use their own ports.
+func stopPackageService(ctx context.Context, name string) {
+	if _, err := os.Stat("/run/systemd/system"); err != nil {
+		return
+	}
+	for _, args := range [][]string{{"stop", name}, {"disable", name}} {
+		_ = exec.CommandContext(ctx, "systemctl", args...).Run()
+	}
+}
+
 func joinWords(ws []string) string {
 	var b bytes.Buffer
 	for i, w := range ws {

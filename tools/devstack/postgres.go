@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -177,7 +178,11 @@ func (pg *Postgres) Start(ctx context.Context) error {
 	if !portFree(pg.cfg.Port) {
 		return fmt.Errorf("%s: port %d is already in use by another program", pg.cfg.Name, pg.cfg.Port)
 	}
-	// A killed server leaves its pid file behind; the process is gone, so the file is stale.
+	// A killed server leaves its pid file behind; the postmaster is gone, so the file is stale,
+	// but its backends may not be yet (below).
+	if err := pg.waitOldServerGone(ctx, oldServerTimeout); err != nil {
+		return err
+	}
 	_ = os.Remove(filepath.Join(pg.data, "postmaster.pid"))
 	if err := pg.proc.start(); err != nil {
 		return err
@@ -245,7 +250,8 @@ func (pg *Postgres) Stop() error { return pg.proc.stop(30 * time.Second) }
 // Kill kills the postmaster with SIGKILL, as a crash would.
 func (pg *Postgres) Kill() error { return pg.proc.kill() }
 
-// Restart kills the server if it runs and starts it again on the same port.
+// Restart kills the server if it runs and starts it again on the same port. Start waits until
+// the killed server's backends are gone (see waitOldServerGone).
 func (pg *Postgres) Restart(ctx context.Context) error {
 	if err := pg.Kill(); err != nil {
 		return err
@@ -256,6 +262,95 @@ func (pg *Postgres) Restart(ctx context.Context) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return pg.Start(ctx)
+}
+
+// oldServerTimeout bounds the wait for a killed server's backends in Start.
+const oldServerTimeout = 30 * time.Second
+
+// waitOldServerGone waits, up to timeout, until no process of a previous server of this data
+// directory holds its System V shared memory segment. Killing the postmaster does not kill its
+// backends and auxiliary processes: each runs in a session of its own (PostgreSQL's
+// InitPostmasterChild calls setsid), so the process-group kill misses them, and they exit only
+// once they notice the postmaster's death, which takes a while on a loaded machine. A new
+// postmaster that finds the segment still attached refuses to start ("pre-existing shared
+// memory block ... is still in use"). The segment's id is on the seventh line of the old
+// postmaster.pid ("key id"); the kernel's attach count is in /proc/sysvipc/shm. No pid file,
+// no segment recorded in it, or no such segment any more: nothing to wait for.
+func (pg *Postgres) waitOldServerGone(ctx context.Context, timeout time.Duration) error {
+	shmid, ok := postmasterShmID(filepath.Join(pg.data, "postmaster.pid"))
+	if !ok {
+		return nil
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		seg, err := sysvShm(shmid)
+		if err != nil {
+			return fmt.Errorf("%s: %w", pg.cfg.Name, err)
+		}
+		if seg.nattch == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: the previous server's shared memory (id %d) is still attached by %d processes after %s (last attach or detach by pid %d)",
+				pg.cfg.Name, shmid, seg.nattch, timeout, seg.lpid)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: wait for the previous server's processes: %w", pg.cfg.Name, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// postmasterShmID returns the System V shared memory id that a postmaster.pid records (line 7:
+// "key id", PostgreSQL 10 and later), and whether there is one.
+func postmasterShmID(path string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 7 {
+		return 0, false
+	}
+	f := strings.Fields(lines[6])
+	if len(f) != 2 {
+		return 0, false
+	}
+	id, err := strconv.Atoi(f[1])
+	if err != nil || id < 0 {
+		return 0, false
+	}
+	return id, true
+}
+
+// shmSegment is what /proc/sysvipc/shm says of one segment.
+type shmSegment struct {
+	nattch int // processes attached; 0 for a segment that no longer exists
+	lpid   int // the last process to attach or detach
+}
+
+// sysvShm reads segment shmid's line of /proc/sysvipc/shm ("key shmid perms size cpid lpid
+// nattch ..."); a segment that is not listed was removed and has no process attached.
+func sysvShm(shmid int) (shmSegment, error) {
+	b, err := os.ReadFile("/proc/sysvipc/shm")
+	if err != nil {
+		return shmSegment{}, fmt.Errorf("read shared memory segments: %w", err)
+	}
+	want := strconv.Itoa(shmid)
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 7 || f[1] != want {
+			continue
+		}
+		nattch, err := strconv.Atoi(f[6])
+		if err != nil {
+			return shmSegment{}, fmt.Errorf("parse /proc/sysvipc/shm line %q: %w", line, err)
+		}
+		lpid, _ := strconv.Atoi(f[5])
+		return shmSegment{nattch: nattch, lpid: lpid}, nil
+	}
+	return shmSegment{}, nil
 }
 
 // LogPath returns the path of the server's log file.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -79,6 +80,47 @@ func TestPostgresRestartKeepsData(t *testing.T) {
 	var v string
 	if err := conn.QueryRow(ctx, "SELECT v FROM t").Scan(&v); err != nil || v != "kept" {
 		t.Fatalf("after restart got %q, %v; want kept", v, err)
+	}
+}
+
+// TestPostgresRestartWaitsForOldBackends: a backend of the killed postmaster that has not
+// exited yet (here: stopped, as a starved one on a loaded machine would be) still holds the
+// server's shared memory, and a new postmaster would refuse to start ("pre-existing shared
+// memory block is still in use"). Restart waits until it is gone.
+func TestPostgresRestartWaitsForOldBackends(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pg := devstacktest.OwnPostgres(t)
+	url := devstacktest.DatabaseOn(t, pg)
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(context.Background())
+	var backend int
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
+		t.Fatalf("backend pid: %v", err)
+	}
+	if err := syscall.Kill(backend, syscall.SIGSTOP); err != nil {
+		t.Fatalf("stop backend %d: %v", backend, err)
+	}
+	const held = 2 * time.Second
+	resumed := make(chan struct{})
+	go func() {
+		defer close(resumed)
+		time.Sleep(held) // the backend's delay is the point of the test, not a wait for a condition
+		_ = syscall.Kill(backend, syscall.SIGCONT)
+	}()
+	t.Cleanup(func() { _ = syscall.Kill(backend, syscall.SIGCONT); <-resumed })
+	start := time.Now()
+	if err := pg.Restart(ctx); err != nil {
+		t.Fatalf("restart with a backend of the old server alive: %v", err)
+	}
+	if took := time.Since(start); took < held {
+		t.Errorf("restart took %s, less than the %s the old backend held the shared memory", took, held)
+	}
+	if err := pg.Health(ctx); err != nil {
+		t.Fatalf("health after restart: %v", err)
 	}
 }
 

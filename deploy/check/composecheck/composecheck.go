@@ -49,17 +49,27 @@ type Problem struct {
 func (p *Problem) Error() string { return "service " + p.Service + ": " + p.Err.Error() }
 func (p *Problem) Unwrap() error { return p.Err }
 
-// Check loads the compose file at path (interpolating only from env, never from the process
-// environment, so the result does not depend on who runs it) and returns every broken rule,
-// joined, or nil.
+// Check loads the compose file at path (see Load) and returns every broken rule, joined, or
+// nil.
 func Check(ctx context.Context, path string, env map[string]string) error {
+	project, err := Load(ctx, path, env)
+	if err != nil {
+		return err
+	}
+	return CheckProject(project)
+}
+
+// Load loads the compose file at path, interpolating only from env, never from the process
+// environment, so the result does not depend on who runs it. Every profile is enabled, so a
+// service started only on request (profiles: [...]) is checked like the others.
+func Load(ctx context.Context, path string, env map[string]string) (*types.Project, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrLoad, err)
+		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
 	}
 	content, err := os.ReadFile(abs)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrLoad, err)
+		return nil, fmt.Errorf("%w: %v", ErrLoad, err)
 	}
 	details := types.ConfigDetails{
 		WorkingDir:  filepath.Dir(abs),
@@ -69,11 +79,12 @@ func Check(ctx context.Context, path string, env map[string]string) error {
 	project, err := loader.LoadWithContext(ctx, details, func(o *loader.Options) {
 		o.SetProjectName("deploycheck", false)
 		o.ResolvePaths = true
+		o.Profiles = []string{"*"}
 	})
 	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrLoad, path, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrLoad, path, err)
 	}
-	return CheckProject(project)
+	return project, nil
 }
 
 // CheckProject applies the rules to a loaded project.

@@ -201,11 +201,60 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-// TestRepositoryComposeFile checks the real deploy/compose/compose.yaml and Dockerfiles.
+// TestRepositoryComposeFile checks the real deploy/compose/compose.yaml and Dockerfiles, and
+// that it runs the whole path: the three services, the example edge service that answers
+// lookups, and a second producer replica on request, each producer replica under a name of its
+// own.
 func TestRepositoryComposeFile(t *testing.T) {
 	t.Parallel()
-	if err := Check(context.Background(), filepath.Join("..", "..", "compose", "compose.yaml"), nil); err != nil {
+	path := filepath.Join("..", "..", "compose", "compose.yaml")
+	if err := Check(context.Background(), path, nil); err != nil {
 		t.Fatalf("deploy/compose/compose.yaml: %v", err)
+	}
+	p, err := Load(context.Background(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"core-publisher", "cache-producer", "cache-producer-2", "control-plane", "edge-service"} {
+		s, ok := p.Services[name]
+		if !ok {
+			t.Errorf("service %s missing", name)
+			continue
+		}
+		if s.Build == nil {
+			t.Errorf("service %s: not built from deploy/docker", name)
+		}
+	}
+	edge := p.Services["edge-service"]
+	for _, v := range []string{"EDGE_REDIS_ADDR", "EDGE_PROJECTIONS", "EDGE_HTTP_ADDR"} {
+		if val := edge.Environment[v]; val == nil || *val == "" {
+			t.Errorf("edge-service: %s not set (the service needs it)", v)
+		}
+	}
+	if _, ok := edge.DependsOn["redis-primary"]; !ok {
+		t.Errorf("edge-service: does not wait for redis-primary")
+	}
+	names := map[string]string{}
+	for _, svc := range []string{"cache-producer", "cache-producer-2"} {
+		v := p.Services[svc].Environment["PRODUCER_REPLICA_NAME"]
+		if v == nil || *v == "" {
+			t.Errorf("%s: PRODUCER_REPLICA_NAME not set", svc)
+			continue
+		}
+		if other, dup := names[*v]; dup {
+			t.Errorf("%s and %s share PRODUCER_REPLICA_NAME %q", svc, other, *v)
+		}
+		names[*v] = svc
+	}
+	// The second replica takes the first's settings (a YAML merge of its environment), all but
+	// its name.
+	for k, v := range p.Services["cache-producer"].Environment {
+		if got := p.Services["cache-producer-2"].Environment[k]; k != "PRODUCER_REPLICA_NAME" && (got == nil || v == nil || *got != *v) {
+			t.Errorf("cache-producer-2: %s differs from cache-producer's", k)
+		}
+	}
+	if got := p.Services["cache-producer-2"].Profiles; len(got) == 0 {
+		t.Errorf("cache-producer-2 has no profile: it would start with every `up`")
 	}
 }
 

@@ -1,5 +1,5 @@
 // Package envcheck catches drift between the deployment files and the services: every
-// PUBLISHER_*, PRODUCER_* and CONTROLPLANE_* variable that a compose file or a rendered
+// PUBLISHER_*, PRODUCER_*, CONTROLPLANE_* and EDGE_* variable that a compose file or a rendered
 // manifest sets must be read by the service that owns the prefix. A renamed or misspelt
 // variable would otherwise be ignored silently by the service, which falls back to its
 // default.
@@ -26,14 +26,16 @@ import (
 var ErrUnknownVariable = errors.New("variable not read by its service")
 
 // Services maps a variable prefix to the directory, under the services root, of the service
-// that reads it.
+// that reads it. The example edge service (compose runs it) lives beside the services, in
+// examples/.
 var Services = map[string]string{
 	"PUBLISHER_":    "core-publisher",
 	"PRODUCER_":     "cache-producer",
 	"CONTROLPLANE_": "control-plane",
+	"EDGE_":         filepath.Join("..", "examples", "edge-service"),
 }
 
-var varPattern = regexp.MustCompile(`\b(PUBLISHER|PRODUCER|CONTROLPLANE)_[A-Z0-9_]*[A-Z0-9]\b`)
+var varPattern = regexp.MustCompile(`\b(PUBLISHER|PRODUCER|CONTROLPLANE|EDGE)_[A-Z0-9_]*[A-Z0-9]\b`)
 
 // Variables returns the distinct service variables named in the files, sorted.
 func Variables(files ...string) ([]string, error) {
@@ -111,7 +113,7 @@ func Check(servicesRoot string, files ...string) error {
 			}
 		}
 		if !shared {
-			errs = append(errs, fmt.Errorf("%w: %s (services/%s)", ErrUnknownVariable, v, dir))
+			errs = append(errs, fmt.Errorf("%w: %s (%s)", ErrUnknownVariable, v, filepath.Join("services", dir)))
 		}
 	}
 	return errors.Join(errs...)

@@ -28,6 +28,7 @@ func TestCheck(t *testing.T) {
 	write(t, filepath.Join(services, "core-publisher", "main_test.go"), "package main\nvar _ = \"PUBLISHER_TEST_ONLY\"\n")
 	write(t, filepath.Join(services, "cache-producer", "main.go"), "package main\nvar _ = \"PRODUCER_REDIS_ADDRS\"\n")
 	write(t, filepath.Join(services, "control-plane", "main.go"), "package main\nvar _ = \"CONTROLPLANE_GRPC_ADDR\"\n")
+	write(t, filepath.Join(root, "examples", "edge-service", "main.go"), "package main\nvar _ = getenv(\"EDGE_REDIS_ADDR\")\n")
 	// The shared configuration library: the producer reads KAFKA_* through kafkaconf with its
 	// prefix; the control-plane imports envconf only, which names no variable.
 	write(t, filepath.Join(root, "libs", "svcconfig", "kafkaconf", "kafkaconf.go"),
@@ -53,6 +54,8 @@ func TestCheck(t *testing.T) {
 		{name: "shared name of a test only", manifest: "PRODUCER_KAFKA_TEST_ONLY: x\n", wantBad: []string{"PRODUCER_KAFKA_TEST_ONLY"}},
 		{name: "shared package not imported", manifest: "CONTROLPLANE_KAFKA_BROKERS: k:9092\n", wantBad: []string{"CONTROLPLANE_KAFKA_BROKERS"}},
 		{name: "shared package without the prefix", manifest: "PUBLISHER_KAFKA_BROKERS: k:9092\n", wantBad: []string{"PUBLISHER_KAFKA_BROKERS"}},
+		{name: "the example edge service's", manifest: "EDGE_REDIS_ADDR: redis:6379\n"},
+		{name: "the example edge service's, misspelt", manifest: "EDGE_REDIS_ADRESS: redis:6379\n", wantBad: []string{"EDGE_REDIS_ADRESS"}},
 		{name: "misspelt", manifest: "env:\n- name: PUBLISHER_HTTP_ADR\n", wantBad: []string{"PUBLISHER_HTTP_ADR"}},
 		{name: "test-only name", manifest: "PUBLISHER_TEST_ONLY: x\n", wantBad: []string{"PUBLISHER_TEST_ONLY"}},
 		{name: "wrong service", manifest: "PRODUCER_GRPC_ADDR: x\nCONTROLPLANE_REDIS_ADDRS: y\n", wantBad: []string{"PRODUCER_GRPC_ADDR", "CONTROLPLANE_REDIS_ADDRS"}},

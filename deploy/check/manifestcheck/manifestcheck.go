@@ -1,16 +1,19 @@
 // Package manifestcheck validates rendered Kubernetes manifests (helm template output) offline:
 // every document is decoded strictly into its Kubernetes API type (k8s.io/api), so an unknown,
 // misspelt, duplicated or wrongly typed field fails, the way the API server would reject it;
-// a Prometheus Operator ServiceMonitor, whose Go types are not vendored, is checked against the
-// structure of monitoring.coreos.com/v1 the same way. Then the rules distcache's chart
+// a Prometheus Operator ServiceMonitor or PrometheusRule, whose Go types are not vendored, is
+// checked against the structure of monitoring.coreos.com/v1 the same way. Then the rules distcache's chart
 // promises are checked across documents: pinned images, probes, resources, a non-root
-// read-only security context, Services and PodDisruptionBudgets that select pods, and
-// ServiceMonitors that select Services with the named port.
+// read-only security context, no environment value in exponent notation, Services and
+// PodDisruptionBudgets that select pods, ServiceMonitors that select Services with the named
+// port, PrometheusRules whose rules are each one alert or one recording rule with an
+// expression, and Grafana dashboard ConfigMaps whose every value is a dashboard's JSON.
 package manifestcheck
 
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +44,8 @@ var (
 	ErrUnknownKind    = errors.New("unknown kind")
 	ErrPolicy         = errors.New("chart rule broken")
 	ErrServiceMonitor = errors.New("invalid ServiceMonitor")
+	ErrPrometheusRule = errors.New("invalid PrometheusRule")
+	ErrDashboard      = errors.New("invalid Grafana dashboard ConfigMap")
 )
 
 // Object is one decoded document.
@@ -68,6 +73,13 @@ var scheme = func() *runtime.Scheme {
 
 // ServiceMonitorGVK is the Prometheus Operator's ServiceMonitor.
 var ServiceMonitorGVK = schema.GroupVersionKind{Group: "monitoring.coreos.com", Version: "v1", Kind: "ServiceMonitor"}
+
+// PrometheusRuleGVK is the Prometheus Operator's PrometheusRule.
+var PrometheusRuleGVK = schema.GroupVersionKind{Group: "monitoring.coreos.com", Version: "v1", Kind: "PrometheusRule"}
+
+// DashboardLabel is the label the Grafana sidecar loads dashboard ConfigMaps by (the chart's
+// default monitoring.grafanaDashboards.label).
+const DashboardLabel = "grafana_dashboard"
 
 // Decode reads a YAML stream of manifests and decodes every non-empty document strictly.
 func Decode(r io.Reader) ([]Object, error) {
@@ -123,9 +135,12 @@ func decodeOne(doc int, raw []byte) (Object, error) {
 	}
 	gvk := gv.WithKind(tm.Kind)
 	var obj any
-	if gvk == ServiceMonitorGVK {
+	switch gvk {
+	case ServiceMonitorGVK:
 		obj = &ServiceMonitor{}
-	} else {
+	case PrometheusRuleGVK:
+		obj = &PrometheusRule{}
+	default:
 		ro, err := scheme.New(gvk)
 		if err != nil {
 			return Object{}, fmt.Errorf("%w: document %d: %s", ErrUnknownKind, doc, gvk)
@@ -255,6 +270,12 @@ func CheckObjects(objs []Object) error {
 			}
 		case *ServiceMonitor:
 			checkServiceMonitor(o, v, services, fail)
+		case *PrometheusRule:
+			checkPrometheusRule(o, v, fail)
+		case *corev1.ConfigMap:
+			if _, ok := v.Labels[DashboardLabel]; ok {
+				checkDashboards(o, v, fail)
+			}
 		case *networkingv1.NetworkPolicy:
 			checkNetworkPolicy(o, v, workloads, fail)
 		}
@@ -378,6 +399,11 @@ func checkPod(w workload, fail func(Object, error, string, ...any)) {
 		if len(c.Resources.Requests) == 0 {
 			fail(o, ErrPolicy, "%s: no resource requests", where)
 		}
+		for _, e := range c.Env {
+			if exponentNumber.MatchString(e.Value) {
+				fail(o, ErrPolicy, "%s: env %s is %q, a number in exponent notation that no service parses as an integer (helm printed a float: pipe the value through int64)", where, e.Name, e.Value)
+			}
+		}
 		if !w.longRunning || isInit {
 			continue
 		}
@@ -397,6 +423,10 @@ func checkPod(w workload, fail func(Object, error, string, ...any)) {
 		}
 	}
 }
+
+// exponentNumber matches what Helm renders for a large integer value that it decoded as a float
+// and printed without int64 ("1e+06" for 1000000).
+var exponentNumber = regexp.MustCompile(`^[+-]?[0-9]+(\.[0-9]+)?[eE][+-]?[0-9]+$`)
 
 func checkContainerSecurity(o Object, where string, sc *corev1.SecurityContext, podNonRoot bool, fail func(Object, error, string, ...any)) {
 	if !podNonRoot && (sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot) {
@@ -524,6 +554,92 @@ func checkServiceMonitor(o Object, sm *ServiceMonitor, services []*corev1.Servic
 			if !slices.ContainsFunc(s.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ep.Port }) {
 				fail(o, ErrServiceMonitor, "endpoint %d: Service %s has no port named %q", i, s.Name, ep.Port)
 			}
+		}
+	}
+}
+
+// PrometheusRule mirrors monitoring.coreos.com/v1 PrometheusRule (the fields Prometheus's own
+// rule files have); anything else fails strict decoding.
+type PrometheusRule struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              PrometheusRuleSpec `json:"spec"`
+}
+
+// PrometheusRuleSpec holds the rule groups.
+type PrometheusRuleSpec struct {
+	Groups []RuleGroup `json:"groups"`
+}
+
+// RuleGroup is one group of rules.
+type RuleGroup struct {
+	Name     string `json:"name"`
+	Interval string `json:"interval,omitempty"`
+	Limit    *int   `json:"limit,omitempty"`
+	Rules    []Rule `json:"rules"`
+}
+
+// Rule is an alerting or a recording rule.
+type Rule struct {
+	Record        string            `json:"record,omitempty"`
+	Alert         string            `json:"alert,omitempty"`
+	Expr          string            `json:"expr"`
+	For           string            `json:"for,omitempty"`
+	KeepFiringFor string            `json:"keep_firing_for,omitempty"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	Annotations   map[string]string `json:"annotations,omitempty"`
+}
+
+func checkPrometheusRule(o Object, pr *PrometheusRule, fail func(Object, error, string, ...any)) {
+	if len(pr.Spec.Groups) == 0 {
+		fail(o, ErrPrometheusRule, "no groups")
+	}
+	names := map[string]bool{}
+	for _, g := range pr.Spec.Groups {
+		if g.Name == "" || names[g.Name] {
+			fail(o, ErrPrometheusRule, "group name %q empty or repeated", g.Name)
+		}
+		names[g.Name] = true
+		if len(g.Rules) == 0 {
+			fail(o, ErrPrometheusRule, "group %s has no rules", g.Name)
+		}
+		for i, r := range g.Rules {
+			if (r.Alert == "") == (r.Record == "") {
+				fail(o, ErrPrometheusRule, "group %s rule %d: set exactly one of alert and record", g.Name, i)
+			}
+			if strings.TrimSpace(r.Expr) == "" {
+				fail(o, ErrPrometheusRule, "group %s rule %d (%s%s): no expr", g.Name, i, r.Alert, r.Record)
+			}
+			for field, d := range map[string]string{"for": r.For, "keep_firing_for": r.KeepFiringFor} {
+				if d != "" && !promDuration.MatchString(d) {
+					fail(o, ErrPrometheusRule, "group %s rule %d: %s %q is not a Prometheus duration", g.Name, i, field, d)
+				}
+			}
+		}
+	}
+}
+
+// checkDashboards: every value of a dashboard ConfigMap is a dashboard (JSON with a uid, a
+// title and panels), under a key ending in .json, and no two share a uid.
+func checkDashboards(o Object, cm *corev1.ConfigMap, fail func(Object, error, string, ...any)) {
+	if len(cm.Data) == 0 {
+		fail(o, ErrDashboard, "no data")
+	}
+	for key, v := range cm.Data {
+		if !strings.HasSuffix(key, ".json") {
+			fail(o, ErrDashboard, "key %q does not end in .json", key)
+		}
+		var d struct {
+			UID    string           `json:"uid"`
+			Title  string           `json:"title"`
+			Panels []map[string]any `json:"panels"`
+		}
+		if err := json.Unmarshal([]byte(v), &d); err != nil {
+			fail(o, ErrDashboard, "%s: %v", key, err)
+			continue
+		}
+		if d.UID == "" || d.Title == "" || len(d.Panels) == 0 {
+			fail(o, ErrDashboard, "%s: want a uid, a title and panels", key)
 		}
 	}
 }

@@ -81,6 +81,31 @@ spec:
   endpoints:
     - {port: http, path: /metrics, interval: 30s, scrapeTimeout: 10s}
 ---
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: app
+spec:
+  groups:
+    - name: app
+      rules:
+        - alert: AppDown
+          expr: up{job="app"} == 0
+          for: 5m
+          labels: {severity: critical}
+          annotations: {summary: app is down}
+        - record: job:app_requests:rate5m
+          expr: sum by (job) (rate(app_requests_total[5m]))
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app-dashboard
+  labels: {grafana_dashboard: "1"}
+data:
+  app.json: |-
+    {"uid": "app", "title": "app", "panels": [{"id": 1, "type": "timeseries"}]}
+---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -191,6 +216,36 @@ func TestCheck(t *testing.T) {
 			wantText: "Deployment",
 		},
 		{
+			name:     "unknown field in PrometheusRule",
+			manifest: strings.Replace(good, "          for: 5m\n", "          for: 5m\n          severity: critical\n", 1),
+			want:     ErrDecode,
+			wantText: "severity",
+		},
+		{
+			name:     "PrometheusRule rule both alert and record",
+			manifest: strings.Replace(good, "        - record: job:app_requests:rate5m\n", "        - record: job:app_requests:rate5m\n          alert: AppBusy\n", 1),
+			want:     ErrPrometheusRule,
+			wantText: "exactly one of alert and record",
+		},
+		{
+			name:     "PrometheusRule bad duration",
+			manifest: strings.Replace(good, "for: 5m", "for: 5 minutes", 1),
+			want:     ErrPrometheusRule,
+			wantText: "not a Prometheus duration",
+		},
+		{
+			name:     "dashboard ConfigMap that is not JSON",
+			manifest: strings.Replace(good, `{"uid": "app",`, `{uid: "app",`, 1),
+			want:     ErrDashboard,
+			wantText: "app.json",
+		},
+		{
+			name:     "dashboard without panels",
+			manifest: strings.Replace(good, `"panels": [{"id": 1, "type": "timeseries"}]`, `"panels": []`, 1),
+			want:     ErrDashboard,
+			wantText: "want a uid, a title and panels",
+		},
+		{
 			name:     "unknown field in ServiceMonitor",
 			manifest: strings.Replace(good, "path: /metrics,", "pathh: /metrics,", 1),
 			want:     ErrDecode,
@@ -243,6 +298,12 @@ func TestCheck(t *testing.T) {
 			manifest: strings.Replace(good, "            requests: {cpu: 100m, memory: 64Mi}\n", "", 1),
 			want:     ErrPolicy,
 			wantText: "resource requests",
+		},
+		{
+			name:     "env number in exponent notation",
+			manifest: strings.Replace(good, "          env:\n", "          env:\n            - name: INDEX_CACHE_ENTRIES\n              value: \"1e+06\"\n", 1),
+			want:     ErrPolicy,
+			wantText: `env INDEX_CACHE_ENTRIES is "1e+06"`,
 		},
 		{
 			name:     "Service selects nothing",
@@ -350,7 +411,7 @@ func TestDecodeTypes(t *testing.T) {
 	for _, o := range objs {
 		got = append(got, o.GVK.Kind+"/"+o.Name)
 	}
-	want := "ServiceAccount/app Deployment/app Service/app PodDisruptionBudget/app ServiceMonitor/app NetworkPolicy/default-deny NetworkPolicy/app Job/migrate"
+	want := "ServiceAccount/app Deployment/app Service/app PodDisruptionBudget/app ServiceMonitor/app PrometheusRule/app ConfigMap/app-dashboard NetworkPolicy/default-deny NetworkPolicy/app Job/migrate"
 	if strings.Join(got, " ") != want {
 		t.Errorf("decoded %v, want %s", got, want)
 	}

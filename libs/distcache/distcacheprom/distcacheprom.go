@@ -65,12 +65,14 @@ var (
 	descLossPending   = prometheus.NewDesc("distcache_client_redis_loss_pending_keys", "Held keys Redis has not given back yet since the pointer came back.", labels, nil)
 	descTailReplica   = prometheus.NewDesc("distcache_client_tail_from_replica", "1 when the change-stream tail reads from a replica.", labels, nil)
 	descTailFallbacks = prometheus.NewDesc("distcache_client_tail_replica_fallbacks_total", "Moves of the change-stream tail to the primary because its replica failed or hung.", labels, nil)
+	descReconnects    = prometheus.NewDesc("distcache_client_tail_reconnects_total", "Times the change-stream tail got back in contact with Redis after losing it.", labels, nil)
+	descFetchLatency  = prometheus.NewDesc("distcache_client_fetch_duration_seconds", "Latency of the Redis fetches of misses (failed ones included).", labels, nil)
 
 	allDescs = []*prometheus.Desc{descHits, descMisses, descNegativeHits, descStaleServes, descFetchErrors,
 		descEvictions, descBytes, descItems, descUpdates, descChanges, descFills, descLag, descGaps, descReplays,
 		descCutovers, descDeletes, descUnknown, descGeneration, descConnected, descStale,
 		descSnapWrites, descSnapWriteErrors, descSnapBytes, descSnapLoaded, descSnapRejections,
-		descLosses, descInLoss, descLossPending, descTailReplica, descTailFallbacks}
+		descLosses, descInLoss, descLossPending, descTailReplica, descTailFallbacks, descReconnects, descFetchLatency}
 )
 
 // Describe implements prometheus.Collector.
@@ -132,5 +134,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descLossPending, float64(p.LossPendingKeys))
 		gauge(descTailReplica, b2f(p.TailFromReplica))
 		counter(descTailFallbacks, p.TailReplicaFallbacks)
+		counter(descReconnects, p.Reconnects)
+		if h := p.FetchLatency; len(h.Bounds) == len(h.Counts) {
+			buckets := make(map[float64]uint64, len(h.Bounds))
+			for i, b := range h.Bounds {
+				buckets[b] = h.Counts[i]
+			}
+			ch <- prometheus.MustNewConstHistogram(descFetchLatency, h.Count, h.Sum.Seconds(), buckets, p.Name)
+		}
 	}
 }

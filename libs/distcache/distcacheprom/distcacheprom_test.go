@@ -1,6 +1,7 @@
 package distcacheprom_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -24,6 +25,8 @@ func TestCollector(t *testing.T) {
 	src.s.Projections[0].Losses[distcache.LossRestart] = 2
 	src.s.Projections[0].InLoss, src.s.Projections[0].LossPendingKeys = true, 12
 	src.s.Projections[0].TailFromReplica, src.s.Projections[0].TailReplicaFallbacks = true, 3
+	src.s.Projections[0].Reconnects = 4
+	src.s.Projections[0].FetchLatency = distcache.Histogram{Bounds: []float64{0.001, 0.01}, Counts: []uint64{2, 5}, Count: 6, Sum: 30 * time.Millisecond}
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(distcacheprom.NewCollector(src)); err != nil {
 		t.Fatal(err)
@@ -42,6 +45,13 @@ func TestCollector(t *testing.T) {
 				}
 			}
 			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			if h := m.GetHistogram(); h != nil {
+				v = float64(h.GetSampleCount())
+				got[name+"_sum"] = h.GetSampleSum()
+				for _, b := range h.GetBucket() {
+					got[fmt.Sprintf("%s_bucket{%g}", name, b.GetUpperBound())] = float64(b.GetCumulativeCount())
+				}
+			}
 			got[name] = v
 		}
 	}
@@ -69,6 +79,11 @@ func TestCollector(t *testing.T) {
 		"distcache_client_redis_loss_pending_keys":              12,
 		"distcache_client_tail_from_replica":                    1,
 		"distcache_client_tail_replica_fallbacks_total":         3,
+		"distcache_client_tail_reconnects_total":                4,
+		"distcache_client_fetch_duration_seconds":               6,
+		"distcache_client_fetch_duration_seconds_sum":           0.03,
+		"distcache_client_fetch_duration_seconds_bucket{0.001}": 2,
+		"distcache_client_fetch_duration_seconds_bucket{0.01}":  5,
 	}
 	for k, w := range want {
 		if g, ok := got[k]; !ok || g != w {

@@ -193,6 +193,14 @@ func TestConnectionCutDuringUpdates(t *testing.T) {
 	if s.Replays == 0 || s.Misses != keys {
 		t.Fatalf("stats = %+v; want replayed changes and no extra misses", s)
 	}
+	devstacktest.Eventually(t, wait, func() bool { return stats(c, proj).Connected }, "contact not restored")
+	if s := stats(c, proj); s.Reconnects < 1 {
+		t.Errorf("Reconnects = %d after one cut and restore, want at least 1", s.Reconnects)
+	}
+	// Each of the keys' first reads was a fetch from Redis.
+	if h := stats(c, proj).FetchLatency; h.Count != keys || h.Counts[len(h.Counts)-1] > h.Count {
+		t.Errorf("FetchLatency = %+v, want %d fetches", h, keys)
+	}
 }
 
 // TestGapPastStreamCap: when the client's position was trimmed away, it

@@ -7,7 +7,8 @@
 //	                  readiness, and the generations the cache-producer is rebuilding)
 //	devstack down     stop what the stack started (only processes named in its PID files)
 //	devstack env      print the stack's connection settings as shell variables
-//	devstack install  install PostgreSQL and Redis when missing (apt-get, as root on Debian)
+//	devstack install  install PostgreSQL, Redis and Prometheus (whose server and promtool the
+//	                  dashboard and alert tests run) when missing (apt-get, as root on Debian)
 package main
 
 import (
@@ -92,7 +93,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	case "env":
 		return s.printEnv()
 	case "install":
-		return devstack.EnsureInstalled(ctx)
+		if err := devstack.EnsureInstalled(ctx); err != nil {
+			return err
+		}
+		_, err := devstack.EnsurePrometheus(ctx)
+		return err
 	case "install-chromium":
 		// The headless browser of `make screenshot` (not needed by the stack itself).
 		path, err := devstack.EnsureChromium(ctx)

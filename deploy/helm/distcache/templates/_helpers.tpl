@@ -357,3 +357,15 @@ spec:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end -}}
+
+{{/* distcache.durationSeconds: a Go duration ("15s", "1m30s", "500ms"; values.schema.json's
+pattern) in seconds, as a float; call with the string. */}}
+{{- define "distcache.durationSeconds" -}}
+{{- $unit := dict "ns" 0.000000001 "us" 0.000001 "µs" 0.000001 "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h)" (toString .) -1 -}}
+{{- $u := regexFind "(ns|us|µs|ms|s|m|h)$" . -}}
+{{- $total = addf $total (mulf (float64 (trimSuffix $u .)) (get $unit $u)) -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}

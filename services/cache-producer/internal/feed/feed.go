@@ -38,6 +38,10 @@ type Record struct {
 	Key string
 	// Delete is set for a tombstone.
 	Delete bool
+	// SourceTime is the envelope's source time (dc-source-ts: the outbox
+	// row's commit at the core); zero when the record could not be decoded
+	// or was read keys-only.
+	SourceTime time.Time
 	// Payload is the decoded JSON object of an upsert (only the members the
 	// generations read, see DecodeFields); it is only read.
 	Payload projection.Members
@@ -61,6 +65,7 @@ func DecodeFields(r *kgo.Record, keep Fields) Record {
 		rec.Err = err
 		return rec
 	}
+	rec.SourceTime = e.SourceTime
 	if e.Op == events.OpDelete {
 		rec.Delete = true
 		return rec

@@ -30,6 +30,7 @@ type Metrics struct {
 	deadLetters *prometheus.CounterVec
 	failures    *prometheus.CounterVec
 	batchTime   *prometheus.HistogramVec
+	freshness   *prometheus.HistogramVec
 	lag         *prometheus.GaugeVec
 	position    *prometheus.GaugeVec
 	rate        *prometheus.GaugeVec
@@ -78,6 +79,9 @@ func New() *Metrics {
 			Help: "Errors by stage (fetch, write, offset, rebuild, registry); writes are retried."}, []string{"stage"}),
 		batchTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: ns + "batch_seconds",
 			Help: "Time to write one batch into one generation.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"kind"}),
+		freshness: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: ns + "commit_to_redis_seconds",
+			Help:    "Per live batch that changed Redis: from the core's commit of its oldest record (dc-source-ts) to the batch's commit in Redis.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 17)}, []string{"projection"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ns + "lag_records",
 			Help: "High watermark of the topic minus the generation's next offset."}, gl),
 		position: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: ns + "next_offset",
@@ -111,8 +115,11 @@ func New() *Metrics {
 		stop:  make(chan struct{}),
 	}
 	reg.MustRegister(m.consumed, m.events, m.writes, m.applied, m.filtered, m.deadLetters, m.failures,
-		m.batchTime, m.lag, m.position, m.rate, m.backfilled, m.generations, m.registryOK, m.skipped,
+		m.batchTime, m.freshness, m.lag, m.position, m.rate, m.backfilled, m.generations, m.registryOK, m.skipped,
 		m.rebuilds, m.rebuilding, m.swept, m.unread, m.owned, m.rebalances, m.fenced)
+	for _, kind := range []string{"assigned", "revoked", "lost"} {
+		m.rebalances.WithLabelValues(kind) // every kind exported from the start, at 0
+	}
 	go m.tick()
 	return m
 }
@@ -159,6 +166,10 @@ func (m *Metrics) Batch(t projector.Target, st projector.Stats, took time.Durati
 	m.events.WithLabelValues(genLabels(t)...).Add(float64(st.Records))
 	m.record(t, st)
 	m.batchTime.WithLabelValues("live").Observe(took.Seconds())
+	if st.Applied > 0 && !st.OldestSourceTime.IsZero() {
+		// A batch of replays only (nothing applied) says nothing about freshness.
+		m.freshness.WithLabelValues(t.Projection).Observe(max(time.Since(st.OldestSourceTime).Seconds(), 0))
+	}
 }
 
 // BackfillBatch implements backfill.Observer.

@@ -133,8 +133,9 @@ func (w *Writer) runCluster(ctx context.Context, t Target, in <-chan feed.Batch,
 		pending []*Plan // planned, not yet committed, in order
 	)
 	type timed struct {
-		p  *Plan
-		t0 time.Time
+		p      *Plan
+		t0     time.Time
+		oldest time.Time // Stats.OldestSourceTime
 	}
 	toApply := make(chan timed, 1)
 	toCommit := make(chan timed, 1)
@@ -180,7 +181,7 @@ func (w *Writer) runCluster(ctx context.Context, t Target, in <-chan feed.Batch,
 			pending = append(pending, p)
 			mu.Unlock()
 			select {
-			case toApply <- timed{p, t0}:
+			case toApply <- timed{p, t0, oldestSource(b.Records)}:
 			case <-ctx.Done():
 				errc <- ctx.Err()
 				return
@@ -228,7 +229,9 @@ func (w *Writer) runCluster(ctx context.Context, t Target, in <-chan feed.Batch,
 			w.advanceMark(t, x.p.epoch, x.p.next, x.p.base)
 		}
 		if committed != nil {
-			committed(x.p.next, x.p.stats, time.Since(x.t0))
+			st := x.p.stats
+			st.OldestSourceTime = x.oldest
+			committed(x.p.next, st, time.Since(x.t0))
 		}
 	}
 	if err != nil {

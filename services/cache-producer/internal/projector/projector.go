@@ -88,6 +88,21 @@ type Stats struct {
 	DeadLetters int
 	// DeadReasons counts dead letters by reason class (see ReasonClass).
 	DeadReasons map[string]int
+	// OldestSourceTime is the oldest source time (the core's commit) among
+	// the batch's records, zero when none has one: the batch's commit minus
+	// it is the worst commit-to-Redis latency of the batch.
+	OldestSourceTime time.Time
+}
+
+// oldestSource returns the oldest non-zero SourceTime of recs.
+func oldestSource(recs []feed.Record) time.Time {
+	var oldest time.Time
+	for i := range recs {
+		if st := recs[i].SourceTime; !st.IsZero() && (oldest.IsZero() || st.Before(oldest)) {
+			oldest = st
+		}
+	}
+	return oldest
 }
 
 // Fault lets tests stop a batch between its steps, as a crash would: a

@@ -465,6 +465,8 @@ type prepared struct {
 	next int64
 	end  int64 // feed.Batch.End
 	t0   time.Time
+	// oldest is the batch's oldest source time (Stats.OldestSourceTime).
+	oldest time.Time
 }
 
 // runTx is Run for transactional writes: batches are projected (CPU only)
@@ -483,7 +485,7 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan feed.Batch, onEr
 				if !ok {
 					return
 				}
-				p := prepared{outs: projectAll(t, b.Records), from: b.From, next: b.Next, end: b.End, t0: time.Now()}
+				p := prepared{outs: projectAll(t, b.Records), from: b.From, next: b.Next, end: b.End, t0: time.Now(), oldest: oldestSource(b.Records)}
 				select {
 				case ready <- p:
 				case <-ctx.Done():
@@ -521,6 +523,7 @@ func (w *Writer) runTx(ctx context.Context, t Target, in <-chan feed.Batch, onEr
 			return err
 		}
 		if committed != nil {
+			st.OldestSourceTime = p.oldest
 			committed(stored, st, time.Since(p.t0))
 		}
 	}

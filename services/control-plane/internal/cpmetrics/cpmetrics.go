@@ -24,6 +24,9 @@ type Metrics struct {
 	PointerRestores *prometheus.CounterVec
 	// PointerReconcileFailures counts reconcile steps that failed (Redis or the registry down).
 	PointerReconcileFailures prometheus.Counter
+	// BuildOutcomes counts generations that ended a build, by projection and outcome
+	// (workflows.BuildLive: cut over to; workflows.BuildFailed: marked failed).
+	BuildOutcomes *prometheus.CounterVec
 }
 
 // New creates the metrics on a fresh registry, with the Go and process
@@ -53,11 +56,15 @@ func New() *Metrics {
 			Name: "distcache_controlplane_pointer_reconcile_failures_total",
 			Help: "Pointer reconcile steps that failed (Redis or the registry unreachable).",
 		}),
+		BuildOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "distcache_controlplane_build_outcomes_total",
+			Help: "Generations that ended a build, by projection and outcome: live (a cutover made it current), failed (marked failed; its keys are unlinked).",
+		}, []string{"projection", "outcome"}),
 	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.Requests, m.Duration, m.Panics, m.PointerRestores, m.PointerReconcileFailures,
+		m.Requests, m.Duration, m.Panics, m.PointerRestores, m.PointerReconcileFailures, m.BuildOutcomes,
 	)
 	return m
 }
