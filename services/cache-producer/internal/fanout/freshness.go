@@ -11,8 +11,8 @@ import (
 // source time of the newest record written (NewestSourceTime) and the dead letters of the last
 // hour (DeadLettersLastHour). The dispatcher notes each batch it hands a generation's writer
 // (dispatched); the writer's commit of that batch makes its source time the generation's newest
-// (written). Only a batch's last record is asked its time (feed.Batch.SourceTime), so the hot path
-// parses one header per batch, not one per record.
+// (written). Only a batch's last record is looked at (feed.Record.SourceTime, decoded with the
+// envelope), so the hot path adds a few steps per batch, none per record.
 type freshness struct {
 	mu      sync.Mutex
 	newest  []time.Time      // per generation
@@ -21,7 +21,7 @@ type freshness struct {
 }
 
 // pendingBatch is a batch handed to a generation's writer: its position after it and the source
-// time of its last record (zero: none, or not the generation's).
+// time of its last record (zero: none).
 type pendingBatch struct {
 	next       int64
 	sourceTime time.Time
@@ -41,12 +41,12 @@ func (f *freshness) restart() {
 	}
 }
 
-// dispatched notes sub, the part of batch b handed to generation i's writer. Its source time is
-// b's when sub ends with b's last record (a rebuild may have left that record out of sub).
-func (f *freshness) dispatched(i int, b, sub feed.Batch) {
+// dispatched notes sub, the batch handed to generation i's writer: the source time of its last
+// record, the newest change it brings (offsets follow commit order).
+func (f *freshness) dispatched(i int, sub feed.Batch) {
 	p := pendingBatch{next: sub.Next}
-	if n, m := len(sub.Records), len(b.Records); n > 0 && sub.Records[n-1].Offset == b.Records[m-1].Offset {
-		p.sourceTime = b.SourceTime
+	if n := len(sub.Records); n > 0 {
+		p.sourceTime = sub.Records[n-1].SourceTime
 	}
 	f.mu.Lock()
 	f.pending[i] = append(f.pending[i], p)

@@ -44,25 +44,17 @@ func TestHourCounter(t *testing.T) {
 	}
 }
 
-// TestFreshness: a batch's source time becomes the generation's newest once the writer commits
-// a position at or past it, not before; a sub-batch that does not end with the batch's last
-// record (a rebuild skipped it) brings no time; a restart forgets batches never committed; the
-// newest time never goes back.
+// TestFreshness: the source time of a batch's last record becomes the generation's newest once
+// the writer commits a position at or past the batch, not before; a batch without records brings
+// none; a restart forgets batches never committed; the newest time never goes back.
 func TestFreshness(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 12, 7, 7, 0, 0, 0, time.UTC)
-	recs := func(offs ...int64) []feed.Record {
-		out := make([]feed.Record, len(offs))
-		for i, o := range offs {
-			out[i] = feed.Record{Offset: o}
-		}
-		return out
-	}
+	rec := func(off int64, at time.Time) feed.Record { return feed.Record{Offset: off, SourceTime: at} }
 	f := newFreshness(2)
-	t1, t2 := now.Add(-time.Minute), now.Add(-time.Second)
-	b1 := feed.Batch{From: 0, Records: recs(0, 1, 2), Next: 3, SourceTime: t1}
-	f.dispatched(0, b1, b1)
-	f.dispatched(1, b1, feed.Batch{From: 0, Records: recs(0, 1), Next: 3}) // record 2 skipped
+	t0, t1, t2 := now.Add(-2*time.Minute), now.Add(-time.Minute), now.Add(-time.Second)
+	f.dispatched(0, feed.Batch{From: 0, Records: []feed.Record{rec(0, t0), rec(1, t0), rec(2, t1)}, Next: 3})
+	f.dispatched(1, feed.Batch{From: 0, Records: []feed.Record{rec(0, t0), rec(1, t0)}, Next: 3}) // record 2 skipped (a rebuild)
 	var s Status
 	f.fill(0, &s, now)
 	if !s.NewestSourceTime.IsZero() {
@@ -75,22 +67,22 @@ func TestFreshness(t *testing.T) {
 		t.Errorf("generation 0 after the commit = %v, %d dead letters; want %v, 1", s.NewestSourceTime, s.DeadLettersLastHour, t1)
 	}
 	f.fill(1, &s, now)
-	if !s.NewestSourceTime.IsZero() || s.DeadLettersLastHour != 0 {
-		t.Errorf("generation 1 = %v, %d; want no time (its last record was skipped), 0", s.NewestSourceTime, s.DeadLettersLastHour)
+	if !s.NewestSourceTime.Equal(t0) || s.DeadLettersLastHour != 0 {
+		t.Errorf("generation 1 = %v, %d; want %v (its last record written), 0", s.NewestSourceTime, s.DeadLettersLastHour, t0)
 	}
 
-	b2 := feed.Batch{From: 3, Records: recs(3, 4), Next: 5, SourceTime: t2}
-	f.dispatched(0, b2, b2)
+	b2 := feed.Batch{From: 3, Records: []feed.Record{rec(3, t2), rec(4, t2)}, Next: 5}
+	f.dispatched(0, b2)
 	f.restart() // the read ended before the commit
 	f.written(0, 5, 0, now)
 	f.fill(0, &s, now)
 	if !s.NewestSourceTime.Equal(t1) {
 		t.Errorf("newest after a restart = %v, want %v (the batch read again brings it)", s.NewestSourceTime, t1)
 	}
-	f.dispatched(0, b2, b2)
-	old := feed.Batch{From: 5, Records: recs(5), Next: 6, SourceTime: t1.Add(-time.Hour)}
-	f.dispatched(0, old, old)
-	f.written(0, 6, 0, now)
+	f.dispatched(0, b2)
+	f.dispatched(0, feed.Batch{From: 5, Next: 6}) // control records only
+	f.dispatched(0, feed.Batch{From: 6, Records: []feed.Record{rec(6, t1.Add(-time.Hour))}, Next: 7})
+	f.written(0, 7, 0, now)
 	f.fill(0, &s, now)
 	if !s.NewestSourceTime.Equal(t2) {
 		t.Errorf("newest = %v, want %v (an older source time later in the topic does not move it back)", s.NewestSourceTime, t2)

@@ -727,7 +727,7 @@ func (r *runner) dispatcher(ctx context.Context, ins []chan feed.Batch) func(fee
 				}
 				sub.Records = kept
 			}
-			r.fresh.dispatched(i, b, sub) // before the writer can commit it
+			r.fresh.dispatched(i, sub) // before the writer can commit it
 			select {
 			case ins[i] <- sub:
 				dispatched[i] = b.Next

@@ -143,37 +143,3 @@ func FuzzDecodePayload(f *testing.F) {
 		}
 	})
 }
-
-// TestSourceTime: a record's dc-source-ts header, and zero for a record without it or with one
-// that does not parse.
-func TestSourceTime(t *testing.T) {
-	t.Parallel()
-	at := time.Date(2026, 12, 7, 6, 5, 4, 123456789, time.FixedZone("CET", 3600))
-	ok := record(t, events.OpUpsert, "")
-	for i := range ok.Headers {
-		if ok.Headers[i].Key == events.HeaderSourceTime {
-			ok.Headers[i].Value = []byte(at.Format(time.RFC3339Nano))
-		}
-	}
-	bad := record(t, events.OpUpsert, "")
-	for i := range bad.Headers {
-		if bad.Headers[i].Key == events.HeaderSourceTime {
-			bad.Headers[i].Value = []byte("yesterday")
-		}
-	}
-	none := record(t, events.OpUpsert, "")
-	none.Headers = nil
-	for _, tc := range []struct {
-		name string
-		rec  *kgo.Record
-		want time.Time
-	}{
-		{"header", ok, at.UTC()},
-		{"unparsable", bad, time.Time{}},
-		{"no header", none, time.Time{}},
-	} {
-		if got := SourceTime(tc.rec); !got.Equal(tc.want) || got.Location() != time.UTC {
-			t.Errorf("%s: SourceTime = %v, want %v (UTC)", tc.name, got, tc.want)
-		}
-	}
-}

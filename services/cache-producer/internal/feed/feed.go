@@ -136,27 +136,6 @@ type Batch struct {
 	// Config.Until for a Reader that stops there; -1 or 0 if unknown). It
 	// sizes a new generation's index cache up front.
 	End int64
-	// SourceTime is the source time (header dc-source-ts) of the batch's
-	// last record, read from that record alone (SourceTime), so that the
-	// consumers can say how old the newest change they applied is; zero
-	// when the batch has no record or its last one has no valid time.
-	SourceTime time.Time
-}
-
-// SourceTime returns the source time of r (its dc-source-ts header, RFC
-// 3339), or zero when it has none or it does not parse. Only one header is
-// read: a batch asks it of its last record, not of each.
-func SourceTime(r *kgo.Record) time.Time {
-	for i := range r.Headers {
-		if r.Headers[i].Key == events.HeaderSourceTime {
-			var t time.Time
-			if t.UnmarshalText(r.Headers[i].Value) != nil {
-				return time.Time{}
-			}
-			return t.UTC()
-		}
-	}
-	return time.Time{}
 }
 
 // Config configures a Reader.
@@ -326,9 +305,6 @@ func (r *Reader) Run(ctx context.Context, emit func(Batch) error) error {
 			recs = DecodeAll(raw, r.cfg.Fields)
 		}
 		b := Batch{From: from, Records: recs, Next: next, End: hwm}
-		if len(raw) > 0 {
-			b.SourceTime = SourceTime(raw[len(raw)-1])
-		}
 		if until > 0 {
 			b.End = until
 		}

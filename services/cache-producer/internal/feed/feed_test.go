@@ -158,9 +158,6 @@ func TestReader(t *testing.T) {
 				if b.End != wantEnd {
 					t.Errorf("batch End = %d, want %d", b.End, wantEnd)
 				}
-				if len(b.Records) > 0 && (b.SourceTime.IsZero() || time.Since(b.SourceTime) > time.Hour) {
-					t.Errorf("batch SourceTime = %v, want its last record's recent source time", b.SourceTime)
-				}
 				for _, r := range b.Records {
 					if r.Offset < last || r.Offset >= b.Next {
 						t.Errorf("record at %d in a batch over [%d, %d)", r.Offset, last, b.Next)
