@@ -53,8 +53,18 @@ up: setup
 down:
 	@if [ -x $(BIN)/devstack ]; then $(BIN)/devstack -dir $(RUN) down; else echo "nothing to stop: $(BIN)/devstack is not built"; fi
 
-status: $(BIN)/devstack
+## status: every component of the local stack with its health, then, when the control-plane
+## answers, `distcache status`: every projection's generations with their lag, the age of their
+## newest change, their owner and dead letters (red or yellow rows need a look; see README)
+CONTROL_HTTP ?= http://127.0.0.1:58091
+status: $(BIN)/devstack $(BIN)/distcache
 	$(BIN)/devstack -dir $(RUN) status
+	@echo
+	@DISTCACHE_TOKEN_FILE=$(RUN)/controlplane.token $(BIN)/distcache status -if-up -url $(CONTROL_HTTP) || [ $$? -eq 2 ]
+
+$(BIN)/distcache: $(shell find services/control-plane/cmd/distcache services/control-plane/gen -name '*.go') services/control-plane/go.mod
+	@mkdir -p $(BIN)
+	cd services/control-plane && $(GO) build -o $@ ./cmd/distcache
 
 env: $(BIN)/devstack
 	@$(BIN)/devstack -dir $(RUN) env

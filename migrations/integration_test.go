@@ -78,7 +78,8 @@ var objectsOf = map[string][]string{
 	},
 	"control": {
 		"function distcache_registry_notify", "function distcache_touch_updated_at",
-		"table distcache_control_schema_migrations", "table distcache_generations", "table distcache_projections",
+		"table distcache_control_schema_migrations", "table distcache_generation_consumers", "table distcache_generations",
+		"table distcache_projections",
 	},
 }
 

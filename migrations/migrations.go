@@ -69,7 +69,7 @@ var FS embed.FS
 // Latest versions of the sets (the highest file number of each).
 const (
 	LatestCoreVersion    = 4
-	LatestControlVersion = 3
+	LatestControlVersion = 4
 )
 
 // LegacyTable is where the single migration sequence before the split kept

@@ -34,6 +34,7 @@ import (
 	"github.com/distcache/distcache/migrations"
 	"github.com/distcache/distcache/services/cache-producer/internal/backfill"
 	"github.com/distcache/distcache/services/cache-producer/internal/config"
+	"github.com/distcache/distcache/services/cache-producer/internal/consumerreport"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
 	"github.com/distcache/distcache/services/cache-producer/internal/gctune"
 	"github.com/distcache/distcache/services/cache-producer/internal/httpapi"
@@ -212,6 +213,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	go func() {
 		defer wg.Done()
 		(&rebuildreport.Reporter{Source: mgr, Sink: registry.New(pool), Logger: log}).Run(watchCtx)
+	}()
+	// And each consumed generation's owner, position and freshness (GetStatus's consumer).
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		(&consumerreport.Reporter{Source: mgr, Sink: registry.New(pool), Interval: cfg.StatusReport, Logger: log}).Run(watchCtx)
 	}()
 
 	// Temporal activity worker: attached in the background whenever Temporal answers, so the

@@ -166,6 +166,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 		RetireDrain:    cfg.RetireDrain,
 		MaxLag:         cfg.MaxLag,
 		CatchUpTimeout: cfg.CatchUpTimeout,
+		ConsumerStale:  cfg.ConsumerStale,
 		TemporalErr:    temporalDown,
 	}, log.With("component", "api"))
 	opts := server.Options{

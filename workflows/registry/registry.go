@@ -1,7 +1,8 @@
 // Package registry is the projection registry in PostgreSQL: the tables distcache_projections and
 // distcache_generations that migrations/ creates (docs/architecture.md, "Projection registry").
 // The control-plane's API and its workflow activities are its writers; cache-producers read it,
-// follow its NOTIFY channel, and report the generations they rebuild in place (rebuild.go).
+// follow its NOTIFY channel, report the generations they rebuild in place (rebuild.go) and report
+// each generation they keep up to date: owner, position, newest change, dead letters (consumer.go).
 //
 // Every state change that must agree with Redis (a cutover) runs in one transaction that holds the
 // projection's row lock, so concurrent cutovers, rollbacks and retirements of one projection

@@ -41,6 +41,7 @@ const (
 	EnvDeadLetterMaxLen  = "PRODUCER_DEAD_LETTER_MAX_LEN"
 	EnvIndexCacheEntries = "PRODUCER_INDEX_CACHE_ENTRIES"
 	EnvReloadInterval    = "PRODUCER_RELOAD_INTERVAL"
+	EnvStatusReport      = "PRODUCER_STATUS_REPORT_INTERVAL"
 	EnvShutdownTimeout   = "PRODUCER_SHUTDOWN_TIMEOUT"
 	EnvLogLevel          = "PRODUCER_LOG_LEVEL"
 	EnvLogFormat         = "PRODUCER_LOG_FORMAT"
@@ -66,6 +67,7 @@ const (
 	DefaultDeadLetterMaxLen  = 10_000
 	DefaultIndexCacheEntries = 1_000_000
 	DefaultReloadInterval    = 30 * time.Second
+	DefaultStatusReport      = 2 * time.Second
 	DefaultShutdownTimeout   = 15 * time.Second
 	DefaultKafkaClientID     = "distcache-cache-producer"
 	DefaultGroupID           = "distcache-cache-producer"
@@ -104,6 +106,11 @@ type Config struct {
 	IndexCacheEntries int           // PRODUCER_INDEX_CACHE_ENTRIES (default 1000000 over all generations, 0 disables)
 	ReloadInterval    time.Duration // PRODUCER_RELOAD_INTERVAL (default 30s)
 	ShutdownTimeout   time.Duration // PRODUCER_SHUTDOWN_TIMEOUT (default 15s)
+
+	// StatusReport is how often the consumers' status (owner, position, newest change, dead
+	// letters) is written to the registry for GetStatus (PRODUCER_STATUS_REPORT_INTERVAL, default
+	// 2s, at least 100ms; the control-plane calls a report older than a few intervals stale).
+	StatusReport time.Duration
 
 	// ReplicaName names this replica in status reports and in the writer
 	// claim it stores per generation (PRODUCER_REPLICA_NAME; default the host
@@ -146,6 +153,7 @@ func Load(getenv func(string) string) (Config, error) {
 		DeadLetterMaxLen:  r.Int64(EnvDeadLetterMaxLen, DefaultDeadLetterMaxLen, 1, 1<<40),
 		IndexCacheEntries: r.Int(EnvIndexCacheEntries, DefaultIndexCacheEntries, 0, 1<<31),
 		ReloadInterval:    r.Duration(EnvReloadInterval, DefaultReloadInterval, 100*time.Millisecond),
+		StatusReport:      r.Duration(EnvStatusReport, DefaultStatusReport, 100*time.Millisecond),
 		ShutdownTimeout:   r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Second),
 		ReplicaName:       r.String(EnvReplicaName, defaultReplicaName()),
 		Group: GroupConfig{
@@ -199,6 +207,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("tombstone_ttl", c.TombstoneTTL),
 		slog.Int64("dead_letter_max_len", c.DeadLetterMaxLen),
 		slog.Duration("reload_interval", c.ReloadInterval),
+		slog.Duration("status_report_interval", c.StatusReport),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
 		slog.String("replica_name", c.ReplicaName),
 		slog.String("group_id", c.Group.ID),

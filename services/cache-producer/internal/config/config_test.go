@@ -38,6 +38,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"Kafka.Brokers", strings.Join(c.Kafka.Brokers, ","), "k1:9092,k2:9092"},
 		{"Kafka.ClientID", c.Kafka.ClientID, DefaultKafkaClientID},
 		{"ReloadInterval", c.ReloadInterval, 30 * time.Second},
+		{"StatusReport", c.StatusReport, 2 * time.Second},
 		{"LogLevel", c.LogLevel, slog.LevelInfo},
 		{"Migrate", c.Migrate, false},
 	}

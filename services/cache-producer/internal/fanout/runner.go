@@ -45,6 +45,7 @@ type runner struct {
 	supersede []*feed.Superseded
 	restart   func() // ends the current read, to start over
 	hwm       atomic.Int64
+	fresh     *freshness // newest source time and dead letters per gen (freshness.go)
 
 	// claim is this consumer's writer claim (ledger.WriterKey) of its
 	// generations; claimed[i] is set once generation i holds it (or, for a
@@ -81,6 +82,7 @@ func newRunner(m *Manager, topic string, gens []Generation, claim string) *runne
 	r.rebuilds = make([]*ledger.Rebuild, len(gens))
 	r.requests = make([]*rebuild.Cause, len(gens))
 	r.supersede = make([]*feed.Superseded, len(gens))
+	r.fresh = newFreshness(len(gens))
 	r.hwm.Store(-1)
 	r.setStates(gens)
 	return r
@@ -100,10 +102,12 @@ func (r *runner) statuses() []Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	hwm := r.hwm.Load()
+	now := time.Now()
 	out := make([]Status, len(r.gens))
 	for i, g := range r.gens {
 		s := Status{Projection: g.Target.Projection, Generation: g.Target.Generation, Topic: r.topic,
 			State: r.states[g.id()], Next: r.next[i], HighWatermark: hwm, Owner: r.m.cfg.Replica}
+		r.fresh.fill(i, &s, now)
 		if hwm >= 0 && r.next[i] >= 0 {
 			s.Lag = max(hwm-r.next[i], 0)
 		}
@@ -659,6 +663,7 @@ func (r *runner) writeGeneration(ctx context.Context, i int, in chan feed.Batch)
 		r.next[i] = next
 		rb := r.rebuilds[i]
 		r.mu.Unlock()
+		r.fresh.written(i, next, st.DeadLetters, time.Now())
 		r.m.cfg.Observer.Batch(g.Target, st, took)
 		r.m.cfg.Observer.Position(g.Target, next, r.hwm.Load())
 		if rb != nil && rebuild.Due(*rb, next) {
@@ -694,6 +699,7 @@ func (r *runner) dispatcher(ctx context.Context, ins []chan feed.Batch) func(fee
 	r.mu.Lock()
 	copy(dispatched, r.next)
 	r.mu.Unlock()
+	r.fresh.restart()
 	return func(b feed.Batch) error {
 		if b.End >= 0 {
 			r.hwm.Store(b.End)
@@ -721,6 +727,7 @@ func (r *runner) dispatcher(ctx context.Context, ins []chan feed.Batch) func(fee
 				}
 				sub.Records = kept
 			}
+			r.fresh.dispatched(i, sub) // before the writer can commit it
 			select {
 			case ins[i] <- sub:
 				dispatched[i] = b.Next

@@ -76,6 +76,9 @@ type Settings struct {
 	ProgressInterval time.Duration
 	// PointerWait bounds how long Cutover and Rollback wait for their workflow (default 30s).
 	PointerWait time.Duration
+	// ConsumerStale is the age past which a generation's consumer report says that no replica
+	// is reporting (default DefaultConsumerStale).
+	ConsumerStale time.Duration
 	// TemporalErr, when set, reports whether Temporal answers (nil: it does). While it returns an
 	// error, the calls that start a workflow answer Unavailable at once and GetStatus leaves out
 	// the running workflow; Get, List and Status read only the registry.
@@ -110,6 +113,9 @@ var _ pb.ControlPlaneServer = (*Service)(nil)
 func New(reg Registry, tc Temporal, cat modelcatalog.Catalog, set Settings, log *slog.Logger) *Service {
 	if set.PointerWait <= 0 {
 		set.PointerWait = 30 * time.Second
+	}
+	if set.ConsumerStale <= 0 {
+		set.ConsumerStale = DefaultConsumerStale
 	}
 	if set.TopicPrefix == "" {
 		set.TopicPrefix = events.DefaultTopicPrefix
@@ -824,6 +830,7 @@ func (s *Service) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.
 	}
 	out := &pb.ProjectionStatus{Projection: projectionPB(p)}
 	rebuilds := s.rebuilds(ctx, p.Name)
+	consumers, now := s.consumers(ctx, p.Name), time.Now()
 	for _, g := range gens {
 		gs := &pb.GenerationStatus{
 			Generation: g.Generation,
@@ -839,6 +846,10 @@ func (s *Service) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.
 		}
 		if r, ok := rebuilds[g.Generation]; ok {
 			gs.Rebuild = &pb.GenerationRebuild{Reason: r.Reason, Detail: r.Detail, Since: timestamppb.New(r.Since)}
+		}
+		if consumers != nil && slices.Contains(registry.CutoverStates, g.State) {
+			c, ok := consumers[g.Generation]
+			gs.Consumer = consumerPB(c, ok, now, s.set.ConsumerStale)
 		}
 		out.Generations = append(out.Generations, gs)
 	}

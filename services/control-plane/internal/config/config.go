@@ -55,6 +55,7 @@ const (
 	EnvLogFormat         = "CONTROLPLANE_LOG_FORMAT"
 	EnvPointerReconcile  = "CONTROLPLANE_POINTER_RECONCILE_INTERVAL"
 	EnvMigrate           = "CONTROLPLANE_MIGRATE"
+	EnvConsumerStale     = "CONTROLPLANE_CONSUMER_REPORT_STALE"
 )
 
 // Defaults.
@@ -68,6 +69,8 @@ const (
 	DefaultPointerReconcile  = 10 * time.Second
 	DefaultCatchUpTimeout    = time.Hour
 	DefaultShutdownTimeout   = 20 * time.Second
+	// DefaultConsumerStale is five of the cache-producer's default report intervals (2 s).
+	DefaultConsumerStale = 10 * time.Second
 	// MinTokenLen is the shortest API token accepted: a guessable token is refused at start.
 	MinTokenLen = apitoken.MinLen
 )
@@ -122,6 +125,10 @@ type Config struct {
 	// Migrate applies the control set of migrations to DatabaseURL at start
 	// (CONTROLPLANE_MIGRATE, default false: the service only checks that they are applied).
 	Migrate bool
+	// ConsumerStale is the age past which a generation's consumer report says no replica is
+	// reporting (CONTROLPLANE_CONSUMER_REPORT_STALE, default 10 s: five of the cache-producer's
+	// default report intervals).
+	ConsumerStale time.Duration
 }
 
 // FromEnv reads the configuration with getenv (os.Getenv in production, a map lookup in tests)
@@ -151,6 +158,7 @@ func FromEnv(getenv func(string) string, readFile func(string) ([]byte, error)) 
 		LogJSON:          r.OneOf(EnvLogFormat, "json", "json", "text") == "json",
 		PointerReconcile: r.Duration(EnvPointerReconcile, DefaultPointerReconcile, 0),
 		Migrate:          r.Bool(EnvMigrate, false),
+		ConsumerStale:    r.Duration(EnvConsumerStale, DefaultConsumerStale, 100*time.Millisecond),
 	}
 	if v := r.String(EnvModels, ""); v != "" {
 		m, err := modelcatalog.ParseStatic(v)
@@ -201,6 +209,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("log_level", c.LogLevel.String()),
 		slog.Bool("log_json", c.LogJSON),
 		slog.Duration("pointer_reconcile_interval", c.PointerReconcile),
+		slog.Duration("consumer_report_stale", c.ConsumerStale),
 		slog.Bool("migrate", c.Migrate),
 	)
 }

@@ -27,6 +27,8 @@ type memRegistry struct {
 	// gens and rebuilds are what Generations and Rebuilds answer, by projection.
 	gens     map[string][]registry.Generation
 	rebuilds map[string]map[int64]registry.Rebuild
+	// consumers is what Consumers answers, by projection.
+	consumers map[string]map[int64]registry.Consumer
 }
 
 func newMemRegistry() *memRegistry { return &memRegistry{projs: map[string]registry.Projection{}} }
@@ -88,6 +90,12 @@ func (m *memRegistry) Rebuilds(_ context.Context, name string) (map[int64]regist
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.rebuilds[name], nil
+}
+
+func (m *memRegistry) Consumers(_ context.Context, name string) (map[int64]registry.Consumer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.consumers[name], nil
 }
 
 func (m *memRegistry) has(name string) bool {

@@ -1069,7 +1069,10 @@ type GenerationStatus struct {
 	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	// Set while the cache-producer rebuilds the generation in place: a live generation whose data
 	// Redis lost says so here (reason data_loss) until its data is back.
-	Rebuild       *GenerationRebuild `protobuf:"bytes,8,opt,name=rebuild,proto3" json:"rebuild,omitempty"`
+	Rebuild *GenerationRebuild `protobuf:"bytes,8,opt,name=rebuild,proto3" json:"rebuild,omitempty"`
+	// Is it fresh? The live consumer of a generation kept up to date (tailing, live, retiring), as
+	// the cache-producer replica that owns it last reported; unset for other states.
+	Consumer      *GenerationConsumer `protobuf:"bytes,9,opt,name=consumer,proto3" json:"consumer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1160,6 +1163,158 @@ func (x *GenerationStatus) GetRebuild() *GenerationRebuild {
 	return nil
 }
 
+func (x *GenerationStatus) GetConsumer() *GenerationConsumer {
+	if x != nil {
+		return x.Consumer
+	}
+	return nil
+}
+
+// GenerationConsumer is what the cache-producer replica that keeps a generation up to date last
+// reported of it (every PRODUCER_STATUS_REPORT_INTERVAL, 2 s by default).
+type GenerationConsumer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// reporting: the owner reported recently; not_reporting: the last report is older than
+	// CONTROLPLANE_CONSUMER_REPORT_STALE (10 s by default): no replica consumes the generation (all
+	// stopped, or none was given its topic), and the figures below are as of reported_at; none: no
+	// replica has reported the generation yet.
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// The state in words, e.g. "no replica reporting for 35s (last report from cache-producer-0)".
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The replica that owns the generation (its PRODUCER_REPLICA_NAME).
+	Owner string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The consumer's lag in records: high_watermark - next_offset, the topic's end and the
+	// generation's next offset as the owner saw them at reported_at (the owner's view: records that
+	// arrived since, or while no replica reports, are not counted).
+	LagRecords int64 `protobuf:"varint,4,opt,name=lag_records,json=lagRecords,proto3" json:"lag_records,omitempty"`
+	// The generation's next topic offset (-1: not known yet).
+	NextOffset int64 `protobuf:"varint,5,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	// The topic's end offset (-1: not known yet).
+	HighWatermark int64 `protobuf:"varint,6,opt,name=high_watermark,json=highWatermark,proto3" json:"high_watermark,omitempty"`
+	// The source time (dc-source-ts: when the change was committed in the core service) of the
+	// newest change the owner applied since it took the generation; unset when none yet.
+	NewestChangeTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=newest_change_time,json=newestChangeTime,proto3" json:"newest_change_time,omitempty"`
+	// Seconds from newest_change_time to this answer. It grows while the source does not change,
+	// so read it with lag_records: a lag of 0 is fresh however old the newest change is; a lag
+	// above 0 with an old newest change is a consumer that does not keep up.
+	NewestChangeAgeSeconds float64 `protobuf:"fixed64,8,opt,name=newest_change_age_seconds,json=newestChangeAgeSeconds,proto3" json:"newest_change_age_seconds,omitempty"`
+	// Records the owner dead-lettered for the generation in the last hour (malformed records,
+	// values over the size limit...).
+	DeadLettersLastHour int32                  `protobuf:"varint,9,opt,name=dead_letters_last_hour,json=deadLettersLastHour,proto3" json:"dead_letters_last_hour,omitempty"`
+	ReportedAt          *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	// Seconds from reported_at to this answer.
+	ReportAgeSeconds float64 `protobuf:"fixed64,11,opt,name=report_age_seconds,json=reportAgeSeconds,proto3" json:"report_age_seconds,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *GenerationConsumer) Reset() {
+	*x = GenerationConsumer{}
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationConsumer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationConsumer) ProtoMessage() {}
+
+func (x *GenerationConsumer) ProtoReflect() protoreflect.Message {
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationConsumer.ProtoReflect.Descriptor instead.
+func (*GenerationConsumer) Descriptor() ([]byte, []int) {
+	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GenerationConsumer) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *GenerationConsumer) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *GenerationConsumer) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *GenerationConsumer) GetLagRecords() int64 {
+	if x != nil {
+		return x.LagRecords
+	}
+	return 0
+}
+
+func (x *GenerationConsumer) GetNextOffset() int64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *GenerationConsumer) GetHighWatermark() int64 {
+	if x != nil {
+		return x.HighWatermark
+	}
+	return 0
+}
+
+func (x *GenerationConsumer) GetNewestChangeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NewestChangeTime
+	}
+	return nil
+}
+
+func (x *GenerationConsumer) GetNewestChangeAgeSeconds() float64 {
+	if x != nil {
+		return x.NewestChangeAgeSeconds
+	}
+	return 0
+}
+
+func (x *GenerationConsumer) GetDeadLettersLastHour() int32 {
+	if x != nil {
+		return x.DeadLettersLastHour
+	}
+	return 0
+}
+
+func (x *GenerationConsumer) GetReportedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReportedAt
+	}
+	return nil
+}
+
+func (x *GenerationConsumer) GetReportAgeSeconds() float64 {
+	if x != nil {
+		return x.ReportAgeSeconds
+	}
+	return 0
+}
+
 // BuildStatus is the live progress of a running build workflow (its "progress" query).
 type BuildStatus struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -1183,7 +1338,7 @@ type BuildStatus struct {
 
 func (x *BuildStatus) Reset() {
 	*x = BuildStatus{}
-	mi := &file_distcache_v1_controlplane_proto_msgTypes[19]
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1350,7 @@ func (x *BuildStatus) String() string {
 func (*BuildStatus) ProtoMessage() {}
 
 func (x *BuildStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_distcache_v1_controlplane_proto_msgTypes[19]
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1363,7 @@ func (x *BuildStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildStatus.ProtoReflect.Descriptor instead.
 func (*BuildStatus) Descriptor() ([]byte, []int) {
-	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{19}
+	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BuildStatus) GetGeneration() int64 {
@@ -1273,7 +1428,7 @@ type ProjectionStatus struct {
 
 func (x *ProjectionStatus) Reset() {
 	*x = ProjectionStatus{}
-	mi := &file_distcache_v1_controlplane_proto_msgTypes[20]
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1440,7 @@ func (x *ProjectionStatus) String() string {
 func (*ProjectionStatus) ProtoMessage() {}
 
 func (x *ProjectionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_distcache_v1_controlplane_proto_msgTypes[20]
+	mi := &file_distcache_v1_controlplane_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1453,7 @@ func (x *ProjectionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProjectionStatus.ProtoReflect.Descriptor instead.
 func (*ProjectionStatus) Descriptor() ([]byte, []int) {
-	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{20}
+	return file_distcache_v1_controlplane_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ProjectionStatus) GetProjection() *Projection {
@@ -1405,7 +1560,7 @@ const file_distcache_v1_controlplane_proto_rawDesc = "" +
 	"\x11GenerationRebuild\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x120\n" +
-	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xad\x03\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xeb\x03\n" +
 	"\x10GenerationStatus\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
@@ -1420,7 +1575,24 @@ const file_distcache_v1_controlplane_proto_rawDesc = "" +
 	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
 	"updated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x129\n" +
-	"\arebuild\x18\b \x01(\v2\x1f.distcache.v1.GenerationRebuildR\arebuild\"\xf5\x01\n" +
+	"\arebuild\x18\b \x01(\v2\x1f.distcache.v1.GenerationRebuildR\arebuild\x12<\n" +
+	"\bconsumer\x18\t \x01(\v2 .distcache.v1.GenerationConsumerR\bconsumer\"\xe8\x03\n" +
+	"\x12GenerationConsumer\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\x12\x1f\n" +
+	"\vlag_records\x18\x04 \x01(\x03R\n" +
+	"lagRecords\x12\x1f\n" +
+	"\vnext_offset\x18\x05 \x01(\x03R\n" +
+	"nextOffset\x12%\n" +
+	"\x0ehigh_watermark\x18\x06 \x01(\x03R\rhighWatermark\x12H\n" +
+	"\x12newest_change_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x10newestChangeTime\x129\n" +
+	"\x19newest_change_age_seconds\x18\b \x01(\x01R\x16newestChangeAgeSeconds\x123\n" +
+	"\x16dead_letters_last_hour\x18\t \x01(\x05R\x13deadLettersLastHour\x12;\n" +
+	"\vreported_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"reportedAt\x12,\n" +
+	"\x12report_age_seconds\x18\v \x01(\x01R\x10reportAgeSeconds\"\xf5\x01\n" +
 	"\vBuildStatus\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
@@ -1460,7 +1632,7 @@ func file_distcache_v1_controlplane_proto_rawDescGZIP() []byte {
 	return file_distcache_v1_controlplane_proto_rawDescData
 }
 
-var file_distcache_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_distcache_v1_controlplane_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_distcache_v1_controlplane_proto_goTypes = []any{
 	(*Filter)(nil),                  // 0: distcache.v1.Filter
 	(*ProjectionDefinition)(nil),    // 1: distcache.v1.ProjectionDefinition
@@ -1481,56 +1653,60 @@ var file_distcache_v1_controlplane_proto_goTypes = []any{
 	(*BackfillProgress)(nil),        // 16: distcache.v1.BackfillProgress
 	(*GenerationRebuild)(nil),       // 17: distcache.v1.GenerationRebuild
 	(*GenerationStatus)(nil),        // 18: distcache.v1.GenerationStatus
-	(*BuildStatus)(nil),             // 19: distcache.v1.BuildStatus
-	(*ProjectionStatus)(nil),        // 20: distcache.v1.ProjectionStatus
-	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
+	(*GenerationConsumer)(nil),      // 19: distcache.v1.GenerationConsumer
+	(*BuildStatus)(nil),             // 20: distcache.v1.BuildStatus
+	(*ProjectionStatus)(nil),        // 21: distcache.v1.ProjectionStatus
+	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
 }
 var file_distcache_v1_controlplane_proto_depIdxs = []int32{
 	0,  // 0: distcache.v1.ProjectionDefinition.filter:type_name -> distcache.v1.Filter
 	1,  // 1: distcache.v1.Projection.definition:type_name -> distcache.v1.ProjectionDefinition
-	21, // 2: distcache.v1.Projection.created_at:type_name -> google.protobuf.Timestamp
-	21, // 3: distcache.v1.Projection.updated_at:type_name -> google.protobuf.Timestamp
+	22, // 2: distcache.v1.Projection.created_at:type_name -> google.protobuf.Timestamp
+	22, // 3: distcache.v1.Projection.updated_at:type_name -> google.protobuf.Timestamp
 	2,  // 4: distcache.v1.ProjectionOperation.projection:type_name -> distcache.v1.Projection
 	3,  // 5: distcache.v1.ProjectionOperation.workflow:type_name -> distcache.v1.Workflow
 	1,  // 6: distcache.v1.CreateProjectionRequest.projection:type_name -> distcache.v1.ProjectionDefinition
 	2,  // 7: distcache.v1.ListProjectionsResponse.projections:type_name -> distcache.v1.Projection
 	1,  // 8: distcache.v1.UpdateProjectionRequest.projection:type_name -> distcache.v1.ProjectionDefinition
 	3,  // 9: distcache.v1.CutoverResponse.workflow:type_name -> distcache.v1.Workflow
-	21, // 10: distcache.v1.GenerationRebuild.since:type_name -> google.protobuf.Timestamp
+	22, // 10: distcache.v1.GenerationRebuild.since:type_name -> google.protobuf.Timestamp
 	1,  // 11: distcache.v1.GenerationStatus.definition:type_name -> distcache.v1.ProjectionDefinition
 	16, // 12: distcache.v1.GenerationStatus.backfill:type_name -> distcache.v1.BackfillProgress
 	3,  // 13: distcache.v1.GenerationStatus.workflow:type_name -> distcache.v1.Workflow
-	21, // 14: distcache.v1.GenerationStatus.created_at:type_name -> google.protobuf.Timestamp
-	21, // 15: distcache.v1.GenerationStatus.updated_at:type_name -> google.protobuf.Timestamp
+	22, // 14: distcache.v1.GenerationStatus.created_at:type_name -> google.protobuf.Timestamp
+	22, // 15: distcache.v1.GenerationStatus.updated_at:type_name -> google.protobuf.Timestamp
 	17, // 16: distcache.v1.GenerationStatus.rebuild:type_name -> distcache.v1.GenerationRebuild
-	16, // 17: distcache.v1.BuildStatus.backfill:type_name -> distcache.v1.BackfillProgress
-	3,  // 18: distcache.v1.BuildStatus.workflow:type_name -> distcache.v1.Workflow
-	2,  // 19: distcache.v1.ProjectionStatus.projection:type_name -> distcache.v1.Projection
-	18, // 20: distcache.v1.ProjectionStatus.generations:type_name -> distcache.v1.GenerationStatus
-	19, // 21: distcache.v1.ProjectionStatus.running:type_name -> distcache.v1.BuildStatus
-	5,  // 22: distcache.v1.ControlPlane.CreateProjection:input_type -> distcache.v1.CreateProjectionRequest
-	6,  // 23: distcache.v1.ControlPlane.GetProjection:input_type -> distcache.v1.GetProjectionRequest
-	7,  // 24: distcache.v1.ControlPlane.ListProjections:input_type -> distcache.v1.ListProjectionsRequest
-	9,  // 25: distcache.v1.ControlPlane.DeleteProjection:input_type -> distcache.v1.DeleteProjectionRequest
-	10, // 26: distcache.v1.ControlPlane.UpdateProjection:input_type -> distcache.v1.UpdateProjectionRequest
-	11, // 27: distcache.v1.ControlPlane.ReplayProjection:input_type -> distcache.v1.ReplayProjectionRequest
-	12, // 28: distcache.v1.ControlPlane.Cutover:input_type -> distcache.v1.CutoverRequest
-	13, // 29: distcache.v1.ControlPlane.Rollback:input_type -> distcache.v1.RollbackRequest
-	15, // 30: distcache.v1.ControlPlane.GetStatus:input_type -> distcache.v1.GetStatusRequest
-	4,  // 31: distcache.v1.ControlPlane.CreateProjection:output_type -> distcache.v1.ProjectionOperation
-	2,  // 32: distcache.v1.ControlPlane.GetProjection:output_type -> distcache.v1.Projection
-	8,  // 33: distcache.v1.ControlPlane.ListProjections:output_type -> distcache.v1.ListProjectionsResponse
-	4,  // 34: distcache.v1.ControlPlane.DeleteProjection:output_type -> distcache.v1.ProjectionOperation
-	4,  // 35: distcache.v1.ControlPlane.UpdateProjection:output_type -> distcache.v1.ProjectionOperation
-	4,  // 36: distcache.v1.ControlPlane.ReplayProjection:output_type -> distcache.v1.ProjectionOperation
-	14, // 37: distcache.v1.ControlPlane.Cutover:output_type -> distcache.v1.CutoverResponse
-	14, // 38: distcache.v1.ControlPlane.Rollback:output_type -> distcache.v1.CutoverResponse
-	20, // 39: distcache.v1.ControlPlane.GetStatus:output_type -> distcache.v1.ProjectionStatus
-	31, // [31:40] is the sub-list for method output_type
-	22, // [22:31] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	19, // 17: distcache.v1.GenerationStatus.consumer:type_name -> distcache.v1.GenerationConsumer
+	22, // 18: distcache.v1.GenerationConsumer.newest_change_time:type_name -> google.protobuf.Timestamp
+	22, // 19: distcache.v1.GenerationConsumer.reported_at:type_name -> google.protobuf.Timestamp
+	16, // 20: distcache.v1.BuildStatus.backfill:type_name -> distcache.v1.BackfillProgress
+	3,  // 21: distcache.v1.BuildStatus.workflow:type_name -> distcache.v1.Workflow
+	2,  // 22: distcache.v1.ProjectionStatus.projection:type_name -> distcache.v1.Projection
+	18, // 23: distcache.v1.ProjectionStatus.generations:type_name -> distcache.v1.GenerationStatus
+	20, // 24: distcache.v1.ProjectionStatus.running:type_name -> distcache.v1.BuildStatus
+	5,  // 25: distcache.v1.ControlPlane.CreateProjection:input_type -> distcache.v1.CreateProjectionRequest
+	6,  // 26: distcache.v1.ControlPlane.GetProjection:input_type -> distcache.v1.GetProjectionRequest
+	7,  // 27: distcache.v1.ControlPlane.ListProjections:input_type -> distcache.v1.ListProjectionsRequest
+	9,  // 28: distcache.v1.ControlPlane.DeleteProjection:input_type -> distcache.v1.DeleteProjectionRequest
+	10, // 29: distcache.v1.ControlPlane.UpdateProjection:input_type -> distcache.v1.UpdateProjectionRequest
+	11, // 30: distcache.v1.ControlPlane.ReplayProjection:input_type -> distcache.v1.ReplayProjectionRequest
+	12, // 31: distcache.v1.ControlPlane.Cutover:input_type -> distcache.v1.CutoverRequest
+	13, // 32: distcache.v1.ControlPlane.Rollback:input_type -> distcache.v1.RollbackRequest
+	15, // 33: distcache.v1.ControlPlane.GetStatus:input_type -> distcache.v1.GetStatusRequest
+	4,  // 34: distcache.v1.ControlPlane.CreateProjection:output_type -> distcache.v1.ProjectionOperation
+	2,  // 35: distcache.v1.ControlPlane.GetProjection:output_type -> distcache.v1.Projection
+	8,  // 36: distcache.v1.ControlPlane.ListProjections:output_type -> distcache.v1.ListProjectionsResponse
+	4,  // 37: distcache.v1.ControlPlane.DeleteProjection:output_type -> distcache.v1.ProjectionOperation
+	4,  // 38: distcache.v1.ControlPlane.UpdateProjection:output_type -> distcache.v1.ProjectionOperation
+	4,  // 39: distcache.v1.ControlPlane.ReplayProjection:output_type -> distcache.v1.ProjectionOperation
+	14, // 40: distcache.v1.ControlPlane.Cutover:output_type -> distcache.v1.CutoverResponse
+	14, // 41: distcache.v1.ControlPlane.Rollback:output_type -> distcache.v1.CutoverResponse
+	21, // 42: distcache.v1.ControlPlane.GetStatus:output_type -> distcache.v1.ProjectionStatus
+	34, // [34:43] is the sub-list for method output_type
+	25, // [25:34] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_distcache_v1_controlplane_proto_init() }
@@ -1544,7 +1720,7 @@ func file_distcache_v1_controlplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_distcache_v1_controlplane_proto_rawDesc), len(file_distcache_v1_controlplane_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

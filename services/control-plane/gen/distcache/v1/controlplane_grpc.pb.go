@@ -62,8 +62,9 @@ type ControlPlaneClient interface {
 	// Rollback points readers back at the previous generation while it is retained (retiring),
 	// and waits for the pointer to move. FAILED_PRECONDITION when nothing is retained.
 	Rollback(ctx context.Context, in *RollbackRequest, opts ...grpc.CallOption) (*CutoverResponse, error)
-	// GetStatus reports each generation's state, backfill progress and lag, and the workflows
-	// with links to the Temporal UI.
+	// GetStatus reports each generation's state, backfill progress and lag, the freshness of the
+	// generations kept up to date (consumer: lag, age of the newest change, owner, dead letters),
+	// and the workflows with links to the Temporal UI.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*ProjectionStatus, error)
 }
 
@@ -189,8 +190,9 @@ type ControlPlaneServer interface {
 	// Rollback points readers back at the previous generation while it is retained (retiring),
 	// and waits for the pointer to move. FAILED_PRECONDITION when nothing is retained.
 	Rollback(context.Context, *RollbackRequest) (*CutoverResponse, error)
-	// GetStatus reports each generation's state, backfill progress and lag, and the workflows
-	// with links to the Temporal UI.
+	// GetStatus reports each generation's state, backfill progress and lag, the freshness of the
+	// generations kept up to date (consumer: lag, age of the newest change, owner, dead letters),
+	// and the workflows with links to the Temporal UI.
 	GetStatus(context.Context, *GetStatusRequest) (*ProjectionStatus, error)
 	mustEmbedUnimplementedControlPlaneServer()
 }

@@ -1,0 +1,1 @@
+DROP TABLE distcache_generation_consumers;
