@@ -130,8 +130,13 @@ type Config struct {
 	// Revoke: a Kafka consumer group shares the topics among the
 	// replicas); without it every topic the registry lists is consumed.
 	Assigned bool
-	Observer Observer
-	Logger   *slog.Logger
+	// Unclaimed consumers take no writer claim, so two Managers of one generation race on
+	// the offset instead of fencing each other: the transaction's guard on the offset keeps
+	// them correct on a single Redis node (what TestTwoWritersOneGeneration exercises, and
+	// what a producer from before claims does beside one with them).
+	Unclaimed bool
+	Observer  Observer
+	Logger    *slog.Logger
 }
 
 // Manager owns the topic consumers.

@@ -500,7 +500,7 @@ func TestTwoWritersOneGeneration(t *testing.T) {
 		writers = append(writers, wr)
 		m, err := fanout.NewManager(fanout.Config{
 			KafkaOpts: []kgo.Opt{kgo.SeedBrokers(s.kafka)}, Writer: wr,
-			BatchSize: batch, DrainTimeout: time.Millisecond,
+			BatchSize: batch, DrainTimeout: time.Millisecond, Unclaimed: true,
 			Observer: raceCounter{failures: &failures, skipped: &skipped},
 		})
 		if err != nil {

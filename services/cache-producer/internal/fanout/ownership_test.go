@@ -8,6 +8,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 	"github.com/distcache/distcache/services/cache-producer/internal/prodmetrics"
@@ -92,15 +93,29 @@ func TestAssignedTopicsOnly(t *testing.T) {
 // the topic's projection.
 func TestZombieIsFenced(t *testing.T) {
 	t.Parallel()
-	t.Run("standalone", func(t *testing.T) { t.Parallel(); testZombieIsFenced(t, newStack(t)) })
-	t.Run("cluster", func(t *testing.T) { t.Parallel(); testZombieIsFenced(t, newStackOn(t, true)) })
+	t.Run("standalone", func(t *testing.T) {
+		t.Parallel()
+		testZombieIsFenced(t, newStack(t), byID, projector.BeforeValues)
+	})
+	t.Run("cluster", func(t *testing.T) {
+		t.Parallel()
+		testZombieIsFenced(t, newStackOn(t, true), byID, projector.BeforeValues)
+	})
+	// On Redis Cluster a batch's values are written before its index and offset: the zombie
+	// stops between them, and its index entries must not replace newer ones (the projection
+	// re-keys, so a stale entry would leave a projected key behind).
+	t.Run("cluster_after_values", func(t *testing.T) {
+		t.Parallel()
+		testZombieIsFenced(t, newStackOn(t, true), byEmail, projector.AfterValues)
+	})
 }
 
-func testZombieIsFenced(t *testing.T, s *stack) {
+func testZombieIsFenced(t *testing.T, s *stack, def projection.Definition, at projector.Step) {
 	ctx := context.Background()
 	p := prodtest.NewProducer(t, s.kafka, "distcache", "users")
-	gen := s.gen(t, byID, 1, p.Topic)
+	gen := s.gen(t, def, 1, p.Topic)
 	g := newGate()
+	g.at = at
 	aMetrics, bMetrics := prodmetrics.New(), prodmetrics.New()
 	defer aMetrics.Close()
 	defer bMetrics.Close()
@@ -109,9 +124,9 @@ func testZombieIsFenced(t *testing.T, s *stack) {
 	recs := history(p)
 	a.Assign([]string{p.Topic})
 	p.Produce(recs[:3]...)
-	s.waitOffset(t, byID, 1, 3)
+	s.waitOffset(t, def, 1, 3)
 	writesOf := func(m *prodmetrics.Metrics) float64 {
-		return metricValue(t, m, "distcache_producer_events_total", map[string]string{"projection": byID.Name, "generation": "1"})
+		return metricValue(t, m, "distcache_producer_events_total", map[string]string{"projection": def.Name, "generation": "1"})
 	}
 	devstacktest.Eventually(t, 10*time.Second, func() bool { return writesOf(aMetrics) == 3 }, "replica A counted its first batch")
 	aBefore := writesOf(aMetrics)
@@ -119,31 +134,36 @@ func testZombieIsFenced(t *testing.T, s *stack) {
 	g.closed.Store(true) // A's next batch stops before it writes anything
 	p.Produce(recs[3:6]...)
 	devstacktest.Eventually(t, 10*time.Second, func() bool {
-		st, ok := statusOf(a, byID.Name, 1)
+		st, ok := statusOf(a, def.Name, 1)
 		return ok && st.HighWatermark >= 6
 	}, "replica A read the next batch")
 
 	b.Assign([]string{p.Topic}) // A's session expired: the group gave the topic to B
-	s.waitOffset(t, byID, 1, 6)
-	if w, _ := s.led.Writer(ctx, byID.Name, 1); ledger.ClaimReplica(w) != "replica-b" {
+	s.waitOffset(t, def, 1, 6)
+	if w, _ := s.led.Writer(ctx, def.Name, 1); ledger.ClaimReplica(w) != "replica-b" {
 		t.Fatalf("writer after the takeover = %q, want replica-b's claim", w)
 	}
 
+	p.Produce(recs[6:]...) // B writes newer records of the same source keys before A resumes
+	s.waitOffset(t, def, 1, int64(len(recs)))
+
 	g.open() // A resumes
-	labels := map[string]string{"projection": byID.Name, "generation": "1"}
+	labels := map[string]string{"projection": def.Name, "generation": "1"}
 	devstacktest.Eventually(t, 10*time.Second, func() bool {
 		return metricValue(t, aMetrics, "distcache_producer_fenced_writes_total", labels) == 1
 	}, "replica A counts its batch fenced")
 	devstacktest.Eventually(t, 10*time.Second, func() bool {
-		_, ok := statusOf(a, byID.Name, 1)
+		_, ok := statusOf(a, def.Name, 1)
 		return !ok
 	}, "replica A stops consuming the topic")
 	if got := writesOf(aMetrics); got != aBefore {
 		t.Errorf("replica A wrote %v records after it was fenced (before %v)", got-aBefore, aBefore)
 	}
-	p.Produce(recs[6:]...)
-	s.waitOffset(t, byID, 1, int64(len(recs)))
-	if w, _ := s.led.Writer(ctx, byID.Name, 1); ledger.ClaimReplica(w) != "replica-b" {
+	goOn := p.Upsert("5", user("5", "eve2@x.io", "Eve", "active")) // B goes on
+	p.Produce(goOn)
+	recs = append(recs, goOn)
+	s.waitOffset(t, def, 1, int64(len(recs)))
+	if w, _ := s.led.Writer(ctx, def.Name, 1); ledger.ClaimReplica(w) != "replica-b" {
 		t.Errorf("writer after A resumed = %q: the zombie claimed the generation back", w)
 	}
 	if got := writesOf(aMetrics); got != aBefore {
@@ -154,17 +174,24 @@ func testZombieIsFenced(t *testing.T, s *stack) {
 	b.Revoke([]string{p.Topic})
 	a.Revoke([]string{p.Topic})
 	a.Assign([]string{p.Topic})
-	more := []*kgo.Record{p.Upsert("9", user("9", "nine@x.io", "Nine", "active"))}
+	// Re-keys of source keys the zombie's batch touched: a stale index entry would leave their
+	// previous projected keys behind.
+	more := []*kgo.Record{
+		p.Upsert("9", user("9", "nine@x.io", "Nine", "active")),
+		p.Upsert("1", user("1", "ann3@x.io", "Ann v5", "active")),
+		p.Upsert("2", user("2", "bob2@x.io", "Bob v3", "active")),
+		p.Upsert("3", user("3", "cy2@x.io", "Cy v4", "active")),
+	}
 	p.Produce(more...)
-	s.waitOffset(t, byID, 1, int64(len(recs)+1))
-	if w, _ := s.led.Writer(ctx, byID.Name, 1); ledger.ClaimReplica(w) != "replica-a" {
+	s.waitOffset(t, def, 1, int64(len(recs)+len(more)))
+	if w, _ := s.led.Writer(ctx, def.Name, 1); ledger.ClaimReplica(w) != "replica-a" {
 		t.Errorf("writer after the topic came back = %q, want replica-a's", w)
 	}
-	model := prodtest.NewModel(t, byID)
+	model := prodtest.NewModel(t, def)
 	for _, r := range append(recs, more...) {
 		model.Apply(r.Offset, string(r.Key), r.Value)
 	}
-	got, err := prodtest.ReadGeneration(ctx, s.rdb, byID.Name, 1)
+	got, err := prodtest.ReadGeneration(ctx, s.rdb, def.Name, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

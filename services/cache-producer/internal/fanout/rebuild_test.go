@@ -27,12 +27,13 @@ import (
 type gate struct {
 	closed  atomic.Bool
 	release chan struct{}
+	at      projector.Step // where a batch stops (BeforeValues unless set)
 }
 
-func newGate() *gate { return &gate{release: make(chan struct{})} }
+func newGate() *gate { return &gate{release: make(chan struct{}), at: projector.BeforeValues} }
 
 func (g *gate) fault(ctx context.Context, _ projector.Target, step projector.Step) error {
-	if step != projector.BeforeValues || !g.closed.Load() {
+	if step != g.at || !g.closed.Load() {
 		return nil
 	}
 	select {

@@ -545,6 +545,9 @@ func (r *runner) takeClaim(ctx context.Context, i int, stored string, retry func
 	g := r.gens[i]
 	t := g.Target
 	led := r.m.cfg.Writer.Ledger()
+	if r.m.cfg.Unclaimed {
+		return true
+	}
 	switch {
 	case stored == r.claim:
 	case r.claimed[i] && stored != "":
@@ -602,7 +605,7 @@ func (r *runner) watchBookkeeping(ctx context.Context) {
 				r.startOver()
 				return
 			}
-			if pos.Writer != "" && pos.Writer != r.claim {
+			if pos.Writer != "" && pos.Writer != r.claim && !r.m.cfg.Unclaimed {
 				r.fence(i, "its writer is "+ledger.ClaimReplica(pos.Writer))
 				return
 			}

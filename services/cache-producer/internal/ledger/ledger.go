@@ -375,6 +375,9 @@ type Commit struct {
 	Mark   bool
 	Set    []SourceEntry // new entries (each source key at most once)
 	Delete []string      // source keys that own nothing any more
+	// DeleteBefore, on Redis Cluster, holds each Delete's entry as the plan read it: the entry
+	// is removed only while it is still that one (see indexSetScript).
+	DeleteBefore []Entry
 	Dead   []DeadLetter
 	Next   int64 // new next offset; < 0 leaves the offset alone
 	// Epoch, when not empty, is stored as the generation's epoch (a
@@ -421,6 +424,26 @@ func (l *Ledger) Write(ctx context.Context, proj string, gen int64, c Commit) er
 	return q.Check(proj, gen)
 }
 
+// Guarded index writes (Redis Cluster). A batch's index entries live in other slots than its
+// offset, so the writer claim cannot guard them in one script; each entry is guarded by its own
+// version instead, as values are: an entry is written only over an entry of a version not
+// above its own (a replay writes the same entry again), and removed only while it is still the
+// entry the batch planned from. A replica that was paused between its plan and its commit (a
+// zombie whose offset the claim then refuses) cannot put an older entry over the one the
+// replica that took over wrote.
+var (
+	indexSetScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, 16) > string.sub(ARGV[1], 1, 16) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1`)
+	indexDelScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('UNLINK', KEYS[1])
+return 1`)
+)
+
 // Queued is what Queue added to a pipeline; Check reads its outcome.
 type Queued struct {
 	n    int
@@ -465,7 +488,7 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 	} else if len(c.Set) > 0 {
 		if l.cluster {
 			for _, se := range c.Set {
-				add(pipe.Set(ctx, IndexKey(proj, gen, se.Source), se.Encode(), 0))
+				add(indexSetScript.Eval(ctx, pipe, []string{IndexKey(proj, gen, se.Source)}, se.Encode()))
 			}
 		} else {
 			// Keys and entries laid out in one string, handed over as
@@ -500,8 +523,12 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 			keys[i] = IndexKey(proj, gen, sk)
 		}
 		if l.cluster {
-			for _, k := range keys {
-				add(pipe.Unlink(ctx, k))
+			for i, k := range keys {
+				if i < len(c.DeleteBefore) {
+					add(indexDelScript.Eval(ctx, pipe, []string{k}, c.DeleteBefore[i].Encode()))
+				} else {
+					add(pipe.Unlink(ctx, k))
+				}
 			}
 		} else {
 			args := make([]any, 0, 1+len(keys))

@@ -331,6 +331,7 @@ func (p *Plan) commit() ledger.Commit {
 		case sl.after == sl.before:
 		case sl.after.Key == "":
 			c.Delete = append(c.Delete, sl.skey)
+			c.DeleteBefore = append(c.DeleteBefore, sl.before)
 		default:
 			c.Set = append(c.Set, ledger.SourceEntry{Source: sl.skey, Entry: sl.after})
 		}
