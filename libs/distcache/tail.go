@@ -48,7 +48,7 @@ func (p *projection) start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		st, err := newStore(gen, p.c.cfg.shards, p.c.base)
+		st, err := newStore(p.name, gen, p.c.cfg.shards, p.c.base)
 		if err != nil {
 			return err
 		}
@@ -548,7 +548,7 @@ func (p *projection) rebuild(ctx context.Context, gen int64, mode rebuildMode) e
 			return err
 		}
 	}
-	ns, err := newStore(gen, p.c.cfg.shards, p.c.base)
+	ns, err := newStore(p.name, gen, p.c.cfg.shards, p.c.base)
 	if err != nil {
 		return err
 	}

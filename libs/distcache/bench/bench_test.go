@@ -65,8 +65,14 @@ func BenchmarkHit(b *testing.B) {
 func BenchmarkMiss(b *testing.B) {
 	e := env(b)
 	ctx := context.Background()
-	b.Run("distcache", e.MissDistcache(ctx))
-	b.Run("go-redis-GET", e.MissGoRedis(ctx))
+	for _, par := range []bool{false, true} {
+		name := "serial"
+		if par {
+			name = "parallel"
+		}
+		b.Run(name+"/distcache", e.MissDistcache(ctx, par))
+		b.Run(name+"/go-redis-GET", e.MissGoRedis(ctx, par))
+	}
 }
 
 func BenchmarkPublish(b *testing.B) {

@@ -82,8 +82,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		{"hit parallel: distcache Get", benchkit.HitDistcache(dc, e.Keys, true)},
 		{"hit parallel: rueidis DoCache", benchkit.HitRueidis(rc, e.Keys, true)},
 		{"hit parallel: bigcache Get", benchkit.HitBigcache(bc, e.Keys, true)},
-		{"miss: distcache Get", e.MissDistcache(ctx)},
-		{"miss: go-redis GET", e.MissGoRedis(ctx)},
+		{"miss serial: distcache Get", e.MissDistcache(ctx, false)},
+		{"miss serial: go-redis GET", e.MissGoRedis(ctx, false)},
+		{"miss parallel: distcache Get", e.MissDistcache(ctx, true)},
+		{"miss parallel: go-redis GET", e.MissGoRedis(ctx, true)},
 		{"publish: distcache Apply (100/batch)", e.PublishApply(ctx, 100)},
 		{"publish: go-redis pipelined SET (100/batch)", e.RawPipelinedSet(ctx, 100)},
 	}
@@ -188,9 +190,15 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	a := med("hit serial: distcache GetAppend")
 	row("allocs per hit (Get / GetAppend)", fmt.Sprintf("%d / %d", med("hit serial: distcache Get").allocs, a.allocs),
 		fmt.Sprintf("bigcache Get: %d", med("hit serial: bigcache Get").allocs), "", "≤ 1 / 0")
-	m, g := med("miss: distcache Get"), med("miss: go-redis GET")
-	row("miss served from Redis vs go-redis GET", ns(m), ns(g),
-		fmt.Sprintf("%.2f×", pairRatio("miss: distcache Get", "miss: go-redis GET", false)), "≤ 1.1×")
+	for _, mode := range []string{"serial", "parallel"} {
+		ours, peer := "miss "+mode+": distcache Get", "miss "+mode+": go-redis GET"
+		what := "miss " + mode + " (one goroutine), from the replica, vs go-redis GET of the same key on it"
+		if mode == "parallel" {
+			what = fmt.Sprintf("miss parallel (%d goroutines), from the replica, vs go-redis GET of the same key on it",
+				benchkit.MissParallelism*runtime.GOMAXPROCS(0))
+		}
+		row(what, ns(med(ours)), ns(med(peer)), fmt.Sprintf("%.2f×", pairRatio(ours, peer, false)), "≤ 1.1×")
+	}
 	for _, v := range []struct {
 		from        string
 		ours, peers [][2]time.Duration

@@ -26,20 +26,25 @@ import (
 // Proj is the projection the benchmarks use.
 const Proj = "bench"
 
-// Env is a Redis loaded with N keys, as a distcache projection (generation
-// 1) and as plain keys "raw:<key>" for the peers.
+// Env is a Redis primary with one replica, loaded with N keys, as a
+// distcache projection (generation 1) and as plain keys "raw:<key>" for the
+// peers.
 type Env struct {
-	Addr  string
+	Addr  string // the primary
 	RDB   *redis.Client
 	Pub   *distcache.Publisher
 	Keys  []string
 	Value []byte
+	// ReplicaAddr is a replica of Addr, for the miss measures (an edge
+	// reads its misses from a replica).
+	ReplicaAddr string
 
-	redis *devstack.Redis
-	dir   string
+	redis, replica *devstack.Redis
+	dir            string
 }
 
-// Start starts a redis-server of its own and loads n keys of valueSize bytes.
+// Start starts a redis-server of its own and a replica of it, loads n keys
+// of valueSize bytes and waits until the replica has them.
 func Start(ctx context.Context, n, valueSize int) (_ *Env, err error) {
 	dir, err := os.MkdirTemp("", "distcache-bench-")
 	if err != nil {
@@ -56,6 +61,10 @@ func Start(ctx context.Context, n, valueSize int) (_ *Env, err error) {
 			e.Close()
 		}
 	}()
+	if e.replica, err = devstack.StartRedis(ctx, devstack.RedisConfig{Dir: dir, Mode: devstack.Attached, ReplicaOf: r.Addr}); err != nil {
+		return nil, fmt.Errorf("start redis replica: %w", err)
+	}
+	e.ReplicaAddr = e.replica.Addr
 	e.RDB = redis.NewClient(&redis.Options{Addr: r.Addr})
 	if e.Pub, err = distcache.NewPublisher(e.RDB); err != nil {
 		return nil, err
@@ -83,6 +92,10 @@ func Start(ctx context.Context, n, valueSize int) (_ *Env, err error) {
 			return nil, err
 		}
 	}
+	// Every write acknowledged by the replica before any miss is measured.
+	if acked, err := e.RDB.Wait(ctx, 1, time.Minute).Result(); err != nil || acked < 1 {
+		return nil, fmt.Errorf("replica did not acknowledge the load (acked %d): %v", acked, err)
+	}
 	return e, nil
 }
 
@@ -101,9 +114,14 @@ func (e *Env) Load(ctx context.Context, proj string, gen int64, keys []string) e
 	return nil
 }
 
-// Close stops the Redis.
+// Close stops the Redis servers.
 func (e *Env) Close() {
-	_ = e.RDB.Close()
+	if e.RDB != nil {
+		_ = e.RDB.Close()
+	}
+	if e.replica != nil {
+		_ = e.replica.Stop()
+	}
 	_ = e.redis.Stop()
 	_ = os.RemoveAll(e.dir)
 }
@@ -269,53 +287,88 @@ func HitBigcache(bc *bigcache.BigCache, keys []string, parallel bool) func(*test
 	}
 }
 
-// Miss benchmarks.
+// Miss benchmarks. Both sides read the replica: the edge built with
+// WithAddrs(primary, replica), which sends its misses to the replica, and
+// the peer a bare go-redis client of the replica reading the same Redis keys
+// (the same values, byte for byte). Parallel runs 16 goroutines per
+// GOMAXPROCS (32 on 2 cores) on each side, with go-redis's default pool.
 
-// MissDistcache reads keys the client does not hold (a fresh client every
-// len(keys) reads, off the clock).
-func (e *Env) MissDistcache(ctx context.Context) func(*testing.B) {
+// MissParallelism is the goroutines per GOMAXPROCS of the parallel miss
+// measures.
+const MissParallelism = 16
+
+// MissDistcache reads keys the client does not hold: every key once per
+// client, so the clients a run needs (b.N/len(keys), rounded up) are built
+// before the clock starts.
+func (e *Env) MissDistcache(ctx context.Context, parallel bool) func(*testing.B) {
 	return func(b *testing.B) {
 		b.ReportAllocs()
-		var c *distcache.Client
-		newClient := func() {
-			if c != nil {
-				_ = c.Close(ctx)
+		clients := make([]*distcache.Client, (b.N+len(e.Keys)-1)/len(e.Keys))
+		defer func() {
+			b.StopTimer() // Close waits for the tail's blocking read: off the clock
+			for _, c := range clients {
+				if c != nil {
+					_ = c.Close(ctx)
+				}
 			}
-			var err error
-			c, err = distcache.New(ctx, distcache.WithAddrs(e.Addr), distcache.WithProjections(Proj))
+		}()
+		for i := range clients {
+			c, err := distcache.New(ctx, distcache.WithAddrs(e.Addr, e.ReplicaAddr), distcache.WithProjections(Proj))
 			if err != nil {
 				b.Fatal(err)
 			}
+			clients[i] = c
 		}
-		newClient()
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			if i > 0 && i%len(e.Keys) == 0 {
-				b.StopTimer()
-				newClient()
-				b.StartTimer()
-			}
-			if _, err := c.Get(ctx, Proj, e.Keys[i%len(e.Keys)]); err != nil {
-				b.Fatal(err)
-			}
+		get := func(i int) error {
+			_, err := clients[i/len(e.Keys)].Get(ctx, Proj, e.Keys[i%len(e.Keys)])
+			return err
 		}
-		b.StopTimer()
-		_ = c.Close(ctx)
+		runMiss(b, parallel, get)
 	}
 }
 
-// MissGoRedis reads keys with a bare go-redis GET.
-func (e *Env) MissGoRedis(ctx context.Context) func(*testing.B) {
+// MissGoRedis reads the same Redis keys with a bare go-redis GET from the
+// replica.
+func (e *Env) MissGoRedis(ctx context.Context, parallel bool) func(*testing.B) {
+	rkeys := make([]string, len(e.Keys))
+	for i, k := range e.Keys {
+		rkeys[i] = distcache.ValueKey(Proj, 1, k)
+	}
 	return func(b *testing.B) {
 		b.ReportAllocs()
-		rdb := redis.NewClient(&redis.Options{Addr: e.Addr})
+		rdb := redis.NewClient(&redis.Options{Addr: e.ReplicaAddr})
 		defer rdb.Close()
-		for i := 0; b.Loop(); i++ {
-			if _, err := rdb.Get(ctx, "raw:"+e.Keys[i%len(e.Keys)]).Bytes(); err != nil {
+		if err := rdb.Ping(ctx).Err(); err != nil { // a connection, as the edge's start makes
+			b.Fatal(err)
+		}
+		get := func(i int) error {
+			_, err := rdb.Get(ctx, rkeys[i%len(rkeys)]).Bytes()
+			return err
+		}
+		runMiss(b, parallel, get)
+	}
+}
+
+func runMiss(b *testing.B, parallel bool, get func(i int) error) {
+	b.ResetTimer()
+	if !parallel {
+		for i := range b.N {
+			if err := get(i); err != nil {
 				b.Fatal(err)
 			}
 		}
+		return
 	}
+	var next atomic.Int64
+	b.SetParallelism(MissParallelism)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := get(int(next.Add(1) - 1)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 // Publisher throughput.
