@@ -521,8 +521,9 @@ func (p *projection) missMany(ctx context.Context, keys []string, idx []int, out
 
 // applyChange applies one change-stream entry to st: in place when the key
 // is held and the version is newer; otherwise it only marks an in-flight
-// fetch of the key and remembers the version.
-func (p *projection) applyChange(st *store, key string, version int64, op byte, payload string) {
+// fetch of the key and remembers the version. It reports whether it updated
+// a held entry.
+func (p *projection) applyChange(st *store, key string, version int64, op byte, payload string) bool {
 	h := hashKey(key)
 	s := p.stripe(h)
 	s.Lock()
@@ -533,7 +534,7 @@ func (p *projection) applyChange(st *store, key string, version int64, op byte, 
 	}
 	if old, ok := st.get(key); ok {
 		if entryVersion(old) >= version {
-			return
+			return false
 		}
 		var e []byte
 		switch {
@@ -544,11 +545,12 @@ func (p *projection) applyChange(st *store, key string, version int64, op byte, 
 		default:
 			e = appendPositive(s.buf, version, payload)
 		}
-		if err := st.put(key, h, e, old); err == nil {
+		err := st.put(key, h, e, old)
+		if err == nil {
 			p.updates.Add(1)
 		}
 		s.keep(e)
-		return
+		return err == nil
 	}
 	p.flightMu.Lock()
 	if f, ok := p.flights[key]; ok && (!f.pushed || version > f.pushedVersion) {
@@ -556,4 +558,5 @@ func (p *projection) applyChange(st *store, key string, version int64, op byte, 
 		p.flights[key] = f
 	}
 	p.flightMu.Unlock()
+	return false
 }

@@ -368,11 +368,20 @@ func (p *projection) applyMessages(msgs []redis.XMessage, replaying bool) {
 	}
 	st := p.store.Load()
 	changes := 0
+	onChange := p.c.cfg.onChange
 	for _, m := range msgs {
 		err := EachStreamChange(m.Values, func(key, s string) {
 			if version, op, payload, err := decodeValue(s); err == nil && validateKey(key) == nil {
-				p.applyChange(st, key, version, op, payload)
+				updated := p.applyChange(st, key, version, op, payload)
 				changes++
+				if onChange != nil {
+					o := OpSet
+					if op == opDelete {
+						o = OpDelete
+					}
+					onChange(AppliedChange{Projection: p.name, Generation: st.gen, Key: key, Version: version, Op: o,
+						Updated: updated, Replayed: replaying})
+				}
 			}
 		})
 		if err != nil {

@@ -433,54 +433,105 @@ func percentiles(d []time.Duration) Percentiles {
 	return Percentiles{P50: d[len(d)/2], P99: d[len(d)*99/100]}
 }
 
-// Propagation measures, samples times, the delay from Publisher.Set
-// returning to another Client's local value holding the new version.
-func (e *Env) Propagation(ctx context.Context, c *distcache.Client, samples int) (Delays, error) {
+// Propagation measures, samples times, the delay from Publisher.SetGen to
+// another Client's local cache holding the new version, as its WithOnChange
+// hook reports it (the arrival is timed in the hook, on the Client's tail
+// goroutine). The measuring goroutine waits on a channel: a reader polling
+// Get in a loop would take a core from the tail and from Redis on a 2-core
+// machine. viaReplica: the Client is built with WithAddrs(primary, replica)
+// and tails the replica (the writes reach it by replication); otherwise it
+// tails the primary, as the rueidis peer does.
+func (e *Env) Propagation(ctx context.Context, samples int, viaReplica bool) (Delays, error) {
 	key := e.Keys[0]
-	base, err := c.GetEntry(ctx, Proj, key)
+	arrived := make(chan int64, 1)
+	var want atomic.Int64
+	addrs := distcache.WithAddrs(e.Addr)
+	if viaReplica {
+		addrs = distcache.WithAddrs(e.Addr, e.ReplicaAddr)
+	}
+	c, err := distcache.New(ctx, addrs, distcache.WithProjections(Proj),
+		distcache.WithOnChange(func(ch distcache.AppliedChange) {
+			if ch.Updated && ch.Key == key && ch.Version == want.Load() {
+				select {
+				case arrived <- time.Now().UnixNano():
+				default:
+				}
+			}
+		}))
 	if err != nil {
 		return Delays{}, err
 	}
-	version := base.Version + 1000
+	defer c.Close(ctx)
+	for viaReplica && !tailFromReplica(c) {
+		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+			return Delays{}, err
+		}
+	}
+	base, err := c.GetEntry(ctx, Proj, key) // held from here on
+	if err != nil {
+		return Delays{}, err
+	}
+	version := base.Version
+	timeout := time.NewTimer(time.Hour)
+	defer timeout.Stop()
 	fromReturn := make([]time.Duration, 0, samples)
 	fromStart := make([]time.Duration, 0, samples)
 	for range samples {
 		version++
+		want.Store(version)
 		start := time.Now()
 		if _, err := e.Pub.SetGen(ctx, Proj, 1, key, e.Value, version); err != nil {
 			return Delays{}, err
 		}
 		returned := time.Now()
-		for {
-			got, err := c.GetEntry(ctx, Proj, key)
-			if err != nil {
-				return Delays{}, err
-			}
-			if got.Version == version {
-				break
-			}
-			if time.Since(start) > 5*time.Second {
-				return Delays{}, fmt.Errorf("version %d never arrived", version)
-			}
-			runtime.Gosched()
+		timeout.Reset(5 * time.Second)
+		var at int64
+		select {
+		case at = <-arrived:
+		case <-timeout.C:
+			return Delays{}, fmt.Errorf("version %d never arrived", version)
 		}
-		now := time.Now()
-		fromReturn = append(fromReturn, now.Sub(returned))
-		fromStart = append(fromStart, now.Sub(start))
+		fromReturn = append(fromReturn, time.Duration(max(at-returned.UnixNano(), 0))) // it may beat SetGen's reply
+		fromStart = append(fromStart, time.Duration(at-start.UnixNano()))
 	}
 	return Delays{percentiles(fromReturn), percentiles(fromStart)}, nil
 }
 
+func tailFromReplica(c *distcache.Client) bool {
+	for _, p := range c.Stats().Projections {
+		if p.Name == Proj {
+			return p.TailFromReplica
+		}
+	}
+	return false
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // RueidisInvalidation measures, samples times, the delay from a go-redis SET
-// returning to rueidis receiving the invalidation of the key it caches.
+// returning to rueidis receiving the invalidation of the key it caches (timed
+// in its OnInvalidations callback; the measuring goroutine waits on a
+// channel, as Propagation's).
 func (e *Env) RueidisInvalidation(ctx context.Context, samples int) (Delays, error) {
 	key := "raw:" + e.Keys[1]
-	var got atomic.Int64
+	arrived := make(chan int64, 1)
 	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{e.Addr},
 		OnInvalidations: func(msgs []rueidis.RedisMessage) {
 			for _, m := range msgs {
 				if s, _ := m.ToString(); s == key {
-					got.Store(time.Now().UnixNano())
+					select {
+					case arrived <- time.Now().UnixNano():
+					default:
+					}
 				}
 			}
 		}})
@@ -488,25 +539,30 @@ func (e *Env) RueidisInvalidation(ctx context.Context, samples int) (Delays, err
 		return Delays{}, err
 	}
 	defer rc.Close()
+	timeout := time.NewTimer(time.Hour)
+	defer timeout.Stop()
 	fromReturn := make([]time.Duration, 0, samples)
 	fromStart := make([]time.Duration, 0, samples)
 	for range samples {
 		if err := rc.DoCache(ctx, rc.B().Get().Key(key).Cache(), time.Hour).Error(); err != nil {
 			return Delays{}, err
 		}
-		got.Store(0)
+		select { // an invalidation left from the previous sample
+		case <-arrived:
+		default:
+		}
 		start := time.Now()
 		if err := e.RDB.Set(ctx, key, e.Value, 0).Err(); err != nil {
 			return Delays{}, err
 		}
 		returned := time.Now()
-		for got.Load() == 0 {
-			if time.Since(start) > 5*time.Second {
-				return Delays{}, fmt.Errorf("no invalidation")
-			}
-			runtime.Gosched()
+		timeout.Reset(5 * time.Second)
+		var at int64
+		select {
+		case at = <-arrived:
+		case <-timeout.C:
+			return Delays{}, fmt.Errorf("no invalidation")
 		}
-		at := got.Load()
 		fromReturn = append(fromReturn, time.Duration(max(at-returned.UnixNano(), 0))) // it may beat SET's reply
 		fromStart = append(fromStart, time.Duration(at-start.UnixNano()))
 	}
