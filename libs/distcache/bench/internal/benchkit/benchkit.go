@@ -349,6 +349,52 @@ func (e *Env) MissGoRedis(ctx context.Context, parallel bool) func(*testing.B) {
 	}
 }
 
+// MissInterleaved reads n keys as misses alternately with distcache and with
+// go-redis GET (of another key, so both miss), op by op in one goroutine, and
+// returns the median of each side's per-read latency. Side by side at this
+// grain both reads see the same CPU placement: on a VM, a client thread
+// and the Redis it waits for on different vCPUs make a round trip 2-3× as
+// long as on one (an idle vCPU is slow to wake), and the scheduler keeps
+// either placement for seconds, so whole benchmark runs come out 2× apart.
+func (e *Env) MissInterleaved(ctx context.Context, n int) (distcacheP50, goRedisP50 time.Duration, err error) {
+	rdb := redis.NewClient(&redis.Options{Addr: e.ReplicaAddr})
+	defer rdb.Close()
+	var c *distcache.Client
+	defer func() {
+		if c != nil {
+			_ = c.Close(ctx)
+		}
+	}()
+	half := len(e.Keys) / 2
+	dd := make([]time.Duration, 0, n)
+	dg := make([]time.Duration, 0, n)
+	for i := range n {
+		if i%half == 0 { // every key read once per client
+			if c != nil {
+				_ = c.Close(ctx)
+			}
+			if c, err = distcache.New(ctx, distcache.WithAddrs(e.Addr, e.ReplicaAddr), distcache.WithProjections(Proj)); err != nil {
+				return 0, 0, err
+			}
+		}
+		k := e.Keys[i%half]
+		rk := distcache.ValueKey(Proj, 1, e.Keys[half+i%half])
+		t0 := time.Now()
+		if _, err := c.Get(ctx, Proj, k); err != nil {
+			return 0, 0, err
+		}
+		t1 := time.Now()
+		if _, err := rdb.Get(ctx, rk).Bytes(); err != nil {
+			return 0, 0, err
+		}
+		dd = append(dd, t1.Sub(t0))
+		dg = append(dg, time.Since(t1))
+	}
+	slices.Sort(dd)
+	slices.Sort(dg)
+	return dd[len(dd)/2], dg[len(dg)/2], nil
+}
+
 func runMiss(b *testing.B, parallel bool, get func(i int) error) {
 	b.ResetTimer()
 	if !parallel {
