@@ -344,9 +344,11 @@ func waitFlight(ctx context.Context, w *flightWait) (Entry, error) {
 // the misses that waited for it get the result, with a value of their own
 // (the fetcher's e.Value is its caller's, who may write to it).
 func (p *projection) finish(key string, ref *flightRef, e Entry, err error) {
-	p.flightMu.Lock()
-	p.takeFlight(key, ref)
-	p.flightMu.Unlock()
+	if !ref.removed { // fill took it (the usual case): no lock needed
+		p.flightMu.Lock()
+		p.takeFlight(key, ref)
+		p.flightMu.Unlock()
+	}
 	if w := ref.wait; w != nil {
 		if e.Value != nil {
 			e.Value = append([]byte(nil), e.Value...)
