@@ -8,8 +8,9 @@
 // one generation to the next. The Redis layout is specified in keys.go.
 //
 // A Client serves Get from a local bigcache (about a hundred nanoseconds),
-// fills misses from Redis (read replicas first, the primary when they fail;
-// Redis Cluster with replica reads), coalesces concurrent misses of a key,
+// fills misses from Redis with one GET to one node (read replicas first, the
+// primary when they fail; Redis Cluster with replica reads), coalesces
+// concurrent misses of a key,
 // remembers absent keys for a while, and tails each projection's change
 // stream so that the keys it holds are updated in place within milliseconds
 // of a write. It resumes its tail after a lost connection, revalidates only
@@ -23,6 +24,10 @@
 // keeps a local snapshot of what it holds, so that it restarts (even while
 // Redis is down) serving those entries and resumes the change stream where
 // it stopped.
+//
+// WithOnChange reports each change the tail applies (on the tail goroutine,
+// which it must not block), so that callers and tests can wait for a write to
+// reach the edge instead of polling.
 //
 // Counters are read with Client.Stats; the distcacheprom sub-package exports
 // them to Prometheus.

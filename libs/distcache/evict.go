@@ -240,7 +240,7 @@ func (p *projection) warmStart(ctx context.Context, w WarmStart) error {
 			if validateKey(k) != nil {
 				continue
 			}
-			_, _ = p.fill(st, k, vals[j], found[j], nil)
+			_, _ = p.fill(st, k, stringBytes(vals[j]), found[j], nil, false)
 		}
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // The Redis layout. This comment is the contract every part of distcache
@@ -101,10 +102,16 @@ func validateGeneration(gen int64) error {
 // ValueKey is the Redis key of key's value in generation gen of projection
 // proj: dc:<proj>:g<gen>:<key>.
 func ValueKey(proj string, gen int64, key string) string {
-	b := make([]byte, 0, len(keyPrefix)+len(proj)+len(key)+24)
-	b = appendGenPrefix(b, proj, gen)
-	b = append(b, key...)
-	return string(b)
+	var b strings.Builder // one allocation
+	b.Grow(len(keyPrefix) + len(proj) + len(key) + 24)
+	var num [20]byte
+	b.WriteString(keyPrefix)
+	b.WriteString(proj)
+	b.WriteString(":g")
+	b.Write(strconv.AppendInt(num[:0], gen, 10))
+	b.WriteByte(':')
+	b.WriteString(key)
+	return b.String()
 }
 
 // appendGenPrefix appends "dc:<proj>:g<gen>:".
@@ -168,7 +175,9 @@ func versionHex(version int64) string {
 // digits, big-endian, as a value key's value and its change-stream entries
 // begin (see the layout contract above). It fails when s is shorter, holds
 // another character there, or the version does not fit an int64.
-func ParseVersionHex(s string) (int64, error) {
+func ParseVersionHex(s string) (int64, error) { return parseVersionHex(s) }
+
+func parseVersionHex[T ~string | ~[]byte](s T) (int64, error) {
 	if len(s) < versionHexLen {
 		return 0, errBadEncoding
 	}
@@ -194,17 +203,17 @@ func ParseVersionHex(s string) (int64, error) {
 
 // decodeValue splits a stored Redis value into version, op and payload. The
 // payload aliases s.
-func decodeValue(s string) (version int64, op byte, payload string, err error) {
+func decodeValue[T ~string | ~[]byte](s T) (version int64, op byte, payload T, err error) {
 	if len(s) < valueHeaderLen {
-		return 0, 0, "", errBadEncoding
+		return 0, 0, payload, errBadEncoding
 	}
-	version, err = ParseVersionHex(s)
+	version, err = parseVersionHex(s)
 	if err != nil {
-		return 0, 0, "", err
+		return 0, 0, payload, err
 	}
 	op = s[versionHexLen]
 	if op != opSet && op != opDelete {
-		return 0, 0, "", errBadEncoding
+		return 0, 0, payload, errBadEncoding
 	}
 	return version, op, s[valueHeaderLen:], nil
 }

@@ -78,6 +78,7 @@ type config struct {
 	snapshotSet   bool
 	snapshotEvery time.Duration
 	replicaTail   bool // tail change streams from replicas (WithReplicaTail)
+	onChange      func(AppliedChange)
 	errs          []error
 }
 
@@ -316,6 +317,48 @@ func WithSnapshotInterval(d time.Duration) Option { return func(c *config) { c.s
 // least a second). Replication lag only delays updates: nothing is skipped.
 // Sentinel and Cluster replicas are never tailed. Default: on.
 func WithReplicaTail(on bool) Option { return func(c *config) { c.replicaTail = on } }
+
+// AppliedChange is one change of a projection's change stream, as a Client
+// applied it to its local cache: what WithOnChange's function receives.
+type AppliedChange struct {
+	Projection string
+	Generation int64
+	Key        string
+	Version    int64
+	Op         Op // OpSet or OpDelete
+	// Updated reports that the Client held the key at an older version and
+	// now holds this change, in place: a Get of the key that starts after
+	// the call returns it from memory (or a newer one). False: the key was
+	// not held (nothing was stored; a Get reads Redis, which has it), or was
+	// held at this version or a newer one.
+	Updated bool
+	// Replayed reports a change applied while catching up (after a lost
+	// connection, or a start from a snapshot) rather than as it arrived.
+	Replayed bool
+}
+
+// WithOnChange calls fn for every change the Client reads from a change
+// stream, after applying it to the local cache: for tests and users that
+// wait for a write to reach this edge (propagation, read-your-writes across
+// services), or that keep something derived from the values.
+//
+// The contract:
+//   - fn runs on the projection's tail goroutine, once per change, in stream
+//     order, after the change is applied (the key's lock released): when
+//     Updated, a Get that starts after fn was called returns this version or
+//     a newer one. Projections tail on goroutines of their own, so calls for
+//     different projections may run concurrently.
+//   - fn must not block: that projection's tail reads nothing further until
+//     it returns (updates and cutover events wait, and so does the
+//     staleness clock). Hand the change to a buffered channel with a
+//     non-blocking send, or record it and return. fn must not call Close.
+//   - Changes are reported once each as the tail applies them, including
+//     replays after a reconnect (Replayed). The refetch of every held key that
+//     a cutover or a gap's revalidation does is not a change of the stream and
+//     is not reported.
+//
+// Default: none.
+func WithOnChange(fn func(AppliedChange)) Option { return func(c *config) { c.onChange = fn } }
 
 // WithLocalShards sets the number of bigcache shards of each projection's
 // local store (a power of two). Default 256.

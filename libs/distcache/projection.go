@@ -26,7 +26,22 @@ const (
 
 type stripe struct {
 	sync.Mutex
-	_ [56]byte
+	// buf is where entries stored under this lock are built: bigcache
+	// copies what it stores, so a fill or an update allocates no entry.
+	buf []byte
+	_   [32]byte
+}
+
+// stripeBufMax bounds the scratch a stripe keeps: a larger entry's buffer
+// is dropped after use rather than pinned.
+const stripeBufMax = 4 << 10
+
+// keep makes b, the entry just built, the stripe's scratch for the next one.
+func (s *stripe) keep(b []byte) {
+	if cap(b) > stripeBufMax {
+		b = nil
+	}
+	s.buf = b
 }
 
 // recentSlot remembers the newest version the tail saw for a key hash, so
@@ -55,17 +70,37 @@ func (s *stripedCounter) load() uint64 {
 	return t
 }
 
-// call is one in-flight miss fetch, shared by concurrent misses of a key.
-type call struct {
-	done  chan struct{}
-	entry Entry
-	err   error
-
+// flight is one in-flight miss fetch of a key, held by value in
+// projection.flights (guarded by flightMu): an uncontended miss allocates
+// nothing to coalesce. id tells the fetching miss's flight from a later one
+// of the same key.
+type flight struct {
+	id uint64
 	// A change the tail saw for this key while the fetch was in flight.
 	pushed        bool
-	pushedVersion int64
 	pushedDelete  bool
+	pushedVersion int64
 	pushedValue   string
+	// wait is made by the first concurrent miss of the key that waits for
+	// this fetch, and shared by every later one.
+	wait *flightWait
+}
+
+// flightWait is where a fetch publishes its result to the misses waiting
+// for it.
+type flightWait struct {
+	done  chan struct{}
+	entry Entry // Value is the waiters' (each copies it), not the fetcher's
+	err   error
+}
+
+// flightRef is the fetching miss's hold on its flight: fill takes the flight
+// out of the map (taking its waiters along) when it stores a value, and
+// finish otherwise.
+type flightRef struct {
+	id      uint64
+	removed bool
+	wait    *flightWait
 }
 
 type projection struct {
@@ -82,8 +117,9 @@ type projection struct {
 	stripes [numStripes]stripe
 	recent  [recentSlots]recentSlot // slot i is guarded by stripe i%numStripes
 
-	flightMu sync.Mutex
-	flights  map[string]*call
+	flightMu  sync.Mutex
+	flights   map[string]flight
+	flightSeq uint64 // guarded by flightMu
 
 	// Tail state, owned by the tail goroutine.
 	streamPos string
@@ -157,7 +193,7 @@ type projection struct {
 }
 
 func newProjection(c *Client, name string) *projection {
-	p := &projection{c: c, name: name, flights: map[string]*call{}}
+	p := &projection{c: c, name: name, flights: map[string]flight{}}
 	p.node, p.replicaIdx, p.needRunID = c.cfg.primary, c.pickReplica(name), true
 	p.limits = Limits{MaxTTL: c.cfg.global.MaxTTL}
 	if pc, ok := c.cfg.projections[name]; ok && pc.hasLimits {
@@ -231,6 +267,8 @@ func (p *projection) unavailable(key string, err error) error {
 }
 
 // miss reads key from Redis, sharing one fetch among concurrent misses.
+// It makes one call to one node (a replica while one answers): the value
+// key's GET, nothing else.
 func (p *projection) miss(ctx context.Context, key string) (Entry, error) {
 	if err := validateKey(key); err != nil {
 		return Entry{}, err
@@ -241,63 +279,99 @@ func (p *projection) miss(ctx context.Context, key string) (Entry, error) {
 	}
 	p.misses.Add(1)
 	p.flightMu.Lock()
-	if cl, ok := p.flights[key]; ok {
-		p.flightMu.Unlock()
-		return waitCall(ctx, cl)
-	}
-	cl := &call{done: make(chan struct{})}
-	p.flights[key] = cl
+	ref, w := p.beginFlight(key)
 	p.flightMu.Unlock()
+	if w != nil {
+		return waitFlight(ctx, w)
+	}
 
 	fctx, cancel := p.fetchCtx(ctx)
 	t0 := time.Now()
-	raw, found, err := p.c.reader.fetchOne(fctx, ValueKey(p.name, st.gen, key))
+	raw, found, err := p.c.reader.fetchOne(fctx, st.valueKey(key))
 	p.fetchLatency.observe(time.Since(t0))
 	cancel()
 	if err != nil {
 		p.fetchErrors.Add(1)
 		err = p.unavailable(key, err)
-		p.finish(key, cl, Entry{}, err)
+		p.finish(key, &ref, Entry{}, err)
 		return Entry{}, err
 	}
-	e, err := p.fill(st, key, raw, found, cl)
-	p.finish(key, cl, e, err)
+	e, err := p.fill(st, key, raw, found, &ref, true)
+	p.finish(key, &ref, e, err)
 	return e, err
 }
 
-func waitCall(ctx context.Context, cl *call) (Entry, error) {
+// beginFlight registers a fetch of key, or joins the one in flight (w not
+// nil: wait on it). The caller holds flightMu.
+func (p *projection) beginFlight(key string) (ref flightRef, w *flightWait) {
+	if f, ok := p.flights[key]; ok {
+		if f.wait == nil {
+			f.wait = &flightWait{done: make(chan struct{})}
+			p.flights[key] = f
+		}
+		return flightRef{}, f.wait
+	}
+	p.flightSeq++
+	p.flights[key] = flight{id: p.flightSeq}
+	return flightRef{id: p.flightSeq}, nil
+}
+
+// takeFlight removes ref's flight from the map, keeping its waiters, and
+// returns it. The caller holds flightMu.
+func (p *projection) takeFlight(key string, ref *flightRef) (flight, bool) {
+	if ref.removed {
+		return flight{}, false
+	}
+	f, ok := p.flights[key]
+	if !ok || f.id != ref.id {
+		return flight{}, false
+	}
+	delete(p.flights, key)
+	ref.removed, ref.wait = true, f.wait
+	return f, true
+}
+
+func waitFlight(ctx context.Context, w *flightWait) (Entry, error) {
 	select {
-	case <-cl.done:
-		e := cl.entry
+	case <-w.done:
+		e := w.entry
 		if e.Value != nil {
 			e.Value = append([]byte(nil), e.Value...) // each caller owns its copy
 		}
-		return e, cl.err
+		return e, w.err
 	case <-ctx.Done():
 		return Entry{}, fmt.Errorf("get: %w: %w", ErrUnavailable, ctx.Err())
 	}
 }
 
-// finish publishes a call's result and removes it from the in-flight map
-// (fill already removed it under the stripe lock when it stored a value).
-func (p *projection) finish(key string, cl *call, e Entry, err error) {
-	p.flightMu.Lock()
-	if p.flights[key] == cl {
-		delete(p.flights, key)
+// finish ends a fetch: its flight leaves the map (unless fill took it) and
+// the misses that waited for it get the result, with a value of their own
+// (the fetcher's e.Value is its caller's, who may write to it).
+func (p *projection) finish(key string, ref *flightRef, e Entry, err error) {
+	if !ref.removed { // fill took it (the usual case): no lock needed
+		p.flightMu.Lock()
+		p.takeFlight(key, ref)
+		p.flightMu.Unlock()
 	}
-	p.flightMu.Unlock()
-	cl.entry, cl.err = e, err
-	close(cl.done)
+	if w := ref.wait; w != nil {
+		if e.Value != nil {
+			e.Value = append([]byte(nil), e.Value...)
+		}
+		w.entry, w.err = e, err
+		close(w.done)
+	}
 }
 
 // fill stores what a miss fetched (raw, or absent when !found) into st,
 // unless a newer version is already known, and returns what the caller
-// gets. cl may be nil (warm start).
-func (p *projection) fill(st *store, key string, raw string, found bool, cl *call) (Entry, error) {
+// gets. ref may be nil (warm start). owned: raw's bytes are the caller's to
+// keep (a reply go-redis handed over as []byte), so the returned Value is a
+// slice of them; otherwise the Value is a copy.
+func (p *projection) fill(st *store, key string, raw []byte, found bool, ref *flightRef, owned bool) (Entry, error) {
 	var (
 		version int64
 		deleted = !found
-		payload string
+		payload []byte
 	)
 	if found {
 		v, op, pl, err := decodeValue(raw)
@@ -314,17 +388,15 @@ func (p *projection) fill(st *store, key string, raw string, found bool, cl *cal
 	s.Lock()
 	defer s.Unlock()
 	store := true
-	if cl != nil {
+	if ref != nil {
 		p.flightMu.Lock()
-		if p.flights[key] == cl {
-			delete(p.flights, key)
-		}
-		pushed := cl.pushed && cl.pushedVersion >= version
+		f, ok := p.takeFlight(key, ref)
 		p.flightMu.Unlock()
-		if pushed {
+		if ok && f.pushed && f.pushedVersion >= version {
 			// A change arrived while the fetch was in flight: the fetched
 			// value is not stored; the pushed one is at least as new.
-			version, deleted, payload = cl.pushedVersion, cl.pushedDelete, cl.pushedValue
+			version, deleted = f.pushedVersion, f.pushedDelete
+			payload, owned = []byte(f.pushedValue), true
 		}
 	}
 	if p.recentVersion(h) > version {
@@ -339,9 +411,9 @@ func (p *projection) fill(st *store, key string, raw string, found bool, cl *cal
 		}
 		return Entry{}, p.lostData(key)
 	}
-	var entry []byte
 	if store {
 		old, ok := st.get(key)
+		var entry []byte
 		switch {
 		case ok && entryVersion(old) > version:
 			// Filled or updated meanwhile with something newer: use it.
@@ -352,12 +424,12 @@ func (p *projection) fill(st *store, key string, raw string, found bool, cl *cal
 				Stale: p.health.Load() != healthFresh}, nil
 		case deleted:
 			if ttl := p.c.cfg.negativeTTL; ttl > 0 {
-				entry = makeNegative(version, time.Now().Add(ttl).UnixNano())
+				entry = appendNegative(s.buf, version, time.Now().Add(ttl).UnixNano())
 			} else if ok {
-				entry = makeNegative(version, 0) // replace the stale entry; expired at once
+				entry = appendNegative(s.buf, version, 0) // replace the stale entry; expired at once
 			}
 		default:
-			entry = makePositiveString(version, payload)
+			entry = appendPositive(s.buf, version, payload)
 		}
 		if entry != nil {
 			if !ok {
@@ -368,18 +440,16 @@ func (p *projection) fill(st *store, key string, raw string, found bool, cl *cal
 			} else {
 				p.fills.Add(1)
 			}
+			s.keep(entry)
 		}
 	}
 	if deleted {
 		return Entry{}, notFound(p.name, key)
 	}
-	var v []byte
-	if entry != nil {
-		v = entry[entryHeaderLen:]
-	} else {
-		v = []byte(payload)
+	if !owned {
+		payload = append(make([]byte, 0, len(payload)), payload...)
 	}
-	return Entry{Value: v, Version: version, Found: true}, nil
+	return Entry{Value: payload, Version: version, Found: true}, nil
 }
 
 // missMany fetches the keys at idx in one round trip (per node) and fills
@@ -394,20 +464,24 @@ func (p *projection) missMany(ctx context.Context, keys []string, idx []int, out
 			return err
 		}
 	}
-	type waiter struct {
-		i  int
-		cl *call
+	type owned struct {
+		i   int
+		ref flightRef
 	}
-	var own, others []waiter
+	type waiter struct {
+		i int
+		w *flightWait
+	}
+	var own []owned
+	var others []waiter
 	p.flightMu.Lock()
 	for _, i := range idx {
-		if cl, ok := p.flights[keys[i]]; ok {
-			others = append(others, waiter{i, cl})
+		ref, w := p.beginFlight(keys[i])
+		if w != nil {
+			others = append(others, waiter{i, w})
 			continue
 		}
-		cl := &call{done: make(chan struct{})}
-		p.flights[keys[i]] = cl
-		own = append(own, waiter{i, cl})
+		own = append(own, owned{i, ref})
 	}
 	p.flightMu.Unlock()
 	p.misses.Add(uint64(len(idx)))
@@ -416,7 +490,7 @@ func (p *projection) missMany(ctx context.Context, keys []string, idx []int, out
 	if len(own) > 0 {
 		rkeys := make([]string, len(own))
 		for j, w := range own {
-			rkeys[j] = ValueKey(p.name, st.gen, keys[w.i])
+			rkeys[j] = st.valueKey(keys[w.i])
 		}
 		fctx, cancel := p.fetchCtx(ctx)
 		t0 := time.Now()
@@ -426,13 +500,14 @@ func (p *projection) missMany(ctx context.Context, keys []string, idx []int, out
 		if err != nil {
 			p.fetchErrors.Add(1)
 			firstErr = p.unavailable(fmt.Sprintf("(%d keys)", len(own)), err)
-			for _, w := range own {
-				p.finish(keys[w.i], w.cl, Entry{}, firstErr)
+			for j := range own {
+				p.finish(keys[own[j].i], &own[j].ref, Entry{}, firstErr)
 			}
 		} else {
-			for j, w := range own {
-				e, err := p.fill(st, keys[w.i], vals[j], found[j], w.cl)
-				p.finish(keys[w.i], w.cl, e, err)
+			for j := range own {
+				w := &own[j]
+				e, err := p.fill(st, keys[w.i], stringBytes(vals[j]), found[j], &w.ref, false)
+				p.finish(keys[w.i], &w.ref, e, err)
 				if err == nil {
 					out[w.i] = e
 				} else if !errors.Is(err, ErrNotFound) && firstErr == nil {
@@ -442,7 +517,7 @@ func (p *projection) missMany(ctx context.Context, keys []string, idx []int, out
 		}
 	}
 	for _, w := range others {
-		e, err := waitCall(ctx, w.cl)
+		e, err := waitFlight(ctx, w.w)
 		if err == nil {
 			out[w.i] = e
 		} else if !errors.Is(err, ErrNotFound) && firstErr == nil {
@@ -454,8 +529,9 @@ func (p *projection) missMany(ctx context.Context, keys []string, idx []int, out
 
 // applyChange applies one change-stream entry to st: in place when the key
 // is held and the version is newer; otherwise it only marks an in-flight
-// fetch of the key and remembers the version.
-func (p *projection) applyChange(st *store, key string, version int64, op byte, payload string) {
+// fetch of the key and remembers the version. It reports whether it updated
+// a held entry.
+func (p *projection) applyChange(st *store, key string, version int64, op byte, payload string) bool {
 	h := hashKey(key)
 	s := p.stripe(h)
 	s.Lock()
@@ -466,25 +542,29 @@ func (p *projection) applyChange(st *store, key string, version int64, op byte, 
 	}
 	if old, ok := st.get(key); ok {
 		if entryVersion(old) >= version {
-			return
+			return false
 		}
 		var e []byte
 		switch {
 		case op == opDelete:
-			e = makeNegative(version, time.Now().Add(p.c.cfg.negativeTTL).UnixNano())
+			e = appendNegative(s.buf, version, time.Now().Add(p.c.cfg.negativeTTL).UnixNano())
 		case len(payload) > p.c.cfg.maxValue:
-			e = makeNegative(version, 0) // not cacheable: the next Get re-reads and reports it
+			e = appendNegative(s.buf, version, 0) // not cacheable: the next Get re-reads and reports it
 		default:
-			e = makePositiveString(version, payload)
+			e = appendPositive(s.buf, version, payload)
 		}
-		if err := st.put(key, h, e, old); err == nil {
+		err := st.put(key, h, e, old)
+		if err == nil {
 			p.updates.Add(1)
 		}
-		return
+		s.keep(e)
+		return err == nil
 	}
 	p.flightMu.Lock()
-	if cl, ok := p.flights[key]; ok && (!cl.pushed || version > cl.pushedVersion) {
-		cl.pushed, cl.pushedVersion, cl.pushedDelete, cl.pushedValue = true, version, op == opDelete, payload
+	if f, ok := p.flights[key]; ok && (!f.pushed || version > f.pushedVersion) {
+		f.pushed, f.pushedVersion, f.pushedDelete, f.pushedValue = true, version, op == opDelete, payload
+		p.flights[key] = f
 	}
 	p.flightMu.Unlock()
+	return false
 }

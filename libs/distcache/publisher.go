@@ -647,7 +647,12 @@ type prepared struct {
 func (p *Publisher) applyBatched(ctx context.Context, proj string, gen int64, stream, maxLen, ttl string,
 	prefix []byte, changes []Change, preps []prepared, res []Result) error {
 	run := func() ([]*redis.Cmd, error) {
-		pipe := p.rdb.Pipeline()
+		var pipe redis.Scripter = p.rdb
+		var pl redis.Pipeliner
+		if len(preps) > batchChunk {
+			pl = p.rdb.Pipeline()
+			pipe = pl
+		} // one chunk (a Set, most batches): sent as is, without a pipeline's cost
 		var cmds []*redis.Cmd
 		for lo := 0; lo < len(preps); lo += batchChunk {
 			chunk := preps[lo:min(lo+batchChunk, len(preps))]
@@ -666,7 +671,10 @@ func (p *Publisher) applyBatched(ctx context.Context, proj string, gen int64, st
 			}
 			cmds = append(cmds, batchScript.EvalSha(ctx, pipe, keys, args...))
 		}
-		_, err := pipe.Exec(ctx)
+		if pl == nil {
+			return cmds, cmds[0].Err()
+		}
+		_, err := pl.Exec(ctx)
 		return cmds, err
 	}
 	cmds, err := run()

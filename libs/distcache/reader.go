@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -60,8 +61,10 @@ func (r *reader) fetch(ctx context.Context, keys []string) (vals []string, found
 	return fetchFrom(ctx, r.primary, keys, r.cluster)
 }
 
-// fetchOne reads one key, as fetch.
-func (r *reader) fetchOne(ctx context.Context, key string) (string, bool, error) {
+// fetchOne reads one key, as fetch, with one GET to one node (unless that
+// node fails). The value is the caller's (go-redis's reply, handed over as
+// bytes).
+func (r *reader) fetchOne(ctx context.Context, key string) ([]byte, bool, error) {
 	n := len(r.readers)
 	start := 0
 	if n > 1 {
@@ -73,28 +76,32 @@ func (r *reader) fetchOne(ctx context.Context, key string) (string, bool, error)
 		if r.downUntil[j].Load() > now {
 			continue
 		}
-		s, found, err := getOne(ctx, r.readers[j], key)
+		b, found, err := getOne(ctx, r.readers[j], key)
 		if err == nil {
-			return s, found, nil
+			return b, found, nil
 		}
 		if ctx.Err() != nil {
-			return "", false, err
+			return nil, false, err
 		}
 		r.downUntil[j].Store(time.Now().Add(readerCooldown).UnixNano())
 	}
 	return getOne(ctx, r.primary, key)
 }
 
-func getOne(ctx context.Context, rdb redis.UniversalClient, key string) (string, bool, error) {
-	s, err := rdb.Get(ctx, key).Result()
+func getOne(ctx context.Context, rdb redis.UniversalClient, key string) ([]byte, bool, error) {
+	b, err := rdb.Get(ctx, key).Bytes() // the reply's own bytes: no copy
 	if errors.Is(err, redis.Nil) {
-		return "", false, nil
+		return nil, false, nil
 	}
 	if err != nil {
-		return "", false, err
+		return nil, false, err
 	}
-	return s, true, nil
+	return b, true, nil
 }
+
+// stringBytes views s as bytes, for reading only (never written, never
+// handed out).
+func stringBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 func fetchFrom(ctx context.Context, rdb redis.UniversalClient, keys []string, cluster bool) ([]string, []bool, error) {
 	vals := make([]string, len(keys))

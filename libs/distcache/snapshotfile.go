@@ -307,7 +307,7 @@ func (p *projection) loadSnapshot() bool {
 		p.rejectSnapshot(path, err)
 		return false
 	}
-	st.gen = hdr.gen
+	st.gen, st.prefix = hdr.gen, string(appendGenPrefix(nil, p.name, hdr.gen))
 	p.store.Store(st)
 	p.streamPos, p.ctrlPos = hdr.streamPos, hdr.ctrlPos
 	p.lastContact.Store(hdr.lastContact)
@@ -348,7 +348,7 @@ func (p *projection) decodeInto(f *os.File, size int64) (*store, snapshotHeader,
 			}
 			elapsed = uint64(max(time.Now().UnixNano()-h.writtenAt, 0) / int64(time.Millisecond))
 			var err error
-			if st, err = newStore(0, p.c.cfg.shards, p.c.base); err != nil {
+			if st, err = newStore(p.name, 0, p.c.cfg.shards, p.c.base); err != nil {
 				return &snapshotError{reason: SnapshotRejectIO, err: err}
 			}
 			now = st.nowMs()

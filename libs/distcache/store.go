@@ -38,6 +38,21 @@ func makePositiveString(version int64, value string) []byte {
 	return e
 }
 
+// appendPositive appends a positive entry to b[:0]: a local entry built
+// into a reused buffer (bigcache copies what it stores).
+func appendPositive[T string | []byte](b []byte, version int64, value T) []byte {
+	b = append(b[:0], 0)
+	b = binary.LittleEndian.AppendUint64(b, uint64(version))
+	return append(b, value...)
+}
+
+// appendNegative is makeNegative into b[:0].
+func appendNegative(b []byte, version int64, expiry int64) []byte {
+	b = append(b[:0], flagNegative)
+	b = binary.LittleEndian.AppendUint64(b, uint64(version))
+	return binary.LittleEndian.AppendUint64(b, uint64(expiry))
+}
+
 func makeNegative(version int64, expiry int64) []byte {
 	e := make([]byte, negEntryLen)
 	e[0] = flagNegative
@@ -71,6 +86,7 @@ func (h *keyHasher) Sum64(s string) uint64 {
 // Writers hold the projection's stripe lock of the key's hash.
 type store struct {
 	gen    int64
+	prefix string // "dc:<proj>:g<gen>:", the value keys' prefix
 	cache  *bigcache.BigCache
 	hasher *keyHasher
 	base   time.Time // ring times are milliseconds since base
@@ -84,8 +100,8 @@ type store struct {
 	delMu sync.Mutex // guards hasher.sentinel
 }
 
-func newStore(gen int64, shards int, base time.Time) (*store, error) {
-	s := &store{gen: gen, hasher: &keyHasher{}, base: base}
+func newStore(proj string, gen int64, shards int, base time.Time) (*store, error) {
+	s := &store{gen: gen, prefix: string(appendGenPrefix(nil, proj, gen)), hasher: &keyHasher{}, base: base}
 	cfg := bigcache.Config{
 		Shards:             shards,
 		LifeWindow:         100 * 365 * 24 * time.Hour, // ages are ours: see evict.go
@@ -107,6 +123,9 @@ func newStore(gen int64, shards int, base time.Time) (*store, error) {
 	s.cache = c
 	return s, nil
 }
+
+// valueKey is ValueKey(proj, s.gen, key) in one allocation.
+func (s *store) valueKey(key string) string { return s.prefix + key }
 
 type nopLogger struct{}
 

@@ -48,7 +48,7 @@ func (p *projection) start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		st, err := newStore(gen, p.c.cfg.shards, p.c.base)
+		st, err := newStore(p.name, gen, p.c.cfg.shards, p.c.base)
 		if err != nil {
 			return err
 		}
@@ -369,11 +369,20 @@ func (p *projection) applyMessages(msgs []redis.XMessage, replaying bool) {
 	}
 	st := p.store.Load()
 	changes := 0
+	onChange := p.c.cfg.onChange
 	for _, m := range msgs {
 		err := EachStreamChange(m.Values, func(key, s string) {
 			if version, op, payload, err := decodeValue(s); err == nil && validateKey(key) == nil {
-				p.applyChange(st, key, version, op, payload)
+				updated := p.applyChange(st, key, version, op, payload)
 				changes++
+				if onChange != nil {
+					o := OpSet
+					if op == opDelete {
+						o = OpDelete
+					}
+					onChange(AppliedChange{Projection: p.name, Generation: st.gen, Key: key, Version: version, Op: o,
+						Updated: updated, Replayed: replaying})
+				}
 			}
 		})
 		if err != nil {
@@ -549,7 +558,7 @@ func (p *projection) rebuild(ctx context.Context, gen int64, mode rebuildMode) e
 			return err
 		}
 	}
-	ns, err := newStore(gen, p.c.cfg.shards, p.c.base)
+	ns, err := newStore(p.name, gen, p.c.cfg.shards, p.c.base)
 	if err != nil {
 		return err
 	}

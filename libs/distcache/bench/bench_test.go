@@ -65,8 +65,14 @@ func BenchmarkHit(b *testing.B) {
 func BenchmarkMiss(b *testing.B) {
 	e := env(b)
 	ctx := context.Background()
-	b.Run("distcache", e.MissDistcache(ctx))
-	b.Run("go-redis-GET", e.MissGoRedis(ctx))
+	for _, par := range []bool{false, true} {
+		name := "serial"
+		if par {
+			name = "parallel"
+		}
+		b.Run(name+"/distcache", e.MissDistcache(ctx, par))
+		b.Run(name+"/go-redis-GET", e.MissGoRedis(ctx, par))
+	}
 }
 
 func BenchmarkPublish(b *testing.B) {
@@ -79,13 +85,18 @@ func BenchmarkPublish(b *testing.B) {
 func BenchmarkPropagation(b *testing.B) {
 	e := env(b)
 	ctx := context.Background()
-	b.Run("distcache", func(b *testing.B) {
-		p, err := e.Propagation(ctx, benchDC, max(b.N, 200))
-		if err != nil {
-			b.Fatal(err)
-		}
-		report(b, p)
-	})
+	for _, via := range []struct {
+		name    string
+		replica bool
+	}{{"distcache-tail-primary", false}, {"distcache-tail-replica", true}} {
+		b.Run(via.name, func(b *testing.B) {
+			p, err := e.Propagation(ctx, max(b.N, 200), via.replica)
+			if err != nil {
+				b.Fatal(err)
+			}
+			report(b, p)
+		})
+	}
 	b.Run("rueidis-invalidation", func(b *testing.B) {
 		p, err := e.RueidisInvalidation(ctx, max(b.N, 200))
 		if err != nil {

@@ -26,20 +26,25 @@ import (
 // Proj is the projection the benchmarks use.
 const Proj = "bench"
 
-// Env is a Redis loaded with N keys, as a distcache projection (generation
-// 1) and as plain keys "raw:<key>" for the peers.
+// Env is a Redis primary with one replica, loaded with N keys, as a
+// distcache projection (generation 1) and as plain keys "raw:<key>" for the
+// peers.
 type Env struct {
-	Addr  string
+	Addr  string // the primary
 	RDB   *redis.Client
 	Pub   *distcache.Publisher
 	Keys  []string
 	Value []byte
+	// ReplicaAddr is a replica of Addr, for the miss measures (an edge
+	// reads its misses from a replica).
+	ReplicaAddr string
 
-	redis *devstack.Redis
-	dir   string
+	redis, replica *devstack.Redis
+	dir            string
 }
 
-// Start starts a redis-server of its own and loads n keys of valueSize bytes.
+// Start starts a redis-server of its own and a replica of it, loads n keys
+// of valueSize bytes and waits until the replica has them.
 func Start(ctx context.Context, n, valueSize int) (_ *Env, err error) {
 	dir, err := os.MkdirTemp("", "distcache-bench-")
 	if err != nil {
@@ -56,6 +61,10 @@ func Start(ctx context.Context, n, valueSize int) (_ *Env, err error) {
 			e.Close()
 		}
 	}()
+	if e.replica, err = devstack.StartRedis(ctx, devstack.RedisConfig{Dir: dir, Mode: devstack.Attached, ReplicaOf: r.Addr}); err != nil {
+		return nil, fmt.Errorf("start redis replica: %w", err)
+	}
+	e.ReplicaAddr = e.replica.Addr
 	e.RDB = redis.NewClient(&redis.Options{Addr: r.Addr})
 	if e.Pub, err = distcache.NewPublisher(e.RDB); err != nil {
 		return nil, err
@@ -83,6 +92,10 @@ func Start(ctx context.Context, n, valueSize int) (_ *Env, err error) {
 			return nil, err
 		}
 	}
+	// Every write acknowledged by the replica before any miss is measured.
+	if acked, err := e.RDB.Wait(ctx, 1, time.Minute).Result(); err != nil || acked < 1 {
+		return nil, fmt.Errorf("replica did not acknowledge the load (acked %d): %v", acked, err)
+	}
 	return e, nil
 }
 
@@ -101,9 +114,14 @@ func (e *Env) Load(ctx context.Context, proj string, gen int64, keys []string) e
 	return nil
 }
 
-// Close stops the Redis.
+// Close stops the Redis servers.
 func (e *Env) Close() {
-	_ = e.RDB.Close()
+	if e.RDB != nil {
+		_ = e.RDB.Close()
+	}
+	if e.replica != nil {
+		_ = e.replica.Stop()
+	}
 	_ = e.redis.Stop()
 	_ = os.RemoveAll(e.dir)
 }
@@ -269,53 +287,134 @@ func HitBigcache(bc *bigcache.BigCache, keys []string, parallel bool) func(*test
 	}
 }
 
-// Miss benchmarks.
+// Miss benchmarks. Both sides read the replica: the edge built with
+// WithAddrs(primary, replica), which sends its misses to the replica, and
+// the peer a bare go-redis client of the replica reading the same Redis keys
+// (the same values, byte for byte). Parallel runs 16 goroutines per
+// GOMAXPROCS (32 on 2 cores) on each side, with go-redis's default pool.
 
-// MissDistcache reads keys the client does not hold (a fresh client every
-// len(keys) reads, off the clock).
-func (e *Env) MissDistcache(ctx context.Context) func(*testing.B) {
+// MissParallelism is the goroutines per GOMAXPROCS of the parallel miss
+// measures.
+const MissParallelism = 16
+
+// MissDistcache reads keys the client does not hold: every key once per
+// client, so the clients a run needs (b.N/len(keys), rounded up) are built
+// before the clock starts.
+func (e *Env) MissDistcache(ctx context.Context, parallel bool) func(*testing.B) {
 	return func(b *testing.B) {
 		b.ReportAllocs()
-		var c *distcache.Client
-		newClient := func() {
-			if c != nil {
-				_ = c.Close(ctx)
+		clients := make([]*distcache.Client, (b.N+len(e.Keys)-1)/len(e.Keys))
+		defer func() {
+			b.StopTimer() // Close waits for the tail's blocking read: off the clock
+			for _, c := range clients {
+				if c != nil {
+					_ = c.Close(ctx)
+				}
 			}
-			var err error
-			c, err = distcache.New(ctx, distcache.WithAddrs(e.Addr), distcache.WithProjections(Proj))
+		}()
+		for i := range clients {
+			c, err := distcache.New(ctx, distcache.WithAddrs(e.Addr, e.ReplicaAddr), distcache.WithProjections(Proj))
 			if err != nil {
 				b.Fatal(err)
 			}
+			clients[i] = c
 		}
-		newClient()
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			if i > 0 && i%len(e.Keys) == 0 {
-				b.StopTimer()
-				newClient()
-				b.StartTimer()
-			}
-			if _, err := c.Get(ctx, Proj, e.Keys[i%len(e.Keys)]); err != nil {
-				b.Fatal(err)
-			}
+		get := func(i int) error {
+			_, err := clients[i/len(e.Keys)].Get(ctx, Proj, e.Keys[i%len(e.Keys)])
+			return err
 		}
-		b.StopTimer()
-		_ = c.Close(ctx)
+		runMiss(b, parallel, get)
 	}
 }
 
-// MissGoRedis reads keys with a bare go-redis GET.
-func (e *Env) MissGoRedis(ctx context.Context) func(*testing.B) {
+// MissGoRedis reads the same Redis keys with a bare go-redis GET from the
+// replica.
+func (e *Env) MissGoRedis(ctx context.Context, parallel bool) func(*testing.B) {
+	rkeys := make([]string, len(e.Keys))
+	for i, k := range e.Keys {
+		rkeys[i] = distcache.ValueKey(Proj, 1, k)
+	}
 	return func(b *testing.B) {
 		b.ReportAllocs()
-		rdb := redis.NewClient(&redis.Options{Addr: e.Addr})
+		rdb := redis.NewClient(&redis.Options{Addr: e.ReplicaAddr})
 		defer rdb.Close()
-		for i := 0; b.Loop(); i++ {
-			if _, err := rdb.Get(ctx, "raw:"+e.Keys[i%len(e.Keys)]).Bytes(); err != nil {
+		if err := rdb.Ping(ctx).Err(); err != nil { // a connection, as the edge's start makes
+			b.Fatal(err)
+		}
+		get := func(i int) error {
+			_, err := rdb.Get(ctx, rkeys[i%len(rkeys)]).Bytes()
+			return err
+		}
+		runMiss(b, parallel, get)
+	}
+}
+
+// MissInterleaved reads n keys as misses alternately with distcache and with
+// go-redis GET (of another key, so both miss), op by op in one goroutine, and
+// returns the median of each side's per-read latency. Side by side at this
+// grain both reads see the same CPU placement: on a VM, a client thread
+// and the Redis it waits for on different vCPUs make a round trip 2-3× as
+// long as on one (an idle vCPU is slow to wake), and the scheduler keeps
+// either placement for seconds, so whole benchmark runs come out 2× apart.
+func (e *Env) MissInterleaved(ctx context.Context, n int) (distcacheP50, goRedisP50 time.Duration, err error) {
+	rdb := redis.NewClient(&redis.Options{Addr: e.ReplicaAddr})
+	defer rdb.Close()
+	var c *distcache.Client
+	defer func() {
+		if c != nil {
+			_ = c.Close(ctx)
+		}
+	}()
+	half := len(e.Keys) / 2
+	dd := make([]time.Duration, 0, n)
+	dg := make([]time.Duration, 0, n)
+	for i := range n {
+		if i%half == 0 { // every key read once per client
+			if c != nil {
+				_ = c.Close(ctx)
+			}
+			if c, err = distcache.New(ctx, distcache.WithAddrs(e.Addr, e.ReplicaAddr), distcache.WithProjections(Proj)); err != nil {
+				return 0, 0, err
+			}
+		}
+		k := e.Keys[i%half]
+		rk := distcache.ValueKey(Proj, 1, e.Keys[half+i%half])
+		t0 := time.Now()
+		if _, err := c.Get(ctx, Proj, k); err != nil {
+			return 0, 0, err
+		}
+		t1 := time.Now()
+		if _, err := rdb.Get(ctx, rk).Bytes(); err != nil {
+			return 0, 0, err
+		}
+		dd = append(dd, t1.Sub(t0))
+		dg = append(dg, time.Since(t1))
+	}
+	slices.Sort(dd)
+	slices.Sort(dg)
+	return dd[len(dd)/2], dg[len(dg)/2], nil
+}
+
+func runMiss(b *testing.B, parallel bool, get func(i int) error) {
+	b.ResetTimer()
+	if !parallel {
+		for i := range b.N {
+			if err := get(i); err != nil {
 				b.Fatal(err)
 			}
 		}
+		return
 	}
+	var next atomic.Int64
+	b.SetParallelism(MissParallelism)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := get(int(next.Add(1) - 1)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 // Publisher throughput.
@@ -380,54 +479,113 @@ func percentiles(d []time.Duration) Percentiles {
 	return Percentiles{P50: d[len(d)/2], P99: d[len(d)*99/100]}
 }
 
-// Propagation measures, samples times, the delay from Publisher.Set
-// returning to another Client's local value holding the new version.
-func (e *Env) Propagation(ctx context.Context, c *distcache.Client, samples int) (Delays, error) {
+// PropagationGap is the pause before each propagation sample, on both
+// sides: writes spaced as at up to about 1,000/s. Back to back, the next
+// write would often land while the edge's tail is still between two XREADs
+// (applying the previous change), and then wait for a round trip that an
+// edge receiving spaced writes does not pay.
+const PropagationGap = time.Millisecond
+
+// Propagation measures, samples times, the delay from Publisher.SetGen to
+// another Client's local cache holding the new version, as its WithOnChange
+// hook reports it (the arrival is timed in the hook, on the Client's tail
+// goroutine). The measuring goroutine waits on a channel: a reader polling
+// Get in a loop would take a core from the tail and from Redis on a 2-core
+// machine. viaReplica: the Client is built with WithAddrs(primary, replica)
+// and tails the replica (the writes reach it by replication); otherwise it
+// tails the primary, as the rueidis peer does.
+func (e *Env) Propagation(ctx context.Context, samples int, viaReplica bool) (Delays, error) {
 	key := e.Keys[0]
-	base, err := c.GetEntry(ctx, Proj, key)
+	arrived := make(chan int64, 1)
+	var want atomic.Int64
+	addrs := distcache.WithAddrs(e.Addr)
+	if viaReplica {
+		addrs = distcache.WithAddrs(e.Addr, e.ReplicaAddr)
+	}
+	c, err := distcache.New(ctx, addrs, distcache.WithProjections(Proj),
+		distcache.WithOnChange(func(ch distcache.AppliedChange) {
+			if ch.Updated && ch.Key == key && ch.Version == want.Load() {
+				select {
+				case arrived <- time.Now().UnixNano():
+				default:
+				}
+			}
+		}))
 	if err != nil {
 		return Delays{}, err
 	}
-	version := base.Version + 1000
+	defer c.Close(ctx)
+	for viaReplica && !tailFromReplica(c) {
+		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+			return Delays{}, err
+		}
+	}
+	base, err := c.GetEntry(ctx, Proj, key) // held from here on
+	if err != nil {
+		return Delays{}, err
+	}
+	version := base.Version
+	timeout := time.NewTimer(time.Hour)
+	defer timeout.Stop()
 	fromReturn := make([]time.Duration, 0, samples)
 	fromStart := make([]time.Duration, 0, samples)
 	for range samples {
+		time.Sleep(PropagationGap)
 		version++
+		want.Store(version)
 		start := time.Now()
 		if _, err := e.Pub.SetGen(ctx, Proj, 1, key, e.Value, version); err != nil {
 			return Delays{}, err
 		}
 		returned := time.Now()
-		for {
-			got, err := c.GetEntry(ctx, Proj, key)
-			if err != nil {
-				return Delays{}, err
-			}
-			if got.Version == version {
-				break
-			}
-			if time.Since(start) > 5*time.Second {
-				return Delays{}, fmt.Errorf("version %d never arrived", version)
-			}
-			runtime.Gosched()
+		timeout.Reset(5 * time.Second)
+		var at int64
+		select {
+		case at = <-arrived:
+		case <-timeout.C:
+			return Delays{}, fmt.Errorf("version %d never arrived", version)
 		}
-		now := time.Now()
-		fromReturn = append(fromReturn, now.Sub(returned))
-		fromStart = append(fromStart, now.Sub(start))
+		fromReturn = append(fromReturn, time.Duration(max(at-returned.UnixNano(), 0))) // it may beat SetGen's reply
+		fromStart = append(fromStart, time.Duration(at-start.UnixNano()))
 	}
 	return Delays{percentiles(fromReturn), percentiles(fromStart)}, nil
 }
 
+func tailFromReplica(c *distcache.Client) bool {
+	for _, p := range c.Stats().Projections {
+		if p.Name == Proj {
+			return p.TailFromReplica
+		}
+	}
+	return false
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // RueidisInvalidation measures, samples times, the delay from a go-redis SET
-// returning to rueidis receiving the invalidation of the key it caches.
+// returning to rueidis receiving the invalidation of the key it caches (timed
+// in its OnInvalidations callback; the measuring goroutine waits on a
+// channel, as Propagation's).
 func (e *Env) RueidisInvalidation(ctx context.Context, samples int) (Delays, error) {
 	key := "raw:" + e.Keys[1]
-	var got atomic.Int64
+	arrived := make(chan int64, 1)
 	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{e.Addr},
 		OnInvalidations: func(msgs []rueidis.RedisMessage) {
 			for _, m := range msgs {
 				if s, _ := m.ToString(); s == key {
-					got.Store(time.Now().UnixNano())
+					select {
+					case arrived <- time.Now().UnixNano():
+					default:
+					}
 				}
 			}
 		}})
@@ -435,25 +593,31 @@ func (e *Env) RueidisInvalidation(ctx context.Context, samples int) (Delays, err
 		return Delays{}, err
 	}
 	defer rc.Close()
+	timeout := time.NewTimer(time.Hour)
+	defer timeout.Stop()
 	fromReturn := make([]time.Duration, 0, samples)
 	fromStart := make([]time.Duration, 0, samples)
 	for range samples {
 		if err := rc.DoCache(ctx, rc.B().Get().Key(key).Cache(), time.Hour).Error(); err != nil {
 			return Delays{}, err
 		}
-		got.Store(0)
+		select { // an invalidation left from the previous sample
+		case <-arrived:
+		default:
+		}
+		time.Sleep(PropagationGap)
 		start := time.Now()
 		if err := e.RDB.Set(ctx, key, e.Value, 0).Err(); err != nil {
 			return Delays{}, err
 		}
 		returned := time.Now()
-		for got.Load() == 0 {
-			if time.Since(start) > 5*time.Second {
-				return Delays{}, fmt.Errorf("no invalidation")
-			}
-			runtime.Gosched()
+		timeout.Reset(5 * time.Second)
+		var at int64
+		select {
+		case at = <-arrived:
+		case <-timeout.C:
+			return Delays{}, fmt.Errorf("no invalidation")
 		}
-		at := got.Load()
 		fromReturn = append(fromReturn, time.Duration(max(at-returned.UnixNano(), 0))) // it may beat SET's reply
 		fromStart = append(fromStart, time.Duration(at-start.UnixNano()))
 	}
