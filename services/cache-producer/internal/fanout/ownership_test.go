@@ -2,7 +2,10 @@ package fanout_test
 
 import (
 	"context"
+	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -258,4 +261,73 @@ func TestTakeoverMidRebuildIsNotALoss(t *testing.T) {
 	if d := prodtest.Diff(got, model.Live()); d != "" {
 		t.Errorf("the generation after the takeover mid-rebuild:\n%s", d)
 	}
+}
+
+// TestRevokeLeavesOtherTopics: revoking one topic (cooperative rebalancing moves only the topics
+// that change owner) stops that topic's consumer only; the other topic's consumer keeps running
+// under the same writer claim, without a restart, and keeps writing.
+func TestRevokeLeavesOtherTopics(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	ctx := context.Background()
+	users := prodtest.NewProducer(t, s.kafka, "distcache", "users")
+	orders := prodtest.NewProducer(t, s.kafka, "distcache", "orders")
+	byOrder := projection.Definition{Name: "orders_by_id", Model: "orders", KeyTemplate: "order:{id}", Fields: []string{"id", "status"}}
+	var logs syncLog
+	m, err := fanout.NewManager(fanout.Config{
+		KafkaOpts: []kgo.Opt{kgo.SeedBrokers(s.kafka)}, Writer: projector.NewWriter(s.pub, s.led), BatchSize: 3,
+		DrainTimeout: time.Millisecond, Replica: "replica-a", Assigned: true,
+		Logger: slog.New(slog.NewJSONHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	m.Update(ctx, []fanout.Generation{s.gen(t, byID, 1, users.Topic), s.gen(t, byOrder, 1, orders.Topic)})
+	m.Assign([]string{users.Topic, orders.Topic})
+	users.Produce(history(users)[:4]...)
+	orders.Produce(orders.Upsert("o1", map[string]any{"id": "o1", "status": "new"}))
+	s.waitOffset(t, byID, 1, 4)
+	s.waitOffset(t, byOrder, 1, 1)
+	claim, err := s.led.Writer(ctx, byID.Name, 1)
+	if err != nil || claim == "" {
+		t.Fatalf("users claim = %q (%v)", claim, err)
+	}
+
+	m.Revoke([]string{orders.Topic})
+	if _, ok := statusOf(m, byOrder.Name, 1); ok {
+		t.Error("the revoked topic's generation is still consumed")
+	}
+	if _, ok := statusOf(m, byID.Name, 1); !ok {
+		t.Fatal("the other topic's generation is no longer consumed")
+	}
+	users.Produce(users.Upsert("7", user("7", "g@x.io", "G", "active")))
+	s.waitOffset(t, byID, 1, 5)
+	if got, _ := s.led.Writer(ctx, byID.Name, 1); got != claim {
+		t.Errorf("users claim changed from %q to %q: its consumer was restarted by the other topic's revoke", claim, got)
+	}
+	if got := m.Owned(); len(got) != 1 || got[0] != users.Topic {
+		t.Errorf("Owned() = %v, want [%s]", got, users.Topic)
+	}
+	if n := strings.Count(logs.String(), `"msg":"consumer started","topic":"`+users.Topic+`"`); n != 1 {
+		t.Errorf("the users consumer started %d times, want once (the revoke of orders restarted it)\n%s", n, logs.String())
+	}
+}
+
+// syncLog is a log sink safe for concurrent writes.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
