@@ -378,8 +378,8 @@ type Commit struct {
 	// DeleteBefore, on Redis Cluster, holds each Delete's entry as the plan read it: the entry
 	// is removed only while it is still that one (see indexSetScript).
 	DeleteBefore []Entry
-	Dead   []DeadLetter
-	Next   int64 // new next offset; < 0 leaves the offset alone
+	Dead         []DeadLetter
+	Next         int64 // new next offset; < 0 leaves the offset alone
 	// Epoch, when not empty, is stored as the generation's epoch (a
 	// generation's first commit, or one whose bookkeeping predates epochs),
 	// next to the offset.
