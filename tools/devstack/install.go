@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // ErrMissing is returned when a program the stack needs is not installed and cannot be.
@@ -65,8 +67,18 @@ func aptInstall(ctx context.Context, pkgs []string) error {
 	if _, err := exec.LookPath("apt-get"); err != nil {
 		return fmt.Errorf("%w: no apt-get on this system; install %v with the system's package manager", ErrMissing, pkgs)
 	}
+	// Test packages install in parallel (chromium for the Temporal UI test, prometheus for the
+	// dashboards' test, on a clean machine at once): apt-get refuses a second run while one holds
+	// dpkg's lock, so this process's installs wait for each other's through a lock file of their
+	// own, and for any other apt-get through dpkg's lock timeout.
+	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), "distcache-apt.lock"))
+	if err != nil {
+		return fmt.Errorf("apt-get install %v: %w", pkgs, err)
+	}
+	defer unlock()
 	env := append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	for _, args := range [][]string{{"update", "-qq"}, append([]string{"install", "-y", "-qq"}, pkgs...)} {
+	wait := []string{"-o", "DPkg::Lock::Timeout=600"}
+	for _, args := range [][]string{append([]string{"update", "-qq"}, wait...), append(append([]string{"install", "-y", "-qq"}, wait...), pkgs...)} {
 		cmd := exec.CommandContext(ctx, "apt-get", args...)
 		cmd.Env = env
 		var out bytes.Buffer
@@ -76,6 +88,31 @@ func aptInstall(ctx context.Context, pkgs []string) error {
 		}
 	}
 	return nil
+}
+
+// lockFile takes an exclusive lock on path (created if missing), waiting until it is free or ctx
+// ends, and returns its release.
+func lockFile(ctx context.Context, path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); _ = f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			_ = f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			_ = f.Close()
+			return nil, fmt.Errorf("waiting for %s (another install runs): %w", path, ctx.Err())
+		case <-time.After(200 * time.Millisecond): // polling the lock: flock cannot wait on a context
+		}
+	}
 }
 
 // chromiumNames are the names a Chromium-based browser is installed under.
