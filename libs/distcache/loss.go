@@ -119,6 +119,12 @@ func (p *projection) checkRunID(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("find the projection's node: %w", err)
 	}
 	info, err := rdb.Info(ctx, "server").Result()
+	if err != nil && !refused(err) {
+		// Not reached: the next catchup, after the reconnect, asks again first (a restart
+		// found then is a restart, not the stream it emptied).
+		p.needRunID = true
+		return false, fmt.Errorf("info server: %w", err)
+	}
 	p.needRunID = false
 	p.runIDAt = time.Now().Add(runIDEvery * p.c.cfg.tailBlock)
 	if refused(err) {
@@ -131,9 +137,6 @@ func (p *projection) checkRunID(ctx context.Context) (bool, error) {
 				"(grant the edge's user +info to compare run_ids)", slog.String(logKeyProjection, p.name), slog.Any(logKeyError, err))
 		}
 		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("info server: %w", err)
 	}
 	id := infoField(info, "run_id")
 	if id == "" {
