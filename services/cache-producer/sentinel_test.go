@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -131,40 +129,7 @@ func TestProducerFollowsSentinelFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer edge.Close(ctx)
-	type edgeLog struct {
-		mu        sync.Mutex
-		seen      map[string]int64
-		reads     int
-		errs      []string
-		backwards []string
-	}
-	el := &edgeLog{seen: map[string]int64{}}
-	stopEdge, edgeDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(edgeDone)
-		for {
-			select {
-			case <-stopEdge:
-				return
-			default:
-			}
-			key := "u:" + strconv.Itoa(rand.IntN(200))
-			e, err := edge.GetEntry(ctx, def.Name, key)
-			el.mu.Lock()
-			el.reads++
-			switch {
-			case err == nil && e.Found:
-				if prev := el.seen[key]; e.Version < prev {
-					el.backwards = append(el.backwards, fmt.Sprintf("%s: %d after %d", key, e.Version, prev))
-				}
-				el.seen[key] = max(el.seen[key], e.Version)
-			case err != nil && !errors.Is(err, distcache.ErrNotFound):
-				el.errs = append(el.errs, fmt.Sprintf("%s: %v", key, err))
-			}
-			el.mu.Unlock()
-			time.Sleep(300 * time.Microsecond) // pacing the reader, not waiting for a condition
-		}
-	}()
+	el := readEdge(ctx, edge, func() (string, string) { return def.Name, "u:" + strconv.Itoa(rand.IntN(200)) })
 
 	killed := time.Now()
 	if err := primary.Kill(); err != nil {
@@ -201,8 +166,7 @@ func TestProducerFollowsSentinelFailover(t *testing.T) {
 		_, rebuilding, err := led.RebuildOf(ctx, def.Name, gen)
 		return err == nil && !rebuilding
 	}, "no rebuild in progress")
-	close(stopEdge)
-	<-edgeDone
+	el.stop()
 	base, err := led.VersionBase(ctx, def.Name, gen)
 	if err != nil {
 		t.Fatal(err)
@@ -221,13 +185,5 @@ func TestProducerFollowsSentinelFailover(t *testing.T) {
 	if d := prodtest.Diff(got, model.Live()); d != "" {
 		t.Errorf("the generation on the promoted replica differs from the topic's projection:\n%s", d)
 	}
-	el.mu.Lock()
-	defer el.mu.Unlock()
-	t.Logf("edge: %d reads, %d errors, %d regressions", el.reads, len(el.errs), len(el.backwards))
-	if len(el.errs) > 0 {
-		t.Errorf("the edge's reads failed %d times, e.g. %v", len(el.errs), el.errs[:min(len(el.errs), 5)])
-	}
-	if len(el.backwards) > 0 {
-		t.Errorf("the edge returned older versions than before: %v", el.backwards[:min(len(el.backwards), 5)])
-	}
+	el.check(t)
 }

@@ -226,42 +226,11 @@ func testTakeOver(t *testing.T, cluster bool) {
 		t.Fatal(err)
 	}
 	defer edge.Close(ctx)
-	type edgeLog struct {
-		mu        sync.Mutex
-		seen      map[string]int64
-		reads     int
-		errs      []string
-		backwards []string
-	}
-	el := &edgeLog{seen: map[string]int64{}}
-	stopEdge, edgeDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(edgeDone)
-		prefixes := []string{"u:", "o:", "i:"}
-		for {
-			select {
-			case <-stopEdge:
-				return
-			default:
-			}
-			i := rand.IntN(len(takeoverModels))
-			key := prefixes[i] + strconv.Itoa(rand.IntN(300))
-			e, err := edge.GetEntry(ctx, names[i], key)
-			el.mu.Lock()
-			el.reads++
-			switch {
-			case err == nil && e.Found:
-				if prev := el.seen[names[i]+"/"+key]; e.Version < prev {
-					el.backwards = append(el.backwards, fmt.Sprintf("%s/%s: %d after %d", names[i], key, e.Version, prev))
-				}
-				el.seen[names[i]+"/"+key] = max(el.seen[names[i]+"/"+key], e.Version)
-			case err != nil && !errors.Is(err, distcache.ErrNotFound):
-				el.errs = append(el.errs, fmt.Sprintf("%s/%s: %v", names[i], key, err))
-			}
-			el.mu.Unlock()
-			time.Sleep(300 * time.Microsecond) // pacing the reader, not waiting for a condition
-		}
-	}()
+	prefixes := []string{"u:", "o:", "i:"}
+	el := readEdge(ctx, edge, func() (string, string) {
+		i := rand.IntN(len(takeoverModels))
+		return names[i], prefixes[i] + strconv.Itoa(rand.IntN(300))
+	})
 
 	// caughtUp waits until topic i's generation passes the topic's end as of now and returns how
 	// long that took.
@@ -389,8 +358,7 @@ func testTakeOver(t *testing.T, cluster bool) {
 	for i := range takeoverModels {
 		caughtUp(i, "at the end")
 	}
-	close(stopEdge)
-	<-edgeDone
+	el.stop()
 	for i, def := range takeoverModels {
 		model := prodtest.NewModel(t, def)
 		mu.Lock()
@@ -419,13 +387,69 @@ func testTakeOver(t *testing.T, cluster bool) {
 			return true
 		}, "the edge serves every key of %s at its version in Redis", def.Name)
 	}
-	el.mu.Lock()
-	defer el.mu.Unlock()
-	t.Logf("edge: %d reads, %d errors, %d regressions", el.reads, len(el.errs), len(el.backwards))
-	if len(el.errs) > 0 {
-		t.Errorf("the edge's reads failed %d times, e.g. %v", len(el.errs), el.errs[:min(len(el.errs), 5)])
+	el.check(t)
+}
+
+// edgeReads reads keys from an edge continuously (pick chooses each projection and key) until
+// stop, recording the reads that failed (not-found aside) and every version older than one the
+// edge had returned for that key.
+type edgeReads struct {
+	mu        sync.Mutex
+	seen      map[string]int64
+	reads     int
+	errs      []string
+	backwards []string
+	halt      chan struct{}
+	done      chan struct{}
+}
+
+func readEdge(ctx context.Context, edge *distcache.Client, pick func() (proj, key string)) *edgeReads {
+	r := &edgeReads{seen: map[string]int64{}, halt: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for {
+			select {
+			case <-r.halt:
+				return
+			default:
+			}
+			proj, key := pick()
+			e, err := edge.GetEntry(ctx, proj, key)
+			id := proj + "/" + key
+			r.mu.Lock()
+			r.reads++
+			switch {
+			case err == nil && e.Found:
+				if prev := r.seen[id]; e.Version < prev {
+					r.backwards = append(r.backwards, fmt.Sprintf("%s: %d after %d", id, e.Version, prev))
+				}
+				r.seen[id] = max(r.seen[id], e.Version)
+			case err != nil && !errors.Is(err, distcache.ErrNotFound):
+				r.errs = append(r.errs, fmt.Sprintf("%s: %v", id, err))
+			}
+			r.mu.Unlock()
+			time.Sleep(300 * time.Microsecond) // pacing the reader, not waiting for a condition
+		}
+	}()
+	return r
+}
+
+// stop ends the reads.
+func (r *edgeReads) stop() {
+	close(r.halt)
+	<-r.done
+}
+
+// check logs the reads and fails t on any read error or version regression.
+func (r *edgeReads) check(t *testing.T) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t.Logf("edge: %d reads, %d errors, %d regressions", r.reads, len(r.errs), len(r.backwards))
+	if len(r.errs) > 0 {
+		t.Errorf("the edge's reads failed %d times, e.g. %v", len(r.errs), r.errs[:min(len(r.errs), 5)])
 	}
-	if len(el.backwards) > 0 {
-		t.Errorf("the edge returned older versions than before: %v", el.backwards[:min(len(el.backwards), 5)])
+	if len(r.backwards) > 0 {
+		t.Errorf("the edge returned older versions than before: %v", r.backwards[:min(len(r.backwards), 5)])
 	}
 }
