@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -240,7 +241,7 @@ func (p *projection) warmStart(ctx context.Context, w WarmStart) error {
 			if validateKey(k) != nil {
 				continue
 			}
-			_, _ = p.fill(st, k, stringBytes(vals[j]), found[j], nil, false)
+			_, _ = p.fill(st, k, hashKey(k), stringBytes(vals[j]), found[j], nil, false)
 		}
 	}
 	return nil
@@ -270,10 +271,11 @@ func (p *projection) scanKeys(ctx context.Context, gen int64, limit int) ([]stri
 	var err error
 	if cc, ok := p.c.cfg.primary.(*redis.ClusterClient); ok {
 		var masters []*redis.Client
+		var mu sync.Mutex // ForEachMaster calls fn concurrently
 		err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-			p.flightMu.Lock()
+			mu.Lock()
 			masters = append(masters, m)
-			p.flightMu.Unlock()
+			mu.Unlock()
 			return nil
 		})
 		for _, m := range masters {

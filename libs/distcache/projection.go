@@ -29,7 +29,13 @@ type stripe struct {
 	// buf is where entries stored under this lock are built: bigcache
 	// copies what it stores, so a fill or an update allocates no entry.
 	buf []byte
-	_   [32]byte
+	// flights: the misses in flight of this stripe's keys (made on first
+	// use). Under the stripe lock, which a miss takes anyway to store what
+	// it fetched: concurrent misses of different keys meet on no common
+	// lock (a projection-wide one made 32 goroutines queue twice per miss).
+	flights   map[string]flight
+	flightSeq uint64
+	_         [16]byte
 }
 
 // stripeBufMax bounds the scratch a stripe keeps: a larger entry's buffer
@@ -70,9 +76,9 @@ func (s *stripedCounter) load() uint64 {
 	return t
 }
 
-// flight is one in-flight miss fetch of a key, held by value in
-// projection.flights (guarded by flightMu): an uncontended miss allocates
-// nothing to coalesce. id tells the fetching miss's flight from a later one
+// flight is one in-flight miss fetch of a key, held by value in its
+// stripe's flights (guarded by the stripe lock): an uncontended miss
+// allocates nothing to coalesce. id tells the fetching miss's flight from a later one
 // of the same key.
 type flight struct {
 	id uint64
@@ -116,10 +122,6 @@ type projection struct {
 
 	stripes [numStripes]stripe
 	recent  [recentSlots]recentSlot // slot i is guarded by stripe i%numStripes
-
-	flightMu  sync.Mutex
-	flights   map[string]flight
-	flightSeq uint64 // guarded by flightMu
 
 	// Tail state, owned by the tail goroutine.
 	streamPos string
@@ -193,7 +195,7 @@ type projection struct {
 }
 
 func newProjection(c *Client, name string) *projection {
-	p := &projection{c: c, name: name, flights: map[string]flight{}}
+	p := &projection{c: c, name: name}
 	p.node, p.replicaIdx, p.needRunID = c.cfg.primary, c.pickReplica(name), true
 	p.limits = Limits{MaxTTL: c.cfg.global.MaxTTL}
 	if pc, ok := c.cfg.projections[name]; ok && pc.hasLimits {
@@ -278,55 +280,60 @@ func (p *projection) miss(ctx context.Context, key string) (Entry, error) {
 		return Entry{}, fmt.Errorf("get %s/%s: %w", p.name, key, ErrNoGeneration)
 	}
 	p.misses.Add(1)
-	p.flightMu.Lock()
-	ref, w := p.beginFlight(key)
-	p.flightMu.Unlock()
+	h := hashKey(key)
+	s := p.stripe(h)
+	s.Lock()
+	ref, w := s.beginFlight(key)
+	s.Unlock()
 	if w != nil {
 		return waitFlight(ctx, w)
 	}
 
 	fctx, cancel := p.fetchCtx(ctx)
 	t0 := time.Now()
-	raw, found, err := p.c.reader.fetchOne(fctx, st.valueKey(key))
+	raw, found, err := p.c.reader.fetchOne(fctx, st.prefix, key)
 	p.fetchLatency.observe(time.Since(t0))
 	cancel()
 	if err != nil {
 		p.fetchErrors.Add(1)
 		err = p.unavailable(key, err)
-		p.finish(key, &ref, Entry{}, err)
+		p.finish(s, key, &ref, Entry{}, err)
 		return Entry{}, err
 	}
-	e, err := p.fill(st, key, raw, found, &ref, true)
-	p.finish(key, &ref, e, err)
+	e, err := p.fill(st, key, h, raw, found, &ref, true)
+	p.finish(s, key, &ref, e, err)
 	return e, err
 }
 
-// beginFlight registers a fetch of key, or joins the one in flight (w not
-// nil: wait on it). The caller holds flightMu.
-func (p *projection) beginFlight(key string) (ref flightRef, w *flightWait) {
-	if f, ok := p.flights[key]; ok {
+// beginFlight registers a fetch of key (whose stripe s is), or joins the
+// one in flight (w not nil: wait on it). The caller holds s.
+func (s *stripe) beginFlight(key string) (ref flightRef, w *flightWait) {
+	if f, ok := s.flights[key]; ok {
 		if f.wait == nil {
 			f.wait = &flightWait{done: make(chan struct{})}
-			p.flights[key] = f
+			s.flights[key] = f
 		}
 		return flightRef{}, f.wait
 	}
-	p.flightSeq++
-	p.flights[key] = flight{id: p.flightSeq}
-	return flightRef{id: p.flightSeq}, nil
+	if s.flights == nil {
+		s.flights = map[string]flight{}
+	}
+	s.flightSeq++
+	s.flights[key] = flight{id: s.flightSeq}
+	return flightRef{id: s.flightSeq}, nil
 }
 
-// takeFlight removes ref's flight from the map, keeping its waiters, and
-// returns it. The caller holds flightMu.
-func (p *projection) takeFlight(key string, ref *flightRef) (flight, bool) {
+// takeFlight removes ref's flight from s's map, keeping its waiters, and
+// returns it. The caller holds s.
+func (s *stripe) takeFlight(key string, ref *flightRef) (flight, bool) {
 	if ref.removed {
 		return flight{}, false
 	}
-	f, ok := p.flights[key]
+	f, ok := s.flights[key]
 	if !ok || f.id != ref.id {
 		return flight{}, false
 	}
-	delete(p.flights, key)
+	delete(s.flights, key)
 	ref.removed, ref.wait = true, f.wait
 	return f, true
 }
@@ -347,11 +354,11 @@ func waitFlight(ctx context.Context, w *flightWait) (Entry, error) {
 // finish ends a fetch: its flight leaves the map (unless fill took it) and
 // the misses that waited for it get the result, with a value of their own
 // (the fetcher's e.Value is its caller's, who may write to it).
-func (p *projection) finish(key string, ref *flightRef, e Entry, err error) {
+func (p *projection) finish(s *stripe, key string, ref *flightRef, e Entry, err error) {
 	if !ref.removed { // fill took it (the usual case): no lock needed
-		p.flightMu.Lock()
-		p.takeFlight(key, ref)
-		p.flightMu.Unlock()
+		s.Lock()
+		s.takeFlight(key, ref)
+		s.Unlock()
 	}
 	if w := ref.wait; w != nil {
 		if e.Value != nil {
@@ -364,10 +371,10 @@ func (p *projection) finish(key string, ref *flightRef, e Entry, err error) {
 
 // fill stores what a miss fetched (raw, or absent when !found) into st,
 // unless a newer version is already known, and returns what the caller
-// gets. ref may be nil (warm start). owned: raw's bytes are the caller's to
+// gets. h is hashKey(key). ref may be nil (warm start). owned: raw's bytes are the caller's to
 // keep (a reply go-redis handed over as []byte), so the returned Value is a
 // slice of them; otherwise the Value is a copy.
-func (p *projection) fill(st *store, key string, raw []byte, found bool, ref *flightRef, owned bool) (Entry, error) {
+func (p *projection) fill(st *store, key string, h uint64, raw []byte, found bool, ref *flightRef, owned bool) (Entry, error) {
 	var (
 		version int64
 		deleted = !found
@@ -383,15 +390,12 @@ func (p *projection) fill(st *store, key string, raw []byte, found bool, ref *fl
 	if !deleted && len(payload) > p.c.cfg.maxValue {
 		return Entry{}, fmt.Errorf("get %s/%s: %w: %d bytes > %d", p.name, key, ErrValueTooLarge, len(payload), p.c.cfg.maxValue)
 	}
-	h := hashKey(key)
 	s := p.stripe(h)
 	s.Lock()
 	defer s.Unlock()
 	store := true
 	if ref != nil {
-		p.flightMu.Lock()
-		f, ok := p.takeFlight(key, ref)
-		p.flightMu.Unlock()
+		f, ok := s.takeFlight(key, ref)
 		if ok && f.pushed && f.pushedVersion >= version {
 			// A change arrived while the fetch was in flight: the fetched
 			// value is not stored; the pushed one is at least as new.
@@ -474,16 +478,17 @@ func (p *projection) missMany(ctx context.Context, keys []string, idx []int, out
 	}
 	var own []owned
 	var others []waiter
-	p.flightMu.Lock()
 	for _, i := range idx {
-		ref, w := p.beginFlight(keys[i])
+		s := p.stripe(hashKey(keys[i]))
+		s.Lock()
+		ref, w := s.beginFlight(keys[i])
+		s.Unlock()
 		if w != nil {
 			others = append(others, waiter{i, w})
 			continue
 		}
 		own = append(own, owned{i, ref})
 	}
-	p.flightMu.Unlock()
 	p.misses.Add(uint64(len(idx)))
 
 	var firstErr error
@@ -501,13 +506,15 @@ func (p *projection) missMany(ctx context.Context, keys []string, idx []int, out
 			p.fetchErrors.Add(1)
 			firstErr = p.unavailable(fmt.Sprintf("(%d keys)", len(own)), err)
 			for j := range own {
-				p.finish(keys[own[j].i], &own[j].ref, Entry{}, firstErr)
+				k := keys[own[j].i]
+				p.finish(p.stripe(hashKey(k)), k, &own[j].ref, Entry{}, firstErr)
 			}
 		} else {
 			for j := range own {
 				w := &own[j]
-				e, err := p.fill(st, keys[w.i], stringBytes(vals[j]), found[j], &w.ref, false)
-				p.finish(keys[w.i], &w.ref, e, err)
+				h := hashKey(keys[w.i])
+				e, err := p.fill(st, keys[w.i], h, stringBytes(vals[j]), found[j], &w.ref, false)
+				p.finish(p.stripe(h), keys[w.i], &w.ref, e, err)
 				if err == nil {
 					out[w.i] = e
 				} else if !errors.Is(err, ErrNotFound) && firstErr == nil {
@@ -560,11 +567,9 @@ func (p *projection) applyChange(st *store, key string, version int64, op byte, 
 		s.keep(e)
 		return err == nil
 	}
-	p.flightMu.Lock()
-	if f, ok := p.flights[key]; ok && (!f.pushed || version > f.pushedVersion) {
+	if f, ok := s.flights[key]; ok && (!f.pushed || version > f.pushedVersion) {
 		f.pushed, f.pushedVersion, f.pushedDelete, f.pushedValue = true, version, op == opDelete, payload
-		p.flights[key] = f
+		s.flights[key] = f
 	}
-	p.flightMu.Unlock()
 	return false
 }

@@ -61,10 +61,11 @@ func (r *reader) fetch(ctx context.Context, keys []string) (vals []string, found
 	return fetchFrom(ctx, r.primary, keys, r.cluster)
 }
 
-// fetchOne reads one key, as fetch, with one GET to one node (unless that
-// node fails). The value is the caller's (go-redis's reply, handed over as
-// bytes).
-func (r *reader) fetchOne(ctx context.Context, key string) ([]byte, bool, error) {
+// fetchOne reads the value key prefix+key, as fetch, with one GET to one
+// node (unless that node fails). The value is the caller's (go-redis's
+// reply, handed over as bytes).
+func (r *reader) fetchOne(ctx context.Context, prefix, key string) ([]byte, bool, error) {
+	g := newGetCmd(ctx, prefix, key)
 	n := len(r.readers)
 	start := 0
 	if n > 1 {
@@ -76,7 +77,7 @@ func (r *reader) fetchOne(ctx context.Context, key string) ([]byte, bool, error)
 		if r.downUntil[j].Load() > now {
 			continue
 		}
-		b, found, err := getOne(ctx, r.readers[j], key)
+		b, found, err := g.do(ctx, r.readers[j])
 		if err == nil {
 			return b, found, nil
 		}
@@ -84,12 +85,46 @@ func (r *reader) fetchOne(ctx context.Context, key string) ([]byte, bool, error)
 			return nil, false, err
 		}
 		r.downUntil[j].Store(time.Now().Add(readerCooldown).UnixNano())
+		g = newGetCmd(ctx, prefix, key) // a command is sent once
 	}
-	return getOne(ctx, r.primary, key)
+	return g.do(ctx, r.primary)
 }
 
-func getOne(ctx context.Context, rdb redis.UniversalClient, key string) ([]byte, bool, error) {
-	b, err := rdb.Get(ctx, key).Bytes() // the reply's own bytes: no copy
+// getKeyInline is the longest value key a getCmd holds inline.
+const getKeyInline = 96
+
+// getCmd is one miss's GET: the go-redis command, its argument array and
+// the value key's bytes in one allocation, where go-redis's Get makes three
+// (the command, the argument slice, the boxed key) after the key's own
+// concatenation. A getCmd is never reused: whatever keeps the command (a
+// hook) keeps its key valid.
+type getCmd struct {
+	cmd  redis.StringCmd
+	args [2]any
+	key  string // views buf when it fits
+	buf  [getKeyInline]byte
+}
+
+func newGetCmd(ctx context.Context, prefix, key string) *getCmd {
+	g := new(getCmd)
+	if n := len(prefix) + len(key); n <= len(g.buf) {
+		copy(g.buf[copy(g.buf[:], prefix):], key)
+		g.key = unsafe.String(&g.buf[0], n)
+	} else {
+		g.key = prefix + key
+	}
+	// The key goes in as a string (one small allocation, its boxed header),
+	// as go-redis's Get passes it: hooks that read cmd.Args() (tracing,
+	// logging, tests) see what they would see from Get.
+	g.args = [2]any{"get", g.key}
+	g.cmd = *redis.NewStringCmd(ctx, g.args[:]...)
+	return g
+}
+
+// do sends the GET to rdb. The value is the reply's own bytes (no copy).
+func (g *getCmd) do(ctx context.Context, rdb redis.UniversalClient) ([]byte, bool, error) {
+	_ = rdb.Process(ctx, &g.cmd)
+	b, err := g.cmd.Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, false, nil
 	}
