@@ -73,6 +73,18 @@ func BenchmarkMiss(b *testing.B) {
 		b.Run(name+"/distcache", e.MissDistcache(ctx, par))
 		b.Run(name+"/go-redis-GET", e.MissGoRedis(ctx, par))
 	}
+	// Both sides in the same goroutines, op by op (MissInterleavedParallel):
+	// metrics distcache-ns/miss, go-redis-ns/get and their ratio.
+	b.Run("parallel-interleaved", func(b *testing.B) {
+		d, g, err := e.MissInterleavedParallel(ctx, max(b.N, 20_000))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(d.Nanoseconds()), "distcache-ns/miss")
+		b.ReportMetric(float64(g.Nanoseconds()), "go-redis-ns/get")
+		b.ReportMetric(float64(d)/float64(g), "ratio")
+		b.ReportMetric(0, "ns/op")
+	})
 }
 
 func BenchmarkPublish(b *testing.B) {
@@ -91,6 +103,19 @@ func BenchmarkPropagation(b *testing.B) {
 	}{{"distcache-tail-primary", false}, {"distcache-tail-replica", true}} {
 		b.Run(via.name, func(b *testing.B) {
 			p, err := e.Propagation(ctx, max(b.N, 200), via.replica)
+			if err != nil {
+				b.Fatal(err)
+			}
+			report(b, p)
+		})
+	}
+	for _, floor := range []struct {
+		name   string
+		setGen bool
+	}{{"SetGen-bare-XREAD", true}, {"XADD-bare-XREAD", false}} {
+		// The stream path without distcache's tail (see StreamFloor).
+		b.Run(floor.name, func(b *testing.B) {
+			p, err := e.StreamFloor(ctx, max(b.N, 200), floor.setGen)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -120,7 +120,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		interMiss = append(interMiss, [2]time.Duration{d, g})
 	}
-	var prop, propR, inval, propS, propRS, invalS [][2]time.Duration
+	fmt.Fprintln(out, "interleaved parallel misses...")
+	var interMissPar [][2]time.Duration
+	for range *count {
+		d, g, err := e.MissInterleavedParallel(ctx, *missN)
+		if err != nil {
+			return err
+		}
+		interMissPar = append(interMissPar, [2]time.Duration{d, g})
+	}
+	var prop, propR, inval, propS, propRS, invalS, floorS, floorX [][2]time.Duration
 	for round := range *count {
 		fmt.Fprintf(out, "propagation round %d/%d\n", round+1, *count)
 		p, err := e.Propagation(ctx, *samples, false)
@@ -135,6 +144,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		fs, err := e.StreamFloor(ctx, *samples, true)
+		if err != nil {
+			return err
+		}
+		fx, err := e.StreamFloor(ctx, *samples, false)
+		if err != nil {
+			return err
+		}
+		floorS = append(floorS, [2]time.Duration{fs.FromStart.P50, fs.FromStart.P99})
+		floorX = append(floorX, [2]time.Duration{fx.FromStart.P50, fx.FromStart.P99})
 		prop = append(prop, [2]time.Duration{p.FromReturn.P50, p.FromReturn.P99})
 		propR = append(propR, [2]time.Duration{r.FromReturn.P50, r.FromReturn.P99})
 		inval = append(inval, [2]time.Duration{q.FromReturn.P50, q.FromReturn.P99})
@@ -225,6 +244,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		row("miss serial, interleaved op by op (same CPU placement), vs go-redis GET on the replica (p50 per read)",
 			medDur(interMiss, 0).String(), medDur(interMiss, 1).String(), fmt.Sprintf("%.2f×", rs[len(rs)/2]), "≤ 1.1×")
 	}
+	{
+		var rs []float64
+		for _, m := range interMissPar {
+			rs = append(rs, float64(m[0])/float64(m[1]))
+		}
+		slices.Sort(rs)
+		row(fmt.Sprintf("miss parallel, interleaved op by op in %d goroutines, vs go-redis GET on the replica (mean latency per read)",
+			benchkit.MissParallelism*runtime.GOMAXPROCS(0)),
+			medDur(interMissPar, 0).String(), medDur(interMissPar, 1).String(), fmt.Sprintf("%.2f×", rs[len(rs)/2]), "≤ 1.1×")
+	}
 	for _, v := range []struct {
 		what        string
 		ours, peers [][2]time.Duration
@@ -242,6 +271,18 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		row("propagation "+v.what+", to another client's local value (WithOnChange) (p50 / p99)", fmt.Sprintf("%v / %v", p50, p99),
 			fmt.Sprintf("rueidis invalidation arriving %v / %v", i50, i99), ratio, "p50 ≤ 1.5×, p99 ≤ 1ms")
+	}
+	for _, v := range []struct {
+		what string
+		d    [][2]time.Duration
+	}{
+		{"Publisher.SetGen to a bare go-redis XREAD of the stream (no distcache tail)", floorS},
+		{"plain XADD to a bare go-redis XREAD of the stream (no script, no tail)", floorX},
+	} {
+		row("propagation floor, from the write starting: "+v.what+" (p50 / p99)",
+			fmt.Sprintf("%v / %v", medDur(v.d, 0), medDur(v.d, 1)),
+			fmt.Sprintf("rueidis invalidation arriving %v / %v", medDur(invalS, 0), medDur(invalS, 1)),
+			fmt.Sprintf("%.2f× (p50)", float64(medDur(v.d, 0))/float64(medDur(invalS, 0))), "(a floor, no goal)")
 	}
 	if *memN > 0 {
 		row(fmt.Sprintf("heap per entry at %d entries", *memN), fmt.Sprintf("%.0f B", memDC), fmt.Sprintf("bigcache %.0f B", memBC),

@@ -6,6 +6,7 @@ package benchkit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -395,6 +396,77 @@ func (e *Env) MissInterleaved(ctx context.Context, n int) (distcacheP50, goRedis
 	return dd[len(dd)/2], dg[len(dg)/2], nil
 }
 
+// MissInterleavedParallel is MissInterleaved with MissParallelism
+// goroutines per GOMAXPROCS, each alternating a distcache miss and a
+// go-redis GET (of another key) op by op, n misses of each side in all. It
+// returns each side's mean latency per read: under the same concurrency, on
+// the same CPUs at the same moments, their ratio is the ratio of their
+// costs, which back-to-back one-second runs on a shared 2-vCPU machine do
+// not give (the load and the CPU placement drift between them). Misses
+// share one distcache Client per len(Keys)/2 reads, as MissDistcache's.
+func (e *Env) MissInterleavedParallel(ctx context.Context, n int) (distcacheMean, goRedisMean time.Duration, err error) {
+	half := len(e.Keys) / 2
+	clients := make([]*distcache.Client, (n+half-1)/half)
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				_ = c.Close(ctx)
+			}
+		}
+	}()
+	for i := range clients {
+		if clients[i], err = distcache.New(ctx, distcache.WithAddrs(e.Addr, e.ReplicaAddr), distcache.WithProjections(Proj)); err != nil {
+			return 0, 0, err
+		}
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: e.ReplicaAddr})
+	defer rdb.Close()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		return 0, 0, err
+	}
+	rkeys := make([]string, half)
+	for i := range rkeys {
+		rkeys[i] = distcache.ValueKey(Proj, 1, e.Keys[half+i])
+	}
+	var next, dSum, gSum atomic.Int64
+	workers := MissParallelism * runtime.GOMAXPROCS(0)
+	errc := make(chan error, workers)
+	for range workers {
+		go func() {
+			var d, g time.Duration
+			defer func() { dSum.Add(int64(d)); gSum.Add(int64(g)) }()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					errc <- nil
+					return
+				}
+				t0 := time.Now()
+				if _, err := clients[i/half].Get(ctx, Proj, e.Keys[i%half]); err != nil {
+					errc <- err
+					return
+				}
+				t1 := time.Now()
+				if _, err := rdb.Get(ctx, rkeys[i%half]).Bytes(); err != nil {
+					errc <- err
+					return
+				}
+				d += t1.Sub(t0)
+				g += time.Since(t1)
+			}
+		}()
+	}
+	for range workers {
+		if werr := <-errc; werr != nil && err == nil {
+			err = werr
+		}
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	return time.Duration(dSum.Load() / int64(n)), time.Duration(gSum.Load() / int64(n)), nil
+}
+
 func runMiss(b *testing.B, parallel bool, get func(i int) error) {
 	b.ResetTimer()
 	if !parallel {
@@ -720,4 +792,98 @@ func HitOps(c *distcache.Client, rc rueidis.Client, bc *bigcache.BigCache, keys 
 		func(i int) error { _, err := rc.DoCache(ctx, cmds[i%len(cmds)], time.Hour).ToString(); return err },
 		func(i int) error { _, err := bc.Get(keys[i%len(keys)]); return err },
 	}
+}
+
+// StreamFloor measures, samples times, what the change-stream path costs
+// without distcache's tail: a bare go-redis client blocked in XREAD on the
+// projection's change stream (on the primary), timing each entry's arrival
+// as soon as go-redis has parsed the reply, behind either Publisher.SetGen
+// (viaSetGen: the Lua script's SET and XADD, as distcache's Propagation) or a
+// plain XADD of the same field and value (the floor of any stream-based
+// design). Next to Propagation, it splits the edge's delay into Redis's
+// side (script or not) and the tail's own (decode, apply, hook).
+func (e *Env) StreamFloor(ctx context.Context, samples int, viaSetGen bool) (Delays, error) {
+	key := e.Keys[2]
+	stream := distcache.StreamKey(Proj, 1)
+	rdb := redis.NewClient(&redis.Options{Addr: e.Addr})
+	defer rdb.Close()
+	pos, err := lastID(ctx, rdb, stream)
+	if err != nil {
+		return Delays{}, err
+	}
+	arrived := make(chan int64, 1)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		for rctx.Err() == nil {
+			res, err := rdb.XRead(rctx, &redis.XReadArgs{Streams: []string{stream, pos}, Count: 100, Block: time.Second}).Result()
+			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			if err != nil {
+				if rctx.Err() == nil {
+					errc <- err
+				}
+				return
+			}
+			at := time.Now().UnixNano()
+			for _, s := range res {
+				if n := len(s.Messages); n > 0 {
+					pos = s.Messages[n-1].ID
+					select {
+					case arrived <- at:
+					default:
+					}
+				}
+			}
+		}
+	}()
+	w := redis.NewClient(&redis.Options{Addr: e.Addr})
+	defer w.Close()
+	version := time.Now().UnixNano() // above anything Propagation wrote
+	stored := distcache.AppendVersionHex(nil, version)
+	timeout := time.NewTimer(time.Hour)
+	defer timeout.Stop()
+	fromReturn := make([]time.Duration, 0, samples)
+	fromStart := make([]time.Duration, 0, samples)
+	for range samples {
+		time.Sleep(PropagationGap)
+		version++
+		start := time.Now()
+		if viaSetGen {
+			if _, err := e.Pub.SetGen(ctx, Proj, 1, key, e.Value, version); err != nil {
+				return Delays{}, err
+			}
+		} else {
+			stored = append(append(distcache.AppendVersionHex(stored[:0], version), 's'), e.Value...)
+			if err := w.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{key, stored}}).Err(); err != nil {
+				return Delays{}, err
+			}
+		}
+		returned := time.Now()
+		timeout.Reset(5 * time.Second)
+		var at int64
+		select {
+		case at = <-arrived:
+		case err := <-errc:
+			return Delays{}, err
+		case <-timeout.C:
+			return Delays{}, fmt.Errorf("stream entry %d never arrived", version)
+		}
+		fromReturn = append(fromReturn, time.Duration(max(at-returned.UnixNano(), 0)))
+		fromStart = append(fromStart, time.Duration(at-start.UnixNano()))
+	}
+	return Delays{percentiles(fromReturn), percentiles(fromStart)}, nil
+}
+
+func lastID(ctx context.Context, rdb *redis.Client, stream string) (string, error) {
+	msgs, err := rdb.XRevRangeN(ctx, stream, "+", "-", 1).Result()
+	if err != nil {
+		return "", err
+	}
+	if len(msgs) == 0 {
+		return "0-0", nil
+	}
+	return msgs[0].ID, nil
 }
