@@ -126,3 +126,33 @@ func TestStreamChanges(t *testing.T) {
 		t.Errorf("batch = %v", batch)
 	}
 }
+
+// A stage that shows a commit before its writer has recorded it (the broker watcher can receive
+// the record before the writer's goroutine is scheduled again after COMMIT) must count it, at 0,
+// rather than leave it pending until the item's next update is seen.
+func TestTrackerSeenBeforeAdd(t *testing.T) {
+	t.Parallel()
+	tr := newTracker()
+	t0 := time.Unix(1000, 0)
+	tr.seen(7, 3, t0.Add(time.Millisecond)) // seq 3 of item 7 seen first…
+	tr.add(7, 3, t0.Add(2*time.Millisecond)) // …then its writer records the commit
+	tr.add(7, 4, t0.Add(3*time.Millisecond))
+	tr.seen(7, 4, t0.Add(8*time.Millisecond))
+	tr.add(9, 1, t0)
+	tr.seen(9, 2, t0.Add(5*time.Millisecond)) // a later seq covers the earlier commit
+	want := []time.Duration{0, 5 * time.Millisecond, 5 * time.Millisecond}
+	if len(tr.lat) != len(want) {
+		t.Fatalf("latencies = %v, want %v", tr.lat, want)
+	}
+	for i := range want {
+		if tr.lat[i] != want[i] {
+			t.Errorf("latency %d = %v, want %v (all: %v)", i, tr.lat[i], want[i], tr.lat)
+		}
+	}
+	if tr.early != 1 {
+		t.Errorf("early = %d, want 1", tr.early)
+	}
+	if len(tr.pending) != 0 {
+		t.Errorf("pending = %v, want none", tr.pending)
+	}
+}

@@ -22,11 +22,21 @@ import (
 )
 
 // tracker matches committed (item, seq) pairs with the moment a stage first shows them.
+//
+// A stage can show a commit before its writer has recorded it: the writer takes the commit time
+// when COMMIT has returned to it, and by then the publisher may already have read the row and the
+// broker watcher received it. Such a sighting must not be lost: it was once, and the commit then
+// waited until the item's next update was seen (seconds later at 10,000/s, the run's end at
+// 1,000/s), which made commit → broker's p99.9 seconds while the edge's was milliseconds. So
+// the tracker keeps the highest seq seen of each item and when; a commit added at or below it
+// was seen no later than its commit time and counts as 0 (early counts them).
 type tracker struct {
 	mu      sync.Mutex
 	pending map[int64][]commit
+	last    map[int64]int64 // the highest seq seen of each item
 	lat     []time.Duration
 	unseen  int
+	early   int // commits seen before their writer recorded them (latency counted as 0)
 }
 
 type commit struct {
@@ -34,22 +44,30 @@ type commit struct {
 	at  time.Time
 }
 
-func newTracker() *tracker { return &tracker{pending: map[int64][]commit{}} }
+func newTracker() *tracker { return &tracker{pending: map[int64][]commit{}, last: map[int64]int64{}} }
 
 func (t *tracker) add(id, seq int64, at time.Time) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seen, ok := t.last[id]; ok && seen >= seq {
+		t.lat = append(t.lat, 0)
+		t.early++
+		return
+	}
 	t.pending[id] = append(t.pending[id], commit{seq, at})
-	t.mu.Unlock()
 }
 
 // seen records that item id shows seq (and so every commit of it up to seq) at now.
 func (t *tracker) seen(id, seq int64, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if seq > t.last[id] {
+		t.last[id] = seq
+	}
 	p := t.pending[id]
 	n := 0
 	for n < len(p) && p[n].seq <= seq {
-		t.lat = append(t.lat, now.Sub(p[n].at))
+		t.lat = append(t.lat, max(0, now.Sub(p[n].at)))
 		n++
 	}
 	if n == len(p) {
@@ -75,6 +93,7 @@ type Dist struct {
 	P50, P99, P999 time.Duration
 	Max            time.Duration
 	Unseen         int
+	Early          int // commits the stage showed before their writer recorded them (counted as 0)
 }
 
 func summarize(lat []time.Duration, unseen int) Dist {
@@ -95,11 +114,17 @@ type LatencyRun struct {
 	Redis    Dist    // commit → the generation's change stream holds it
 	Broker   Dist    // commit → the broker holds it (the core-publisher's share)
 	Samples  []time.Duration
+	// CPU is each process's CPU time from the first timed write until the last commit reached
+	// the edge (see Procs), Events the commits of the run.
+	CPU    map[string]time.Duration
+	Events int64
+	// Statements are PostgreSQL's top statements of the run (nil without pg_stat_statements).
+	Statements []Statement
 }
 
 // measureLatency drives rate updates/s for d into the core table and times each one at the edge
 // (polling its local value, in process) and at Redis (tailing the change stream).
-func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, edge *distcache.Client, broker string, items, rate int, d time.Duration) (LatencyRun, error) {
+func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, edge *distcache.Client, broker string, procs []pipeline.Proc, items, rate int, d time.Duration) (LatencyRun, error) {
 	run := LatencyRun{Target: rate}
 	edgeT, redisT, brokerT := newTracker(), newTracker(), newTracker()
 	gen, err := rdb.Get(ctx, distcache.PointerKey(pipeline.Projection.Name)).Int64()
@@ -237,6 +262,8 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	wctx, wcancel := context.WithTimeout(ctx, d)
 	defer wcancel()
 	var ww sync.WaitGroup
+	stmts := resetStatements(ctx, pool)
+	meter := startCPU(procs)
 	t0 := time.Now()
 	for w := range writers {
 		ww.Add(1)
@@ -296,6 +323,15 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	run.CPU = meter.stop()
+	run.Events = committed.Load()
+	if stmts {
+		if run.Statements, err = topStatements(ctx, pool, 5); err != nil {
+			close(stop)
+			wg.Wait()
+			return run, err
+		}
+	}
 	close(stop)
 	wg.Wait()
 	if e := writeErr.Load(); e != nil {
@@ -310,6 +346,7 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	run.Edge = summarize(edgeT.lat, edgeT.unseen)
 	run.Redis = summarize(redisT.lat, redisT.unseen)
 	run.Broker = summarize(brokerT.lat, brokerT.unseen)
+	run.Edge.Early, run.Redis.Early, run.Broker.Early = edgeT.early, redisT.early, brokerT.early
 	run.Samples = edgeT.lat
 	if run.Edge.N == 0 {
 		return run, errors.New("no commit reached the edge")
@@ -361,6 +398,7 @@ func warmUp(ctx context.Context, pool *pgxpool.Pool, ts []*tracker) error {
 	for _, t := range ts {
 		t.mu.Lock()
 		t.lat = t.lat[:0]
+		t.early = 0
 		t.mu.Unlock()
 	}
 	return nil

@@ -1,0 +1,88 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Proc is one running process of the pipeline, named for the part it plays.
+type Proc struct {
+	Name string
+	PID  int // the process the pipeline started; its children belong to it (PostgreSQL's backends)
+}
+
+// Procs returns the pipeline's processes, for measuring the CPU each takes (the bench). Processes
+// that are not running are left out. The Temporal dev server is left out: idle in a latency run.
+func (p *Pipeline) Procs() []Proc {
+	var out []Proc
+	add := func(name string, pid int) {
+		if pid > 0 {
+			out = append(out, Proc{name, pid})
+		}
+	}
+	if p.PG != nil {
+		add("postgresql", p.PG.PID())
+	}
+	add("redis primary", p.Redis.PID())
+	add("redis replica", p.RedisReplica.PID())
+	if p.Kafka != nil {
+		add("broker (kafkad)", p.Kafka.PID())
+	}
+	if p.Services != nil {
+		add(NamePublisher, p.Publisher.PID())
+		for i, pr := range p.Producers {
+			name := NameProducer
+			if i > 0 {
+				name = fmt.Sprintf("%s-%d", NameProducer, i+1)
+			}
+			add(name, pr.PID())
+		}
+		add(NameControl, p.Control.PID())
+	}
+	return out
+}
+
+// PID is the program's process id, 0 when it is not running.
+func (s *Program) PID() int {
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.prog == nil || s.prog.Exited() {
+		return 0
+	}
+	return s.prog.PID()
+}
+
+// enableStatStatements loads pg_stat_statements into the core database's server (a restart: it
+// must be in shared_preload_libraries) and creates the extension in the core database.
+func (p *Pipeline) enableStatStatements(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, p.PG.URL("postgres"))
+	if err != nil {
+		return fmt.Errorf("pg_stat_statements: %w", err)
+	}
+	_, err = conn.Exec(ctx, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+	conn.Close(ctx)
+	if err != nil {
+		return fmt.Errorf("pg_stat_statements: %w", err)
+	}
+	if err := p.PG.Restart(ctx); err != nil {
+		return fmt.Errorf("pg_stat_statements: restart: %w", err)
+	}
+	return nil
+}
+
+func createExtension(ctx context.Context, url, name string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("create extension %s: %w", name, err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("create extension %s: %w", name, err)
+	}
+	return nil
+}
