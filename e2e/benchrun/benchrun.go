@@ -299,19 +299,56 @@ func partsBench(ctx context.Context, cfg Config, res *Result, say func(string, .
 	if err != nil {
 		return err
 	}
-	get := func(name string) float64 { return median(b["Benchmark"+name]) }
+	get := func(name string) float64 { return b.median("Benchmark"+name, "ns/op") }
+	runsOf := func(name, unit string) []float64 { return b.runs("Benchmark"+name, unit) }
 	for _, mode := range []string{"serial", "parallel"} {
 		d, r := get("Hit/"+mode+"/distcache"), get("Hit/"+mode+"/rueidis-DoCache")
 		res.add(Row{Key: "hit_" + mode, Measure: "edge local hit, " + mode, Value: d, Unit: "ns/op",
-			Peer: fmt.Sprintf("rueidis DoCache %.0f ns/op", r), Ratio: ratio(d, r), Goal: "≤ 0.8× rueidis"})
+			Peer: fmt.Sprintf("rueidis DoCache %.0f ns/op", r), Ratio: ratio(d, r), Goal: "≤ 0.8× rueidis", Runs: runsOf("Hit/"+mode+"/distcache", "ns/op")})
 	}
-	d, g := get("Miss/distcache"), get("Miss/go-redis-GET")
-	res.add(Row{Key: "miss", Measure: "edge miss served from Redis", Value: d, Unit: "ns/op",
-		Peer: fmt.Sprintf("go-redis GET %.0f ns/op", g), Ratio: ratio(d, g), Goal: "≤ 1.1× go-redis"})
+	for _, mode := range []struct{ name, key, measure string }{
+		{"serial", "miss", "edge miss served from Redis, serial"},
+		{"parallel", "miss_parallel", fmt.Sprintf("edge miss served from Redis, %d goroutines", missParallelism*runtime.GOMAXPROCS(0))},
+	} {
+		d, g := get("Miss/"+mode.name+"/distcache"), get("Miss/"+mode.name+"/go-redis-GET")
+		if d == 0 || g == 0 {
+			return fmt.Errorf("libs/distcache/bench: no BenchmarkMiss/%s figures (distcache %v, go-redis %v)", mode.name, d, g)
+		}
+		res.add(Row{Key: mode.key, Measure: mode.measure, Value: d, Unit: "ns/op",
+			Peer: fmt.Sprintf("go-redis GET %.0f ns/op", g), Ratio: ratio(d, g), Goal: "≤ 1.1× go-redis", Runs: runsOf("Miss/"+mode.name+"/distcache", "ns/op")})
+	}
+	da, ga := b.median("BenchmarkMiss/serial/distcache", "allocs/op"), b.median("BenchmarkMiss/serial/go-redis-GET", "allocs/op")
+	res.add(Row{Key: "miss_allocs", Measure: "allocations per edge miss (serial)", Value: da, Unit: "allocs/op",
+		Peer: fmt.Sprintf("go-redis GET %.0f allocs/op", ga), Ratio: ratio(da, ga), Runs: runsOf("Miss/serial/distcache", "allocs/op")})
 	pa, ps := get("Publish/distcache-Apply-100"), get("Publish/go-redis-pipelined-SET-100")
 	if pa > 0 && ps > 0 {
 		res.add(Row{Key: "publish_apply", Measure: "distcache.Publisher.Apply (batches of 100)", Value: 1e9 / pa, Unit: "writes/s", Higher: true,
 			Peer: fmt.Sprintf("go-redis pipelined SET %.0f/s", 1e9/ps), Ratio: ratio(ps, pa)})
+	}
+
+	// Propagation: a write's delay until an edge applies it, next to rueidis's invalidation.
+	// Each run takes a fixed number of samples (1 ms apart), not a -benchtime.
+	say("bench: libs/distcache/bench go test -bench Propagation (-count %d, 500 samples a run)", cfg.Runs)
+	pb, err := goBench(ctx, lib, "^BenchmarkPropagation$", "500x", cfg.Runs)
+	if err != nil {
+		return err
+	}
+	for _, q := range []string{"p50", "p99"} {
+		us := func(name, unit string) []float64 {
+			var v []float64
+			for _, x := range pb.runs("BenchmarkPropagation/"+name, unit) {
+				v = append(v, x/1e3)
+			}
+			return v
+		}
+		v, rue := us("distcache-tail-primary", q+"-from-start-ns"), us("rueidis-invalidation", q+"-from-start-ns")
+		if len(v) == 0 || len(rue) == 0 {
+			return fmt.Errorf("libs/distcache/bench: no BenchmarkPropagation %s figures", q)
+		}
+		res.add(Row{Key: "propagation_" + q, Measure: "propagation " + q + ": a write's start → an edge applied it (distcache tailing the primary)", Value: median(v), Unit: "µs",
+			Peer: fmt.Sprintf("rueidis invalidation %.0f µs", median(rue)), Ratio: ratio(median(v), median(rue)), Runs: v})
+		res.Notes = append(res.Notes, fmt.Sprintf("propagation %s after the write returned: distcache %.0f µs (tailing the replica %.0f µs), rueidis invalidation %.0f µs",
+			q, median(us("distcache-tail-primary", q+"-ns")), median(us("distcache-tail-replica", q+"-ns")), median(us("rueidis-invalidation", q+"-ns"))))
 	}
 
 	say("bench: services/cache-producer producer-bench")
@@ -372,12 +409,16 @@ func ratio(a, b float64) string {
 	return fmt.Sprintf("%.2f×", a/b)
 }
 
+// missParallelism is libs/distcache/bench's goroutines per GOMAXPROCS in BenchmarkMiss/parallel
+// (benchkit.MissParallelism, internal to that module).
+const missParallelism = 16
+
 // formatValue prints a figure with the decimals its unit deserves.
 func formatValue(v float64, unit string) string {
 	switch unit {
 	case "ms":
 		return strconv.FormatFloat(v, 'f', 2, 64)
-	case "µs/event":
+	case "µs/event", "allocs/op":
 		return strconv.FormatFloat(v, 'f', 1, 64)
 	}
 	return strconv.FormatFloat(v, 'f', 0, 64)

@@ -11,12 +11,18 @@ func TestParseBench(t *testing.T) {
 	t.Parallel()
 	text := "goos: linux\nBenchmarkHit/serial/distcache-2         \t 9876543\t       121.5 ns/op\t      0 B/op\t 0 allocs/op\n" +
 		"BenchmarkHit/serial/distcache-2 \t 100 \t 130.5 ns/op\nBenchmarkMiss/go-redis-GET \t 10 \t 25000 ns/op\nPASS\n"
-	got := parseBench(text)
-	if v := got["BenchmarkHit/serial/distcache"]; len(v) != 2 || v[0] != 121.5 || v[1] != 130.5 {
+	got := parseBenchMetrics(text + "BenchmarkPropagation/rueidis-invalidation-2 \t 500 \t 0 ns/op\t 812345 p50-ns\t 2100000 p99-ns\n")
+	if v := got.runs("BenchmarkHit/serial/distcache", "ns/op"); len(v) != 2 || v[0] != 121.5 || v[1] != 130.5 {
 		t.Errorf("distcache hit runs = %v, want [121.5 130.5]", v)
 	}
-	if v := got["BenchmarkMiss/go-redis-GET"]; len(v) != 1 || v[0] != 25000 {
+	if v := got.runs("BenchmarkHit/serial/distcache", "allocs/op"); len(v) != 1 || v[0] != 0 {
+		t.Errorf("distcache hit allocs = %v, want [0] (the second run has no -benchmem columns)", v)
+	}
+	if v := got.runs("BenchmarkMiss/go-redis-GET", "ns/op"); len(v) != 1 || v[0] != 25000 {
 		t.Errorf("miss runs = %v, want [25000]", v)
+	}
+	if v := got.median("BenchmarkPropagation/rueidis-invalidation", "p99-ns"); v != 2100000 {
+		t.Errorf("propagation p99 = %v, want 2100000", v)
 	}
 }
 
@@ -26,7 +32,7 @@ func TestJoinTestOutput(t *testing.T) {
 {"Action":"output","Output":"BenchmarkHit/serial/distcache-2 \t"}
 {"Action":"output","Output":" 10\t 99 ns/op\n"}
 `
-	if got := parseBench(joinTestOutput([]byte(in)))["BenchmarkHit/serial/distcache"]; len(got) != 1 || got[0] != 99 {
+	if got := parseBenchMetrics(joinTestOutput([]byte(in))).runs("BenchmarkHit/serial/distcache", "ns/op"); len(got) != 1 || got[0] != 99 {
 		t.Errorf("parsed %v, want [99]", got)
 	}
 }
@@ -134,7 +140,7 @@ func TestTrackerSeenBeforeAdd(t *testing.T) {
 	t.Parallel()
 	tr := newTracker()
 	t0 := time.Unix(1000, 0)
-	tr.seen(7, 3, t0.Add(time.Millisecond)) // seq 3 of item 7 seen first…
+	tr.seen(7, 3, t0.Add(time.Millisecond))  // seq 3 of item 7 seen first…
 	tr.add(7, 3, t0.Add(2*time.Millisecond)) // …then its writer records the commit
 	tr.add(7, 4, t0.Add(3*time.Millisecond))
 	tr.seen(7, 4, t0.Add(8*time.Millisecond))
