@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,7 +41,13 @@ type Config struct {
 	MaxRate         bool          // search the highest rate with p99 < 100 ms (a few more latency runs)
 	BenchTime       string        // -benchtime of the parts' go test benchmarks
 	PublisherEnv    []string      // extra KEY=VALUE settings of the core-publisher (PUBLISHER_COMPRESSION=…)
-	Out             io.Writer
+	// ProfileDir, when set, receives CPU profiles of every service and of the bench, taken during
+	// the first run at the highest rate, and their top functions (top.txt).
+	ProfileDir string
+	// Compressions, when set (two codecs or more), adds runs at the highest rate with the
+	// publisher's PUBLISHER_COMPRESSION set to each, interleaved (compressionBench).
+	Compressions []string
+	Out          io.Writer
 }
 
 // Full is `make bench`'s configuration; Quick a short one for trying it.
@@ -102,8 +109,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string, ...any)) error {
 	say("bench: starting the pipeline (%d items) under %s", cfg.Items, cfg.RunDir)
-	p, err := pipeline.Start(ctx, pipeline.Config{RepoDir: cfg.RepoDir, RunDir: cfg.RunDir, Items: cfg.Items, Out: cfg.Out,
-		StatStatements: true, PublisherEnv: cfg.PublisherEnv})
+	pcfg := pipeline.Config{RepoDir: cfg.RepoDir, RunDir: cfg.RunDir, Items: cfg.Items, Out: cfg.Out,
+		StatStatements: true, PublisherEnv: cfg.PublisherEnv}
+	var pprofAddrs map[string]string
+	if cfg.ProfileDir != "" {
+		pub, prod, ctl, addrs, err := pprofEnv()
+		if err != nil {
+			return err
+		}
+		pcfg.PublisherEnv, pcfg.ProducerEnv, pcfg.ControlEnv, pprofAddrs = append(slices.Clip(pcfg.PublisherEnv), pub...), prod, ctl, addrs
+	}
+	p, err := pipeline.Start(ctx, pcfg)
 	if err != nil {
 		return err
 	}
@@ -134,9 +150,18 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 			if _, err := pool.Exec(ctx, "VACUUM"); err != nil {
 				return fmt.Errorf("vacuum between runs: %w", err)
 			}
+			profiled := make(chan error, 1)
+			if cfg.ProfileDir != "" && i == 0 && rate == slices.Max(cfg.Rates) {
+				go func() { profiled <- profileRun(ctx, cfg.ProfileDir, pprofAddrs, cfg.Duration, say) }()
+			} else {
+				profiled <- nil
+			}
 			r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration)
 			if err != nil {
 				return fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
+			}
+			if err := <-profiled; err != nil {
+				return fmt.Errorf("profiles: %w", err)
 			}
 			say("bench: run %d/%d at %d events/s: achieved %.0f/s; commit→edge p50 %.2fms p99 %.2fms p99.9 %.2fms (%d samples, %d unseen); commit→Redis p50 %.2fms p99 %.2fms p99.9 %.2fms; commit→broker p50 %.2fms p99 %.2fms p99.9 %.2fms max %.2fms (%d seen before their writer recorded them)",
 				i+1, cfg.Runs, rate, r.Achieved, ms(r.Edge.P50), ms(r.Edge.P99), ms(r.Edge.P999), r.Edge.N, r.Edge.Unseen, ms(r.Redis.P50), ms(r.Redis.P99), ms(r.Redis.P999),
@@ -198,17 +223,23 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 		}
 		res.Series = append(res.Series, Series{Label: fmt.Sprintf("%d events/s target (%.0f achieved)", rate, ach), Samples: all})
 	}
+	measure := func(rate int) (LatencyRun, error) {
+		if _, err := pool.Exec(ctx, "VACUUM"); err != nil {
+			return LatencyRun{}, fmt.Errorf("vacuum between runs: %w", err)
+		}
+		r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration)
+		if err != nil {
+			return r, fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
+		}
+		return r, nil
+	}
 	if cfg.MaxRate {
-		if err := maxRateSearch(cfg, res, say, func(rate int) (LatencyRun, error) {
-			if _, err := pool.Exec(ctx, "VACUUM"); err != nil {
-				return LatencyRun{}, fmt.Errorf("vacuum between runs: %w", err)
-			}
-			r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration)
-			if err != nil {
-				return r, fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
-			}
-			return r, nil
-		}); err != nil {
+		if err := maxRateSearch(cfg, res, say, runs, measure); err != nil {
+			return err
+		}
+	}
+	if len(cfg.Compressions) > 1 {
+		if err := compressionBench(ctx, cfg, res, say, p, measure); err != nil {
 			return err
 		}
 	}

@@ -120,6 +120,40 @@ type LatencyRun struct {
 	Events int64
 	// Statements are PostgreSQL's top statements of the run (nil without pg_stat_statements).
 	Statements []Statement
+	// Fetched is what the broker watcher (a read-committed consumer, as the cache-producer is)
+	// fetched in the run: the bytes a consumer pays for each event.
+	Fetched FetchStats
+}
+
+// FetchStats counts a consumer's fetched record batches (kgo.HookFetchBatchRead).
+type FetchStats struct {
+	Batches, Records          int64
+	CompressedBytes, RawBytes int64 // on the wire; after decompression
+}
+
+// fetchCounter is the broker watcher's kgo.HookFetchBatchRead.
+type fetchCounter struct {
+	mu sync.Mutex
+	st FetchStats
+}
+
+var _ kgo.HookFetchBatchRead = (*fetchCounter)(nil)
+
+func (c *fetchCounter) OnFetchBatchRead(_ kgo.BrokerMetadata, _ string, _ int32, m kgo.FetchBatchMetrics) {
+	c.mu.Lock()
+	c.st.Batches++
+	c.st.Records += int64(m.NumRecords)
+	c.st.CompressedBytes += int64(m.CompressedBytes)
+	c.st.RawBytes += int64(m.UncompressedBytes)
+	c.mu.Unlock()
+}
+
+func (c *fetchCounter) take() FetchStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.st
+	c.st = FetchStats{}
+	return st
 }
 
 // measureLatency drives rate updates/s for d into the core table and times each one at the edge
@@ -180,7 +214,8 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 		}
 	}()
 	// Stage 0 watcher: the topic, read from its end as the run starts.
-	kc, err := kgo.NewClient(kgo.SeedBrokers(broker),
+	fetched := &fetchCounter{}
+	kc, err := kgo.NewClient(kgo.SeedBrokers(broker), kgo.WithHooks(fetched),
 		kgo.ConsumeTopics(events.Topic(events.DefaultTopicPrefix, pipeline.Projection.Model)),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()), kgo.FetchMaxWait(100*time.Millisecond),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted())) // as the cache-producer reads
@@ -264,6 +299,7 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	var ww sync.WaitGroup
 	stmts := resetStatements(ctx, pool)
 	meter := startCPU(procs)
+	fetched.take()
 	t0 := time.Now()
 	for w := range writers {
 		ww.Add(1)
@@ -325,6 +361,7 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	}
 	run.CPU = meter.stop()
 	run.Events = committed.Load()
+	run.Fetched = fetched.take()
 	if stmts {
 		if run.Statements, err = topStatements(ctx, pool, 5); err != nil {
 			close(stop)

@@ -3,6 +3,8 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -85,4 +87,28 @@ func createExtension(ctx context.Context, url, name string) error {
 		return fmt.Errorf("create extension %s: %w", name, err)
 	}
 	return nil
+}
+
+// RestartWith stops the program gracefully and starts it again with the KEY=VALUE settings env
+// added to (or replacing) its environment; they stay for later starts. The bench uses it to run
+// the publisher with each compression codec on one pipeline.
+func (s *Program) RestartWith(ctx context.Context, env ...string) error {
+	if err := s.Stop(); err != nil {
+		return fmt.Errorf("restart %s: %w", s.name, err)
+	}
+	s.mu.Lock()
+	s.cfg.Env = mergeEnv(s.cfg.Env, env)
+	s.mu.Unlock()
+	return s.Start(ctx)
+}
+
+// mergeEnv returns base with each KEY=VALUE of set replacing base's setting of KEY, or added.
+func mergeEnv(base, set []string) []string {
+	out := slices.Clone(base)
+	for _, kv := range set {
+		k, _, _ := strings.Cut(kv, "=")
+		out = slices.DeleteFunc(out, func(e string) bool { return strings.HasPrefix(e, k+"=") })
+		out = append(out, kv)
+	}
+	return out
 }
