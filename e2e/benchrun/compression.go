@@ -52,6 +52,14 @@ func compressionBench(ctx context.Context, cfg Config, res *Result, say func(str
 		}{
 			{"cpu_publisher", "core-publisher CPU per event", "µs/event", func(r LatencyRun) float64 { return perEvent(r, pipeline.NamePublisher) }},
 			{"cpu_producer", "cache-producer CPU per event (fetch, decompression, Redis writes)", "µs/event", func(r LatencyRun) float64 { return perEvent(r, pipeline.NameProducer) }},
+			{"cpu_broker", "broker (kafkad) CPU per event", "µs/event", func(r LatencyRun) float64 { return perEvent(r, "broker (kafkad)") }},
+			{"cpu_total", "whole pipeline CPU per event", "µs/event", func(r LatencyRun) float64 {
+				var t float64
+				for n := range r.CPU {
+					t += perEvent(r, n)
+				}
+				return t
+			}},
 			{"fetch_bytes", "bytes fetched per event by a read-committed consumer", "B/event", func(r LatencyRun) float64 { return fetchPerEvent(r, false) }},
 			{"p99", "commit → edge p99", "ms", func(r LatencyRun) float64 { return ms(r.Edge.P99) }},
 		} {
