@@ -74,6 +74,8 @@ type Row struct {
 	Goal    string  `json:"goal"`
 	// Runs are the figures of the individual runs the value is the median of.
 	Runs []float64 `json:"runs,omitempty"`
+	// Baseline is the baseline's figure for Key (0: none), set by MarkBaseline.
+	Baseline float64 `json:"-"`
 }
 
 // Result is the whole table plus the latency samples for the chart.
@@ -487,6 +489,30 @@ func Compare(rows []Row, base Baseline, threshold float64) []Regression {
 	return out
 }
 
+// MarkBaseline sets each row's Baseline from base, for the table's baseline column.
+func MarkBaseline(rows []Row, base Baseline) {
+	for i := range rows {
+		rows[i].Baseline = base.Rows[rows[i].Key]
+	}
+}
+
+// baselineCell is a row's baseline column: the baseline figure and the change, flagged when it
+// is worse by more than threshold.
+func baselineCell(r Row, threshold float64) string {
+	if r.Baseline == 0 || r.Value == 0 {
+		return "new"
+	}
+	worse := (r.Value - r.Baseline) / r.Baseline
+	if r.Higher {
+		worse = (r.Baseline - r.Value) / r.Baseline
+	}
+	cell := fmt.Sprintf("%s (%+.0f%%)", formatValue(r.Baseline, r.Unit), 100*(r.Value-r.Baseline)/r.Baseline)
+	if worse > threshold {
+		return "**" + cell + " worse**"
+	}
+	return cell
+}
+
 // ReadBaseline reads a baseline file.
 func ReadBaseline(path string) (Baseline, error) {
 	var b Baseline
@@ -520,14 +546,14 @@ func WriteMarkdown(w io.Writer, cfg Config, res *Result, regs []Regression, base
 	load := strings.Join(strings.Fields(string(la))[:min(3, len(strings.Fields(string(la))))], " ")
 	fmt.Fprintf(w, "%s, GOMAXPROCS=%d, load average at the end %s. Each figure is the median of %d runs; its peer was measured in the same runs.\n\n",
 		res.Started.UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), load, cfg.Runs)
-	fmt.Fprintln(w, "| measure | value | runs | peer (same run) | ratio | goal |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| measure | value | runs | peer (same run) | ratio | goal | baseline |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, r := range res.Rows {
 		runs := make([]string, len(r.Runs))
 		for i, x := range r.Runs {
 			runs[i] = formatValue(x, r.Unit)
 		}
-		fmt.Fprintf(w, "| %s | %s %s | %s | %s | %s | %s |\n", r.Measure, formatValue(r.Value, r.Unit), r.Unit, strings.Join(runs, " / "), r.Peer, r.Ratio, r.Goal)
+		fmt.Fprintf(w, "| %s | %s %s | %s | %s | %s | %s | %s |\n", r.Measure, formatValue(r.Value, r.Unit), r.Unit, strings.Join(runs, " / "), r.Peer, r.Ratio, r.Goal, baselineCell(r, 0.2))
 	}
 	fmt.Fprintf(w, "\nLatency is measured in process at an edge (a distcache.Client holding every item): each writer commits a batch "+
 		"of updates and records the time COMMIT returned; a poller reads the items in flight from the edge's local memory every 100 µs (or, when a sweep takes longer, after a pause as long as the sweep, so it never takes a whole core) "+

@@ -1,6 +1,7 @@
 package benchrun
 
 import (
+	"bytes"
 	"slices"
 	"strings"
 	"testing"
@@ -146,5 +147,27 @@ func TestLatencyGoals(t *testing.T) {
 		if got := latencyGoal(tt.rate, tt.q); got != tt.want {
 			t.Errorf("latencyGoal(%d, %s) = %q, want %q", tt.rate, tt.q, got, tt.want)
 		}
+	}
+}
+
+func TestBaselineColumn(t *testing.T) {
+	t.Parallel()
+	rows := []Row{
+		{Key: "lat", Value: 13, Unit: "ms"},
+		{Key: "thr", Value: 95, Unit: "events/s", Higher: true},
+		{Key: "new", Value: 5, Unit: "ms"},
+	}
+	MarkBaseline(rows, Baseline{Rows: map[string]float64{"lat": 10, "thr": 100}})
+	for i, want := range []string{"**10.00 (+30%) worse**", "100 (-5%)", "new"} {
+		if got := baselineCell(rows[i], 0.2); got != want {
+			t.Errorf("%s: baseline cell %q, want %q", rows[i].Key, got, want)
+		}
+	}
+	var md bytes.Buffer
+	if err := WriteMarkdown(&md, Config{Runs: 3}, &Result{Rows: []Row{{Key: "lat", Measure: "m", Value: 13, Unit: "ms", Runs: []float64{12, 13, 14}, Baseline: 10}}}, nil, "baseline.json"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(md.String(), "| m | 13.00 ms | 12.00 / 13.00 / 14.00 |") || !strings.Contains(md.String(), "**10.00 (+30%) worse** |") {
+		t.Errorf("table row missing its runs or baseline flag:\n%s", md.String())
 	}
 }

@@ -93,6 +93,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	var regs []benchrun.Regression
 	if berr == nil {
 		regs = benchrun.Compare(res.Rows, base, 0.2)
+		benchrun.MarkBaseline(res.Rows, base)
 	} else if !errors.Is(berr, os.ErrNotExist) {
 		return berr
 	}
