@@ -363,7 +363,7 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	run.Events = committed.Load()
 	run.Fetched = fetched.take()
 	if stmts {
-		if run.Statements, err = topStatements(ctx, pool, 5); err != nil {
+		if run.Statements, err = topStatements(ctx, pool, 8); err != nil {
 			close(stop)
 			wg.Wait()
 			return run, err

@@ -59,14 +59,18 @@ func (s *Program) PID() int {
 	return s.prog.PID()
 }
 
-// enableStatStatements loads pg_stat_statements into the core database's server (a restart: it
-// must be in shared_preload_libraries) and creates the extension in the core database.
+// enableStatStatements loads pg_stat_statements into the server (a restart: it must be in
+// shared_preload_libraries), tracking nested statements too (those of the capture trigger).
+// The extension itself is created in the core database once it exists.
 func (p *Pipeline) enableStatStatements(ctx context.Context) error {
 	conn, err := pgx.Connect(ctx, p.PG.URL("postgres"))
 	if err != nil {
 		return fmt.Errorf("pg_stat_statements: %w", err)
 	}
 	_, err = conn.Exec(ctx, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+	if err == nil { // statements run by functions too: the capture trigger's, one by one
+		_, err = conn.Exec(ctx, "ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+	}
 	conn.Close(ctx)
 	if err != nil {
 		return fmt.Errorf("pg_stat_statements: %w", err)
