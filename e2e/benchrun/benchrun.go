@@ -217,7 +217,7 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 			for _, x := range st {
 				parts = append(parts, fmt.Sprintf("%.1f µs/event, %d calls: `%s`", float64(x.Time.Microseconds())/ev, x.Calls, shorten(x.Query, 90)))
 			}
-			res.Notes = append(res.Notes, fmt.Sprintf("PostgreSQL's top statements at %d events/s (pg_stat_statements, execution time per event, last run): %s", rate, strings.Join(parts, "; ")))
+			res.Notes = append(res.Notes, fmt.Sprintf("PostgreSQL's top statements at %d events/s (pg_stat_statements, execution time per event, last run; a trigger's statements are in their caller's time too): %s", rate, strings.Join(parts, "; ")))
 		}
 		var all []time.Duration
 		for _, r := range rs {
