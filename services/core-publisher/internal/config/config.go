@@ -121,7 +121,7 @@ type Config struct {
 	LeaseRetryInterval time.Duration
 	Linger             time.Duration
 	// Compression is the codec of the record batches produced (PUBLISHER_COMPRESSION: none, lz4,
-	// zstd, snappy, gzip; default none, see docs/architecture.md for the measurement).
+	// zstd, snappy, gzip; default lz4, see producer.DefaultCompression for the measurement).
 	Compression string
 	// PprofAddr, when set, serves net/http/pprof on a listener of its own at this address
 	// (PUBLISHER_PPROF_ADDR; default empty: off). Never the API's address.

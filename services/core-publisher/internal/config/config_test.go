@@ -57,7 +57,7 @@ func TestFromEnvDefaults(t *testing.T) {
 		{"outbox models", len(c.OutboxModels), 0},
 		{"api tokens", len(c.API.Tokens), 1},
 		{"api insecure", c.API.Insecure, false},
-		{"compression", c.Compression, "none"},
+		{"compression", c.Compression, "lz4"},
 		{"pprof addr", c.PprofAddr, ""},
 	}
 	for _, ch := range checks {
@@ -84,7 +84,7 @@ func TestFromEnvValues(t *testing.T) {
 		EnvOutboxModels, "orders, invoices",
 		EnvVersionCheck, "false",
 		EnvDeadLetterRetention, "72h",
-		EnvCompression, "LZ4",
+		EnvCompression, "ZSTD",
 		EnvPprofAddr, "127.0.0.1:6060",
 	)...))
 	if err != nil {
@@ -101,8 +101,8 @@ func TestFromEnvValues(t *testing.T) {
 		t.Errorf("outbox models %v, version check %v, dead-letter retention %v; want [orders invoices], false, 72h",
 			c.OutboxModels, c.VersionCheck, c.DeadLetterRetention)
 	}
-	if c.Compression != "lz4" || c.PprofAddr != "127.0.0.1:6060" {
-		t.Errorf("compression %q, pprof addr %q; want lz4, 127.0.0.1:6060", c.Compression, c.PprofAddr)
+	if c.Compression != "zstd" || c.PprofAddr != "127.0.0.1:6060" {
+		t.Errorf("compression %q, pprof addr %q; want zstd, 127.0.0.1:6060", c.Compression, c.PprofAddr)
 	}
 	if c.Kafka.SASLMechanism != kafkaconf.SASLScramSHA512 || c.Kafka.SASLUsername != "pub" {
 		t.Errorf("sasl: got %q as %q, want %q as pub", c.Kafka.SASLMechanism, c.Kafka.SASLUsername, kafkaconf.SASLScramSHA512)

@@ -172,8 +172,12 @@ func WithMaxEventSize(n int) Option { return func(c *config) { c.maxEventBytes =
 // Compressions are the record batch codecs WithCompression accepts.
 var Compressions = []string{"none", "lz4", "zstd", "snappy", "gzip"}
 
-// DefaultCompression is the codec of record batches when WithCompression is not given.
-const DefaultCompression = "none"
+// DefaultCompression is the codec of record batches when WithCompression is not given: lz4.
+// Measured by `make bench -compression none,lz4,zstd` (three interleaved runs at 10,000
+// events/s): lz4 cut the CPU per event of the publisher (-21%), the cache-producer (-20%) and
+// the broker (-50%) against none, and the bytes fetched per event 5.3× (351 → 66 B); zstd
+// fetched fewer bytes still (39 B) but cost the publisher more CPU than none.
+const DefaultCompression = "lz4"
 
 // WithCompression sets the codec of the record batches the producer sends: one of
 // Compressions. Compression costs the publisher CPU to save broker bytes; every consumer pays
