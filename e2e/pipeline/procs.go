@@ -68,15 +68,24 @@ func (p *Pipeline) enableStatStatements(ctx context.Context) error {
 		return fmt.Errorf("pg_stat_statements: %w", err)
 	}
 	_, err = conn.Exec(ctx, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
-	if err == nil { // statements run by functions too: the capture trigger's, one by one
-		_, err = conn.Exec(ctx, "ALTER SYSTEM SET pg_stat_statements.track = 'all'")
-	}
 	conn.Close(ctx)
 	if err != nil {
 		return fmt.Errorf("pg_stat_statements: %w", err)
 	}
 	if err := p.PG.Restart(ctx); err != nil {
 		return fmt.Errorf("pg_stat_statements: restart: %w", err)
+	}
+	// Statements run by functions too (the capture trigger's, one by one): a setting the server
+	// knows only once the library is loaded, and a reload applies.
+	if conn, err = pgx.Connect(ctx, p.PG.URL("postgres")); err != nil {
+		return fmt.Errorf("pg_stat_statements: %w", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "ALTER SYSTEM SET pg_stat_statements.track = 'all'"); err != nil {
+		return fmt.Errorf("pg_stat_statements: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+		return fmt.Errorf("pg_stat_statements: %w", err)
 	}
 	return nil
 }
