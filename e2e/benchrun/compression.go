@@ -28,8 +28,8 @@ func compressionBench(ctx context.Context, cfg Config, res *Result, say func(str
 			if err != nil {
 				return fmt.Errorf("compression %s: %w", codec, err)
 			}
-			say("bench: compression %s, run %d/%d at %d/s: achieved %.0f/s, p99 %.2f ms; CPU µs/event publisher %.1f, producer %.1f; fetched %.0f B/event (%.0f B/event decompressed)",
-				codec, i+1, cfg.Runs, rate, r.Achieved, ms(r.Edge.P99), perEvent(r, pipeline.NamePublisher), perEvent(r, pipeline.NameProducer),
+			say("bench: compression %s, run %d/%d at %d/s: achieved %.0f/s, p99 %.2f ms (%d unseen at the edge); CPU µs/event publisher %.1f, producer %.1f; fetched %.0f B/event (%.0f B/event decompressed)",
+				codec, i+1, cfg.Runs, rate, r.Achieved, ms(r.Edge.P99), r.Edge.Unseen, perEvent(r, pipeline.NamePublisher), perEvent(r, pipeline.NameProducer),
 				fetchPerEvent(r, false), fetchPerEvent(r, true))
 			runs[codec] = append(runs[codec], r)
 		}
