@@ -258,7 +258,7 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 		}
 		d, m := median(dcB), median(mapB)
 		res.add(Row{Key: "memory_per_entry", Measure: fmt.Sprintf("edge heap per cached entry (%d entries, 200-byte values)", cfg.MemEntries), Value: d, Unit: "B",
-			Peer: fmt.Sprintf("map[string][]byte %.0f B", m), Ratio: fmt.Sprintf("%.2f×", d/m)})
+			Peer: fmt.Sprintf("map[string][]byte %.0f B", m), Ratio: fmt.Sprintf("%.2f×", d/m), Runs: dcB})
 	}
 	return nil
 }
@@ -355,8 +355,12 @@ func partsBench(ctx context.Context, cfg Config, res *Result, say func(string, .
 		Peer: fmt.Sprintf("go-redis GET %.0f allocs/op", ga), Ratio: ratio(da, ga), Runs: runsOf("Miss/serial/distcache", "allocs/op")})
 	pa, ps := get("Publish/distcache-Apply-100"), get("Publish/go-redis-pipelined-SET-100")
 	if pa > 0 && ps > 0 {
+		var rates []float64
+		for _, ns := range runsOf("Publish/distcache-Apply-100", "ns/op") {
+			rates = append(rates, 1e9/ns)
+		}
 		res.add(Row{Key: "publish_apply", Measure: "distcache.Publisher.Apply (batches of 100)", Value: 1e9 / pa, Unit: "writes/s", Higher: true,
-			Peer: fmt.Sprintf("go-redis pipelined SET %.0f/s", 1e9/ps), Ratio: ratio(ps, pa)})
+			Peer: fmt.Sprintf("go-redis pipelined SET %.0f/s", 1e9/ps), Ratio: ratio(ps, pa), Runs: rates})
 	}
 
 	// Propagation: a write's delay until an edge applies it, next to rueidis's invalidation.
