@@ -43,6 +43,11 @@ func TestParsePrograms(t *testing.T) {
 	if got := parsePublisher(pub); got["txn"] != 31234 || got["idempotent"] != 45000 {
 		t.Errorf("publisher = %v", got)
 	}
+	runs := "throughput (20000 x 1024 B, batch 2000)  txn         1    30111 ev/s\nthroughput (20000 x 1024 B, batch 2000)  idempotent  1    44000 ev/s\n" +
+		"throughput (20000 x 1024 B, batch 2000)  txn         2    32222 ev/s\ncommit->ack @ 5000 ev/s (1 events, 4 writers)  txn  1  p50 1 ms\n" + pub
+	if got := parsePublisherRuns(runs); len(got["txn"]) != 2 || got["txn"][0] != 30111 || got["txn"][1] != 32222 || len(got["idempotent"]) != 1 {
+		t.Errorf("publisher runs = %v, want txn [30111 32222], idempotent [44000]", got)
+	}
 	prod := "                           measurement  records  runs  median time  median rate (/s)  ratio to raw SET  Redis CPU µs/record  note\n" +
 		"  raw pipelined SET (go-redis, GOGC=100)   200000     3        1.2s            166666            1.000×  1.50\n" +
 		"  raw pipelined SET (go-redis, GOGC=400)   200000     3        1.1s            181818            1.090×  1.40  for the record\n" +

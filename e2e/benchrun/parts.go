@@ -123,6 +123,19 @@ func parsePublisher(out string) map[string]float64 {
 	return res
 }
 
+var publisherRun = regexp.MustCompile(`(?m)^throughput \([^)]*\)\s+(\S+)\s+\d+\s+([0-9.]+) ev/s`)
+
+// parsePublisherRuns returns publisher-bench's throughput of each run per producer mode.
+func parsePublisherRuns(out string) map[string][]float64 {
+	res := map[string][]float64{}
+	for _, m := range publisherRun.FindAllStringSubmatch(out, -1) {
+		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
+			res[m[1]] = append(res[m[1]], v)
+		}
+	}
+	return res
+}
+
 // parseProducer returns producer-bench's median rate (/s) per measurement name.
 func parseProducer(out string, names ...string) map[string]float64 {
 	res := map[string]float64{}
