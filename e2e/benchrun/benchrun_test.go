@@ -43,7 +43,7 @@ func TestParsePrograms(t *testing.T) {
 	if got := parsePublisher(pub); got["txn"] != 31234 || got["idempotent"] != 45000 {
 		t.Errorf("publisher = %v", got)
 	}
-	runs := "throughput (20000 x 1024 B, batch 2000)  txn         1    30111 ev/s\nthroughput (20000 x 1024 B, batch 2000)  idempotent  1    44000 ev/s\n" +
+	runs := "   throughput (20000 x 1024 B, batch 2000)  txn         1    30111 ev/s\nthroughput (20000 x 1024 B, batch 2000)  idempotent  1    44000 ev/s\n" +
 		"throughput (20000 x 1024 B, batch 2000)  txn         2    32222 ev/s\ncommit->ack @ 5000 ev/s (1 events, 4 writers)  txn  1  p50 1 ms\n" + pub
 	if got := parsePublisherRuns(runs); len(got["txn"]) != 2 || got["txn"][0] != 30111 || got["txn"][1] != 32222 || len(got["idempotent"]) != 1 {
 		t.Errorf("publisher runs = %v, want txn [30111 32222], idempotent [44000]", got)
