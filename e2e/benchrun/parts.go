@@ -123,7 +123,7 @@ func parsePublisher(out string) map[string]float64 {
 	return res
 }
 
-var publisherRun = regexp.MustCompile(`(?m)^throughput \([^)]*\)\s+(\S+)\s+\d+\s+([0-9.]+) ev/s`)
+var publisherRun = regexp.MustCompile(`(?m)^[ \t]*throughput \([^)]*\)\s+(\S+)\s+\d+\s+([0-9.]+) ev/s`)
 
 // parsePublisherRuns returns publisher-bench's throughput of each run per producer mode.
 func parsePublisherRuns(out string) map[string][]float64 {
