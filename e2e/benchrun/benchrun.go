@@ -112,9 +112,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string, ...any)) error {
 	say("bench: starting the pipeline (%d items) under %s", cfg.Items, cfg.RunDir)
 	pcfg := pipeline.Config{RepoDir: cfg.RepoDir, RunDir: cfg.RunDir, Items: cfg.Items, Out: cfg.Out,
-		StatStatements: true, PublisherEnv: cfg.PublisherEnv}
+		StatStatements: "top", PublisherEnv: cfg.PublisherEnv}
 	var pprofAddrs map[string]string
 	if cfg.ProfileDir != "" {
+		pcfg.StatStatements = "all" // the capture trigger's statements too, at a small cost to each
 		pub, prod, ctl, addrs, err := pprofEnv()
 		if err != nil {
 			return err

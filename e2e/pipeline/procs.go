@@ -60,9 +60,12 @@ func (s *Program) PID() int {
 }
 
 // enableStatStatements loads pg_stat_statements into the server (a restart: it must be in
-// shared_preload_libraries), tracking nested statements too (those of the capture trigger).
+// shared_preload_libraries) with pg_stat_statements.track = track ("top" or "all").
 // The extension itself is created in the core database once it exists.
-func (p *Pipeline) enableStatStatements(ctx context.Context) error {
+func (p *Pipeline) enableStatStatements(ctx context.Context, track string) error {
+	if track != "top" && track != "all" {
+		return fmt.Errorf("%w: StatStatements %q, want top or all", ErrConfig, track)
+	}
 	conn, err := pgx.Connect(ctx, p.PG.URL("postgres"))
 	if err != nil {
 		return fmt.Errorf("pg_stat_statements: %w", err)
@@ -75,13 +78,13 @@ func (p *Pipeline) enableStatStatements(ctx context.Context) error {
 	if err := p.PG.Restart(ctx); err != nil {
 		return fmt.Errorf("pg_stat_statements: restart: %w", err)
 	}
-	// Statements run by functions too (the capture trigger's, one by one): a setting the server
-	// knows only once the library is loaded, and a reload applies.
+	// With "all", statements run by functions too (the capture trigger's, one by one): a setting
+	// the server knows only once the library is loaded, and a reload applies.
 	if conn, err = pgx.Connect(ctx, p.PG.URL("postgres")); err != nil {
 		return fmt.Errorf("pg_stat_statements: %w", err)
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "ALTER SYSTEM SET pg_stat_statements.track = 'all'"); err != nil {
+	if _, err := conn.Exec(ctx, "ALTER SYSTEM SET pg_stat_statements.track = "+pgx.Identifier{track}.Sanitize()); err != nil {
 		return fmt.Errorf("pg_stat_statements: %w", err)
 	}
 	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
