@@ -159,7 +159,7 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 			} else {
 				profiled <- nil
 			}
-			r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration)
+			r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration, cfg.ProfileDir != "")
 			if err != nil {
 				return fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
 			}
@@ -220,6 +220,17 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 			}
 			res.Notes = append(res.Notes, fmt.Sprintf("PostgreSQL's top statements at %d events/s (pg_stat_statements, execution time per event, last run; a trigger's statements are in their caller's time too): %s", rate, strings.Join(parts, "; ")))
 		}
+		if w := rs[0].Waits; len(w) > 0 {
+			total := 0
+			for _, x := range w {
+				total += x.Samples
+			}
+			var parts []string
+			for _, x := range w[:min(len(w), 6)] {
+				parts = append(parts, fmt.Sprintf("%s %.0f%%", x.State, 100*float64(x.Samples)/float64(total)))
+			}
+			res.Notes = append(res.Notes, fmt.Sprintf("PostgreSQL's active sessions at %d events/s (pg_stat_activity every %v, first run): %s", rate, waitSampleEvery, strings.Join(parts, ", ")))
+		}
 		var all []time.Duration
 		for _, r := range rs {
 			all = append(all, r.Samples...)
@@ -230,7 +241,7 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 		if _, err := pool.Exec(ctx, "VACUUM"); err != nil {
 			return LatencyRun{}, fmt.Errorf("vacuum between runs: %w", err)
 		}
-		r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration)
+		r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration, cfg.ProfileDir != "")
 		if err != nil {
 			return r, fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
 		}

@@ -120,6 +120,8 @@ type LatencyRun struct {
 	Events int64
 	// Statements are PostgreSQL's top statements of the run (nil without pg_stat_statements).
 	Statements []Statement
+	// Waits are PostgreSQL's active sessions' states, sampled (nil unless asked for).
+	Waits []WaitSample
 	// Fetched is what the broker watcher (a read-committed consumer, as the cache-producer is)
 	// fetched in the run: the bytes a consumer pays for each event.
 	Fetched FetchStats
@@ -158,7 +160,7 @@ func (c *fetchCounter) take() FetchStats {
 
 // measureLatency drives rate updates/s for d into the core table and times each one at the edge
 // (polling its local value, in process) and at Redis (tailing the change stream).
-func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, edge *distcache.Client, broker string, procs []pipeline.Proc, items, rate int, d time.Duration) (LatencyRun, error) {
+func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, edge *distcache.Client, broker string, procs []pipeline.Proc, items, rate int, d time.Duration, waits bool) (LatencyRun, error) {
 	run := LatencyRun{Target: rate}
 	edgeT, redisT, brokerT := newTracker(), newTracker(), newTracker()
 	gen, err := rdb.Get(ctx, distcache.PointerKey(pipeline.Projection.Name)).Int64()
@@ -300,6 +302,13 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	stmts := resetStatements(ctx, pool)
 	meter := startCPU(procs)
 	fetched.take()
+	waitsDone := make(chan []WaitSample, 1)
+	stopWaits := make(chan struct{})
+	if waits {
+		go func() { waitsDone <- sampleWaits(ctx, pool, stopWaits) }()
+	} else {
+		waitsDone <- nil
+	}
 	t0 := time.Now()
 	for w := range writers {
 		ww.Add(1)
@@ -360,6 +369,8 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 		time.Sleep(10 * time.Millisecond)
 	}
 	run.CPU = meter.stop()
+	close(stopWaits)
+	run.Waits = <-waitsDone
 	run.Events = committed.Load()
 	run.Fetched = fetched.take()
 	if stmts {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -153,4 +154,47 @@ func topStatements(ctx context.Context, pool *pgxpool.Pool, n int) ([]Statement,
 		out = append(out, s)
 	}
 	return out, rows.Err()
+}
+
+// WaitSample is how often PostgreSQL's active sessions were seen in one state during a run
+// (pg_stat_activity sampled every waitSampleEvery): "CPU" when not waiting, else the wait event.
+type WaitSample struct {
+	State   string
+	Samples int
+}
+
+const waitSampleEvery = 20 * time.Millisecond
+
+// sampleWaits samples the core database's active sessions (but its own) until stop is closed,
+// and returns the states seen, the most frequent first.
+func sampleWaits(ctx context.Context, pool *pgxpool.Pool, stop <-chan struct{}) []WaitSample {
+	counts := map[string]int{}
+	t := time.NewTicker(waitSampleEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			out := make([]WaitSample, 0, len(counts))
+			for s, n := range counts {
+				out = append(out, WaitSample{s, n})
+			}
+			slices.SortFunc(out, func(a, b WaitSample) int { return b.Samples - a.Samples })
+			return out
+		case <-t.C:
+		}
+		rows, err := pool.Query(ctx, `SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), count(*)
+			FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+			GROUP BY 1`)
+		if err != nil {
+			continue
+		}
+		for rows.Next() {
+			var s string
+			var n int
+			if rows.Scan(&s, &n) == nil {
+				counts[s] += n
+			}
+		}
+		rows.Close()
+	}
 }
