@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -131,7 +132,12 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 	for i := range keys {
 		keys[i] = pipeline.Key(i + 1)
 	}
-	edge, err := pipeline.NewEdge(ctx, p.RedisAddr, keys)
+	var onChange atomic.Pointer[func(distcache.AppliedChange)] // the run's handler, see measureLatency
+	edge, err := pipeline.NewEdge(ctx, p.RedisAddr, keys, distcache.WithOnChange(func(c distcache.AppliedChange) {
+		if f := onChange.Load(); f != nil {
+			(*f)(c)
+		}
+	}))
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
 	}
@@ -159,7 +165,7 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 			} else {
 				profiled <- nil
 			}
-			r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration, cfg.ProfileDir != "")
+			r, err := measureLatency(ctx, pool, rdb, edge, &onChange, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration, cfg.ProfileDir != "")
 			if err != nil {
 				return fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
 			}
@@ -241,7 +247,7 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 		if _, err := pool.Exec(ctx, "VACUUM"); err != nil {
 			return LatencyRun{}, fmt.Errorf("vacuum between runs: %w", err)
 		}
-		r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration, cfg.ProfileDir != "")
+		r, err := measureLatency(ctx, pool, rdb, edge, &onChange, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration, cfg.ProfileDir != "")
 		if err != nil {
 			return r, fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
 		}
@@ -572,7 +578,8 @@ func WriteMarkdown(w io.Writer, cfg Config, res *Result, regs []Regression, base
 		fmt.Fprintf(w, "| %s | %s %s | %s | %s | %s | %s | %s |\n", r.Measure, formatValue(r.Value, r.Unit), r.Unit, strings.Join(runs, " / "), r.Peer, r.Ratio, r.Goal, baselineCell(r, 0.2))
 	}
 	fmt.Fprintf(w, "\nLatency is measured in process at an edge (a distcache.Client holding every item): each writer commits a batch "+
-		"of updates and records the time COMMIT returned; a poller reads the items in flight from the edge's local memory every 100 µs (or, when a sweep takes longer, after a pause as long as the sweep, so it never takes a whole core) "+
+		"of updates and records the time COMMIT returned; the edge reports each change it applied (WithOnChange) and the item's value is read from its memory then "+
+		"(a sweep of the items in flight every 100 ms catches values that arrive without a change of the stream); a commit a stage shows before its writer recorded it counts as 0 ms. "+
 		"and two more watchers time the stages in the same runs: a read-committed Kafka consumer of the topic (commit → broker) and an XREAD "+
 		"tail of the generation's change stream (commit → Redis). Each watcher is a client of its own, so its own delivery delays show in "+
 		"its tail (a stage's p99.9 can exceed the edge's).\n\n![latency distribution](latency.png)\n\n")
