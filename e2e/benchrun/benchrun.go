@@ -17,8 +17,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -37,20 +39,28 @@ type Config struct {
 	Items           int           // rows in the sample table
 	MemEntries      int           // entries of the memory measure
 	Parts           bool          // run the parts' own benchmarks too
+	MaxRate         bool          // search the highest rate with p99 < 100 ms (a few more latency runs)
 	BenchTime       string        // -benchtime of the parts' go test benchmarks
-	Out             io.Writer
+	PublisherEnv    []string      // extra KEY=VALUE settings of the core-publisher (PUBLISHER_COMPRESSION=…)
+	// ProfileDir, when set, receives CPU profiles of every service and of the bench, taken during
+	// the first run at the highest rate, and their top functions (top.txt).
+	ProfileDir string
+	// Compressions, when set (two codecs or more), adds runs at the highest rate with the
+	// publisher's PUBLISHER_COMPRESSION set to each, interleaved (compressionBench).
+	Compressions []string
+	Out          io.Writer
 }
 
 // Full is `make bench`'s configuration; Quick a short one for trying it.
 func Full(repo, run string) Config {
 	return Config{RepoDir: repo, RunDir: run, Runs: 3, Duration: 10 * time.Second, Rates: []int{1000, 10000},
-		Items: 20000, MemEntries: 100_000, Parts: true, BenchTime: "1s"}
+		Items: 20000, MemEntries: 100_000, Parts: true, BenchTime: "1s", MaxRate: true}
 }
 
 // Quick is a short configuration for trying the benchmark (single runs, short durations).
 func Quick(repo, run string) Config {
 	return Config{RepoDir: repo, RunDir: run, Runs: 1, Duration: 4 * time.Second, Rates: []int{1000, 10000},
-		Items: 5000, MemEntries: 20_000, Parts: true, BenchTime: "200ms"}
+		Items: 5000, MemEntries: 20_000, Parts: true, BenchTime: "200ms", MaxRate: true}
 }
 
 // Row is one line of the table.
@@ -63,6 +73,10 @@ type Row struct {
 	Peer    string  `json:"peer"`   // the peer measured in the same run
 	Ratio   string  `json:"ratio"`
 	Goal    string  `json:"goal"`
+	// Runs are the figures of the individual runs the value is the median of.
+	Runs []float64 `json:"runs,omitempty"`
+	// Baseline is the baseline's figure for Key (0: none), set by MarkBaseline.
+	Baseline float64 `json:"-"`
 }
 
 // Result is the whole table plus the latency samples for the chart.
@@ -98,7 +112,18 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string, ...any)) error {
 	say("bench: starting the pipeline (%d items) under %s", cfg.Items, cfg.RunDir)
-	p, err := pipeline.Start(ctx, pipeline.Config{RepoDir: cfg.RepoDir, RunDir: cfg.RunDir, Items: cfg.Items, Out: cfg.Out})
+	pcfg := pipeline.Config{RepoDir: cfg.RepoDir, RunDir: cfg.RunDir, Items: cfg.Items, Out: cfg.Out,
+		StatStatements: "top", PublisherEnv: cfg.PublisherEnv}
+	var pprofAddrs map[string]string
+	if cfg.ProfileDir != "" {
+		pcfg.StatStatements = "all" // the capture trigger's statements too, at a small cost to each
+		pub, prod, ctl, addrs, err := pprofEnv()
+		if err != nil {
+			return err
+		}
+		pcfg.PublisherEnv, pcfg.ProducerEnv, pcfg.ControlEnv, pprofAddrs = append(slices.Clip(pcfg.PublisherEnv), pub...), prod, ctl, addrs
+	}
+	p, err := pipeline.Start(ctx, pcfg)
 	if err != nil {
 		return err
 	}
@@ -107,7 +132,12 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 	for i := range keys {
 		keys[i] = pipeline.Key(i + 1)
 	}
-	edge, err := pipeline.NewEdge(ctx, p.RedisAddr, keys)
+	var onChange atomic.Pointer[func(distcache.AppliedChange)] // the run's handler, see measureLatency
+	edge, err := pipeline.NewEdge(ctx, p.RedisAddr, keys, distcache.WithOnChange(func(c distcache.AppliedChange) {
+		if f := onChange.Load(); f != nil {
+			(*f)(c)
+		}
+	}))
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
 	}
@@ -129,33 +159,39 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 			if _, err := pool.Exec(ctx, "VACUUM"); err != nil {
 				return fmt.Errorf("vacuum between runs: %w", err)
 			}
-			r, err := measureLatency(ctx, pool, rdb, edge, p.Kafka.Addr, cfg.Items, rate, cfg.Duration)
+			profiled := make(chan error, 1)
+			if cfg.ProfileDir != "" && i == 0 && rate == slices.Max(cfg.Rates) {
+				go func() { profiled <- profileRun(ctx, cfg.ProfileDir, pprofAddrs, cfg.Duration, say) }()
+			} else {
+				profiled <- nil
+			}
+			r, err := measureLatency(ctx, pool, rdb, edge, &onChange, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration, cfg.ProfileDir != "")
 			if err != nil {
 				return fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
 			}
-			say("bench: run %d/%d at %d events/s: achieved %.0f/s; commit→edge p50 %.2fms p99 %.2fms p99.9 %.2fms (%d samples, %d unseen); commit→Redis p50 %.2fms p99 %.2fms; commit→broker p50 %.2fms p99 %.2fms",
-				i+1, cfg.Runs, rate, r.Achieved, ms(r.Edge.P50), ms(r.Edge.P99), ms(r.Edge.P999), r.Edge.N, r.Edge.Unseen, ms(r.Redis.P50), ms(r.Redis.P99), ms(r.Broker.P50), ms(r.Broker.P99))
+			if err := <-profiled; err != nil {
+				return fmt.Errorf("profiles: %w", err)
+			}
+			say("bench: run %d/%d at %d events/s: achieved %.0f/s; commit→edge p50 %.2fms p99 %.2fms p99.9 %.2fms (%d samples, %d unseen); commit→Redis p50 %.2fms p99 %.2fms p99.9 %.2fms; commit→broker p50 %.2fms p99 %.2fms p99.9 %.2fms max %.2fms (%d seen before their writer recorded them)",
+				i+1, cfg.Runs, rate, r.Achieved, ms(r.Edge.P50), ms(r.Edge.P99), ms(r.Edge.P999), r.Edge.N, r.Edge.Unseen, ms(r.Redis.P50), ms(r.Redis.P99), ms(r.Redis.P999),
+				ms(r.Broker.P50), ms(r.Broker.P99), ms(r.Broker.P999), ms(r.Broker.Max), r.Broker.Early)
 			runs[rate] = append(runs[rate], r)
 		}
 	}
 	for _, rate := range cfg.Rates {
 		rs := runs[rate]
-		pick := func(f func(LatencyRun) float64) float64 {
+		pick := func(f func(LatencyRun) float64) (float64, []float64) {
 			v := make([]float64, len(rs))
 			for i, r := range rs {
 				v[i] = f(r)
 			}
-			return median(v)
+			return median(v), v
 		}
-		ach := pick(func(r LatencyRun) float64 { return r.Achieved })
-		unseen := pick(func(r LatencyRun) float64 { return float64(r.Edge.Unseen) })
+		ach, achRuns := pick(func(r LatencyRun) float64 { return r.Achieved })
+		unseen, _ := pick(func(r LatencyRun) float64 { return float64(r.Edge.Unseen) })
 		k := strconv.Itoa(rate)
-		goal := ""
-		if rate == 1000 {
-			goal = "p99 ≤ 50 ms (Hazelcast near cache: invalidations batched up to 10 s by default)"
-		}
 		res.add(Row{Key: "achieved_rate_" + k, Measure: fmt.Sprintf("write rate achieved (target %d events/s)", rate), Value: ach, Unit: "events/s", Higher: true,
-			Ratio: fmt.Sprintf("%.2f× target", ach/float64(rate))})
+			Ratio: fmt.Sprintf("%.2f× target", ach/float64(rate)), Runs: achRuns})
 		for _, q := range []struct {
 			name string
 			at   func(Dist) time.Duration
@@ -164,27 +200,68 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 			{"p99", func(d Dist) time.Duration { return d.P99 }},
 			{"p99.9", func(d Dist) time.Duration { return d.P999 }},
 		} {
-			e := pick(func(r LatencyRun) float64 { return ms(q.at(r.Edge)) })
-			rd := pick(func(r LatencyRun) float64 { return ms(q.at(r.Redis)) })
-			bk := pick(func(r LatencyRun) float64 { return ms(q.at(r.Broker)) })
-			g, ratioNote := "", ""
-			if q.name == "p99" {
-				g = goal
-			}
+			e, eRuns := pick(func(r LatencyRun) float64 { return ms(q.at(r.Edge)) })
+			rd, _ := pick(func(r LatencyRun) float64 { return ms(q.at(r.Redis)) })
+			bk, _ := pick(func(r LatencyRun) float64 { return ms(q.at(r.Broker)) })
+			ratioNote := ""
 			if q.name == "p50" { // percentiles of different distributions do not subtract beyond the median
 				ratioNote = fmt.Sprintf("edge tail adds %.2f ms", e-rd)
 			}
 			res.add(Row{Key: "latency_" + q.name + "_" + k, Measure: fmt.Sprintf("commit → edge-visible %s at %d events/s", q.name, rate), Value: e, Unit: "ms",
-				Peer: fmt.Sprintf("stages: commit → broker %.2f ms, → Redis change stream %.2f ms", bk, rd), Ratio: ratioNote, Goal: g})
+				Peer: fmt.Sprintf("stages: commit → broker %.2f ms, → Redis change stream %.2f ms", bk, rd), Ratio: ratioNote, Goal: latencyGoal(rate, q.name), Runs: eRuns})
 		}
 		if unseen > 0 {
 			res.Notes = append(res.Notes, fmt.Sprintf("at %d events/s a median of %.0f commits per run were not seen at the edge within 10 s of the run's end", rate, unseen))
+		}
+		early, _ := pick(func(r LatencyRun) float64 { return float64(r.Broker.Early) })
+		if early > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("at %d events/s the broker watcher received a median of %.0f commits per run before their writer had recorded them (COMMIT returned, goroutine not yet run): counted as 0 ms", rate, early))
+		}
+		addCPURows(res, rate, rs)
+		if st := rs[len(rs)-1].Statements; len(st) > 0 {
+			ev := float64(rs[len(rs)-1].Events)
+			var parts []string
+			for _, x := range st {
+				parts = append(parts, fmt.Sprintf("%.1f µs/event, %d calls: `%s`", float64(x.Time.Microseconds())/ev, x.Calls, shorten(x.Query, 90)))
+			}
+			res.Notes = append(res.Notes, fmt.Sprintf("PostgreSQL's top statements at %d events/s (pg_stat_statements, execution time per event, last run; a trigger's statements are in their caller's time too): %s", rate, strings.Join(parts, "; ")))
+		}
+		if w := rs[0].Waits; len(w) > 0 {
+			total := 0
+			for _, x := range w {
+				total += x.Samples
+			}
+			var parts []string
+			for _, x := range w[:min(len(w), 6)] {
+				parts = append(parts, fmt.Sprintf("%s %.0f%%", x.State, 100*float64(x.Samples)/float64(total)))
+			}
+			res.Notes = append(res.Notes, fmt.Sprintf("PostgreSQL's active sessions at %d events/s (pg_stat_activity every %v, first run): %s", rate, waitSampleEvery, strings.Join(parts, ", ")))
 		}
 		var all []time.Duration
 		for _, r := range rs {
 			all = append(all, r.Samples...)
 		}
 		res.Series = append(res.Series, Series{Label: fmt.Sprintf("%d events/s target (%.0f achieved)", rate, ach), Samples: all})
+	}
+	measure := func(rate int) (LatencyRun, error) {
+		if _, err := pool.Exec(ctx, "VACUUM"); err != nil {
+			return LatencyRun{}, fmt.Errorf("vacuum between runs: %w", err)
+		}
+		r, err := measureLatency(ctx, pool, rdb, edge, &onChange, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration, cfg.ProfileDir != "")
+		if err != nil {
+			return r, fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
+		}
+		return r, nil
+	}
+	if cfg.MaxRate {
+		if err := maxRateSearch(cfg, res, say, runs, measure); err != nil {
+			return err
+		}
+	}
+	if len(cfg.Compressions) > 1 {
+		if err := compressionBench(ctx, cfg, res, say, p, measure); err != nil {
+			return err
+		}
 	}
 
 	// Memory per cached entry: a distcache Client holding MemEntries keys, next to a plain map.
@@ -199,7 +276,7 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 		}
 		d, m := median(dcB), median(mapB)
 		res.add(Row{Key: "memory_per_entry", Measure: fmt.Sprintf("edge heap per cached entry (%d entries, 200-byte values)", cfg.MemEntries), Value: d, Unit: "B",
-			Peer: fmt.Sprintf("map[string][]byte %.0f B", m), Ratio: fmt.Sprintf("%.2f×", d/m)})
+			Peer: fmt.Sprintf("map[string][]byte %.0f B", m), Ratio: fmt.Sprintf("%.2f×", d/m), Runs: dcB})
 	}
 	return nil
 }
@@ -273,19 +350,60 @@ func partsBench(ctx context.Context, cfg Config, res *Result, say func(string, .
 	if err != nil {
 		return err
 	}
-	get := func(name string) float64 { return median(b["Benchmark"+name]) }
+	get := func(name string) float64 { return b.median("Benchmark"+name, "ns/op") }
+	runsOf := func(name, unit string) []float64 { return b.runs("Benchmark"+name, unit) }
 	for _, mode := range []string{"serial", "parallel"} {
 		d, r := get("Hit/"+mode+"/distcache"), get("Hit/"+mode+"/rueidis-DoCache")
 		res.add(Row{Key: "hit_" + mode, Measure: "edge local hit, " + mode, Value: d, Unit: "ns/op",
-			Peer: fmt.Sprintf("rueidis DoCache %.0f ns/op", r), Ratio: ratio(d, r), Goal: "≤ 0.8× rueidis"})
+			Peer: fmt.Sprintf("rueidis DoCache %.0f ns/op", r), Ratio: ratio(d, r), Goal: "≤ 0.8× rueidis", Runs: runsOf("Hit/"+mode+"/distcache", "ns/op")})
 	}
-	d, g := get("Miss/distcache"), get("Miss/go-redis-GET")
-	res.add(Row{Key: "miss", Measure: "edge miss served from Redis", Value: d, Unit: "ns/op",
-		Peer: fmt.Sprintf("go-redis GET %.0f ns/op", g), Ratio: ratio(d, g), Goal: "≤ 1.1× go-redis"})
+	for _, mode := range []struct{ name, key, measure string }{
+		{"serial", "miss", "edge miss served from Redis, serial"},
+		{"parallel", "miss_parallel", fmt.Sprintf("edge miss served from Redis, %d goroutines", missParallelism*runtime.GOMAXPROCS(0))},
+	} {
+		d, g := get("Miss/"+mode.name+"/distcache"), get("Miss/"+mode.name+"/go-redis-GET")
+		if d == 0 || g == 0 {
+			return fmt.Errorf("libs/distcache/bench: no BenchmarkMiss/%s figures (distcache %v, go-redis %v)", mode.name, d, g)
+		}
+		res.add(Row{Key: mode.key, Measure: mode.measure, Value: d, Unit: "ns/op",
+			Peer: fmt.Sprintf("go-redis GET %.0f ns/op", g), Ratio: ratio(d, g), Goal: "≤ 1.1× go-redis", Runs: runsOf("Miss/"+mode.name+"/distcache", "ns/op")})
+	}
+	da, ga := b.median("BenchmarkMiss/serial/distcache", "allocs/op"), b.median("BenchmarkMiss/serial/go-redis-GET", "allocs/op")
+	res.add(Row{Key: "miss_allocs", Measure: "allocations per edge miss (serial)", Value: da, Unit: "allocs/op",
+		Peer: fmt.Sprintf("go-redis GET %.0f allocs/op", ga), Ratio: ratio(da, ga), Runs: runsOf("Miss/serial/distcache", "allocs/op")})
 	pa, ps := get("Publish/distcache-Apply-100"), get("Publish/go-redis-pipelined-SET-100")
 	if pa > 0 && ps > 0 {
+		var rates []float64
+		for _, ns := range runsOf("Publish/distcache-Apply-100", "ns/op") {
+			rates = append(rates, 1e9/ns)
+		}
 		res.add(Row{Key: "publish_apply", Measure: "distcache.Publisher.Apply (batches of 100)", Value: 1e9 / pa, Unit: "writes/s", Higher: true,
-			Peer: fmt.Sprintf("go-redis pipelined SET %.0f/s", 1e9/ps), Ratio: ratio(ps, pa)})
+			Peer: fmt.Sprintf("go-redis pipelined SET %.0f/s", 1e9/ps), Ratio: ratio(ps, pa), Runs: rates})
+	}
+
+	// Propagation: a write's delay until an edge applies it, next to rueidis's invalidation.
+	// Each run takes a fixed number of samples (1 ms apart), not a -benchtime.
+	say("bench: libs/distcache/bench go test -bench Propagation (-count %d, 500 samples a run)", cfg.Runs)
+	pb, err := goBench(ctx, lib, "^BenchmarkPropagation$", "500x", cfg.Runs)
+	if err != nil {
+		return err
+	}
+	for _, q := range []string{"p50", "p99"} {
+		us := func(name, unit string) []float64 {
+			var v []float64
+			for _, x := range pb.runs("BenchmarkPropagation/"+name, unit) {
+				v = append(v, x/1e3)
+			}
+			return v
+		}
+		v, rue := us("distcache-tail-primary", q+"-from-start-ns"), us("rueidis-invalidation", q+"-from-start-ns")
+		if len(v) == 0 || len(rue) == 0 {
+			return fmt.Errorf("libs/distcache/bench: no BenchmarkPropagation %s figures", q)
+		}
+		res.add(Row{Key: "propagation_" + q, Measure: "propagation " + q + ": a write's start → an edge applied it (distcache tailing the primary)", Value: median(v), Unit: "µs",
+			Peer: fmt.Sprintf("rueidis invalidation %.0f µs", median(rue)), Ratio: ratio(median(v), median(rue)), Runs: v})
+		res.Notes = append(res.Notes, fmt.Sprintf("propagation %s after the write returned: distcache %.0f µs (tailing the replica %.0f µs), rueidis invalidation %.0f µs",
+			q, median(us("distcache-tail-primary", q+"-ns")), median(us("distcache-tail-replica", q+"-ns")), median(us("rueidis-invalidation", q+"-ns"))))
 	}
 
 	say("bench: services/cache-producer producer-bench")
@@ -335,7 +453,7 @@ func partsBench(ctx context.Context, cfg Config, res *Result, say func(string, .
 		peer = fmt.Sprintf("idempotent producer (no Kafka transactions) %.0f ev/s", pm["idempotent"])
 	}
 	res.add(Row{Key: "publisher", Measure: fmt.Sprintf("core-publisher: outbox backlog (%s rows, 1 KB) → broker, transactional", backlog), Value: pm["txn"], Unit: "events/s", Higher: true,
-		Peer: peer, Ratio: ratio(pm["txn"], pm["idempotent"]), Goal: "≥ 30,000 ev/s"})
+		Peer: peer, Ratio: ratio(pm["txn"], pm["idempotent"]), Goal: "≥ 30,000 ev/s", Runs: parsePublisherRuns(qout)["txn"]})
 	return nil
 }
 
@@ -344,6 +462,21 @@ func ratio(a, b float64) string {
 		return ""
 	}
 	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// missParallelism is libs/distcache/bench's goroutines per GOMAXPROCS in BenchmarkMiss/parallel
+// (benchkit.MissParallelism, internal to that module).
+const missParallelism = 16
+
+// formatValue prints a figure with the decimals its unit deserves.
+func formatValue(v float64, unit string) string {
+	switch unit {
+	case "ms":
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	case "µs/event", "allocs/op":
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	}
+	return strconv.FormatFloat(v, 'f', 0, 64)
 }
 
 // Baseline is the figures a run is compared against (e2e/baseline.json).
@@ -376,6 +509,30 @@ func Compare(rows []Row, base Baseline, threshold float64) []Regression {
 		}
 	}
 	return out
+}
+
+// MarkBaseline sets each row's Baseline from base, for the table's baseline column.
+func MarkBaseline(rows []Row, base Baseline) {
+	for i := range rows {
+		rows[i].Baseline = base.Rows[rows[i].Key]
+	}
+}
+
+// baselineCell is a row's baseline column: the baseline figure and the change, flagged when it
+// is worse by more than threshold.
+func baselineCell(r Row, threshold float64) string {
+	if r.Baseline == 0 || r.Value == 0 {
+		return "new"
+	}
+	worse := (r.Value - r.Baseline) / r.Baseline
+	if r.Higher {
+		worse = (r.Baseline - r.Value) / r.Baseline
+	}
+	cell := fmt.Sprintf("%s (%+.0f%%)", formatValue(r.Baseline, r.Unit), 100*(r.Value-r.Baseline)/r.Baseline)
+	if worse > threshold {
+		return "**" + cell + " worse**"
+	}
+	return cell
 }
 
 // ReadBaseline reads a baseline file.
@@ -411,17 +568,18 @@ func WriteMarkdown(w io.Writer, cfg Config, res *Result, regs []Regression, base
 	load := strings.Join(strings.Fields(string(la))[:min(3, len(strings.Fields(string(la))))], " ")
 	fmt.Fprintf(w, "%s, GOMAXPROCS=%d, load average at the end %s. Each figure is the median of %d runs; its peer was measured in the same runs.\n\n",
 		res.Started.UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), load, cfg.Runs)
-	fmt.Fprintln(w, "| measure | value | peer (same run) | ratio | goal |")
-	fmt.Fprintln(w, "|---|---|---|---|---|")
+	fmt.Fprintln(w, "| measure | value | runs | peer (same run) | ratio | goal | baseline |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, r := range res.Rows {
-		v := strconv.FormatFloat(r.Value, 'f', 0, 64)
-		if r.Unit == "ms" {
-			v = strconv.FormatFloat(r.Value, 'f', 2, 64)
+		runs := make([]string, len(r.Runs))
+		for i, x := range r.Runs {
+			runs[i] = formatValue(x, r.Unit)
 		}
-		fmt.Fprintf(w, "| %s | %s %s | %s | %s | %s |\n", r.Measure, v, r.Unit, r.Peer, r.Ratio, r.Goal)
+		fmt.Fprintf(w, "| %s | %s %s | %s | %s | %s | %s | %s |\n", r.Measure, formatValue(r.Value, r.Unit), r.Unit, strings.Join(runs, " / "), r.Peer, r.Ratio, r.Goal, baselineCell(r, 0.2))
 	}
 	fmt.Fprintf(w, "\nLatency is measured in process at an edge (a distcache.Client holding every item): each writer commits a batch "+
-		"of updates and records the time COMMIT returned; a poller reads the items in flight from the edge's local memory every 100 µs (or, when a sweep takes longer, after a pause as long as the sweep, so it never takes a whole core) "+
+		"of updates and records the time COMMIT returned; the edge reports each change it applied (WithOnChange) and the item's value is read from its memory then "+
+		"(a sweep of the items in flight every 100 ms catches values that arrive without a change of the stream); a commit a stage shows before its writer recorded it counts as 0 ms. "+
 		"and two more watchers time the stages in the same runs: a read-committed Kafka consumer of the topic (commit → broker) and an XREAD "+
 		"tail of the generation's change stream (commit → Redis). Each watcher is a client of its own, so its own delivery delays show in "+
 		"its tail (a stage's p99.9 can exceed the edge's).\n\n![latency distribution](latency.png)\n\n")

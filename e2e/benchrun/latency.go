@@ -22,11 +22,21 @@ import (
 )
 
 // tracker matches committed (item, seq) pairs with the moment a stage first shows them.
+//
+// A stage can show a commit before its writer has recorded it: the writer takes the commit time
+// when COMMIT has returned to it, and by then the publisher may already have read the row and the
+// broker watcher received it. Such a sighting must not be lost: it was once, and the commit then
+// waited until the item's next update was seen (seconds later at 10,000/s, the run's end at
+// 1,000/s), which made commit → broker's p99.9 seconds while the edge's was milliseconds. So
+// the tracker keeps the highest seq seen of each item and when; a commit added at or below it
+// was seen no later than its commit time and counts as 0 (early counts them).
 type tracker struct {
 	mu      sync.Mutex
 	pending map[int64][]commit
+	last    map[int64]int64 // the highest seq seen of each item
 	lat     []time.Duration
 	unseen  int
+	early   int // commits seen before their writer recorded them (latency counted as 0)
 }
 
 type commit struct {
@@ -34,22 +44,30 @@ type commit struct {
 	at  time.Time
 }
 
-func newTracker() *tracker { return &tracker{pending: map[int64][]commit{}} }
+func newTracker() *tracker { return &tracker{pending: map[int64][]commit{}, last: map[int64]int64{}} }
 
 func (t *tracker) add(id, seq int64, at time.Time) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seen, ok := t.last[id]; ok && seen >= seq {
+		t.lat = append(t.lat, 0)
+		t.early++
+		return
+	}
 	t.pending[id] = append(t.pending[id], commit{seq, at})
-	t.mu.Unlock()
 }
 
 // seen records that item id shows seq (and so every commit of it up to seq) at now.
 func (t *tracker) seen(id, seq int64, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if seq > t.last[id] {
+		t.last[id] = seq
+	}
 	p := t.pending[id]
 	n := 0
 	for n < len(p) && p[n].seq <= seq {
-		t.lat = append(t.lat, now.Sub(p[n].at))
+		t.lat = append(t.lat, max(0, now.Sub(p[n].at)))
 		n++
 	}
 	if n == len(p) {
@@ -75,6 +93,7 @@ type Dist struct {
 	P50, P99, P999 time.Duration
 	Max            time.Duration
 	Unseen         int
+	Early          int // commits the stage showed before their writer recorded them (counted as 0)
 }
 
 func summarize(lat []time.Duration, unseen int) Dist {
@@ -95,11 +114,57 @@ type LatencyRun struct {
 	Redis    Dist    // commit → the generation's change stream holds it
 	Broker   Dist    // commit → the broker holds it (the core-publisher's share)
 	Samples  []time.Duration
+	// CPU is each process's CPU time from the first timed write until the last commit reached
+	// the edge (see Procs), Events the commits of the run.
+	CPU    map[string]time.Duration
+	Events int64
+	// Statements are PostgreSQL's top statements of the run (nil without pg_stat_statements).
+	Statements []Statement
+	// Waits are PostgreSQL's active sessions' states, sampled (nil unless asked for).
+	Waits []WaitSample
+	// Fetched is what the broker watcher (a read-committed consumer, as the cache-producer is)
+	// fetched in the run: the bytes a consumer pays for each event.
+	Fetched FetchStats
+}
+
+// FetchStats counts a consumer's fetched record batches (kgo.HookFetchBatchRead).
+type FetchStats struct {
+	Batches, Records          int64
+	CompressedBytes, RawBytes int64 // on the wire; after decompression
+}
+
+// fetchCounter is the broker watcher's kgo.HookFetchBatchRead.
+type fetchCounter struct {
+	mu sync.Mutex
+	st FetchStats
+}
+
+var _ kgo.HookFetchBatchRead = (*fetchCounter)(nil)
+
+func (c *fetchCounter) OnFetchBatchRead(_ kgo.BrokerMetadata, _ string, _ int32, m kgo.FetchBatchMetrics) {
+	c.mu.Lock()
+	c.st.Batches++
+	c.st.Records += int64(m.NumRecords)
+	c.st.CompressedBytes += int64(m.CompressedBytes)
+	c.st.RawBytes += int64(m.UncompressedBytes)
+	c.mu.Unlock()
+}
+
+func (c *fetchCounter) take() FetchStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.st
+	c.st = FetchStats{}
+	return st
 }
 
 // measureLatency drives rate updates/s for d into the core table and times each one at the edge
 // (polling its local value, in process) and at Redis (tailing the change stream).
-func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, edge *distcache.Client, broker string, items, rate int, d time.Duration) (LatencyRun, error) {
+//
+// onChange, when not nil, is the edge's WithOnChange hook: measureLatency installs its handler
+// there for the run.
+func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, edge *distcache.Client, onChange *atomic.Pointer[func(distcache.AppliedChange)],
+	broker string, procs []pipeline.Proc, items, rate int, d time.Duration, waits bool) (LatencyRun, error) {
 	run := LatencyRun{Target: rate}
 	edgeT, redisT, brokerT := newTracker(), newTracker(), newTracker()
 	gen, err := rdb.Get(ctx, distcache.PointerKey(pipeline.Projection.Name)).Int64()
@@ -155,7 +220,8 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 		}
 	}()
 	// Stage 0 watcher: the topic, read from its end as the run starts.
-	kc, err := kgo.NewClient(kgo.SeedBrokers(broker),
+	fetched := &fetchCounter{}
+	kc, err := kgo.NewClient(kgo.SeedBrokers(broker), kgo.WithHooks(fetched),
 		kgo.ConsumeTopics(events.Topic(events.DefaultTopicPrefix, pipeline.Projection.Model)),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()), kgo.FetchMaxWait(100*time.Millisecond),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted())) // as the cache-producer reads
@@ -192,11 +258,35 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 			})
 		}
 	}()
-	// Stage 2 watcher: the edge's local values, polled for the items in flight every 100 µs, or
-	// after a pause as long as the last sweep took when that is longer: at 10,000 events/s a
-	// thousand items or more are in flight, and sweeping them back to back would take a whole
-	// core from the pipeline it measures. The poll's resolution is then the sweep time (a few
-	// ms against latencies of 50 ms and more).
+	// Stage 2 watcher: the edge tells when it applied each change (WithOnChange, on its tail
+	// goroutine): the item's value is then in the edge's memory and read at once. Polling the
+	// items in flight instead took a fifth of a core at 10,000 events/s (62% of the bench's own
+	// CPU), from the pipeline it measured. A slow sweep of the items still in flight (every
+	// 100 ms) catches values that reach the edge without a change of the stream (a refetch).
+	// Without onChange (nil), the sweep is the watcher: every 100 µs, or after a pause as long
+	// as the last sweep took when that is longer.
+	pollEvery := 100 * time.Microsecond
+	if onChange != nil {
+		pollEvery = 100 * time.Millisecond
+		fn := func(c distcache.AppliedChange) {
+			if c.Projection != pipeline.Projection.Name || !c.Updated {
+				return // not held: the sweep reads it
+			}
+			id, err := strconv.ParseInt(strings.TrimPrefix(c.Key, "item-"), 10, 64)
+			if err != nil {
+				return
+			}
+			e, err := edge.GetEntry(ctx, c.Projection, c.Key) // held: from memory
+			if err != nil {
+				return
+			}
+			if seq, ok := pipeline.Seq(e.Value); ok {
+				edgeT.seen(id, seq, time.Now())
+			}
+		}
+		onChange.Store(&fn)
+		defer onChange.Store(nil)
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -218,7 +308,10 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 					edgeT.seen(id, seq, time.Now())
 				}
 			}
-			time.Sleep(max(100*time.Microsecond, time.Since(sweep)))
+			select {
+			case <-stop:
+			case <-time.After(max(pollEvery, time.Since(sweep))):
+			}
 		}
 	}()
 
@@ -237,6 +330,16 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	wctx, wcancel := context.WithTimeout(ctx, d)
 	defer wcancel()
 	var ww sync.WaitGroup
+	stmts := resetStatements(ctx, pool)
+	meter := startCPU(procs)
+	fetched.take()
+	waitsDone := make(chan []WaitSample, 1)
+	stopWaits := make(chan struct{})
+	if waits {
+		go func() { waitsDone <- sampleWaits(ctx, pool, stopWaits) }()
+	} else {
+		waitsDone <- nil
+	}
 	t0 := time.Now()
 	for w := range writers {
 		ww.Add(1)
@@ -296,6 +399,18 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	run.CPU = meter.stop()
+	close(stopWaits)
+	run.Waits = <-waitsDone
+	run.Events = committed.Load()
+	run.Fetched = fetched.take()
+	if stmts {
+		if run.Statements, err = topStatements(ctx, pool, 8); err != nil {
+			close(stop)
+			wg.Wait()
+			return run, err
+		}
+	}
 	close(stop)
 	wg.Wait()
 	if e := writeErr.Load(); e != nil {
@@ -310,6 +425,7 @@ func measureLatency(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, 
 	run.Edge = summarize(edgeT.lat, edgeT.unseen)
 	run.Redis = summarize(redisT.lat, redisT.unseen)
 	run.Broker = summarize(brokerT.lat, brokerT.unseen)
+	run.Edge.Early, run.Redis.Early, run.Broker.Early = edgeT.early, redisT.early, brokerT.early
 	run.Samples = edgeT.lat
 	if run.Edge.N == 0 {
 		return run, errors.New("no commit reached the edge")
@@ -361,6 +477,7 @@ func warmUp(ctx context.Context, pool *pgxpool.Pool, ts []*tracker) error {
 	for _, t := range ts {
 		t.mu.Lock()
 		t.lat = t.lat[:0]
+		t.early = 0
 		t.mu.Unlock()
 	}
 	return nil

@@ -14,9 +14,9 @@ import (
 	"strings"
 )
 
-// goBench runs `go test -run ^$ -bench pattern -json` in dir and returns every run's ns/op per
-// benchmark name (the -N GOMAXPROCS suffix removed).
-func goBench(ctx context.Context, dir, pattern, benchtime string, count int) (map[string][]float64, error) {
+// goBench runs `go test -run ^$ -bench pattern -json` in dir and returns every run's metrics per
+// benchmark name (the -N GOMAXPROCS suffix removed) and unit ("ns/op", "allocs/op", "p99-ns").
+func goBench(ctx context.Context, dir, pattern, benchtime string, count int) (benchRuns, error) {
 	cmd := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", pattern, "-benchtime", benchtime,
 		"-count", strconv.Itoa(count), "-benchmem", "-json", ".")
 	cmd.Dir = dir
@@ -27,7 +27,41 @@ func goBench(ctx context.Context, dir, pattern, benchtime string, count int) (ma
 	if err != nil {
 		return nil, fmt.Errorf("go test -bench in %s: %w\n%s%s", dir, err, stderr.String(), tail(text, 2000))
 	}
-	return parseBench(text), nil
+	return parseBenchMetrics(text), nil
+}
+
+// benchRuns are go test -bench results: name → unit → the value of each run.
+type benchRuns map[string]map[string][]float64
+
+// median of a benchmark's metric over its runs (0 when absent).
+func (b benchRuns) median(name, unit string) float64 { return median(b[name][unit]) }
+
+// runs of a benchmark's metric.
+func (b benchRuns) runs(name, unit string) []float64 { return b[name][unit] }
+
+var benchName = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
+
+// parseBenchMetrics reads every "value unit" pair of each benchmark line.
+func parseBenchMetrics(text string) benchRuns {
+	res := benchRuns{}
+	for _, line := range strings.Split(text, "\n") {
+		m := benchName.FindStringSubmatch(strings.TrimSpace(line))
+		if m == nil {
+			continue
+		}
+		f := strings.Fields(m[2])
+		for i := 0; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				break
+			}
+			if res[m[1]] == nil {
+				res[m[1]] = map[string][]float64{}
+			}
+			res[m[1]][f[i+1]] = append(res[m[1]][f[i+1]], v)
+		}
+	}
+	return res
 }
 
 // joinTestOutput concatenates the Output fields of `go test -json` events.
@@ -42,20 +76,6 @@ func joinTestOutput(b []byte) string {
 		}
 	}
 	return sb.String()
-}
-
-var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+([0-9.]+) ns/op`)
-
-func parseBench(text string) map[string][]float64 {
-	res := map[string][]float64{}
-	for _, line := range strings.Split(text, "\n") {
-		if m := benchLine.FindStringSubmatch(strings.TrimSpace(line)); m != nil {
-			if v, err := strconv.ParseFloat(m[2], 64); err == nil {
-				res[m[1]] = append(res[m[1]], v)
-			}
-		}
-	}
-	return res
 }
 
 func tail(s string, n int) string {
@@ -98,6 +118,19 @@ func parsePublisher(out string) map[string]float64 {
 	for _, m := range publisherMedian.FindAllStringSubmatch(out, -1) {
 		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
 			res[m[1]] = v
+		}
+	}
+	return res
+}
+
+var publisherRun = regexp.MustCompile(`(?m)^[ \t]*throughput \([^)]*\)\s+(\S+)\s+\d+\s+([0-9.]+) ev/s`)
+
+// parsePublisherRuns returns publisher-bench's throughput of each run per producer mode.
+func parsePublisherRuns(out string) map[string][]float64 {
+	res := map[string][]float64{}
+	for _, m := range publisherRun.FindAllStringSubmatch(out, -1) {
+		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
+			res[m[1]] = append(res[m[1]], v)
 		}
 	}
 	return res

@@ -46,6 +46,11 @@ type Config struct {
 	PublisherEnv, ProducerEnv, ControlEnv []string
 	// ProducerReplicas is how many cache-producer replicas run; 0 means 1.
 	ProducerReplicas int
+	// StatStatements, when set, loads pg_stat_statements into PostgreSQL with this
+	// pg_stat_statements.track ("top", or "all": the statements functions and triggers run too,
+	// which costs each of them a little) and creates the extension in the core database (the
+	// bench reads the statements' time per event).
+	StatStatements string
 	// Sentinel runs three redis-sentinels watching the primary and its replica (master set
 	// SentinelMaster); the services and Client find the primary through them, and the Redis
 	// components of the chaos run kill whichever node is the primary or the replica then.
@@ -146,6 +151,11 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	if err := prepareCore(ctx, p.CoreURL, cfg.Items); err != nil {
 		return nil, err
 	}
+	if cfg.StatStatements != "" {
+		if err := createExtension(ctx, p.CoreURL, "pg_stat_statements"); err != nil {
+			return nil, err
+		}
+	}
 	p.say("  seeded %d items", cfg.Items)
 	p.Services, err = StartServices(ctx, ServicesConfig{
 		RunDir: cfg.RunDir, Token: cfg.Token,
@@ -184,6 +194,11 @@ func (p *Pipeline) startStack(ctx context.Context) error {
 	}
 	p.PG = pg
 	p.stops = append(p.stops, pg.Stop)
+	if p.cfg.StatStatements != "" {
+		if err := p.enableStatStatements(ctx, p.cfg.StatStatements); err != nil {
+			return err
+		}
+	}
 	for _, db := range []string{"core", "control"} {
 		if err := pg.CreateDatabase(ctx, db); err != nil {
 			return err

@@ -98,6 +98,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	if *checkOnly {
 		return nil
 	}
+	if cfg.PprofAddr != "" {
+		if _, err := httpserve.ServePprof(ctx, cfg.PprofAddr, log); err != nil {
+			return fmt.Errorf("%s: %w", config.EnvPprofAddr, err)
+		}
+	}
 
 	if err := checkRegistrySchema(ctx, cfg, log); err != nil {
 		return err

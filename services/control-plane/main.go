@@ -78,6 +78,11 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stderr io.
 	}
 	log := slog.New(h)
 	log.Info("starting", "config", cfg)
+	if cfg.PprofAddr != "" {
+		if _, err := httpserve.ServePprof(ctx, cfg.PprofAddr, log); err != nil {
+			return fmt.Errorf("%s: %w", config.EnvPprofAddr, err)
+		}
+	}
 
 	// The registry's schema is applied by `make migrate` or the chart's migration Job, with
 	// credentials of its own; the service only checks it (CONTROLPLANE_MIGRATE=true applies it).

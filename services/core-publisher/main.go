@@ -132,6 +132,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpool.Pool, bl *backload.Backloader, metrics *pubmetrics.Metrics) error {
 	log.Info("starting", "config", cfg)
+	if cfg.PprofAddr != "" {
+		if _, err := httpserve.ServePprof(ctx, cfg.PprofAddr, log); err != nil {
+			return fmt.Errorf("%s: %w", config.EnvPprofAddr, err)
+		}
+	}
 	conn, err := cfg.Kafka.Opts()
 	if err != nil {
 		return fmt.Errorf("kafka: %w", err)
@@ -141,6 +146,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, pool *pgxpo
 		producer.WithLinger(cfg.Linger),
 		producer.WithLogger(log),
 		producer.WithMaxEventSize(cfg.MaxEventBytes),
+		producer.WithCompression(cfg.Compression),
 	}
 	// prod answers readiness pings; each lease term produces with its own
 	// (transactional) producer from newProducer.

@@ -44,6 +44,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	noParts := fs.Bool("no-parts", false, "skip the parts' own benchmarks (pipeline latency and memory only)")
 	results := fs.String("results", "", "results directory (default <repo>/bench/results)")
 	baseline := fs.String("baseline", "", "baseline file (default <repo>/e2e/baseline.json)")
+	profile := fs.String("profile", "", "write CPU profiles of every service and the bench, taken during the first run at the highest rate, to this directory")
+	compression := fs.String("compression", "", "compare the publisher's compression codecs at the highest rate, e.g. none,lz4,zstd (the first is the reference)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -76,6 +78,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		cfg.Items = *items
 	}
 	cfg.Parts = !*noParts
+	cfg.ProfileDir = *profile
+	if *compression != "" {
+		if cfg.Compressions, err = benchrun.ParseCompressions(*compression); err != nil {
+			return err
+		}
+	}
 	cfg.Out = out
 	res, err := benchrun.Run(ctx, cfg)
 	if err != nil {
@@ -85,6 +93,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	var regs []benchrun.Regression
 	if berr == nil {
 		regs = benchrun.Compare(res.Rows, base, 0.2)
+		benchrun.MarkBaseline(res.Rows, base)
 	} else if !errors.Is(berr, os.ErrNotExist) {
 		return berr
 	}

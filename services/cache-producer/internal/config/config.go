@@ -34,6 +34,7 @@ const (
 	EnvTemporalHostPort  = "PRODUCER_TEMPORAL_HOSTPORT"  // read by temporalconf
 	EnvTemporalNamespace = "PRODUCER_TEMPORAL_NAMESPACE" // read by temporalconf
 	EnvHTTPAddr          = "PRODUCER_HTTP_ADDR"
+	EnvPprofAddr         = "PRODUCER_PPROF_ADDR"
 	EnvBatchSize         = "PRODUCER_BATCH_SIZE"
 	EnvBackfillBatchSize = "PRODUCER_BACKFILL_BATCH_SIZE"
 	EnvStreamMaxLen      = "PRODUCER_STREAM_MAX_LEN"
@@ -97,6 +98,9 @@ type Config struct {
 	Temporal temporalconf.Config
 
 	HTTPAddr string // PRODUCER_HTTP_ADDR (default 127.0.0.1:58082)
+	// PprofAddr, when set, serves net/http/pprof on a listener of its own (PRODUCER_PPROF_ADDR;
+	// default empty: off). Never the HTTP_ADDR.
+	PprofAddr string
 
 	BatchSize         int           // PRODUCER_BATCH_SIZE (default 5000, 1..100000)
 	BackfillBatchSize int           // PRODUCER_BACKFILL_BATCH_SIZE (default 5000, 1..100000)
@@ -146,6 +150,7 @@ func Load(getenv func(string) string) (Config, error) {
 		TopicPrefix:       r.String(EnvTopicPrefix, DefaultTopicPrefix),
 		Temporal:          temporalconf.Load(r),
 		HTTPAddr:          r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
+		PprofAddr:         r.HostPort(EnvPprofAddr, ""),
 		BatchSize:         r.Int(EnvBatchSize, DefaultBatchSize, 1, 100_000),
 		BackfillBatchSize: r.Int(EnvBackfillBatchSize, DefaultBackfillBatchSize, 1, 100_000),
 		StreamMaxLen:      r.Int64(EnvStreamMaxLen, distcache.DefaultStreamMaxLen, 0, 1<<40),
@@ -200,6 +205,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("topic_prefix", c.TopicPrefix),
 		slog.Any("temporal", c.Temporal),
 		slog.String("http_addr", c.HTTPAddr),
+		slog.String("pprof_addr", c.PprofAddr),
 		slog.Int("batch_size", c.BatchSize),
 		slog.Int("backfill_batch_size", c.BackfillBatchSize),
 		slog.Int("index_cache_entries", c.IndexCacheEntries),

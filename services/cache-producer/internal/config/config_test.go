@@ -61,6 +61,7 @@ func TestLoadInvalid(t *testing.T) {
 		{name: "database not postgres", set: map[string]string{"PRODUCER_DATABASE_URL": "mysql://x"}, wantVar: "PRODUCER_DATABASE_URL"},
 		{name: "no redis", unset: []string{"PRODUCER_REDIS_ADDRS"}, wantVar: "PRODUCER_REDIS_ADDRS"},
 		{name: "redis not host:port", set: map[string]string{"PRODUCER_REDIS_ADDRS": "redis"}, wantVar: "PRODUCER_REDIS_ADDRS"},
+		{name: "pprof addr not host:port", set: map[string]string{EnvPprofAddr: "6060"}, wantVar: EnvPprofAddr},
 		{name: "two redis without cluster", set: map[string]string{"PRODUCER_REDIS_ADDRS": "a:1,b:2", "PRODUCER_REDIS_CLUSTER": "false"}, wantVar: "PRODUCER_REDIS_CLUSTER"},
 		{name: "redis replicas", set: map[string]string{"PRODUCER_REDIS_REPLICAS": "r:6379"}, wantVar: "PRODUCER_REDIS_REPLICAS"},
 		{name: "redis sentinel without sentinels", unset: []string{"PRODUCER_REDIS_ADDRS"}, set: map[string]string{"PRODUCER_REDIS_SENTINEL_MASTER": "m"}, wantVar: "PRODUCER_REDIS_SENTINEL_ADDRS"},

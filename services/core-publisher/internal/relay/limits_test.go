@@ -175,7 +175,9 @@ func testBrokerRefusesRecord(t *testing.T, txn bool) {
 		insertRaw(t, pool, "other", fmt.Sprintf("o%d", i), p)
 	}
 	m := pubmetrics.New()
-	r, _ := startRelayTxn(t, dbURL, k.Addr, txn, nil, WithMetrics(m))
+	// The broker checks max.message.bytes against the compressed batch, and 100,000 x's
+	// compress far below 20,000 bytes: produce uncompressed, as the test means.
+	r, _ := startRelayTxn(t, dbURL, k.Addr, txn, []producer.Option{producer.WithCompression("none")}, WithMetrics(m))
 
 	for topic, want := range map[string]string{"tight": "[t0 t1 t2 t3]", "other": "[o0 o1 o2 o3 o4]"} {
 		// Aborted attempts leave records on the log; consumers read committed.
@@ -286,7 +288,8 @@ func TestRelayConfiguredMaxEventSize(t *testing.T) {
 	insertRaw(t, pool, agg, "over", sizedPayload(agg, "over", limit+1))
 	insertRaw(t, pool, agg, "n2", `{"small": true}`)
 	m := pubmetrics.New()
-	startRelayTxn(t, dbURL, k.Addr, true, []producer.Option{producer.WithMaxEventSize(limit)}, WithMetrics(m), WithMaxEventSize(limit))
+	// Uncompressed, so the 2.5 MB event is 2.5 MB on the wire too (x's compress to nothing).
+	startRelayTxn(t, dbURL, k.Addr, true, []producer.Option{producer.WithMaxEventSize(limit), producer.WithCompression("none")}, WithMetrics(m), WithMaxEventSize(limit))
 
 	reader := pubtest.NewReader(t, k.Addr, events.Topic("", agg))
 	reader.ReadUntil(t, 30*time.Second, func(got []pubtest.Event) bool { return len(got) >= 4 }, "every event within the limit")
