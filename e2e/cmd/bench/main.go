@@ -44,12 +44,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	noParts := fs.Bool("no-parts", false, "skip the parts' own benchmarks (pipeline latency and memory only)")
 	results := fs.String("results", "", "results directory (default <repo>/bench/results)")
 	baseline := fs.String("baseline", "", "baseline file (default <repo>/e2e/baseline.json)")
+	sf := scaleFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	repo, err := repoRoot()
 	if err != nil {
 		return err
+	}
+	if *sf.on {
+		return runScale(ctx, repo, sf, *quick, *strict, *update, *results, *baseline, out)
 	}
 	if *results == "" {
 		*results = filepath.Join(repo, "bench", "results")
