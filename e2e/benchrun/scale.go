@@ -300,7 +300,7 @@ func sizeRows(f sizeFigures, note string, producer bool) []Row {
 			g = "10M records ≤ 60 s"
 		}
 		rows = append(rows, Row{Key: "scale_backfill_" + k, Measure: "backfill: topic replayed into a new generation, " + at, Value: f.Backfill, Unit: "s",
-			Peer: fmt.Sprintf("raw pipelined SET %.1f s (%.0f records/s vs %.0f/s)", f.BackfillRaw, n/f.BackfillRaw, n/f.Backfill), Ratio: ratio(f.Backfill, f.BackfillRaw)})
+			Peer: fmt.Sprintf("raw pipelined SET %.1f s (%.0f records/s vs %.0f/s)", f.BackfillRaw, n/f.BackfillRaw, n/f.Backfill), Ratio: ratio(f.Backfill, f.BackfillRaw), Goal: g})
 	}
 	rows = append(rows, Row{Key: "scale_redis_mem_" + k, Measure: "Redis memory per projected key (value keys; the change stream apart), " + at, Value: f.RedisKeys / n, Unit: "B",
 		Peer: fmt.Sprintf("plain SET %.0f B; change stream +%.0f B a key until trimmed", f.RedisPlain/n, f.RedisStream/n), Ratio: ratio(f.RedisKeys, f.RedisPlain)})
