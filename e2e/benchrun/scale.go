@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -87,13 +88,17 @@ func ParseSizes(s string) ([]int, error) {
 // local copy being measured (~900 B a key, with the GC's headroom).
 func scaleNeed(n int) uint64 { return uint64(n) * 1550 }
 
-// planSize returns the size to measure for want within budget: want itself, or the largest
-// multiple of 100,000 that fits.
-func planSize(want int, budget uint64) int {
-	if budget == 0 || scaleNeed(want) <= budget {
+// producerNeed is the same for producer-bench at n records: the broker holding the topic, Redis
+// two projections and producer-bench its values and buffers (measured at 1M: 3.2 GB in all).
+func producerNeed(n int) uint64 { return uint64(n) * 3600 }
+
+// planSize returns the size to measure for want within budget, given the bytes a size needs:
+// want itself, or the largest multiple of 100,000 that fits.
+func planSize(want int, budget uint64, need func(int) uint64) int {
+	if budget == 0 || need(want) <= budget {
 		return want
 	}
-	n := int(budget/scaleNeed(1)) / 100_000 * 100_000
+	n := int(budget/need(1)) / 100_000 * 100_000
 	return max(100_000, min(n, want))
 }
 
@@ -172,38 +177,53 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (*Result, error) {
 		}
 	}()
 
-	measured := map[int]sizeFigures{}
-	for _, want := range cfg.Sizes {
-		n := planSize(want, budget)
-		if _, done := measured[n]; done {
-			continue
-		}
-		if n != want {
-			say("bench-scale: %d keys need about %.1f GiB, over the budget of %.1f GiB: measuring %d and extrapolating", want, gib(scaleNeed(want)), gib(budget), n)
-		}
-		t0 := time.Now()
-		f, err := scaleSize(ctx, cfg, n, say)
-		if err != nil {
-			return res, fmt.Errorf("%d keys: %w", n, err)
-		}
-		measured[n] = f
-		say("bench-scale: %d keys done in %v (load %s)", n, time.Since(t0).Round(time.Second), loadAvg())
+	// Each size is measured in two stages (the edge and Redis; then producer-bench), each at the
+	// size asked or, when it does not fit in memory, at the largest that does, extrapolated.
+	type stage struct {
+		name     string
+		need     func(int) uint64
+		measured map[int]sizeFigures
+		run      func(int) (sizeFigures, error)
 	}
-	sizes := slices.Sorted(func(yield func(int) bool) {
-		for n := range measured {
-			if !yield(n) {
-				return
-			}
-		}
-	})
+	stages := []*stage{{name: "edge and Redis", need: scaleNeed, measured: map[int]sizeFigures{},
+		run: func(n int) (sizeFigures, error) { return scaleEdgeRedis(ctx, cfg, n, say) }}}
+	if cfg.Producer {
+		stages = append(stages, &stage{name: "producer", need: producerNeed, measured: map[int]sizeFigures{},
+			run: func(n int) (sizeFigures, error) { return scaleProducer(ctx, cfg, n, say) }})
+	}
 	for _, want := range cfg.Sizes {
-		f, exact := measured[want]
-		note := ""
-		if !exact {
-			f = extrapolateFigures(measured, sizes, want)
-			note = fmt.Sprintf(" (extrapolated from %s)", joinSizes(sizes))
+		for _, st := range stages {
+			n := planSize(want, budget, st.need)
+			if _, done := st.measured[n]; done {
+				continue
+			}
+			if n != want {
+				say("bench-scale: %s stage at %d keys needs about %.1f GiB, over the budget of %.1f GiB: measuring %d and extrapolating", st.name, want, gib(st.need(want)), gib(budget), n)
+			}
+			t0 := time.Now()
+			f, err := st.run(n)
+			if err != nil {
+				return res, fmt.Errorf("%s stage, %d keys: %w", st.name, n, err)
+			}
+			st.measured[n] = f
+			say("bench-scale: %s stage, %d keys, done in %v (load %s)", st.name, n, time.Since(t0).Round(time.Second), loadAvg())
 		}
-		res.Rows = append(res.Rows, sizeRows(f, note, cfg.Producer)...)
+	}
+	for _, want := range cfg.Sizes {
+		var figs [2]sizeFigures
+		var notes [2]string
+		for i, st := range stages {
+			sizes := slices.Sorted(maps.Keys(st.measured))
+			f, exact := st.measured[want]
+			if !exact {
+				f = extrapolateFigures(st.measured, sizes, want)
+				notes[i] = fmt.Sprintf(" (extrapolated from %s)", joinSizes(sizes))
+			}
+			figs[i] = f
+		}
+		f := figs[0]
+		f.Fanout, f.FanoutRaw, f.FanoutPaired, f.Backfill, f.BackfillRaw = figs[1].Fanout, figs[1].FanoutRaw, figs[1].FanoutPaired, figs[1].Backfill, figs[1].BackfillRaw
+		res.Rows = append(res.Rows, sizeRows(f, notes[0], notes[1], cfg.Producer)...)
 	}
 	if len(cfg.Edges) > 0 {
 		if err := edgesBench(ctx, cfg, res, say); err != nil {
@@ -271,10 +291,11 @@ func extrapolateFigures(m map[int]sizeFigures, sizes []int, want int) sizeFigure
 }
 
 // sizeRows turns one size's figures into table rows.
-func sizeRows(f sizeFigures, note string, producer bool) []Row {
+func sizeRows(f sizeFigures, note, producerNote string, producer bool) []Row {
 	n := float64(f.N)
 	k := strconv.Itoa(f.N)
 	at := humanKeys(f.N) + " keys" + note
+	atP := humanKeys(f.N) + " keys" + producerNote
 	var rows []Row
 	memGoal := ""
 	if f.N >= 10_000_000 {
@@ -293,13 +314,13 @@ func sizeRows(f sizeFigures, note string, producer bool) []Row {
 		if f.FanoutPaired > 0 {
 			r += fmt.Sprintf("; paired %.2f×", f.FanoutPaired)
 		}
-		rows = append(rows, Row{Key: "scale_fanout_" + k, Measure: "producer fan-out (broker → Redis, 2 projections), records/s, " + at, Value: f.Fanout, Unit: "records/s", Higher: true,
+		rows = append(rows, Row{Key: "scale_fanout_" + k, Measure: "producer fan-out (broker → Redis, 2 projections), records/s, " + atP, Value: f.Fanout, Unit: "records/s", Higher: true,
 			Peer: fmt.Sprintf("raw pipelined SET %.0f/s", f.FanoutRaw), Ratio: r, Goal: g})
 		g = ""
 		if f.N >= 10_000_000 {
 			g = "10M records ≤ 60 s"
 		}
-		rows = append(rows, Row{Key: "scale_backfill_" + k, Measure: "backfill: topic replayed into a new generation, " + at, Value: f.Backfill, Unit: "s",
+		rows = append(rows, Row{Key: "scale_backfill_" + k, Measure: "backfill: topic replayed into a new generation, " + atP, Value: f.Backfill, Unit: "s",
 			Peer: fmt.Sprintf("raw pipelined SET %.1f s (%.0f records/s vs %.0f/s)", f.BackfillRaw, n/f.BackfillRaw, n/f.Backfill), Ratio: ratio(f.Backfill, f.BackfillRaw), Goal: g})
 	}
 	rows = append(rows, Row{Key: "scale_redis_mem_" + k, Measure: "Redis memory per projected key (value keys; the change stream apart), " + at, Value: f.RedisKeys / n, Unit: "B",
@@ -307,9 +328,9 @@ func sizeRows(f sizeFigures, note string, producer bool) []Row {
 	return rows
 }
 
-// scaleSize measures one size: Redis memory (projection and plain SETs), the edge's heap and warm
-// start (with bigcache, map and SCAN+MGET peers), then producer-bench's fan-out and backfill.
-func scaleSize(ctx context.Context, cfg ScaleConfig, n int, say func(string, ...any)) (sizeFigures, error) {
+// scaleEdgeRedis measures one size: Redis memory (projection and plain SETs), the edge's heap and
+// warm start (with bigcache, map and SCAN+MGET peers).
+func scaleEdgeRedis(ctx context.Context, cfg ScaleConfig, n int, say func(string, ...any)) (sizeFigures, error) {
 	f := sizeFigures{N: n}
 	dir := filepath.Join(cfg.RunDir, "scale-"+strconv.Itoa(n))
 	r, err := devstack.StartRedis(ctx, devstack.RedisConfig{Dir: dir, Mode: devstack.Attached})
@@ -444,42 +465,42 @@ func scaleSize(ctx context.Context, cfg ScaleConfig, n int, say func(string, ...
 	say("bench-scale: %s keys: edge %.0f B/entry (bigcache %.0f, map %.0f), warm %.1fs (peer %.1fs); Redis %.0f B/key (plain %.0f, stream %.0f); load %s",
 		humanKeys(n), f.EdgeHeap/float64(n), f.BigcacheHeap/float64(n), f.MapHeap/float64(n), f.Warm, f.WarmPeer,
 		f.RedisKeys/float64(n), f.RedisPlain/float64(n), f.RedisStream/float64(n), loadAvg())
-	// Stop this Redis before the producer's stage: it starts its own.
-	_ = rdb.Close()
-	_ = r.Stop()
-	_ = os.RemoveAll(dir)
+	return f, nil
+}
 
-	if cfg.Producer {
-		pdir := filepath.Join(cfg.RepoDir, "services", "cache-producer")
-		ns := strconv.Itoa(n)
-		say("bench-scale: %s keys: producer-bench -only fanout", humanKeys(n))
-		pout, err := runProgram(ctx, pdir, "./cmd/producer-bench", "-runs", "1", "-n", ns, "-replay-n", "1", "-only", "fanout")
-		if err != nil {
-			return f, err
-		}
-		const (
-			raw    = "raw pipelined SET (go-redis, GOGC=100)"
-			fan    = "broker → Redis fan-out, 2 projections"
-			replay = "replay into a new generation (backfill)"
-		)
-		pr := parseProducer(pout, raw, fan)
-		if pr[raw] == 0 || pr[fan] == 0 {
-			return f, fmt.Errorf("producer-bench -only fanout: could not read its table:\n%s", pout)
-		}
-		f.Fanout, f.FanoutRaw, f.FanoutPaired = pr[fan], pr[raw], parsePairedRatio(pout)
-		say("bench-scale: %s keys: producer-bench -only replay", humanKeys(n))
-		pout, err = runProgram(ctx, pdir, "./cmd/producer-bench", "-runs", "1", "-n", ns, "-replay-n", ns, "-only", "replay")
-		if err != nil {
-			return f, err
-		}
-		pr = parseProducer(pout, raw, replay)
-		if pr[raw] == 0 || pr[replay] == 0 {
-			return f, fmt.Errorf("producer-bench -only replay: could not read its table:\n%s", pout)
-		}
-		f.Backfill, f.BackfillRaw = float64(n)/pr[replay], float64(n)/pr[raw]
-		say("bench-scale: %s keys: fan-out %.0f records/s (raw SET %.0f/s), backfill %.1fs (raw SET %.1fs); load %s",
-			humanKeys(n), f.Fanout, f.FanoutRaw, f.Backfill, f.BackfillRaw, loadAvg())
+// scaleProducer runs producer-bench at n records: the fan-out and the backfill, each with its own
+// raw pipelined SET peer.
+func scaleProducer(ctx context.Context, cfg ScaleConfig, n int, say func(string, ...any)) (sizeFigures, error) {
+	f := sizeFigures{N: n}
+	pdir := filepath.Join(cfg.RepoDir, "services", "cache-producer")
+	ns := strconv.Itoa(n)
+	say("bench-scale: %s keys: producer-bench -only fanout", humanKeys(n))
+	pout, err := runProgram(ctx, pdir, "./cmd/producer-bench", "-runs", "1", "-n", ns, "-replay-n", "1", "-only", "fanout")
+	if err != nil {
+		return f, err
 	}
+	const (
+		raw    = "raw pipelined SET (go-redis, GOGC=100)"
+		fan    = "broker → Redis fan-out, 2 projections"
+		replay = "replay into a new generation (backfill)"
+	)
+	pr := parseProducer(pout, raw, fan)
+	if pr[raw] == 0 || pr[fan] == 0 {
+		return f, fmt.Errorf("producer-bench -only fanout: could not read its table:\n%s", pout)
+	}
+	f.Fanout, f.FanoutRaw, f.FanoutPaired = pr[fan], pr[raw], parsePairedRatio(pout)
+	say("bench-scale: %s keys: producer-bench -only replay", humanKeys(n))
+	pout, err = runProgram(ctx, pdir, "./cmd/producer-bench", "-runs", "1", "-n", ns, "-replay-n", ns, "-only", "replay")
+	if err != nil {
+		return f, err
+	}
+	pr = parseProducer(pout, raw, replay)
+	if pr[raw] == 0 || pr[replay] == 0 {
+		return f, fmt.Errorf("producer-bench -only replay: could not read its table:\n%s", pout)
+	}
+	f.Backfill, f.BackfillRaw = float64(n)/pr[replay], float64(n)/pr[raw]
+	say("bench-scale: %s keys: fan-out %.0f records/s (raw SET %.0f/s), backfill %.1fs (raw SET %.1fs); load %s",
+		humanKeys(n), f.Fanout, f.FanoutRaw, f.Backfill, f.BackfillRaw, loadAvg())
 	return f, nil
 }
 

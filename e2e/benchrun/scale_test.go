@@ -35,18 +35,21 @@ func TestParseSizes(t *testing.T) {
 }
 
 func TestPlanSize(t *testing.T) {
-	if got := planSize(10_000_000, 0); got != 10_000_000 {
+	if got := planSize(10_000_000, 0, scaleNeed); got != 10_000_000 {
 		t.Errorf("no budget: %d", got)
 	}
-	if got := planSize(10_000_000, scaleNeed(10_000_000)); got != 10_000_000 {
+	if got := planSize(10_000_000, scaleNeed(10_000_000), scaleNeed); got != 10_000_000 {
 		t.Errorf("a size that fits is kept: %d", got)
 	}
-	got := planSize(10_000_000, scaleNeed(6_050_000))
+	got := planSize(10_000_000, scaleNeed(6_050_000), scaleNeed)
 	if got != 6_000_000 {
 		t.Errorf("a size that does not fit becomes the largest multiple of 100k that does: %d, want 6000000", got)
 	}
-	if got := planSize(10_000_000, 1); got != 100_000 {
+	if got := planSize(10_000_000, 1, scaleNeed); got != 100_000 {
 		t.Errorf("a tiny budget still measures 100k: %d", got)
+	}
+	if got := planSize(10_000_000, 18<<30, producerNeed); got >= 10_000_000 || got < 1_000_000 {
+		t.Errorf("producer-bench at 10M does not fit in 18 GiB; planned %d", got)
 	}
 }
 
@@ -86,7 +89,7 @@ func TestSizeRows(t *testing.T) {
 	f := sizeFigures{N: 10_000_000, EdgeHeap: 4000e6, BigcacheHeap: 3600e6, MapHeap: 3300e6, Warm: 30, WarmPeer: 20,
 		RedisKeys: 3300e6, RedisStream: 2500e6, RedisPlain: 3200e6, Fanout: 100_000, FanoutRaw: 350_000, FanoutPaired: 0.3,
 		Backfill: 50, BackfillRaw: 25}
-	rows := sizeRows(f, " (extrapolated from 1M and 6M)", true)
+	rows := sizeRows(f, " (extrapolated from 1M and 6M)", "", true)
 	byKey := map[string]Row{}
 	for _, r := range rows {
 		byKey[r.Key] = r
@@ -94,6 +97,9 @@ func TestSizeRows(t *testing.T) {
 	heap := byKey["scale_edge_heap_10000000"]
 	if heap.Value != 400 || heap.Ratio != "1.11× bigcache" || heap.Goal == "" || !strings.Contains(heap.Measure, "extrapolated") {
 		t.Errorf("heap row %+v", heap)
+	}
+	if r := byKey["scale_fanout_10000000"]; strings.Contains(r.Measure, "extrapolated") {
+		t.Errorf("the producer's rows carry their own note: %+v", r)
 	}
 	if r := byKey["scale_fanout_10000000"]; !r.Higher || r.Ratio != "0.29×; paired 0.30×" || r.Goal == "" {
 		t.Errorf("fan-out row %+v", r)
@@ -104,10 +110,10 @@ func TestSizeRows(t *testing.T) {
 	if r := byKey["scale_redis_mem_10000000"]; r.Value != 330 || !strings.Contains(r.Peer, "plain SET 320 B") {
 		t.Errorf("redis row %+v", r)
 	}
-	if len(sizeRows(sizeFigures{N: 1_000_000, EdgeHeap: 1, BigcacheHeap: 1, RedisKeys: 1, RedisPlain: 1}, "", false)) != 3 {
+	if len(sizeRows(sizeFigures{N: 1_000_000, EdgeHeap: 1, BigcacheHeap: 1, RedisKeys: 1, RedisPlain: 1}, "", "", false)) != 3 {
 		t.Error("without the producer: heap, warm and Redis rows only")
 	}
-	for _, r := range sizeRows(sizeFigures{N: 1_000_000, EdgeHeap: 1, BigcacheHeap: 1}, "", true) {
+	for _, r := range sizeRows(sizeFigures{N: 1_000_000, EdgeHeap: 1, BigcacheHeap: 1}, "", "", true) {
 		if r.Goal != "" {
 			t.Errorf("the goals are at 10M, not at 1M: %+v", r)
 		}
