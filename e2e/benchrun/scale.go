@@ -203,7 +203,11 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (*Result, error) {
 			t0 := time.Now()
 			f, err := st.run(n)
 			if err != nil {
-				return res, fmt.Errorf("%s stage, %d keys: %w", st.name, n, err)
+				// A size that fails (a timeout, memory) does not lose the others: it is
+				// extrapolated from them, and the note says why.
+				say("bench-scale: %s stage, %d keys, failed after %v: %v", st.name, n, time.Since(t0).Round(time.Second), err)
+				res.Notes = append(res.Notes, fmt.Sprintf("the %s stage at %d keys failed after %v (%v): its rows are extrapolated from the sizes measured", st.name, n, time.Since(t0).Round(time.Second), firstLine(err.Error())))
+				continue
 			}
 			st.measured[n] = f
 			say("bench-scale: %s stage, %d keys, done in %v (load %s)", st.name, n, time.Since(t0).Round(time.Second), loadAvg())
@@ -214,6 +218,9 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (*Result, error) {
 		var notes [2]string
 		for i, st := range stages {
 			sizes := slices.Sorted(maps.Keys(st.measured))
+			if len(sizes) == 0 {
+				return res, fmt.Errorf("the %s stage measured no size (see the notes above)", st.name)
+			}
 			f, exact := st.measured[want]
 			if !exact {
 				f = extrapolateFigures(st.measured, sizes, want)
@@ -233,6 +240,13 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (*Result, error) {
 	res.Notes = append(res.Notes, fmt.Sprintf("the run took %v; peak memory in use on the machine %.1f GiB above its start (MemAvailable %.1f → lowest %.1f GiB)",
 		time.Since(res.Started).Round(time.Second), gib(startAvail-lowest.Load()), gib(startAvail), gib(lowest.Load())))
 	return res, nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
 
 func gib(b uint64) float64 { return float64(b) / (1 << 30) }
@@ -338,7 +352,9 @@ func scaleEdgeRedis(ctx context.Context, cfg ScaleConfig, n int, say func(string
 		return f, fmt.Errorf("start redis: %w", err)
 	}
 	defer func() { _ = r.Stop(); _ = os.RemoveAll(dir) }()
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, PoolSize: 8})
+	// Long timeouts: pipelines of 10,000 writes into a Redis of millions of keys (rehashing its
+	// dictionary, growing its memory) on a loaded machine take seconds.
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, PoolSize: 8, ReadTimeout: time.Minute, WriteTimeout: time.Minute})
 	defer rdb.Close()
 
 	// Redis: n plain SETs, then (after FLUSHALL) the same keys as a projection.

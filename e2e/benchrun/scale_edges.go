@@ -41,7 +41,7 @@ func edgesBench(ctx context.Context, cfg ScaleConfig, res *Result, say func(stri
 		return fmt.Errorf("start redis: %w", err)
 	}
 	defer prim.Stop()
-	nodes := []*redis.Client{redis.NewClient(&redis.Options{Addr: prim.Addr})}
+	nodes := []*redis.Client{redis.NewClient(&redis.Options{Addr: prim.Addr, ReadTimeout: 30 * time.Second})}
 	var replicaAddrs []string
 	for i := range cfg.Replicas {
 		r, err := devstack.StartRedis(ctx, devstack.RedisConfig{Dir: filepath.Join(dir, "replica"+strconv.Itoa(i)), ReplicaOf: prim.Addr, Mode: devstack.Attached})
@@ -50,7 +50,7 @@ func edgesBench(ctx context.Context, cfg ScaleConfig, res *Result, say func(stri
 		}
 		defer r.Stop()
 		replicaAddrs = append(replicaAddrs, r.Addr)
-		nodes = append(nodes, redis.NewClient(&redis.Options{Addr: r.Addr}))
+		nodes = append(nodes, redis.NewClient(&redis.Options{Addr: r.Addr, ReadTimeout: 30 * time.Second}))
 	}
 	defer func() {
 		for _, n := range nodes {
