@@ -157,8 +157,9 @@ bench: setup
 
 ## bench-scale: the figures at 1M and 10M keys (not part of make test): edge heap, warm start from
 ## SCAN, producer fan-out and backfill, Redis memory per key, and 10/100/1,000 edges per Redis node,
-## each with its peer -> bench/results/scale.md, compared with e2e/baseline-scale.json. About 25 min
-## and 15 GiB at 10M. BENCH_FLAGS=-scale-keys 1000000 for 1M only; -quick for a short try.
+## each with its peer -> bench/results/scale.md, compared with e2e/baseline-scale.json. About 40 min
+## and 10-14 GiB peak on 24 GiB (a stage that does not fit is measured smaller and extrapolated);
+## BENCH_FLAGS=-scale-keys 1000000 for 1M only (~6 min, ~3 GiB); -quick for a short try. See docs/capacity.md.
 bench-scale: setup
 	cd e2e && $(GO) run ./cmd/bench -scale $(BENCH_FLAGS)
 
