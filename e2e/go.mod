@@ -3,6 +3,7 @@ module github.com/distcache/distcache/e2e
 go 1.26.8
 
 require (
+	github.com/allegro/bigcache/v3 v3.1.0
 	github.com/distcache/distcache/libs/distcache v0.0.0
 	github.com/distcache/distcache/libs/events v0.0.0
 	github.com/distcache/distcache/migrations v0.0.0
@@ -14,7 +15,6 @@ require (
 )
 
 require (
-	github.com/allegro/bigcache/v3 v3.1.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/facebookgo/clock v0.0.0-20150410010913-600d898af40a // indirect
 	github.com/gogo/protobuf v1.3.2 // indirect

@@ -46,12 +46,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	baseline := fs.String("baseline", "", "baseline file (default <repo>/e2e/baseline.json)")
 	profile := fs.String("profile", "", "write CPU profiles of every service and the bench, taken during the first run at the highest rate, to this directory")
 	compression := fs.String("compression", "", "compare the publisher's compression codecs at the highest rate, e.g. none,lz4,zstd (the first is the reference)")
+	sf := scaleFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	repo, err := repoRoot()
 	if err != nil {
 		return err
+	}
+	if *sf.on {
+		return runScale(ctx, repo, sf, *quick, *strict, *update, *results, *baseline, out)
 	}
 	if *results == "" {
 		*results = filepath.Join(repo, "bench", "results")

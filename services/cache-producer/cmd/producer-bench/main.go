@@ -171,7 +171,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		defer k.Stop()
 		*kafkaAddr = k.Addr
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr, PoolSize: 16})
+	// Minute-long timeouts: a FLUSHALL of millions of keys, or a pipeline into a Redis growing
+	// its dictionary, takes seconds (make bench-scale runs this at millions of records).
+	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr, PoolSize: 16, ReadTimeout: time.Minute, WriteTimeout: time.Minute})
 	defer rdb.Close()
 	pub, err := distcache.NewPublisher(rdb)
 	if err != nil {
