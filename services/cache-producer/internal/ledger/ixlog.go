@@ -233,6 +233,9 @@ func DecodeLogEntry(b []byte, set func(SourceEntry), del func(string)) (tag int6
 	r := packedReader{b: b}
 	r.header(logMagic)
 	tag = int64(r.uvarint())
+	if r.err == nil && tag < 0 {
+		r.err = fmt.Errorf("tag %d", uint64(tag))
+	}
 	for n := r.count(4); r.err == nil && n > 0; n-- {
 		se := r.entry()
 		if r.err == nil {

@@ -262,9 +262,9 @@ type head struct {
 	known    bool  // an offset is stored: something was committed (or InitOffset ran)
 	count    int64 // index entries, when counted
 	counted  bool
-	marked   bool  // the mark of the index layout exists
+	marked   bool // the mark of the index layout exists
 	format   ledger.Format
-	bucketed bool // format == ledger.FormatBucketed
+	bucketed bool  // format == ledger.FormatBucketed
 	base     int64 // the version base (0 when none is stored)
 	epoch    string
 	writer   string // the writer claim ("" when none)
