@@ -438,3 +438,25 @@ func (l *Ledger) AppendIndexLog(ctx context.Context, proj string, gen int64, set
 	})
 	return err
 }
+
+// ReadIndex reads the index entries of skeys (in order; the zero Entry
+// where none is stored) of generation gen in whatever layout it has: for
+// tools and tests that look at a generation from outside its writer.
+func (l *Ledger) ReadIndex(ctx context.Context, proj string, gen int64, skeys []string) ([]Entry, error) {
+	f, err := l.IndexFormat(ctx, proj, gen)
+	if err != nil {
+		return nil, err
+	}
+	if f != FormatLog {
+		return l.IndexOn(ctx, l.rdb, proj, gen, f == FormatBucketed, skeys)
+	}
+	li, err := l.LoadLogIndex(ctx, l.rdb, proj, gen, 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, len(skeys))
+	for i, s := range skeys {
+		out[i] = li.Entries[s]
+	}
+	return out, nil
+}
