@@ -84,7 +84,7 @@ func (l *Ledger) InitPosition(ctx context.Context, proj string, gen, offset int6
 	args := []any{strconv.FormatInt(offset, 10), epoch}
 	if !l.cluster {
 		keys = append(keys, IndexCountKey(proj, gen), IndexFormatKey(proj, gen))
-		args = append(args, formatLog)
+		args = append(args, FormatMark(l.NewFormat()))
 	}
 	created, err := initScript.Run(ctx, l.rdb, keys, args...).Int()
 	if err != nil && !errors.Is(err, redis.Nil) {

@@ -80,10 +80,43 @@ func (l *Ledger) FormatOf(offsetKnown bool, mark string) Format {
 	case mark == formatBucketed:
 		return FormatBucketed
 	case !offsetKnown:
-		return FormatLog
+		return l.NewFormat()
 	default:
 		return FormatPerKey
 	}
+}
+
+// SetNewFormat makes generations created from now on (InitPosition, a first
+// commit, a rebuild that found nothing left) use layout f, FormatLog or
+// FormatBucketed (the layout before FormatLog; for measurements and as a way
+// back): any other value is refused. Not safe to call while the Ledger is
+// in use.
+func (l *Ledger) SetNewFormat(f Format) error {
+	if f != FormatLog && f != FormatBucketed {
+		return fmt.Errorf("ledger: a new generation's index layout must be %s or %s, not %s", FormatLog, FormatBucketed, f)
+	}
+	l.newFormat = f
+	l.newFormatSet = true
+	return nil
+}
+
+// NewFormat is the layout of generations created from now on (single node).
+func (l *Ledger) NewFormat() Format {
+	if l.newFormatSet {
+		return l.newFormat
+	}
+	return FormatLog
+}
+
+// ParseFormat parses a layout's name ("log1", "hash16").
+func ParseFormat(s string) (Format, error) {
+	switch s {
+	case formatLog:
+		return FormatLog, nil
+	case formatBucketed:
+		return FormatBucketed, nil
+	}
+	return 0, fmt.Errorf("ledger: unknown index layout %q (want %s or %s)", s, formatLog, formatBucketed)
 }
 
 // FormatMark is what IndexFormatKey holds for f ("" for FormatPerKey).

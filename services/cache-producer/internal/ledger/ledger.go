@@ -147,6 +147,10 @@ type Ledger struct {
 	rdb     redis.UniversalClient
 	cluster bool
 	deadMax int64
+	// newFormat is the layout of new generations, when newFormatSet
+	// (SetNewFormat); else FormatLog.
+	newFormat    Format
+	newFormatSet bool
 }
 
 // DefaultDeadLetterMaxLen caps each dead-letter stream (approximately).

@@ -124,7 +124,7 @@ func (l *Ledger) BeginRebuild(ctx context.Context, proj string, gen int64, b Beg
 		}
 		if fresh {
 			pipe.Set(ctx, IndexCountKey(proj, gen), "0", 0)
-			pipe.Set(ctx, IndexFormatKey(proj, gen), formatLog, 0)
+			pipe.Set(ctx, IndexFormatKey(proj, gen), FormatMark(l.NewFormat()), 0)
 		}
 		mk := RebuildKey(proj, gen)
 		pipe.Del(ctx, mk)
