@@ -97,13 +97,21 @@ func (w *Writer) planLog(ctx context.Context, c redis.Cmdable, t Target, cache *
 		}
 	}
 	share := w.share()
-	if len(cache.entries)+want > share || cache.dead {
+	switch {
+	case cache.dead:
+		// Forgotten while this batch waited: it takes no room, and its
+		// copy is dropped after the commit (apply).
+	case len(cache.entries)+want > share:
 		lc.leave = true
-	} else if room := w.take(cache, want); room < want {
-		cache.size.Store(int64(len(cache.entries))) // give the room back
-		lc.leave = true
+	default:
+		if room := w.take(cache, want); room < want {
+			cache.size.Store(int64(len(cache.entries))) // give the room back
+			lc.leave = true
+		}
 	}
 	if lc.leave {
+		w.log.Warn("index moves from the log layout to the bucketed layout: its keys outgrow the in-memory index budget (PRODUCER_INDEX_CACHE_ENTRIES)",
+			"generation", t.String(), "entries", len(cache.entries)+want, "share", share, "budget", w.cacheMax)
 		full := make(map[string]ledger.Entry, len(cache.entries)+want)
 		for k, e := range cache.entries {
 			full[k] = e
