@@ -151,6 +151,9 @@ func (lc *logCommit) commit(c *ledger.Commit, h head) {
 		c.OldSnapshot = lc.old
 		c.Set, c.Delete, c.DeleteBefore = lc.full, nil, nil
 		c.Count, c.CountFresh, c.CountDelta = true, true, int64(len(lc.full))
+		if c.Next < 0 && h.known {
+			c.Next = h.offset // every other writer's WATCH sees the change (a sweep)
+		}
 		return
 	}
 	c.Log = true
