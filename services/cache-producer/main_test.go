@@ -307,7 +307,8 @@ func TestServiceEndToEnd(t *testing.T) {
 		has, err := led.HasBookkeeping(ctx, usersByEmail.Name, gen1)
 		return err == nil && !has
 	}, "bookkeeping of the retired generation removed")
-	if n, _ := rdb.Exists(ctx, ledger.IndexKey(usersByEmail.Name, gen1, "1"), ledger.IndexBucketKey(usersByEmail.Name, gen1, "1")).Result(); n != 0 {
+	if n, _ := rdb.Exists(ctx, ledger.IndexKey(usersByEmail.Name, gen1, "1"), ledger.IndexBucketKey(usersByEmail.Name, gen1, "1"),
+		ledger.IndexLogKey(usersByEmail.Name, gen1), ledger.IndexSnapshotKey(usersByEmail.Name, gen1)).Result(); n != 0 {
 		t.Error("index key of the retired generation left behind")
 	}
 	if has, _ := led.HasBookkeeping(ctx, usersByEmail.Name, gen2); !has {

@@ -139,6 +139,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	redisAddr := fs.String("redis", "", "use this Redis instead of starting one")
 	kafkaAddr := fs.String("kafka", "", "use this broker instead of starting one")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
+	layout := fs.String("index-layout", "log1", "index layout of the generations the measurements create: log1 (the producer's default) or hash16 (the layout before it)")
+	indexCache := fs.Int("index-cache", projector.DefaultIndexCacheEntries, "the producers' in-memory index budget (PRODUCER_INDEX_CACHE_ENTRIES)")
 	only := fs.String("only", "", "run only this measurement: raw, apply, multi, fanout, read, replay, rebuild (with replay, its peer)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -180,6 +182,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	led := ledger.New(rdb, 0)
+	format, err := ledger.ParseFormat(*layout)
+	if err != nil {
+		return fmt.Errorf("-index-layout: %w", err)
+	}
+	if err := led.SetNewFormat(format); err != nil {
+		return err
+	}
+	if *indexCache < 0 {
+		return fmt.Errorf("-index-cache must not be negative")
+	}
+	newWriter := func() *projector.Writer { return projector.NewWriter(pub, led, projector.WithIndexCache(*indexCache)) }
 	kopts := []kgo.Opt{kgo.SeedBrokers(*kafkaAddr)}
 
 	fmt.Fprintf(out, "producing %d records (fan-out topic) and %d (replay topic)...\n", *n, *replayN)
@@ -322,6 +335,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	// each fan-out run is also paired with a raw SET run (Go's default GOGC)
 	// just before it, and the median of the pairs' ratios is reported too.
 	var paired []float64
+	fanLayouts := ""
 	for run := range *runs {
 		if !want("fanout") {
 			break
@@ -345,7 +359,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 			gens = append(gens, fanout.Generation{Target: t, Topic: topic, State: workflows.StateLive})
 		}
-		m, err := fanout.NewManager(fanout.Config{KafkaOpts: kopts, Writer: projector.NewWriter(pub, led), BatchSize: *batch})
+		m, err := fanout.NewManager(fanout.Config{KafkaOpts: kopts, Writer: newWriter(), BatchSize: *batch})
 		if err != nil {
 			return err
 		}
@@ -376,6 +390,15 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		paired = append(paired, rawTook.Seconds()/fan.times[len(fan.times)-1].Seconds())
 		fan.cpu = append(fan.cpu, redisCPU(ctx, rdb)-c0)
 		m.Close()
+		var ended []string
+		for _, g := range gens {
+			f, err := led.IndexFormat(ctx, g.Target.Projection, gen)
+			if err != nil {
+				return err
+			}
+			ended = append(ended, g.Target.Projection+" "+f.String())
+		}
+		fanLayouts = strings.Join(ended, ", ")
 	}
 	if len(fan.times) > 0 {
 		results = append(results, fan)
@@ -410,7 +433,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		t0, c0 := time.Now(), redisCPU(ctx, rdb)
-		_, err = backfill.Replay(ctx, backfill.ReplayConfig{KafkaOpts: kopts, Writer: projector.NewWriter(pub, led), BatchSize: *replayBatch},
+		_, err = backfill.Replay(ctx, backfill.ReplayConfig{KafkaOpts: kopts, Writer: newWriter(), BatchSize: *replayBatch},
 			t, replayTopic, workflows.BackfillProgress{EndOffset: int64(*replayN)}, nil)
 		if err != nil {
 			return err
@@ -432,7 +455,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if !want("rebuild") {
 			break
 		}
-		replayed, took, detect, err := rebuildRun(ctx, rdb, pub, led, kopts, replayTopic, *replayN, *replayBatch, *batch, int64(200+run), out)
+		replayed, took, detect, err := rebuildRun(ctx, rdb, newWriter, kopts, replayTopic, *replayN, *replayBatch, *batch, int64(200+run), out)
 		if err != nil {
 			return err
 		}
@@ -464,6 +487,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "fan-out paired with a raw SET run just before each: median ratio %.3f× (goal >= 0.3×; runs: %s)\n",
 			sorted[len(sorted)/2], strings.Join(parts, " "))
+		fmt.Fprintf(out, "fan-out index layout: new generations %s, index budget %d entries; the last run's generations ended as: %s\n",
+			*layout, *indexCache, fanLayouts)
 	}
 	if len(rep.times) > 0 {
 		fmt.Fprintf(out, "replay of %d records: median %v (goal for 1,000,000: <= 10s)\n", *replayN, rep.median().Round(time.Millisecond))
@@ -493,7 +518,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 // consumer take it over, empties Redis (FLUSHALL) and returns the time until the consumer has
 // rebuilt the generation (its rebuild swept, its offset back at n), and the part of it before the
 // consumer noticed the loss. The generation's index count before and after must agree.
-func rebuildRun(ctx context.Context, rdb *redis.Client, pub *distcache.Publisher, led *ledger.Ledger, kopts []kgo.Opt,
+func rebuildRun(ctx context.Context, rdb *redis.Client, newWriter func() *projector.Writer, kopts []kgo.Opt,
 	topic string, n, replayBatch, batch int, gen int64, out io.Writer) (replayed, took, detect time.Duration, err error) {
 	took, detect, err = func() (time.Duration, time.Duration, error) {
 		if err := rdb.FlushAll(ctx).Err(); err != nil {
@@ -505,7 +530,7 @@ func rebuildRun(ctx context.Context, rdb *redis.Client, pub *distcache.Publisher
 		if err != nil {
 			return 0, 0, err
 		}
-		w := projector.NewWriter(pub, led)
+		w := newWriter()
 		if _, err := backfill.Replay(ctx, backfill.ReplayConfig{KafkaOpts: kopts, Writer: w, BatchSize: replayBatch},
 			t, topic, workflows.BackfillProgress{EndOffset: int64(n)}, nil); err != nil {
 			return 0, 0, err

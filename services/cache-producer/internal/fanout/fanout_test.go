@@ -201,7 +201,7 @@ func testFanOutSemantics(t *testing.T, s *stack) {
 	if has, _ := s.led.HasBookkeeping(ctx, byEmail.Name, 1); has {
 		t.Error("offset key left after Forget")
 	}
-	for _, k := range []string{ledger.IndexKey(byEmail.Name, 1, "7"), ledger.IndexBucketKey(byEmail.Name, 1, "7"),
+	for _, k := range []string{ledger.IndexKey(byEmail.Name, 1, "7"), ledger.IndexBucketKey(byEmail.Name, 1, "7"), ledger.IndexLogKey(byEmail.Name, 1), ledger.IndexSnapshotKey(byEmail.Name, 1),
 		ledger.IndexFormatKey(byEmail.Name, 1), ledger.DeadLetterKey(byEmail.Name, 1)} {
 		if c, err := s.rdb.Exists(ctx, k).Result(); err != nil || c != 0 {
 			t.Errorf("EXISTS %s after Forget = %d, %v; want 0", k, c, err)

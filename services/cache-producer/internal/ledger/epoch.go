@@ -77,14 +77,14 @@ func (l *Ledger) Position(ctx context.Context, proj string, gen int64) (Position
 
 // InitPosition creates generation gen's bookkeeping unless its offset
 // exists: the offset (offset), the epoch (epoch) and, on a single Redis
-// node, an index count of 0 and the bucketed index layout, in one atomic
+// node, an index count of 0 and the log index layout (ixlog.go), in one atomic
 // step. It returns the stored position and whether it created it.
 func (l *Ledger) InitPosition(ctx context.Context, proj string, gen, offset int64, epoch string) (Position, bool, error) {
 	keys := []string{OffsetKey(proj, gen), EpochKey(proj, gen)}
 	args := []any{strconv.FormatInt(offset, 10), epoch}
 	if !l.cluster {
 		keys = append(keys, IndexCountKey(proj, gen), IndexFormatKey(proj, gen))
-		args = append(args, formatBucketed)
+		args = append(args, FormatMark(l.NewFormat()))
 	}
 	created, err := initScript.Run(ctx, l.rdb, keys, args...).Int()
 	if err != nil && !errors.Is(err, redis.Nil) {

@@ -147,6 +147,10 @@ type Ledger struct {
 	rdb     redis.UniversalClient
 	cluster bool
 	deadMax int64
+	// newFormat is the layout of new generations, when newFormatSet
+	// (SetNewFormat); else FormatLog.
+	newFormat    Format
+	newFormatSet bool
 }
 
 // DefaultDeadLetterMaxLen caps each dead-letter stream (approximately).
@@ -370,8 +374,23 @@ type DeadLetter struct {
 type Commit struct {
 	// Bucketed writes the index in the bucketed layout (single node only).
 	Bucketed bool
-	// Mark creates the bucketed-layout mark (the first commit of a
-	// generation no InitOffset created).
+	// Log writes the index in the log layout (single node only, ixlog.go):
+	// LogEntry is appended as is (nothing when empty); Set and Delete are
+	// not written.
+	Log      bool
+	LogEntry []byte
+	// SwitchSnapshot, with Log, makes the snapshot list of that id (written
+	// by WriteSnapshot as of the offset this commit starts from) the
+	// generation's snapshot and empties the log before LogEntry is
+	// appended; OldSnapshot, the id of the snapshot it replaces, is
+	// removed. With LeaveLog, OldSnapshot is removed too.
+	SwitchSnapshot, OldSnapshot string
+	// LeaveLog, with Bucketed, moves a log-layout generation to the
+	// bucketed layout: the log layout's keys go, Set must then hold the
+	// whole index, and Mark (with CountFresh) is needed.
+	LeaveLog bool
+	// Mark stores the layout's mark (IndexFormatKey): the first commit of a
+	// generation no InitOffset created, or LeaveLog.
 	Mark   bool
 	Set    []SourceEntry // new entries (each source key at most once)
 	Delete []string      // source keys that own nothing any more
@@ -483,7 +502,13 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 		q.n++
 	}
 	bucketed := c.Bucketed && !l.cluster
-	if bucketed {
+	logged := c.Log && !l.cluster && !bucketed
+	if c.LeaveLog && bucketed {
+		l.queueLeaveLog(ctx, pipe, proj, gen, c, add)
+	}
+	if logged {
+		l.queueLog(ctx, pipe, proj, gen, c, add)
+	} else if bucketed {
 		l.queueBuckets(ctx, pipe, genPrefix(proj, gen), c, add)
 	} else if len(c.Set) > 0 {
 		if l.cluster {
@@ -517,7 +542,7 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 			add(pipe.MSet(ctx, pairs...))
 		}
 	}
-	if len(c.Delete) > 0 && !bucketed {
+	if len(c.Delete) > 0 && !bucketed && !logged {
 		keys := make([]string, len(c.Delete))
 		for i, sk := range c.Delete {
 			keys[i] = IndexKey(proj, gen, sk)
@@ -562,7 +587,10 @@ func (l *Ledger) Queue(ctx context.Context, pipe redis.Pipeliner, proj string, g
 	case c.Count && c.CountDelta != 0:
 		add(pipe.Do(ctx, "incrby", IndexCountKey(proj, gen), c.CountDelta))
 	}
-	if c.Mark && bucketed {
+	switch {
+	case c.Mark && logged:
+		add(pipe.Set(ctx, IndexFormatKey(proj, gen), formatLog, 0))
+	case c.Mark && bucketed:
 		add(pipe.Set(ctx, IndexFormatKey(proj, gen), formatBucketed, 0))
 	}
 	if c.Epoch != "" {

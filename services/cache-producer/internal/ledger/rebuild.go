@@ -86,7 +86,7 @@ type BeginRebuild struct {
 func (l *Ledger) BeginRebuild(ctx context.Context, proj string, gen int64, b BeginRebuild) (Rebuild, error) {
 	offKey, baseKey := OffsetKey(proj, gen), VersionBaseKey(proj, gen)
 	rb := Rebuild{Reason: b.Reason, Detail: b.Detail, Start: b.Start, End: b.End, Started: b.Now.UTC(), Epoch: b.Epoch}
-	fresh := false // single node: no bookkeeping left at all, create the bucketed layout
+	fresh := false // single node: no bookkeeping left at all, create the log layout
 	plan := func(c redis.Cmdable) error {
 		off, known, err := l.OffsetOn(ctx, c, proj, gen)
 		if err != nil {
@@ -94,10 +94,10 @@ func (l *Ledger) BeginRebuild(ctx context.Context, proj string, gen int64, b Beg
 		}
 		if fresh = false; !known && !l.cluster {
 			// Redis lost the generation's bookkeeping: if nothing of its
-			// index is left either, it starts again in the bucketed layout
+			// index is left either, it starts again in the log layout
 			// with a count (else the layout of what is left stays, and the
 			// count stays unknown).
-			keys := []string{IndexFormatKey(proj, gen), IndexCountKey(proj, gen)}
+			keys := []string{IndexFormatKey(proj, gen), IndexCountKey(proj, gen), IndexLogKey(proj, gen), IndexSnapshotKey(proj, gen)}
 			for b := range IndexBuckets {
 				keys = append(keys, bucketKey(genPrefix(proj, gen), b))
 			}
@@ -124,7 +124,7 @@ func (l *Ledger) BeginRebuild(ctx context.Context, proj string, gen int64, b Beg
 		}
 		if fresh {
 			pipe.Set(ctx, IndexCountKey(proj, gen), "0", 0)
-			pipe.Set(ctx, IndexFormatKey(proj, gen), formatBucketed, 0)
+			pipe.Set(ctx, IndexFormatKey(proj, gen), FormatMark(l.NewFormat()), 0)
 		}
 		mk := RebuildKey(proj, gen)
 		pipe.Del(ctx, mk)
@@ -288,29 +288,56 @@ var advanceScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end
 return 0`)
 
-// IndexBucketed reports whether generation gen's index is in the bucketed
-// layout, reading its offset and layout mark.
-func (l *Ledger) IndexBucketed(ctx context.Context, proj string, gen int64) (bool, error) {
+// IndexFormat reads generation gen's index layout (its offset's existence
+// and layout mark).
+func (l *Ledger) IndexFormat(ctx context.Context, proj string, gen int64) (Format, error) {
 	if l.cluster {
-		return false, nil
+		return FormatPerKey, nil
 	}
 	n, err := l.rdb.Exists(ctx, OffsetKey(proj, gen)).Result()
 	if err != nil {
-		return false, fmt.Errorf("read index layout of %s/g%d: %w", proj, gen, err)
+		return 0, fmt.Errorf("read index layout of %s/g%d: %w", proj, gen, err)
 	}
 	f, err := l.rdb.Get(ctx, IndexFormatKey(proj, gen)).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return false, fmt.Errorf("read index layout of %s/g%d: %w", proj, gen, err)
+		return 0, fmt.Errorf("read index layout of %s/g%d: %w", proj, gen, err)
 	}
-	return l.Bucketed(Layout{OffsetKnown: n == 1, Marked: IsFormatMark(f)}), nil
+	return l.FormatOf(n == 1, f), nil
 }
 
 // ScanIndex hands fn every index entry of generation gen, in chunks of up to
-// about 1000, in the bucketed layout when bucketed, else the per-key one (on
-// every master of a cluster). An entry removed while the scan runs may or may
-// not be handed over; one present throughout is handed over at least once.
-func (l *Ledger) ScanIndex(ctx context.Context, proj string, gen int64, bucketed bool, fn func([]SourceEntry) error) error {
+// about 1000, in layout f (per-key entries are scanned on every master of a
+// cluster; a log-layout index is read whole, snapshot and log, and handed
+// over in chunks). An entry removed while the scan runs may or may not be
+// handed over; one present throughout is handed over at least once.
+func (l *Ledger) ScanIndex(ctx context.Context, proj string, gen int64, f Format, fn func([]SourceEntry) error) error {
 	prefix := genPrefix(proj, gen)
+	if f == FormatLog {
+		var li LogIndex
+		var err error
+		for range 5 {
+			if li, err = l.LoadLogIndex(ctx, l.rdb, proj, gen, 0); !errors.Is(err, ErrSnapshotMoved) {
+				break
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("scan index of %s/g%d: %w", proj, gen, err)
+		}
+		chunk := make([]SourceEntry, 0, 1000)
+		for k, e := range li.Entries {
+			if chunk = append(chunk, SourceEntry{Source: k, Entry: e}); len(chunk) == cap(chunk) {
+				if err := fn(chunk); err != nil {
+					return err
+				}
+				chunk = make([]SourceEntry, 0, 1000)
+			}
+		}
+		if len(chunk) > 0 {
+			return fn(chunk)
+		}
+		return nil
+	}
+	bucketed := f == FormatBucketed
 	decode := func(skey, v string) (SourceEntry, error) {
 		e, err := DecodeEntry(v)
 		if err != nil {

@@ -41,6 +41,15 @@ type indexCache struct {
 	complete bool
 	dead     bool // forgotten: holds nothing and takes no room
 	entries  map[string]ledger.Entry
+
+	// log: the generation's index is in the log layout (ixlog.go) and
+	// entries is the whole of it as of offset at (complete is true): the
+	// truth this Writer plans from, never shrunk. snap is the current
+	// snapshot's id, snapBytes and logBytes the stored sizes compaction
+	// weighs.
+	log                 bool
+	snap                string
+	snapBytes, logBytes int64
 }
 
 func (w *Writer) cacheOf(t Target) *indexCache {
@@ -126,7 +135,7 @@ func (w *Writer) Forget(t Target) {
 	}
 	c.mu.Lock()
 	c.dead, c.complete, c.at = true, false, -1
-	c.entries = nil
+	c.entries, c.log = nil, false
 	c.size.Store(0)
 	c.mu.Unlock()
 }
@@ -135,7 +144,9 @@ func (w *Writer) Forget(t Target) {
 // complete) in a fresh map, so the memory of the larger one is freed. c.mu
 // is held.
 func (c *indexCache) shrink(n int) {
-	if len(c.entries) <= n {
+	if c.log || len(c.entries) <= n {
+		// A log-layout index is never shrunk: past its share it moves to
+		// the bucketed layout at its next batch (moveToBuckets).
 		return
 	}
 	kept := make(map[string]ledger.Entry, n)
@@ -162,7 +173,7 @@ func (c *indexCache) sync(h head, end int64, _ int) {
 		c.shrink(share)
 		return
 	}
-	c.at = -1
+	c.at, c.log = -1, false
 	c.complete = !h.known || (h.counted && h.count == 0) // nothing ever committed: no index either
 	if c.dead {
 		c.complete = false
@@ -212,6 +223,22 @@ func (c *indexCache) reader(ctx context.Context, l *ledger.Ledger, tx txCmdable,
 func (c *indexCache) apply(p *Plan, stored int64, _ int) {
 	c.at = stored
 	if c.dead {
+		if c.log {
+			c.at, c.log = -1, false // holds nothing: read again if ever used
+		}
+		return
+	}
+	if c.log {
+		// The whole index: every change is kept (writeTx took the room, or
+		// moved the generation to the bucketed layout).
+		for _, sl := range p.slots {
+			if sl.after.Key == "" {
+				delete(c.entries, sl.skey)
+			} else {
+				c.entries[sl.skey] = sl.after
+			}
+		}
+		c.size.Store(int64(len(c.entries)))
 		return
 	}
 	want := 0

@@ -50,7 +50,9 @@ func heldEntries(w *Writer) (total int, per map[string]int) {
 // budget between them (sampled all along, and counted in the maps at the end); once all eight
 // have written, each holds at most its share and the last one got room too; and a second pass that moves every source key to a new projected key
 // (which needs each key's index entry, from the cache or from Redis) leaves exactly the new
-// keys in every generation. Forgetting every generation releases every entry.
+// keys in every generation. Forgetting every generation releases every entry. (New
+// generations start in the log layout, whose whole index must be in memory: past their share
+// they move to the bucketed layout, which this test then exercises.)
 func TestIndexCacheBudgetAcrossGenerations(t *testing.T) {
 	t.Parallel()
 	const budget, gens, keys, batch = 1000, 8, 4000, 500
@@ -122,6 +124,13 @@ func TestIndexCacheBudgetAcrossGenerations(t *testing.T) {
 	for k, n := range per {
 		if n > share {
 			t.Errorf("%s holds %d entries, its share is %d", k, n, share)
+		}
+	}
+	// Each generation started in the log layout (its whole index in memory) and, its keys
+	// outgrowing its share, moved to the bucketed layout rather than exceed the budget.
+	for _, tg := range targets {
+		if m := rdb.Get(ctx, ledger.IndexFormatKey(tg.Projection, 1)).Val(); m != "hash16" {
+			t.Errorf("%s: layout mark %q, want hash16 (moved out of the log layout)", tg, m)
 		}
 	}
 	if n := per[targets[gens-1].String()]; n == 0 {

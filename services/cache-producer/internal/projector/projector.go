@@ -116,6 +116,9 @@ type Step int
 const (
 	BeforeValues Step = iota + 1 // state read and batch planned, nothing written yet
 	AfterValues                  // values written (on Cluster: index and offset not yet)
+	// SnapshotWritten: a compaction wrote a new index snapshot (log layout)
+	// and the transaction that switches it in has not run.
+	SnapshotWritten
 )
 
 // Writer writes batches of records into generations. It is safe for
@@ -128,6 +131,9 @@ type Writer struct {
 	fault     Fault
 	conflicts atomic.Int64
 	cacheMax  int
+	// compactMin is the least log size (bytes) that makes a log-layout
+	// index compacted (DefaultCompactBytes).
+	compactMin int64
 
 	mu     sync.Mutex
 	caches map[string]*indexCache // by Target.String()
@@ -152,7 +158,7 @@ func WithFault(f Fault) Option { return func(w *Writer) { w.fault = f } }
 // NewWriter returns a Writer writing values through pub and bookkeeping
 // through l.
 func NewWriter(pub *distcache.Publisher, l *ledger.Ledger, opts ...Option) *Writer {
-	w := &Writer{pub: pub, ledger: l, log: slog.New(slog.DiscardHandler), cacheMax: DefaultIndexCacheEntries}
+	w := &Writer{pub: pub, ledger: l, log: slog.New(slog.DiscardHandler), cacheMax: DefaultIndexCacheEntries, compactMin: DefaultCompactBytes}
 	for _, o := range opts {
 		o(w)
 	}

@@ -28,12 +28,12 @@ import (
 // records written after the sweep. On Redis Cluster, batches of t must not be
 // written meanwhile.
 func (w *Writer) Sweep(ctx context.Context, t Target, below, version int64) (int, error) {
-	bucketed, err := w.ledger.IndexBucketed(ctx, t.Projection, t.Generation)
+	format, err := w.ledger.IndexFormat(ctx, t.Projection, t.Generation)
 	if err != nil {
 		return 0, err
 	}
 	removed := 0
-	err = w.ledger.ScanIndex(ctx, t.Projection, t.Generation, bucketed, func(chunk []ledger.SourceEntry) error {
+	err = w.ledger.ScanIndex(ctx, t.Projection, t.Generation, format, func(chunk []ledger.SourceEntry) error {
 		var stale []string
 		for _, se := range chunk {
 			if se.Version <= below {
@@ -95,6 +95,11 @@ func (w *Writer) removeTx(ctx context.Context, t Target, skeys []string, below, 
 				return err
 			}
 			cache.sync(h, 0, w.cacheMax)
+			if h.format == ledger.FormatLog {
+				if _, err := w.syncLog(ctx, tx, t, cache, h, 0); err != nil {
+					return err
+				}
+			}
 			read := cache.reader(ctx, w.ledger, tx, t, h)
 			// A synthetic offset whose version (base + offset + 1) is version.
 			if outs, err = staleOutcomes(read, skeys, below, version-h.base-1); err != nil {
@@ -110,8 +115,14 @@ func (w *Writer) removeTx(ctx context.Context, t Target, skeys []string, below, 
 			}
 			st.Base = h.base
 			p = planBatch(t, outs, &src, st, -1, false)
+			if cache.log {
+				if h.lc, err = w.planLog(ctx, tx, t, cache, p, h); err != nil {
+					return err
+				}
+			}
 			return w.execTx(ctx, exec, t, p, h)
 		})
+		w.logDone(ctx, t, h.lc, err)
 		if errors.Is(err, redis.TxFailedErr) {
 			w.conflicts.Add(1)
 			continue
@@ -123,7 +134,11 @@ func (w *Writer) removeTx(ctx context.Context, t Target, skeys []string, below, 
 		if p == nil {
 			return 0, nil
 		}
+		cache.applyLog(h.lc)
 		cache.apply(p, h.offset, w.cacheMax)
+		if h.lc != nil && h.lc.leave {
+			cache.shrink(w.share())
+		}
 		return len(outs), nil
 	}
 	return 0, fmt.Errorf("sweep %s: %w (%d conflicts in a row)", t, errConflict, maxTxConflicts)

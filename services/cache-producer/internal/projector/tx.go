@@ -262,14 +262,17 @@ type head struct {
 	known    bool  // an offset is stored: something was committed (or InitOffset ran)
 	count    int64 // index entries, when counted
 	counted  bool
-	marked   bool  // the bucketed layout's mark exists
-	bucketed bool  // the index layout (ledger.Layout)
+	marked   bool // the mark of the index layout exists
+	format   ledger.Format
+	bucketed bool  // format == ledger.FormatBucketed
 	base     int64 // the version base (0 when none is stored)
 	epoch    string
 	writer   string // the writer claim ("" when none)
 	// newEpoch, when not empty, is stored as the epoch by the batch's
 	// commit (none is stored).
 	newEpoch string
+	// lc is how a log-layout index is committed (ixlog.go).
+	lc *logCommit
 }
 
 // readHead parses the reads of rd.
@@ -285,7 +288,12 @@ func (w *Writer) readHead(t Target, rd watchReads) (head, error) {
 		n, err := strconv.ParseInt(rd.cnt.Val(), 10, 64)
 		h.count, h.counted = n, err == nil
 	}
-	h.marked = rd.format.Err() == nil && ledger.IsFormatMark(rd.format.Val())
+	mark := ""
+	if rd.format.Err() == nil {
+		mark = rd.format.Val()
+	}
+	h.format = w.ledger.FormatOf(h.known, mark)
+	h.marked = mark != "" && mark == ledger.FormatMark(h.format)
 	if rd.base.Err() == nil {
 		var err error
 		if h.base, err = ledger.ParseVersionBase(rd.base.Val()); err != nil {
@@ -298,7 +306,7 @@ func (w *Writer) readHead(t Target, rd watchReads) (head, error) {
 	if rd.writer.Err() == nil {
 		h.writer = rd.writer.Val()
 	}
-	h.bucketed = w.ledger.Bucketed(ledger.Layout{OffsetKnown: h.known, Marked: h.marked})
+	h.bucketed = h.format == ledger.FormatBucketed
 	return h, nil
 }
 
@@ -347,7 +355,16 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 				return fmt.Errorf("write %s: %w: stored offset %d, batch from %d", t, ErrPositionMoved, h.offset, from)
 			}
 			cache.sync(h, end, w.cacheMax)
+			loaded := false
+			if h.format == ledger.FormatLog {
+				if loaded, err = w.syncLog(ctx, tx, t, cache, h, end); err != nil {
+					return err
+				}
+			}
 			if todo = h.unwritten(outs); len(todo) == 0 && h.known && next <= h.offset {
+				if loaded {
+					cache.at = -1 // read without an EXEC to prove it consistent
+				}
 				return tx.Do(ctx, "UNWATCH").Err() // written already (a replay, or another writer)
 			}
 			if h.epoch == "" && next >= 0 {
@@ -361,9 +378,15 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			st.Base = h.base
 			// 2. Plan.
 			p = planBatch(t, todo, &src, st, next, false)
+			if cache.log {
+				if h.lc, err = w.planLog(ctx, tx, t, cache, p, h); err != nil {
+					return err
+				}
+			}
 			// 3. Execute.
 			return w.execTx(ctx, exec, t, p, h)
 		})
+		w.logDone(ctx, t, h.lc, err)
 		if errors.Is(err, redis.TxFailedErr) {
 			w.conflicts.Add(1)
 			continue
@@ -382,7 +405,11 @@ func (w *Writer) writeTx(ctx context.Context, tc *txConn, t Target, outs []outco
 			if h.newEpoch != "" {
 				epoch = h.newEpoch
 			}
+			cache.applyLog(h.lc)
 			cache.apply(p, stored, w.cacheMax)
+			if h.lc != nil && h.lc.leave {
+				cache.shrink(w.share())
+			}
 			st = p.stats
 			st.Records, st.Skipped = len(outs), len(outs)-len(todo)
 		}
@@ -421,7 +448,7 @@ func (w *Writer) execTx(ctx context.Context, exec execFn, t Target, p *Plan, h h
 			nValues = pipe.Len() - base
 		}
 		c := p.commit()
-		c.Bucketed, c.Mark = h.bucketed, h.bucketed && !h.marked
+		c.Bucketed, c.Mark = h.bucketed, (h.bucketed || h.format == ledger.FormatLog) && !h.marked
 		c.Epoch = h.newEpoch
 		if fresh := !h.known; fresh || h.counted {
 			c.Count, c.CountFresh = true, fresh
@@ -433,6 +460,9 @@ func (w *Writer) execTx(ctx context.Context, exec execFn, t Target, p *Plan, h h
 					c.CountDelta--
 				}
 			}
+		}
+		if h.lc != nil {
+			h.lc.commit(&c, h)
 		}
 		q = w.ledger.Queue(ctx, pipe, t.Projection, t.Generation, c)
 		return nil

@@ -176,38 +176,48 @@ func TestMultiExecRefusesCommandsItCannotRead(t *testing.T) {
 	}
 }
 
-// TestIndexLayouts: a generation InitOffset creates keeps its index in
-// bucket hashes; one created by the first commit gets the bucketed layout
-// and its mark in that commit; one whose offset exists without the mark (a
-// generation from a producer before the bucketed layout) keeps per-key
-// entries. In each, an index read from Redis (no index cache) finds the
-// entry a re-key needs, and the old projected key is deleted.
+// TestIndexLayouts: a generation InitOffset creates keeps its index in the
+// log layout (snapshot + log); one created by the first commit gets the log
+// layout and its mark in that commit; one marked "hash16" (created by a
+// producer before the log layout) keeps its index in bucket hashes; one whose
+// offset exists without the mark (from a producer before the bucketed layout)
+// keeps per-key entries. In each, a writer that did not write the index (a
+// restart or takeover; for the older layouts one without an index cache, so
+// it reads every entry from Redis) finds the entry a re-key needs, the old
+// projected key is deleted, and Forget removes every index key.
 func TestIndexLayouts(t *testing.T) {
 	t.Parallel()
 	w, rdb, _ := txWriter(t)
-	cold := NewWriter(w.pub, w.ledger, WithIndexCache(0)) // reads every entry from Redis
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, tc := range []struct {
-		name     string
-		create   func(tg Target)
-		bucketed bool
+		name   string
+		create func(tg Target)
+		format ledger.Format
 	}{
 		{"init", func(tg Target) {
 			if _, err := w.Ledger().InitOffset(ctx, tg.Projection, 1, 0); err != nil {
 				t.Fatal(err)
 			}
-		}, true},
-		{"first_commit", func(Target) {}, true},
-		{"legacy", func(tg Target) { rdb.Set(ctx, ledger.OffsetKey(tg.Projection, 1), "0", 0) }, false},
+		}, ledger.FormatLog},
+		{"first_commit", func(Target) {}, ledger.FormatLog},
+		{"hash16", func(tg Target) {
+			rdb.Set(ctx, ledger.OffsetKey(tg.Projection, 1), "0", 0)
+			rdb.Set(ctx, ledger.IndexFormatKey(tg.Projection, 1), "hash16", 0)
+			rdb.Set(ctx, ledger.IndexCountKey(tg.Projection, 1), "0", 0)
+		}, ledger.FormatBucketed},
+		{"legacy", func(tg Target) { rdb.Set(ctx, ledger.OffsetKey(tg.Projection, 1), "0", 0) }, ledger.FormatPerKey},
 	} {
 		tg := txTarget(t, "layout_"+tc.name)
 		tc.create(tg)
 		if _, err := w.WriteBatch(ctx, tg, upserts(0, 50), 50); err != nil {
 			t.Fatal(err)
 		}
-		// Source key "3" moves to a new e-mail, written by a Writer that
-		// reads the index from Redis.
+		// Source key "3" moves to a new e-mail, written by another Writer.
+		cold := NewWriter(w.pub, w.ledger)
+		if tc.format != ledger.FormatLog {
+			cold = NewWriter(w.pub, w.ledger, WithIndexCache(0)) // reads every entry from Redis
+		}
 		moved := upserts(3, 1)
 		moved[0].Offset = 50
 		moved[0].Payload[1].Text = "moved3@example.com"
@@ -221,19 +231,31 @@ func TestIndexLayouts(t *testing.T) {
 		}
 		inBucket := rdb.HExists(ctx, ledger.IndexBucketKey(tg.Projection, 1, "3"), "3").Val()
 		perKey := rdb.Exists(ctx, ledger.IndexKey(tg.Projection, 1, "3")).Val() == 1
-		marked := rdb.Get(ctx, ledger.IndexFormatKey(tg.Projection, 1)).Val() != ""
-		if inBucket != tc.bucketed || perKey == tc.bucketed || marked != tc.bucketed {
-			t.Fatalf("%s: entry in bucket %v, per key %v, marked %v; want bucketed=%v", tc.name, inBucket, perKey, marked, tc.bucketed)
+		logged := rdb.Exists(ctx, ledger.IndexLogKey(tg.Projection, 1)).Val() == 1
+		mark := rdb.Get(ctx, ledger.IndexFormatKey(tg.Projection, 1)).Val()
+		if inBucket != (tc.format == ledger.FormatBucketed) || perKey != (tc.format == ledger.FormatPerKey) ||
+			logged != (tc.format == ledger.FormatLog) || mark != ledger.FormatMark(tc.format) {
+			t.Fatalf("%s: entry in bucket %v, per key %v, log %v, mark %q; want layout %v", tc.name, inBucket, perKey, logged, mark, tc.format)
 		}
-		e, err := cold.ledger.IndexOn(ctx, rdb, tg.Projection, 1, tc.bucketed, []string{"3", "4", "nope"})
+		if f, err := w.ledger.IndexFormat(ctx, tg.Projection, 1); err != nil || f != tc.format {
+			t.Fatalf("%s: IndexFormat = %v, %v", tc.name, f, err)
+		}
+		var e []ledger.Entry
+		var err error
+		if tc.format == ledger.FormatLog {
+			li, lerr := w.ledger.LoadLogIndex(ctx, rdb, tg.Projection, 1, 0)
+			e, err = []ledger.Entry{li.Entries["3"], li.Entries["4"], li.Entries["nope"]}, lerr
+		} else {
+			e, err = cold.ledger.IndexOn(ctx, rdb, tg.Projection, 1, tc.format == ledger.FormatBucketed, []string{"3", "4", "nope"})
+		}
 		if err != nil || e[0].Key != "moved3@example.com" || e[0].Version != 51 || e[1].Key != "u4@example.com" || e[2] != (ledger.Entry{}) {
-			t.Fatalf("%s: IndexOn = %+v, %v", tc.name, e, err)
+			t.Fatalf("%s: index = %+v, %v", tc.name, e, err)
 		}
 		if n, err := w.Ledger().Forget(ctx, tg.Projection, 1); err != nil || n == 0 {
 			t.Fatalf("%s: Forget = %d, %v", tc.name, n, err)
 		}
-		if rdb.Exists(ctx, ledger.IndexBucketKey(tg.Projection, 1, "3"), ledger.IndexKey(tg.Projection, 1, "3"), ledger.IndexFormatKey(tg.Projection, 1)).Val() != 0 {
-			t.Fatalf("%s: index keys left after Forget", tc.name)
+		if left := rdb.Keys(ctx, ledger.Pattern(tg.Projection, 1)).Val(); len(left) != 0 {
+			t.Fatalf("%s: keys left after Forget: %q", tc.name, left)
 		}
 	}
 }
