@@ -623,7 +623,7 @@ func WriteScaleMarkdown(w io.Writer, cfg ScaleConfig, res *Result, regs []Regres
 	fmt.Fprintln(w, "| measure | value | peer (same run) | ratio | goal |")
 	fmt.Fprintln(w, "|---|---|---|---|---|")
 	for _, r := range res.Rows {
-		fmt.Fprintf(w, "| %s | %s %s | %s | %s | %s |\n", r.Measure, formatValue(r.Value, r.Unit), r.Unit, r.Peer, r.Ratio, r.Goal)
+		fmt.Fprintf(w, "| %s | %s %s | %s | %s | %s |\n", r.Measure, formatScaleValue(r.Value, r.Unit), r.Unit, r.Peer, r.Ratio, r.Goal)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Edge heap: live heap (after two GCs) of a distcache Client warmed by SCAN of the projection, of a bigcache configured as distcache's local store and of a map[string][]byte, each holding the same keys and values. "+
@@ -647,7 +647,7 @@ func WriteScaleMarkdown(w io.Writer, cfg ScaleConfig, res *Result, regs []Regres
 	return nil
 }
 
-func formatValue(v float64, unit string) string {
+func formatScaleValue(v float64, unit string) string {
 	switch unit {
 	case "ms", "µs", "µs/s":
 		return strconv.FormatFloat(v, 'f', 2, 64)

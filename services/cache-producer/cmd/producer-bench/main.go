@@ -702,7 +702,7 @@ func projectedValues(n int) [][]byte {
 func produce(ctx context.Context, addr, prefix, aggregate string, n int) (string, error) {
 	topic := events.Topic(prefix, aggregate)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ProducerLinger(5*time.Millisecond),
-		kgo.ProducerBatchCompression(kgo.NoCompression()), // as core-publisher writes
+		kgo.ProducerBatchCompression(kgo.Lz4Compression()), // as core-publisher writes by default (PUBLISHER_COMPRESSION=lz4)
 		kgo.ProducerBatchMaxBytes(1<<20), kgo.MaxBufferedRecords(100_000), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	if err != nil {
 		return "", err
