@@ -579,10 +579,19 @@ func WriteMarkdown(w io.Writer, cfg Config, res *Result, regs []Regression, base
 	}
 	fmt.Fprintf(w, "\nLatency is measured in process at an edge (a distcache.Client holding every item): each writer commits a batch "+
 		"of updates and records the time COMMIT returned; the edge reports each change it applied (WithOnChange) and the item's value is read from its memory then "+
-		"(a sweep of the items in flight every 100 ms catches values that arrive without a change of the stream); a commit a stage shows before its writer recorded it counts as 0 ms. "+
-		"and two more watchers time the stages in the same runs: a read-committed Kafka consumer of the topic (commit → broker) and an XREAD "+
+		"(a sweep of the items in flight every 100 ms catches values that arrive without a change of the stream); a commit a stage shows before its writer recorded it counts as 0 ms; "+
+		"two more watchers time the stages in the same runs: a read-committed Kafka consumer of the topic (commit → broker) and an XREAD "+
 		"tail of the generation's change stream (commit → Redis). Each watcher is a client of its own, so its own delivery delays show in "+
 		"its tail (a stage's p99.9 can exceed the edge's).\n\n![latency distribution](latency.png)\n\n")
+	writeComparison(w, baseline, regs, res.Notes)
+	return nil
+}
+
+// ErrRegression is returned (with -strict) when a figure regressed.
+var ErrRegression = errors.New("bench: regression over 20% against the baseline")
+
+// writeComparison writes the regressions against the baseline file and the notes, after a table.
+func writeComparison(w io.Writer, baseline string, regs []Regression, notes []string) {
 	if len(regs) == 0 {
 		fmt.Fprintf(w, "Compared with %s: no figure worse by more than 20%%.\n", baseline)
 	} else {
@@ -591,11 +600,7 @@ func WriteMarkdown(w io.Writer, cfg Config, res *Result, regs []Regression, base
 			fmt.Fprintf(w, "- %s: %.2f, baseline %.2f (%.0f%% worse)\n", g.Key, g.Value, g.Baseline, 100*g.Change)
 		}
 	}
-	for _, n := range res.Notes {
+	for _, n := range notes {
 		fmt.Fprintf(w, "\n- %s\n", n)
 	}
-	return nil
 }
-
-// ErrRegression is returned (with -strict) when a figure regressed.
-var ErrRegression = errors.New("bench: regression over 20% against the baseline")

@@ -633,17 +633,7 @@ func WriteScaleMarkdown(w io.Writer, cfg ScaleConfig, res *Result, regs []Regres
 		"Edges: N distcache Clients in this one process follow one projection of 1,000 keys (holding none); a writer applies one change at a time at the fixed rate; Redis CPU is INFO cpu (user + sys) of every node over the run, per change delivered to an edge (changes × edges); propagation is from the write to each edge's WithOnChange call. "+
 		"With many edges in one process on a small machine the edges' own CPU is part of the propagation delay.")
 	fmt.Fprintln(w)
-	if len(regs) == 0 {
-		fmt.Fprintf(w, "Compared with %s: no figure worse by more than 20%%.\n", baseline)
-	} else {
-		fmt.Fprintf(w, "Compared with %s: **%d figure(s) worse by more than 20%%**\n\n", baseline, len(regs))
-		for _, g := range regs {
-			fmt.Fprintf(w, "- %s: %.2f, baseline %.2f (%.0f%% worse)\n", g.Key, g.Value, g.Baseline, 100*g.Change)
-		}
-	}
-	for _, n := range res.Notes {
-		fmt.Fprintf(w, "\n- %s\n", n)
-	}
+	writeComparison(w, baseline, regs, res.Notes)
 	return nil
 }
 
