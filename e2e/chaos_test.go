@@ -39,7 +39,14 @@ func TestChaosShort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		if t.Failed() {
+			// The service logs and the stack's data stay for a post-mortem.
+			t.Logf("chaos: kept %s for inspection (services/*.log)", dir)
+			return
+		}
+		_ = os.RemoveAll(dir)
+	})
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -423,10 +424,28 @@ func probe(ctx context.Context, pool *pgxpool.Pool, edges []*distcache.Client, t
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("probe: seq %d of %s not at every edge within %v", seq, key, timeout)
+			return fmt.Errorf("probe: seq %d of %s not at every edge within %v (%s)", seq, key, timeout, edgeStates(ctx, edges, key))
 		}
 		time.Sleep(5 * time.Millisecond) // polling the edges for the probe's value
 	}
+}
+
+// edgeStates says what each edge answers for key: its seq, version and staleness, or its error.
+func edgeStates(ctx context.Context, edges []*distcache.Client, key string) string {
+	var b strings.Builder
+	for i, dc := range edges {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		e, err := dc.GetEntry(ctx, pipeline.Projection.Name, key)
+		if err != nil {
+			fmt.Fprintf(&b, "edge %d: %v", i, err)
+			continue
+		}
+		s, _ := pipeline.Seq(e.Value)
+		fmt.Fprintf(&b, "edge %d: seq %d version %d stale %v", i, s, e.Version, e.Stale)
+	}
+	return b.String()
 }
 
 // compare checks every item: the committed seq in the core DB against Redis's live value, and

@@ -41,6 +41,10 @@ var (
 	// over Redis Cluster, where one transaction cannot span a generation's
 	// keys.
 	ErrClusterUnsupported = errors.New("distcache: not supported on Redis Cluster")
+	// ErrFenced: Publisher.ApplyAs found the generation's change stream
+	// claimed by another writer (ClaimStream); the batch's stream entries
+	// were not appended.
+	ErrFenced = errors.New("distcache: another writer claimed the change stream")
 )
 
 // MaxKeyLen is the longest key distcache accepts, in bytes.

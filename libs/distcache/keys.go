@@ -17,6 +17,7 @@ import (
 //
 //	dc:P:gN:<key>        value of <key> in generation N          ValueKey
 //	dc:{P}:gN:changes    change stream of generation N           StreamKey
+//	dc:{P}:gN:writer     claim of the stream's writer (Cluster)  StreamWriterKey
 //	dc:{P}:current       pointer: the live generation, decimal   PointerKey
 //	dc:{P}:control       control stream: cutover events          ControlKey
 //
@@ -60,7 +61,11 @@ import (
 // in different slots: the value is written first (version-guarded), then the
 // stream entry; a write that finds the same version already stored appends the
 // stream entry again, so a replay after a crash between the two steps repairs
-// the stream, and clients ignore the duplicate by version.
+// the stream, and clients ignore the duplicate by version. A writer paused
+// between the two steps (a zombie) could so append older versions after a newer
+// writer's: a writer that claims the generation (Publisher.ClaimStream, then
+// Publisher.ApplyAs) has its entries appended by a script that first checks
+// that the stream writer key, in the stream's slot, still holds its claim.
 //
 // Retiring a generation SCANs GenerationPattern on every master and UNLINKs the
 // keys in batches, then unlinks the generation's change stream.
@@ -127,6 +132,13 @@ func appendGenPrefix(b []byte, proj string, gen int64) []byte {
 // dc:{<proj>}:g<gen>:changes (hash-tagged, see the package's layout contract).
 func StreamKey(proj string, gen int64) string {
 	return keyPrefix + "{" + proj + "}:g" + strconv.FormatInt(gen, 10) + ":changes"
+}
+
+// StreamWriterKey holds the claim of the writer that appends generation gen's
+// change stream on Redis Cluster (ClaimStream, ApplyAs):
+// dc:{<proj>}:g<gen>:writer, in the stream's slot.
+func StreamWriterKey(proj string, gen int64) string {
+	return keyPrefix + "{" + proj + "}:g" + strconv.FormatInt(gen, 10) + ":writer"
 }
 
 // PointerKey holds the live generation of projection proj as a decimal

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -165,6 +166,20 @@ end
 return 1
 `)
 
+// fencedAppendScript appends one change-stream entry (Redis Cluster, after
+// the values) only while the stream writer key holds the caller's claim or
+// no claim. KEYS[1] is the stream, KEYS[2] the stream writer key. ARGV[1]
+// the claim, ARGV[2] stream maxlen (0: none), then field, value pairs.
+// Answers the entry's id, or the error "FENCED <claim stored>".
+var fencedAppendScript = redis.NewScript(`
+local w = redis.call('GET', KEYS[2])
+if w and w ~= ARGV[1] then return redis.error_reply('FENCED ' .. w) end
+if ARGV[2] ~= '0' then
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+`)
+
 // batchScript is writeScript for many keys of one generation at once (not
 // on Redis Cluster, where the keys span slots): one script call per chunk
 // amortises the per-call cost. KEYS[1] is the stream, KEYS[1+i] the value
@@ -275,7 +290,7 @@ func (p *Publisher) DeleteGen(ctx context.Context, proj string, gen int64, key s
 func (p *Publisher) applyOne(ctx context.Context, proj string, gen int64, c Change) (bool, error) {
 	var res [1]Result
 	changes, over := p.tombstoneOversized([]Change{c})
-	if err := p.apply(ctx, proj, gen, changes, res[:]); err != nil {
+	if err := p.apply(ctx, proj, gen, "", changes, res[:]); err != nil {
 		return false, err
 	}
 	over.mark(res[:])
@@ -301,13 +316,48 @@ func (p *Publisher) liveGeneration(ctx context.Context, proj string) (int64, err
 // done); then no Result is meaningful, and the batch may be retried as is:
 // versions make the repeat harmless.
 func (p *Publisher) Apply(ctx context.Context, proj string, gen int64, changes []Change) ([]Result, error) {
+	return p.ApplyAs(ctx, proj, gen, "", changes)
+}
+
+// ApplyAs is Apply by the writer that holds claim on the generation (see
+// ClaimStream). On Redis Cluster, where a batch's values are written before
+// its change-stream entries, the entries are appended only while the stream
+// writer key holds claim (or none): a writer paused between the two steps
+// past another writer's ClaimStream gets an error wrapping ErrFenced, and
+// its older versions never follow the new writer's in the stream. The
+// values it wrote are version-guarded (never over a newer one); the writer
+// that claimed the generation rewrites the same versions when it replays
+// those records, and appends their entries then. On a single node each
+// chunk's values and entries are written by one script, so the version
+// guard alone orders the stream and claim is not read. claim "" is Apply.
+func (p *Publisher) ApplyAs(ctx context.Context, proj string, gen int64, claim string, changes []Change) ([]Result, error) {
 	res := make([]Result, len(changes))
 	changes, over := p.tombstoneOversized(changes)
-	if err := p.apply(ctx, proj, gen, changes, res); err != nil {
+	if err := p.apply(ctx, proj, gen, claim, changes, res); err != nil {
 		return nil, err
 	}
 	over.mark(res)
 	return res, nil
+}
+
+// ClaimStream stores claim as the writer of generation gen's change stream
+// (StreamWriterKey), over any claim stored. A writer calls it once it has
+// taken the generation over, before its first ApplyAs; from then on a
+// writer with another claim appends nothing on Redis Cluster.
+func (p *Publisher) ClaimStream(ctx context.Context, proj string, gen int64, claim string) error {
+	if err := ValidateProjection(proj); err != nil {
+		return err
+	}
+	if err := validateGeneration(gen); err != nil {
+		return err
+	}
+	if claim == "" {
+		return fmt.Errorf("claim the change stream of %s/g%d: %w: empty claim", proj, gen, ErrInvalidOption)
+	}
+	if err := p.rdb.Set(ctx, StreamWriterKey(proj, gen), claim, 0).Err(); err != nil {
+		return fmt.Errorf("claim the change stream of %s/g%d: %w", proj, gen, err)
+	}
+	return nil
 }
 
 // oversized lists the changes whose value was too large, with their errors.
@@ -369,7 +419,7 @@ func (p *Publisher) validateChange(c *Change) error {
 	return nil
 }
 
-func (p *Publisher) apply(ctx context.Context, proj string, gen int64, changes []Change, res []Result) error {
+func (p *Publisher) apply(ctx context.Context, proj string, gen int64, claim string, changes []Change, res []Result) error {
 	if err := ValidateProjection(proj); err != nil {
 		return err
 	}
@@ -446,24 +496,75 @@ func (p *Publisher) apply(ctx context.Context, proj string, gen int64, changes [
 	if len(appendIdx) == 0 {
 		return nil
 	}
-	// One stream entry for the batch: field = key, value = stored value.
-	fields := make([]any, 0, 2*len(appendIdx))
-	for _, j := range appendIdx {
-		pr := preps[j]
-		c := &changes[pr.idx]
-		v := pr.version + pr.op
-		if c.Op == OpSet {
-			v += string(c.Value)
+	// One stream entry per chunk of up to batchChunk changes: field = key,
+	// value = stored value.
+	if claim == "" {
+		fields := make([]any, 0, 2*len(appendIdx))
+		for _, j := range appendIdx {
+			fields = appendStreamField(fields, &changes[preps[j].idx], preps[j])
 		}
-		fields = append(fields, c.Key, v)
+		err = p.rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Approx: true, MaxLen: p.cfg.streamMaxLen, Values: fields}).Err()
+		if err != nil {
+			// The values are written; a retry of the batch re-appends the
+			// stream entry (same version → result 2 → append again).
+			return fmt.Errorf("publish %s/g%d: append change stream: %w", proj, gen, err)
+		}
+		return nil
 	}
-	err = p.rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Approx: true, MaxLen: p.cfg.streamMaxLen, Values: fields}).Err()
-	if err != nil {
-		// The values are written; a retry of the batch re-appends the
-		// stream entry (same version → result 2 → append again).
-		return fmt.Errorf("publish %s/g%d: append change stream: %w", proj, gen, err)
+	return p.appendFenced(ctx, proj, gen, claim, stream, maxLen, changes, preps, appendIdx)
+}
+
+// appendStreamField appends c's stream field (its key) and value (what was
+// stored: version, op, payload) to fields.
+func appendStreamField(fields []any, c *Change, pr prepared) []any {
+	v := pr.version + pr.op
+	if c.Op == OpSet {
+		v += string(c.Value)
 	}
-	return nil
+	return append(fields, c.Key, v)
+}
+
+// appendFenced appends the stream entries of preps[appendIdx] with
+// fencedAppendScript, one entry per chunk of batchChunk changes, in one
+// pipeline. The chunks before a refused one stay appended: they were
+// checked before the other writer's claim, so they precede its entries.
+func (p *Publisher) appendFenced(ctx context.Context, proj string, gen int64, claim, stream, maxLen string,
+	changes []Change, preps []prepared, appendIdx []int) error {
+	keys := []string{stream, StreamWriterKey(proj, gen)}
+	run := func() ([]*redis.Cmd, error) {
+		pipe := p.rdb.Pipeline()
+		var cmds []*redis.Cmd
+		for lo := 0; lo < len(appendIdx); lo += batchChunk {
+			chunk := appendIdx[lo:min(lo+batchChunk, len(appendIdx))]
+			args := make([]any, 0, 2+2*len(chunk))
+			args = append(args, claim, maxLen)
+			for _, j := range chunk {
+				args = appendStreamField(args, &changes[preps[j].idx], preps[j])
+			}
+			cmds = append(cmds, fencedAppendScript.EvalSha(ctx, pipe, keys, args...))
+		}
+		_, err := pipe.Exec(ctx)
+		return cmds, err
+	}
+	cmds, err := run()
+	if err != nil && isNoScript(cmds) {
+		if lerr := p.loadScript(ctx, fencedAppendScript); lerr != nil {
+			return fmt.Errorf("publish %s/g%d: load script: %w", proj, gen, lerr)
+		}
+		cmds, err = run()
+	}
+	if err == nil {
+		return nil
+	}
+	for _, c := range cmds {
+		if cerr := c.Err(); cerr != nil && redis.HasErrorPrefix(cerr, "FENCED") {
+			other := strings.TrimSpace(strings.TrimPrefix(cerr.Error(), "FENCED"))
+			return fmt.Errorf("publish %s/g%d: append change stream: %w (claimed by %q)", proj, gen, ErrFenced, other)
+		}
+	}
+	// The values are written; a retry of the batch re-appends the entries
+	// (same version → result 2 → append again).
+	return fmt.Errorf("publish %s/g%d: append change stream: %w", proj, gen, err)
 }
 
 func isNoScript(cmds []*redis.Cmd) bool {
@@ -566,7 +667,7 @@ func parsePointer(proj, s string) (int64, error) {
 
 // RetireGeneration deletes every key of generation gen of proj: it SCANs
 // GenerationPattern (on every master of a cluster) batch keys at a time and
-// UNLINKs them, then unlinks the change stream. It never uses KEYS. It
+// UNLINKs them, then unlinks the change stream and its writer key. It never uses KEYS. It
 // refuses the live generation with ErrGenerationLive. It returns how many
 // keys it deleted; it can be called again after an error and resumes
 // naturally (what is gone stays gone).
@@ -630,7 +731,7 @@ func (p *Publisher) RetireGeneration(ctx context.Context, proj string, gen int64
 	if err != nil {
 		return deleted.Load(), fmt.Errorf("retire %s/g%d: %w", proj, gen, err)
 	}
-	if err := p.rdb.Unlink(ctx, StreamKey(proj, gen)).Err(); err != nil {
+	if err := p.rdb.Unlink(ctx, StreamKey(proj, gen), StreamWriterKey(proj, gen)).Err(); err != nil {
 		return deleted.Load(), fmt.Errorf("retire %s/g%d: unlink change stream: %w", proj, gen, err)
 	}
 	return deleted.Load(), nil

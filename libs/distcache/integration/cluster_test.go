@@ -3,6 +3,7 @@ package integration_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -141,4 +142,98 @@ func replicaGets(t *testing.T, ctx context.Context, rdb *redis.ClusterClient) in
 		t.Fatal(err)
 	}
 	return total
+}
+
+// TestClusterStreamFence: on Redis Cluster a batch's values are written before its change-stream
+// entries (another slot). A writer paused between the two past another writer's ClaimStream
+// (a zombie) must not append its older versions after the new writer's: ApplyAs refuses the
+// append with ErrFenced, appends nothing, and its values stay version-guarded. Without a claim
+// stored, and for the claim stored, ApplyAs appends as Apply does; RetireGeneration removes the
+// stream writer key with the stream.
+func TestClusterStreamFence(t *testing.T) {
+	t.Parallel()
+	cl := devstacktest.RedisCluster(t)
+	ctx := ctxT(t)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	pub := newPublisher(t, rdb)
+	const gen = 3
+	stream := distcache.StreamKey(proj, gen)
+	batch := func(version int64, keys ...string) []distcache.Change {
+		cs := make([]distcache.Change, len(keys))
+		for i, k := range keys {
+			cs[i] = distcache.Change{Key: k, Value: val(k, version), Version: version}
+		}
+		return cs
+	}
+	// No claim stored yet: ApplyAs appends.
+	if _, err := pub.ApplyAs(ctx, proj, gen, "replica-a 01", batch(1, "k1", "k2")); err != nil {
+		t.Fatalf("ApplyAs before any claim: %v", err)
+	}
+	if err := pub.ClaimStream(ctx, proj, gen, "replica-a 01"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.ApplyAs(ctx, proj, gen, "replica-a 01", batch(2, "k1")); err != nil {
+		t.Fatalf("ApplyAs by the claim stored: %v", err)
+	}
+	// Replica B takes over and writes newer versions.
+	if err := pub.ClaimStream(ctx, proj, gen, "replica-b 02"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.ApplyAs(ctx, proj, gen, "replica-b 02", batch(5, "k1", "k3")); err != nil {
+		t.Fatalf("ApplyAs by the new claim: %v", err)
+	}
+	before := rdb.XLen(ctx, stream).Val()
+	// The zombie: k1 at 3 is refused by the version guard, k2 at 3 and k4 at 3 are written
+	// (nobody wrote newer ones), but none of their entries may follow B's.
+	res, err := pub.ApplyAs(ctx, proj, gen, "replica-a 01", batch(3, "k1", "k2", "k4"))
+	if !errors.Is(err, distcache.ErrFenced) {
+		t.Fatalf("ApplyAs by the old claim = %v, %v; want ErrFenced", res, err)
+	}
+	if !strings.Contains(err.Error(), "replica-b 02") {
+		t.Errorf("error %q does not name the claim stored", err)
+	}
+	if got := rdb.XLen(ctx, stream).Val(); got != before {
+		t.Errorf("stream length after the fenced append = %d, want %d (nothing appended)", got, before)
+	}
+	if v := storedVersion(t, rdb, proj, gen, "k1"); v != 5 {
+		t.Errorf("k1 version = %d, want 5 (the newer writer's)", v)
+	}
+	// B replays the zombie's records (same versions): their entries are appended by B, after.
+	if _, err := pub.ApplyAs(ctx, proj, gen, "replica-b 02", batch(3, "k2", "k4")); err != nil {
+		t.Fatalf("replay by the new claim: %v", err)
+	}
+	if got := rdb.XLen(ctx, stream).Val(); got != before+1 {
+		t.Errorf("stream length after the replay = %d, want %d", got, before+1)
+	}
+	// Apply (no claim) is not fenced: writers that claim nothing keep working.
+	if _, err := pub.Apply(ctx, proj, gen, batch(6, "k5")); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if err := pub.ClaimStream(ctx, proj, gen, ""); !errors.Is(err, distcache.ErrInvalidOption) {
+		t.Errorf("ClaimStream with an empty claim = %v, want ErrInvalidOption", err)
+	}
+	if _, err := pub.RetireGeneration(ctx, proj, gen, 100); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.Exists(ctx, stream, distcache.StreamWriterKey(proj, gen)).Val(); n != 0 {
+		t.Errorf("after RetireGeneration %d of the stream and its writer key remain", n)
+	}
+}
+
+// storedVersion returns the version stored under key in generation gen (0 when absent).
+func storedVersion(t *testing.T, rdb redis.UniversalClient, proj string, gen int64, key string) int64 {
+	t.Helper()
+	s, err := rdb.Get(context.Background(), distcache.ValueKey(proj, gen, key)).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0
+	}
+	if err != nil || len(s) < 16 {
+		t.Fatalf("GET %s: %q, %v", key, s, err)
+	}
+	v, err := distcache.ParseVersionHex(s[:16])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/libs/projection"
 	"github.com/distcache/distcache/services/cache-producer/internal/fanout"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
@@ -143,8 +144,15 @@ func testZombieIsFenced(t *testing.T, s *stack, def projection.Definition, at pr
 
 	b.Assign([]string{p.Topic}) // A's session expired: the group gave the topic to B
 	s.waitOffset(t, def, 1, 6)
-	if w, _ := s.led.Writer(ctx, def.Name, 1); ledger.ClaimReplica(w) != "replica-b" {
+	w, _ := s.led.Writer(ctx, def.Name, 1)
+	if ledger.ClaimReplica(w) != "replica-b" {
 		t.Fatalf("writer after the takeover = %q, want replica-b's claim", w)
+	}
+	if s.led.Cluster() {
+		// The change stream (another slot) is claimed too, so that A's entries cannot follow B's.
+		if sw, _ := s.rdb.Get(ctx, distcache.StreamWriterKey(def.Name, 1)).Result(); sw != w {
+			t.Errorf("stream writer after the takeover = %q, want B's claim %q", sw, w)
+		}
 	}
 
 	p.Produce(recs[6:]...) // B writes newer records of the same source keys before A resumes
@@ -200,6 +208,9 @@ func testZombieIsFenced(t *testing.T, s *stack, def projection.Definition, at pr
 	}
 	if d := prodtest.Diff(got, model.Live()); d != "" {
 		t.Errorf("the generation after two takeovers:\n%s", d)
+	}
+	if err := prodtest.StreamVersionsIncrease(ctx, s.rdb, def.Name, 1); err != nil {
+		t.Errorf("change stream after two takeovers: %v", err)
 	}
 }
 

@@ -570,6 +570,14 @@ func (r *runner) takeClaim(ctx context.Context, i int, stored string, retry func
 		if prev != "" && prev != r.claim {
 			r.log.Info("took over the generation", "generation", g.id(), "from", ledger.ClaimReplica(prev))
 		}
+		// On Redis Cluster the change stream (another slot) is claimed too,
+		// before the first batch: a replica paused between its values and
+		// its stream entries then appends nothing older after this one's.
+		if !retry("offset", "claim the change stream of "+g.id(), func() error {
+			return r.m.cfg.Writer.ClaimStream(ctx, t, r.claim)
+		}) {
+			return false
+		}
 	}
 	r.claimed[i] = true
 	r.m.cfg.Writer.SetClaim(t, r.claim)

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/distcache/distcache/libs/distcache"
 	"github.com/distcache/distcache/services/cache-producer/internal/feed"
 	"github.com/distcache/distcache/services/cache-producer/internal/ledger"
 )
@@ -100,7 +101,10 @@ func (w *Writer) applyValues(ctx context.Context, p *Plan) error {
 		}
 	}
 	if len(p.changes) > 0 {
-		res, err := w.pub.Apply(ctx, p.t.Projection, p.t.Generation, p.changes)
+		res, err := w.pub.ApplyAs(ctx, p.t.Projection, p.t.Generation, p.claim, p.changes)
+		if errors.Is(err, distcache.ErrFenced) {
+			return fmt.Errorf("write %s: %w: %v", p.t, ErrFenced, err)
+		}
 		if err != nil {
 			return fmt.Errorf("write %s: %w", p.t, err)
 		}
@@ -192,7 +196,19 @@ func (w *Writer) runCluster(ctx context.Context, t Target, in <-chan feed.Batch,
 	go func() { // write values
 		defer close(toCommit)
 		for x := range toApply {
-			if err := Retry(ctx, func() error { return w.applyValues(ctx, x.p) }, onErr); err != nil {
+			var fenced error
+			err := Retry(ctx, func() error {
+				err := w.applyValues(ctx, x.p)
+				if errors.Is(err, ErrFenced) {
+					fenced = err // another replica appends the change stream now
+					return nil
+				}
+				return err
+			}, onErr)
+			if err == nil {
+				err = fenced
+			}
+			if err != nil {
 				errc <- err
 				return
 			}

@@ -1,6 +1,7 @@
 package projector
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -130,6 +131,20 @@ func (w *Writer) SetClaim(t Target, claim string) {
 		return
 	}
 	w.claims[t.String()] = claim
+}
+
+// ClaimStream stores claim as the writer of t's change stream (Redis
+// Cluster only, where a batch's stream entries are appended after its values
+// and the claim checked with the offset cannot hold them back; see
+// distcache.Publisher.ClaimStream). The caller has just stored claim as t's
+// writer (ledger.ClaimIf) and calls it before t's first batch; a replica
+// paused since its values were written then appends nothing
+// (TestZombieIsFenced/cluster_before_stream).
+func (w *Writer) ClaimStream(ctx context.Context, t Target, claim string) error {
+	if !w.ledger.Cluster() || claim == "" {
+		return nil
+	}
+	return w.pub.ClaimStream(ctx, t.Projection, t.Generation, claim)
 }
 
 // claimOf returns the claim SetClaim set for t ("" when none).
