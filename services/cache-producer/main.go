@@ -138,6 +138,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, logOut 
 	metrics := prodmetrics.New()
 	defer metrics.Close()
 	led := ledger.New(rdb, cfg.DeadLetterMaxLen)
+	layout, err := ledger.ParseFormat(cfg.IndexLayout)
+	if err == nil {
+		err = led.SetNewFormat(layout)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", config.EnvIndexLayout, err)
+	}
 	writer := projector.NewWriter(pub, led, projector.WithLogger(log), projector.WithIndexCache(cfg.IndexCacheEntries))
 	metrics.WatchConflicts(writer)
 	mgr, err := fanout.NewManager(fanout.Config{

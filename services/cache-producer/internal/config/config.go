@@ -41,6 +41,7 @@ const (
 	EnvTombstoneTTL      = "PRODUCER_TOMBSTONE_TTL"
 	EnvDeadLetterMaxLen  = "PRODUCER_DEAD_LETTER_MAX_LEN"
 	EnvIndexCacheEntries = "PRODUCER_INDEX_CACHE_ENTRIES"
+	EnvIndexLayout       = "PRODUCER_INDEX_LAYOUT"
 	EnvReloadInterval    = "PRODUCER_RELOAD_INTERVAL"
 	EnvStatusReport      = "PRODUCER_STATUS_REPORT_INTERVAL"
 	EnvShutdownTimeout   = "PRODUCER_SHUTDOWN_TIMEOUT"
@@ -108,6 +109,7 @@ type Config struct {
 	TombstoneTTL      time.Duration // PRODUCER_TOMBSTONE_TTL (default distcache.DefaultTombstoneTTL)
 	DeadLetterMaxLen  int64         // PRODUCER_DEAD_LETTER_MAX_LEN (default 10000)
 	IndexCacheEntries int           // PRODUCER_INDEX_CACHE_ENTRIES (default 1000000 over all generations, 0 disables)
+	IndexLayout       string        // PRODUCER_INDEX_LAYOUT: index layout of the generations this producer creates on a single node, log1 (default) or hash16
 	ReloadInterval    time.Duration // PRODUCER_RELOAD_INTERVAL (default 30s)
 	ShutdownTimeout   time.Duration // PRODUCER_SHUTDOWN_TIMEOUT (default 15s)
 
@@ -157,6 +159,7 @@ func Load(getenv func(string) string) (Config, error) {
 		TombstoneTTL:      r.Duration(EnvTombstoneTTL, distcache.DefaultTombstoneTTL, time.Second),
 		DeadLetterMaxLen:  r.Int64(EnvDeadLetterMaxLen, DefaultDeadLetterMaxLen, 1, 1<<40),
 		IndexCacheEntries: r.Int(EnvIndexCacheEntries, DefaultIndexCacheEntries, 0, 1<<31),
+		IndexLayout:       r.OneOf(EnvIndexLayout, "log1", "log1", "hash16"),
 		ReloadInterval:    r.Duration(EnvReloadInterval, DefaultReloadInterval, 100*time.Millisecond),
 		StatusReport:      r.Duration(EnvStatusReport, DefaultStatusReport, 100*time.Millisecond),
 		ShutdownTimeout:   r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, time.Second),
@@ -209,6 +212,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("batch_size", c.BatchSize),
 		slog.Int("backfill_batch_size", c.BackfillBatchSize),
 		slog.Int("index_cache_entries", c.IndexCacheEntries),
+		slog.String("index_layout", c.IndexLayout),
 		slog.Int64("stream_max_len", c.StreamMaxLen),
 		slog.Duration("tombstone_ttl", c.TombstoneTTL),
 		slog.Int64("dead_letter_max_len", c.DeadLetterMaxLen),

@@ -41,6 +41,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"StatusReport", c.StatusReport, 2 * time.Second},
 		{"LogLevel", c.LogLevel, slog.LevelInfo},
 		{"Migrate", c.Migrate, false},
+		{"IndexLayout", c.IndexLayout, "log1"},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
@@ -81,6 +82,7 @@ func TestLoadInvalid(t *testing.T) {
 		{name: "ca without tls", set: map[string]string{"PRODUCER_KAFKA_TLS_CA_FILE": "/ca.pem"}, wantVar: "PRODUCER_KAFKA_TLS_CA_FILE"},
 		{name: "redis ca without tls", set: map[string]string{"PRODUCER_REDIS_TLS_CA_FILE": "/ca.pem"}, wantVar: "PRODUCER_REDIS_TLS_CA_FILE"},
 		{name: "bad log format", set: map[string]string{"PRODUCER_LOG_FORMAT": "xml"}, wantVar: "PRODUCER_LOG_FORMAT"},
+		{name: "bad index layout", set: map[string]string{"PRODUCER_INDEX_LAYOUT": "btree"}, wantVar: "PRODUCER_INDEX_LAYOUT"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
