@@ -151,6 +151,12 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 	defer rdb.Close()
 
 	runs := map[int][]LatencyRun{}
+	stalls := map[int][]string{} // per rate, per run: Redis's latency events (redisStalls)
+	// Redis records any event of its own (fork, AOF write or fsync, expiry cycle, a slow command)
+	// that took 5 ms or more: a stall of the primary shows in the notes, per run.
+	if err := rdb.ConfigSet(ctx, "latency-monitor-threshold", "5").Err(); err != nil {
+		return fmt.Errorf("redis latency monitor: %w", err)
+	}
 	for i := range cfg.Runs {
 		for _, rate := range cfg.Rates { // rates interleaved, so a change in the machine's load hits both
 			// Each run updates items and fills the outbox with tens of thousands of rows
@@ -165,10 +171,19 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 			} else {
 				profiled <- nil
 			}
+			before, err := redisStallsReset(ctx, rdb)
+			if err != nil {
+				return err
+			}
 			r, err := measureLatency(ctx, pool, rdb, edge, &onChange, p.Kafka.Addr, p.Procs(), cfg.Items, rate, cfg.Duration, cfg.ProfileDir != "")
 			if err != nil {
 				return fmt.Errorf("latency at %d/s: %w\n%s", rate, err, p.LogTails())
 			}
+			st, err := redisStalls(ctx, rdb, before)
+			if err != nil {
+				return err
+			}
+			stalls[rate] = append(stalls[rate], fmt.Sprintf("run %d: %s", i+1, st))
 			if err := <-profiled; err != nil {
 				return fmt.Errorf("profiles: %w", err)
 			}
@@ -217,6 +232,7 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 		if early > 0 {
 			res.Notes = append(res.Notes, fmt.Sprintf("at %d events/s the broker watcher received a median of %.0f commits per run before their writer had recorded them (COMMIT returned, goroutine not yet run): counted as 0 ms", rate, early))
 		}
+		res.Notes = append(res.Notes, fmt.Sprintf("Redis primary's own stalls at %d events/s (LATENCY LATEST, events of 5 ms or more, and AOF rewrites / RDB saves begun): %s", rate, strings.Join(stalls[rate], "; ")))
 		addCPURows(res, rate, rs)
 		if st := rs[len(rs)-1].Statements; len(st) > 0 {
 			ev := float64(rs[len(rs)-1].Events)
