@@ -32,16 +32,17 @@ import (
 
 // Config is one benchmark run.
 type Config struct {
-	RepoDir, RunDir string
-	Runs            int           // runs of each measure; the median is reported
-	Duration        time.Duration // length of one latency run
-	Rates           []int         // write rates (events/s) of the latency runs
-	Items           int           // rows in the sample table
-	MemEntries      int           // entries of the memory measure
-	Parts           bool          // run the parts' own benchmarks too
-	MaxRate         bool          // search the highest rate with p99 < 100 ms (a few more latency runs)
-	BenchTime       string        // -benchtime of the parts' go test benchmarks
-	PublisherEnv    []string      // extra KEY=VALUE settings of the core-publisher (PUBLISHER_COMPRESSION=…)
+	RepoDir, RunDir  string
+	Runs             int           // runs of each measure; the median is reported
+	Duration         time.Duration // length of one latency run
+	Rates            []int         // write rates (events/s) of the latency runs
+	Items            int           // rows in the sample table
+	MemEntries       int           // entries of the memory measure
+	Parts            bool          // run the parts' own benchmarks too
+	MaxRate          bool          // search the highest rate with p99 < 100 ms (a few more latency runs)
+	BenchTime        string        // -benchtime of the parts' go test benchmarks
+	PublisherEnv     []string      // extra KEY=VALUE settings of the core-publisher (PUBLISHER_COMPRESSION=…)
+	RedisAppendFsync string        // the Redis nodes' appendfsync (pipeline.Config.RedisAppendFsync; "" is always)
 	// ProfileDir, when set, receives CPU profiles of every service and of the bench, taken during
 	// the first run at the highest rate, and their top functions (top.txt).
 	ProfileDir string
@@ -113,7 +114,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string, ...any)) error {
 	say("bench: starting the pipeline (%d items) under %s", cfg.Items, cfg.RunDir)
 	pcfg := pipeline.Config{RepoDir: cfg.RepoDir, RunDir: cfg.RunDir, Items: cfg.Items, Out: cfg.Out,
-		StatStatements: "top", PublisherEnv: cfg.PublisherEnv}
+		StatStatements: "top", PublisherEnv: cfg.PublisherEnv, RedisAppendFsync: cfg.RedisAppendFsync}
 	var pprofAddrs map[string]string
 	if cfg.ProfileDir != "" {
 		pcfg.StatStatements = "all" // the capture trigger's statements too, at a small cost to each
@@ -582,8 +583,12 @@ func WriteMarkdown(w io.Writer, cfg Config, res *Result, regs []Regression, base
 	fmt.Fprintf(w, "# distcache pipeline benchmark\n\n")
 	la, _ := os.ReadFile("/proc/loadavg")
 	load := strings.Join(strings.Fields(string(la))[:min(3, len(strings.Fields(string(la))))], " ")
-	fmt.Fprintf(w, "%s, GOMAXPROCS=%d, load average at the end %s. Each figure is the median of %d runs; its peer was measured in the same runs.\n\n",
-		res.Started.UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), load, cfg.Runs)
+	fsync := cfg.RedisAppendFsync
+	if fsync == "" {
+		fsync = "always"
+	}
+	fmt.Fprintf(w, "%s, GOMAXPROCS=%d, load average at the end %s, the pipeline's Redis with appendfsync %s. Each figure is the median of %d runs; its peer was measured in the same runs.\n\n",
+		res.Started.UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), load, fsync, cfg.Runs)
 	fmt.Fprintln(w, "| measure | value | runs | peer (same run) | ratio | goal | baseline |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, r := range res.Rows {

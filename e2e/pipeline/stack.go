@@ -55,6 +55,11 @@ type Config struct {
 	// SentinelMaster); the services and Client find the primary through them, and the Redis
 	// components of the chaos run kill whichever node is the primary or the replica then.
 	Sentinel bool
+	// RedisAppendFsync is the Redis nodes' appendfsync: "always" (the default: a killed node
+	// loses nothing it acknowledged, at the cost of an fsync per write and of stalls while the
+	// AOF is rewritten) or "everysec" (what most deployments run: fsync in the background once a
+	// second).
+	RedisAppendFsync string
 }
 
 // SentinelMaster is the master set the pipeline's sentinels watch.
@@ -221,7 +226,7 @@ func (p *Pipeline) startStack(ctx context.Context) error {
 	}
 	// Each node reads a config file of its own: the sentinels rewrite it (CONFIG REWRITE) when
 	// they change the node's role, so a node restarted after a failover keeps its new role.
-	pconf, err := writeRedisConf(rdir, port, "")
+	pconf, err := writeRedisConf(rdir, port, "", p.cfg.RedisAppendFsync)
 	if err != nil {
 		return err
 	}
@@ -242,7 +247,7 @@ func (p *Pipeline) startStack(ctx context.Context) error {
 	if err := os.MkdirAll(rrdir, 0o755); err != nil {
 		return err
 	}
-	rconf, err := writeRedisConf(rrdir, rport, p.RedisAddr)
+	rconf, err := writeRedisConf(rrdir, rport, p.RedisAddr, p.cfg.RedisAppendFsync)
 	if err != nil {
 		return err
 	}
@@ -333,10 +338,18 @@ func replicaSynced(ctx context.Context, addr string) error {
 }
 
 // writeRedisConf writes dir/redis.conf for a node on port (a replica of primary when not empty):
-// append-only with fsync always, so a killed node loses nothing it acknowledged.
-func writeRedisConf(dir string, port int, primary string) (string, error) {
-	body := fmt.Sprintf("bind 127.0.0.1\nport %d\ndir %s\nsave \"\"\nappendonly yes\nappendfsync always\n"+
-		"daemonize no\nprotected-mode no\nloglevel warning\n", port, dir)
+// append-only with fsync (Config.RedisAppendFsync) always by default, so a killed node loses
+// nothing it acknowledged.
+func writeRedisConf(dir string, port int, primary, fsync string) (string, error) {
+	switch fsync {
+	case "":
+		fsync = "always"
+	case "always", "everysec":
+	default:
+		return "", fmt.Errorf("redis appendfsync %q: want always or everysec", fsync)
+	}
+	body := fmt.Sprintf("bind 127.0.0.1\nport %d\ndir %s\nsave \"\"\nappendonly yes\nappendfsync %s\n"+
+		"daemonize no\nprotected-mode no\nloglevel warning\n", port, dir, fsync)
 	if primary != "" {
 		host, pport, err := net.SplitHostPort(primary)
 		if err != nil {

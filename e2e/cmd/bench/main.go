@@ -45,6 +45,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	results := fs.String("results", "", "results directory (default <repo>/bench/results)")
 	baseline := fs.String("baseline", "", "baseline file (default <repo>/e2e/baseline.json)")
 	profile := fs.String("profile", "", "write CPU profiles of every service and the bench, taken during the first run at the highest rate, to this directory")
+	appendFsync := fs.String("redis-appendfsync", "everysec", "the pipeline's Redis nodes' appendfsync: everysec (Redis's default with appendonly, and deploy/compose's) or always (nothing acknowledged is lost when a node is killed, as the chaos run needs; each write waits for an fsync, and the primary stalls while it rewrites its AOF)")
 	compression := fs.String("compression", "", "compare the publisher's compression codecs at the highest rate, e.g. none,lz4,zstd (the first is the reference)")
 	sf := scaleFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -83,6 +84,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	cfg.Parts = !*noParts
 	cfg.ProfileDir = *profile
+	cfg.RedisAppendFsync = *appendFsync
 	if *compression != "" {
 		if cfg.Compressions, err = benchrun.ParseCompressions(*compression); err != nil {
 			return err
