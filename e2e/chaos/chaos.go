@@ -323,7 +323,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		if s.served {
 			// The others take over (or the sentinels promote the replica): a fresh commit must
 			// reach both edges while the component stays down.
-			if err := probe(ctx, pool, s.servedBy, 2*time.Minute); err != nil {
+			if err := probe(ctx, pool, rdb, s.servedBy, 2*time.Minute); err != nil {
 				stopAll()
 				return fail(fmt.Errorf("while %s is down: %w", s.name, err))
 			}
@@ -343,7 +343,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		f := Fault{Component: s.name, Down: time.Since(start), Served: served, Writes: ld.committed.Load() - c0, WriteErrs: ld.errs.Load() - e0}
 		setPhase("after " + s.name)
 		healthy := time.Now()
-		if err := probe(ctx, pool, edges, 3*time.Minute); err != nil {
+		if err := probe(ctx, pool, rdb, edges, 3*time.Minute); err != nil {
 			stopAll()
 			return fail(fmt.Errorf("after %s: %w", s.name, err))
 		}
@@ -392,7 +392,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 }
 
 // probe commits an update of item 1 and waits until both edges show it.
-func probe(ctx context.Context, pool *pgxpool.Pool, edges []*distcache.Client, timeout time.Duration) error {
+func probe(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client, edges []*distcache.Client, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var seq int64
 	var lastErr error
@@ -424,7 +424,7 @@ func probe(ctx context.Context, pool *pgxpool.Pool, edges []*distcache.Client, t
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("probe: seq %d of %s not at every edge within %v (%s)", seq, key, timeout, edgeStates(ctx, edges, key))
+			return fmt.Errorf("probe: seq %d of %s not at every edge within %v (%s; %s)", seq, key, timeout, edgeStates(ctx, edges, key), redisState(ctx, rdb))
 		}
 		time.Sleep(5 * time.Millisecond) // polling the edges for the probe's value
 	}
@@ -446,6 +446,19 @@ func edgeStates(ctx context.Context, edges []*distcache.Client, key string) stri
 		fmt.Fprintf(&b, "edge %d: seq %d version %d stale %v", i, s, e.Version, e.Stale)
 	}
 	return b.String()
+}
+
+// redisState says what the Redis primary holds of the probe's item (1): the pointer, and the
+// item's version and seq in the generation it names.
+func redisState(ctx context.Context, rdb *redis.Client) string {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	red, err := pipeline.ReadRedis(cctx, rdb, []int{1})
+	if err != nil {
+		return fmt.Sprintf("redis: %v", err)
+	}
+	it := red[1]
+	return fmt.Sprintf("redis: found %v version %d seq %d", it.Found, it.Version, it.Seq)
 }
 
 // compare checks every item: the committed seq in the core DB against Redis's live value, and
