@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/distcache/distcache/libs/distcache"
+	"github.com/distcache/distcache/tools/devstack"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
 
@@ -20,11 +21,8 @@ import (
 // on every master).
 func TestCluster(t *testing.T) {
 	t.Parallel()
-	cl := devstacktest.RedisCluster(t)
+	cl, rdb, pub := newClusterPublisher(t)
 	ctx := ctxT(t)
-	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
-	t.Cleanup(func() { _ = rdb.Close() })
-	pub := newPublisher(t, rdb)
 	const n = 200
 	changes := make([]distcache.Change, n)
 	for i := range changes {
@@ -152,11 +150,8 @@ func replicaGets(t *testing.T, ctx context.Context, rdb *redis.ClusterClient) in
 // stream writer key with the stream.
 func TestClusterStreamFence(t *testing.T) {
 	t.Parallel()
-	cl := devstacktest.RedisCluster(t)
+	_, rdb, pub := newClusterPublisher(t)
 	ctx := ctxT(t)
-	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
-	t.Cleanup(func() { _ = rdb.Close() })
-	pub := newPublisher(t, rdb)
 	const gen = 3
 	stream := distcache.StreamKey(proj, gen)
 	batch := func(version int64, keys ...string) []distcache.Change {
@@ -219,6 +214,16 @@ func TestClusterStreamFence(t *testing.T) {
 	if n := rdb.Exists(ctx, stream, distcache.StreamWriterKey(proj, gen)).Val(); n != 0 {
 		t.Errorf("after RetireGeneration %d of the stream and its writer key remain", n)
 	}
+}
+
+// newClusterPublisher starts a Redis Cluster of its own and returns it, a client of it and a
+// Publisher over that client.
+func newClusterPublisher(t *testing.T) (*devstack.RedisCluster, *redis.ClusterClient, *distcache.Publisher) {
+	t.Helper()
+	cl := devstacktest.RedisCluster(t)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return cl, rdb, newPublisher(t, rdb)
 }
 
 // storedVersion returns the version stored under key in generation gen (0 when absent).

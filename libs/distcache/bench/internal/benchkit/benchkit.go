@@ -597,16 +597,32 @@ func (e *Env) Propagation(ctx context.Context, samples int, viaReplica bool) (De
 		return Delays{}, err
 	}
 	version := base.Version
+	return timeArrivals(samples, arrived, nil,
+		func() error { version++; want.Store(version); return nil },
+		func() error {
+			_, err := e.Pub.SetGen(ctx, Proj, 1, key, e.Value, version)
+			return err
+		},
+		func() error { return fmt.Errorf("version %d never arrived", version) })
+}
+
+// timeArrivals takes samples delays: each round runs prepare, waits
+// PropagationGap, runs write, and times the arrival write causes on arrived
+// (a Unix-nanosecond time) from write's start and from its return (0 when
+// the arrival beat the reply). An error on errc (nil: none) or no arrival
+// within 5 s (the error missing returns) ends the run.
+func timeArrivals(samples int, arrived <-chan int64, errc <-chan error, prepare, write, missing func() error) (Delays, error) {
 	timeout := time.NewTimer(time.Hour)
 	defer timeout.Stop()
 	fromReturn := make([]time.Duration, 0, samples)
 	fromStart := make([]time.Duration, 0, samples)
 	for range samples {
+		if err := prepare(); err != nil {
+			return Delays{}, err
+		}
 		time.Sleep(PropagationGap)
-		version++
-		want.Store(version)
 		start := time.Now()
-		if _, err := e.Pub.SetGen(ctx, Proj, 1, key, e.Value, version); err != nil {
+		if err := write(); err != nil {
 			return Delays{}, err
 		}
 		returned := time.Now()
@@ -614,10 +630,12 @@ func (e *Env) Propagation(ctx context.Context, samples int, viaReplica bool) (De
 		var at int64
 		select {
 		case at = <-arrived:
+		case err := <-errc:
+			return Delays{}, err
 		case <-timeout.C:
-			return Delays{}, fmt.Errorf("version %d never arrived", version)
+			return Delays{}, missing()
 		}
-		fromReturn = append(fromReturn, time.Duration(max(at-returned.UnixNano(), 0))) // it may beat SetGen's reply
+		fromReturn = append(fromReturn, time.Duration(max(at-returned.UnixNano(), 0)))
 		fromStart = append(fromStart, time.Duration(at-start.UnixNano()))
 	}
 	return Delays{percentiles(fromReturn), percentiles(fromStart)}, nil
@@ -665,35 +683,19 @@ func (e *Env) RueidisInvalidation(ctx context.Context, samples int) (Delays, err
 		return Delays{}, err
 	}
 	defer rc.Close()
-	timeout := time.NewTimer(time.Hour)
-	defer timeout.Stop()
-	fromReturn := make([]time.Duration, 0, samples)
-	fromStart := make([]time.Duration, 0, samples)
-	for range samples {
-		if err := rc.DoCache(ctx, rc.B().Get().Key(key).Cache(), time.Hour).Error(); err != nil {
-			return Delays{}, err
-		}
-		select { // an invalidation left from the previous sample
-		case <-arrived:
-		default:
-		}
-		time.Sleep(PropagationGap)
-		start := time.Now()
-		if err := e.RDB.Set(ctx, key, e.Value, 0).Err(); err != nil {
-			return Delays{}, err
-		}
-		returned := time.Now()
-		timeout.Reset(5 * time.Second)
-		var at int64
-		select {
-		case at = <-arrived:
-		case <-timeout.C:
-			return Delays{}, fmt.Errorf("no invalidation")
-		}
-		fromReturn = append(fromReturn, time.Duration(max(at-returned.UnixNano(), 0))) // it may beat SET's reply
-		fromStart = append(fromStart, time.Duration(at-start.UnixNano()))
-	}
-	return Delays{percentiles(fromReturn), percentiles(fromStart)}, nil
+	return timeArrivals(samples, arrived, nil,
+		func() error {
+			if err := rc.DoCache(ctx, rc.B().Get().Key(key).Cache(), time.Hour).Error(); err != nil {
+				return err
+			}
+			select { // an invalidation left from the previous sample
+			case <-arrived:
+			default:
+			}
+			return nil
+		},
+		func() error { return e.RDB.Set(ctx, key, e.Value, 0).Err() },
+		func() error { return fmt.Errorf("no invalidation") })
 }
 
 // Memory.
@@ -843,38 +845,17 @@ func (e *Env) StreamFloor(ctx context.Context, samples int, viaSetGen bool) (Del
 	defer w.Close()
 	version := time.Now().UnixNano() // above anything Propagation wrote
 	stored := distcache.AppendVersionHex(nil, version)
-	timeout := time.NewTimer(time.Hour)
-	defer timeout.Stop()
-	fromReturn := make([]time.Duration, 0, samples)
-	fromStart := make([]time.Duration, 0, samples)
-	for range samples {
-		time.Sleep(PropagationGap)
-		version++
-		start := time.Now()
-		if viaSetGen {
-			if _, err := e.Pub.SetGen(ctx, Proj, 1, key, e.Value, version); err != nil {
-				return Delays{}, err
+	return timeArrivals(samples, arrived, errc,
+		func() error { version++; return nil },
+		func() error {
+			if viaSetGen {
+				_, err := e.Pub.SetGen(ctx, Proj, 1, key, e.Value, version)
+				return err
 			}
-		} else {
 			stored = append(append(distcache.AppendVersionHex(stored[:0], version), 's'), e.Value...)
-			if err := w.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{key, stored}}).Err(); err != nil {
-				return Delays{}, err
-			}
-		}
-		returned := time.Now()
-		timeout.Reset(5 * time.Second)
-		var at int64
-		select {
-		case at = <-arrived:
-		case err := <-errc:
-			return Delays{}, err
-		case <-timeout.C:
-			return Delays{}, fmt.Errorf("stream entry %d never arrived", version)
-		}
-		fromReturn = append(fromReturn, time.Duration(max(at-returned.UnixNano(), 0)))
-		fromStart = append(fromStart, time.Duration(at-start.UnixNano()))
-	}
-	return Delays{percentiles(fromReturn), percentiles(fromStart)}, nil
+			return w.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{key, stored}}).Err()
+		},
+		func() error { return fmt.Errorf("stream entry %d never arrived", version) })
 }
 
 func lastID(ctx context.Context, rdb *redis.Client, stream string) (string, error) {
