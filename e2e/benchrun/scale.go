@@ -89,8 +89,9 @@ func ParseSizes(s string) ([]int, error) {
 func scaleNeed(n int) uint64 { return uint64(n) * 1550 }
 
 // producerNeed is the same for producer-bench at n records: the broker holding the topic, Redis
-// two projections and producer-bench its values and buffers (measured at 1M: 3.2 GB in all).
-func producerNeed(n int) uint64 { return uint64(n) * 3600 }
+// two projections and producer-bench its values and buffers (measured at 1M: 3.2 GB in all), and
+// the producers' in-memory index (about 100 B a source key, 2 projections).
+func producerNeed(n int) uint64 { return uint64(n) * 3800 }
 
 // planSize returns the size to measure for want within budget, given the bytes a size needs:
 // want itself, or the largest multiple of 100,000 that fits.
@@ -321,20 +322,23 @@ func sizeRows(f sizeFigures, note, producerNote string, producer bool) []Row {
 		Peer: fmt.Sprintf("go-redis SCAN+MGET into a map %.1f s", f.WarmPeer), Ratio: ratio(f.Warm, f.WarmPeer)})
 	if producer {
 		g := ""
-		if f.N >= 10_000_000 {
+		switch {
+		case f.N >= 10_000_000:
 			g = "≥ 0.25× raw SET at 10M"
+		case f.N >= 1_000_000:
+			g = "≥ 0.3× raw SET at 1M"
 		}
 		r := ratio(f.Fanout, f.FanoutRaw)
 		if f.FanoutPaired > 0 {
 			r += fmt.Sprintf("; paired %.2f×", f.FanoutPaired)
 		}
-		rows = append(rows, Row{Key: "scale_fanout_" + k, Measure: "producer fan-out (broker → Redis, 2 projections), records/s, " + atP, Value: f.Fanout, Unit: "records/s", Higher: true,
+		rows = append(rows, Row{Key: "scale_fanout_" + k, Measure: "producer fan-out (broker → Redis, 2 projections; index budget 2.2× the keys), records/s, " + atP, Value: f.Fanout, Unit: "records/s", Higher: true,
 			Peer: fmt.Sprintf("raw pipelined SET %.0f/s", f.FanoutRaw), Ratio: r, Goal: g})
 		g = ""
 		if f.N >= 10_000_000 {
 			g = "10M records ≤ 60 s"
 		}
-		rows = append(rows, Row{Key: "scale_backfill_" + k, Measure: "backfill: topic replayed into a new generation, " + atP, Value: f.Backfill, Unit: "s",
+		rows = append(rows, Row{Key: "scale_backfill_" + k, Measure: "backfill: topic replayed into a new generation (index budget 1.1× the keys), " + atP, Value: f.Backfill, Unit: "s",
 			Peer: fmt.Sprintf("raw pipelined SET %.1f s (%.0f records/s vs %.0f/s)", f.BackfillRaw, n/f.BackfillRaw, n/f.Backfill), Ratio: ratio(f.Backfill, f.BackfillRaw), Goal: g})
 	}
 	rows = append(rows, Row{Key: "scale_redis_mem_" + k, Measure: "Redis memory per projected key (value keys; the change stream apart), " + at, Value: f.RedisKeys / n, Unit: "B",
@@ -491,7 +495,12 @@ func scaleProducer(ctx context.Context, cfg ScaleConfig, n int, say func(string,
 	pdir := filepath.Join(cfg.RepoDir, "services", "cache-producer")
 	ns := strconv.Itoa(n)
 	say("bench-scale: %s keys: producer-bench -only fanout", humanKeys(n))
-	pout, err := runProgram(ctx, pdir, "./cmd/producer-bench", "-runs", "1", "-n", ns, "-replay-n", "1", "-only", "fanout")
+	// The producers' index budget is sized to the keys they write, as docs/capacity.md tells a
+	// deployment to (PRODUCER_INDEX_CACHE_ENTRIES ≥ the source keys of its generations): with the
+	// default 1,000,000 entries, 1M keys in two projections outgrow it, the generations fall back
+	// to the bucketed index layout, and the fan-out measures an undersized producer (0.21× at 1M).
+	pout, err := runProgram(ctx, pdir, "./cmd/producer-bench", "-runs", "1", "-n", ns, "-replay-n", "1", "-only", "fanout",
+		"-index-cache", strconv.Itoa(indexBudget(2*n)))
 	if err != nil {
 		return f, err
 	}
@@ -506,7 +515,8 @@ func scaleProducer(ctx context.Context, cfg ScaleConfig, n int, say func(string,
 	}
 	f.Fanout, f.FanoutRaw, f.FanoutPaired = pr[fan], pr[raw], parsePairedRatio(pout)
 	say("bench-scale: %s keys: producer-bench -only replay", humanKeys(n))
-	pout, err = runProgram(ctx, pdir, "./cmd/producer-bench", "-runs", "1", "-n", ns, "-replay-n", ns, "-only", "replay")
+	pout, err = runProgram(ctx, pdir, "./cmd/producer-bench", "-runs", "1", "-n", ns, "-replay-n", ns, "-only", "replay",
+		"-index-cache", strconv.Itoa(indexBudget(n)))
 	if err != nil {
 		return f, err
 	}
@@ -519,6 +529,9 @@ func scaleProducer(ctx context.Context, cfg ScaleConfig, n int, say func(string,
 		humanKeys(n), f.Fanout, f.FanoutRaw, f.Backfill, f.BackfillRaw, loadAvg())
 	return f, nil
 }
+
+// indexBudget is the producers' index budget for keys source keys: the keys and a tenth more.
+func indexBudget(keys int) int { return keys + keys/10 }
 
 func freeHeap() { runtime.GC(); debug.FreeOSMemory() }
 
