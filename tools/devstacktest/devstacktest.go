@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/distcache/distcache/tools/devstack"
 )
 
@@ -413,4 +415,34 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg strin
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Transact writes recs in one Kafka transaction of the transactional client cl and commits it, as
+// the core-publisher does; on a failure it aborts the transaction and returns the error.
+// beforeCommit, when not nil, runs after the records are written and before the commit: a test
+// kills the broker there to leave the transaction open at a crash.
+func Transact(ctx context.Context, cl *kgo.Client, recs []*kgo.Record, beforeCommit func()) error {
+	abort := func() {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = cl.AbortBufferedRecords(actx)
+		_ = cl.EndTransaction(actx, kgo.TryAbort)
+	}
+	if err := cl.BeginTransaction(); err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(pctx, recs...).FirstErr(); err != nil {
+		abort()
+		return fmt.Errorf("produce: %w", err)
+	}
+	if beforeCommit != nil {
+		beforeCommit()
+	}
+	if err := cl.EndTransaction(pctx, kgo.TryCommit); err != nil {
+		abort()
+		return fmt.Errorf("commit transaction: %w", err)
+	}
+	return nil
 }

@@ -3,7 +3,6 @@ package main_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"strconv"
 	"testing"
@@ -63,34 +62,18 @@ func TestCommittedSurviveCrashMidTransaction(t *testing.T) {
 		}
 		return recs
 	}
-	abort := func() {
-		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-		defer acancel()
-		_ = prod.AbortBufferedRecords(actx)
-		_ = prod.EndTransaction(actx, kgo.TryAbort)
-	}
 	// txn produces recs in one transaction as the publisher does; with killBeforeCommit the broker
 	// dies after the records are written and before the commit.
 	txn := func(recs []*kgo.Record, killBeforeCommit bool) error {
-		if err := prod.BeginTransaction(); err != nil {
-			return fmt.Errorf("begin: %w", err)
-		}
-		pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
-		defer pcancel()
-		if err := prod.ProduceSync(pctx, recs...).FirstErr(); err != nil {
-			abort()
-			return fmt.Errorf("produce: %w", err)
-		}
+		var kill func()
 		if killBeforeCommit {
-			if err := k.Kill(); err != nil {
-				t.Fatalf("kill broker: %v", err)
+			kill = func() {
+				if err := k.Kill(); err != nil {
+					t.Fatalf("kill broker: %v", err)
+				}
 			}
 		}
-		if err := prod.EndTransaction(pctx, kgo.TryCommit); err != nil {
-			abort()
-			return fmt.Errorf("commit: %w", err)
-		}
-		return nil
+		return devstacktest.Transact(ctx, prod, recs, kill)
 	}
 	committed := map[string]bool{}
 	commit := func(recs []*kgo.Record) {
