@@ -111,12 +111,11 @@ func markClean(dir string) error {
 // repairOpenTransactions), and shuts that broker down cleanly, so that clients only ever see the
 // repaired log.
 func recoverDataDir(ctx context.Context, dir string, opts []kfake.Opt, log *slog.Logger) error {
-	clean := filepath.Join(dir, cleanFile)
-	_, err := os.Stat(clean)
-	wasClean := err == nil
-	if err := os.Remove(clean); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err := os.Remove(filepath.Join(dir, cleanFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("data dir: %w", err)
 	}
+	wasClean := err == nil
 	if _, err := os.Stat(filepath.Join(dir, "meta.json")); errors.Is(err, fs.ErrNotExist) || wasClean {
 		return nil // a new data directory, or a clean shutdown
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -157,7 +158,7 @@ func scanPartition(ctx context.Context, b *kgo.Broker, topic string, id kadm.Top
 			open = append(open, openAbort{topic: topic, partition: part, producerID: pid, epoch: epochs[pid], firstOffset: f})
 		}
 	}
-	slices.SortFunc(open, func(a, b openAbort) int { return int(a.firstOffset - b.firstOffset) })
+	slices.SortFunc(open, func(a, b openAbort) int { return cmp.Compare(a.firstOffset, b.firstOffset) })
 	return open, nil
 }
 
