@@ -72,7 +72,8 @@ func distcacheObjects(t *testing.T, conn *pgx.Conn) []string {
 // objectsOf are the objects each set creates, its version table included.
 var objectsOf = map[string][]string{
 	"core": {
-		"function distcache_capture", "function distcache_outbox_append", "function distcache_published_image",
+		"function distcache_attach", "function distcache_capture", "function distcache_capture_null_key",
+		"function distcache_outbox_append", "function distcache_published_image",
 		"table distcache_core_schema_migrations", "table distcache_outbox", "table distcache_outbox_dead",
 		"table distcache_outbox_published", "table distcache_outbox_versions", "table distcache_publisher_state",
 	},
@@ -410,6 +411,9 @@ func TestOutboxConstraints(t *testing.T) {
 		{"delete with payload", `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload) VALUES ('u', '1', 1, 'delete', '{}')`, "distcache_outbox_payload"},
 		{"version zero", `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload) VALUES ('u', '1', 0, 'upsert', '{}')`, "distcache_outbox_version_positive"},
 		{"empty key", `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload) VALUES ('u', '', 1, 'upsert', '{}')`, "distcache_outbox_key_not_empty"},
+		{"aggregate with a dot", `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload) VALUES ('u.v', '1', 1, 'upsert', '{}')`, "distcache_outbox_aggregate_name"},
+		{"aggregate of 201 characters", `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload) VALUES (repeat('a', 201), '1', 1, 'upsert', '{}')`, "distcache_outbox_aggregate_name"},
+		{"empty aggregate", `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload) VALUES ('', '1', 1, 'upsert', '{}')`, "distcache_outbox_aggregate_name"},
 		{"headers array", `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload, headers) VALUES ('u', '1', 1, 'upsert', '{}', '[]')`, "distcache_outbox_headers_object"},
 	}
 	for _, tt := range tests {
@@ -419,6 +423,8 @@ func TestOutboxConstraints(t *testing.T) {
 			t.Errorf("%s: %v, want check violation of %s", tt.name, err, tt.constraint)
 		}
 	}
+	// The longest aggregate name the rule allows is accepted.
+	exec(t, conn, `INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload) VALUES (repeat('a', 200), '1', 1, 'upsert', '{}')`)
 	// Defaults fill txid, event_id, headers and created_at.
 	var txidSet, idSet bool
 	var headers string

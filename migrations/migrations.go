@@ -68,7 +68,7 @@ var FS embed.FS
 
 // Latest versions of the sets (the highest file number of each).
 const (
-	LatestCoreVersion    = 4
+	LatestCoreVersion    = 5
 	LatestControlVersion = 4
 )
 

@@ -19,11 +19,12 @@ CREATE TABLE IF NOT EXISTS items (
 	pad text   NOT NULL DEFAULT ''
 );`
 
+// The capture triggers: statement-level (distcache_attach), so a writer's batch is one set-based
+// write of its events.
 const triggerSQL = `
 DO $$ BEGIN
-	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'items_distcache') THEN
-		CREATE TRIGGER items_distcache AFTER INSERT OR UPDATE OR DELETE ON items
-			FOR EACH ROW EXECUTE FUNCTION distcache_capture('items', 'id');
+	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'items'::regclass AND tgname = 'distcache_capture_update') THEN
+		PERFORM distcache_attach('items', 'items', 'id');
 	END IF;
 END $$;`
 

@@ -26,15 +26,15 @@ CREATE TABLE IF NOT EXISTS users (
 	updated_at timestamptz NOT NULL DEFAULT now()
 );`
 
+// The capture triggers, statement-level (distcache_attach: one set-based write of a statement's
+// events), attached once; an older demo database's row-level triggers are replaced.
 const triggersSQL = `
 DO $$ BEGIN
-	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'orgs_distcache') THEN
-		CREATE TRIGGER orgs_distcache AFTER INSERT OR UPDATE OR DELETE ON orgs
-			FOR EACH ROW EXECUTE FUNCTION distcache_capture('orgs', 'id');
+	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'orgs'::regclass AND tgname = 'distcache_capture_update') THEN
+		PERFORM distcache_attach('orgs', 'orgs', 'id');
 	END IF;
-	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'users_distcache') THEN
-		CREATE TRIGGER users_distcache AFTER INSERT OR UPDATE OR DELETE ON users
-			FOR EACH ROW EXECUTE FUNCTION distcache_capture('users', 'id');
+	IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'users'::regclass AND tgname = 'distcache_capture_update') THEN
+		PERFORM distcache_attach('users', 'users', 'id');
 	END IF;
 END $$;`
 

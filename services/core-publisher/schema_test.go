@@ -26,7 +26,7 @@ func TestStartChecksOutboxSchema(t *testing.T) {
 	env := serviceEnv(t, dbURL, k.Addr)
 	getenv := func(k string) string { return env[k] }
 	err := run(ctx, nil, getenv, io.Discard, io.Discard)
-	for _, want := range []string{"outbox schema", "PUBLISHER_DATABASE_URL", "000001_outbox", "000004_capture_columns", "make migrate", "migrate-core Job", "PUBLISHER_MIGRATE=true"} {
+	for _, want := range []string{"outbox schema", "PUBLISHER_DATABASE_URL", "000001_outbox", "000005_capture_statement", "make migrate", "migrate-core Job", "PUBLISHER_MIGRATE=true"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("run on an unmigrated core database = %v, want an error containing %q", err, want)
 		}
@@ -49,8 +49,8 @@ func TestStartChecksOutboxSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = run(ctx, []string{"models"}, getenv, io.Discard, io.Discard)
-	if err == nil || !strings.Contains(err.Error(), "000003_outbox_published, 000004_capture_columns") || strings.Contains(err.Error(), "000002") {
-		t.Fatalf("run at core version 2 = %v, want 000003 and 000004 named, nothing else", err)
+	if err == nil || !strings.Contains(err.Error(), "000003_outbox_published, 000004_capture_columns, 000005_capture_statement") || strings.Contains(err.Error(), "000002") {
+		t.Fatalf("run at core version 2 = %v, want 000003 to 000005 named, nothing else", err)
 	}
 
 	// The opt-in: the service applies the set itself.

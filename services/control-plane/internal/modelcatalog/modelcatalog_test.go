@@ -103,8 +103,8 @@ func TestColumnsPublishedByTrigger(t *testing.T) {
 		`CREATE TRIGGER accounts_distcache AFTER INSERT OR UPDATE OR DELETE ON accounts
 			FOR EACH ROW EXECUTE FUNCTION distcache_capture('accounts', 'id', 'except:password_hash')`,
 		`CREATE TABLE members (id bigint PRIMARY KEY, name text, ssn text, email text)`,
-		`CREATE TRIGGER members_distcache AFTER INSERT OR UPDATE OR DELETE ON members
-			FOR EACH ROW EXECUTE FUNCTION distcache_capture('people', 'id', 'only:id|name')`,
+		// Statement-level capture (three triggers, the same arguments).
+		`SELECT distcache_attach('members', 'people', 'id', 'only:id|name')`,
 	} {
 		if _, err := pool.Exec(ctx, sql); err != nil {
 			t.Fatal(err)

@@ -164,15 +164,16 @@ func TestBackloadModelsAndErrors(t *testing.T) {
 }
 
 // TestBackloadPublishedColumns: a backload renders rows as the capture trigger does, through
-// the model's column spec: a trigger's 'except:' spec (read from pg_trigger) and a configured
+// the model's column spec: a trigger's 'except:' spec (read from pg_trigger, statement-level
+// triggers attached by distcache_attach) and a configured
 // model's 'only:' spec keep the left-out columns out of the outbox.
 func TestBackloadPublishedColumns(t *testing.T) {
 	t.Parallel()
 	pool := pubtest.Migrate(t, devstacktest.Database(t))
 	pubtest.Exec(t, pool, `CREATE TABLE accounts (id bigint PRIMARY KEY, email text, password_hash text)`)
 	pubtest.Exec(t, pool, `INSERT INTO accounts SELECT g, 'u' || g || '@x.io', 'hash-' || g FROM generate_series(1, 20) g`)
-	pubtest.Exec(t, pool, `CREATE TRIGGER accounts_distcache AFTER INSERT OR UPDATE OR DELETE ON accounts
-		FOR EACH ROW EXECUTE FUNCTION distcache_capture('accounts', 'id', 'except:password_hash')`)
+	// Statement-level capture: three triggers with the same arguments, one model.
+	pubtest.Exec(t, pool, `SELECT distcache_attach('accounts', 'accounts', 'id', 'except:password_hash')`)
 	pubtest.Exec(t, pool, `CREATE TABLE people (id bigint PRIMARY KEY, name text, ssn text)`)
 	pubtest.Exec(t, pool, `INSERT INTO people SELECT g, 'n' || g, 'ssn-' || g FROM generate_series(1, 20) g`)
 	b, err := New(pool, WithModels(Model{Aggregate: "people", Table: "people", KeyColumn: "id", Columns: "only:id|name"}))
