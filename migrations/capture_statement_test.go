@@ -354,9 +354,12 @@ func TestCaptureStatementMisuse(t *testing.T) {
 	exec(t, conn, `CREATE TRIGGER b_distcache AFTER INSERT ON b FOR EACH STATEMENT EXECUTE FUNCTION distcache_capture('b', 'id')`)
 	exec(t, conn, `CREATE TABLE c (id int PRIMARY KEY, k int)`)
 	exec(t, conn, `SELECT distcache_attach('c', 'c', 'k')`)
+	exec(t, conn, `INSERT INTO c VALUES (10, 10), (11, 11)`)
 	for _, tt := range []struct{ sql, wantIn string }{
 		{`INSERT INTO b VALUES (1)`, "needs REFERENCING NEW TABLE AS distcache_new"},
-		{`INSERT INTO c VALUES (1, NULL)`, `key column "k" is missing or NULL`},
+		{`INSERT INTO c VALUES (1, NULL)`, `key column "k" is missing or NULL`},         // one row
+		{`INSERT INTO c VALUES (2, 5), (3, NULL)`, `key column "k" is missing or NULL`}, // set-based
+		{`UPDATE c SET k = NULL`, `key column "k" is missing or NULL`},
 	} {
 		_, err := conn.Exec(ctx, tt.sql)
 		var pgErr *pgconn.PgError
