@@ -8,6 +8,7 @@
 package benchrun
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -44,8 +45,9 @@ type Config struct {
 	PublisherEnv     []string      // extra KEY=VALUE settings of the core-publisher (PUBLISHER_COMPRESSION=…)
 	RedisAppendFsync string        // the Redis nodes' appendfsync (pipeline.Config.RedisAppendFsync; "" is always)
 	// ProfileDir, when set, receives CPU profiles of every service and of the bench, taken during
-	// the first run at the highest rate, and their top functions (top.txt).
-	ProfileDir string
+	// the first run at ProfileRate (0: the highest rate), and their top functions (top.txt).
+	ProfileDir  string
+	ProfileRate int
 	// Compressions, when set (two codecs or more), adds runs at the highest rate with the
 	// publisher's PUBLISHER_COMPRESSION set to each, interleaved (compressionBench).
 	Compressions []string
@@ -167,7 +169,7 @@ func pipelineBench(ctx context.Context, cfg Config, res *Result, say func(string
 				return fmt.Errorf("vacuum between runs: %w", err)
 			}
 			profiled := make(chan error, 1)
-			if cfg.ProfileDir != "" && i == 0 && rate == slices.Max(cfg.Rates) {
+			if cfg.ProfileDir != "" && i == 0 && rate == cmp.Or(cfg.ProfileRate, slices.Max(cfg.Rates)) {
 				go func() { profiled <- profileRun(ctx, cfg.ProfileDir, pprofAddrs, cfg.Duration, say) }()
 			} else {
 				profiled <- nil

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -44,7 +45,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	noParts := fs.Bool("no-parts", false, "skip the parts' own benchmarks (pipeline latency and memory only)")
 	results := fs.String("results", "", "results directory (default <repo>/bench/results)")
 	baseline := fs.String("baseline", "", "baseline file (default <repo>/e2e/baseline.json)")
-	profile := fs.String("profile", "", "write CPU profiles of every service and the bench, taken during the first run at the highest rate, to this directory")
+	profile := fs.String("profile", "", "write CPU profiles of every service and the bench, taken during the first run at the highest rate (or -profile-rate), to this directory")
+	profileRate := fs.Int("profile-rate", 0, "with -profile: profile the first run at this rate (one of the latency runs' rates, 1000 or 10000) instead of the highest")
 	appendFsync := fs.String("redis-appendfsync", "everysec", "the pipeline's Redis nodes' appendfsync: everysec (Redis's default with appendonly, and deploy/compose's) or always (nothing acknowledged is lost when a node is killed, as the chaos run needs; each write waits for an fsync, and the primary stalls while it rewrites its AOF)")
 	compression := fs.String("compression", "", "compare the publisher's compression codecs at the highest rate, e.g. none,lz4,zstd (the first is the reference)")
 	sf := scaleFlags(fs)
@@ -84,6 +86,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	cfg.Parts = !*noParts
 	cfg.ProfileDir = *profile
+	if *profileRate != 0 && !slices.Contains(cfg.Rates, *profileRate) {
+		return fmt.Errorf("-profile-rate %d: not one of the latency runs' rates %v", *profileRate, cfg.Rates)
+	}
+	cfg.ProfileRate = *profileRate
 	cfg.RedisAppendFsync = *appendFsync
 	if *compression != "" {
 		if cfg.Compressions, err = benchrun.ParseCompressions(*compression); err != nil {

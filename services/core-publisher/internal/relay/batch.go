@@ -515,7 +515,10 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, exclude []int64, done
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
 	}
-	out := make([]row, 0, r.o.batchSize)
+	// Grown as rows arrive: a batch of batchSize rows is ~340 KB, and preallocating it for every
+	// read (most hold a few rows at a steady rate) was a third of the publisher's CPU at 1,000
+	// events/s, in zeroing the allocation and in the garbage collector.
+	var out []row
 	for rs.Next() {
 		var rw row
 		if err := rs.Scan(&rw.id, &rw.final, &rw.aggregate, &rw.key, &rw.version, &rw.op,
