@@ -34,6 +34,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/distcache/distcache/libs/events"
@@ -81,6 +82,8 @@ type Relay struct {
 	known map[string]bool
 
 	lastPrune time.Time // of distcache_outbox_dead (WithDeadLetterRetention)
+
+	lastRead atomic.Int64 // rows of the last read, to size the next (fetch)
 
 	mu      sync.Mutex
 	status  Status
