@@ -379,6 +379,22 @@ func TestCaptureStatementMisuse(t *testing.T) {
 	if got := captureTriggers(t, conn, "a"); len(got) != 3 || !strings.Contains(got[0], "STATEMENT") {
 		t.Fatalf("triggers after distcache_attach over a row-level one: %v", got)
 	}
+	// Another aggregate of the same table: its row-level trigger stays; a second
+	// statement-level capture is refused, naming the first.
+	exec(t, conn, `CREATE TABLE d (id int PRIMARY KEY)`)
+	exec(t, conn, `CREATE TRIGGER d_audit AFTER INSERT OR UPDATE OR DELETE ON d
+		FOR EACH ROW EXECUTE FUNCTION distcache_capture('d_audit', 'id')`)
+	exec(t, conn, `SELECT distcache_attach('d', 'd', 'id')`)
+	_, err := conn.Exec(ctx, `SELECT distcache_attach('d', 'd_other', 'id')`)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || !strings.Contains(pgErr.Message, `statement-level capture is of aggregate "d"`) {
+		t.Errorf("distcache_attach of a second aggregate = %v, want the refusal naming aggregate d", err)
+	}
+	exec(t, conn, `INSERT INTO d VALUES (1)`)
+	if n := len(outboxRows(t, conn, "d")) + len(outboxRows(t, conn, "d_audit")); n != 2 {
+		t.Errorf("one insert into a table captured as d and d_audit: %d events, want 2", n)
+	}
+
 	var keys []string
 	for _, r := range outboxRows(t, conn, "a") {
 		keys = append(keys, fmt.Sprintf("%s/v%d", r.Key, r.Version))

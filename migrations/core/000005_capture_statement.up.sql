@@ -12,8 +12,8 @@
 --   SELECT distcache_attach('users', 'users', 'id', 'except:password_hash'); -- with a column spec
 --
 -- distcache_attach creates the three statement triggers (a transition table may belong to one
--- event only) and drops any other distcache_capture trigger of the table in the same
--- transaction, so switching a table from the row-level trigger neither misses nor doubles a
+-- event only) and drops the table's other distcache_capture triggers of the same aggregate in the
+-- same transaction, so switching a table from the row-level trigger neither misses nor doubles a
 -- change. By hand the triggers are:
 --
 --   CREATE TRIGGER distcache_capture_insert AFTER INSERT ON users
@@ -210,9 +210,9 @@ END
 $$;
 
 -- distcache_attach(table, aggregate, key column[, column spec]) attaches statement-level capture
--- to a table: it checks its arguments (a clear error names what is wrong), drops every
--- distcache_capture trigger the table has, and creates distcache_capture_insert, _update and
--- _delete. Run it again to change the aggregate, key column or spec.
+-- to a table: it checks its arguments (a clear error names what is wrong), drops the table's
+-- distcache_capture triggers of that aggregate (row-level ones included), and creates
+-- distcache_capture_insert, _update and _delete. Run it again to change the key column or spec.
 CREATE FUNCTION distcache_attach(tbl regclass, aggregate text, key_column text, columns text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql AS $$
@@ -229,9 +229,16 @@ BEGIN
     END IF;
     PERFORM distcache_published_image('{}'::jsonb, columns); -- raises on a malformed spec
 
-    FOR t IN SELECT tg.tgname FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
+    -- Replace the table's capture of this aggregate; leave a row-level capture of another
+    -- aggregate alone, and refuse to overwrite another aggregate's statement-level triggers.
+    FOR t IN SELECT tg.tgname, split_part(encode(tg.tgargs, 'escape'), '\000', 1) AS agg
+             FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
              WHERE tg.tgrelid = tbl AND p.proname = 'distcache_capture' AND NOT tg.tgisinternal LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, tbl);
+        IF t.agg = aggregate THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, tbl);
+        ELSIF t.tgname IN ('distcache_capture_insert', 'distcache_capture_update', 'distcache_capture_delete') THEN
+            RAISE EXCEPTION 'distcache_attach on %: the table''s statement-level capture is of aggregate "%" (trigger %); one aggregate per table can use distcache_attach, attach another with a row-level trigger', tbl, t.agg, t.tgname;
+        END IF;
     END LOOP;
 
     args := format('%L, %L', aggregate, key_column);
