@@ -111,8 +111,9 @@ BEGIN
         ELSE
             -- Each statement below: ev lists the statement's events in order (ord), cnt counts them
             -- per key, v bumps each key's version once by its count (the row lock serialises
-            -- writers of a key), and the outbox rows take versions count-1 .. 0 below the new one,
-            -- their ids drawn after their key's lock is won and in event order.
+            -- writers of a key; taken in key order, so two statements sharing keys cannot
+            -- deadlock on them), and the outbox rows take versions count-1 .. 0 below the new
+            -- one, their ids drawn after their key's lock is won and in event order.
             IF TG_OP = 'INSERT' THEN
                 WITH ev AS (
                     SELECT CASE WHEN img ->> key_col IS NULL THEN distcache_capture_null_key(TG_TABLE_NAME, key_col)
@@ -122,7 +123,7 @@ BEGIN
                 cnt AS (SELECT k, count(*) AS c FROM ev GROUP BY k),
                 v AS (
                     INSERT INTO distcache_outbox_versions AS cur (aggregate, agg_key, version)
-                    SELECT agg, k, c FROM cnt
+                    SELECT agg, k, c FROM cnt ORDER BY k
                     ON CONFLICT (aggregate, agg_key) DO UPDATE SET version = cur.version + excluded.version
                     RETURNING agg_key, version)
                 INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload, headers)
@@ -138,7 +139,7 @@ BEGIN
                 cnt AS (SELECT k, count(*) AS c FROM ev GROUP BY k),
                 v AS (
                     INSERT INTO distcache_outbox_versions AS cur (aggregate, agg_key, version)
-                    SELECT agg, k, c FROM cnt
+                    SELECT agg, k, c FROM cnt ORDER BY k
                     ON CONFLICT (aggregate, agg_key) DO UPDATE SET version = cur.version + excluded.version
                     RETURNING agg_key, version)
                 INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload, headers)
@@ -163,7 +164,7 @@ BEGIN
                 cnt AS (SELECT k, count(*) AS c FROM ev GROUP BY k),
                 v AS (
                     INSERT INTO distcache_outbox_versions AS cur (aggregate, agg_key, version)
-                    SELECT agg, k, c FROM cnt
+                    SELECT agg, k, c FROM cnt ORDER BY k
                     ON CONFLICT (aggregate, agg_key) DO UPDATE SET version = cur.version + excluded.version
                     RETURNING agg_key, version)
                 INSERT INTO distcache_outbox (aggregate, agg_key, version, op, payload, headers)
