@@ -64,7 +64,6 @@ func persistence(ctx context.Context, rdb *redis.Client) (persistenceCounts, err
 		return persistenceCounts{}, fmt.Errorf("redis INFO persistence: %w", err)
 	}
 	var c persistenceCounts
-	c.rewriting = strings.Contains(info, "aof_rewrite_in_progress:1") || strings.Contains(info, "aof_rewrite_scheduled:1")
 	for _, line := range strings.Split(info, "\r\n") {
 		k, val, ok := strings.Cut(line, ":")
 		if !ok {
@@ -79,6 +78,8 @@ func persistence(ctx context.Context, rdb *redis.Client) (persistenceCounts, err
 			c.aofRewrites = n
 		case "rdb_saves":
 			c.rdbSaves = n
+		case "aof_rewrite_in_progress", "aof_rewrite_scheduled":
+			c.rewriting = c.rewriting || n != 0
 		}
 	}
 	return c, nil
