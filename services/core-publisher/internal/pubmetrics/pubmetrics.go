@@ -28,6 +28,9 @@ type Metrics struct {
 	CommitToAck prometheus.Histogram
 	// Errors counts failed relay passes, by stage.
 	Errors *prometheus.CounterVec
+	// Reads counts the relay's reads of the outbox, by result: "rows" (it
+	// found rows to publish) or "empty".
+	Reads *prometheus.CounterVec
 	// ModelsHeld is 1 while a model's events are held back in the outbox
 	// because its topic is refused (unsuitable, or the broker refused to
 	// create it), 0 once they flow again. See the status in /readyz.
@@ -93,6 +96,10 @@ func New() *Metrics {
 			Name: "distcache_publisher_backload_progress_ratio",
 			Help: "Fraction of the model's table done by its running or last backload.",
 		}, []string{"model"}),
+		Reads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "distcache_publisher_outbox_reads_total",
+			Help: "Reads of the outbox by the active relay, by result (rows: it found rows to publish; empty).",
+		}, []string{"result"}),
 		BackloadRunning: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "distcache_publisher_backload_running",
 			Help: "1 while a backload of the model runs in this process.",
@@ -102,7 +109,10 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.EventsPublished, m.DeadLetters, m.DeadLettersPruned, m.Lag, m.Active, m.BatchSeconds, m.CommitToAck,
-		m.Errors, m.ModelsHeld, m.BackloadRows, m.BackloadProgress, m.BackloadRunning,
+		m.Errors, m.Reads, m.ModelsHeld, m.BackloadRows, m.BackloadProgress, m.BackloadRunning,
 	)
+	for _, result := range []string{"rows", "empty"} {
+		m.Reads.WithLabelValues(result) // both exported from the start, at 0
+	}
 	return m
 }

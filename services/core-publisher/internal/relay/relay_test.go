@@ -586,6 +586,42 @@ func TestRelayWakeUp(t *testing.T) {
 			t.Logf("event %d on the topic %v after commit", i, time.Since(committed))
 		}
 	})
+	t.Run("stale notifications", func(t *testing.T) {
+		// Notifications whose rows a read has seen wake no read of their own:
+		// a burst of 200 (one transaction, distinct payloads, so none is
+		// folded) costs two reads, not 200.
+		t.Parallel()
+		dbURL := devstacktest.Database(t)
+		k := devstacktest.Kafka(t)
+		pool := pubtest.Migrate(t, dbURL)
+		m := pubmetrics.New()
+		r, _ := startRelay(t, dbURL, k.Addr, WithPollInterval(time.Hour), WithMetrics(m))
+		devstacktest.Eventually(t, 10*time.Second, func() bool { return r.Status().Active }, "relay active")
+		reads := func() float64 {
+			return testutil.ToFloat64(m.Reads.WithLabelValues("rows")) + testutil.ToFloat64(m.Reads.WithLabelValues("empty"))
+		}
+		devstacktest.Eventually(t, 10*time.Second, func() bool { return reads() > 0 }, "a first (empty) read")
+		before := reads()
+		pubtest.Exec(t, pool, `SELECT pg_notify('`+events.OutboxChannel+`', 'stale-' || i) FROM generate_series(1, 200) i`)
+		// The event's notification comes after the burst's: once it is on
+		// the topic, the relay has handled every notification of the burst.
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Write(ctx, tx, events.Envelope{Aggregate: "stale", Key: "k", Op: events.OpUpsert, Payload: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		pubtest.NewReader(t, k.Addr, "distcache.stale").ReadUntil(t, 10*time.Second, func(evs []pubtest.Event) bool { return len(evs) == 1 }, "event published after the burst")
+		got := reads() - before
+		t.Logf("200 notifications with no rows and one event: %v reads (%v with rows)", got, testutil.ToFloat64(m.Reads.WithLabelValues("rows")))
+		if got > 10 {
+			t.Errorf("the relay read the outbox %v times for a burst of 200 notifications and one event: a read per stale notification", got)
+		}
+	})
 	t.Run("poll", func(t *testing.T) {
 		t.Parallel()
 		dbURL := devstacktest.Database(t)
