@@ -380,8 +380,13 @@ func partsBench(ctx context.Context, cfg Config, res *Result, say func(string, .
 	runsOf := func(name, unit string) []float64 { return b.runs("Benchmark"+name, unit) }
 	for _, mode := range []string{"serial", "parallel"} {
 		d, r := get("Hit/"+mode+"/distcache"), get("Hit/"+mode+"/rueidis-DoCache")
+		peer := fmt.Sprintf("rueidis DoCache %.0f ns/op", r)
+		if bc := get("Hit/" + mode + "/bigcache"); bc > 0 {
+			// The store's own Get, which every local hit makes: the floor.
+			peer += fmt.Sprintf("; bigcache Get %.0f ns/op (distcache %s)", bc, ratio(d, bc))
+		}
 		res.add(Row{Key: "hit_" + mode, Measure: "edge local hit, " + mode, Value: d, Unit: "ns/op",
-			Peer: fmt.Sprintf("rueidis DoCache %.0f ns/op", r), Ratio: ratio(d, r), Goal: "≤ 0.8× rueidis", Runs: runsOf("Hit/"+mode+"/distcache", "ns/op")})
+			Peer: peer, Ratio: ratio(d, r), Goal: "≤ 0.8× rueidis", Runs: runsOf("Hit/"+mode+"/distcache", "ns/op")})
 	}
 	for _, mode := range []struct{ name, key, measure string }{
 		{"serial", "miss", "edge miss served from Redis, serial"},
@@ -437,8 +442,14 @@ func partsBench(ctx context.Context, cfg Config, res *Result, say func(string, .
 		if len(v) == 0 || len(rue) == 0 {
 			return fmt.Errorf("libs/distcache/bench: no BenchmarkPropagation %s figures", q)
 		}
+		peer := fmt.Sprintf("rueidis invalidation %.0f µs", median(rue))
+		if floor := us("SetGen-bare-XREAD", q+"-from-start-ns"); len(floor) > 0 {
+			// The same write's stream path with no edge: the Publisher's
+			// script and a bare blocking XREAD (StreamFloor).
+			peer += fmt.Sprintf("; the stream alone (the write's script, a bare XREAD) %.0f µs", median(floor))
+		}
 		res.add(Row{Key: "propagation_" + q, Measure: "propagation " + q + ": a write's start → an edge applied it (distcache tailing the primary)", Value: median(v), Unit: "µs",
-			Peer: fmt.Sprintf("rueidis invalidation %.0f µs", median(rue)), Ratio: ratio(median(v), median(rue)), Runs: v})
+			Peer: peer, Ratio: ratio(median(v), median(rue)), Runs: v})
 		res.Notes = append(res.Notes, fmt.Sprintf("propagation %s after the write returned: distcache %.0f µs (tailing the replica %.0f µs), rueidis invalidation %.0f µs",
 			q, median(us("distcache-tail-primary", q+"-ns")), median(us("distcache-tail-replica", q+"-ns")), median(us("rueidis-invalidation", q+"-ns"))))
 	}
