@@ -70,17 +70,19 @@ func (w *Writer) syncLog(ctx context.Context, c redis.Cmdable, t Target, cache *
 			cache.at, cache.log = -1, false
 			return false, err
 		}
-		if len(li.Entries) == 0 {
-			// Nothing indexed yet (a new generation whose start offset was
-			// stored before its first batch): sized for a key per record to
-			// the topic's end, as below. Grown from empty instead, the map
-			// rehashed its way up (5.5% of producer-bench's fan-out CPU).
-			li.Entries = make(map[string]ledger.Entry, min(int64(w.share()), max(end-h.offset, 0)))
+	}
+	if len(li.Entries) == 0 {
+		// Nothing indexed yet: nothing was ever committed (no index either,
+		// as sync assumes for every layout), or a new generation's start
+		// offset was stored before its first batch. Sized for a key per
+		// record from the stored offset to the topic's end: grown from empty
+		// instead, the map rehashed its way up (5.5% of producer-bench's
+		// fan-out CPU).
+		from := int64(0)
+		if h.known {
+			from = h.offset
 		}
-	} else {
-		// Nothing was ever committed: no index either (as sync assumes for
-		// every layout). Sized for a key per record to the topic's end.
-		li.Entries = make(map[string]ledger.Entry, min(int64(w.share()), max(end, 0)))
+		li.Entries = make(map[string]ledger.Entry, min(int64(w.share()), max(end-from, 0)))
 	}
 	cache.entries, cache.complete, cache.log = li.Entries, true, true
 	cache.snap, cache.snapBytes, cache.logBytes = li.Snapshot, li.SnapBytes, li.LogBytes

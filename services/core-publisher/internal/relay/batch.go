@@ -557,11 +557,16 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, exclude []int64, done
 // second one empty. It never blocks: a done context makes pgx return the
 // queued notifications and nothing more.
 func discardNotifications(conn *pgx.Conn) {
-	done, cancel := context.WithCancel(context.Background())
-	cancel()
 	for {
-		if n, err := conn.WaitForNotification(done); err != nil || n == nil {
+		if n, err := conn.WaitForNotification(doneCtx); err != nil || n == nil {
 			return
 		}
 	}
 }
+
+// doneCtx is a context that is already done.
+var doneCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
