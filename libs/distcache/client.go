@@ -73,6 +73,7 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 		tailBlock:    DefaultTailBlock,
 		tailBatch:    DefaultTailBatch,
 		shards:       256,
+		presize:      DefaultLocalPresize,
 
 		snapshotEvery: DefaultSnapshotInterval,
 		replicaTail:   true,

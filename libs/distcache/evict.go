@@ -59,7 +59,9 @@ func (c *Client) evictOnce() {
 	for _, p := range projs {
 		p.evict(p.limits)
 		if st := p.store.Load(); st != nil {
-			if capacity := int64(st.cache.Capacity()); capacity > compactMinBytes && capacity > 3*st.bytes.Load() {
+			// Space reserved up front (presize.go) is not dead: a store is
+			// compacted once its queues grew past it.
+			if capacity := int64(st.cache.Capacity()); capacity > max(compactMinBytes, st.reserved) && capacity > 3*st.bytes.Load() {
 				p.wantCompact.Store(true)
 			}
 		}

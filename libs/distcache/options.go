@@ -73,6 +73,7 @@ type config struct {
 	tailBatch    int64
 	logger       *slog.Logger
 	shards       int
+	presize      int64 // WithLocalPresize
 	// Snapshots (WithSnapshot): snapshotDir is "" when off.
 	snapshotDir   string
 	snapshotSet   bool
@@ -364,6 +365,19 @@ func WithOnChange(fn func(AppliedChange)) Option { return func(c *config) { c.on
 // local store (a power of two). Default 256.
 func WithLocalShards(n int) Option { return func(c *config) { c.shards = n } }
 
+// WithLocalPresize bounds the bytes a projection's new local store reserves
+// up front for what it is expected to hold, so that filling it does not
+// copy its bigcache queues as they double: what the store it replaces held
+// (a cutover, a revalidation, a compaction), or on a start what a sample
+// of the Redis keys says the generation holds (DBSIZE and 64 RANDOMKEYs, in
+// the start's first round trip, then one STRLEN per sampled key of the
+// generation). The reservation counts in the Go heap whether or not the
+// edge reads that much, so an edge that reads a small part of a large
+// projection may lower it; the projection's and the global MaxBytes bound
+// it too. 0 turns sizing off (stores start at about 1 MiB and grow). Not on
+// Redis Cluster. Default DefaultLocalPresize (64 MiB).
+func WithLocalPresize(maxBytes int64) Option { return func(c *config) { c.presize = maxBytes } }
+
 func (c *config) validate() error {
 	check := func(ok bool, format string, args ...any) {
 		if !ok {
@@ -389,6 +403,7 @@ func (c *config) validate() error {
 	check(c.tailBlock >= 10*time.Millisecond, "WithTailBlock(%v) must be >= 10ms", c.tailBlock)
 	check(c.tailBatch > 0, "WithTailBatch(%d) must be > 0", c.tailBatch)
 	check(c.shards > 0 && c.shards&(c.shards-1) == 0, "WithLocalShards(%d) must be a power of two", c.shards)
+	check(c.presize >= 0, "WithLocalPresize(%d) is negative", c.presize)
 	check(!c.snapshotSet || c.snapshotDir != "", "WithSnapshot(%q) needs a directory", c.snapshotDir)
 	check(c.snapshotEvery > 0, "WithSnapshotInterval(%v) must be > 0", c.snapshotEvery)
 	checkLimits := func(what string, l Limits) {

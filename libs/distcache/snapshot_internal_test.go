@@ -184,7 +184,7 @@ func TestSnapshotWriteAndLoad(t *testing.T) {
 	dir := t.TempDir()
 	c := testClient(t, dir)
 	p := newProjection(c, "users")
-	st, err := newStore("users", 3, c.cfg.shards, c.base)
+	st, err := newStore("users", 3, c.cfg.shards, c.base, sizeHint{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -348,7 +348,7 @@ func (p *projection) decodeInto(f *os.File, size int64) (*store, snapshotHeader,
 			}
 			elapsed = uint64(max(time.Now().UnixNano()-h.writtenAt, 0) / int64(time.Millisecond))
 			var err error
-			if st, err = newStore(p.name, 0, p.c.cfg.shards, p.c.base); err != nil {
+			if st, err = newStore(p.name, 0, p.c.cfg.shards, p.c.base, sizeHint{}); err != nil {
 				return &snapshotError{reason: SnapshotRejectIO, err: err}
 			}
 			now = st.nowMs()

@@ -26,7 +26,11 @@ type ProjectionStats struct {
 	EvictedMaxItems uint64
 
 	Bytes int64 // gauge: local bytes (keys, values, headers)
-	Items int64 // gauge: local entries
+	// Capacity is the bytes the local store's bigcache queues have
+	// allocated: Bytes in use, the rest reserved up front (WithLocalPresize)
+	// or dead space awaiting a compaction.
+	Capacity int64 // gauge
+	Items    int64 // gauge: local entries
 
 	ChangesSeen uint64        // change-stream entries read (applied or not)
 	Updates     uint64        // changes applied in place from the change stream
@@ -154,6 +158,7 @@ func (c *Client) Stats() Stats {
 		}
 		if st := p.store.Load(); st != nil {
 			ps.Generation, ps.Bytes, ps.Items = st.gen, st.bytes.Load(), st.items.Load()
+			ps.Capacity = int64(st.cache.Capacity())
 		}
 		out.Projections = append(out.Projections, ps)
 	}

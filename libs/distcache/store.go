@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,6 +62,13 @@ func makeNegative(version int64, expiry int64) []byte {
 	return e
 }
 
+// An unsized store's shard starts with a queue of unsizedShardEntries times
+// unsizedEntryBytes (4 KiB) and a map for as many entries.
+const (
+	unsizedShardEntries = 16
+	unsizedEntryBytes   = 256
+)
+
 func hashKey(key string) uint64 { return xxhash.Sum64String(key) }
 
 // keyHasher is the bigcache Hasher of a store. It hashes keys with xxhash,
@@ -93,6 +101,9 @@ type store struct {
 
 	bytes atomic.Int64
 	items atomic.Int64
+	// reserved is what the store's queues held when made (presize.go):
+	// space a compaction has nothing to reclaim from.
+	reserved int64
 
 	ringMu sync.Mutex
 	ring   fifo
@@ -100,14 +111,35 @@ type store struct {
 	delMu sync.Mutex // guards hasher.sentinel
 }
 
-func newStore(proj string, gen int64, shards int, base time.Time) (*store, error) {
+// newStore makes the store of generation gen of proj, sized for what hint
+// says it will hold (presize.go; zero: it starts small and grows).
+func newStore(proj string, gen int64, shards int, base time.Time, hint sizeHint) (*store, error) {
 	s := &store{gen: gen, prefix: string(appendGenPrefix(nil, proj, gen)), hasher: &keyHasher{}, base: base}
+	// bigcache makes each shard's queue MaxEntriesInWindow/Shards times
+	// MaxEntrySize bytes, and its index maps that many entries.
+	entries, entrySize := shards*unsizedShardEntries, unsizedEntryBytes
+	switch n := hint.entries + hint.entries/8; {
+	case hint.entryBytes <= 0 || n*hint.entryBytes <= entries*entrySize:
+	case hint.capped:
+		// The store will outgrow the reservation: reserve the largest step
+		// of the queues' doubling from their unsized start that fits, so
+		// that they end at the capacity they would have reached unsized,
+		// having skipped the first doublings.
+		for 2*entries*entrySize <= n*hint.entryBytes {
+			entries *= 2
+		}
+		s.ring.reserve(hint.entries)
+	default:
+		// An eighth more: keys do not spread evenly over the shards.
+		entries, entrySize = n, hint.entryBytes
+		s.ring.reserve(hint.entries)
+	}
 	cfg := bigcache.Config{
 		Shards:             shards,
 		LifeWindow:         100 * 365 * 24 * time.Hour, // ages are ours: see evict.go
 		CleanWindow:        0,
-		MaxEntriesInWindow: shards * 16,
-		MaxEntrySize:       256,
+		MaxEntriesInWindow: entries,
+		MaxEntrySize:       entrySize,
 		HardMaxCacheSize:   0,
 		Hasher:             s.hasher,
 		Logger:             nopLogger{},
@@ -121,6 +153,7 @@ func newStore(proj string, gen int64, shards int, base time.Time) (*store, error
 		return nil, fmt.Errorf("create local store: %w", err)
 	}
 	s.cache = c
+	s.reserved = int64(c.Capacity())
 	return s, nil
 }
 
@@ -178,6 +211,13 @@ type fifo struct {
 	times  []uint32
 	head   int
 	n      int
+}
+
+// reserve makes room for n records in an empty ring.
+func (f *fifo) reserve(n int) {
+	if f.n == 0 && n > len(f.hashes) {
+		f.resize(1 << bits.Len(uint(n-1)))
+	}
 }
 
 func (f *fifo) push(h uint64, t uint32) {

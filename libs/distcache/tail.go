@@ -29,8 +29,16 @@ func (p *projection) start(ctx context.Context) error {
 	pipe := rdb.Pipeline()
 	ctrl := pipe.XRevRangeN(ctx, ControlKey(p.name), "+", "-", 1)
 	ptr := pipe.Get(ctx, PointerKey(p.name))
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	// A sample of the keys sizes the new store (presize.go). It may fail
+	// (an ACL without DBSIZE) without failing the start.
+	sample := p.queueSample(ctx, pipe)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !sample.failedWith(err) {
 		return err
+	}
+	for _, cmd := range []redis.Cmder{ctrl, ptr} {
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
 	}
 	p.ctrlPos = zeroID
 	if msgs := ctrl.Val(); len(msgs) > 0 {
@@ -48,7 +56,7 @@ func (p *projection) start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		st, err := newStore(p.name, gen, p.c.cfg.shards, p.c.base)
+		st, err := newStore(p.name, gen, p.c.cfg.shards, p.c.base, sample.hint(ctx, p, rdb, gen))
 		if err != nil {
 			return err
 		}
@@ -558,7 +566,7 @@ func (p *projection) rebuild(ctx context.Context, gen int64, mode rebuildMode) e
 			return err
 		}
 	}
-	ns, err := newStore(p.name, gen, p.c.cfg.shards, p.c.base)
+	ns, err := newStore(p.name, gen, p.c.cfg.shards, p.c.base, p.hintFrom(old))
 	if err != nil {
 		return err
 	}

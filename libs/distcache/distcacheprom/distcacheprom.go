@@ -40,6 +40,7 @@ var (
 	descFetchErrors  = prometheus.NewDesc("distcache_client_fetch_errors_total", "Misses Redis could not answer.", labels, nil)
 	descEvictions    = prometheus.NewDesc("distcache_client_evictions_total", "Local entries evicted, by reason.", []string{"projection", "reason"}, nil)
 	descBytes        = prometheus.NewDesc("distcache_client_bytes", "Local bytes held (keys, values, headers).", labels, nil)
+	descCapacity     = prometheus.NewDesc("distcache_client_capacity_bytes", "Bytes the local store has allocated: held, reserved up front (WithLocalPresize) or dead awaiting a compaction.", labels, nil)
 	descItems        = prometheus.NewDesc("distcache_client_items", "Local entries held.", labels, nil)
 	descUpdates      = prometheus.NewDesc("distcache_client_updates_total", "Changes applied in place from the change stream.", labels, nil)
 	descChanges      = prometheus.NewDesc("distcache_client_changes_seen_total", "Change-stream entries read.", labels, nil)
@@ -69,7 +70,7 @@ var (
 	descFetchLatency  = prometheus.NewDesc("distcache_client_fetch_duration_seconds", "Latency of the Redis fetches of misses (failed ones included).", labels, nil)
 
 	allDescs = []*prometheus.Desc{descHits, descMisses, descNegativeHits, descStaleServes, descFetchErrors,
-		descEvictions, descBytes, descItems, descUpdates, descChanges, descFills, descLag, descGaps, descReplays,
+		descEvictions, descBytes, descCapacity, descItems, descUpdates, descChanges, descFills, descLag, descGaps, descReplays,
 		descCutovers, descDeletes, descUnknown, descGeneration, descConnected, descStale,
 		descSnapWrites, descSnapWriteErrors, descSnapBytes, descSnapLoaded, descSnapRejections,
 		descLosses, descInLoss, descLossPending, descTailReplica, descTailFallbacks, descReconnects, descFetchLatency}
@@ -107,6 +108,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descEvictions, prometheus.CounterValue, float64(p.Evictions(r)), p.Name, r.String())
 		}
 		gauge(descBytes, float64(p.Bytes))
+		gauge(descCapacity, float64(p.Capacity))
 		gauge(descItems, float64(p.Items))
 		counter(descUpdates, p.Updates)
 		counter(descChanges, p.ChangesSeen)

@@ -10,7 +10,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/distcache/distcache/libs/distcache"
-	"github.com/distcache/distcache/tools/devstack"
 	"github.com/distcache/distcache/tools/devstacktest"
 )
 
@@ -264,13 +263,8 @@ func TestMaxValueSize(t *testing.T) {
 // TestAuthPassThrough: passwords and ACL users reach Redis.
 func TestAuthPassThrough(t *testing.T) {
 	t.Parallel()
-	r := devstacktest.RedisWith(t, devstack.RedisConfig{Password: "s3cret"})
+	r, admin := edgeUserRedis(t)
 	ctx := ctxT(t)
-	admin := redis.NewClient(&redis.Options{Addr: r.Addr, Password: "s3cret"})
-	t.Cleanup(func() { _ = admin.Close() })
-	if err := admin.Do(ctx, "ACL", "SETUSER", "edge", "on", ">edgepw", "~dc:*", "+@read", "+@stream", "+ping", "+hello", "+auth", "+client").Err(); err != nil {
-		t.Fatal(err)
-	}
 	pub := newPublisher(t, admin)
 	mustSet(t, pub, proj, 1, "k", 1)
 	mustCutover(t, pub, proj, 1)

@@ -33,6 +33,21 @@ func standalone(t testing.TB, opts ...distcache.PublisherOption) (*devstack.Redi
 	return r, rdb, newPublisher(t, rdb, opts...)
 }
 
+// edgeUserRedis starts a Redis with a password and an ACL user "edge"
+// (password "edgepw") that may read the dc: keys and their streams, plus
+// extra rules (e.g. "-dbsize"); it returns it with an admin client.
+func edgeUserRedis(t testing.TB, extra ...any) (*devstack.Redis, *redis.Client) {
+	t.Helper()
+	r := devstacktest.RedisWith(t, devstack.RedisConfig{Password: "s3cret"})
+	admin := redis.NewClient(&redis.Options{Addr: r.Addr, Password: "s3cret"})
+	t.Cleanup(func() { _ = admin.Close() })
+	rules := append([]any{"ACL", "SETUSER", "edge", "on", ">edgepw", "~dc:*", "+@read", "+@stream", "+ping", "+hello", "+auth", "+client"}, extra...)
+	if err := admin.Do(ctxT(t), rules...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return r, admin
+}
+
 func newPublisher(t testing.TB, rdb redis.UniversalClient, opts ...distcache.PublisherOption) *distcache.Publisher {
 	t.Helper()
 	pub, err := distcache.NewPublisher(rdb, opts...)
