@@ -369,7 +369,7 @@ func WithLocalShards(n int) Option { return func(c *config) { c.shards = n } }
 // up front for what it is expected to hold, so that filling it does not
 // copy its bigcache queues as they double: what the store it replaces held
 // (a cutover, a revalidation, a compaction), or on a start what a sample
-// of the Redis keys says the generation holds (DBSIZE and 256 RANDOMKEYs, in
+// of the Redis keys says the generation holds (DBSIZE and 512 RANDOMKEYs, in
 // the start's first round trip, then one STRLEN per sampled key of the
 // generation). The reservation counts in the Go heap whether or not the
 // edge reads that much, so an edge that reads a small part of a large

@@ -64,9 +64,11 @@ func makeNegative(version int64, expiry int64) []byte {
 
 // An unsized store's shard starts with a queue of unsizedShardEntries times
 // unsizedEntryBytes (4 KiB) and a map for as many entries.
+// A sized one starts its maps at sizedShardEntries (presize.go).
 const (
 	unsizedShardEntries = 16
 	unsizedEntryBytes   = 256
+	sizedShardEntries   = 64
 )
 
 func hashKey(key string) uint64 { return xxhash.Sum64String(key) }
@@ -116,22 +118,29 @@ type store struct {
 func newStore(proj string, gen int64, shards int, base time.Time, hint sizeHint) (*store, error) {
 	s := &store{gen: gen, prefix: string(appendGenPrefix(nil, proj, gen)), hasher: &keyHasher{}, base: base}
 	// bigcache makes each shard's queue MaxEntriesInWindow/Shards times
-	// MaxEntrySize bytes, and its index maps that many entries.
-	entries, entrySize := shards*unsizedShardEntries, unsizedEntryBytes
-	switch n := hint.entries + hint.entries/8; {
-	case hint.entryBytes <= 0 || n*hint.entryBytes <= entries*entrySize:
+	// MaxEntrySize bytes and its two index maps for MaxEntriesInWindow/Shards
+	// entries. A sized store sets the queue through MaxEntrySize and leaves
+	// the maps to grow from sizedShardEntries as they do unsized: maps made
+	// for every expected entry doubled the maps' memory (both of them, the
+	// stats one never used), 50 bytes an entry at 100,000.
+	queue := unsizedShardEntries * unsizedEntryBytes // bytes per shard
+	switch need := (hint.entries + hint.entries/8) * hint.entryBytes; {
+	case hint.entryBytes <= 0 || need <= shards*queue:
 	case hint.capped:
 		// The store will outgrow the reservation: reserve the largest step
 		// of the queues' doubling from their unsized start that fits, so
 		// that they end at the capacity they would have reached unsized,
 		// having skipped the first doublings.
-		for 2*entries*entrySize <= n*hint.entryBytes {
-			entries *= 2
+		for 2*shards*queue <= need {
+			queue *= 2
 		}
-		s.ring.reserve(hint.entries)
 	default:
 		// An eighth more: keys do not spread evenly over the shards.
-		entries, entrySize = n, hint.entryBytes
+		queue = (need + shards - 1) / shards
+	}
+	entries, entrySize := shards*unsizedShardEntries, unsizedEntryBytes
+	if queue > unsizedShardEntries*unsizedEntryBytes {
+		entries, entrySize = shards*sizedShardEntries, (queue+sizedShardEntries-1)/sizedShardEntries
 		s.ring.reserve(hint.entries)
 	}
 	cfg := bigcache.Config{
