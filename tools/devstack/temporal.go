@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -123,11 +124,40 @@ func (t *Temporal) Start(ctx context.Context) error {
 	if !portFree(t.cfg.Port) {
 		return fmt.Errorf("%s: port %d is already in use by another program", t.cfg.Name, t.cfg.Port)
 	}
-	if err := t.proc.start(); err != nil {
-		return err
+	// The dev server picks the ports of its internal services (history,
+	// matching, worker) itself: free when it looks, not always when it binds,
+	// on a machine where other processes open ports meanwhile (parallel
+	// tests). It then exits with "address already in use" (or panics on the
+	// listener it did not get); such a start is tried again, with ports
+	// picked afresh.
+	for attempt := 1; ; attempt++ {
+		var logAt int64 // where this attempt's output starts in the (appended) log
+		if fi, err := os.Stat(t.proc.logPath); err == nil {
+			logAt = fi.Size()
+		}
+		if err := t.proc.start(); err != nil {
+			return err
+		}
+		err := t.proc.waitUntil(ctx, "healthy", t.Health)
+		if err == nil || attempt == startAttempts || !t.proc.exited() || !portTaken(t.proc.logPath, logAt) {
+			return err
+		}
 	}
-	return t.proc.waitUntil(ctx, "healthy", t.Health)
 }
+
+// portTaken reports whether the log at path, from offset at on, says a
+// listener could not bind its address.
+func portTaken(path string, at int64) bool {
+	b, err := os.ReadFile(path)
+	if err != nil || int64(len(b)) < at {
+		return false
+	}
+	return strings.Contains(string(b[at:]), "address already in use")
+}
+
+// startAttempts is how many times Start runs the dev server when it exits
+// because a port it picked was taken.
+const startAttempts = 3
 
 // Health asks the frontend for its health and checks the default namespace exists.
 func (t *Temporal) Health(ctx context.Context) error {
