@@ -68,6 +68,7 @@ func makeNegative(version int64, expiry int64) []byte {
 const (
 	unsizedShardEntries = 16
 	unsizedEntryBytes   = 256
+	unsizedQueue        = unsizedShardEntries * unsizedEntryBytes
 	sizedShardEntries   = 64
 )
 
@@ -123,7 +124,7 @@ func newStore(proj string, gen int64, shards int, base time.Time, hint sizeHint)
 	// the maps to grow from sizedShardEntries as they do unsized: maps made
 	// for every expected entry doubled the maps' memory (both of them, the
 	// stats one never used), 50 bytes an entry at 100,000.
-	queue := unsizedShardEntries * unsizedEntryBytes // bytes per shard
+	queue := unsizedQueue // bytes per shard
 	switch need := (hint.entries + hint.entries/8) * hint.entryBytes; {
 	case hint.entryBytes <= 0 || need <= shards*queue:
 	case hint.capped:
@@ -139,7 +140,7 @@ func newStore(proj string, gen int64, shards int, base time.Time, hint sizeHint)
 		queue = (need + shards - 1) / shards
 	}
 	entries, entrySize := shards*unsizedShardEntries, unsizedEntryBytes
-	if queue > unsizedShardEntries*unsizedEntryBytes {
+	if queue > unsizedQueue {
 		entries, entrySize = shards*sizedShardEntries, (queue+sizedShardEntries-1)/sizedShardEntries
 		s.ring.reserve(hint.entries)
 	}

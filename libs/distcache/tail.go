@@ -30,7 +30,9 @@ func (p *projection) start(ctx context.Context) error {
 	ctrl := pipe.XRevRangeN(ctx, ControlKey(p.name), "+", "-", 1)
 	ptr := pipe.Get(ctx, PointerKey(p.name))
 	// A sample of the keys sizes the new store (presize.go). It may fail
-	// (an ACL without DBSIZE) without failing the start.
+	// (an ACL without DBSIZE) without failing the start. A failed handshake
+	// shows only in Exec's error; a broken connection fails every command,
+	// the sample's too, so the start's own commands are checked as well.
 	sample := p.queueSample(ctx, pipe)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !sample.failedWith(err) {
 		return err
